@@ -1,0 +1,81 @@
+"""Built-in accelerator catalogue: memory, dense peak FLOP/s per dtype, bandwidths and a dated default price.
+
+Peaks are dense (no 2:4 sparsity) tensor-core numbers from the vendors' data sheets (see shared references).
+Prices are on-demand cloud list prices as of the date below; they change monthly, so every one is a default that
+``cluster.price_per_gpu_hour`` overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PRICES_AS_OF = "2026-11"
+TERA = 1e12
+GIGA = 1e9
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_bytes: int
+    peak_flops: dict[str, float]  # dtype -> dense FLOP/s; a dtype that is absent is unsupported
+    hbm_bandwidth: float  # bytes/s
+    intra_node_bandwidth: float  # bytes/s per GPU, one direction (NVLink/xGMI/PCIe)
+    inter_node_bandwidth: float = 50 * GIGA  # bytes/s per GPU: 400 Gb/s InfiniBand/RoCE NIC per GPU
+    price_per_hour: float = 0.0  # USD per GPU-hour
+    aliases: tuple[str, ...] = field(default=())
+
+
+def _gib(n: float) -> int:
+    return int(n * 2**30)
+
+
+def _gb(n: float) -> int:
+    return int(n * 1e9)
+
+
+CATALOGUE: tuple[GPU, ...] = (
+    GPU("V100-32GB", _gib(32), {"fp16": 125 * TERA, "fp32": 15.7 * TERA}, 0.9e12, 150 * GIGA, 12.5 * GIGA, 1.50,
+        ("v100", "v100-sxm2-32gb")),
+    GPU("A100-40GB", _gib(40), {"bf16": 312 * TERA, "fp16": 312 * TERA, "fp32": 19.5 * TERA}, 1.555e12,
+        300 * GIGA, 25 * GIGA, 1.30, ("a100-40g", "a100-sxm4-40gb")),
+    GPU("A100-80GB", _gib(80), {"bf16": 312 * TERA, "fp16": 312 * TERA, "fp32": 19.5 * TERA}, 2.039e12,
+        300 * GIGA, 25 * GIGA, 1.80, ("a100", "a100-80g", "a100-sxm4-80gb")),
+    GPU("H100-SXM", _gib(80), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp32": 67 * TERA}, 3.35e12, 450 * GIGA,
+        50 * GIGA, 3.00, ("h100", "h100-80gb", "h100-sxm5")),
+    GPU("H100-PCIe", _gib(80), {"bf16": 756 * TERA, "fp16": 756 * TERA, "fp32": 51 * TERA}, 2.0e12, 64 * GIGA,
+        25 * GIGA, 2.50, ("h100pcie",)),
+    GPU("H200", _gib(141), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp32": 67 * TERA}, 4.8e12, 450 * GIGA,
+        50 * GIGA, 3.80, ("h200-sxm", "h200-141gb")),
+    GPU("B200", _gib(180), {"bf16": 2250 * TERA, "fp16": 2250 * TERA, "fp32": 80 * TERA}, 8.0e12, 900 * GIGA,
+        50 * GIGA, 6.00, ("b200-sxm",)),
+    GPU("MI300X", _gib(192), {"bf16": 1307 * TERA, "fp16": 1307 * TERA, "fp32": 163 * TERA}, 5.3e12, 448 * GIGA,
+        50 * GIGA, 3.50, ("mi300",)),
+    GPU("L4", _gib(24), {"bf16": 121 * TERA, "fp16": 121 * TERA, "fp32": 30 * TERA}, 0.3e12, 32 * GIGA,
+        12.5 * GIGA, 0.80, ()),
+    GPU("RTX-4090", _gib(24), {"bf16": 165 * TERA, "fp16": 165 * TERA, "fp32": 82.6 * TERA}, 1.0e12, 32 * GIGA,
+        12.5 * GIGA, 0.70, ("4090", "rtx4090", "geforce-rtx-4090")),
+    # This machine class: 2 cores, fp32 matmul ~188 GFLOP/s measured; no native bf16; DeepSpeed refuses fp16.
+    GPU("cpu", _gib(24), {"fp32": 188 * GIGA, "bf16": 10 * GIGA}, 20e9, 10 * GIGA, 1 * GIGA, 0.0, ("host",)),
+)
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "-").replace(" ", "-")
+
+
+_BY_NAME: dict[str, GPU] = {}
+for _gpu in CATALOGUE:
+    for _alias in (_gpu.name, *_gpu.aliases):
+        _BY_NAME[_key(_alias)] = _gpu
+        _BY_NAME[_key(_alias).replace("-", "")] = _gpu
+
+
+def lookup(name: str) -> GPU | None:
+    """Case-insensitive lookup by name or alias (``h100``, ``A100_80GB`` and ``a10080gb`` all work)."""
+    key = _key(name)
+    return _BY_NAME.get(key) or _BY_NAME.get(key.replace("-", ""))
+
+
+def names() -> list[str]:
+    return [gpu.name for gpu in CATALOGUE]

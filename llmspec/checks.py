@@ -1,0 +1,95 @@
+"""Cross-field rules. Each returns a Problem naming the field the user should change.
+
+These run inside ``Spec`` validation (after every field has parsed), so a spec object that exists is consistent.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING
+
+from llmspec import catalogue
+from llmspec.errors import Problem
+
+if TYPE_CHECKING:
+    from llmspec.spec import Spec
+
+
+def consistency_problems(spec: Spec) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def bad(path: str, message: str) -> None:
+        problems.append(Problem(path, message))
+
+    m, tr, par, cl = spec.model, spec.training, spec.parallelism, spec.cluster
+    kv = m.n_kv_heads or m.n_heads
+
+    # --- architecture -------------------------------------------------------------------------------------
+    if m.head_dim is None:
+        bad("model.n_heads", f"d_model {m.d_model} is not divisible by n_heads {m.n_heads}; "
+                             "change n_heads or set model.head_dim explicitly")
+    if kv > m.n_heads:
+        bad("model.n_kv_heads", f"n_kv_heads {kv} exceeds n_heads {m.n_heads}")
+    elif m.n_heads % kv:
+        bad("model.n_kv_heads", f"n_heads {m.n_heads} is not divisible by n_kv_heads {kv} (GQA groups must be equal)")
+    if m.position == "rope" and m.head_dim is not None and m.head_dim % 2:
+        bad("model.head_dim", f"RoPE rotates pairs of dimensions: head_dim {m.head_dim} must be even")
+    if m.rope_scaling is not None and m.position != "rope":
+        bad("model.rope_scaling", "rope_scaling needs position: rope")
+    if m.moe is not None and m.moe.top_k > m.moe.n_experts:
+        bad("model.moe.top_k", f"top_k {m.moe.top_k} exceeds n_experts {m.moe.n_experts}")
+
+    # --- training -------------------------------------------------------------------------------------------
+    if tr.seq_len > m.max_seq_len:
+        bad("training.seq_len", f"seq_len {tr.seq_len} exceeds model.max_seq_len {m.max_seq_len}")
+    if tr.schedule.min_lr > tr.optimizer.lr:
+        bad("training.schedule.min_lr", f"min_lr {tr.schedule.min_lr} exceeds optimizer.lr {tr.optimizer.lr}")
+
+    # --- cluster --------------------------------------------------------------------------------------------
+    device = None
+    if isinstance(cl.gpu, str):
+        device = catalogue.lookup(cl.gpu)
+        if device is None:
+            close = difflib.get_close_matches(cl.gpu, catalogue.names(), n=1, cutoff=0.4)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            bad("cluster.gpu", f"unknown GPU '{cl.gpu}'{hint} (known: {', '.join(catalogue.names())}; "
+                               "or give memory_gib and peak_tflops)")
+    else:
+        device = cl.gpu.to_gpu()
+    if device is not None and tr.precision not in device.peak_flops:
+        have = ", ".join(sorted(device.peak_flops))
+        bad("training.precision", f"{device.name} does not support {tr.precision} (supports {have})")
+
+    # --- parallelism ----------------------------------------------------------------------------------------
+    t, p = par.tensor, par.pipeline
+    if m.n_heads % t or kv % t:
+        bad("parallelism.tensor", f"tensor degree {t} must divide n_heads {m.n_heads} and n_kv_heads {kv}")
+    if p > m.n_layers:
+        bad("parallelism.pipeline", f"pipeline degree {p} exceeds n_layers {m.n_layers}")
+    if par.virtual_stages > 1 and (p == 1 or m.n_layers % (p * par.virtual_stages)):
+        bad("parallelism.virtual_stages",
+            f"virtual_stages {par.virtual_stages} needs pipeline > 1 and n_layers divisible by pipeline × stages")
+    if p > 1 and par.zero_stage > 1:
+        bad("parallelism.zero_stage", f"DeepSpeed pipelines support ZeRO stage 0 or 1, not {par.zero_stage}")
+    if par.offload_params != "none" and par.zero_stage != 3:
+        bad("parallelism.offload_params", "parameter offload needs zero_stage: 3")
+    if par.offload_optimizer != "none" and par.zero_stage == 0:
+        bad("parallelism.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3")
+    gpus = cl.gpus
+    if gpus % (t * p):
+        bad("parallelism.tensor", f"{gpus} GPUs (cluster.gpus_per_node × nodes) are not divisible by "
+                                  f"tensor × pipeline = {t * p}")
+    elif par.data_parallel is not None and par.data_parallel != gpus // (t * p):
+        bad("parallelism.data_parallel", f"data_parallel is derived as gpus / (tensor × pipeline) = "
+                                         f"{gpus // (t * p)}; remove it or set it to that value")
+    else:
+        dp = gpus // (t * p)
+        per_step = tr.micro_batch_size * dp
+        if tr.global_batch_size % per_step:
+            bad("training.global_batch_size",
+                f"global_batch_size {tr.global_batch_size} is not divisible by micro_batch_size × data_parallel"
+                f" = {tr.micro_batch_size} × {dp}")
+        elif tr.gradient_accumulation_steps not in (None, tr.global_batch_size // per_step):
+            bad("training.gradient_accumulation_steps",
+                f"derived as global / (micro × data_parallel) = {tr.global_batch_size // per_step}; remove it")
+    return problems

@@ -1,0 +1,242 @@
+"""Every planner formula, written once in sympy.
+
+``FORMULAS`` maps a name to an expression over input symbols and earlier formulas (referenced by name, so
+``llmspec explain`` can print the compact form and the fully expanded one). ``llmspec.codegen`` compiles them into
+``llmspec/_numeric.py``, plain Python the planner imports without sympy; a test keeps the two in sync.
+
+Notation (the shared references'): b micro-batch, s sequence length, h d_model, a heads, k kv-heads, d_h head
+dim, f d_ff, V vocab, L layers, t tensor, p pipeline, d data-parallel degree, m micro-batches per step.
+Flags are 0/1 inputs. Sources are cited next to each group; activation terms are per saved tensor, as measured
+on the compiled model with saved-tensor hooks (torch 2.13, SDPA flash path, composite RMSNorm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+
+def _s(names: str, **assumptions) -> tuple[sp.Symbol, ...]:
+    return sp.symbols(names, **assumptions)
+
+
+# ---- inputs ------------------------------------------------------------------------------------------------
+V, h, L, a, k, d_h, f, P, E, K = _s("V h L a k d_h f P E K", positive=True)
+tied, learned, rope, bias, qkvb, gated, relu, moe, ln, drop = _s(
+    "tied learned rope bias qkv_bias gated relu moe layernorm dropout", nonnegative=True)
+b, s, B, D, e, window = _s("b s B D e window", positive=True)
+t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
+ck_none, ck_sel, ck_full = _s("ck_none ck_selective ck_full", nonnegative=True)
+psi, P_L, L_here, inflight = _s("psi P_L L_here inflight", positive=True)
+first, last, z12, z3, overlap = _s("first_stage last_stage zero12 zero3 overlap_comm", nonnegative=True)
+w_bpp, g_bpp, o_bpp, g_bucket = _s("w_bpp g_bpp o_bpp g_bucket", nonnegative=True)
+reduce_bucket, prefetch_bucket = _s("reduce_bucket prefetch_bucket", positive=True)
+F_peak, eff, bw_dp, bw_tp, bw_pp, steps, price = _s("F_peak eff bw_dp bw_tp bw_pp steps price", positive=True)
+z01, z2 = _s("zero01 zero2", nonnegative=True)
+n_nodes, gpn = _s("nodes gpus_per_node", positive=True)
+w_bytes = sp.Symbol("w_bytes", positive=True)
+
+INPUT_DOCS: dict[str, str] = {
+    "V": "vocabulary size", "h": "d_model", "L": "layers", "a": "attention heads", "k": "key/value heads",
+    "d_h": "head dim", "f": "MLP hidden size d_ff", "P": "max_seq_len (learned position table, RoPE tables)",
+    "E": "experts per MoE layer (1 when dense)", "K": "experts active per token, top_k (1 when dense)",
+    "tied": "1 if the LM head shares the embedding", "learned": "1 for learned positions", "rope": "1 for RoPE",
+    "bias": "1 if linear layers (and LayerNorms) have biases", "qkv_bias": "1 if q, k, v have biases",
+    "gated": "1 for SwiGLU/GeGLU", "relu": "1 for ReLU", "moe": "1 for a mixture of experts",
+    "layernorm": "1 for LayerNorm, 0 for RMSNorm", "dropout": "1 if dropout > 0",
+    "b": "micro-batch size (sequences)", "s": "sequence length", "B": "global batch (sequences per step)",
+    "D": "training tokens", "e": "activation bytes per element (2 for bf16/fp16, 4 for fp32)",
+    "window": "attention window (sliding_window, else s)", "t": "tensor-parallel degree",
+    "p": "pipeline-parallel degree", "dp": "data-parallel degree", "m": "micro-batches per step per replica",
+    "v": "virtual pipeline stages", "n_gpu": "GPUs", "ck_none": "1 without activation checkpointing",
+    "ck_selective": "1 for selective checkpointing (MLP recomputed)", "ck_full": "1 for full checkpointing",
+    "psi": "parameters held by this GPU's model shard", "P_L": "parameters of the largest single module",
+    "L_here": "layers on this pipeline stage", "inflight": "micro-batches in flight on this stage (1F1B)",
+    "first_stage": "1 on the stage holding the embedding", "last_stage": "1 on the stage holding the LM head",
+    "zero01": "1 for ZeRO stage 0 or 1", "zero2": "1 for ZeRO stage 2", "zero12": "1 for ZeRO stage 1 or 2",
+    "zero3": "1 for ZeRO stage 3", "overlap_comm": "1 if DeepSpeed overlaps reduction with backward",
+    "w_bpp": "weight bytes per parameter on this GPU (regime, ZeRO, offload)",
+    "g_bpp": "gradient bytes per parameter on this GPU", "o_bpp": "optimizer bytes per parameter on this GPU",
+    "g_bucket": "bytes per gradient element in communication buckets",
+    "reduce_bucket": "reduce_bucket_size (elements)", "prefetch_bucket": "stage3_prefetch_bucket_size (elements)",
+    "F_peak": "dense peak FLOP/s of one GPU at the training precision", "eff": "achieved fraction of peak",
+    "bw_dp": "bytes/s per GPU on the data-parallel links", "bw_tp": "bytes/s per GPU on tensor-parallel links",
+    "bw_pp": "bytes/s per GPU between pipeline stages", "steps": "optimizer steps", "price": "USD per GPU-hour",
+    "nodes": "nodes", "gpus_per_node": "GPUs per node", "w_bytes": "bytes per weight element (2 or 4)",
+}
+
+
+@dataclass(frozen=True)
+class Formula:
+    name: str
+    expr: sp.Expr
+    doc: str
+    unit: str
+    group: str
+    source: str = ""
+
+    @property
+    def symbol(self) -> sp.Symbol:
+        return sp.Symbol(self.name, positive=True)
+
+
+FORMULAS: dict[str, Formula] = {}
+_GROUP = ""
+_SOURCE = ""
+
+
+def group(name: str, source: str = "") -> None:
+    global _GROUP, _SOURCE
+    _GROUP, _SOURCE = name, source
+
+
+def define(name: str, expr: sp.Expr, doc: str, unit: str) -> sp.Symbol:
+    """Register a formula; returns the symbol later formulas use to refer to it."""
+    assert name not in FORMULAS, name
+    FORMULAS[name] = Formula(name, sp.sympify(expr), doc, unit, _GROUP, _SOURCE)
+    return FORMULAS[name].symbol
+
+
+# ---- parameters --------------------------------------------------------------------------------------------
+group("Parameters", "exact; equals transformers' count for the same config (tests build GPT-2, Llama, Mistral, "
+      "Mixtral, Qwen2 on the meta device)")
+emb = define("params_embedding", V * h + learned * P * h, "token (+ learned position) embedding tables", "params")
+attn = define("params_attention", h * (a + 2 * k) * d_h + a * d_h * h + qkvb * (a + 2 * k) * d_h + bias * h,
+              "one attention block: q, k, v, o projections (+ biases)", "params")
+expert = define("params_mlp", (2 + gated) * h * f + bias * ((1 + gated) * f + h),
+                "one MLP (one expert under MoE): up (+ gate) and down projections (+ biases)", "params")
+router = define("params_router", moe * h * E, "MoE router (no bias)", "params")
+norm = define("params_norm", h * (1 + ln * bias), "one norm: weight (+ LayerNorm bias)", "params")
+layer = define("params_layer", attn + E * expert + router + 2 * norm, "one transformer block", "params")
+head = define("params_lm_head", (1 - tied) * V * h, "LM head (0 when tied to the embedding)", "params")
+total = define("params_total", emb + L * layer + norm + head, "all parameters (shared ones once)", "params")
+define("params_non_embedding", total - emb, "total minus embedding tables (the LM head stays in)", "params")
+define("params_largest_module",
+       sp.Max(V * h, learned * P * h, learned * (h + qkvb) * (a + 2 * k) * d_h + rope * (h + qkvb) * a * d_h,
+              h * f + bias * f, f * h + bias * h, moe * h * E),
+       "the largest single module (embedding, LM head, a projection): what ZeRO-3 gathers at once", "params")
+active = define("params_active", total - L * (E - K) * expert, "parameters used per token (MoE: top_k experts)",
+                "params")
+
+# ---- FLOPs -------------------------------------------------------------------------------------------------
+group("FLOPs", "Kaplan et al. 2020 (2N per token forward, backward 2× forward); causal attention counts the "
+      "lower triangle only (Megatron-LM); sliding windows and MoE top_k counted as run")
+matmul = define("matmul_weights", L * (h * (a + 2 * k) * d_h + a * d_h * h + K * (2 + gated) * h * f + moe * h * E)
+                + V * h, "weights multiplied per token (the LM head even when tied; embeddings are lookups)",
+                "params")
+w_eff = sp.Min(window, s)
+ctx = define("attention_context", (w_eff * (w_eff + 1) / 2 + (s - w_eff) * w_eff) / s,
+             "keys each query attends to, averaged over positions (causal, windowed)", "tokens")
+fwd_attn = define("flops_attention_per_token", 4 * L * a * d_h * ctx, "QKᵀ and AV, forward", "FLOP")
+fwd = define("flops_per_token_forward", 2 * matmul + fwd_attn, "forward FLOPs per token", "FLOP")
+train = define("flops_per_token_train", 3 * fwd, "model FLOPs per token (forward + backward = 3×; for MFU)", "FLOP")
+recompute = define("flops_recompute_per_token",
+                   ck_full * (fwd - 2 * V * h) + ck_sel * 2 * L * (K * (2 + gated) * h * f + moe * h * E),
+                   "forward recomputed in backward: every block (full) or the MLPs (selective)", "FLOP")
+hw = define("flops_per_token_hardware", train + recompute, "FLOPs executed per token (for HFU)", "FLOP")
+define("flops_per_step", train * B * s, "model FLOPs per optimizer step", "FLOP")
+define("flops_total", train * D, "model FLOPs for the whole run", "FLOP")
+define("flops_6nd", 6 * active * D, "the 6·N·D rule, for comparison", "FLOP")
+
+# ---- memory: model states ----------------------------------------------------------------------------------
+group("Memory: model states", "ZeRO (Rajbhandari et al. 2019); byte regimes in llmspec/regimes.py; DeepSpeed "
+      "estimate_zero2/zero3_model_states_mem_needs (their code, not their docs)")
+mem_w = define("memory_weights", psi * w_bpp, "weights on this GPU", "B")
+mem_g = define("memory_gradients", psi * g_bpp, "gradients on this GPU", "B")
+mem_o = define("memory_optimizer", psi * o_bpp, "optimizer states (+ fp32 master) on this GPU", "B")
+gathered = define("memory_gathered", z3 * 2 * w_bytes * P_L,
+                  "ZeRO-3: the largest module gathered, 16-bit params + grads (DeepSpeed's 4·P_largest)", "B")
+states = define("memory_model_states", sp.floor(mem_w + mem_g + mem_o + gathered),
+                "weights + gradients + optimizer (+ ZeRO-3 gathered module)", "B")
+
+# ---- memory: activations -----------------------------------------------------------------------------------
+group("Memory: activations", "per saved tensor of the compiled model (Korthikanti et al. 2022 generalised: SDPA "
+      "saves q, k, v, out and fp32 log-sum-exp instead of s² scores; GQA-sized k, v; SwiGLU's wider tensors)")
+norm_saved = define("act_norm", ln * (h * e + 8) + (1 - ln) * (8 * h + 4),
+                    "per token, one norm: LayerNorm saves x + fp32 mean, rstd; RMSNorm (composite) an fp32 copy "
+                    "of x, the fp32 normalised x and rstd", "B")
+act_attn = define("act_attention", norm_saved + h * e + (a + 2 * k) * d_h * e + 2 * a * d_h * e + 4 * a
+                  + drop * h, "per token: norm, q/k/v input, q, k, v, SDPA out and its contiguous copy, fp32 "
+                  "log-sum-exp (+ dropout mask)", "B")
+hidden_mult = 2 - relu + 2 * gated
+act_mlp = define("act_mlp", norm_saved + h * e + (1 - moe) * hidden_mult * f * e
+                 + moe * (K * (2 * h * e + hidden_mult * f * e + 20) + 4 * E + 4) + drop * h,
+                 "per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f; MoE: per routed "
+                 "token the gathered input, hidden tensors, weighted output, routing indices)", "B")
+act_layer = define("act_layer", act_attn + act_mlp, "per token, one block, nothing recomputed", "B")
+act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h * e) + ck_full * h * e,
+                  "per token, one block, as kept for backward: all, attention + MLP input (selective), or the "
+                  "block input (full)", "B")
+act_embed = define("act_embedding", 8 + drop * h, "per token: int64 ids (+ dropout mask)", "B")
+act_head = define("act_head", norm_saved + h * e + 4 * V + 8,
+                  "per token: final norm, LM-head input, fp32 log-softmax, int64 targets", "B")
+act_tables = define("act_tables", rope * 2 * P * d_h * e + learned * 8 * s,
+                    "once per GPU: RoPE cos/sin tables (or position ids)", "B")
+acts = define("memory_activations",
+              inflight * b * s * (L_here * act_kept + first * act_embed + last * act_head) / t + first * act_tables,
+              "saved for backward by the micro-batches in flight (1F1B: p on the first stage)", "B")
+
+# ---- memory: buffers and peak ------------------------------------------------------------------------------
+group("Memory: transient buffers and peak", "peak is a timeline: states + saved activations + the largest "
+      "transient (logits or a recomputed block) + communication buckets")
+buf_logits = define("buffer_logits", last * b * s * V * (2 * e + 4) / t,
+                    "logits alive with their fp32 and output-dtype gradients", "B")
+buf_recompute = define("buffer_recompute", b * s * (ck_full * act_layer + ck_sel * (act_mlp - norm_saved)) / t,
+                       "one block's activations rebuilt during backward", "B")
+buf_zero = define("buffer_zero", z12 * sp.Min(reduce_bucket, psi) * g_bucket * (1 + overlap)
+                  + z3 * (sp.Min(prefetch_bucket, psi) * w_bytes
+                          + sp.Min(reduce_bucket, psi) * g_bucket),
+                  "DeepSpeed reduce buckets (ZeRO-1/2, doubled with overlap_comm); ZeRO-3 prefetch + reduce", "B")
+bufs = define("memory_buffers", sp.Max(buf_logits, buf_recompute) + buf_zero, "transients at the peak", "B")
+define("memory_peak", states + acts + bufs, "peak allocated bytes on this GPU", "B")
+
+# ---- host memory (DeepSpeed's estimators, per node, with their 1.5 buffer factor) ---------------------------
+group("Host memory per node", "deepspeed.runtime.zero.stage_1_and_2 / stage3 estimators (zero_init=True)")
+define("host_zero2_offload", psi * sp.Max(4 * n_gpu, 16) * sp.Rational(3, 2), "ZeRO-1/2 + optimizer offload", "B")
+define("host_zero2", psi * 4 * gpn * sp.Rational(3, 2), "ZeRO-0/1/2: fp32 model load per process", "B")
+define("host_zero3_offload_all", psi * 18 / n_nodes * sp.Rational(3, 2), "ZeRO-3 + optimizer + params offload",
+       "B")
+define("host_zero3_offload", psi * 16 / n_nodes * sp.Rational(3, 2), "ZeRO-3 + optimizer offload", "B")
+define("host_zero3", P_L * 4 * gpn * sp.Rational(3, 2), "ZeRO-3 without offload", "B")
+
+# ---- time and cost -----------------------------------------------------------------------------------------
+group("Time and cost", "compute at a calibrated fraction of peak + exposed communication (ring collectives: "
+      "(d-1)/d of the bytes each way) + pipeline bubble (p-1)/(v·m) (Narayanan et al. 2021)")
+t_compute = define("time_compute", hw * B * s / (n_gpu * F_peak * eff), "seconds of math per step", "s")
+t_bubble = define("time_bubble", (p - 1) / (v * m) * t_compute, "pipeline fill and drain", "s")
+dp_bytes = define("comm_dp_bytes", (dp - 1) / dp * psi * (z01 * 2 * g_bucket + z2 * (m * g_bucket + 2)
+                                                           + z3 * m * (4 + g_bucket)),
+                  "bytes each GPU sends per step for data parallelism: all-reduce (ZeRO-0/1), reduce-scatter per "
+                  "micro-batch + weight all-gather (ZeRO-2), two all-gathers + reduce-scatter per micro-batch "
+                  "(ZeRO-3)", "B")
+window_dp = (z01 * sp.Rational(2, 3) / m + z2 * sp.Rational(2, 3) + z3) * t_compute * overlap
+t_dp = define("time_dp_exposed", sp.Max(0, dp_bytes / bw_dp - window_dp),
+              "data-parallel traffic not hidden behind backward compute", "s")
+t_tp = define("time_tp", (8 + 4 * ck_full) * L_here * (t - 1) / t * b * s * h * e * m / bw_tp,
+              "tensor-parallel collectives: 4 per block forward, 4 backward (+4 when recomputing)", "s")
+t_pp = define("time_pp", (1 - 1 / p) * 2 * m * b * s * h * e / t / bw_pp,
+              "activations and their gradients sent between stages", "s")
+step = define("time_step", t_compute + t_bubble + t_dp + t_tp + t_pp, "seconds per optimizer step", "s")
+tps = define("tokens_per_second", B * s / step, "training throughput", "tokens/s")
+secs = define("time_total", steps * step, "wall-clock for the run", "s")
+gpuh = define("gpu_hours", secs * n_gpu / 3600, "GPU-hours", "GPU·h")
+define("cost", gpuh * price, "USD at the GPU-hour price", "USD")
+define("mfu", train * tps / (n_gpu * F_peak), "model FLOPs utilisation", "")
+define("hfu", hw * tps / (n_gpu * F_peak), "hardware FLOPs utilisation (recompute counted)", "")
+
+
+def expanded(name: str) -> sp.Expr:
+    """A formula with every formula it refers to substituted, down to input symbols."""
+    expr = FORMULAS[name].expr
+    for _ in range(len(FORMULAS)):
+        refs = {sym: FORMULAS[sym.name].expr for sym in expr.free_symbols if sym.name in FORMULAS}
+        if not refs:
+            return expr
+        expr = expr.xreplace(refs)
+    raise RecursionError(name)
+
+
+def arguments(name: str) -> list[str]:
+    """The names a formula's numeric function takes (inputs and earlier formulas), sorted."""
+    return sorted(sym.name for sym in FORMULAS[name].expr.free_symbols)

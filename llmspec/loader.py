@@ -1,0 +1,163 @@
+"""Load a spec from a path or a named spec, apply ``--set`` overrides, and report problems with YAML lines."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from llmspec.errors import ConsistencyError, Problem, SpecError
+from llmspec.spec import Spec
+
+SET_SOURCE = "--set"
+
+
+def named_specs() -> dict[str, Path]:
+    """Named example specs shipped in ``specs/`` (installed as the ``llmspec.specs`` package)."""
+    folder = resources.files("llmspec.specs")
+    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+def resolve(source: str | Path) -> Path:
+    """A path to an existing file, or the name of a spec in specs/."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    specs = named_specs()
+    name = str(source).removesuffix(".yaml")
+    if name in specs:
+        return specs[name]
+    close = difflib.get_close_matches(name, specs, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f" (named specs: {', '.join(sorted(specs))})"
+    raise SpecError([Problem("", f"no spec file or named spec '{source}'{hint}")])
+
+
+def load_spec(source: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Load and validate a spec; raise SpecError listing every problem (with field path and YAML line)."""
+    path = resolve(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError([Problem("", f"cannot read spec: {err}", source=str(path))]) from None
+    return parse_spec(text, source=str(path), sets=sets)
+
+
+def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str, ...] = ()) -> Spec:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError([Problem("", f"invalid YAML: {reason}", line, source)]) from None
+    if not isinstance(data, dict):
+        raise SpecError([Problem("", "a spec must be a YAML mapping with name, model, training, ...", 1, source)])
+    overridden = apply_sets(data, sets)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as err:
+        problems = [_from_pydantic(e) for e in err.errors()]
+    except ConsistencyError as err:
+        problems = list(err.problems)
+    raise SpecError([_locate(p, node, source, overridden) for p in problems]) from None
+
+
+def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> set[str]:
+    """Apply ``section.field=value`` overrides in place (values parsed as YAML); return the paths set."""
+    done = set()
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        keys = key.strip().split(".")
+        if not sep or not all(keys):
+            raise SpecError([Problem(key, f"expected --set section.field=value, got '{item}'", source=SET_SOURCE)])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        target = data
+        for i, part in enumerate(keys[:-1]):
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(keys[: i + 1])
+                raise SpecError([Problem(where, f"is not a section, cannot set '{key}'", source=SET_SOURCE)])
+            target = child
+        target[keys[-1]] = value
+        done.add(".".join(keys))
+    return done
+
+
+def _from_pydantic(error: dict[str, Any]) -> Problem:
+    loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
+    path = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        choices = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], choices, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else f" (allowed: {', '.join(choices)})"
+        return Problem(path, f"unknown field '{loc[-1]}'{hint}")
+    if error["type"] == "missing":
+        return Problem(path, "required field is missing")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] not in ("value_error",) and "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return Problem(path, message)
+
+
+def _is_union_tag(part: object) -> bool:
+    # pydantic names the union member it tried ("str", "CustomGPU", "function-before[...]"): not a field.
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or part[:1].isupper() or "[" in part)
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    """Field names of the section at ``loc`` (for did-you-mean)."""
+    model: type[BaseModel] | None = Spec
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return []
+        model = _model_in(model.model_fields[part].annotation)
+    return list(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None
+
+
+def _locate(problem: Problem, root: yaml.Node | None, source: str, overridden: set[str]) -> Problem:
+    """Attach the YAML line of the deepest node on the problem's path (or mark it as a --set override)."""
+    parts = problem.path.split(".") if problem.path else []
+    for depth in range(len(parts), 0, -1):
+        if ".".join(parts[:depth]) in overridden:
+            return Problem(problem.path, problem.message, None, SET_SOURCE)
+    node, line = root, 1
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    line, node = key.start_mark.line + 1, value
+                    break
+            else:
+                break
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return Problem(problem.path, problem.message, line if root is not None else None, source)
+
+
+def dump_spec(spec: Spec) -> str:
+    """The resolved spec as YAML (derived fields filled in); loading it gives the same spec."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -1,0 +1,287 @@
+"""From a spec to a plan: parameters, FLOPs, per-GPU memory, fit, time and cost, and the alternatives.
+
+Pure arithmetic over ``llmspec._numeric`` (generated from the sympy formulas): no torch, no sympy, no numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from llmspec import _numeric
+from llmspec.regimes import bytes_per_param, per_gpu_bytes_per_param
+from llmspec.spec import Spec
+
+# Achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
+# and pipeline bubbles, which the time model adds separately. Megatron-LM reports 44-52% of A100 peak this way.
+# Calibrated on the Llama 2 model card (7B: 184,320 and 70B: 1,720,320 A100-80GB GPU-hours for 2T tokens)
+# with specs/llama2-7b.yaml and llama2-70b.yaml: 0.995x and 1.035x (tests/test_time.py pins +-20%).
+DEFAULT_EFFICIENCY = 0.50
+
+CHECKPOINTING = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The memory-relevant choices of a plan: what the alternatives table varies."""
+
+    zero_stage: int
+    activation_checkpointing: str
+    offload_optimizer: str = "none"
+    offload_params: str = "none"
+
+    @property
+    def label(self) -> str:
+        text = f"ZeRO-{self.zero_stage} · ckpt {self.activation_checkpointing}"
+        if self.offload_params != "none":
+            return f"{text} · offload opt+params ({self.offload_params})"
+        if self.offload_optimizer != "none":
+            return f"{text} · offload opt ({self.offload_optimizer})"
+        return text
+
+    def sets(self) -> list[str]:
+        """The ``--set`` overrides that select this strategy."""
+        return [f"parallelism.zero_stage={self.zero_stage}",
+                f"parallelism.activation_checkpointing={self.activation_checkpointing}",
+                f"parallelism.offload_optimizer={self.offload_optimizer}",
+                f"parallelism.offload_params={self.offload_params}"]
+
+
+@dataclass
+class Alternative:
+    strategy: Strategy
+    peak: int
+    model_states: int
+    activations: int
+    fits: bool
+    step_seconds: float
+    total_seconds: float
+    cost: float
+    chosen: bool
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    strategy: Strategy
+    env: dict[str, Any]  # every formula input and result for the stage that sets the peak
+    stage: str  # "only", "first" or "last": the pipeline stage with the highest peak
+    gpu_name: str
+    gpu_memory: int
+    usable_memory: int
+    host_memory: int
+    nvme_memory: int
+    efficiency: float
+    alternatives: list[Alternative] = field(default_factory=list)
+
+    # -- the contract of `llmspec plan --json` (shared/design.md) -------------------------------------------
+    @property
+    def params(self) -> dict[str, int]:
+        e = self.env
+        return {
+            "total": int(e["params_total"]), "embedding": int(e["params_embedding"]),
+            "non_embedding": int(e["params_non_embedding"]), "active": int(e["params_active"]),
+            "per_layer": int(e["params_layer"]), "attention_per_layer": int(e["params_attention"]),
+            "mlp_per_layer": int(e["E"] * e["params_mlp"]), "router_per_layer": int(e["params_router"]),
+            "norms": int(e["L"] * 2 * e["params_norm"] + e["params_norm"]), "lm_head": int(e["params_lm_head"]),
+            "largest_module": int(e["params_largest_module"]),
+        }
+
+    @property
+    def flops(self) -> dict[str, float]:
+        e = self.env
+        return {
+            "per_token_forward": e["flops_per_token_forward"], "per_token_train": e["flops_per_token_train"],
+            "per_token_hardware": e["flops_per_token_hardware"], "per_step": e["flops_per_step"],
+            "total": e["flops_total"], "six_nd": e["flops_6nd"], "attention_per_token": e["flops_attention_per_token"],
+        }
+
+    @property
+    def memory(self) -> dict[str, int]:
+        e = self.env
+        return {
+            "weights": _bytes(e["memory_weights"]), "gradients": _bytes(e["memory_gradients"]),
+            "optimizer": _bytes(e["memory_optimizer"]), "gathered": _bytes(e["memory_gathered"]),
+            "model_states": int(e["memory_model_states"]), "activations": _bytes(e["memory_activations"]),
+            "buffers": _bytes(e["memory_buffers"]), "peak": _bytes(e["memory_peak"]),
+        }
+
+    @property
+    def time(self) -> dict[str, float]:
+        e = self.env
+        return {
+            "step_seconds": e["time_step"], "tokens_per_second": e["tokens_per_second"],
+            "total_seconds": e["time_total"], "days": e["time_total"] / 86400, "gpu_hours": e["gpu_hours"],
+            "cost": e["cost"], "compute_seconds": e["time_compute"], "bubble_seconds": e["time_bubble"],
+            "dp_exposed_seconds": e["time_dp_exposed"], "tp_seconds": e["time_tp"], "pp_seconds": e["time_pp"],
+            "mfu": e["mfu"], "hfu": e["hfu"], "steps": e["steps"],
+        }
+
+    @property
+    def fits(self) -> bool:
+        return self.memory["peak"] <= self.usable_memory
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "name": spec.name,
+            "params": self.params,
+            "flops": self.flops,
+            "memory": self.memory,
+            "host_memory": self.host_memory,
+            "nvme_memory": self.nvme_memory,
+            "time": self.time,
+            "fits": self.fits,
+            "gpu": {"name": self.gpu_name, "memory": self.gpu_memory, "usable": self.usable_memory,
+                    "count": spec.cluster.gpus, "efficiency": self.efficiency},
+            "layout": {"data_parallel": spec.parallelism.data_parallel, "tensor": spec.parallelism.tensor,
+                       "pipeline": spec.parallelism.pipeline,
+                       "gradient_accumulation_steps": spec.training.gradient_accumulation_steps,
+                       "peak_stage": self.stage},
+            "regime": {"name": spec.parallelism.byte_regime, "precision": spec.training.precision,
+                       "bytes_per_param": bytes_per_param(spec.parallelism.byte_regime, spec.training.precision,
+                                                          spec.training.optimizer.n_states)},
+            "strategy": {"label": self.strategy.label, "sets": self.strategy.sets()},
+            "alternatives": [
+                {"strategy": a.strategy.label, "sets": a.strategy.sets(), "peak": a.peak,
+                 "model_states": a.model_states, "activations": a.activations, "fits": a.fits,
+                 "step_seconds": a.step_seconds, "total_seconds": a.total_seconds, "cost": a.cost,
+                 "chosen": a.chosen}
+                for a in self.alternatives
+            ],
+        }
+
+
+def _bytes(value: Any) -> int:
+    return int(math.ceil(value))
+
+
+def architecture_inputs(spec: Spec) -> dict[str, Any]:
+    """Formula inputs that describe the model and the batch (everything but the strategy and the stage)."""
+    mo, tr, par = spec.model, spec.training, spec.parallelism
+    moe = mo.moe
+    e = 4 if tr.precision == "fp32" else 2
+    return {
+        "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
+        "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,
+        "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
+        "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
+        "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
+        "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"), "dropout": int(mo.dropout > 0),
+        "b": tr.micro_batch_size, "s": tr.seq_len, "B": tr.global_batch_size, "D": tr.total_tokens,
+        "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or tr.seq_len,
+        "t": par.tensor, "p": par.pipeline, "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
+        "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
+        "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
+        "overlap_comm": int(par.overlap_comm), "reduce_bucket": par.reduce_bucket_size,
+        "prefetch_bucket": par.prefetch_bucket_size,
+    }
+
+
+PARAMETER_FORMULAS = frozenset(name for name, group in _numeric.GROUPS.items() if group == "Parameters")
+
+
+def _stage_params(env: dict[str, Any], first: bool, last: bool, layers: int) -> int:
+    """Parameters held by one pipeline stage (DeepSpeed keeps a tied embedding on both end stages)."""
+    held = layers * env["params_layer"]
+    if first:
+        held += env["params_embedding"]
+    if last:
+        # The LM head, or (pipelines) the tied copy of the embedding that the last stage multiplies with.
+        held += env["params_norm"] + (0 if (first and env["tied"]) else env["V"] * env["h"])
+    return held
+
+
+def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) -> dict[str, Any]:
+    par, tr = spec.parallelism, spec.training
+    p, t = par.pipeline, par.tensor
+    first, last = stage in ("only", "first"), stage in ("only", "last")
+    layers = math.ceil(spec.model.n_layers / p)
+    env = dict(base)
+    z = strategy.zero_stage
+    bpp = per_gpu_bytes_per_param(par.byte_regime, tr.precision, tr.optimizer.n_states, z, par.data_parallel,
+                                  strategy.offload_optimizer != "none", strategy.offload_params != "none")
+    ckpt = strategy.activation_checkpointing
+    env.update({
+        "psi": Fraction(_stage_params(env, first, last, layers), t),
+        "w_bpp": Fraction(bpp["weights"]), "g_bpp": Fraction(bpp["gradients"]), "o_bpp": Fraction(bpp["optimizer"]),
+        "zero01": int(z <= 1), "zero2": int(z == 2), "zero12": int(z in (1, 2)), "zero3": int(z == 3),
+        "ck_none": int(ckpt == "none"), "ck_selective": int(ckpt == "selective"), "ck_full": int(ckpt == "full"),
+        "first_stage": int(first), "last_stage": int(last), "L_here": layers,
+        "inflight": min(p, tr.gradient_accumulation_steps) if stage == "first" else 1,
+    })
+    env["P_L"] = Fraction(env["params_largest_module"], t)  # tensor parallelism splits it too
+    return _numeric.evaluate(env)
+
+
+def _device_inputs(spec: Spec) -> dict[str, Any]:
+    cl, par = spec.cluster, spec.parallelism
+    gpu = cl.device
+    intra = cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth
+    inter = cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth
+    within = cl.gpus_per_node
+    return {
+        "F_peak": gpu.peak_flops[spec.training.precision],
+        "eff": cl.efficiency or DEFAULT_EFFICIENCY,
+        "bw_dp": intra if cl.nodes == 1 else inter,
+        "bw_tp": intra if par.tensor <= within else inter,
+        "bw_pp": intra if par.tensor * par.pipeline <= within else inter,
+        "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,
+    }
+
+
+def _peak_stage(spec: Spec, base: dict[str, Any], strategy: Strategy) -> tuple[str, dict[str, Any]]:
+    if spec.parallelism.pipeline == 1:
+        return "only", _evaluate(spec, base, strategy, "only")
+    stages = [(name, _evaluate(spec, base, strategy, name)) for name in ("first", "last")]
+    return max(stages, key=lambda item: item[1]["memory_peak"])
+
+
+def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[int, int]:
+    """Host bytes per node (DeepSpeed's estimators) and NVMe bytes per node for NVMe offload."""
+    z, opt, prm = strategy.zero_stage, strategy.offload_optimizer, strategy.offload_params
+    if z == 3:
+        name = ("host_zero3_offload_all" if prm == "cpu" else "host_zero3_offload" if opt == "cpu" else "host_zero3")
+    else:
+        name = "host_zero2_offload" if opt == "cpu" else "host_zero2"
+    nvme = 0
+    if "nvme" in (opt, prm):
+        full = bytes_per_param(spec.parallelism.byte_regime, spec.training.precision, spec.training.optimizer.n_states)
+        moved = full["optimizer"] + full["gradients"] + (full["weights"] if prm == "nvme" else 0)
+        nvme = int(env["psi"] * moved / spec.parallelism.data_parallel * spec.cluster.gpus_per_node)
+    return int(env[name]), nvme
+
+
+def plan(spec: Spec, alternatives: bool = True) -> Plan:
+    """Plan a spec: the chosen strategy in full, and (by default) every alternative strategy's peak and time."""
+    par = spec.parallelism
+    base = _numeric.evaluate({**architecture_inputs(spec), **_device_inputs(spec)}, PARAMETER_FORMULAS)
+    chosen = Strategy(par.zero_stage, par.activation_checkpointing, par.offload_optimizer, par.offload_params)
+    stage, env = _peak_stage(spec, base, chosen)
+    host, nvme = _host_memory(spec, env, chosen)
+    gpu = spec.cluster.device
+    usable = gpu.memory_bytes - int(spec.cluster.memory_reserve_gib * 2**30)
+    result = Plan(spec, chosen, env, stage, gpu.name, gpu.memory_bytes, usable, host, nvme, base["eff"])
+    if alternatives:
+        for strategy in strategies(spec):
+            _, alt = _peak_stage(spec, base, strategy) if strategy != chosen else (stage, env)
+            peak = _bytes(alt["memory_peak"])
+            result.alternatives.append(Alternative(
+                strategy, peak, int(alt["memory_model_states"]), _bytes(alt["memory_activations"]), peak <= usable,
+                alt["time_step"], alt["time_total"], alt["cost"], strategy == chosen))
+    return result
+
+
+def strategies(spec: Spec) -> list[Strategy]:
+    """Every ZeRO stage × checkpointing mode × CPU offload that the spec's parallelism allows."""
+    out = []
+    max_stage = 1 if spec.parallelism.pipeline > 1 else 3
+    for stage in range(max_stage + 1):
+        offloads = [("none", "none")] + ([("cpu", "none")] if stage >= 1 else []) + (
+            [("cpu", "cpu")] if stage == 3 else [])
+        for opt, prm in offloads:
+            for ckpt in CHECKPOINTING:
+                out.append(Strategy(stage, ckpt, opt, prm))
+    return out

@@ -1,0 +1,93 @@
+"""Byte regimes: how many bytes each parameter costs, and at which ZeRO stage each piece is sharded.
+
+Tools disagree on bytes per parameter (16, 18, 20); llmspec names the regime instead of hiding it. The default is
+DeepSpeed's, the one its own estimators assume, so ``memory.model_states`` equals
+``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs`` to the byte.
+Pure Python (no sympy): the planner uses it on the fast path, docs render it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHARDED_NEVER = 9  # a stage above 3: never sharded
+
+
+@dataclass(frozen=True)
+class Piece:
+    name: str  # what it is
+    kind: str  # weights | gradients | optimizer
+    bytes: int  # per parameter
+    sharded_from: int  # ZeRO stage from which it is divided by the data-parallel degree
+    on_gpu_at_stage3: bool = True  # False: this regime keeps no persistent copy under ZeRO-3
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    summary: str
+    mixed: tuple[Piece, ...]  # bf16/fp16 training; the optimizer's per-state bytes are added at run time
+    master_bytes: int = 4
+
+
+REGIMES: dict[str, Regime] = {
+    "deepspeed": Regime(
+        "deepspeed",
+        "20 B/param: 16-bit weights 2 + 16-bit grads 2 + fp32 grads 4 + fp32 master 4 + Adam 8 (DeepSpeed's "
+        "estimators; under ZeRO-3 the 16-bit grads live only for the module being reduced: the 4·P_largest term)",
+        (
+            Piece("16-bit weights", "weights", 2, 3),
+            Piece("16-bit gradients", "gradients", 2, 2, on_gpu_at_stage3=False),
+            Piece("fp32 gradients", "gradients", 4, 1),
+        ),
+    ),
+    "zero_paper": Regime(
+        "zero_paper",
+        "16 B/param: 16-bit weights 2 + 16-bit grads 2 + fp32 master 4 + Adam 8 (ZeRO paper, Transformer Math 101)",
+        (Piece("16-bit weights", "weights", 2, 3), Piece("16-bit gradients", "gradients", 2, 2)),
+    ),
+    "megatron": Regime(
+        "megatron",
+        "18 B/param: 16-bit weights 2 + fp32 main grads 4 + fp32 master 4 + Adam 8 (Megatron; with ZeRO-1 this is "
+        "its distributed optimizer, 6 + 12/d)",
+        (Piece("16-bit weights", "weights", 2, 3), Piece("fp32 gradients", "gradients", 4, 2)),
+    ),
+}
+
+FP32_PIECES = (Piece("fp32 weights", "weights", 4, 3), Piece("fp32 gradients", "gradients", 4, 2))
+
+
+def pieces(regime: str, precision: str, n_states: int) -> tuple[Piece, ...]:
+    """Every per-parameter piece of the model states, optimizer included."""
+    states = Piece(f"optimizer states ({n_states} × fp32)", "optimizer", 4 * n_states, 1)
+    if precision == "fp32":
+        return (*FP32_PIECES, states)
+    chosen = REGIMES[regime]
+    return (*chosen.mixed, Piece("fp32 master weights", "optimizer", chosen.master_bytes, 1), states)
+
+
+def bytes_per_param(regime: str, precision: str, n_states: int) -> dict[str, float]:
+    """Unsharded bytes per parameter by kind: {'weights': 2, 'gradients': 6, 'optimizer': 12} for DeepSpeed."""
+    out = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
+    for piece in pieces(regime, precision, n_states):
+        out[piece.kind] += piece.bytes
+    return out
+
+
+def per_gpu_bytes_per_param(regime: str, precision: str, n_states: int, stage: int, dp: int,
+                            offload_optimizer: bool, offload_params: bool) -> dict[str, float]:
+    """Bytes per (model-shard) parameter held on one GPU, by kind, after ZeRO sharding and offload.
+
+    Optimizer offload moves the optimizer and every gradient copy to the host (DeepSpeed keeps only the 16-bit
+    weights on the GPU: its estimator's ``2Ψ``); parameter offload moves the weights too.
+    """
+    out = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
+    for piece in pieces(regime, precision, n_states):
+        if stage == 3 and not piece.on_gpu_at_stage3:
+            continue
+        if piece.kind != "weights" and offload_optimizer:
+            continue
+        if piece.kind == "weights" and offload_params:
+            continue
+        out[piece.kind] += piece.bytes / dp if stage >= piece.sharded_from else piece.bytes
+    return out

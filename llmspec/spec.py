@@ -1,0 +1,238 @@
+"""The spec: one Pydantic model describing an LLM training job (model, training, parallelism, cluster, data).
+
+Every section forbids unknown keys. Fields marked *derived* are filled in by validators when absent and checked
+when given. Cross-field rules live in ``llmspec.checks`` so that each problem names its own field path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llmspec import catalogue
+from llmspec.units import parse_count
+
+Positive = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class RopeScaling(_Section):
+    """Rotary-embedding frequency scaling (Llama 3.1 style, or plain linear position interpolation)."""
+
+    type: Literal["llama3", "linear"] = "llama3"
+    factor: float = Field(8.0, gt=0)
+    low_freq_factor: float = Field(1.0, gt=0)
+    high_freq_factor: float = Field(4.0, gt=0)
+    original_max_seq_len: Positive = 8192
+
+
+class MoE(_Section):
+    """Mixture of experts replacing every MLP: a linear router picks ``top_k`` of ``n_experts`` (Mixtral)."""
+
+    n_experts: Annotated[int, Field(ge=2)]
+    top_k: Positive = 2
+
+
+class ModelSpec(_Section):
+    """The architecture."""
+
+    vocab_size: Positive
+    d_model: Positive
+    n_layers: Positive
+    n_heads: Positive
+    n_kv_heads: Positive | None = Field(None, description="derived: n_heads (MHA); 1 is MQA, between is GQA")
+    head_dim: Positive | None = Field(None, description="derived: d_model / n_heads")
+    d_ff: Positive | None = Field(
+        None, description="derived: 4·d_model, or for gated MLPs 8·d_model/3 rounded up to a multiple of 256"
+    )
+    mlp: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = "gelu"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = Field(1e-5, gt=0)
+    position: Literal["learned", "rope"] = "learned"
+    rope_theta: float = Field(10000.0, gt=0)
+    rope_scaling: RopeScaling | None = None
+    max_seq_len: Positive
+    tie_embeddings: bool = False
+    bias: bool = Field(False, description="biases in every linear layer and LayerNorm (GPT-2)")
+    qkv_bias: bool = Field(False, description="biases on the q, k, v projections only (Qwen2)")
+    sliding_window: Positive | None = Field(None, description="attend to at most this many past tokens (Mistral)")
+    moe: MoE | None = None
+    dropout: float = Field(0.0, ge=0, lt=1)
+    init_std: float = Field(0.02, gt=0)
+
+    @property
+    def gated(self) -> bool:
+        return self.mlp in ("swiglu", "geglu")
+
+    @model_validator(mode="after")
+    def _derive(self) -> ModelSpec:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None and self.d_model % self.n_heads == 0:
+            self.head_dim = self.d_model // self.n_heads
+        if self.d_ff is None:
+            self.d_ff = -(-8 * self.d_model // 3 // 256) * 256 if self.gated else 4 * self.d_model
+        return self
+
+
+class Optimizer(_Section):
+    name: Literal["adamw", "adam", "sgd", "lion"] = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.1, ge=0)
+    eps: float = Field(1e-8, gt=0)
+
+    @property
+    def n_states(self) -> int:
+        """fp32 state tensors per parameter: Adam keeps two moments; SGD (momentum) and Lion keep one."""
+        return 2 if self.name in ("adamw", "adam") else 1
+
+
+class Schedule(_Section):
+    """Linear warmup from 0 to ``optimizer.lr``, then cosine decay to ``min_lr``."""
+
+    warmup_steps: Annotated[int, Field(ge=0)] = 2000
+    min_lr: float = Field(3e-5, ge=0)
+
+
+class TrainingSpec(_Section):
+    seq_len: Positive
+    micro_batch_size: Positive = 1
+    global_batch_size: Positive = Field(description="sequences per optimizer step")
+    tokens: Positive | None = Field(None, description="total training tokens; accepts 300B, 2T, 1.5e12")
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    optimizer: Optimizer = Optimizer()
+    schedule: Schedule = Schedule()
+    grad_clip: float | None = Field(1.0, gt=0)
+    max_steps: Positive | None = Field(None, description="overrides tokens for short runs")
+    log_interval: Positive = 10
+    eval_interval: Positive = 500
+    checkpoint_interval: Positive = 1000
+    seed: int = 0
+    gradient_accumulation_steps: Positive | None = Field(
+        None, description="derived: global_batch_size / (micro_batch_size · data_parallel)"
+    )
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: object) -> object:
+        return None if value is None else parse_count(value)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _need_length(self) -> TrainingSpec:
+        if self.tokens is None and self.max_steps is None:
+            raise ValueError("set training.tokens (e.g. 2T) or training.max_steps")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+    @property
+    def total_tokens(self) -> int:
+        return self.max_steps * self.tokens_per_step if self.max_steps else self.tokens  # type: ignore[return-value]
+
+    @property
+    def steps(self) -> int:
+        return self.max_steps or -(-self.total_tokens // self.tokens_per_step)
+
+
+Offload = Literal["none", "cpu", "nvme"]
+
+
+class ParallelismSpec(_Section):
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    tensor: Positive = 1
+    pipeline: Positive = 1
+    virtual_stages: Positive = Field(1, description="interleaved pipeline chunks per GPU")
+    activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    offload_optimizer: Offload = "none"
+    offload_params: Offload = "none"
+    byte_regime: Literal["deepspeed", "zero_paper", "megatron"] = Field(
+        "deepspeed", description="bytes per parameter for mixed precision: 20, 16 or 18 (see docs/formulas.md)"
+    )
+    data_parallel: Positive | None = Field(None, description="derived: gpus / (tensor · pipeline)")
+    overlap_comm: bool = True
+    reduce_bucket_size: Positive = 500_000_000
+    allgather_bucket_size: Positive = 500_000_000
+    prefetch_bucket_size: Positive = 50_000_000
+    max_live_parameters: Positive = 1_000_000_000
+
+
+class CustomGPU(_Section):
+    """An accelerator that is not in the catalogue."""
+
+    name: str = "custom"
+    memory_gib: float = Field(gt=0)
+    peak_tflops: dict[Literal["fp32", "bf16", "fp16"], float] = Field(description="dense TFLOP/s per dtype")
+    hbm_bandwidth_gbs: float = Field(1000.0, gt=0)
+    intra_node_bandwidth_gbs: float = Field(100.0, gt=0)
+
+    def to_gpu(self) -> catalogue.GPU:
+        return catalogue.GPU(
+            self.name, int(self.memory_gib * 2**30), {k: v * 1e12 for k, v in self.peak_tflops.items()},
+            self.hbm_bandwidth_gbs * 1e9, self.intra_node_bandwidth_gbs * 1e9,
+        )
+
+
+class ClusterSpec(_Section):
+    gpu: str | CustomGPU = "A100-80GB"
+    gpus_per_node: Positive = 8
+    nodes: Positive = 1
+    intra_node_bandwidth: float | None = Field(None, gt=0, description="GB/s per GPU, one direction (NVLink)")
+    inter_node_bandwidth: float | None = Field(None, gt=0, description="GB/s per GPU across nodes (IB/RoCE)")
+    price_per_gpu_hour: float | None = Field(None, ge=0, description="USD; default from the dated catalogue")
+    efficiency: float | None = Field(None, gt=0, le=1, description="achieved fraction of peak FLOP/s")
+    memory_reserve_gib: float = Field(1.0, ge=0, description="per GPU, outside PyTorch: CUDA context, NCCL")
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def device(self) -> catalogue.GPU:
+        """The resolved accelerator (call only on a validated spec)."""
+        if isinstance(self.gpu, CustomGPU):
+            return self.gpu.to_gpu()
+        found = catalogue.lookup(self.gpu)
+        assert found is not None, "validated specs name catalogue GPUs"
+        return found
+
+
+class Tokenizer(_Section):
+    vocab_size: Positive | None = None
+    path: str | None = None
+
+
+class DataSpec(_Section):
+    corpus: str | list[str] = "builtin"
+    tokenizer: Tokenizer = Tokenizer()
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+
+
+class Spec(_Section):
+    """An LLM training job."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="letters, digits, . _ -")
+    model: ModelSpec
+    training: TrainingSpec
+    parallelism: ParallelismSpec = ParallelismSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    data: DataSpec = DataSpec()
+
+    @model_validator(mode="after")
+    def _check_and_derive(self) -> Spec:
+        from llmspec.checks import consistency_problems
+        from llmspec.errors import ConsistencyError
+
+        problems = consistency_problems(self)
+        if problems:
+            raise ConsistencyError(problems)
+        par, train = self.parallelism, self.training
+        par.data_parallel = self.cluster.gpus // (par.tensor * par.pipeline)
+        train.gradient_accumulation_steps = train.global_batch_size // (train.micro_batch_size * par.data_parallel)
+        return self
