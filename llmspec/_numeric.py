@@ -285,9 +285,14 @@ def time_pp(b, bw_pp, e, h, m, p, s, t):
     return b*e*h*m*s*(2 - 2/p)/(bw_pp*t)
 
 
-def time_step(time_bubble, time_compute, time_dp_exposed, time_pp, time_tp):
+def time_offload(bw_host, cpu_adam_rate, g_bucket, gpus_per_node, offload, psi, shard, w_bytes):
+    """optimizer offload: gradients down and weights back over PCIe, then the CPU optimizer step (ZeRO-Offload, Ren et al. 2021; not overlapped) [s]"""
+    return offload*psi*(gpus_per_node/cpu_adam_rate + (g_bucket + w_bytes)/bw_host)/shard
+
+
+def time_step(time_bubble, time_compute, time_dp_exposed, time_offload, time_pp, time_tp):
     """seconds per optimizer step [s]"""
-    return time_bubble + time_compute + time_dp_exposed + time_pp + time_tp
+    return time_bubble + time_compute + time_dp_exposed + time_offload + time_pp + time_tp
 
 
 def tokens_per_second(B, s, time_step):
@@ -373,7 +378,8 @@ ARGUMENTS = {
     "time_dp_exposed": ('bw_dp', 'comm_dp_bytes', 'm', 'overlap_comm', 'time_compute', 'zero01', 'zero2', 'zero3'),
     "time_tp": ('L_here', 'b', 'bw_tp', 'ck_full', 'e', 'h', 'm', 's', 't'),
     "time_pp": ('b', 'bw_pp', 'e', 'h', 'm', 'p', 's', 't'),
-    "time_step": ('time_bubble', 'time_compute', 'time_dp_exposed', 'time_pp', 'time_tp'),
+    "time_offload": ('bw_host', 'cpu_adam_rate', 'g_bucket', 'gpus_per_node', 'offload', 'psi', 'shard', 'w_bytes'),
+    "time_step": ('time_bubble', 'time_compute', 'time_dp_exposed', 'time_offload', 'time_pp', 'time_tp'),
     "tokens_per_second": ('B', 's', 'time_step'),
     "time_total": ('steps', 'time_step'),
     "gpu_hours": ('n_gpu', 'time_total'),
@@ -435,6 +441,7 @@ GROUPS = {
     "time_dp_exposed": "Time and cost",
     "time_tp": "Time and cost",
     "time_pp": "Time and cost",
+    "time_offload": "Time and cost",
     "time_step": "Time and cost",
     "tokens_per_second": "Time and cost",
     "time_total": "Time and cost",

@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PRICES_AS_OF = "2026-11"
+# Offload paths (per GPU): PCIe 4.0 x16 to host memory, a data-centre NVMe drive; DeepSpeedCPUAdam throughput per
+# node (ZeRO-Offload reports about 1-2 B parameters/s on a server CPU).
+HOST_LINK_BANDWIDTH = 25e9
+NVME_BANDWIDTH = 3e9
+CPU_ADAM_RATE = 1.5e9
 TERA = 1e12
 GIGA = 1e9
 

@@ -35,6 +35,7 @@ reduce_bucket, prefetch_bucket = _s("reduce_bucket prefetch_bucket", positive=Tr
 F_peak, eff, bw_dp, bw_tp, bw_pp, steps, price = _s("F_peak eff bw_dp bw_tp bw_pp steps price", positive=True)
 z01, z2 = _s("zero01 zero2", nonnegative=True)
 n_nodes, gpn = _s("nodes gpus_per_node", positive=True)
+offload, bw_host, adam_rate, shard = _s("offload bw_host cpu_adam_rate shard", positive=True)
 w_bytes = sp.Symbol("w_bytes", positive=True)
 
 INPUT_DOCS: dict[str, str] = {
@@ -63,7 +64,10 @@ INPUT_DOCS: dict[str, str] = {
     "F_peak": "dense peak FLOP/s of one GPU at the training precision", "eff": "achieved fraction of peak",
     "bw_dp": "bytes/s per GPU on the data-parallel links", "bw_tp": "bytes/s per GPU on tensor-parallel links",
     "bw_pp": "bytes/s per GPU between pipeline stages", "steps": "optimizer steps", "price": "USD per GPU-hour",
-    "nodes": "nodes", "gpus_per_node": "GPUs per node", "w_bytes": "bytes per weight element (2 or 4)",
+    "nodes": "nodes", "gpus_per_node": "GPUs per node", "offload": "1 with optimizer offload",
+    "bw_host": "bytes/s per GPU to the offload target (PCIe to host memory, or NVMe)",
+    "cpu_adam_rate": "parameters/s one node's CPUs update (DeepSpeedCPUAdam)",
+    "shard": "divisor of the optimizer partition (data-parallel degree under ZeRO ≥ 1)", "w_bytes": "bytes per weight element (2 or 4)",
 }
 
 
@@ -217,7 +221,10 @@ t_tp = define("time_tp", (8 + 4 * ck_full) * L_here * (t - 1) / t * b * s * h * 
               "tensor-parallel collectives: 4 per block forward, 4 backward (+4 when recomputing)", "s")
 t_pp = define("time_pp", (1 - 1 / p) * 2 * m * b * s * h * e / t / bw_pp,
               "activations and their gradients sent between stages", "s")
-step = define("time_step", t_compute + t_bubble + t_dp + t_tp + t_pp, "seconds per optimizer step", "s")
+t_off = define("time_offload", offload * psi / shard * ((g_bucket + w_bytes) / bw_host + gpn / adam_rate),
+               "optimizer offload: gradients down and weights back over PCIe, then the CPU optimizer step "
+               "(ZeRO-Offload, Ren et al. 2021; not overlapped)", "s")
+step = define("time_step", t_compute + t_bubble + t_dp + t_tp + t_pp + t_off, "seconds per optimizer step", "s")
 tps = define("tokens_per_second", B * s / step, "training throughput", "tokens/s")
 secs = define("time_total", steps * step, "wall-clock for the run", "s")
 gpuh = define("gpu_hours", secs * n_gpu / 3600, "GPU-hours", "GPU·h")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from llmspec import _numeric
+from llmspec import _numeric, catalogue
 from llmspec.regimes import bytes_per_param, per_gpu_bytes_per_param
 from llmspec.spec import Spec
 
@@ -52,9 +52,7 @@ class Strategy:
 @dataclass
 class Alternative:
     strategy: Strategy
-    peak: int
-    model_states: int
-    activations: int
+    memory: dict[str, int]  # the same breakdown as Plan.memory
     fits: bool
     step_seconds: float
     total_seconds: float
@@ -100,13 +98,7 @@ class Plan:
 
     @property
     def memory(self) -> dict[str, int]:
-        e = self.env
-        return {
-            "weights": _bytes(e["memory_weights"]), "gradients": _bytes(e["memory_gradients"]),
-            "optimizer": _bytes(e["memory_optimizer"]), "gathered": _bytes(e["memory_gathered"]),
-            "model_states": int(e["memory_model_states"]), "activations": _bytes(e["memory_activations"]),
-            "buffers": _bytes(e["memory_buffers"]), "peak": _bytes(e["memory_peak"]),
-        }
+        return memory_breakdown(self.env)
 
     @property
     def time(self) -> dict[str, float]:
@@ -116,6 +108,7 @@ class Plan:
             "total_seconds": e["time_total"], "days": e["time_total"] / 86400, "gpu_hours": e["gpu_hours"],
             "cost": e["cost"], "compute_seconds": e["time_compute"], "bubble_seconds": e["time_bubble"],
             "dp_exposed_seconds": e["time_dp_exposed"], "tp_seconds": e["time_tp"], "pp_seconds": e["time_pp"],
+            "offload_seconds": e["time_offload"],
             "mfu": e["mfu"], "hfu": e["hfu"], "steps": e["steps"],
         }
 
@@ -145,8 +138,7 @@ class Plan:
                                                           spec.training.optimizer.n_states)},
             "strategy": {"label": self.strategy.label, "sets": self.strategy.sets()},
             "alternatives": [
-                {"strategy": a.strategy.label, "sets": a.strategy.sets(), "peak": a.peak,
-                 "model_states": a.model_states, "activations": a.activations, "fits": a.fits,
+                {"strategy": a.strategy.label, "sets": a.strategy.sets(), "memory": a.memory, "fits": a.fits,
                  "step_seconds": a.step_seconds, "total_seconds": a.total_seconds, "cost": a.cost,
                  "chosen": a.chosen}
                 for a in self.alternatives
@@ -156,6 +148,16 @@ class Plan:
 
 def _bytes(value: Any) -> int:
     return int(math.ceil(value))
+
+
+def memory_breakdown(env: dict[str, Any]) -> dict[str, int]:
+    """Bytes per GPU by kind; ``model_states`` is exact (DeepSpeed's integer arithmetic), the rest rounded up."""
+    return {
+        "weights": _bytes(env["memory_weights"]), "gradients": _bytes(env["memory_gradients"]),
+        "optimizer": _bytes(env["memory_optimizer"]), "gathered": _bytes(env["memory_gathered"]),
+        "model_states": int(env["memory_model_states"]), "activations": _bytes(env["memory_activations"]),
+        "buffers": _bytes(env["memory_buffers"]), "peak": _bytes(env["memory_peak"]),
+    }
 
 
 def architecture_inputs(spec: Spec) -> dict[str, Any]:
@@ -211,6 +213,9 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
         "ck_none": int(ckpt == "none"), "ck_selective": int(ckpt == "selective"), "ck_full": int(ckpt == "full"),
         "first_stage": int(first), "last_stage": int(last), "L_here": layers,
         "inflight": min(p, tr.gradient_accumulation_steps) if stage == "first" else 1,
+        "offload": int(strategy.offload_optimizer != "none"), "shard": par.data_parallel if z >= 1 else 1,
+        "bw_host": catalogue.NVME_BANDWIDTH if "nvme" in (strategy.offload_optimizer, strategy.offload_params)
+        else catalogue.HOST_LINK_BANDWIDTH,
     })
     env["P_L"] = Fraction(env["params_largest_module"], t)  # tensor parallelism splits it too
     return _numeric.evaluate(env)
@@ -228,6 +233,7 @@ def _device_inputs(spec: Spec) -> dict[str, Any]:
         "bw_dp": intra if cl.nodes == 1 else inter,
         "bw_tp": intra if par.tensor <= within else inter,
         "bw_pp": intra if par.tensor * par.pipeline <= within else inter,
+        "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
         "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,
     }
 
@@ -267,10 +273,9 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
     if alternatives:
         for strategy in strategies(spec):
             _, alt = _peak_stage(spec, base, strategy) if strategy != chosen else (stage, env)
-            peak = _bytes(alt["memory_peak"])
-            result.alternatives.append(Alternative(
-                strategy, peak, int(alt["memory_model_states"]), _bytes(alt["memory_activations"]), peak <= usable,
-                alt["time_step"], alt["time_total"], alt["cost"], strategy == chosen))
+            memory = memory_breakdown(alt)
+            result.alternatives.append(Alternative(strategy, memory, memory["peak"] <= usable, alt["time_step"],
+                                                   alt["time_total"], alt["cost"], strategy == chosen))
     return result
 
 

@@ -1,0 +1,163 @@
+"""``llmspec`` command line: a thin typer shell over the Python API.
+
+Heavy imports (rich tables, sympy, matplotlib) happen inside the commands that need them, so that
+``llmspec plan SPEC --json`` stays well under half a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llmspec.errors import LLMSpecError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="One YAML spec for an LLM training job: plan it, explain it, (soon) build and run it.")
+
+SpecArg = Annotated[str, typer.Argument(help="a spec file, or the name of a spec in specs/ (see `llmspec specs`)")]
+SetOpt = Annotated[list[str], typer.Option("--set", help="override a field: section.field=value (repeatable)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _user_errors(command):
+    """Turn errors a user caused into one line each on stderr and exit code 2 (never a traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LLMSpecError as err:
+            for line in str(err).splitlines():
+                print(f"error: {line}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=float))
+
+
+@app.command()
+@_user_errors
+def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
+         plot: Annotated[Path | None, typer.Option(help="write the memory-by-strategy chart (PNG)")] = None,
+         alternatives: Annotated[bool, typer.Option(help="also plan every ZeRO × checkpointing × offload")] = True,
+         ) -> None:
+    """Parameters, FLOPs, per-GPU memory, fit, time and cost, for the spec's strategy and its alternatives."""
+    from llmspec.loader import load_spec
+    from llmspec.planner import plan as make_plan
+
+    result = make_plan(load_spec(spec, set_ or []), alternatives=alternatives or plot is not None)
+    if plot is not None:
+        from llmspec.plot import plot_memory
+
+        _check_writable(plot)
+        plot_memory(result, plot)
+    if json_:
+        _print_json(result.to_json())
+        return
+    from llmspec.report import render_plan
+
+    console = _console()
+    render_plan(result, console)
+    if plot is not None:
+        console.print(f"wrote {plot}")
+
+
+@app.command()
+@_user_errors
+def explain(spec: SpecArg, quantity: Annotated[str | None, typer.Argument(help="e.g. memory_activations")] = None,
+            set_: SetOpt = None, json_: JsonOpt = False) -> None:
+    """Each planner formula (sympy, pretty-printed) beside its value for SPEC."""
+    from llmspec.explain import explain as make_explanations
+    from llmspec.loader import load_spec
+    from llmspec.planner import plan as make_plan
+
+    items = make_explanations(make_plan(load_spec(spec, set_ or []), alternatives=False), quantity)
+    if json_:
+        _print_json([item.__dict__ for item in items])
+        return
+    console = _console()
+    for item in items:
+        console.print(f"[bold cyan]{item.name}[/] [dim]({item.group})[/] — {item.doc}")
+        console.print(item.formula, highlight=False)
+        if item.expanded:
+            console.print("[dim]expanded to inputs:[/]")
+            console.print(item.expanded, highlight=False)
+            console.print("[dim]inputs:[/] " + ", ".join(f"{k} = {v:g}" for k, v in item.inputs.items()))
+        console.print(f"[bold]= {item.value:,.6g}[/] {item.unit}\n")
+
+
+@app.command()
+@_user_errors
+def validate(spec: SpecArg, set_: SetOpt = None) -> None:
+    """Check a spec; print every problem with its field path and YAML line (exit 2), or a one-line summary."""
+    from llmspec.loader import load_spec
+
+    loaded = load_spec(spec, set_ or [])
+    m = loaded.model
+    print(f"ok: {loaded.name} — {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads "
+          f"({m.n_kv_heads} kv), {loaded.cluster.gpus} × {loaded.cluster.device.name}")
+
+
+@app.command()
+def schema() -> None:
+    """The spec's JSON Schema (for editors' YAML completion)."""
+    from llmspec.spec import Spec
+
+    _print_json(Spec.model_json_schema())
+
+
+@app.command()
+@_user_errors
+def specs(json_: JsonOpt = False) -> None:
+    """List the named specs in specs/."""
+    from llmspec.loader import load_spec, named_specs
+    from llmspec.planner import plan as make_plan
+
+    rows = []
+    for name, path in sorted(named_specs().items()):
+        spec = load_spec(path)
+        about = next((line[2:].strip() for line in path.read_text().splitlines() if line.startswith("# ")), "")
+        rows.append({"name": name, "params": make_plan(spec, alternatives=False).params["total"],
+                     "gpus": spec.cluster.gpus, "gpu": spec.cluster.device.name, "about": about})
+    if json_:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    from llmspec.units import fmt_count
+
+    table = Table(show_edge=False)
+    for column in ("name", "params", "cluster", "source"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], fmt_count(row["params"]), f"{row['gpus']} × {row['gpu']}", row["about"])
+    _console().print(table)
+
+
+def _check_writable(path: Path) -> None:
+    if path.suffix.lower() != ".png":
+        raise LLMSpecError(f"--plot {path}: expected a .png file name")
+    if not path.parent.exists():
+        raise LLMSpecError(f"--plot {path}: folder {path.parent} does not exist")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""``llmspec explain``: each formula as written (sympy, pretty-printed), expanded to inputs, and its value."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import sympy as sp
+
+from llmspec.errors import LLMSpecError
+from llmspec.formulas import FORMULAS, arguments, expanded
+from llmspec.planner import Plan
+
+
+@dataclass
+class Explanation:
+    name: str
+    doc: str
+    unit: str
+    group: str
+    source: str
+    formula: str  # pretty, in terms of inputs and earlier formulas
+    expanded: str  # pretty, in terms of inputs only
+    inputs: dict[str, float]
+    value: float
+
+
+def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
+    names = list(FORMULAS) if quantity is None else [_resolve(quantity)]
+    out = []
+    for name in names:
+        formula = FORMULAS[name]
+        out.append(Explanation(
+            name, formula.doc, formula.unit, formula.group, formula.source,
+            sp.pretty(sp.Eq(formula.symbol, formula.expr), use_unicode=True),
+            sp.pretty(expanded(name), use_unicode=True) if quantity else "",
+            {arg: float(plan.env[arg]) for arg in arguments(name)}, float(plan.env[name])))
+    return out
+
+
+def _resolve(quantity: str) -> str:
+    if quantity in FORMULAS:
+        return quantity
+    matches = [name for name in FORMULAS if quantity in name]
+    if len(matches) == 1:
+        return matches[0]
+    close = difflib.get_close_matches(quantity, FORMULAS, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close or matches[:3])}?" if (close or matches) else "see `llmspec explain SPEC`"
+    raise LLMSpecError(f"unknown quantity '{quantity}'; {hint}")

@@ -1,0 +1,38 @@
+"""``llmspec plan --plot``: per-GPU memory by strategy as stacked bars, with the GPU's usable memory as a line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmspec.planner import Plan
+
+PARTS = (("weights", "#4c72b0"), ("gradients", "#55a868"), ("optimizer", "#c44e52"), ("gathered", "#8172b2"),
+         ("activations", "#ccb974"), ("buffers", "#64b5cd"))
+
+
+def plot_memory(plan: Plan, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alts = plan.alternatives
+    gib = 2**30
+    fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(alts) + 3), 5.5))
+    bottoms = [0.0] * len(alts)
+    for part, colour in PARTS:
+        values = [alt.memory[part] / gib for alt in alts]
+        ax.bar(range(len(alts)), values, bottom=bottoms, color=colour, label=part)
+        bottoms = [b + v for b, v in zip(bottoms, values)]
+    ax.axhline(plan.usable_memory / gib, color="black", linestyle="--",
+               label=f"{plan.gpu_name} usable ({plan.usable_memory / gib:.0f} GiB)")
+    labels = [alt.strategy.label.replace(" · ", "\n") + ("\n(spec)" if alt.chosen else "") for alt in alts]
+    ax.set_xticks(range(len(alts)), labels, rotation=90, fontsize=7)
+    ax.set_ylabel("GiB per GPU")
+    ax.set_title(f"{plan.spec.name}: peak memory per GPU by strategy")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,100 @@
+"""Rich tables for ``llmspec plan``: every number with its unit, and what fits at a glance."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from llmspec.planner import Plan
+from llmspec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_money
+
+OK, NO = "[green]✓[/]", "[red]✗[/]"
+
+
+def render_plan(plan: Plan, console: Console) -> None:
+    spec, p, f, mem, t = plan.spec, plan.params, plan.flops, plan.memory, plan.time
+    par, tr, cl = spec.parallelism, spec.training, spec.cluster
+    console.print(
+        f"[bold]{spec.name}[/] · {fmt_count(p['total'])} params · {fmt_count(tr.total_tokens)} tokens · "
+        f"{cl.gpus} × {plan.gpu_name} ({cl.nodes} node{'s' if cl.nodes > 1 else ''}) · {tr.precision} · "
+        f"DP {par.data_parallel} × TP {par.tensor} × PP {par.pipeline} · "
+        f"micro-batch {tr.micro_batch_size} × {tr.gradient_accumulation_steps} accumulation")
+
+    table = _table("Parameters", "count", "note")
+    table.add_row("total", f"{p['total']:,}", "shared (tied) weights counted once")
+    table.add_row("embedding", f"{p['embedding']:,}", "token + learned position tables")
+    table.add_row("non-embedding", f"{p['non_embedding']:,}", "LM head included")
+    table.add_row("active per token", f"{p['active']:,}", "MoE: top-k experts" if spec.model.moe else "dense")
+    table.add_row("per block", f"{p['per_layer']:,}",
+                  f"attention {fmt_count(p['attention_per_layer'])} + MLP {fmt_count(p['mlp_per_layer'])}")
+    console.print(table)
+
+    table = _table("Compute", "FLOPs", "note")
+    table.add_row("forward / token", fmt_flops(f["per_token_forward"]),
+                  f"attention {fmt_flops(f['attention_per_token'])} (causal)")
+    table.add_row("training / token", fmt_flops(f["per_token_train"]), "3 × forward (model FLOPs, for MFU)")
+    table.add_row("executed / token", fmt_flops(f["per_token_hardware"]),
+                  f"with {par.activation_checkpointing} recompute (for HFU)")
+    table.add_row("per step", fmt_flops(f["per_step"]), f"{fmt_count(tr.tokens_per_step)} tokens")
+    table.add_row("total", fmt_flops(f["total"]), f"6ND = {fmt_flops(f['six_nd'])}")
+    console.print(table)
+
+    table = _table(f"Memory per GPU ({par.byte_regime} regime, peak stage: {plan.stage})", "bytes", "")
+    table.add_row("weights", fmt_bytes(mem["weights"]), "")
+    table.add_row("gradients", fmt_bytes(mem["gradients"]), "")
+    table.add_row("optimizer", fmt_bytes(mem["optimizer"]), f"{tr.optimizer.name}, fp32 states + master")
+    if mem["gathered"]:
+        table.add_row("ZeRO-3 gathered module", fmt_bytes(mem["gathered"]), "16-bit params + grads")
+    table.add_row("[bold]model states[/]", fmt_bytes(mem["model_states"]), f"ZeRO-{par.zero_stage}")
+    table.add_row("activations", fmt_bytes(mem["activations"]), f"checkpointing {par.activation_checkpointing}")
+    table.add_row("buffers", fmt_bytes(mem["buffers"]), "logits / recompute / buckets")
+    verdict = OK if plan.fits else NO
+    table.add_row("[bold]peak[/]", f"[bold]{fmt_bytes(mem['peak'])}[/]",
+                  f"{verdict} of {fmt_bytes(plan.usable_memory)} usable ({fmt_bytes(plan.gpu_memory)} GPU)")
+    if plan.host_memory:
+        table.add_row("host per node", fmt_bytes(plan.host_memory), "DeepSpeed estimator")
+    if plan.nvme_memory:
+        table.add_row("NVMe per node", fmt_bytes(plan.nvme_memory), "offloaded states")
+    console.print(table)
+
+    table = _table("Time and cost", "value", "note")
+    table.add_row("step", fmt_duration(t["step_seconds"]), "the sum of the rows below")
+    for key, label in (("compute_seconds", "  compute"), ("bubble_seconds", "  pipeline bubble"),
+                       ("dp_exposed_seconds", "  data-parallel comm"), ("tp_seconds", "  tensor-parallel comm"),
+                       ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload")):
+        if t[key] > 0 or key == "compute_seconds":
+            table.add_row(label, fmt_duration(t[key]), "exposed, not hidden behind compute" if "comm" in label else "")
+    table.add_row("throughput", f"{fmt_count(t['tokens_per_second'])} tokens/s",
+                  f"MFU {t['mfu']:.1%} · HFU {t['hfu']:.1%} (efficiency {plan.efficiency:.0%})")
+    table.add_row("run", fmt_duration(t["total_seconds"]), f"{t['steps']:,} steps")
+    table.add_row("GPU-hours", f"{t['gpu_hours']:,.0f}", "")
+    table.add_row("cost", fmt_money(t["cost"]), f"at ${plan.env['price']:.2f}/GPU-hour")
+    console.print(table)
+
+    if plan.alternatives:
+        render_alternatives(plan, console)
+
+
+def render_alternatives(plan: Plan, console: Console) -> None:
+    table = Table(title=f"Strategies: memory per GPU (GiB; {plan.usable_memory / 2**30:.1f} usable) and time",
+                  title_justify="left", box=None, padding=(0, 1), header_style="bold")
+    for column in ("ZeRO", "ckpt", "offload", "states", "activ.", "peak", "fits", "step", "days", "cost"):
+        table.add_column(column, justify="left" if column in ("ckpt", "offload") else "right", no_wrap=True)
+    gib = 2**30
+    for alt in plan.alternatives:
+        s = alt.strategy
+        offload = "opt+par" if s.offload_params != "none" else "opt" if s.offload_optimizer != "none" else "-"
+        table.add_row(str(s.zero_stage), s.activation_checkpointing, offload,
+                      f"{alt.memory['model_states'] / gib:.1f}", f"{alt.memory['activations'] / gib:.1f}",
+                      f"{alt.memory['peak'] / gib:.1f}", OK if alt.fits else NO, fmt_duration(alt.step_seconds),
+                      f"{alt.total_seconds / 86400:.1f}", fmt_money(alt.cost) + (" ◀" if alt.chosen else ""),
+                      style="bold" if alt.chosen else None)
+    console.print(table)
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, show_header=False)
+    table.add_column("", style="cyan")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("count", "FLOPs", "bytes", "value") else "left")
+    return table
