@@ -9,6 +9,7 @@ Pure Python (no sympy): the planner uses it on the fast path, docs render it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 SHARDED_NEVER = 9  # a stage above 3: never sharded
 
@@ -75,13 +76,13 @@ def bytes_per_param(regime: str, precision: str, n_states: int) -> dict[str, flo
 
 
 def per_gpu_bytes_per_param(regime: str, precision: str, n_states: int, stage: int, dp: int,
-                            offload_optimizer: bool, offload_params: bool) -> dict[str, float]:
+                            offload_optimizer: bool, offload_params: bool) -> dict[str, Fraction]:
     """Bytes per (model-shard) parameter held on one GPU, by kind, after ZeRO sharding and offload.
 
     Optimizer offload moves the optimizer and every gradient copy to the host (DeepSpeed keeps only the 16-bit
     weights on the GPU: its estimator's ``2Ψ``); parameter offload moves the weights too.
     """
-    out = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
+    out = {"weights": Fraction(0), "gradients": Fraction(0), "optimizer": Fraction(0)}
     for piece in pieces(regime, precision, n_states):
         if stage == 3 and not piece.on_gpu_at_stage3:
             continue
@@ -89,5 +90,5 @@ def per_gpu_bytes_per_param(regime: str, precision: str, n_states: int, stage: i
             continue
         if piece.kind == "weights" and offload_params:
             continue
-        out[piece.kind] += piece.bytes / dp if stage >= piece.sharded_from else piece.bytes
+        out[piece.kind] += Fraction(piece.bytes, dp) if stage >= piece.sharded_from else piece.bytes
     return out

@@ -1,0 +1,167 @@
+"""Per-GPU memory: model states equal DeepSpeed's own estimators; hand-worked ZeRO, activation and buffer terms."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import planned
+
+from llmspec.regimes import bytes_per_param
+
+GiB = 2**30
+
+
+def _ds():
+    pytest.importorskip("torch")
+    import os
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    return estimate_zero2_model_states_mem_needs, estimate_zero3_model_states_mem_needs
+
+
+@pytest.mark.parametrize("name", ["gpt2-124m", "llama2-7b", "llama3-8b", "mistral-7b", "mixtral-8x7b", "qwen2-7b",
+                                  "tiny", "tiny-moe"])
+@pytest.mark.parametrize("nodes,per_node", [(1, 1), (1, 8), (4, 8), (64, 8), (3, 7)])
+@pytest.mark.parametrize("offload", ["none", "optimizer", "all"])
+def test_model_states_equal_deepspeed_estimators(name, nodes, per_node, offload):
+    zero2, zero3 = _ds()
+    gpus = nodes * per_node
+    base = [f"cluster.nodes={nodes}", f"cluster.gpus_per_node={per_node}", "cluster.gpu=H100",
+            "training.precision=bf16", "parallelism.pipeline=1", "parallelism.tensor=1",
+            "training.micro_batch_size=1", f"training.global_batch_size={gpus}", "training.max_steps=10",
+            "parallelism.byte_regime=deepspeed", "training.optimizer.name=adamw"]
+    opt = "cpu" if offload != "none" else "none"
+    prm = "cpu" if offload == "all" else "none"
+    plan3 = planned(name, *base, "parallelism.zero_stage=3", f"parallelism.offload_optimizer={opt}",
+                    f"parallelism.offload_params={prm}")
+    psi, largest = plan3.params["total"], plan3.params["largest_module"]
+    cpu3, gpu3, _ = zero3(psi, largest, num_gpus_per_node=per_node, num_nodes=nodes, cpu_offload=opt == "cpu",
+                       cpu_offload_params=prm == "cpu", zero_init=True)
+    assert plan3.memory["model_states"] == gpu3
+    # DeepSpeed truncates a float product (psi * 16 * (1 / nodes) * 1.5): at most one byte under the exact value.
+    assert 0 <= plan3.host_memory - int(cpu3) <= 1
+    if offload != "all":
+        plan2 = planned(name, *base, "parallelism.zero_stage=2", f"parallelism.offload_optimizer={opt}")
+        cpu2, gpu2 = zero2(psi, num_gpus_per_node=per_node, num_nodes=nodes, cpu_offload=opt == "cpu")
+        assert plan2.memory["model_states"] == gpu2
+        assert 0 <= plan2.host_memory - int(cpu2) <= 1
+
+
+def test_largest_module_is_what_deepspeed_finds_in_transformers_model():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from deepspeed.runtime.zero.stage3 import model_to_params
+
+    for name, config in (("tiny", transformers.LlamaConfig(vocab_size=2048, hidden_size=128, num_hidden_layers=4,
+                                                             num_attention_heads=4, num_key_value_heads=2,
+                                                             intermediate_size=352, tie_word_embeddings=True)),
+                         ("gpt2-124m", transformers.GPT2Config())):
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+        assert planned(name).params["largest_module"] == model_to_params(model)[1]
+
+
+def test_zero_paper_example():
+    # ZeRO paper, Figure 1: Psi = 7.5B, d = 64, mixed-precision Adam (K = 12): 120 / 31.4 / 16.6 / 1.9 GB.
+    psi, d = 7.5e9, 64
+    bpp = bytes_per_param("zero_paper", "bf16", 2)
+    assert sum(bpp.values()) == 16
+    expected = {0: 120e9, 1: 31.4e9, 2: 16.6e9, 3: 1.9e9}
+    from llmspec.regimes import per_gpu_bytes_per_param
+
+    for stage, gb in expected.items():
+        per = per_gpu_bytes_per_param("zero_paper", "bf16", 2, stage, d, False, False)
+        assert psi * sum(per.values()) == pytest.approx(gb, rel=0.02)
+
+
+@pytest.mark.parametrize("regime,total", [("deepspeed", 20), ("zero_paper", 16), ("megatron", 18)])
+def test_regimes_bytes_per_param(regime, total):
+    assert sum(bytes_per_param(regime, "bf16", 2).values()) == total
+    assert sum(bytes_per_param(regime, "fp32", 2).values()) == 16  # fp32 weights, grads, Adam m and v
+
+
+def test_megatron_distributed_optimizer_is_6_plus_12_over_d():
+    from llmspec.regimes import per_gpu_bytes_per_param
+
+    per = per_gpu_bytes_per_param("megatron", "bf16", 2, 1, 8, False, False)
+    assert sum(per.values()) == 6 + 12 / 8
+
+
+def test_zero_shards_over_data_parallel_degree_not_all_gpus():
+    # 64 GPUs as TP 8 × DP 8: ZeRO-3 divides the TP shard by 8, not by 64 (a peer calculator's mistake).
+    plan = planned("llama2-7b", "cluster.nodes=8", "parallelism.tensor=8", "training.global_batch_size=64",
+                   "training.micro_batch_size=1")
+    psi_shard = plan.params["total"] / 8
+    expected = psi_shard * 18 / 8 + 4 * plan.params["largest_module"] / 8
+    assert plan.memory["model_states"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_activation_bytes_hand_worked_llama_block():
+    # tiny: h=128, a=4, k=2, d_h=32, f=352, fp32 (e=4), RMSNorm, SwiGLU, RoPE, b=16, s=256, L=4, tied.
+    plan = planned("tiny", "parallelism.activation_checkpointing=none")
+    h, a, k, dh, f, e, V, b, s, L = 128, 4, 2, 32, 352, 4, 2048, 16, 256, 4
+    rms = 8 * h + 4
+    attention = rms + h * e + (a + 2 * k) * dh * e + 2 * a * dh * e + 4 * a
+    mlp = rms + h * e + 4 * f * e
+    head = rms + h * e + 4 * V + 8
+    tables = 2 * 256 * dh * e
+    expected = b * s * (L * (attention + mlp) + 8 + head) + tables
+    assert plan.memory["activations"] == expected
+
+
+def test_checkpointing_modes_order_and_full_keeps_block_inputs():
+    sets = ("training.micro_batch_size=1", "training.global_batch_size=512")
+    none, sel, full = (planned("llama2-7b", *sets, f"parallelism.activation_checkpointing={mode}").memory
+                       for mode in ("none", "selective", "full"))
+    assert none["activations"] > sel["activations"] > full["activations"]
+    # Full: each of the 32 blocks keeps its bf16 input (s·h·2 bytes) + the head's saved tensors.
+    h, s, V = 4096, 4096, 32000
+    head = 8 * h + 4 + 2 * h + 4 * V + 8
+    assert full["activations"] == s * (32 * 2 * h + 8 + head) + 2 * 4096 * 128 * 2
+
+
+def test_pipeline_first_stage_holds_p_microbatches():
+    base = ("cluster.nodes=4", "parallelism.zero_stage=1", "training.micro_batch_size=1",
+            "training.global_batch_size=64", "parallelism.activation_checkpointing=none")
+    p1 = planned("llama2-7b", *base, "parallelism.pipeline=1")
+    p4 = planned("llama2-7b", *base, "parallelism.pipeline=4")
+    assert p4.stage == "first"
+    # 4 micro-batches in flight × 8 layers each ≈ the 32 layers' activations of one micro-batch.
+    per_layer_1 = p1.env["act_layer_kept"]
+    assert p4.env["inflight"] == 4 and p4.env["L_here"] == 8
+    assert p4.memory["activations"] == pytest.approx(4 * 4096 * (8 * per_layer_1 + 8) + 2 * 4096 * 128 * 2, rel=1e-12)
+
+
+def test_tensor_parallel_divides_states_and_activations():
+    base = ("cluster.nodes=1", "training.micro_batch_size=1", "training.global_batch_size=8")
+    t1 = planned("llama2-7b", *base, "parallelism.zero_stage=0")
+    t8 = planned("llama2-7b", *base, "parallelism.zero_stage=0", "parallelism.tensor=8")
+    assert t8.memory["weights"] == pytest.approx(t1.memory["weights"] / 8, rel=1e-6)
+    # micro-batch 1 on both; activations divide by 8 except the once-per-GPU RoPE tables.
+    tables = t1.env["act_tables"]
+    assert t8.memory["activations"] == pytest.approx((t1.memory["activations"] - tables) / 8 + tables, rel=1e-9)
+
+
+def test_offload_moves_states_to_host():
+    base = ("parallelism.zero_stage=3", "training.micro_batch_size=1", "cluster.nodes=1",
+            "training.global_batch_size=8")
+    plain = planned("llama2-7b", *base)
+    off = planned("llama2-7b", *base, "parallelism.offload_optimizer=cpu", "parallelism.offload_params=cpu")
+    assert off.memory["model_states"] == 4 * plain.params["largest_module"]
+    assert off.host_memory > plain.host_memory
+    assert off.time["offload_seconds"] > 0 and plain.time["offload_seconds"] == 0
+
+
+def test_fp32_and_logits_buffer():
+    plan = planned("tiny", "parallelism.activation_checkpointing=none")
+    b, s, V, e = 16, 256, 2048, 4
+    assert plan.env["buffer_logits"] == b * s * V * (2 * e + 4)
+    assert plan.memory["weights"] == 4 * plan.params["total"]  # fp32 weights, ZeRO-0
+
+
+def test_fits_reflects_usable_memory():
+    assert planned("llama2-7b").fits
+    big = planned("llama2-7b", "parallelism.zero_stage=0", "parallelism.activation_checkpointing=none")
+    assert not big.fits and big.memory["peak"] > big.usable_memory
