@@ -97,7 +97,8 @@ def explain(spec: SpecArg, quantity: Annotated[str | None, typer.Argument(help="
             console.print("[dim]expanded to inputs:[/]")
             console.print(item.expanded, highlight=False)
             console.print("[dim]inputs:[/] " + ", ".join(f"{k} = {v:g}" for k, v in item.inputs.items()))
-        console.print(f"[bold]= {item.value:,.6g}[/] {item.unit}\n")
+        value = f"{int(item.value):,}" if item.value.is_integer() and abs(item.value) < 1e18 else f"{item.value:,.6g}"
+        console.print(f"[bold]= {value}[/] {item.unit}\n")
 
 
 @app.command()

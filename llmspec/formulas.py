@@ -67,7 +67,8 @@ INPUT_DOCS: dict[str, str] = {
     "nodes": "nodes", "gpus_per_node": "GPUs per node", "offload": "1 with optimizer offload",
     "bw_host": "bytes/s per GPU to the offload target (PCIe to host memory, or NVMe)",
     "cpu_adam_rate": "parameters/s one node's CPUs update (DeepSpeedCPUAdam)",
-    "shard": "divisor of the optimizer partition (data-parallel degree under ZeRO ≥ 1)", "w_bytes": "bytes per weight element (2 or 4)",
+    "shard": "divisor of the optimizer partition (data-parallel degree under ZeRO ≥ 1)",
+    "w_bytes": "bytes per weight element (2 or 4)",
 }
 
 

@@ -94,7 +94,9 @@ def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> set[str]:
 
 
 def _from_pydantic(error: dict[str, Any]) -> Problem:
-    loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
+    *parents, leaf = [str(part) for part in error["loc"]] or [""]
+    loc = [part for part in parents if not _is_union_tag(part)] + ([leaf] if not _is_union_tag(leaf) or
+                                                                   error["type"] == "extra_forbidden" else [])
     path = ".".join(loc)
     if error["type"] == "extra_forbidden":
         choices = _fields_at(loc[:-1])
@@ -109,9 +111,12 @@ def _from_pydantic(error: dict[str, Any]) -> Problem:
     return Problem(path, message)
 
 
-def _is_union_tag(part: object) -> bool:
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "CustomGPU", "RopeScaling", "MoE"}
+
+
+def _is_union_tag(part: str) -> bool:
     # pydantic names the union member it tried ("str", "CustomGPU", "function-before[...]"): not a field.
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or part[:1].isupper() or "[" in part)
+    return part in _UNION_TAGS or "[" in part
 
 
 def _fields_at(loc: list[str]) -> list[str]:

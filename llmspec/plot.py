@@ -23,7 +23,7 @@ def plot_memory(plan: Plan, path: str | Path) -> Path:
     for part, colour in PARTS:
         values = [alt.memory[part] / gib for alt in alts]
         ax.bar(range(len(alts)), values, bottom=bottoms, color=colour, label=part)
-        bottoms = [b + v for b, v in zip(bottoms, values)]
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.axhline(plan.usable_memory / gib, color="black", linestyle="--",
                label=f"{plan.gpu_name} usable ({plan.usable_memory / gib:.0f} GiB)")
     labels = [alt.strategy.label.replace(" · ", "\n") + ("\n(spec)" if alt.chosen else "") for alt in alts]

@@ -1,0 +1,123 @@
+"""The command line: JSON contract, exit codes, one-line errors, and a plan path that never imports torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from llmspec.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_plan_json_has_the_design_keys():
+    result = run("plan", "llama2-7b", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {"total", "embedding", "non_embedding", "active"} <= set(data["params"])
+    assert {"per_token_forward", "per_token_train", "per_step", "total"} <= set(data["flops"])
+    assert {"weights", "gradients", "optimizer", "model_states", "activations", "buffers", "peak"} <= set(
+        data["memory"])
+    assert {"step_seconds", "tokens_per_second", "total_seconds", "gpu_hours", "cost"} <= set(data["time"])
+    assert isinstance(data["host_memory"], int) and data["fits"] is True
+    assert data["params"]["total"] == 6_738_415_616
+    chosen = [a for a in data["alternatives"] if a["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["memory"]["peak"] == data["memory"]["peak"]
+
+
+def test_alternative_sets_reproduce_its_plan():
+    data = json.loads(run("plan", "llama2-7b", "--json").stdout)
+    alt = next(a for a in data["alternatives"] if a["strategy"].startswith("ZeRO-2 · ckpt full"))
+    again = json.loads(run("plan", "llama2-7b", "--json", *[x for s in alt["sets"] for x in ("--set", s)]).stdout)
+    assert again["memory"]["peak"] == alt["memory"]["peak"]
+
+
+def test_plan_table_shows_units_and_fit():
+    result = run("plan", "gpt2-124m")
+    assert result.exit_code == 0
+    for text in ("124,439,808", "GiB", "MFLOP", "EFLOP", "days", "$", "✓", "Strategies"):
+        assert text in result.stdout
+
+
+def test_set_override_changes_plan():
+    base = json.loads(run("plan", "tiny", "--json").stdout)
+    bigger = json.loads(run("plan", "tiny", "--json", "--set", "model.n_layers=8").stdout)
+    assert bigger["params"]["total"] > base["params"]["total"]
+
+
+def test_bad_spec_is_one_line_per_problem_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {vocab_size: 10, d_model: 64, n_layers: 2, n_head: 4, max_seq_len: 8}\n"
+                   "training: {seq_len: 8, global_batch_size: 8, max_steps: 1}\n")
+    result = run("plan", str(bad))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert any("bad.yaml:2: model.n_head: unknown field 'n_head'; did you mean 'n_heads'?" in line for line in lines)
+    assert all(line.startswith("error: ") for line in lines)
+    assert "Traceback" not in result.output
+
+
+def test_missing_file_and_unknown_name():
+    result = run("validate", "no-such-spec")
+    assert result.exit_code == 2 and "no spec file or named spec" in result.stderr
+
+
+def test_validate_ok():
+    result = run("validate", "mixtral-8x7b")
+    assert result.exit_code == 0 and result.stdout.startswith("ok: mixtral-8x7b")
+
+
+def test_explain_one_quantity_shows_formula_and_value():
+    result = run("explain", "llama2-7b", "params_total")
+    assert result.exit_code == 0
+    assert "params_total" in result.stdout and "6,738,415,616" in result.stdout and "expanded" in result.stdout
+
+
+def test_explain_all_json_values_match_plan():
+    items = json.loads(run("explain", "tiny", "--json").stdout)
+    plan = json.loads(run("plan", "tiny", "--json").stdout)
+    by_name = {item["name"]: item["value"] for item in items}
+    assert by_name["params_total"] == plan["params"]["total"]
+    assert by_name["memory_model_states"] == plan["memory"]["model_states"]
+
+
+def test_explain_unknown_quantity():
+    result = run("explain", "tiny", "memroy_peak")
+    assert result.exit_code == 2 and "did you mean" in result.stderr
+
+
+def test_schema_and_specs():
+    assert json.loads(run("schema").stdout)["title"] == "Spec"
+    rows = json.loads(run("specs", "--json").stdout)
+    assert {"llama3-405b", "tiny"} <= {r["name"] for r in rows}
+
+
+def test_plot_writes_png(tmp_path):
+    out = tmp_path / "memory.png"
+    result = run("plan", "llama2-7b", "--plot", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_bad_path():
+    result = run("plan", "tiny", "--plot", "/no/such/dir/x.png")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("code", [
+    "import llmspec",
+    "from llmspec.cli import app; from typer.testing import CliRunner; "
+    "r = CliRunner().invoke(app, ['plan', 'llama3-405b', '--json']); assert r.exit_code == 0, r.output",
+])
+def test_plan_path_never_imports_torch_deepspeed_or_sympy(code):
+    check = (code + "; import sys; bad = [m for m in ('torch', 'deepspeed', 'sympy', 'numpy', 'matplotlib') "
+             "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", check], check=True)

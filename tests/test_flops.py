@@ -1,0 +1,62 @@
+"""FLOPs per token, hand-worked: matmul weights ×2, causal attention, sliding window, MoE top-k, recompute."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import planned
+
+from llmspec import _numeric
+
+
+def test_gpt2_124m_forward_hand_worked():
+    # 12 blocks × (c_attn 768×2304 + c_proj 768×768 + fc 768×3072 + proj 3072×768) + tied head 50257×768.
+    matmul = 12 * (768 * 2304 + 768 * 768 + 2 * 768 * 3072) + 50257 * 768
+    attention = 4 * 12 * 768 * (1024 + 1) / 2  # QK^T and AV over the causal triangle, averaged per query
+    f = planned("gpt2-124m").flops
+    assert f["per_token_forward"] == 2 * matmul + attention
+    assert f["per_token_train"] == 3 * f["per_token_forward"]
+    assert f["per_token_hardware"] == f["per_token_train"]  # no checkpointing in the spec
+
+
+def test_attention_context_causal_and_windowed():
+    ctx = _numeric.attention_context
+    assert ctx(4096, 4096) == (4096 + 1) / 2
+    # window 2 over 4 positions: keys per query 1, 2, 2, 2 -> mean 7/4
+    assert ctx(4, 2) == 7 / 4
+    assert ctx(8192, 4096) == (4096 * 4097 / 2 + 4096 * 4096) / 8192
+    assert ctx(100, 1000) == ctx(100, 100)  # a window wider than the sequence is no window
+
+
+def test_mistral_window_reduces_attention_flops():
+    windowed = planned("mistral-7b").flops["attention_per_token"]
+    full = planned("mistral-7b", "model.sliding_window=null").flops["attention_per_token"]
+    assert windowed == pytest.approx(full * ((4096 * 4097 / 2 + 4096 * 4096) / 8192) / (8193 / 2))
+
+
+def test_moe_counts_top_k_experts():
+    p = planned("mixtral-8x7b")
+    h, f, L, V = 4096, 14336, 32, 32000
+    matmul = L * (h * (32 + 16) * 128 + 32 * 128 * h + 2 * 3 * h * f + h * 8) + V * h
+    assert p.env["matmul_weights"] == matmul
+    assert p.flops["six_nd"] == 6 * 12_879_925_248 * p.spec.training.total_tokens
+
+
+@pytest.mark.parametrize("mode,extra", [("none", 0), ("selective", "mlp"), ("full", "blocks")])
+def test_recompute_flops(mode, extra):
+    plan = planned("llama2-7b", f"parallelism.activation_checkpointing={mode}")
+    f = plan.flops
+    h, fff, L, V = 4096, 11008, 32, 32000
+    if extra == 0:
+        expected = 0
+    elif extra == "mlp":
+        expected = 2 * L * 3 * h * fff
+    else:
+        expected = f["per_token_forward"] - 2 * V * h
+    assert f["per_token_hardware"] - f["per_token_train"] == pytest.approx(expected)
+
+
+def test_per_step_and_total():
+    f, tr = planned("llama2-7b").flops, planned("llama2-7b").spec.training
+    assert f["per_step"] == f["per_token_train"] * 1024 * 4096
+    assert f["total"] == f["per_token_train"] * tr.total_tokens == f["per_token_train"] * 2 * 10**12
+    assert 1.0 < f["total"] / f["six_nd"] < 1.1  # attention adds a few percent over 6ND at 4k context

@@ -1,0 +1,176 @@
+"""Loading specs: every problem named with its field path, YAML line and a did-you-mean; never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from helpers import MINIMAL, minimal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmspec.errors import SpecError
+from llmspec.loader import dump_spec, load_spec, named_specs, parse_spec
+from llmspec.planner import plan
+from llmspec.spec import Spec
+
+
+def problems(text: str, *sets: str) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, source="s.yaml", sets=list(sets))
+    return [str(p) for p in info.value.problems]
+
+
+def test_named_specs_all_load():
+    names = set(named_specs())
+    assert {"gpt2-124m", "gpt2-1.5b", "llama2-7b", "llama2-70b", "llama3-8b", "llama3-70b", "llama3-405b",
+            "mistral-7b", "mixtral-8x7b", "qwen2-7b", "tiny"} <= names
+    for name in names:
+        assert load_spec(name).name == name
+
+
+def test_named_specs_cite_a_source():
+    for path in named_specs().values():
+        assert path.read_text().startswith("# "), path
+
+
+def test_derived_fields():
+    spec = minimal()
+    assert spec.model.head_dim == 16 and spec.model.n_kv_heads == 4 and spec.model.d_ff == 256
+    assert spec.parallelism.data_parallel == 8 and spec.training.gradient_accumulation_steps == 1
+    gated = minimal("model.mlp=swiglu")
+    assert gated.model.d_ff == 256  # 8·64/3 = 170.7 -> rounded up to a multiple of 256
+
+
+def test_token_suffixes():
+    assert minimal("training.tokens=2T", "training.max_steps=null").training.total_tokens == 2 * 10**12
+    assert minimal("training.tokens=300B", "training.max_steps=null").training.tokens == 300 * 10**9
+    assert minimal("training.tokens=1.5e9", "training.max_steps=null").training.tokens == 1_500_000_000
+
+
+def test_misspelt_key_gets_line_and_did_you_mean():
+    text = MINIMAL.replace("n_heads: 4", "n_head: 4")
+    found = problems(text)
+    assert any("s.yaml:3: model.n_head: unknown field 'n_head'; did you mean 'n_heads'?" in p for p in found)
+
+
+def test_misspelt_section():
+    found = problems(MINIMAL + "parallelisme: {zero_stage: 2}\n")
+    assert any("parallelisme" in p and "did you mean 'parallelism'" in p and "s.yaml:5" in p for p in found)
+
+
+def test_wrong_type_names_field_and_value():
+    found = problems(MINIMAL.replace("d_model: 64", "d_model: big"))
+    assert any(p.startswith("s.yaml:3: model.d_model:") and "'big'" in p for p in found)
+
+
+def test_invalid_yaml_has_line():
+    found = problems("name: x\nmodel: {vocab_size: [\n")
+    assert len(found) == 1 and found[0].startswith("s.yaml:") and "invalid YAML" in found[0]
+
+
+def test_unknown_top_level_key_named():
+    found = problems(MINIMAL + "A: 1\n")
+    assert any(": A: unknown field 'A'" in p for p in found), found
+
+
+def test_not_a_mapping():
+    assert "YAML mapping" in problems("- 1\n- 2\n")[0]
+
+
+def test_set_override_errors_are_attributed():
+    found = problems(MINIMAL, "model.n_layers=0")
+    assert found == ["--set: model.n_layers: Input should be greater than 0 (got 0)"]
+    assert "expected --set section.field=value" in problems(MINIMAL, "model.n_layers")[0]
+
+
+@pytest.mark.parametrize("sets,path,fragment", [
+    (["model.n_heads=3"], "model.n_heads", "not divisible by n_heads"),
+    (["model.n_kv_heads=3"], "model.n_kv_heads", "not divisible by n_kv_heads"),
+    (["model.n_kv_heads=8"], "model.n_kv_heads", "exceeds n_heads"),
+    (["model.position=rope", "model.head_dim=15"], "model.head_dim", "must be even"),
+    (["model.rope_scaling={factor: 8}"], "model.rope_scaling", "needs position: rope"),
+    (["model.moe={n_experts: 2, top_k: 3}"], "model.moe.top_k", "exceeds n_experts"),
+    (["training.seq_len=256"], "training.seq_len", "exceeds model.max_seq_len"),
+    (["parallelism.tensor=8", "cluster.gpus_per_node=8"], "parallelism.tensor", "must divide n_heads"),
+    (["parallelism.pipeline=4"], "parallelism.pipeline", "exceeds n_layers"),
+    (["cluster.gpus_per_node=6", "parallelism.tensor=4"], "parallelism.tensor", "not divisible by tensor"),
+    (["training.global_batch_size=12"], "training.global_batch_size", "not divisible by micro_batch_size"),
+    (["parallelism.offload_params=cpu", "parallelism.zero_stage=2"], "parallelism.offload_params", "zero_stage: 3"),
+    (["parallelism.offload_optimizer=cpu"], "parallelism.offload_optimizer", "zero_stage 1, 2 or 3"),
+    (["parallelism.pipeline=2", "parallelism.zero_stage=2"], "parallelism.zero_stage", "stage 0 or 1"),
+    (["training.precision=bf16", "cluster.gpu=V100"], "training.precision", "does not support bf16"),
+    (["training.precision=fp16", "cluster.gpu=cpu"], "training.precision", "does not support fp16"),
+    (["cluster.gpu=H1000"], "cluster.gpu", "did you mean"),
+    (["training.schedule={min_lr: 1.0}"], "training.schedule.min_lr", "exceeds optimizer.lr"),
+    (["training.max_steps=null"], "training", "training.tokens"),
+    (["parallelism.virtual_stages=2"], "parallelism.virtual_stages", "needs pipeline > 1"),
+    (["name=../etc"], "name", "pattern"),
+])
+def test_cross_field_rules(sets, path, fragment):
+    found = problems(MINIMAL, *sets)
+    assert any(f": {path}: " in p and fragment in p for p in found), found
+
+
+def test_every_problem_reported_at_once():
+    found = problems(MINIMAL, "training.seq_len=512", "parallelism.pipeline=4")
+    assert len(found) == 2
+
+
+def test_unknown_named_spec_suggests():
+    with pytest.raises(SpecError, match="did you mean 'llama2-7b'"):
+        load_spec("llama2-7")
+
+
+def test_dump_round_trips():
+    spec = load_spec("mixtral-8x7b")
+    again = parse_spec(dump_spec(spec))
+    assert again == spec
+
+
+def test_schema_is_json_schema():
+    schema = Spec.model_json_schema()
+    assert schema["type"] == "object" and {"model", "training"} <= set(schema["required"])
+
+
+# Random edits of a valid spec: loading either succeeds or raises SpecError, nothing else.
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
+                   st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(
+                       st.text(max_size=6), st.integers(), max_size=2))
+KEYS = st.sampled_from(["name", "model", "training", "parallelism", "cluster", "data", "model.n_heads",
+                        "model.d_model", "model.mlp", "model.moe", "model.moe.top_k", "model.rope_scaling",
+                        "training.tokens", "training.seq_len", "training.optimizer", "training.optimizer.betas",
+                        "parallelism.zero_stage", "parallelism.tensor", "cluster.gpu", "cluster.gpu.memory_gib",
+                        "cluster.nodes", "data.corpus", "model.head_dim", "training.precision", "bogus.key"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(KEYS, VALUES), min_size=1, max_size=4))
+def test_random_bad_specs_never_traceback(edits):
+    data = yaml.safe_load(MINIMAL)
+    for key, value in edits:
+        target = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[parts[-1]] = value
+    try:
+        text = yaml.safe_dump(data)
+    except yaml.YAMLError:
+        return
+    try:
+        spec = parse_spec(text)
+    except SpecError as err:
+        assert err.problems and all(str(p) for p in err.problems)
+    else:
+        plan(spec)  # whatever validates also plans
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200))
+def test_random_text_never_tracebacks(text):
+    try:
+        parse_spec(text)
+    except SpecError:
+        pass
