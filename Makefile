@@ -24,7 +24,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmspec backends tests benchmarks
-	$(BIN)/ruff format --check llmspec backends tests benchmarks
 
 docs: $(STAMP)
 	$(BIN)/python -m llmspec.codegen
