@@ -3,22 +3,21 @@
 import math
 
 
-def _max(*xs):
+def _reduce(builtin, ufunc, xs):
     try:
-        return max(xs)
+        return builtin(xs)
     except (TypeError, ValueError):  # numpy arrays
         import numpy
 
-        return numpy.maximum.reduce(numpy.broadcast_arrays(*xs))
+        return getattr(numpy, ufunc).reduce(numpy.broadcast_arrays(*xs))
+
+
+def _max(*xs):
+    return _reduce(max, "maximum", xs)
 
 
 def _min(*xs):
-    try:
-        return min(xs)
-    except (TypeError, ValueError):
-        import numpy
-
-        return numpy.minimum.reduce(numpy.broadcast_arrays(*xs))
+    return _reduce(min, "minimum", xs)
 
 
 def _floor(x):

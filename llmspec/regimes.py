@@ -69,10 +69,8 @@ def pieces(regime: str, precision: str, n_states: int) -> tuple[Piece, ...]:
 
 def bytes_per_param(regime: str, precision: str, n_states: int) -> dict[str, float]:
     """Unsharded bytes per parameter by kind: {'weights': 2, 'gradients': 6, 'optimizer': 12} for DeepSpeed."""
-    out = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
-    for piece in pieces(regime, precision, n_states):
-        out[piece.kind] += piece.bytes
-    return out
+    unsharded = per_gpu_bytes_per_param(regime, precision, n_states, 0, 1, False, False)
+    return {kind: float(value) for kind, value in unsharded.items()}
 
 
 def per_gpu_bytes_per_param(regime: str, precision: str, n_states: int, stage: int, dp: int,
