@@ -17,7 +17,7 @@ import typer
 from llmspec.errors import LLMSpecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="One YAML spec for an LLM training job: plan it, explain it, (soon) build and run it.")
+                  help="One YAML spec for an LLM training job: plan it, build it, measure it.")
 
 SpecArg = Annotated[str, typer.Argument(help="a spec file, or the name of a spec in specs/ (see `llmspec specs`)")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="override a field: section.field=value (repeatable)")]
@@ -111,6 +111,19 @@ def validate(spec: SpecArg, set_: SetOpt = None) -> None:
     m = loaded.model
     print(f"ok: {loaded.name} — {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads "
           f"({m.n_kv_heads} kv), {loaded.cluster.gpus} × {loaded.cluster.device.name}")
+
+
+@app.command()
+@_user_errors
+def build(spec: SpecArg, out: Annotated[Path, typer.Option("-o", "--out", help="output directory")],
+          set_: SetOpt = None) -> None:
+    """Compile the spec: model.py (standalone PyTorch), ds_config.json, launch.sh, plan.json, spec.yaml."""
+    from llmspec.compile.build import build as make_build
+    from llmspec.loader import load_spec
+
+    loaded = load_spec(spec, set_ or [])
+    for path in make_build(loaded, out):
+        print(path)
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Compile a spec: the standalone PyTorch model, the DeepSpeed config and the launch command."""

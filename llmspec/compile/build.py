@@ -1,0 +1,58 @@
+"""``llmspec build``: write a spec's model.py, ds_config.json, launch.sh, plan.json and resolved spec.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from llmspec.compile.ds_config import ds_config_dict
+from llmspec.compile.launch import hostfile, launch_script
+from llmspec.compile.model_source import model_source
+from llmspec.errors import LLMSpecError
+from llmspec.loader import dump_spec
+from llmspec.planner import plan
+from llmspec.spec import Spec
+
+
+def build_files(spec: Spec) -> dict[str, str]:
+    """File name → text, everything ``build`` writes."""
+    files = {
+        "model.py": model_source(spec),
+        "ds_config.json": json.dumps(ds_config_dict(spec), indent=2) + "\n",
+        "launch.sh": launch_script(spec),
+        "plan.json": json.dumps(plan(spec).to_json(), indent=2) + "\n",
+        "spec.yaml": dump_spec(spec),
+    }
+    hosts = hostfile(spec)
+    if hosts:
+        files["hostfile"] = hosts
+    return files
+
+
+def build(spec: Spec, out_dir: str | Path) -> list[Path]:
+    """Write the build into ``out_dir`` (created if needed); each file is replaced atomically. Returns the paths."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LLMSpecError(f"{out}: exists and is not a directory")
+    files = build_files(spec)  # everything is rendered before anything is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return [write_atomic(out / name, text, executable=name == "launch.sh") for name, text in files.items()]
+    except OSError as error:
+        raise LLMSpecError(f"{out}: cannot write the build ({error.strerror or error})") from None
+
+
+def write_atomic(path: Path, text: str, executable: bool = False) -> Path:
+    """Write through a temporary file in the same directory and rename: a crash leaves the old file or the new."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o755 if executable else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,138 @@
+"""``ds_config.json`` from a strict model of the DeepSpeed config: every key is a declared field.
+
+DeepSpeed silently ignores misspelled top-level keys (``zero_optimisation`` runs ZeRO-0), so the config is written
+from Pydantic models with ``extra="forbid"`` and DeepSpeed's own spellings; tests parse every generated file with
+``deepspeed.runtime.config.DeepSpeedConfig``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmspec.spec import Spec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Offload(_Strict):
+    device: Literal["cpu", "nvme"]
+    nvme_path: str | None = None
+    pin_memory: bool = True
+
+
+class ZeroOptimization(_Strict):
+    stage: Literal[0, 1, 2, 3]
+    overlap_comm: bool
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int
+    allgather_bucket_size: int
+    offload_optimizer: Offload | None = None
+    offload_param: Offload | None = None
+    stage3_prefetch_bucket_size: int | None = None
+    stage3_max_live_parameters: int | None = None
+    stage3_gather_16bit_weights_on_model_save: bool | None = None
+
+
+class Precision(_Strict):
+    enabled: bool
+
+
+class FP16(Precision):
+    loss_scale: float = 0  # 0: dynamic loss scaling
+    initial_scale_power: int = 16
+
+
+class OptimizerParams(_Strict):
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+
+
+class Optimizer(_Strict):
+    type: Literal["AdamW", "Adam"]
+    params: OptimizerParams
+
+
+class WarmupCosineParams(_Strict):
+    total_num_steps: int
+    warmup_num_steps: int = Field(ge=1)
+    warmup_min_ratio: float = 0.0
+    cos_min_ratio: float
+    warmup_type: Literal["linear", "log"] = "linear"
+
+
+class Scheduler(_Strict):
+    type: Literal["WarmupCosineLR"] = "WarmupCosineLR"
+    params: WarmupCosineParams
+
+
+class ActivationCheckpointing(_Strict):
+    """DeepSpeed's own checkpointing options. model.py checkpoints with ``torch.utils.checkpoint`` (non-reentrant),
+    which these do not change; they are kept off so a switch to ``deepspeed.checkpointing`` starts from defaults."""
+
+    partition_activations: bool = False
+    contiguous_memory_optimization: bool = False
+    cpu_checkpointing: bool = False
+
+
+class DeepSpeedConfig(_Strict):
+    train_batch_size: int
+    train_micro_batch_size_per_gpu: int
+    gradient_accumulation_steps: int
+    gradient_clipping: float | None = None
+    steps_per_print: int
+    zero_optimization: ZeroOptimization
+    bf16: Precision
+    fp16: FP16
+    optimizer: Optimizer | None = None
+    scheduler: Scheduler
+    activation_checkpointing: ActivationCheckpointing | None = None
+    wall_clock_breakdown: bool = False
+
+
+def ds_config(spec: Spec, nvme_path: str = "/local_nvme") -> DeepSpeedConfig:
+    """The DeepSpeed config that runs this spec: batch triple, ZeRO and offload, precision, AdamW, schedule."""
+    tr, par = spec.training, spec.parallelism
+
+    def offload(target: str) -> Offload | None:
+        if target == "none":
+            return None
+        return Offload(device=target, nvme_path=nvme_path if target == "nvme" else None)  # type: ignore[arg-type]
+
+    zero3 = par.zero_stage == 3
+    optimizer = None
+    if tr.optimizer.name in ("adamw", "adam"):  # DeepSpeed builds these (DeepSpeedCPUAdam under offload)
+        opt = tr.optimizer
+        optimizer = Optimizer(type="AdamW" if opt.name == "adamw" else "Adam", params=OptimizerParams(
+            lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay))
+    return DeepSpeedConfig(
+        train_batch_size=tr.global_batch_size,
+        train_micro_batch_size_per_gpu=tr.micro_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        gradient_clipping=tr.grad_clip,
+        steps_per_print=tr.log_interval,
+        zero_optimization=ZeroOptimization(
+            stage=par.zero_stage, overlap_comm=par.overlap_comm,
+            reduce_bucket_size=par.reduce_bucket_size, allgather_bucket_size=par.allgather_bucket_size,
+            offload_optimizer=offload(par.offload_optimizer), offload_param=offload(par.offload_params),
+            stage3_prefetch_bucket_size=par.prefetch_bucket_size if zero3 else None,
+            stage3_max_live_parameters=par.max_live_parameters if zero3 else None,
+            stage3_gather_16bit_weights_on_model_save=True if zero3 else None,
+        ),
+        bf16=Precision(enabled=tr.precision == "bf16"),
+        fp16=FP16(enabled=tr.precision == "fp16"),
+        optimizer=optimizer,
+        scheduler=Scheduler(params=WarmupCosineParams(
+            total_num_steps=tr.steps, warmup_num_steps=max(1, tr.schedule.warmup_steps),
+            cos_min_ratio=tr.schedule.min_lr / tr.optimizer.lr)),
+        activation_checkpointing=ActivationCheckpointing() if par.activation_checkpointing != "none" else None,
+    )
+
+
+def ds_config_dict(spec: Spec) -> dict:
+    return ds_config(spec).model_dump(exclude_none=True)

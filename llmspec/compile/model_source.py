@@ -1,0 +1,139 @@
+"""Render a spec's ``model.py`` from one annotated template.
+
+``templates/model.py.in`` holds every code path; ``#if`` lines name the features a path needs (``and``, ``or``,
+``not`` over the names in ``features``). Placeholders ``{{name}}`` take literal Python values from the spec. What
+the spec does not use never reaches the output, so a GPT-2 file holds no RoPE code. No ``eval``: conditions are
+parsed here, and every substituted value is ``repr`` of a validated number or a fixed string chosen below.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from importlib import resources
+
+from llmspec.spec import Spec
+
+_TEMPLATE = "model.py.in"
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+_MLP_NAMES = {"gelu": "GELU MLP", "gelu_tanh": "GELU MLP (tanh approximation, as GPT-2)", "relu": "ReLU MLP",
+              "swiglu": "SwiGLU MLP", "geglu": "GeGLU MLP"}
+_ACTIVATIONS = {"gelu": "F.gelu({})", "gelu_tanh": 'F.gelu({}, approximate="tanh")', "relu": "F.relu({})",
+                "swiglu": "F.silu({})", "geglu": "F.gelu({})"}
+
+
+def features(spec: Spec) -> dict[str, bool]:
+    """The code paths the spec uses, by the names the template's ``#if`` lines test."""
+    mo, ckpt = spec.model, spec.parallelism.activation_checkpointing
+    scaling = mo.rope_scaling if mo.position == "rope" else None
+    return {
+        "rope": mo.position == "rope", "learned": mo.position == "learned",
+        "rope_scaling": scaling is not None,
+        "rope_llama3": scaling is not None and scaling.type == "llama3",
+        "rope_linear": scaling is not None and scaling.type == "linear",
+        "fused_qkv": mo.position == "learned",  # GPT-2's c_attn; the planner's largest module assumes the same
+        "rmsnorm": mo.norm == "rmsnorm", "layernorm": mo.norm == "layernorm",
+        "gated": mo.gated, "moe": mo.moe is not None, "tied": mo.tie_embeddings,
+        "sliding_window": mo.sliding_window is not None, "dropout": mo.dropout > 0,
+        "selective": ckpt == "selective", "full": ckpt == "full", "checkpointing": ckpt != "none",
+        "pipeline": spec.parallelism.pipeline > 1,
+    }
+
+
+def values(spec: Spec) -> dict[str, str]:
+    """Placeholder values: Python literals for ``ModelConfig`` defaults and the few spelled-out fragments."""
+    from llmspec.planner import plan  # plan → compile: the header quotes the exact parameter count
+
+    mo = spec.model
+    rope, window = mo.position == "rope", mo.sliding_window is not None
+    call = "x" + (", cos, sin" if rope else "") + (", mask" if window else "")
+    scaling = mo.rope_scaling
+    out = {
+        "name": repr(spec.name),
+        "title": f"{spec.name}: a decoder-only transformer language model.",
+        "summary": _summary(spec, plan(spec, alternatives=False).params["total"]),
+        "vocab_size": mo.vocab_size, "d_model": mo.d_model, "n_layers": mo.n_layers, "n_heads": mo.n_heads,
+        "n_kv_heads": mo.n_kv_heads, "head_dim": mo.head_dim, "d_ff": mo.d_ff, "max_seq_len": mo.max_seq_len,
+        "norm_eps": float(mo.norm_eps), "rope_theta": float(mo.rope_theta), "init_std": float(mo.init_std),
+        "dropout": float(mo.dropout), "sliding_window": mo.sliding_window,
+        "n_experts": mo.moe.n_experts if mo.moe else None, "top_k": mo.moe.top_k if mo.moe else None,
+        "rope_scaling_factor": float(scaling.factor) if scaling else None,
+        "rope_low_freq_factor": float(scaling.low_freq_factor) if scaling else None,
+        "rope_high_freq_factor": float(scaling.high_freq_factor) if scaling else None,
+        "rope_original_max_seq_len": scaling.original_max_seq_len if scaling else None,
+        "bias": mo.bias, "qkv_bias": mo.bias or mo.qkv_bias,
+    }
+    rendered = {key: value if isinstance(value, str) and key in ("title", "summary") else repr(value)
+                for key, value in out.items()}
+    rendered["name"] = repr(spec.name)
+    act = _ACTIVATIONS[mo.mlp]
+    rendered.update({
+        "mlp_name": _MLP_NAMES[mo.mlp],
+        "activate_gate": act.format("self.gate_proj(x)"), "activate_up": act.format("self.up_proj(x)"),
+        "gqa_arg": ", enable_gqa=True" if mo.n_kv_heads < mo.n_heads else "",
+        "block_args": "x: torch.Tensor" + (", cos: torch.Tensor, sin: torch.Tensor" if rope else "")
+        + (", mask: torch.Tensor | None" if window else ""),
+        "attn_args": call[1:], "block_call": call,
+        "pipe_block_call": "x" + (", self.cos[:seq_len], self.sin[:seq_len]" if rope else "")
+        + (", mask" if window else ""),
+    })
+    return rendered
+
+
+def _summary(spec: Spec, params: int) -> str:
+    mo = spec.model
+    heads = ("MHA" if mo.n_kv_heads == mo.n_heads else "MQA" if mo.n_kv_heads == 1
+             else f"GQA, {mo.n_kv_heads} kv heads")
+    parts = [f"{mo.n_layers} layers", f"d_model {mo.d_model}", f"{mo.n_heads} heads ({heads})",
+             "RoPE" if mo.position == "rope" else "learned positions",
+             "RMSNorm" if mo.norm == "rmsnorm" else "LayerNorm", _MLP_NAMES[mo.mlp]]
+    if mo.moe:
+        parts.append(f"{mo.moe.n_experts} experts, top-{mo.moe.top_k}")
+    if mo.sliding_window:
+        parts.append(f"sliding window {mo.sliding_window}")
+    if mo.tie_embeddings:
+        parts.append("tied embeddings")
+    parts.append(f"{params:,} parameters")
+    return textwrap.fill(", ".join(parts) + ".", width=118)
+
+
+def render(template: str, flags: dict[str, bool], substitutions: dict[str, str]) -> str:
+    """Keep the lines whose enclosing ``#if`` conditions (nested) all hold, then fill the placeholders."""
+    kept: list[str] = []
+    open_conditions: list[bool] = []
+    for number, line in enumerate(template.splitlines(), 1):
+        if line.startswith("#if "):
+            open_conditions.append(_holds(line[4:], flags, number))
+        elif line.startswith("#endif"):
+            if not open_conditions:
+                raise ValueError(f"{_TEMPLATE}:{number}: #endif without #if")
+            open_conditions.pop()
+        elif all(open_conditions):
+            kept.append(line)
+    if open_conditions:
+        raise ValueError(f"{_TEMPLATE}: {len(open_conditions)} #if without #endif")
+
+    def fill(match: re.Match[str]) -> str:
+        return substitutions[match.group(1)]
+
+    return _PLACEHOLDER.sub(fill, "\n".join(kept) + "\n")
+
+
+def _holds(expression: str, flags: dict[str, bool], number: int) -> bool:
+    """``a or b and not c`` with the usual precedence (``or`` binds loosest); names must be known features."""
+
+    def term(word: str) -> bool:
+        negate = word.startswith("not ")
+        name = word[4:].strip() if negate else word.strip()
+        if name not in flags:
+            raise ValueError(f"{_TEMPLATE}:{number}: unknown feature {name!r}")
+        return flags[name] != negate
+
+    return any(all(term(word) for word in part.split(" and ")) for part in expression.strip().split(" or "))
+
+
+def model_source(spec: Spec) -> str:
+    """The text of ``model.py`` for this spec."""
+    template = resources.files("llmspec.compile").joinpath("templates", _TEMPLATE).read_text()
+    return render(template, features(spec), values(spec))
