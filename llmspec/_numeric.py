@@ -109,9 +109,9 @@ def flops_per_token_train(flops_per_token_forward):
     return 3*flops_per_token_forward
 
 
-def flops_recompute_per_token(E, K, L, V, ck_full, ck_selective, f, flops_per_token_forward, gated, h, moe):
-    """forward recomputed in backward: every block (full) or the MLPs (selective) [FLOP]"""
-    return 2*L*ck_selective*(E*h*moe + K*f*h*(gated + 2)) + ck_full*(-2*V*h + flops_per_token_forward)
+def flops_recompute_per_token(E, K, L, V, ck_full, ck_selective, dropout, f, flops_per_token_forward, gated, h, moe):
+    """forward recomputed in backward: every block (full) or the MLPs (selective), less the dense down projection that early-stopping recompute skips [FLOP]"""
+    return ck_full*(-2*L*f*h*(1 - dropout)*(1 - moe) - 2*V*h + flops_per_token_forward) + ck_selective*(-2*L*f*h*(1 - dropout)*(1 - moe) + 2*L*(E*h*moe + K*f*h*(gated + 2)))
 
 
 def flops_per_token_hardware(flops_per_token_train, flops_recompute_per_token):
@@ -159,19 +159,19 @@ def memory_model_states(memory_gathered, memory_gradients, memory_optimizer, mem
     return _floor(memory_gathered + memory_gradients + memory_optimizer + memory_weights)
 
 
-def act_norm(e, h, layernorm):
-    """per token, one norm: LayerNorm saves x + fp32 mean, rstd; RMSNorm (composite) an fp32 copy of x, the fp32 normalised x and rstd [B]"""
-    return layernorm*(e*h + 8) + (1 - layernorm)*(8*h + 4)
+def act_norm(e, e_stat, h, layernorm):
+    """per token, one norm: LayerNorm saves x + mean, rstd; RMSNorm (composite) an fp32 copy of x, the fp32 normalised x and fp32 rstd [B]"""
+    return layernorm*(e*h + 2*e_stat) + (1 - layernorm)*(8*h + 4)
 
 
 def act_attention(a, act_norm, d_h, dropout, e, h, k):
-    """per token: norm, q/k/v input, q, k, v, SDPA out and its contiguous copy, fp32 log-sum-exp (+ dropout mask) [B]"""
-    return 2*a*d_h*e + 4*a + act_norm + d_h*e*(a + 2*k) + dropout*h + e*h
+    """per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the o_proj input), fp32 log-sum-exp (+ dropout mask) [B]"""
+    return a*d_h*e + 4*a + act_norm + d_h*e*(a + 2*k) + dropout*h + e*h
 
 
 def act_mlp(E, K, act_norm, dropout, e, f, gated, h, moe, relu):
-    """per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f; MoE: per routed token the gathered input, hidden tensors, weighted output, routing indices) [B]"""
-    return act_norm + dropout*h + e*f*(1 - moe)*(2*gated - relu + 2) + e*h + moe*(4*E + K*(e*f*(2*gated - relu + 2) + 2*e*h + 20) + 4)
+    """per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router probabilities, top-k indices (int64) and weights with their sum, and per routed token the gathered input, hidden tensors, expert output, weighted output, its weight and (token, slot) indices [B]"""
+    return act_norm + dropout*h + e*f*(1 - moe)*(2*gated - relu + 2) + e*h + moe*(4*E + K*(e*f*(2*gated - relu + 2) + 3*e*h + e + 16) + 12*K + 4)
 
 
 def act_layer(act_attention, act_mlp):
@@ -194,14 +194,14 @@ def act_head(V, act_norm, e, h):
     return 4*V + act_norm + e*h + 8
 
 
-def act_tables(P, d_h, e, learned, rope, s):
-    """once per GPU: RoPE cos/sin tables (or position ids) [B]"""
-    return 2*P*d_h*e*rope + 8*learned*s
+def act_tables(P, d_h, e, learned, masked, rope, s):
+    """once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window mask [B]"""
+    return 2*P*d_h*e*rope + e*masked*s**2 + 8*learned*s
 
 
 def memory_activations(L_here, act_embedding, act_head, act_layer_kept, act_tables, b, first_stage, inflight, last_stage, s, t):
-    """saved for backward by the micro-batches in flight (1F1B: p on the first stage) [B]"""
-    return act_tables*first_stage + b*inflight*s*(L_here*act_layer_kept + act_embedding*first_stage + act_head*last_stage)/t
+    """saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 total weight) [B]"""
+    return act_tables*first_stage + b*inflight*s*(L_here*act_layer_kept + act_embedding*first_stage + act_head*last_stage)/t + 4*inflight*last_stage
 
 
 def buffer_logits(V, b, e, last_stage, s, t):
@@ -342,7 +342,7 @@ ARGUMENTS = {
     'flops_attention_per_token': ('L', 'a', 'attention_context', 'd_h'),
     'flops_per_token_forward': ('flops_attention_per_token', 'matmul_weights'),
     'flops_per_token_train': ('flops_per_token_forward',),
-    'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'ck_full', 'ck_selective', 'f', 'flops_per_token_forward', 'gated', 'h', 'moe'),
+    'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_per_token_forward', 'gated', 'h', 'moe'),
     'flops_per_token_hardware': ('flops_per_token_train', 'flops_recompute_per_token'),
     'flops_per_step': ('B', 'flops_per_token_train', 's'),
     'flops_total': ('D', 'flops_per_token_train'),
@@ -352,14 +352,14 @@ ARGUMENTS = {
     'memory_optimizer': ('o_bpp', 'psi'),
     'memory_gathered': ('P_L', 'w_bytes', 'zero3'),
     'memory_model_states': ('memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
-    'act_norm': ('e', 'h', 'layernorm'),
+    'act_norm': ('e', 'e_stat', 'h', 'layernorm'),
     'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'h', 'k'),
     'act_mlp': ('E', 'K', 'act_norm', 'dropout', 'e', 'f', 'gated', 'h', 'moe', 'relu'),
     'act_layer': ('act_attention', 'act_mlp'),
     'act_layer_kept': ('act_attention', 'act_layer', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
     'act_embedding': ('dropout', 'h'),
     'act_head': ('V', 'act_norm', 'e', 'h'),
-    'act_tables': ('P', 'd_h', 'e', 'learned', 'rope', 's'),
+    'act_tables': ('P', 'd_h', 'e', 'learned', 'masked', 'rope', 's'),
     'memory_activations': ('L_here', 'act_embedding', 'act_head', 'act_layer_kept', 'act_tables', 'b', 'first_stage', 'inflight', 'last_stage', 's', 't'),
     'buffer_logits': ('V', 'b', 'e', 'last_stage', 's', 't'),
     'buffer_recompute': ('act_layer', 'act_mlp', 'act_norm', 'b', 'ck_full', 'ck_selective', 's', 't'),

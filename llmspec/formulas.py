@@ -26,6 +26,8 @@ V, h, L, a, k, d_h, f, P, E, K = _s("V h L a k d_h f P E K", positive=True)
 tied, learned, rope, bias, qkvb, gated, relu, moe, ln, drop = _s(
     "tied learned rope bias qkv_bias gated relu moe layernorm dropout", nonnegative=True)
 b, s, B, D, e, window = _s("b s B D e window", positive=True)
+masked = sp.Symbol("masked", nonnegative=True)
+e_stat = sp.Symbol("e_stat", positive=True)
 t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
 ck_none, ck_sel, ck_full = _s("ck_none ck_selective ck_full", nonnegative=True)
 psi, P_L, L_here, inflight = _s("psi P_L L_here inflight", positive=True)
@@ -49,6 +51,8 @@ INPUT_DOCS: dict[str, str] = {
     "b": "micro-batch size (sequences)", "s": "sequence length", "B": "global batch (sequences per step)",
     "D": "training tokens", "e": "activation bytes per element (2 for bf16/fp16, 4 for fp32)",
     "window": "attention window (sliding_window, else s)", "t": "tensor-parallel degree",
+    "e_stat": "bytes per LayerNorm mean/rstd element: 4 (fp32) on GPUs; the activation dtype's on CPU",
+    "masked": "1 if the sliding window is shorter than the sequence (an explicit attention mask)",
     "p": "pipeline-parallel degree", "dp": "data-parallel degree", "m": "micro-batches per step per replica",
     "v": "virtual pipeline stages", "n_gpu": "GPUs", "ck_none": "1 without activation checkpointing",
     "ck_selective": "1 for selective checkpointing (MLP recomputed)", "ck_full": "1 for full checkpointing",
@@ -136,9 +140,14 @@ ctx = define("attention_context", (w_eff * (w_eff + 1) / 2 + (s - w_eff) * w_eff
 fwd_attn = define("flops_attention_per_token", 4 * L * a * d_h * ctx, "QKᵀ and AV, forward", "FLOP")
 fwd = define("flops_per_token_forward", 2 * matmul + fwd_attn, "forward FLOPs per token", "FLOP")
 train = define("flops_per_token_train", 3 * fwd, "model FLOPs per token (forward + backward = 3×; for MFU)", "FLOP")
+# Non-reentrant checkpointing stops recomputing once every saved tensor is back: a dense MLP's down projection
+# (the region's last matmul, whose output nothing saves) is skipped unless dropout follows it.
+skipped = (1 - moe) * (1 - drop) * 2 * L * h * f
 recompute = define("flops_recompute_per_token",
-                   ck_full * (fwd - 2 * V * h) + ck_sel * 2 * L * (K * (2 + gated) * h * f + moe * h * E),
-                   "forward recomputed in backward: every block (full) or the MLPs (selective)", "FLOP")
+                   ck_full * (fwd - 2 * V * h - skipped)
+                   + ck_sel * (2 * L * (K * (2 + gated) * h * f + moe * h * E) - skipped),
+                   "forward recomputed in backward: every block (full) or the MLPs (selective), less the dense "
+                   "down projection that early-stopping recompute skips", "FLOP")
 hw = define("flops_per_token_hardware", train + recompute, "FLOPs executed per token (for HFU)", "FLOP")
 define("flops_per_step", train * B * s, "model FLOPs per optimizer step", "FLOP")
 define("flops_total", train * D, "model FLOPs for the whole run", "FLOP")
@@ -158,17 +167,19 @@ states = define("memory_model_states", sp.floor(mem_w + mem_g + mem_o + gathered
 # ---- memory: activations -----------------------------------------------------------------------------------
 group("Memory: activations", "per saved tensor of the compiled model (Korthikanti et al. 2022 generalised: SDPA "
       "saves q, k, v, out and fp32 log-sum-exp instead of s² scores; GQA-sized k, v; SwiGLU's wider tensors)")
-norm_saved = define("act_norm", ln * (h * e + 8) + (1 - ln) * (8 * h + 4),
-                    "per token, one norm: LayerNorm saves x + fp32 mean, rstd; RMSNorm (composite) an fp32 copy "
-                    "of x, the fp32 normalised x and rstd", "B")
-act_attn = define("act_attention", norm_saved + h * e + (a + 2 * k) * d_h * e + 2 * a * d_h * e + 4 * a
-                  + drop * h, "per token: norm, q/k/v input, q, k, v, SDPA out and its contiguous copy, fp32 "
-                  "log-sum-exp (+ dropout mask)", "B")
+norm_saved = define("act_norm", ln * (h * e + 2 * e_stat) + (1 - ln) * (8 * h + 4),
+                    "per token, one norm: LayerNorm saves x + mean, rstd; RMSNorm (composite) an fp32 copy "
+                    "of x, the fp32 normalised x and fp32 rstd", "B")
+act_attn = define("act_attention", norm_saved + h * e + (a + 2 * k) * d_h * e + a * d_h * e + 4 * a
+                  + drop * h, "per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so "
+                  "it is also the o_proj input), fp32 log-sum-exp (+ dropout mask)", "B")
 hidden_mult = 2 - relu + 2 * gated
 act_mlp = define("act_mlp", norm_saved + h * e + (1 - moe) * hidden_mult * f * e
-                 + moe * (K * (2 * h * e + hidden_mult * f * e + 20) + 4 * E + 4) + drop * h,
-                 "per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f; MoE: per routed "
-                 "token the gathered input, hidden tensors, weighted output, routing indices)", "B")
+                 + moe * (K * (3 * h * e + hidden_mult * f * e + 16 + e) + 4 * E + 12 * K + 4) + drop * h,
+                 "per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router "
+                 "probabilities, top-k indices (int64) and weights with their sum, and per routed token the "
+                 "gathered input, hidden tensors, expert output, weighted output, its weight and (token, slot) "
+                 "indices", "B")
 act_layer = define("act_layer", act_attn + act_mlp, "per token, one block, nothing recomputed", "B")
 act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h * e) + ck_full * h * e,
                   "per token, one block, as kept for backward: all, attention + MLP input (selective), or the "
@@ -176,11 +187,13 @@ act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h
 act_embed = define("act_embedding", 8 + drop * h, "per token: int64 ids (+ dropout mask)", "B")
 act_head = define("act_head", norm_saved + h * e + 4 * V + 8,
                   "per token: final norm, LM-head input, fp32 log-softmax, int64 targets", "B")
-act_tables = define("act_tables", rope * 2 * P * d_h * e + learned * 8 * s,
-                    "once per GPU: RoPE cos/sin tables (or position ids)", "B")
+act_tables = define("act_tables", rope * 2 * P * d_h * e + learned * 8 * s + masked * s * s * e,
+                    "once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window mask", "B")
 acts = define("memory_activations",
-              inflight * b * s * (L_here * act_kept + first * act_embed + last * act_head) / t + first * act_tables,
-              "saved for backward by the micro-batches in flight (1F1B: p on the first stage)", "B")
+              inflight * b * s * (L_here * act_kept + first * act_embed + last * act_head) / t + first * act_tables
+              + last * inflight * 4,
+              "saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 "
+              "total weight)", "B")
 
 # ---- memory: buffers and peak ------------------------------------------------------------------------------
 group("Memory: transient buffers and peak", "peak is a timeline: states + saved activations + the largest "

@@ -174,6 +174,8 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"), "dropout": int(mo.dropout > 0),
         "b": tr.micro_batch_size, "s": tr.seq_len, "B": tr.global_batch_size, "D": tr.total_tokens,
         "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or tr.seq_len,
+        "e_stat": e if spec.cluster.device.name == "cpu" else 4,
+        "masked": int(mo.sliding_window is not None and mo.sliding_window < tr.seq_len),
         "t": par.tensor, "p": par.pipeline, "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
         "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
         "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
@@ -277,6 +279,19 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
             result.alternatives.append(Alternative(strategy, memory, memory["peak"] <= usable, alt["time_step"],
                                                    alt["time_total"], alt["cost"], strategy == chosen))
     return result
+
+
+def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False) -> dict[str, Any]:
+    """Every formula for one micro-batch of the whole model on one device (no tensor or pipeline split):
+    what ``llmspec measure`` compares with the compiled model (``cpu_kernels``: as CPU kernels save tensors)."""
+    par = spec.parallelism.model_copy(update={"tensor": 1, "pipeline": 1, "activation_checkpointing": checkpointing})
+    single = spec.model_copy(update={"parallelism": par})
+    inputs = {**architecture_inputs(single), **_device_inputs(single)}
+    if cpu_kernels:
+        inputs["e_stat"] = inputs["e"]
+    base = _numeric.evaluate(inputs, PARAMETER_FORMULAS)
+    strategy = Strategy(par.zero_stage, checkpointing, par.offload_optimizer, par.offload_params)
+    return _evaluate(single, base, strategy, "only")
 
 
 def strategies(spec: Spec) -> list[Strategy]:

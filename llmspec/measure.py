@@ -1,0 +1,178 @@
+"""``llmspec measure``: the compiled model, measured without memory, beside the planner's predictions.
+
+- Parameters: the model built on the meta device, shared tensors counted once.
+- FLOPs: one micro-batch forward + backward on the meta device under ``FlopCounterMode``. There SDPA takes the
+  math path, which the counter sees, and counts attention in full (every query against every key). The planner
+  counts the causal triangle (or the window), so the comparison swaps in full attention on the planner's side;
+  recomputed FLOPs (checkpointing) are counted by both.
+- Activations: the bytes saved for backward by one micro-batch under ``FakeTensorMode`` on the CPU device, where
+  SDPA takes the flash path and saves O(s) statistics as GPU kernels do. Saved-tensor hooks see every saved
+  tensor; each storage counts once (by ``untyped_storage()._cdata``), parameters excluded; logits, loss and RoPE
+  tables included (``memory.activations`` in shared/design.md).
+
+MoE routing depends on data, which meta and fake tensors do not have: measurement gives every expert an equal
+share of the routed tokens (their total, tokens × top_k, is exact), so FLOPs and bytes are those of balanced routing.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from llmspec.compile.loading import model_module
+from llmspec.planner import CHECKPOINTING, plan, single_device_env
+from llmspec.spec import Spec
+
+
+@dataclass
+class Comparison:
+    measured: float
+    planned: float
+
+    @property
+    def ratio(self) -> float:
+        """planned / measured: 1.0 is a perfect prediction."""
+        return self.planned / self.measured if self.measured else float("nan")
+
+    def to_json(self) -> dict[str, float]:
+        return {"measured": self.measured, "planned": self.planned, "ratio": self.ratio}
+
+
+@dataclass
+class Measurement:
+    spec: Spec
+    params: Comparison
+    flops: dict[str, Comparison] = field(default_factory=dict)  # per checkpointing mode, one micro-batch
+    activations: dict[str, Comparison] = field(default_factory=dict)  # bytes, per checkpointing mode
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        tr = self.spec.training
+        return {
+            "name": self.spec.name, "micro_batch": {"sequences": tr.micro_batch_size, "seq_len": tr.seq_len},
+            "params": self.params.to_json(),
+            "flops": {mode: c.to_json() for mode, c in self.flops.items()},
+            "activations": {mode: c.to_json() for mode, c in self.activations.items()},
+            "notes": self.notes,
+        }
+
+
+class BalancedRouting(TorchDispatchMode):
+    """Stand-in for data-dependent routing on meta/fake tensors: ``nonzero`` of the i-th expert's mask returns an
+    equal share (± 1) of the mask's elements, so the shares over all experts sum to tokens × top_k exactly."""
+
+    def __init__(self, n_experts: int):
+        super().__init__()
+        self.n_experts, self.calls = n_experts, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.nonzero.default:
+            mask = args[0]
+            share, extra = divmod(mask.numel(), self.n_experts)
+            count = share + (self.calls % self.n_experts < extra)
+            self.calls += 1
+            return torch.zeros((count, mask.dim()), dtype=torch.long, device=mask.device)
+        return func(*args, **(kwargs or {}))
+
+
+def _with_checkpointing(spec: Spec, mode: str) -> Spec:
+    par = spec.parallelism.model_copy(update={"activation_checkpointing": mode})
+    return spec.model_copy(update={"parallelism": par})
+
+
+@contextmanager
+def _routing(spec: Spec):
+    with ExitStack() as stack:
+        if spec.model.moe:
+            stack.enter_context(BalancedRouting(spec.model.moe.n_experts))
+        yield
+
+
+def _batch(spec: Spec, device: str) -> torch.Tensor:
+    tr = spec.training
+    return torch.zeros((tr.micro_batch_size, tr.seq_len), dtype=torch.long, device=device)
+
+
+def _dtype(spec: Spec) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.training.precision]
+
+
+def _build(spec: Spec) -> torch.nn.Module:
+    """The compiled model in the training precision, on the current device or fake mode (no ``.to()``, which
+    fake parameters refuse), in training mode."""
+    dtype, default = _dtype(spec), torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = model_module(spec).Model()
+    finally:
+        torch.set_default_dtype(default)
+    for module in model.modules():  # RoPE tables are computed in fp32; training casts them with the model
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_floating_point():
+                module._buffers[name] = buffer.to(dtype)
+    return model.train()
+
+
+def count_params(spec: Spec) -> int:
+    with torch.device("meta"):
+        model = model_module(spec).Model()
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+
+
+def count_flops(spec: Spec) -> int:
+    """FLOPs of one micro-batch forward + backward (recompute included) on the meta device."""
+    with torch.device("meta"):
+        model = _build(spec)
+    with _routing(spec), FlopCounterMode(display=False) as counter:
+        _, loss = model(_batch(spec, "meta"), _batch(spec, "meta"))
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def count_saved_bytes(spec: Spec) -> int:
+    """Bytes saved for backward by one micro-batch (FakeTensorMode on the CPU device: SDPA's flash path)."""
+    with FakeTensorMode():
+        model = _build(spec)
+        parameters = {p.untyped_storage()._cdata for p in model.parameters()}
+        saved: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage._cdata not in parameters:
+                saved[storage._cdata] = storage.nbytes()
+            return tensor
+
+        with _routing(spec), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(_batch(spec, "cpu"), _batch(spec, "cpu"))  # distinct inputs and targets, as in training
+    return sum(saved.values())
+
+
+def planned_flops_full_attention(env: dict[str, Any], checkpointing: str) -> float:
+    """The planner's executed FLOPs per token with attention counted in full, as FlopCounterMode counts it."""
+    full_attention = 4 * env["L"] * env["a"] * env["d_h"] * env["s"]
+    passes = 3 + (checkpointing == "full")  # forward, backward (2×), and the forward again under full recompute
+    return env["flops_per_token_hardware"] + passes * (full_attention - env["flops_attention_per_token"])
+
+
+def measure(spec: Spec, modes: tuple[str, ...] = CHECKPOINTING) -> Measurement:
+    """Measure the compiled model of ``spec`` for each checkpointing mode and compare with the planner."""
+    tokens = spec.training.micro_batch_size * spec.training.seq_len
+    result = Measurement(spec, Comparison(count_params(spec), plan(spec, alternatives=False).params["total"]))
+    for mode in modes:
+        variant = _with_checkpointing(spec, mode)
+        env = single_device_env(spec, mode, cpu_kernels=True)  # fake tensors follow the CPU kernels
+        result.flops[mode] = Comparison(count_flops(variant), planned_flops_full_attention(env, mode) * tokens)
+        result.activations[mode] = Comparison(count_saved_bytes(variant), float(env["memory_activations"]))
+    result.notes.append("FLOPs: one micro-batch forward + backward (+ recompute); attention counted in full "
+                        "(FlopCounterMode's convention) on both sides")
+    result.notes.append("activations: one micro-batch on one device (no tensor/pipeline split), planned as CPU kernels "
+                        "save them (LayerNorm keeps mean/rstd in the input dtype there, fp32 on GPUs)")
+    if spec.model.moe:
+        result.notes.append("MoE: balanced routing (each expert gets tokens × top_k / n_experts)")
+    return result
