@@ -164,14 +164,14 @@ def act_norm(e, e_stat, h, layernorm):
     return layernorm*(e*h + 2*e_stat) + (1 - layernorm)*(8*h + 4)
 
 
-def act_attention(a, act_norm, d_h, dropout, e, h, k):
+def act_attention(a, act_norm, d_h, dropout, e, e_mask, h, k):
     """per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the o_proj input), fp32 log-sum-exp (+ dropout mask) [B]"""
-    return a*d_h*e + 4*a + act_norm + d_h*e*(a + 2*k) + dropout*h + e*h
+    return a*d_h*e + 4*a + act_norm + d_h*e*(a + 2*k) + dropout*e_mask*h + e*h
 
 
-def act_mlp(E, K, act_norm, dropout, e, f, gated, h, moe, relu):
+def act_mlp(E, K, act_norm, dropout, e, e_mask, f, gated, h, moe, relu):
     """per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router probabilities, top-k indices (int64) and weights with their sum, and per routed token the gathered input, hidden tensors, expert output, weighted output, its weight and (token, slot) indices [B]"""
-    return act_norm + dropout*h + e*f*(1 - moe)*(2*gated - relu + 2) + e*h + moe*(4*E + K*(e*f*(2*gated - relu + 2) + 3*e*h + e + 16) + 12*K + 4)
+    return act_norm + dropout*e_mask*h + e*f*(1 - moe)*(2*gated - relu + 2) + e*h + moe*(4*E + K*(e*f*(2*gated - relu + 2) + 3*e*h + e + 16) + 12*K + 4)
 
 
 def act_layer(act_attention, act_mlp):
@@ -184,9 +184,9 @@ def act_layer_kept(act_attention, act_layer, ck_full, ck_none, ck_selective, e, 
     return act_layer*ck_none + ck_full*e*h + ck_selective*(act_attention + e*h)
 
 
-def act_embedding(dropout, h):
+def act_embedding(dropout, e_mask, h):
     """per token: int64 ids (+ dropout mask) [B]"""
-    return dropout*h + 8
+    return dropout*e_mask*h + 8
 
 
 def act_head(V, act_norm, e, h):
@@ -353,11 +353,11 @@ ARGUMENTS = {
     'memory_gathered': ('P_L', 'w_bytes', 'zero3'),
     'memory_model_states': ('memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
     'act_norm': ('e', 'e_stat', 'h', 'layernorm'),
-    'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'h', 'k'),
-    'act_mlp': ('E', 'K', 'act_norm', 'dropout', 'e', 'f', 'gated', 'h', 'moe', 'relu'),
+    'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'h', 'k'),
+    'act_mlp': ('E', 'K', 'act_norm', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'moe', 'relu'),
     'act_layer': ('act_attention', 'act_mlp'),
     'act_layer_kept': ('act_attention', 'act_layer', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
-    'act_embedding': ('dropout', 'h'),
+    'act_embedding': ('dropout', 'e_mask', 'h'),
     'act_head': ('V', 'act_norm', 'e', 'h'),
     'act_tables': ('P', 'd_h', 'e', 'learned', 'masked', 'rope', 's'),
     'memory_activations': ('L_here', 'act_embedding', 'act_head', 'act_layer_kept', 'act_tables', 'b', 'first_stage', 'inflight', 'last_stage', 's', 't'),

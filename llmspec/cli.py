@@ -127,6 +127,31 @@ def build(spec: SpecArg, out: Annotated[Path, typer.Option("-o", "--out", help="
 
 
 @app.command()
+@_user_errors
+def measure(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
+            checkpointing: Annotated[list[str] | None, typer.Option(
+                help="none, selective or full (repeatable; default all three)")] = None) -> None:
+    """Measure the compiled model without memory (meta and fake tensors) beside the planner's predictions."""
+    from llmspec.loader import load_spec
+    from llmspec.planner import CHECKPOINTING
+
+    modes = tuple(checkpointing or CHECKPOINTING)
+    for mode in modes:
+        if mode not in CHECKPOINTING:
+            raise LLMSpecError(f"--checkpointing {mode}: expected one of {', '.join(CHECKPOINTING)}")
+    loaded = load_spec(spec, set_ or [])
+    from llmspec.measure import measure as run_measure  # imports torch
+
+    result = run_measure(loaded, modes)
+    if json_:
+        _print_json(result.to_json())
+        return
+    from llmspec.report import measurement_table
+
+    _console().print(measurement_table(result))
+
+
+@app.command()
 def schema() -> None:
     """The spec's JSON Schema (for editors' YAML completion)."""
     from llmspec.spec import Spec

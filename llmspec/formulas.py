@@ -27,7 +27,7 @@ tied, learned, rope, bias, qkvb, gated, relu, moe, ln, drop = _s(
     "tied learned rope bias qkv_bias gated relu moe layernorm dropout", nonnegative=True)
 b, s, B, D, e, window = _s("b s B D e window", positive=True)
 masked = sp.Symbol("masked", nonnegative=True)
-e_stat = sp.Symbol("e_stat", positive=True)
+e_stat, e_mask = _s("e_stat e_mask", positive=True)
 t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
 ck_none, ck_sel, ck_full = _s("ck_none ck_selective ck_full", nonnegative=True)
 psi, P_L, L_here, inflight = _s("psi P_L L_here inflight", positive=True)
@@ -52,6 +52,7 @@ INPUT_DOCS: dict[str, str] = {
     "D": "training tokens", "e": "activation bytes per element (2 for bf16/fp16, 4 for fp32)",
     "window": "attention window (sliding_window, else s)", "t": "tensor-parallel degree",
     "e_stat": "bytes per LayerNorm mean/rstd element: 4 (fp32) on GPUs; the activation dtype's on CPU",
+    "e_mask": "bytes per dropout-mask element: 1 (bool, fused kernel) on GPUs; the activation dtype's on CPU",
     "masked": "1 if the sliding window is shorter than the sequence (an explicit attention mask)",
     "p": "pipeline-parallel degree", "dp": "data-parallel degree", "m": "micro-batches per step per replica",
     "v": "virtual pipeline stages", "n_gpu": "GPUs", "ck_none": "1 without activation checkpointing",
@@ -171,11 +172,12 @@ norm_saved = define("act_norm", ln * (h * e + 2 * e_stat) + (1 - ln) * (8 * h + 
                     "per token, one norm: LayerNorm saves x + mean, rstd; RMSNorm (composite) an fp32 copy "
                     "of x, the fp32 normalised x and fp32 rstd", "B")
 act_attn = define("act_attention", norm_saved + h * e + (a + 2 * k) * d_h * e + a * d_h * e + 4 * a
-                  + drop * h, "per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so "
-                  "it is also the o_proj input), fp32 log-sum-exp (+ dropout mask)", "B")
+                  + drop * h * e_mask,
+                  "per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the "
+                  "o_proj input), fp32 log-sum-exp (+ dropout mask)", "B")
 hidden_mult = 2 - relu + 2 * gated
 act_mlp = define("act_mlp", norm_saved + h * e + (1 - moe) * hidden_mult * f * e
-                 + moe * (K * (3 * h * e + hidden_mult * f * e + 16 + e) + 4 * E + 12 * K + 4) + drop * h,
+                 + moe * (K * (3 * h * e + hidden_mult * f * e + 16 + e) + 4 * E + 12 * K + 4) + drop * h * e_mask,
                  "per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router "
                  "probabilities, top-k indices (int64) and weights with their sum, and per routed token the "
                  "gathered input, hidden tensors, expert output, weighted output, its weight and (token, slot) "
@@ -184,7 +186,7 @@ act_layer = define("act_layer", act_attn + act_mlp, "per token, one block, nothi
 act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h * e) + ck_full * h * e,
                   "per token, one block, as kept for backward: all, attention + MLP input (selective), or the "
                   "block input (full)", "B")
-act_embed = define("act_embedding", 8 + drop * h, "per token: int64 ids (+ dropout mask)", "B")
+act_embed = define("act_embedding", 8 + drop * h * e_mask, "per token: int64 ids (+ dropout mask)", "B")
 act_head = define("act_head", norm_saved + h * e + 4 * V + 8,
                   "per token: final norm, LM-head input, fp32 log-softmax, int64 targets", "B")
 act_tables = define("act_tables", rope * 2 * P * d_h * e + learned * 8 * s + masked * s * s * e,

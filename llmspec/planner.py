@@ -174,7 +174,10 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"), "dropout": int(mo.dropout > 0),
         "b": tr.micro_batch_size, "s": tr.seq_len, "B": tr.global_batch_size, "D": tr.total_tokens,
         "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or tr.seq_len,
+        # CPU kernels keep LayerNorm statistics and dropout masks in the activation dtype; GPU kernels in
+        # fp32 and bool.
         "e_stat": e if spec.cluster.device.name == "cpu" else 4,
+        "e_mask": e if spec.cluster.device.name == "cpu" else 1,
         "masked": int(mo.sliding_window is not None and mo.sliding_window < tr.seq_len),
         "t": par.tensor, "p": par.pipeline, "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
         "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
@@ -288,7 +291,7 @@ def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False)
     single = spec.model_copy(update={"parallelism": par})
     inputs = {**architecture_inputs(single), **_device_inputs(single)}
     if cpu_kernels:
-        inputs["e_stat"] = inputs["e"]
+        inputs["e_stat"] = inputs["e_mask"] = inputs["e"]
     base = _numeric.evaluate(inputs, PARAMETER_FORMULAS)
     strategy = Strategy(par.zero_stage, checkpointing, par.offload_optimizer, par.offload_params)
     return _evaluate(single, base, strategy, "only")

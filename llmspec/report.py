@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from llmspec.planner import Plan
 from llmspec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_money
+
+if TYPE_CHECKING:  # measuring imports torch; the plan path must not
+    from llmspec.measure import Measurement
 
 OK, NO = "[green]✓[/]", "[red]✗[/]"
 
@@ -97,4 +102,22 @@ def _table(title: str, *columns: str) -> Table:
     table.add_column("", style="cyan")
     for column in columns:
         table.add_column(column, justify="right" if column in ("count", "FLOPs", "bytes", "value") else "left")
+    return table
+
+
+def measurement_table(result: Measurement) -> Table:
+    """Measured beside planned, one row per quantity, with the ratio planned / measured."""
+    tr = result.spec.training
+    table = Table(title=f"{result.spec.name}: the compiled model measured vs the plan, one micro-batch of "
+                        f"{tr.micro_batch_size} × {tr.seq_len} tokens", title_justify="left", show_edge=False)
+    for column in ("", "measured", "planned", "planned/measured"):
+        table.add_column(column, justify="right" if column else "left", style=None if column else "cyan")
+    table.add_row("parameters", f"{int(result.params.measured):,}", f"{int(result.params.planned):,}",
+                  f"{result.params.ratio:.4f}")
+    for mode, c in result.flops.items():
+        table.add_row(f"FLOPs · ckpt {mode}", fmt_flops(c.measured), fmt_flops(c.planned), f"{c.ratio:.4f}")
+    for mode, c in result.activations.items():
+        table.add_row(f"activations · ckpt {mode}", fmt_bytes(c.measured), fmt_bytes(c.planned), f"{c.ratio:.4f}")
+    table.caption = "\n".join(f"· {note}" for note in result.notes)
+    table.caption_justify = "left"
     return table

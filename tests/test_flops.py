@@ -48,10 +48,12 @@ def test_recompute_flops(mode, extra):
     h, fff, L, V = 4096, 11008, 32, 32000
     if extra == 0:
         expected = 0
+    # Non-reentrant checkpointing stops early: nothing saves the down projection's output, so it is not
+    # recomputed (tests/test_measure.py confirms this on the compiled model).
     elif extra == "mlp":
-        expected = 2 * L * 3 * h * fff
+        expected = 2 * L * 2 * h * fff
     else:
-        expected = f["per_token_forward"] - 2 * V * h
+        expected = f["per_token_forward"] - 2 * V * h - 2 * L * h * fff
     assert f["per_token_hardware"] - f["per_token_train"] == pytest.approx(expected)
 
 

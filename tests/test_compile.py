@@ -1,0 +1,293 @@
+"""The compiler: model.py (readable, standalone, only the paths used), ds_config.json, launch.sh, build."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llmspec.cli import app
+from llmspec.compile.build import build, build_files
+from llmspec.compile.loading import model_module
+from llmspec.compile.model_source import model_source, render
+from llmspec.loader import load_spec, named_specs, parse_spec
+
+PIPE = ["parallelism.pipeline=2", "cluster.gpus_per_node=2", "cluster.gpu=cpu"]
+VARIANTS = [
+    ("tiny", []), ("tiny-gpt2", []), ("tiny-moe", []),
+    ("tiny", ["parallelism.activation_checkpointing=selective", "model.dropout=0.1"]),
+    ("tiny", ["parallelism.activation_checkpointing=full", "model.tie_embeddings=false", "model.mlp=geglu"]),
+    ("tiny-gpt2", ["model.mlp=relu", "model.norm=rmsnorm", "model.bias=false"]),
+    ("tiny", [*PIPE, "model.sliding_window=64"]), ("tiny-gpt2", PIPE), ("tiny-moe", [*PIPE, "model.dropout=0.1"]),
+    ("tiny", ["model.rope_scaling.factor=8", "model.rope_scaling.original_max_seq_len=64"]),
+    ("tiny", ["model.rope_scaling.type=linear", "model.rope_scaling.factor=2"]),
+]
+
+
+def _variant(name: str, sets: list[str]):
+    return load_spec(name, sets)
+
+
+def test_generated_files_are_lint_clean_and_formatted(tmp_path):
+    paths = []
+    for i, (name, sets) in enumerate([(n, []) for n in sorted(named_specs())] + VARIANTS):
+        path = tmp_path / f"model_{i}.py"
+        path.write_text(model_source(_variant(name, sets)))
+        paths.append(str(path))
+    ruff = [sys.executable, "-m", "ruff"]
+    rules = ["--select", "E,F,W,I,B,UP", "--line-length", "120", "--target-version", "py310"]
+    lint = subprocess.run([*ruff, "check", "--no-cache", *rules, *paths], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    fmt = subprocess.run([*ruff, "format", "--no-cache", "--check", "--line-length", "120", *paths],
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+@pytest.mark.parametrize("name", sorted(named_specs()))
+def test_model_imports_torch_only(name):
+    tree = ast.parse(model_source(load_spec(name)))
+    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}
+    modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert modules <= {"torch", "dataclasses", "math"}, modules
+
+
+def test_only_the_paths_the_spec_uses_are_emitted():
+    gpt2 = model_source(load_spec("gpt2-124m"))
+    for absent in ("rope", "RMSNorm", "MoE", "sliding_window", "checkpoint", "gate_proj", "enable_gqa", "math"):
+        assert absent not in gpt2, absent
+    assert "nn.LayerNorm" in gpt2 and "qkv_proj" in gpt2 and "pos_embed" in gpt2 and 'approximate="tanh"' in gpt2
+    llama = model_source(load_spec("llama3-8b"))
+    for absent in ("pos_embed", "LayerNorm", "qkv_proj", "MoE", "Dropout", "pipeline_layers", "sliding_window"):
+        assert absent not in llama, absent
+    assert "apply_rope" in llama and "rope_low_freq_factor" not in llama and "enable_gqa=True" in llama
+    scaled = model_source(load_spec("llama3-405b"))
+    assert "rope_low_freq_factor: float = 1.0" in scaled and "import math" in scaled
+    assert "class MoE" in model_source(load_spec("mixtral-8x7b"))
+    assert "sliding_window_mask" in model_source(load_spec("mistral-7b"))
+
+
+def test_config_defaults_are_the_spec_values():
+    spec = load_spec("llama3-405b")
+    config = model_module(spec).ModelConfig()
+    mo = spec.model
+    assert (config.vocab_size, config.d_model, config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim,
+            config.d_ff, config.max_seq_len) == (mo.vocab_size, mo.d_model, mo.n_layers, mo.n_heads, mo.n_kv_heads,
+                                                 mo.head_dim, mo.d_ff, mo.max_seq_len)
+    assert config.rope_theta == mo.rope_theta and config.norm_eps == mo.norm_eps
+    assert config.rope_scaling_factor == mo.rope_scaling.factor
+
+
+def test_template_conditions_are_checked():
+    with pytest.raises(ValueError, match="unknown feature 'ropes'"):
+        render("#if ropes\nx\n#endif\n", {"rope": True}, {})
+    with pytest.raises(ValueError, match="without #endif"):
+        render("#if rope\nx\n", {"rope": True}, {})
+    assert render("#if a and not b or c\nyes\n#endif\n", {"a": False, "b": True, "c": True}, {}) == "yes\n"
+
+
+def _loss_and_grads(spec, seed=0):
+    torch.manual_seed(seed)
+    model = model_module(spec).Model()
+    torch.manual_seed(1)
+    idx = torch.randint(0, spec.model.vocab_size, (2, 96))
+    logits, loss = model(idx, torch.roll(idx, -1, 1))
+    loss.backward()
+    return logits, loss, {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-gpt2", "tiny-moe"])
+def test_checkpointing_changes_memory_not_results(name):
+    base_logits, base_loss, base_grads = _loss_and_grads(load_spec(name, ["model.sliding_window=32"]))
+    assert base_logits.shape == (2, 96, load_spec(name).model.vocab_size)
+    for mode in ("selective", "full"):
+        _, loss, grads = _loss_and_grads(load_spec(name, ["model.sliding_window=32",
+                                                          f"parallelism.activation_checkpointing={mode}"]))
+        assert torch.equal(loss, base_loss)
+        for key, grad in base_grads.items():
+            assert grads[key] is not None and torch.allclose(grads[key], grad, atol=1e-6), (mode, key)
+
+
+def test_forward_without_targets_and_in_eval_mode():
+    spec = load_spec("tiny", ["parallelism.activation_checkpointing=full"])
+    model = model_module(spec).Model().eval()
+    with torch.no_grad():
+        logits, loss = model(torch.zeros(1, 5, dtype=torch.long))
+    assert loss is None and logits.shape == (1, 5, spec.model.vocab_size)
+
+
+def test_sliding_window_limits_what_a_query_sees():
+    spec = load_spec("tiny", ["model.sliding_window=4"])
+    torch.manual_seed(0)
+    model = model_module(spec).Model().eval()
+    idx = torch.randint(0, 2048, (1, 12))
+    changed = idx.clone()
+    changed[0, 0] = (idx[0, 0] + 1) % 2048
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    # one layer moves information at most window-1 positions: 4 layers reach position 4·3 = 12 at the most
+    assert not torch.allclose(a[0, 1], b[0, 1])
+    one_layer = load_spec("tiny", ["model.sliding_window=4", "model.n_layers=1"])
+    torch.manual_seed(0)
+    model = model_module(one_layer).Model().eval()
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    assert not torch.allclose(a[0, 3], b[0, 3]) and torch.allclose(a[0, 4:], b[0, 4:])
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-gpt2", "tiny-moe"])
+def test_pipeline_layers_compute_the_same_model(name):
+    spec = load_spec(name, [*PIPE, "model.sliding_window=16"])
+    module = model_module(spec)
+    torch.manual_seed(0)
+    model = module.Model().eval()
+    layers, shared = [], {}
+    for key, cls, method in module.pipeline_layers(module.ModelConfig()):
+        layer = shared.get(key) or cls(module.ModelConfig())
+        if key:
+            shared[key] = layer
+        layers.append((layer, method))
+    # copy Model's weights into the flat layers
+    embed = layers[0][0]
+    embed.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("embed.", "pos_embed."))})
+    for i, (layer, _) in enumerate(layers[1:1 + spec.model.n_layers]):
+        layer.load_state_dict(model.blocks[i].state_dict())
+    head = layers[1 + spec.model.n_layers][0]
+    head.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("norm.")
+                          or (k.startswith("lm_head.") and not spec.model.tie_embeddings)})
+    idx = torch.randint(0, spec.model.vocab_size, (2, 40))
+    x = idx
+    with torch.no_grad():
+        for layer, method in layers:
+            x = getattr(layer, method)(x)
+        expected, _ = model(idx)
+    assert torch.allclose(x, expected, atol=1e-5)
+    assert module.CHECKPOINTABLE_LAYERS == ["BlockLayer"]
+
+
+def test_init_scales_residual_projections():
+    spec = load_spec("tiny", ["model.n_layers=8", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=4"])
+    torch.manual_seed(0)
+    model = model_module(spec).Model()
+    std = spec.model.init_std
+    assert abs(model.blocks[0].attn.q_proj.weight.std().item() - std) < 0.1 * std
+    assert abs(model.blocks[0].attn.o_proj.weight.std().item() - std / 4) < 0.1 * std / 4
+
+
+# ---- ds_config -------------------------------------------------------------------------------------------
+DS_VARIANTS = [(n, []) for n in sorted(named_specs())] + [
+    ("llama2-7b", ["parallelism.offload_optimizer=cpu", "parallelism.offload_params=cpu"]),
+    ("gpt2-124m", ["training.precision=fp16", "parallelism.zero_stage=2", "parallelism.offload_optimizer=nvme"]),
+    ("tiny", ["parallelism.activation_checkpointing=full", "training.schedule.warmup_steps=0"]),
+]
+
+
+@pytest.fixture(scope="module")
+def deepspeed_config():
+    import os
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed.runtime.config as ds_runtime_config
+
+    return ds_runtime_config
+
+
+def test_ds_config_parses_with_deepspeeds_own_class(deepspeed_config, monkeypatch):
+    # DeepSpeed takes the data-parallel size from an initialised process group; stand in for one rank.
+    monkeypatch.setattr(deepspeed_config.dist, "get_rank", lambda *args, **kwargs: 0)
+
+    class DataParallel:
+        def __init__(self, size):
+            self.size = size
+
+        def get_data_parallel_world_size(self):
+            return self.size
+
+    for name, sets in DS_VARIANTS:
+        spec = load_spec(name, sets)
+        text = build_files(spec)["ds_config.json"]
+        config = deepspeed_config.DeepSpeedConfig(json.loads(text), mpu=DataParallel(spec.parallelism.data_parallel))
+        tr, par = spec.training, spec.parallelism
+        assert config.zero_optimization_stage == par.zero_stage
+        assert (config.train_batch_size, config.train_micro_batch_size_per_gpu, config.gradient_accumulation_steps) \
+            == (tr.global_batch_size, tr.micro_batch_size, tr.gradient_accumulation_steps)
+        assert config.bfloat16_config.enabled == (tr.precision == "bf16")
+        assert config.float16_config.enabled == (tr.precision == "fp16")
+        assert config.gradient_clipping == tr.grad_clip
+        assert config.scheduler_name == "WarmupCosineLR"
+        assert config.scheduler_params["warmup_type"] == "linear"
+        assert config.scheduler_params["total_num_steps"] == tr.steps
+        offload = config.zero_config.offload_optimizer
+        assert (str(getattr(offload.device, "value", offload.device)) if offload else "none") == par.offload_optimizer
+
+
+def test_ds_config_model_is_strict():
+    from pydantic import ValidationError
+
+    from llmspec.compile.ds_config import DeepSpeedConfig, ds_config
+
+    good = ds_config(load_spec("tiny")).model_dump(exclude_none=True)
+    misspelt = dict(good)
+    misspelt["zero_optimisation"] = misspelt.pop("zero_optimization")
+    with pytest.raises(ValidationError, match="zero_optimisation"):
+        DeepSpeedConfig.model_validate(misspelt)
+
+
+# ---- launch.sh and build -------------------------------------------------------------------------------
+def test_launch_script_single_and_multi_node():
+    one = build_files(load_spec("tiny"))
+    assert "--num_gpus 1" in one["launch.sh"] and "--hostfile" not in one["launch.sh"] and "hostfile" not in one
+    assert "export DS_ACCELERATOR=cpu" in one["launch.sh"]
+    many = build_files(load_spec("llama2-7b"))
+    assert "--hostfile hostfile --num_nodes 64 --num_gpus 8" in many["launch.sh"]
+    assert "DS_ACCELERATOR" not in many["launch.sh"]
+    assert many["hostfile"].count("slots=8") == 64
+
+
+def test_build_writes_every_file(tmp_path):
+    spec = load_spec("tiny-moe")
+    paths = build(spec, tmp_path / "out")
+    names = {p.name for p in paths}
+    assert names == {"model.py", "ds_config.json", "launch.sh", "plan.json", "spec.yaml"}
+    out = tmp_path / "out"
+    assert (out / "launch.sh").stat().st_mode & 0o111
+    assert json.loads((out / "plan.json").read_text())["params"]["total"] == 1_410_688
+    assert parse_spec((out / "spec.yaml").read_text()) == spec
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_cli_build_and_bad_output(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["build", "tiny", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b" / "model.py").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    result = runner.invoke(app, ["build", "tiny", "-o", str(blocker)])
+    assert result.exit_code == 2 and "not a directory" in result.output
+    assert blocker.read_text() == "keep me"
+    result = runner.invoke(app, ["build", "tiny", "-o", str(tmp_path / "c"), "--set", "model.d_modle=3"])
+    assert result.exit_code == 2 and "d_model" in result.output and not (tmp_path / "c").exists()
+
+
+def test_generated_model_runs_as_a_standalone_file(tmp_path):
+    build(load_spec("tiny"), tmp_path)
+    code = ("import torch, model; m = model.Model(); "
+            "l, loss = m(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)); "
+            "print(tuple(l.shape), loss.item() > 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 8, 2048) True"
+
+
+def test_build_names_come_from_validated_specs():
+    with pytest.raises(Exception, match="name"):
+        parse_spec(Path("specs/tiny.yaml").read_text().replace("name: tiny", 'name: "../evil; rm -rf"'))
