@@ -151,6 +151,39 @@ def measure(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
     _console().print(measurement_table(result))
 
 
+@app.command("import-hf")
+@_user_errors
+def import_hf(hf_dir: Annotated[Path, typer.Argument(help="a transformers checkpoint directory (config.json)")],
+              out: Annotated[Path, typer.Option("-o", "--out", help="output directory")],
+              name: Annotated[str | None, typer.Option(help="spec name (default: the directory's)")] = None) -> None:
+    """A transformers checkpoint → spec.yaml (+ model.safetensors in the compiled model's names)."""
+    from llmspec.interop.hf import import_hf as run_import
+
+    for path in run_import(hf_dir, out, name):
+        print(path)
+
+
+@app.command("export-hf")
+@_user_errors
+def export_hf(weights: Annotated[Path, typer.Argument(
+                  help="weights in the compiled model's names (.safetensors or .pt), or a directory holding "
+                       "spec.yaml and model.safetensors (what import-hf writes)")],
+              out: Annotated[Path, typer.Option("-o", "--out", help="output directory")],
+              spec: Annotated[str | None, typer.Option(help="the spec the weights belong to")] = None,
+              set_: SetOpt = None) -> None:
+    """Weights of the compiled model → config.json + model.safetensors that transformers loads."""
+    from llmspec.interop.hf import export_hf as run_export
+    from llmspec.loader import load_spec
+
+    if weights.is_dir():
+        spec = spec or str(weights / "spec.yaml")
+        weights = weights / "model.safetensors"
+    if spec is None:
+        raise LLMSpecError(f"{weights}: pass --spec SPEC (the spec these weights were built from)")
+    for path in run_export(weights, load_spec(spec, set_ or []), out):
+        print(path)
+
+
 @app.command()
 def schema() -> None:
     """The spec's JSON Schema (for editors' YAML completion)."""

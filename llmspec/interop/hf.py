@@ -1,0 +1,165 @@
+"""``llmspec import-hf`` and ``export-hf``: transformers checkpoints in and out, exactly.
+
+Import writes ``spec.yaml`` (the model as found; training, parallelism and cluster are placeholders to edit) and,
+when the checkpoint has weights, ``model.safetensors`` in the compiled model's parameter names. Export writes
+``config.json`` and ``model.safetensors`` that ``AutoModelForCausalLM.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmspec.compile.build import write_atomic
+from llmspec.compile.loading import model_module
+from llmspec.errors import LLMSpecError
+from llmspec.interop.hf_config import family_of, hf_config, hf_family, model_from_hf
+from llmspec.interop.hf_weights import from_hf, to_hf
+from llmspec.loader import dump_spec, parse_spec
+from llmspec.spec import Spec
+
+
+def read_hf_config(hf_dir: Path) -> dict[str, Any]:
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise LLMSpecError(f"{hf_dir}: no config.json (expected a transformers checkpoint directory)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise LLMSpecError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(config, dict):
+        raise LLMSpecError(f"{path}: expected a JSON object")
+    return config
+
+
+def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor] | None:
+    """All tensors of a checkpoint (safetensors or PyTorch .bin, single or sharded), or None when it has none."""
+    for index_name, loader in (("model.safetensors.index.json", _load_safetensors),
+                               ("pytorch_model.bin.index.json", _load_bin)):
+        index = hf_dir / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            tensors: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                tensors.update(loader(hf_dir / Path(shard).name))
+            return tensors
+    if (hf_dir / "model.safetensors").is_file():
+        return _load_safetensors(hf_dir / "model.safetensors")
+    if (hf_dir / "pytorch_model.bin").is_file():
+        return _load_bin(hf_dir / "pytorch_model.bin")
+    return None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise LLMSpecError(f"{path}: cannot read safetensors ({error})") from None
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise LLMSpecError(f"{path}: cannot read PyTorch weights ({type(error).__name__})") from None
+
+
+def spec_name(text: str) -> str:
+    """A spec name from free text (a directory name): letters, digits, . _ - only."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:64]
+    return name or "imported"
+
+
+def imported_spec(config: dict[str, Any], name: str, source: str) -> Spec:
+    model = model_from_hf(config, source)
+    seq_len = min(model["max_seq_len"], 4096)
+    data = {
+        "name": spec_name(name),
+        "model": model,
+        # Placeholders: a checkpoint says nothing about how it will be trained. Edit before planning a run.
+        "training": {"seq_len": seq_len, "micro_batch_size": 1, "global_batch_size": 8, "max_steps": 1000,
+                     "precision": "bf16"},
+        "parallelism": {"zero_stage": 0},
+        "cluster": {"gpu": "A100-80GB", "gpus_per_node": 8, "nodes": 1},
+    }
+    return parse_spec(yaml.safe_dump(data, sort_keys=False), source=source)
+
+
+def _expected_state(spec: Spec) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        return model_module(spec).Model().state_dict()
+
+
+def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None) -> list[Path]:
+    """Write ``spec.yaml`` (and ``model.safetensors`` when there are weights) for a transformers checkpoint."""
+    hf_dir, out = Path(hf_dir), Path(out_dir)
+    config = read_hf_config(hf_dir)
+    source = str(hf_dir / "config.json")
+    spec = imported_spec(config, name or hf_dir.resolve().name, source)
+    weights = read_hf_weights(hf_dir)
+    state = None
+    if weights is not None:
+        state = from_hf(weights, _expected_state(spec), family_of(config), spec.model.tie_embeddings, str(hf_dir))
+    if out.exists() and not out.is_dir():
+        raise LLMSpecError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_atomic(out / "spec.yaml", dump_spec(spec))]
+    if state is not None:
+        # safetensors refuses shared storage: the tied head is stored as its own copy so that
+        # load_state_dict(strict=True) finds every name.
+        if spec.model.tie_embeddings:
+            state["lm_head.weight"] = state["lm_head.weight"].clone()
+        written.append(_save_atomic(state, out / "model.safetensors", {"format": "pt", "llmspec_spec": spec.name}))
+    return written
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise LLMSpecError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    state = _load_bin(path)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a training checkpoint: {"model": ..., "optimizer": ...}
+    return state
+
+
+def export_hf(weights: str | Path, spec: Spec, out_dir: str | Path) -> list[Path]:
+    """config.json + model.safetensors for transformers, from the compiled model's weights."""
+    family = hf_family(spec)  # refuses a spec no transformers family computes, before reading anything
+    state = load_weights(Path(weights))
+    expected = _expected_state(spec)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise LLMSpecError(f"{weights}: does not match spec {spec.name!r} ({what})")
+    for key, like in expected.items():
+        if tuple(state[key].shape) != tuple(like.shape):
+            raise LLMSpecError(f"{weights}: {key} has shape {tuple(state[key].shape)}, spec {spec.name!r} "
+                               f"implies {tuple(like.shape)}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LLMSpecError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = to_hf(state, family, spec.model.tie_embeddings)
+    dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    return [write_atomic(out / "config.json", json.dumps(hf_config(spec, dtype), indent=2) + "\n"),
+            _save_atomic(tensors, out / "model.safetensors", {"format": "pt"})]
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
