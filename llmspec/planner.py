@@ -17,7 +17,7 @@ from llmspec.spec import Spec
 # Achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
 # and pipeline bubbles, which the time model adds separately. Megatron-LM reports 44-52% of A100 peak this way.
 # Calibrated on the Llama 2 model card (7B: 184,320 and 70B: 1,720,320 A100-80GB GPU-hours for 2T tokens)
-# with specs/llama2-7b.yaml and llama2-70b.yaml: 0.995x and 1.035x (tests/test_time.py pins +-20%).
+# with specs/llama2-7b.yaml and llama2-70b.yaml: 0.940x and 1.035x (tests/test_time.py pins +-20%).
 DEFAULT_EFFICIENCY = 0.50
 
 CHECKPOINTING = ("none", "selective", "full")
