@@ -166,8 +166,8 @@ def import_hf(hf_dir: Annotated[Path, typer.Argument(help="a transformers checkp
 @app.command("export-hf")
 @_user_errors
 def export_hf(weights: Annotated[Path, typer.Argument(
-                  help="weights in the compiled model's names (.safetensors or .pt), or a directory holding "
-                       "spec.yaml and model.safetensors (what import-hf writes)")],
+                  help="a run directory (llmspec run), weights in the compiled model's names (.safetensors or "
+                       ".pt), or a directory holding spec.yaml and model.safetensors (what import-hf writes)")],
               out: Annotated[Path, typer.Option("-o", "--out", help="output directory")],
               spec: Annotated[str | None, typer.Option(help="the spec the weights belong to")] = None,
               set_: SetOpt = None) -> None:
@@ -175,6 +175,12 @@ def export_hf(weights: Annotated[Path, typer.Argument(
     from llmspec.interop.hf import export_hf as run_export
     from llmspec.loader import load_spec
 
+    if weights.is_dir() and (weights / "checkpoints").is_dir():
+        from llmspec.train.run import export_run
+
+        for path in export_run(weights, out):
+            print(path)
+        return
     if weights.is_dir():
         spec = spec or str(weights / "spec.yaml")
         weights = weights / "model.safetensors"
@@ -182,6 +188,75 @@ def export_hf(weights: Annotated[Path, typer.Argument(
         raise LLMSpecError(f"{weights}: pass --spec SPEC (the spec these weights were built from)")
     for path in run_export(weights, load_spec(spec, set_ or []), out):
         print(path)
+
+
+@app.command()
+@_user_errors
+def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (default: tiny, the embedded default)")]
+        = "tiny",
+        set_: SetOpt = None,
+        out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<name>)")] = None,
+        resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in the run directory")] = False,
+        backend: Annotated[str, typer.Option(help="auto, torch or deepspeed")] = "auto") -> None:
+    """Train the spec: plan → build → tokenizer and data → backend → eval → samples, all in RUN_DIR."""
+    from llmspec.loader import load_spec
+
+    loaded = load_spec(spec, set_ or [])
+    if backend not in ("auto", "torch", "deepspeed"):
+        raise LLMSpecError(f"--backend {backend}: expected auto, torch or deepspeed")
+    run_dir = out or Path("runs") / loaded.name
+    from llmspec.report import render_plan_summary
+    from llmspec.train.run import run as start_run  # imports torch
+
+    console = _console()
+    render_plan_summary(loaded, console)
+    with _training_progress(console, loaded.training.steps) as progress:
+        summary = start_run(loaded, run_dir, resume, backend, announce=console.print, progress=progress)
+    if summary.val_loss is not None:
+        import math
+
+        console.print(f"validation loss {summary.val_loss:.3f} (perplexity {math.exp(summary.val_loss):.1f}) "
+                      f"after {summary.steps} steps")
+    console.print(f"run directory: {run_dir} (metrics.jsonl, loss.png, samples.txt, checkpoints/)")
+    for text in summary.samples:
+        console.print(f"[dim]---[/]\n{text}")
+
+
+def _training_progress(console, total: int):
+    """A rich progress bar (step, loss, lr, ETA) as a context manager yielding the update callback."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def bar():
+        columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("train", total=total, status="")
+
+            def update(step: int, loss: float, lr: float, val_loss: float | None) -> None:
+                status = f"loss {loss:.3f} · lr {lr:.2e}" + (f" · val {val_loss:.3f}" if val_loss else "")
+                progress.update(task, completed=step, status=status)
+
+            yield update
+
+    return bar()
+
+
+@app.command()
+@_user_errors
+def generate(run_dir: Annotated[Path, typer.Argument(help="a run directory (llmspec run)")],
+             prompt: Annotated[str, typer.Argument(help="text to continue")],
+             max_new_tokens: Annotated[int, typer.Option(min=1)] = 100,
+             temperature: Annotated[float, typer.Option(help="0 is greedy")] = 0.8,
+             top_k: Annotated[int | None, typer.Option(min=1)] = 50,
+             top_p: Annotated[float | None, typer.Option()] = None,
+             seed: int = 0) -> None:
+    """Sample from the latest checkpoint of a run."""
+    from llmspec.train.run import generate as run_generate
+
+    print(run_generate(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed))
 
 
 @app.command()

@@ -121,3 +121,17 @@ def measurement_table(result: Measurement) -> Table:
     table.caption = "\n".join(f"· {note}" for note in result.notes)
     table.caption_justify = "left"
     return table
+
+
+def render_plan_summary(spec, console: Console) -> None:
+    """The plan in three lines, printed before training starts."""
+    from llmspec.planner import plan as make_plan
+
+    p = make_plan(spec, alternatives=False)
+    tr, mem, t = spec.training, p.memory, p.time
+    console.print(f"[bold]{spec.name}[/] · {p.params['total']:,} params · {tr.steps:,} steps × "
+                  f"{tr.global_batch_size} × {tr.seq_len} tokens = {fmt_count(tr.total_tokens)} tokens · "
+                  f"{tr.precision} on {spec.cluster.gpus} × {p.gpu_name}")
+    console.print(f"plan: peak {fmt_bytes(mem['peak'])} of {fmt_bytes(p.usable_memory)} usable "
+                  f"({'fits' if p.fits else 'does not fit'}) · {fmt_flops(p.flops['per_step'])} per step · "
+                  f"about {fmt_duration(t['total_seconds'])} at {p.efficiency:.0%} of peak")

@@ -133,17 +133,23 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def export_hf(weights: str | Path, spec: Spec, out_dir: str | Path) -> list[Path]:
     """config.json + model.safetensors for transformers, from the compiled model's weights."""
-    family = hf_family(spec)  # refuses a spec no transformers family computes, before reading anything
-    state = load_weights(Path(weights))
+    hf_family(spec)  # refuses a spec no transformers family computes, before reading anything
+    return export_state(load_weights(Path(weights)), spec, out_dir, source=str(weights))
+
+
+def export_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str | Path,
+                 source: str = "weights") -> list[Path]:
+    """config.json + model.safetensors for transformers, from a state dict of the compiled model."""
+    family = hf_family(spec)
     expected = _expected_state(spec)
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
         what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise LLMSpecError(f"{weights}: does not match spec {spec.name!r} ({what})")
+        raise LLMSpecError(f"{source}: does not match spec {spec.name!r} ({what})")
     for key, like in expected.items():
         if tuple(state[key].shape) != tuple(like.shape):
-            raise LLMSpecError(f"{weights}: {key} has shape {tuple(state[key].shape)}, spec {spec.name!r} "
+            raise LLMSpecError(f"{source}: {key} has shape {tuple(state[key].shape)}, spec {spec.name!r} "
                                f"implies {tuple(like.shape)}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -1,0 +1,1 @@
+"""Data for ``llmspec run``: the corpus, a byte-level BPE tokenizer, token shards and deterministic batches."""

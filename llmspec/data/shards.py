@@ -1,0 +1,70 @@
+"""Tokens written once to memory-mapped files, and (input, target) windows sampled deterministically.
+
+Every document is encoded and followed by end-of-text; the tail ``val_fraction`` of the token stream is the
+validation split. Files hold uint16 when the vocabulary fits, else uint32. A batch is a pure function of
+(seed, step, micro-batch, rank), so resuming at a step needs no sampler state and reproduces the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from llmspec.data.corpus import DataError
+from llmspec.data.tokenizer import END_OF_TEXT
+
+
+@dataclass(frozen=True)
+class Shards:
+    train: Path
+    val: Path
+    dtype: str
+
+    def load(self, split: str) -> np.ndarray:
+        return np.memmap(self.train if split == "train" else self.val, dtype=self.dtype, mode="r")
+
+
+def write_shards(documents: list[str], tokenizer: Tokenizer, directory: Path, val_fraction: float) -> Shards:
+    """Encode the corpus once into ``directory`` (reused when already there)."""
+    meta_path = directory / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return Shards(directory / "train.bin", directory / "val.bin", meta["dtype"])
+    end = tokenizer.token_to_id(END_OF_TEXT)
+    dtype = "uint16" if tokenizer.get_vocab_size() <= 2**16 else "uint32"
+    pieces = []
+    for encoding in tokenizer.encode_batch(documents):
+        pieces.append(np.asarray(encoding.ids + [end], dtype=dtype))
+    tokens = np.concatenate(pieces)
+    split = len(tokens) - max(1, int(len(tokens) * val_fraction))
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", tokens[:split]), ("val", tokens[split:])):
+        tmp = directory / f"{name}.bin.tmp"
+        part.tofile(tmp)
+        tmp.replace(directory / f"{name}.bin")
+    meta = {"dtype": dtype, "train_tokens": int(split), "val_tokens": int(len(tokens) - split)}
+    meta_path.write_text(json.dumps(meta))
+    return Shards(directory / "train.bin", directory / "val.bin", dtype)
+
+
+class Batches:
+    """Random windows of ``seq_len + 1`` tokens: inputs are the first ``seq_len``, targets the last."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, micro_batch_size: int, seed: int, split: str):
+        if len(tokens) < seq_len + 2:
+            raise DataError(f"data: the {split} split has {len(tokens):,} tokens; training.seq_len {seq_len} needs "
+                            f"at least {seq_len + 2} (a larger corpus, or a larger data.val_fraction for val)")
+        self.tokens, self.seq_len, self.batch, self.seed = tokens, seq_len, micro_batch_size, seed
+        self.split_code = 0 if split == "train" else 1
+
+    def get(self, step: int, micro: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.split_code, step, micro, rank])
+        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch)
+        windows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts]).astype(np.int64)
+        window = torch.from_numpy(windows)
+        return window[:, :-1], window[:, 1:]

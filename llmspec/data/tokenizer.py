@@ -1,0 +1,63 @@
+"""Byte-level BPE (the GPT-2 scheme) trained with Hugging Face ``tokenizers``, cached by corpus and vocab size."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from llmspec.data.corpus import DataError
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+def corpus_digest(documents: list[str]) -> str:
+    digest = hashlib.sha256()
+    for document in documents:
+        digest.update(hashlib.sha256(document.encode()).digest())
+    return digest.hexdigest()[:20]
+
+
+def train_tokenizer(documents: list[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE tokenizer with exactly ``vocab_size`` tokens (256 bytes + merges + end-of-text)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(documents, trainer=trainer, length=len(documents))
+    found = tokenizer.get_vocab_size()
+    if found < vocab_size:
+        raise DataError(f"data.tokenizer.vocab_size: {vocab_size} is too large for this corpus; BPE found only "
+                        f"{found} tokens (use a larger corpus or a vocab_size ≤ {found})")
+    return tokenizer
+
+
+def tokenizer_for(documents: list[str], vocab_size: int, cache: Path) -> tuple[Tokenizer, Path]:
+    """Train (or reuse the cached) tokenizer for this corpus and vocab size; returns it and its file."""
+    path = cache / "tokenizers" / f"{corpus_digest(documents)}-{vocab_size}.json"
+    if path.exists():
+        return Tokenizer.from_file(str(path)), path
+    tokenizer = train_tokenizer(documents, vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tokenizer.save(str(tmp))
+    tmp.replace(path)
+    return tokenizer, path
+
+
+def load_tokenizer(path: str | Path, model_vocab: int) -> Tokenizer:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.tokenizer.path: {path} does not exist")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as error:  # noqa: BLE001 - the tokenizers library raises its own exception types
+        raise DataError(f"data.tokenizer.path: {path} is not a tokenizer.json ({error})") from None
+    if tokenizer.get_vocab_size() > model_vocab:
+        raise DataError(f"data.tokenizer.path: {path} has {tokenizer.get_vocab_size()} tokens, more than "
+                        f"model.vocab_size {model_vocab}")
+    if tokenizer.token_to_id(END_OF_TEXT) is None:
+        raise DataError(f"data.tokenizer.path: {path} has no {END_OF_TEXT} token")
+    return tokenizer

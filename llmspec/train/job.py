@@ -1,0 +1,119 @@
+"""Prepare a run: refuse what cannot work before anything starts, then build, tokenize and lay out RUN_DIR.
+
+RUN_DIR holds spec.yaml, tokenizer.json, build/ (the compiler's output), metrics.jsonl, loss.png, samples.txt
+and checkpoints/. Tokenizers and token shards are cached by corpus content under ``$LLMSPEC_CACHE``
+(default ``~/.cache/llmspec``) and shared between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmspec.compile.build import build, write_atomic
+from llmspec.data.corpus import BUILTIN, builtin_documents, read_documents
+from llmspec.data.shards import Shards, write_shards
+from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
+from llmspec.errors import LLMSpecError
+from llmspec.loader import dump_spec, parse_spec
+from llmspec.planner import plan
+from llmspec.spec import Spec
+from llmspec.train.checkpoint import latest_checkpoint
+from llmspec.units import fmt_bytes
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: Spec
+    run_dir: Path
+    shards: Shards
+    resume: bool
+
+    @property
+    def model_file(self) -> Path:
+        return self.run_dir / "build" / "model.py"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.run_dir / "tokenizer.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMSPEC_CACHE") or Path.home() / ".cache" / "llmspec")
+
+
+def check_fits(spec: Spec) -> None:
+    """Refuse a spec whose plan does not fit its device, quoting the plan."""
+    result = plan(spec, alternatives=False)
+    if not result.fits:
+        mem = result.memory
+        raise LLMSpecError(
+            f"{spec.name}: does not fit: planned peak {fmt_bytes(mem['peak'])} per {result.gpu_name} exceeds the "
+            f"usable {fmt_bytes(result.usable_memory)} (states {fmt_bytes(mem['model_states'])}, activations "
+            f"{fmt_bytes(mem['activations'])}, buffers {fmt_bytes(mem['buffers'])}); see `llmspec plan {spec.name}`")
+
+
+def _documents(spec: Spec) -> list[str]:
+    corpus = spec.data.corpus
+    if corpus != BUILTIN:
+        return read_documents(corpus)
+    # Extracting the standard library's docstrings takes seconds; keep them per Python version.
+    import sys
+
+    path = cache_dir() / f"builtin-corpus-py{sys.version_info.major}.{sys.version_info.minor}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    documents = builtin_documents()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(documents))
+    return documents
+
+
+def prepare(spec: Spec, run_dir: Path, resume: bool) -> Job:
+    check_fits(spec)
+    if spec.model.vocab_size > 2**32:
+        raise LLMSpecError("model.vocab_size: token ids must fit in uint32")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LLMSpecError(f"{run_dir}: exists and is not a directory")
+    previous = latest_checkpoint(run_dir / "checkpoints")
+    if previous and not resume:
+        raise LLMSpecError(f"{run_dir}: holds checkpoints (latest {previous.name}); pass --resume to continue, or "
+                           "--out another directory")
+    if resume:
+        if not previous:
+            raise LLMSpecError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
+        saved = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
+        if saved.model != spec.model:
+            raise LLMSpecError(f"{run_dir}/spec.yaml: its model differs from the spec given; resume with the same "
+                               "model")
+
+    documents = _documents(spec)
+    vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
+    if vocab > spec.model.vocab_size:
+        raise LLMSpecError(f"data.tokenizer.vocab_size: {vocab} exceeds model.vocab_size {spec.model.vocab_size}")
+    if spec.data.tokenizer.path:
+        tokenizer = load_tokenizer(spec.data.tokenizer.path, spec.model.vocab_size)
+        tokenizer_path = Path(spec.data.tokenizer.path).expanduser()
+    else:
+        tokenizer, tokenizer_path = tokenizer_for(documents, vocab, cache_dir())
+    token_key = corpus_digest([tokenizer.to_str()])
+    shard_dir = cache_dir() / "tokens" / f"{corpus_digest(documents)}-{token_key}-{spec.data.val_fraction}"
+    shards = write_shards(documents, tokenizer, shard_dir, spec.data.val_fraction)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    build(spec, run_dir / "build")
+    write_atomic(run_dir / "spec.yaml", dump_spec(spec))
+    if not resume or not (run_dir / "tokenizer.json").exists():
+        shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
+    return Job(spec, run_dir, shards, resume)

@@ -1,0 +1,121 @@
+"""``llmspec run``, ``generate`` and ``export-hf RUN_DIR``: the Python API behind the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmspec.compile.loading import load_model_module
+from llmspec.errors import LLMSpecError
+from llmspec.loader import parse_spec
+from llmspec.spec import Spec
+from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint
+from llmspec.train.job import prepare
+from llmspec.train.metrics import plot_loss
+from llmspec.train.sampling import sample
+
+PROMPTS = ["The", "Return a", "This module"]
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    steps: int
+    loss: float | None
+    val_loss: float | None
+    samples: list[str]
+
+
+def run(spec: Spec, run_dir: Path, resume: bool = False, backend: str = "auto", announce=print,
+        progress=None) -> RunSummary:
+    job = prepare(spec, run_dir, resume)
+    chosen = backend if backend != "auto" else ("deepspeed" if spec.cluster.gpus > 1 else "torch")
+    if chosen == "torch":
+        from llmspec.backends.torch_backend import train
+
+        result = train(job, announce, progress)
+        loss, val_loss = result.loss, result.val_loss
+    elif chosen == "deepspeed":
+        loss, val_loss = _launch_deepspeed(job, announce)
+    else:
+        raise LLMSpecError(f"--backend {backend}: expected auto, torch or deepspeed")
+    plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
+    samples = write_samples(run_dir, PROMPTS)
+    return RunSummary(run_dir, spec.training.steps, loss, val_loss, samples)
+
+
+def _launch_deepspeed(job, announce) -> tuple[float | None, float | None]:
+    script = job.run_dir / "build" / "launch.sh"
+    env = dict(os.environ, LLMSPEC_RESUME="1" if job.resume else "0")
+    announce(f"launching {script}")
+    done = subprocess.run(["bash", str(script), "--run-dir", str(job.run_dir.resolve())], env=env)
+    if done.returncode != 0:
+        raise LLMSpecError(f"deepspeed: the launcher exited with status {done.returncode}; see the output above")
+    from llmspec.train.metrics import read_metrics
+
+    records = read_metrics(job.metrics_file)
+    losses = [r["loss"] for r in records if "loss" in r]
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    return (losses[-1] if losses else None), (vals[-1] if vals else None)
+
+
+def load_run(run_dir: Path) -> tuple[Spec, torch.nn.Module, object]:
+    """The spec, the model at the latest checkpoint (eval mode, CPU) and the tokenizer of a run directory."""
+    from tokenizers import Tokenizer
+
+    spec_file = run_dir / "spec.yaml"
+    if not spec_file.is_file():
+        raise LLMSpecError(f"{run_dir}: not a run directory (no spec.yaml)")
+    spec = parse_spec(spec_file.read_text(), source=str(spec_file))
+    path = latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise LLMSpecError(f"{run_dir}: no checkpoint yet")
+    model = load_model_module(run_dir / "build" / "model.py").Model()
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return spec, model.eval(), Tokenizer.from_file(str(run_dir / "tokenizer.json"))
+
+
+def generate(run_dir: Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
+             top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
+    spec, model, tokenizer = load_run(run_dir)
+    return _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+
+
+def _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed) -> str:
+    if temperature < 0:
+        raise LLMSpecError(f"--temperature {temperature}: must be ≥ 0 (0 is greedy)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise LLMSpecError(f"--top-p {top_p}: must be in (0, 1]")
+    ids = tokenizer.encode(prompt).ids
+    if not ids:
+        raise LLMSpecError("the prompt is empty")
+    generator = torch.Generator().manual_seed(seed)
+    out = sample(model, torch.tensor([ids]), max_new_tokens, spec.model.max_seq_len, temperature, top_k, top_p,
+                 generator, stop_token=tokenizer.token_to_id("<|endoftext|>"))
+    return tokenizer.decode(out[0].tolist())
+
+
+def write_samples(run_dir: Path, prompts: list[str]) -> list[str]:
+    spec, model, tokenizer = load_run(run_dir)
+    texts = [_complete(spec, model, tokenizer, p, 80, 0.8, 50, 0.95, seed=i) for i, p in enumerate(prompts)]
+    (run_dir / "samples.txt").write_text("".join(f"--- {p!r}\n{t}\n\n" for p, t in zip(prompts, texts)))
+    return texts
+
+
+def export_run(run_dir: Path, out: Path) -> list[Path]:
+    """config.json + model.safetensors + the tokenizer, loadable with transformers' Auto classes."""
+    from llmspec.interop.hf import export_state
+
+    spec, model, _ = load_run(run_dir)
+    written = export_state(model.state_dict(), spec, out)
+    shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+              "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": spec.model.max_seq_len}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return [*written, out / "tokenizer.json", out / "tokenizer_config.json"]
