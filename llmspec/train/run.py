@@ -104,7 +104,7 @@ def _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k
 def write_samples(run_dir: Path, prompts: list[str]) -> list[str]:
     spec, model, tokenizer = load_run(run_dir)
     texts = [_complete(spec, model, tokenizer, p, 80, 0.8, 50, 0.95, seed=i) for i, p in enumerate(prompts)]
-    (run_dir / "samples.txt").write_text("".join(f"--- {p!r}\n{t}\n\n" for p, t in zip(prompts, texts)))
+    (run_dir / "samples.txt").write_text("".join(f"--- {p!r}\n{t}\n\n" for p, t in zip(prompts, texts, strict=True)))
     return texts
 
 
