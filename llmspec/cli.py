@@ -215,8 +215,9 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
     if summary.val_loss is not None:
         import math
 
-        console.print(f"validation loss {summary.val_loss:.3f} (perplexity {math.exp(summary.val_loss):.1f}) "
-                      f"after {summary.steps} steps")
+        console.print(f"validation loss {summary.val_loss:.3f} nats/token (perplexity "
+                      f"{math.exp(summary.val_loss):.1f}) after {summary.steps} steps; the corpus's unigram "
+                      f"entropy is {summary.unigram_entropy:.3f}")
     console.print(f"run directory: {run_dir} (metrics.jsonl, loss.png, samples.txt, checkpoints/)")
     for text in summary.samples:
         console.print(f"[dim]---[/]\n{text}")

@@ -24,6 +24,7 @@ class Shards:
     train: Path
     val: Path
     dtype: str
+    unigram_entropy: float  # nats per token of the training split: the loss of a model that ignores context
 
     def load(self, split: str) -> np.ndarray:
         return np.memmap(self.train if split == "train" else self.val, dtype=self.dtype, mode="r")
@@ -34,7 +35,7 @@ def write_shards(documents: list[str], tokenizer: Tokenizer, directory: Path, va
     meta_path = directory / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        return Shards(directory / "train.bin", directory / "val.bin", meta["dtype"])
+        return Shards(directory / "train.bin", directory / "val.bin", meta["dtype"], meta["unigram_entropy"])
     end = tokenizer.token_to_id(END_OF_TEXT)
     dtype = "uint16" if tokenizer.get_vocab_size() <= 2**16 else "uint32"
     pieces = []
@@ -47,9 +48,12 @@ def write_shards(documents: list[str], tokenizer: Tokenizer, directory: Path, va
         tmp = directory / f"{name}.bin.tmp"
         part.tofile(tmp)
         tmp.replace(directory / f"{name}.bin")
-    meta = {"dtype": dtype, "train_tokens": int(split), "val_tokens": int(len(tokens) - split)}
+    counts = np.bincount(tokens[:split], minlength=tokenizer.get_vocab_size())
+    freq = counts[counts > 0] / split
+    meta = {"dtype": dtype, "train_tokens": int(split), "val_tokens": int(len(tokens) - split),
+            "unigram_entropy": float(-(freq * np.log(freq)).sum())}
     meta_path.write_text(json.dumps(meta))
-    return Shards(directory / "train.bin", directory / "val.bin", dtype)
+    return Shards(directory / "train.bin", directory / "val.bin", dtype, meta["unigram_entropy"])
 
 
 class Batches:

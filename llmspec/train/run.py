@@ -29,6 +29,7 @@ class RunSummary:
     steps: int
     loss: float | None
     val_loss: float | None
+    unigram_entropy: float
     samples: list[str]
 
 
@@ -47,7 +48,7 @@ def run(spec: Spec, run_dir: Path, resume: bool = False, backend: str = "auto", 
         raise LLMSpecError(f"--backend {backend}: expected auto, torch or deepspeed")
     plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
     samples = write_samples(run_dir, PROMPTS)
-    return RunSummary(run_dir, spec.training.steps, loss, val_loss, samples)
+    return RunSummary(run_dir, spec.training.steps, loss, val_loss, job.shards.unigram_entropy, samples)
 
 
 def _launch_deepspeed(job, announce) -> tuple[float | None, float | None]:

@@ -1,0 +1,204 @@
+"""`llmspec run`: training end to end, resume bit for bit, failure behaviour, generate, export of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llmspec.cli import app
+from llmspec.errors import LLMSpecError
+from llmspec.loader import load_spec
+from llmspec.train.checkpoint import list_checkpoints, load_checkpoint
+from llmspec.train.metrics import read_metrics
+from llmspec.train.run import generate, run
+from llmspec.train.schedule import lr_at
+
+SENTENCES = ["Return the number of items in the container.", "This module provides functions for text.",
+             "The quick brown fox jumps over the lazy dog.", "Open the file and read every line of it.",
+             "Raise an error when the value is not valid.", "Close the socket once the reply has arrived."]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(" ".join(rng.choice(SENTENCES) for _ in range(8)) for _ in range(400)))
+    return path
+
+
+def small(corpus: Path, *sets: str):
+    return load_spec("tiny", ["model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=128",
+                              "model.n_layers=2", "model.vocab_size=320", "model.max_seq_len=64",
+                              "training.seq_len=64", "training.micro_batch_size=4", "training.global_batch_size=8",
+                              "training.max_steps=40", "training.log_interval=1", "training.eval_interval=20",
+                              "training.checkpoint_interval=10", "training.schedule.warmup_steps=5",
+                              f"data.corpus={corpus}", *sets])
+
+
+def losses(run_dir: Path) -> list[tuple]:
+    return [(r["step"], r.get("loss"), r.get("lr"), r.get("val_loss")) for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_training_loss_falls_and_the_run_directory_is_complete(corpus, tmp_path):
+    summary = run(small(corpus), tmp_path / "r", announce=lambda *a: None)
+    records = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    train = [r["loss"] for r in records if "loss" in r]
+    assert len(train) == 40 and train[-1] < 0.6 * train[0]
+    assert summary.val_loss < summary.unigram_entropy - 1.0  # context is being used
+    assert {"step", "loss", "lr", "tokens_per_second", "mfu"} <= set(records[0])
+    assert [r["step"] for r in records if "val_loss" in r] == [20, 40]
+    for name in ("spec.yaml", "tokenizer.json", "metrics.jsonl", "loss.png", "samples.txt", "build/model.py",
+                 "build/ds_config.json"):
+        assert (tmp_path / "r" / name).exists(), name
+    assert [p.name for p in list_checkpoints(tmp_path / "r" / "checkpoints")] == ["step-00000030.pt",
+                                                                                   "step-00000040.pt"]
+    state = load_checkpoint(tmp_path / "r" / "checkpoints" / "step-00000040.pt")
+    assert state["step"] == 40 and {"model", "optimizer", "rng", "spec"} <= set(state)
+
+
+def test_schedule_warms_up_linearly_then_decays_to_min_lr(corpus):
+    spec = small(corpus, "training.max_steps=100", "training.schedule.warmup_steps=10")
+    peak, floor = spec.training.optimizer.lr, spec.training.schedule.min_lr
+    assert lr_at(spec, 0) == pytest.approx(peak / 10) and lr_at(spec, 9) == pytest.approx(peak)
+    assert lr_at(spec, 55) == pytest.approx((peak + floor) / 2)
+    assert lr_at(spec, 100) == pytest.approx(floor) and lr_at(spec, 99) > floor
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "llmspec.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_killed_run_resumes_bit_for_bit(corpus, tmp_path):
+    spec = small(corpus, "training.max_steps=60", "training.micro_batch_size=8", "training.global_batch_size=16",
+                 "model.dropout=0.1")
+    spec_file = tmp_path / "spec.yaml"
+    from llmspec.loader import dump_spec
+
+    spec_file.write_text(dump_spec(spec))
+    whole = _cli("run", str(spec_file), "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+
+    killed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), cwd=tmp_path)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while not list_checkpoints(checkpoints) and time.time() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    steps_logged = len(losses(tmp_path / "killed"))
+    assert list_checkpoints(checkpoints) and steps_logged < len(losses(tmp_path / "whole")), "killed too late"
+
+    resumed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), "--resume", cwd=tmp_path)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resumed from" in output
+    assert losses(tmp_path / "killed") == losses(tmp_path / "whole")  # every float, bit for bit
+
+
+def test_existing_checkpoints_need_resume_and_resume_needs_a_checkpoint(corpus, tmp_path):
+    spec = small(corpus, "training.max_steps=10")
+    run(spec, tmp_path / "r", announce=lambda *a: None)
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    with pytest.raises(LLMSpecError, match="pass --resume"):
+        run(spec, tmp_path / "r", announce=lambda *a: None)
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before  # nothing lost
+    with pytest.raises(LLMSpecError, match="no checkpoint to resume from"):
+        run(spec, tmp_path / "fresh", resume=True, announce=lambda *a: None)
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(corpus, tmp_path):
+    spec = small(corpus, "training.optimizer.lr=1.0e+6", "training.grad_clip=null", "training.checkpoint_interval=1",
+                 "training.schedule.warmup_steps=0")
+    with pytest.raises(LLMSpecError, match=r"step \d+: (loss is nan|loss is inf|the weights hold inf/nan)"):
+        run(spec, tmp_path / "r", announce=lambda *a: None)
+    for path in list_checkpoints(tmp_path / "r" / "checkpoints"):
+        state = load_checkpoint(path)
+        assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_disk_full_while_checkpointing_leaves_no_corrupt_checkpoint(corpus, tmp_path, monkeypatch):
+    real_save = torch.save
+    calls = []
+
+    def failing_save(obj, handle, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            handle.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(LLMSpecError, match="No space left on device.*previous checkpoint is intact"):
+        run(small(corpus, "training.max_steps=30"), tmp_path / "r", announce=lambda *a: None)
+    directory = tmp_path / "r" / "checkpoints"
+    assert [p.name for p in directory.iterdir()] == ["step-00000010.pt"]
+    assert load_checkpoint(directory / "step-00000010.pt")["step"] == 10
+
+
+def test_specs_that_cannot_run_are_refused_before_anything_is_written(corpus, tmp_path):
+    with pytest.raises(LLMSpecError, match="does not fit: planned peak .* exceeds the usable"):
+        run(load_spec("llama2-7b", ["cluster.gpu=cpu", "cluster.gpus_per_node=1", "cluster.nodes=1",
+                                    "parallelism.zero_stage=0", "training.global_batch_size=2",
+                                    "training.micro_batch_size=2"]), tmp_path / "big")
+    assert not (tmp_path / "big").exists()
+    with pytest.raises(LLMSpecError, match="data.corpus: .*missing.txt does not exist"):
+        run(small(corpus, f"data.corpus={tmp_path / 'missing.txt'}"), tmp_path / "a")
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(LLMSpecError, match="data.corpus: no text"):
+        run(small(corpus, f"data.corpus={tmp_path / 'empty.txt'}"), tmp_path / "b")
+    with pytest.raises(LLMSpecError, match="vocab_size: 5000 is too large for this corpus"):
+        run(small(corpus, "model.vocab_size=5000"), tmp_path / "c")
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["run", "tiny", "--set", "data.corpus=/nonexistent/x.txt", "--out",
+                                      str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "error: data.corpus: /nonexistent/x.txt does not exist"
+    result = CliRunner().invoke(app, ["generate", str(tmp_path / "nope"), "hi"])
+    assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def test_generate_and_export_a_trained_run(corpus, tmp_path):
+    run(small(corpus, "training.max_steps=20"), tmp_path / "r", announce=lambda *a: None)
+    greedy = generate(tmp_path / "r", "Return the", max_new_tokens=12, temperature=0)
+    assert greedy.startswith("Return the") and greedy == generate(tmp_path / "r", "Return the", 12, temperature=0)
+    with pytest.raises(LLMSpecError, match="--temperature -1"):
+        generate(tmp_path / "r", "x", temperature=-1)
+    result = CliRunner().invoke(app, ["export-hf", str(tmp_path / "r"), "-o", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmspec.train.run import load_run
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    _, ours, tokenizer = load_run(tmp_path / "r")
+    text = "Open the file and read every line."
+    assert hf_tokenizer(text)["input_ids"] == tokenizer.encode(text).ids
+    assert hf_tokenizer.decode(tokenizer.encode(text).ids) == text
+    idx = torch.tensor([tokenizer.encode(text).ids])
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)[0]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+def test_default_run_on_a_shortened_budget(tmp_path):
+    spec = load_spec("tiny", ["training.max_steps=60", "training.eval_interval=30"])
+    summary = run(spec, tmp_path / "tiny", announce=lambda *a: None)
+    assert summary.val_loss < summary.unigram_entropy
+    assert len(summary.samples) == 3 and all(s for s in summary.samples)
+    assert json.loads((tmp_path / "tiny" / "build" / "plan.json").read_text())["fits"]
