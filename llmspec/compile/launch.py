@@ -26,7 +26,8 @@ def launch_script(spec: Spec) -> str:
     ]
     if cl.device.name == "cpu":
         lines += ["export DS_ACCELERATOR=cpu  # DeepSpeed on CPU: gloo, fp32/bf16"]
-    lines += [shlex.join(args) + ' "$@"']
+    # The rendezvous port can be overridden (two jobs on one machine): MASTER_PORT=29600 ./launch.sh
+    lines += [shlex.join(args[:1]) + ' --master_port "${MASTER_PORT:-29500}" ' + shlex.join(args[1:]) + ' "$@"']
     return "\n".join(lines) + "\n"
 
 

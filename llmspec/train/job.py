@@ -48,6 +48,10 @@ class Job:
     def metrics_file(self) -> Path:
         return self.run_dir / "metrics.jsonl"
 
+    def to_json(self) -> dict:
+        return {"train": str(self.shards.train.resolve()), "val": str(self.shards.val.resolve()),
+                "dtype": self.shards.dtype, "unigram_entropy": self.shards.unigram_entropy, "resume": self.resume}
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LLMSPEC_CACHE") or Path.home() / ".cache" / "llmspec")
@@ -116,4 +120,14 @@ def prepare(spec: Spec, run_dir: Path, resume: bool) -> Job:
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if not resume or not (run_dir / "tokenizer.json").exists():
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
-    return Job(spec, run_dir, shards, resume)
+    job = Job(spec, run_dir, shards, resume)
+    write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))  # what launched workers read
+    return job
+
+
+def load_job(run_dir: Path) -> Job:
+    """The job ``prepare`` laid out in ``run_dir`` (for processes started by a launcher)."""
+    data = json.loads((run_dir / "job.json").read_text())
+    spec = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
+    shards = Shards(Path(data["train"]), Path(data["val"]), data["dtype"], data["unigram_entropy"])
+    return Job(spec, run_dir, shards, data["resume"])

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,13 @@ def run(spec: Spec, run_dir: Path, resume: bool = False, backend: str = "auto", 
 
 def _launch_deepspeed(job, announce) -> tuple[float | None, float | None]:
     script = job.run_dir / "build" / "launch.sh"
-    env = dict(os.environ, LLMSPEC_RESUME="1" if job.resume else "0")
+    from llmspec.train.job import cache_dir
+
+    env = dict(os.environ)
+    # the launcher and its ranks come from this interpreter's environment, activated or not
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))  # DeepSpeed's JIT-built ops
     announce(f"launching {script}")
     done = subprocess.run(["bash", str(script), "--run-dir", str(job.run_dir.resolve())], env=env)
     if done.returncode != 0:
@@ -64,6 +71,14 @@ def _launch_deepspeed(job, announce) -> tuple[float | None, float | None]:
     losses = [r["loss"] for r in records if "loss" in r]
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     return (losses[-1] if losses else None), (vals[-1] if vals else None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def load_run(run_dir: Path) -> tuple[Spec, torch.nn.Module, object]:

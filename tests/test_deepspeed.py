@@ -1,0 +1,91 @@
+"""The deepspeed backend on CPU (2 ranks, gloo): ZeRO-2, ZeRO-3 and pipeline=2 track the torch backend on the same
+data; resume continues exactly; a dying rank ends the run with a clear error instead of a hang."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from llmspec.errors import LLMSpecError
+from llmspec.loader import load_spec
+from llmspec.train.checkpoint import list_checkpoints, load_checkpoint
+from llmspec.train.metrics import read_metrics
+from llmspec.train.run import generate, run
+
+pytestmark = pytest.mark.slow
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+COMMON = ["cluster.gpus_per_node=2", "model.n_layers=2", "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2",
+          "model.d_ff=128", "training.micro_batch_size=4", "training.global_batch_size=16", "training.max_steps=8",
+          "training.log_interval=1", "training.eval_interval=4", "training.checkpoint_interval=4",
+          "model.vocab_size=512", "data.tokenizer.vocab_size=512"]
+
+
+def quiet(*args):
+    pass
+
+
+def _losses(run_dir):
+    return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("layout", [["parallelism.zero_stage=2"], ["parallelism.zero_stage=3"],
+                                    ["parallelism.zero_stage=1", "parallelism.pipeline=2"]],
+                         ids=["zero2", "zero3", "pipeline2"])
+def test_two_ranks_track_the_single_process_run(layout, tmp_path):
+    spec = load_spec("tiny", COMMON + layout)
+    run(spec, tmp_path / "torch", backend="torch", announce=quiet)
+    run(spec, tmp_path / "ds", backend="deepspeed", announce=quiet)
+    reference, ours = _losses(tmp_path / "torch"), _losses(tmp_path / "ds")
+    assert [r[0] for r in ours] == [r[0] for r in reference]
+    for (_, loss, val), (_, ref_loss, ref_val) in zip(ours, reference, strict=True):
+        assert (loss or val) == pytest.approx(ref_loss or ref_val, rel=1e-3)
+    # the consolidated checkpoint is the compiled model's: generate works from it
+    state = load_checkpoint(list_checkpoints(tmp_path / "ds" / "checkpoints")[-1])
+    assert state["backend"] == "deepspeed" and "embed.weight" in state["model"]
+    assert generate(tmp_path / "ds", "The", max_new_tokens=5, temperature=0).startswith("The")
+
+
+def test_resume_continues_exactly(tmp_path):
+    spec = load_spec("tiny", COMMON + ["parallelism.zero_stage=2", "model.dropout=0.1"])
+    run(spec, tmp_path / "r", backend="deepspeed", announce=quiet)
+    whole = _losses(tmp_path / "r")
+    # as if the run had died just after the checkpoint of step 4
+    for path in list_checkpoints(tmp_path / "r" / "checkpoints")[-1:]:
+        path.unlink()
+    ds = tmp_path / "r" / "checkpoints" / "deepspeed"
+    subprocess.run(["rm", "-rf", str(ds / "step-00000008")], check=True)
+    (ds / "latest").write_text("step-00000004")
+    run(spec, tmp_path / "r", resume=True, backend="deepspeed", announce=quiet)
+    assert _losses(tmp_path / "r") == whole
+
+
+def test_a_dying_rank_ends_the_run_with_an_error(tmp_path):
+    spec = load_spec("tiny", COMMON + ["parallelism.zero_stage=2", "training.max_steps=400",
+                                       "training.checkpoint_interval=1000", "training.eval_interval=1000"])
+    run_dir = tmp_path / "r"
+
+    def kill_a_rank():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip():
+                pids = subprocess.run(["pgrep", "-f", f"deepspeed_worker.*{run_dir}"], capture_output=True,
+                                      text=True).stdout.split()
+                if len(pids) >= 2:
+                    os.kill(int(pids[-1]), signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_rank)
+    killer.start()
+    start = time.time()
+    with pytest.raises(LLMSpecError, match="deepspeed: the launcher exited with status"):
+        run(spec, run_dir, backend="deepspeed", announce=quiet)
+    killer.join()
+    assert time.time() - start < 300
+    assert len(read_metrics(run_dir / "metrics.jsonl")) < 400
