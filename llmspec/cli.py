@@ -6,9 +6,11 @@ Heavy imports (rich tables, sympy, matplotlib) happen inside the commands that n
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -202,15 +204,17 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
     from llmspec.loader import load_spec
 
     loaded = load_spec(spec, set_ or [])
-    if backend not in ("auto", "torch", "deepspeed"):
-        raise LLMSpecError(f"--backend {backend}: expected auto, torch or deepspeed")
     run_dir = out or Path("runs") / loaded.name
     from llmspec.report import render_plan_summary
+    from llmspec.train.run import resolve_backend
     from llmspec.train.run import run as start_run  # imports torch
 
+    # DeepSpeed's ranks print their own progress; the bar follows the in-process torch backend
+    bar = resolve_backend(loaded, backend) == "torch"
     console = _console()
     render_plan_summary(loaded, console)
-    with _training_progress(console, loaded.training.steps) as progress:
+    steps, tokens = loaded.training.steps, loaded.training.tokens_per_step
+    with _training_progress(console, steps, tokens) if bar else contextlib.nullcontext() as progress:
         summary = start_run(loaded, run_dir, resume, backend, announce=console.print, progress=progress)
     if summary.val_loss is not None:
         import math
@@ -223,10 +227,8 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
         console.print(f"[dim]---[/]\n{text}")
 
 
-def _training_progress(console, total: int):
+def _training_progress(console, total: int, tokens_per_step: int):
     """A rich progress bar (step, loss, lr, ETA) as a context manager yielding the update callback."""
-    import contextlib
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     @contextlib.contextmanager
@@ -236,9 +238,15 @@ def _training_progress(console, total: int):
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("train", total=total, status="")
 
+            since: dict[str, float] = {}  # tokens/s counts from the first update, after start-up
+
             def update(step: int, loss: float, lr: float, val_loss: float | None) -> None:
-                status = f"loss {loss:.3f} · lr {lr:.2e}" + (f" · val {val_loss:.3f}" if val_loss else "")
-                progress.update(task, completed=step, status=status)
+                if not since:
+                    since.update(step=step, time=time.perf_counter())
+                elapsed = time.perf_counter() - since["time"]
+                rate = (step - since["step"]) * tokens_per_step / elapsed if elapsed > 0 else 0.0
+                status = f"loss {loss:.3f} · lr {lr:.2e} · {rate:,.0f} tok/s"
+                progress.update(task, completed=step, status=status + (f" · val {val_loss:.3f}" if val_loss else ""))
 
             yield update
 

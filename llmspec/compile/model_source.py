@@ -50,7 +50,7 @@ def values(spec: Spec) -> dict[str, str]:
     call = "x" + (", cos, sin" if rope else "") + (", mask" if window else "")
     scaling = mo.rope_scaling
     out = {
-        "name": repr(spec.name),
+        "name": spec.name,
         "title": f"{spec.name}: a decoder-only transformer language model.",
         "summary": _summary(spec, plan(spec, alternatives=False).params["total"]),
         "vocab_size": mo.vocab_size, "d_model": mo.d_model, "n_layers": mo.n_layers, "n_heads": mo.n_heads,
@@ -64,9 +64,8 @@ def values(spec: Spec) -> dict[str, str]:
         "rope_original_max_seq_len": scaling.original_max_seq_len if scaling else None,
         "bias": mo.bias, "qkv_bias": mo.bias or mo.qkv_bias,
     }
-    rendered = {key: value if isinstance(value, str) and key in ("title", "summary") else repr(value)
-                for key, value in out.items()}
-    rendered["name"] = repr(spec.name)
+    # Title and summary are docstring prose; every other value becomes a Python literal.
+    rendered = {key: value if key in ("title", "summary") else repr(value) for key, value in out.items()}
     act = _ACTIVATIONS[mo.mlp]
     rendered.update({
         "mlp_name": _MLP_NAMES[mo.mlp],

@@ -36,20 +36,25 @@ class RunSummary:
 
 def run(spec: Spec, run_dir: Path, resume: bool = False, backend: str = "auto", announce=print,
         progress=None) -> RunSummary:
+    chosen = resolve_backend(spec, backend)
     job = prepare(spec, run_dir, resume)
-    chosen = backend if backend != "auto" else ("deepspeed" if spec.cluster.gpus > 1 else "torch")
     if chosen == "torch":
         from llmspec.backends.torch_backend import train
 
         result = train(job, announce, progress)
         loss, val_loss = result.loss, result.val_loss
-    elif chosen == "deepspeed":
-        loss, val_loss = _launch_deepspeed(job, announce)
     else:
-        raise LLMSpecError(f"--backend {backend}: expected auto, torch or deepspeed")
+        loss, val_loss = _launch_deepspeed(job, announce)
     plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
     samples = write_samples(run_dir, PROMPTS)
     return RunSummary(run_dir, spec.training.steps, loss, val_loss, job.shards.unigram_entropy, samples)
+
+
+def resolve_backend(spec: Spec, backend: str) -> str:
+    """``auto`` is DeepSpeed for more than one GPU, else the single-process torch backend."""
+    if backend not in ("auto", "torch", "deepspeed"):
+        raise LLMSpecError(f"--backend {backend}: expected auto, torch or deepspeed")
+    return backend if backend != "auto" else ("deepspeed" if spec.cluster.gpus > 1 else "torch")
 
 
 def _launch_deepspeed(job, announce) -> tuple[float | None, float | None]:
