@@ -6,3 +6,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Tokenizers and token shards are cached by content; tests share one cache per session, never the user's.
 os.environ.setdefault("LLMSPEC_CACHE", tempfile.mkdtemp(prefix="llmspec-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed JIT-builds its CPU ops (shm comm, CPU Adam) on first use, 30-60 s each: keep them with the venv.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(_REPO, ".venv", "torch-extensions"))

@@ -35,8 +35,9 @@ def _losses(run_dir):
 
 
 @pytest.mark.parametrize("layout", [["parallelism.zero_stage=2"], ["parallelism.zero_stage=3"],
-                                    ["parallelism.zero_stage=1", "parallelism.pipeline=2"]],
-                         ids=["zero2", "zero3", "pipeline2"])
+                                    ["parallelism.zero_stage=1", "parallelism.pipeline=2"],
+                                    ["parallelism.zero_stage=2", "parallelism.offload_optimizer=cpu"]],
+                         ids=["zero2", "zero3", "pipeline2", "zero2-offload"])
 def test_two_ranks_track_the_single_process_run(layout, tmp_path):
     spec = load_spec("tiny", COMMON + layout)
     run(spec, tmp_path / "torch", backend="torch", announce=quiet)
