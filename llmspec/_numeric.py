@@ -324,6 +324,86 @@ def hfu(F_peak, flops_per_token_hardware, n_gpu, tokens_per_second):
     return flops_per_token_hardware*tokens_per_second/(F_peak*n_gpu)
 
 
+def kv_cache_per_token(L, d_h, k, kv_bytes):
+    """K and V for every layer and key/value head (GQA-aware) [B]"""
+    return 2*L*d_h*k*kv_bytes
+
+
+def inference_weights(psi, w_bytes):
+    """weights on one GPU [B]"""
+    return psi*w_bytes
+
+
+def kv_cache(batch, context, kv_cache_per_token, t):
+    """the KV cache of the batch at full context, per GPU [B]"""
+    return batch*context*kv_cache_per_token/t
+
+
+def inference_memory(inference_weights, kv_cache):
+    """weights + KV cache per GPU [B]"""
+    return inference_weights + kv_cache
+
+
+def max_batch(context, inference_weights, kv_cache_per_token, t, usable):
+    """sequences of this context whose KV cache fits next to the weights [sequences]"""
+    return _floor(t*(-inference_weights + usable)/(context*kv_cache_per_token))
+
+
+def decode_step(hbm_bandwidth, inference_weights, kv_cache):
+    """one decode step: read weights + KV cache [s]"""
+    return (inference_weights + kv_cache)/hbm_bandwidth
+
+
+def decode_tokens_per_second(batch, decode_step):
+    """generated tokens/s for the batch (bandwidth bound) [tokens/s]"""
+    return batch/decode_step
+
+
+def prefill_seconds(F_fwd, F_peak, batch, context, eff, t):
+    """process the prompts: forward FLOPs at this context over the GPUs' achieved peak [s]"""
+    return F_fwd*batch*context/(F_peak*eff*t)
+
+
+def optimal_params_20x(compute):
+    """parameters with D = 20 N and C = 6 N D [params]"""
+    return (1/60)*(30)**0.5*(compute)**0.5
+
+
+def optimal_tokens_20x(optimal_params_20x):
+    """tokens, 20 per parameter [tokens]"""
+    return 20*optimal_params_20x
+
+
+def optimal_params_chinchilla(compute):
+    """parameters minimising the chinchilla loss fit at compute C [params]"""
+    return 0.598695090497021*compute**0.451612903225806
+
+
+def optimal_tokens_chinchilla(compute, optimal_params_chinchilla):
+    """tokens at that optimum (chinchilla fit) [tokens]"""
+    return (1/6)*compute/optimal_params_chinchilla
+
+
+def optimal_loss_chinchilla(optimal_params_chinchilla, optimal_tokens_chinchilla):
+    """predicted loss (chinchilla fit) [nats]"""
+    return 406.4*optimal_params_chinchilla**(-0.34) + 410.7*optimal_tokens_chinchilla**(-0.28) + 1.69
+
+
+def optimal_params_refit(compute):
+    """parameters minimising the refit loss fit at compute C [params]"""
+    return 0.047747408467483*compute**0.512612107623318
+
+
+def optimal_tokens_refit(compute, optimal_params_refit):
+    """tokens at that optimum (refit fit) [tokens]"""
+    return (1/6)*compute/optimal_params_refit
+
+
+def optimal_loss_refit(optimal_params_refit, optimal_tokens_refit):
+    """predicted loss (refit fit) [nats]"""
+    return 482.01*optimal_params_refit**(-0.3478) + 2085.43*optimal_tokens_refit**(-0.3658) + 1.8172
+
+
 # Each formula's arguments, in evaluation order (inputs and earlier formulas).
 ARGUMENTS = {
     'params_embedding': ('P', 'V', 'h', 'learned'),
@@ -385,6 +465,22 @@ ARGUMENTS = {
     'cost': ('gpu_hours', 'price'),
     'mfu': ('F_peak', 'flops_per_token_train', 'n_gpu', 'tokens_per_second'),
     'hfu': ('F_peak', 'flops_per_token_hardware', 'n_gpu', 'tokens_per_second'),
+    'kv_cache_per_token': ('L', 'd_h', 'k', 'kv_bytes'),
+    'inference_weights': ('psi', 'w_bytes'),
+    'kv_cache': ('batch', 'context', 'kv_cache_per_token', 't'),
+    'inference_memory': ('inference_weights', 'kv_cache'),
+    'max_batch': ('context', 'inference_weights', 'kv_cache_per_token', 't', 'usable'),
+    'decode_step': ('hbm_bandwidth', 'inference_weights', 'kv_cache'),
+    'decode_tokens_per_second': ('batch', 'decode_step'),
+    'prefill_seconds': ('F_fwd', 'F_peak', 'batch', 'context', 'eff', 't'),
+    'optimal_params_20x': ('compute',),
+    'optimal_tokens_20x': ('optimal_params_20x',),
+    'optimal_params_chinchilla': ('compute',),
+    'optimal_tokens_chinchilla': ('compute', 'optimal_params_chinchilla'),
+    'optimal_loss_chinchilla': ('optimal_params_chinchilla', 'optimal_tokens_chinchilla'),
+    'optimal_params_refit': ('compute',),
+    'optimal_tokens_refit': ('compute', 'optimal_params_refit'),
+    'optimal_loss_refit': ('optimal_params_refit', 'optimal_tokens_refit'),
 }
 
 # The section of docs/formulas.md each formula belongs to.
@@ -448,6 +544,22 @@ GROUPS = {
     'cost': 'Time and cost',
     'mfu': 'Time and cost',
     'hfu': 'Time and cost',
+    'kv_cache_per_token': 'Inference',
+    'inference_weights': 'Inference',
+    'kv_cache': 'Inference',
+    'inference_memory': 'Inference',
+    'max_batch': 'Inference',
+    'decode_step': 'Inference',
+    'decode_tokens_per_second': 'Inference',
+    'prefill_seconds': 'Inference',
+    'optimal_params_20x': 'Compute-optimal sizing',
+    'optimal_tokens_20x': 'Compute-optimal sizing',
+    'optimal_params_chinchilla': 'Compute-optimal sizing',
+    'optimal_tokens_chinchilla': 'Compute-optimal sizing',
+    'optimal_loss_chinchilla': 'Compute-optimal sizing',
+    'optimal_params_refit': 'Compute-optimal sizing',
+    'optimal_tokens_refit': 'Compute-optimal sizing',
+    'optimal_loss_refit': 'Compute-optimal sizing',
 }
 
 

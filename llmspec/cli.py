@@ -56,10 +56,39 @@ def _print_json(data: Any) -> None:
 def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
          plot: Annotated[Path | None, typer.Option(help="write the memory-by-strategy chart (PNG)")] = None,
          alternatives: Annotated[bool, typer.Option(help="also plan every ZeRO × checkpointing × offload")] = True,
+         max_: Annotated[str | None, typer.Option("--max", help="largest micro_batch_size, seq_len or n_layers "
+                                                  "that still fits")] = None,
+         inference: Annotated[bool, typer.Option(help="plan serving instead: weights, KV cache, throughput")] = False,
+         context: Annotated[int | None, typer.Option(min=1, help="--inference: tokens per sequence")] = None,
+         batch: Annotated[int, typer.Option(min=1, help="--inference: sequences decoded together")] = 1,
          ) -> None:
     """Parameters, FLOPs, per-GPU memory, fit, time and cost, for the spec's strategy and its alternatives."""
     from llmspec.loader import load_spec
     from llmspec.planner import plan as make_plan
+
+    if max_ is not None:
+        from llmspec.limits import max_fitting
+
+        limit = max_fitting(spec, set_ or [], max_)
+        if json_:
+            _print_json(limit.__dict__)
+        elif limit.value is None:
+            print(f"{max_}: even 1 does not fit (usable {limit.usable:,} B)")
+        else:
+            print(f"{max_}: at most {limit.value} (spec has {limit.current}), bound by {limit.bound}; planned peak "
+                  f"{limit.peak:,} B of {limit.usable:,} B usable")
+        return
+    if inference:
+        from llmspec.planner import inference_plan
+
+        served = inference_plan(load_spec(spec, set_ or []), context, batch)
+        if json_:
+            _print_json(served)
+        else:
+            from llmspec.report import render_inference
+
+            render_inference(served, _console())
+        return
 
     result = make_plan(load_spec(spec, set_ or []), alternatives=alternatives or plot is not None)
     if plot is not None:
@@ -266,6 +295,66 @@ def generate(run_dir: Annotated[Path, typer.Argument(help="a run directory (llms
     from llmspec.train.run import generate as run_generate
 
     print(run_generate(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed))
+
+
+@app.command()
+@_user_errors
+def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named spec (omit with --compute)")] = None,
+         set_: SetOpt = None, json_: JsonOpt = False,
+         gpu: Annotated[str | None, typer.Option(help="GPU types to consider, comma-separated")] = None,
+         max_gpus: Annotated[int, typer.Option(min=1, help="largest cluster to consider")] = 4096,
+         deadline: Annotated[str | None, typer.Option(help="finish within this long, e.g. 30d, 12h")] = None,
+         budget: Annotated[float | None, typer.Option(help="spend at most this many USD")] = None,
+         objective: Annotated[str, typer.Option(help="time or cost: which frontier point is best")] = "time",
+         write: Annotated[Path | None, typer.Option(help="write the best layout as a spec (YAML)")] = None,
+         plot: Annotated[Path | None, typer.Option(help="time vs cost scatter with the frontier (PNG)")] = None,
+         compute: Annotated[str | None, typer.Option(help="compute-optimal sizing for this many FLOPs, e.g. 5.8e23")]
+         = None, days: Annotated[float | None, typer.Option(help="with --budget and one --gpu: the run's length")]
+         = None) -> None:
+    """Search every GPU type, count and parallel layout; print the time/cost Pareto frontier (or size a model)."""
+    from llmspec.loader import dump_spec, load_spec
+    from llmspec.units import parse_duration
+
+    if plot is not None:
+        _check_writable(plot)
+    if compute is not None or (spec is None and budget is not None):
+        from llmspec.sizing import compute_optimal_report
+
+        result = compute_optimal_report(spec, set_ or [], compute, budget, gpu, days)
+        if write:
+            write.write_text(dump_spec(result.spec))
+        if json_:
+            _print_json(result.to_json())
+        else:
+            from llmspec.report import render_compute_optimal
+
+            render_compute_optimal(result, _console(), write)
+        return
+    if spec is None:
+        raise LLMSpecError("size: give a SPEC to search layouts for, or --compute FLOPS to size a model")
+    loaded = load_spec(spec, set_ or [])
+    from llmspec.size import search
+
+    gpus = [g.strip() for g in gpu.split(",") if g.strip()] if gpu else None
+    try:
+        deadline_days = parse_duration(deadline) / 86400 if deadline else None
+    except ValueError as error:
+        raise LLMSpecError(f"--deadline: {error}") from None
+    result = search(loaded, gpus, max_gpus, deadline_days, budget, objective)
+    if write:
+        if result.best is None:
+            raise LLMSpecError(f"--write {write}: no feasible layout to write")
+        write.write_text(dump_spec(load_spec(spec, [*(set_ or []), *result.best.sets()])))
+    if plot is not None:
+        from llmspec.plot import plot_size
+
+        plot_size(result, plot, loaded.name)
+    if json_:
+        _print_json(result.to_json())
+        return
+    from llmspec.report import render_size
+
+    render_size(result, loaded, _console())
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
 from llmspec.formulas import FORMULAS, arguments
@@ -55,6 +56,12 @@ class _Printer(PythonCodePrinter):
 
     def _print_floor(self, expr):
         return f"_floor({self._print(expr.args[0])})"
+
+    def _print_Pow(self, expr, rational=False):
+        # x**0.5 works for floats and numpy arrays alike; the default prints a bare sqrt()
+        if expr.exp == 0.5 or expr.exp == sympy.S.Half:
+            return f"({self._print(expr.base)})**0.5"
+        return super()._print_Pow(expr, rational)
 
 
 def render() -> str:

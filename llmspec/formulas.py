@@ -74,6 +74,10 @@ INPUT_DOCS: dict[str, str] = {
     "cpu_adam_rate": "parameters/s one node's CPUs update (DeepSpeedCPUAdam)",
     "shard": "divisor of the optimizer partition (data-parallel degree under ZeRO ≥ 1)",
     "w_bytes": "bytes per weight element (2 or 4)",
+    "context": "tokens per sequence (prompt + generated)", "batch": "sequences decoded together",
+    "kv_bytes": "bytes per KV-cache element", "usable": "usable bytes of one GPU",
+    "hbm_bandwidth": "bytes/s of one GPU's memory", "F_fwd": "forward FLOPs per token at this context",
+    "compute": "training FLOPs to spend (C)",
 }
 
 
@@ -248,6 +252,37 @@ define("cost", gpuh * price, "USD at the GPU-hour price", "USD")
 define("mfu", train * tps / (n_gpu * F_peak), "model FLOPs utilisation", "")
 define("hfu", hw * tps / (n_gpu * F_peak), "hardware FLOPs utilisation (recompute counted)", "")
 
+
+# ---- inference ---------------------------------------------------------------------------------------------
+group("Inference", "one model replica over t tensor-parallel GPUs; decode reads every weight and the whole KV "
+      "cache once per step (memory-bound), prefill is compute-bound")
+ctx, bsz, kv_e, mem_usable, bw_hbm, fwd_ctx = _s("context batch kv_bytes usable hbm_bandwidth F_fwd", positive=True)
+kv_token = define("kv_cache_per_token", 2 * L * k * d_h * kv_e,
+                  "K and V for every layer and key/value head (GQA-aware)", "B")
+inf_w = define("inference_weights", psi * w_bytes, "weights on one GPU", "B")
+kv_all = define("kv_cache", bsz * ctx * kv_token / t, "the KV cache of the batch at full context, per GPU", "B")
+define("inference_memory", inf_w + kv_all, "weights + KV cache per GPU", "B")
+define("max_batch", sp.floor((mem_usable - inf_w) / (ctx * kv_token / t)),
+       "sequences of this context whose KV cache fits next to the weights", "sequences")
+decode = define("decode_step", (inf_w + kv_all) / bw_hbm, "one decode step: read weights + KV cache", "s")
+define("decode_tokens_per_second", bsz / decode, "generated tokens/s for the batch (bandwidth bound)", "tokens/s")
+define("prefill_seconds", bsz * ctx * fwd_ctx / (t * F_peak * eff),
+       "process the prompts: forward FLOPs at this context over the GPUs' achieved peak", "s")
+
+# ---- compute-optimal sizing --------------------------------------------------------------------------------
+group("Compute-optimal sizing", "Hoffmann et al. 2022 (Chinchilla): C = 6ND, D ≈ 20N, and the approach-3 fit "
+      "L(N, D) = E + A/N^α + B/D^β; Besiroglu et al. 2024 refit")
+C = sp.Symbol("compute", positive=True)
+n20 = define("optimal_params_20x", sp.sqrt(C / 120), "parameters with D = 20 N and C = 6 N D", "params")
+define("optimal_tokens_20x", 20 * n20, "tokens, 20 per parameter", "tokens")
+for key, (E0, A0, B0, alpha, beta) in {
+        "chinchilla": (1.69, 406.4, 410.7, 0.34, 0.28), "refit": (1.8172, 482.01, 2085.43, 0.3478, 0.3658)}.items():
+    E0, A0, B0, alpha, beta = (sp.Float(x) for x in (E0, A0, B0, alpha, beta))
+    g = (alpha * A0 / (beta * B0)) ** (1 / (alpha + beta))
+    n_opt = define(f"optimal_params_{key}", g * (C / 6) ** (beta / (alpha + beta)),
+                   f"parameters minimising the {key} loss fit at compute C", "params")
+    d_opt = define(f"optimal_tokens_{key}", C / 6 / n_opt, f"tokens at that optimum ({key} fit)", "tokens")
+    define(f"optimal_loss_{key}", E0 + A0 / n_opt**alpha + B0 / d_opt**beta, f"predicted loss ({key} fit)", "nats")
 
 def expanded(name: str) -> sp.Expr:
     """A formula with every formula it refers to substituted, down to input symbols."""

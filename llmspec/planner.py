@@ -188,6 +188,9 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
 
 
 PARAMETER_FORMULAS = frozenset(name for name, group in _numeric.GROUPS.items() if group == "Parameters")
+# Inference and compute-optimal sizing have inputs of their own (context, batch, compute); training plans skip them.
+OTHER_GROUPS = ("Inference", "Compute-optimal sizing")
+TRAINING_FORMULAS = frozenset(name for name, group in _numeric.GROUPS.items() if group not in OTHER_GROUPS)
 
 
 def _stage_params(env: dict[str, Any], first: bool, last: bool, layers: int) -> int:
@@ -223,7 +226,7 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
         else catalogue.HOST_LINK_BANDWIDTH,
     })
     env["P_L"] = Fraction(env["params_largest_module"], t)  # tensor parallelism splits it too
-    return _numeric.evaluate(env)
+    return _numeric.evaluate(env, TRAINING_FORMULAS)
 
 
 def _device_inputs(spec: Spec) -> dict[str, Any]:
@@ -307,4 +310,27 @@ def strategies(spec: Spec) -> list[Strategy]:
         for opt, prm in offloads:
             for ckpt in CHECKPOINTING:
                 out.append(Strategy(stage, ckpt, opt, prm))
+    return out
+
+
+def inference_plan(spec: Spec, context: int | None = None, batch: int = 1) -> dict[str, Any]:
+    """Serving one replica over ``parallelism.tensor`` GPUs: weights, KV cache, max batch, decode and prefill."""
+    context = context or spec.model.max_seq_len
+    training = spec.training.model_copy(update={"seq_len": context})
+    at_context = spec.model_copy(update={"training": training})
+    gpu = spec.cluster.device
+    inputs = {**architecture_inputs(at_context), **_device_inputs(at_context)}
+    env = _numeric.evaluate(inputs, TRAINING_FORMULAS & {*PARAMETER_FORMULAS, "matmul_weights", "attention_context",
+                                                         "flops_attention_per_token", "flops_per_token_forward"})
+    t = spec.parallelism.tensor
+    env.update({"context": context, "batch": batch, "kv_bytes": inputs["e"], "psi": env["params_total"] / t,
+                "usable": gpu.memory_bytes - spec.cluster.memory_reserve_gib * 2**30,
+                "hbm_bandwidth": gpu.hbm_bandwidth, "F_fwd": env["flops_per_token_forward"]})
+    names = {n for n, g in _numeric.GROUPS.items() if g == "Inference"}
+    env = _numeric.evaluate(env, names)
+    keys = ("kv_cache_per_token", "inference_weights", "kv_cache", "inference_memory", "max_batch",
+            "decode_step", "decode_tokens_per_second", "prefill_seconds")
+    out = {key: env[key] for key in keys}
+    out.update(context=context, batch=batch, tensor=t, gpu=gpu.name, usable=env["usable"],
+               fits=env["inference_memory"] <= env["usable"])
     return out

@@ -36,3 +36,32 @@ def plot_memory(plan: Plan, path: str | Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_size(result, path: str | Path, name: str) -> Path:
+    """``llmspec size --plot``: every feasible layout's run time against its cost, the Pareto frontier on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.scatter(result.points["days"], result.points["cost"], s=6, alpha=0.25, color="#4c72b0",
+               label=f"feasible layouts ({result.feasible:,} of {result.evaluated:,})")
+    front = result.frontier
+    ax.plot([x.seconds / 86400 for x in front], [x.cost for x in front], "o-", color="#c44e52",
+            label="Pareto frontier")
+    for x in front:
+        ax.annotate(f"{x.gpus}×{x.gpu}", (x.seconds / 86400, x.cost), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("run time (days)")
+    ax.set_ylabel("cost (USD)")
+    ax.set_title(f"{name}: every layout that fits")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

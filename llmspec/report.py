@@ -135,3 +135,61 @@ def render_plan_summary(spec, console: Console) -> None:
     console.print(f"plan: peak {fmt_bytes(mem['peak'])} of {fmt_bytes(p.usable_memory)} usable "
                   f"({'fits' if p.fits else 'does not fit'}) · {fmt_flops(p.flops['per_step'])} per step · "
                   f"about {fmt_duration(t['total_seconds'])} at {p.efficiency:.0%} of peak")
+
+
+def render_size(result, spec, console: Console) -> None:
+    """The Pareto frontier of ``llmspec size`` as a table, best layout marked."""
+    console.print(f"[bold]{spec.name}[/] · {fmt_count(spec.training.total_tokens)} tokens · scored "
+                  f"{result.evaluated:,} layouts, {result.feasible:,} feasible · frontier of time vs cost "
+                  f"(best by {result.objective} ◀)")
+    table = Table(show_edge=False)
+    for column in ("GPU", "GPUs", "TP", "PP", "DP", "ZeRO", "micro", "ckpt", "offload", "peak", "days",
+                   "GPU-hours", "cost"):
+        table.add_column(column, justify="left" if column in ("GPU", "ckpt", "offload") else "right")
+    for x in result.frontier:
+        offload = "opt+par" if x.offload_params != "none" else ("opt" if x.offload_optimizer != "none" else "-")
+        table.add_row(x.gpu, f"{x.gpus:,}", str(x.tensor), str(x.pipeline), str(x.gpus // (x.tensor * x.pipeline)),
+                      str(x.zero_stage), str(x.micro_batch_size), x.activation_checkpointing, offload,
+                      fmt_bytes(x.peak_memory), f"{x.seconds / 86400:,.1f}", f"{x.gpu_hours:,.0f}",
+                      fmt_money(x.cost) + (" ◀" if x is result.best else ""),
+                      style="bold" if x is result.best else None)
+    console.print(table)
+    if result.best:
+        console.print("reproduce the best: llmspec plan " + spec.name + " " +
+                      " ".join(f"--set {s}" for s in result.best.sets()))
+
+
+def render_compute_optimal(result, console: Console, written) -> None:
+    console.print(f"[bold]compute-optimal sizing[/] for {fmt_flops(result.compute)} of training compute")
+    table = Table(show_edge=False)
+    for column in ("rule", "parameters", "tokens", "tokens/param", "predicted loss"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+    labels = {"20_tokens_per_param": "20 tokens per parameter", "chinchilla_2022": "Chinchilla fit (2022)",
+              "besiroglu_2024": "Besiroglu et al. refit (2024)"}
+    for rule, values in result.rules.items():
+        loss = f"{values['loss']:.3f}" if "loss" in values else ""
+        table.add_row(labels[rule], fmt_count(values["params"]), fmt_count(values["tokens"]),
+                      f"{values['tokens'] / values['params']:.1f}", loss)
+    console.print(table)
+    mo = result.spec.model
+    console.print(f"architecture at the 20× size: {mo.n_layers} layers · d_model {mo.d_model} · {mo.n_heads} heads "
+                  f"({mo.n_kv_heads} kv) · head_dim {mo.head_dim} · d_ff {mo.d_ff} · vocab {mo.vocab_size} = "
+                  f"{result.params:,} parameters, {fmt_count(result.spec.training.total_tokens)} tokens")
+    if written:
+        console.print(f"wrote {written} (llmspec plan / size / build accept it)")
+
+
+def render_inference(served: dict, console: Console) -> None:
+    console.print(f"[bold]serving[/] on {served['tensor']} × {served['gpu']} (one replica, tensor parallel) · "
+                  f"context {served['context']:,} · batch {served['batch']}")
+    table = _table("", "value", "note")
+    table.add_row("weights / GPU", fmt_bytes(served["inference_weights"]), "")
+    table.add_row("KV cache / token", fmt_bytes(served["kv_cache_per_token"]), "K and V, every layer, kv heads")
+    table.add_row("KV cache / GPU", fmt_bytes(served["kv_cache"]), "the batch at full context")
+    table.add_row("memory / GPU", fmt_bytes(served["inference_memory"]),
+                  f"{'fits' if served['fits'] else 'does not fit'} in {fmt_bytes(served['usable'])}")
+    table.add_row("max batch", f"{int(served['max_batch']):,}", "at this context")
+    table.add_row("decode", f"{served['decode_tokens_per_second']:,.0f} tokens/s",
+                  f"{served['decode_step'] * 1e3:.2f} ms per step (memory-bandwidth bound)")
+    table.add_row("prefill", fmt_duration(served["prefill_seconds"]), "the batch's prompts (compute bound)")
+    console.print(table)

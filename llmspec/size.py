@@ -1,0 +1,223 @@
+"""``llmspec size``: every parallel layout of a spec on every GPU type, scored at once, and the Pareto frontier.
+
+The search evaluates the same generated formulas the planner uses, on numpy arrays: one column per
+configuration (GPU count × tensor × pipeline × ZeRO stage × micro-batch × checkpointing × CPU offload, per GPU
+type). Divisibility rules are applied as masks before scoring; what does not fit, misses the deadline or exceeds
+the budget is dropped after. The frontier is the set of feasible layouts no other layout beats on both time and
+cost. Every frontier item carries the ``--set`` overrides that make ``llmspec plan`` reproduce it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmspec import _numeric, catalogue
+from llmspec.errors import LLMSpecError
+from llmspec.planner import DEFAULT_EFFICIENCY, PARAMETER_FORMULAS, TRAINING_FORMULAS, architecture_inputs
+from llmspec.regimes import per_gpu_bytes_per_param
+from llmspec.spec import Spec
+
+CHECKPOINTING = ("none", "selective", "full")
+OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
+DEFAULT_GPUS = ("H100-SXM", "A100-80GB", "H200")
+
+
+@dataclass
+class Layout:
+    gpu: str
+    gpus: int
+    tensor: int
+    pipeline: int
+    zero_stage: int
+    micro_batch_size: int
+    activation_checkpointing: str
+    offload_optimizer: str
+    offload_params: str
+    peak_memory: float
+    seconds: float
+    gpu_hours: float
+    cost: float
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.gpus // 8)
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpus // self.nodes
+
+    def sets(self) -> list[str]:
+        return [f"cluster.gpu={self.gpu}", f"cluster.gpus_per_node={self.gpus_per_node}",
+                f"cluster.nodes={self.nodes}", f"parallelism.tensor={self.tensor}",
+                f"parallelism.pipeline={self.pipeline}", f"parallelism.zero_stage={self.zero_stage}",
+                f"parallelism.activation_checkpointing={self.activation_checkpointing}",
+                f"parallelism.offload_optimizer={self.offload_optimizer}",
+                f"parallelism.offload_params={self.offload_params}",
+                f"training.micro_batch_size={self.micro_batch_size}"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sets": self.sets(), "gpu": self.gpu, "gpus": self.gpus, "tensor": self.tensor,
+                "pipeline": self.pipeline, "data_parallel": self.gpus // (self.tensor * self.pipeline),
+                "zero_stage": self.zero_stage, "micro_batch_size": self.micro_batch_size,
+                "activation_checkpointing": self.activation_checkpointing,
+                "offload_optimizer": self.offload_optimizer, "offload_params": self.offload_params,
+                "days": self.seconds / 86400, "gpu_hours": self.gpu_hours, "cost": self.cost,
+                "peak_memory": self.peak_memory}
+
+
+@dataclass
+class SizeResult:
+    evaluated: int
+    feasible: int
+    frontier: list[Layout]
+    best: Layout | None
+    objective: str
+    points: dict[str, np.ndarray] = field(default_factory=dict)  # feasible (days, cost) for plotting
+
+    def to_json(self) -> dict[str, Any]:
+        return {"evaluated": self.evaluated, "feasible": self.feasible, "objective": self.objective,
+                "best": self.best.to_json() if self.best else None,
+                "frontier": [item.to_json() for item in self.frontier]}
+
+
+def gpu_counts(max_gpus: int, per_node: int = 8) -> list[int]:
+    """1, 2, 4, … within a node, then whole nodes in powers of two."""
+    counts, n = [], 1
+    while n <= max_gpus:
+        counts.append(n)
+        n *= 2
+    return [c for c in counts if c <= per_node or c % per_node == 0]
+
+
+def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
+    """Every combination that passes the divisibility rules of llmspec/checks.py, as columns (numpy masks)."""
+    mo, tr = spec.model, spec.training
+    pipelines = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= mo.n_layers]
+    axes = (gpu_counts(max_gpus), (1, 2, 4, 8), pipelines, range(4), MICRO_BATCHES, range(3), range(3))
+    n, t, p, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes], indexing="ij"))
+    ok = (n % (t * p) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, 8))
+    dp = np.maximum(n // (t * p), 1)
+    ok &= (tr.global_batch_size % (mb * dp) == 0) & ~((p > 1) & (z > 1))  # DeepSpeed pipelines: ZeRO ≤ 1
+    ok &= ~((off >= 1) & (z == 0)) & ~((off == 2) & (z != 3))  # offload needs ZeRO ≥ 1; params need ZeRO-3
+    if not ok.any():
+        raise LLMSpecError(f"{spec.name}: no layout up to {max_gpus} GPUs divides the global batch "
+                           f"{tr.global_batch_size} and the heads")
+    return {"n": n[ok], "t": t[ok], "p": p[ok], "z": z[ok], "mb": mb[ok], "ck": ck[ok], "off": off[ok]}
+
+
+def _bytes_per_param(spec: Spec, z: np.ndarray, off: np.ndarray, dp: np.ndarray) -> dict[str, np.ndarray]:
+    """The regime's bytes per parameter on one GPU, vectorised: for each (stage, offload) an unsharded part u and
+    a sharded part s, so that bytes = u + s / dp (read off per_gpu_bytes_per_param at dp 1 and 2)."""
+    par, tr = spec.parallelism, spec.training
+    out = {kind: np.zeros(len(z)) for kind in ("weights", "gradients", "optimizer")}
+    for stage, mode in itertools.product(range(4), range(3)):
+        mask = (z == stage) & (off == mode)
+        if not mask.any():
+            continue
+        at = {d: per_gpu_bytes_per_param(par.byte_regime, tr.precision, tr.optimizer.n_states, stage, d,
+                                         mode >= 1, mode == 2) for d in (1, 2)}
+        for kind in out:
+            sharded = 2 * float(at[1][kind] - at[2][kind])
+            out[kind][mask] = float(at[1][kind]) - sharded + sharded / dp[mask]
+    return out
+
+
+def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Peak memory, step and run time, GPU-hours and cost of every layout in ``grid`` on ``gpu``."""
+    arch = architecture_inputs(spec)
+    base = _numeric.evaluate(arch, PARAMETER_FORMULAS)
+    n, t, p, z, mb, ck, off = (grid[k] for k in ("n", "t", "p", "z", "mb", "ck", "off"))
+    dp = n // (t * p)
+    m = spec.training.global_batch_size // (mb * dp)
+    nodes = np.maximum(1, n // 8)
+    per_node = n // nodes
+    layers = -(-spec.model.n_layers // p)
+    bpp = _bytes_per_param(spec, z, off, dp)
+    cl = spec.cluster
+    intra = cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth
+    inter = cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth
+    common = {**base, "b": mb, "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n, "nodes": nodes,
+              "gpus_per_node": per_node, "w_bpp": bpp["weights"], "g_bpp": bpp["gradients"],
+              "o_bpp": bpp["optimizer"], "zero01": (z <= 1) * 1, "zero2": (z == 2) * 1,
+              "zero12": ((z == 1) | (z == 2)) * 1, "zero3": (z == 3) * 1, "ck_none": (ck == 0) * 1,
+              "ck_selective": (ck == 1) * 1, "ck_full": (ck == 2) * 1, "L_here": layers, "offload": (off >= 1) * 1,
+              "shard": np.where(z >= 1, dp, 1), "bw_host": catalogue.HOST_LINK_BANDWIDTH,
+              "P_L": base["params_largest_module"] / t, "F_peak": gpu.peak_flops[spec.training.precision],
+              "eff": cl.efficiency or DEFAULT_EFFICIENCY, "bw_dp": np.where(nodes == 1, intra, inter),
+              "bw_tp": np.where(t <= per_node, intra, inter), "bw_pp": np.where(t * p <= per_node, intra, inter),
+              "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
+              "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour}
+    single = p == 1
+
+    def stage(first: np.ndarray, last: np.ndarray, inflight: np.ndarray) -> dict[str, np.ndarray]:
+        held = layers * base["params_layer"] + first * base["params_embedding"] + last * (
+            base["params_norm"] + np.where(first * base["tied"], 0, base["V"] * base["h"]))
+        env = {**common, "first_stage": first, "last_stage": last, "inflight": inflight, "psi": held / t}
+        return _numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
+
+    head = stage(np.ones_like(p), single * 1, np.where(single, 1, np.minimum(p, m)))
+    tail = stage(single * 1, np.ones_like(p), np.ones_like(p))
+    use_head = head["memory_peak"] >= tail["memory_peak"]
+    return {key: np.where(use_head, head[key], tail[key]) for key in
+            ("memory_peak", "time_step", "time_total", "gpu_hours", "cost")}
+
+
+def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, deadline_days: float | None = None,
+           budget: float | None = None, objective: str = "time") -> SizeResult:
+    if objective not in ("time", "cost"):
+        raise LLMSpecError(f"--objective {objective}: expected time or cost")
+    names = gpus or list(DEFAULT_GPUS)
+    devices = []
+    for name in names:
+        gpu = catalogue.lookup(name)
+        if gpu is None:
+            raise LLMSpecError(f"--gpu {name}: unknown GPU (known: {', '.join(catalogue.names())})")
+        if spec.training.precision in gpu.peak_flops:
+            devices.append(gpu)
+    if not devices:
+        raise LLMSpecError(f"--gpu: none of {', '.join(names)} supports {spec.training.precision}")
+    grid = _grid(spec, max_gpus)
+    evaluated, tables = 0, []
+    for gpu in devices:
+        scores = evaluate_layouts(spec, gpu, grid)
+        usable = gpu.memory_bytes - spec.cluster.memory_reserve_gib * 2**30
+        ok = scores["memory_peak"] <= usable
+        if deadline_days is not None:
+            ok &= scores["time_total"] <= deadline_days * 86400
+        if budget is not None:
+            ok &= scores["cost"] <= budget
+        evaluated += len(ok)
+        tables.append((gpu, {k: v[ok] for k, v in grid.items()}, {k: v[ok] for k, v in scores.items()}))
+    layouts = [_layout(gpu, g, s, i) for gpu, g, s in tables for i in _pareto(s["time_total"], s["cost"])]
+    frontier = [layouts[i] for i in _pareto(np.array([x.seconds for x in layouts]),
+                                            np.array([x.cost for x in layouts]))] if layouts else []
+    frontier.sort(key=lambda x: (x.seconds, x.cost))
+    key = (lambda x: (x.seconds, x.cost)) if objective == "time" else (lambda x: (x.cost, x.seconds))
+    points = {"days": np.concatenate([s["time_total"] / 86400 for _, _, s in tables]),
+              "cost": np.concatenate([s["cost"] for _, _, s in tables])}
+    return SizeResult(evaluated, int(sum(len(s["cost"]) for _, _, s in tables)), frontier,
+                      min(frontier, key=key) if frontier else None, objective, points)
+
+
+def _pareto(seconds: np.ndarray, cost: np.ndarray) -> list[int]:
+    """Indices of the points no other point beats on both time and cost (the first of exact ties)."""
+    order = np.lexsort((cost, seconds))
+    keep, cheapest = [], np.inf
+    for i in order:
+        if cost[i] < cheapest:
+            keep.append(int(i))
+            cheapest = cost[i]
+    return keep
+
+
+def _layout(gpu: catalogue.GPU, grid: dict[str, np.ndarray], scores: dict[str, np.ndarray], i: int) -> Layout:
+    off = OFFLOADS[int(grid["off"][i])]
+    return Layout(gpu.name, int(grid["n"][i]), int(grid["t"][i]), int(grid["p"][i]), int(grid["z"][i]),
+                  int(grid["mb"][i]), CHECKPOINTING[int(grid["ck"][i])], off[0], off[1],
+                  float(scores["memory_peak"][i]), float(scores["time_total"][i]), float(scores["gpu_hours"][i]),
+                  float(scores["cost"][i]))

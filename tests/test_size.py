@@ -1,0 +1,160 @@
+"""Sizing: the layout search and its frontier, --max, compute-optimal sizing, inference planning."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from llmspec.cli import app
+from llmspec.errors import ConsistencyError, LLMSpecError, SpecError
+from llmspec.limits import max_fitting
+from llmspec.loader import load_spec
+from llmspec.planner import inference_plan, plan
+from llmspec.size import MICRO_BATCHES, OFFLOADS, gpu_counts, search
+from llmspec.sizing import compute_optimal_report, optimal
+from llmspec.spec import Spec
+
+
+@pytest.fixture(scope="module")
+def llama70b():
+    return search(load_spec("llama3-70b"), ["H100-SXM", "A100-80GB", "H200"], 4096)
+
+
+def test_frontier_is_non_dominated(llama70b):
+    front = llama70b.frontier
+    assert len(front) >= 2
+    for a, b in itertools.permutations(front, 2):
+        assert not (a.seconds <= b.seconds and a.cost <= b.cost and (a.seconds, a.cost) != (b.seconds, b.cost))
+    days, cost = llama70b.points["days"] * 86400, llama70b.points["cost"]
+    for item in front:  # no feasible layout beats a frontier item on both
+        assert not np.any((days < item.seconds * (1 - 1e-12)) & (cost < item.cost * (1 - 1e-12)))
+    assert llama70b.best is min(front, key=lambda x: (x.seconds, x.cost))
+
+
+def test_every_frontier_layout_replans_as_fitting(llama70b):
+    for item in llama70b.frontier:
+        result = plan(load_spec("llama3-70b", item.sets()), alternatives=False)
+        assert result.fits
+        assert result.time["total_seconds"] == pytest.approx(item.seconds, rel=1e-9)
+        assert result.time["cost"] == pytest.approx(item.cost, rel=1e-9)
+        assert result.memory["peak"] == pytest.approx(item.peak_memory, rel=1e-9)
+
+
+def test_search_agrees_with_a_brute_force_loop():
+    spec = load_spec("gpt2-124m", ["cluster.gpu=L4", "training.global_batch_size=32", "training.micro_batch_size=1"])
+    result = search(spec, ["L4"], max_gpus=8)
+    base = spec.model_dump(exclude={"training": {"gradient_accumulation_steps"}, "parallelism": {"data_parallel"}})
+    feasible = {}
+    for n, t, p, z, mb, ck, off in itertools.product(gpu_counts(8), (1, 2, 4, 8), (1, 2, 4, 8, 16), range(4),
+                                                     MICRO_BATCHES, ("none", "selective", "full"), OFFLOADS):
+        data = json.loads(json.dumps(base))
+        data["cluster"].update(gpus_per_node=n, nodes=1)
+        data["parallelism"].update(tensor=t, pipeline=p, zero_stage=z, activation_checkpointing=ck,
+                                   offload_optimizer=off[0], offload_params=off[1])
+        data["training"]["micro_batch_size"] = mb
+        try:
+            candidate = Spec.model_validate(data)
+        except (ValidationError, SpecError, ConsistencyError, ValueError):
+            continue
+        if t > n:
+            continue
+        planned = plan(candidate, alternatives=False)
+        if planned.fits:
+            feasible[(n, t, p, z, mb, ck, off)] = (planned.time["total_seconds"], planned.time["cost"])
+    assert result.feasible == len(feasible) > 0
+    assert result.points["cost"].size == len(feasible)
+    for item in result.frontier:
+        key = (item.gpus, item.tensor, item.pipeline, item.zero_stage, item.micro_batch_size,
+               item.activation_checkpointing, (item.offload_optimizer, item.offload_params))
+        assert feasible[key] == pytest.approx((item.seconds, item.cost), rel=1e-9)
+    cheapest = min(feasible.values(), key=lambda v: (v[1], v[0]))
+    fastest = min(feasible.values())
+    assert min(x.cost for x in result.frontier) == pytest.approx(cheapest[1], rel=1e-9)
+    assert min(x.seconds for x in result.frontier) == pytest.approx(fastest[0], rel=1e-9)
+
+
+def test_deadline_budget_and_objective():
+    spec = load_spec("llama3-70b")
+    limited = search(spec, ["H100-SXM"], 4096, deadline_days=90, budget=2.0e7, objective="cost")
+    assert limited.frontier and all(x.seconds <= 90 * 86400 and x.cost <= 2.0e7 for x in limited.frontier)
+    assert limited.best is min(limited.frontier, key=lambda x: (x.cost, x.seconds))
+    with pytest.raises(LLMSpecError, match="--gpu T4000: unknown GPU"):
+        search(spec, ["T4000"])
+    with pytest.raises(LLMSpecError, match="--objective speed"):
+        search(spec, objective="speed")
+
+
+def test_size_cli_json_write_and_plot(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "best.yaml"
+    result = runner.invoke(app, ["size", "llama2-7b", "--gpu", "H100-SXM,A100-80GB", "--max-gpus", "512",
+                                 "--deadline", "60d", "--json", "--write", str(out), "--plot",
+                                 str(tmp_path / "size.png")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {"evaluated", "feasible", "frontier"} <= set(data) and data["evaluated"] >= data["feasible"] > 0
+    assert {"sets", "gpu", "gpus", "days", "gpu_hours", "cost", "peak_memory"} <= set(data["frontier"][0])
+    written = load_spec(out)
+    assert plan(written, alternatives=False).fits and (tmp_path / "size.png").stat().st_size > 1000
+    bad = runner.invoke(app, ["size", "llama2-7b", "--deadline", "soon"])
+    assert bad.exit_code == 2 and "--deadline" in bad.output
+
+
+def test_compute_optimal_reproduces_chinchilla():
+    rules = optimal(5.76e23)  # Chinchilla: 70B parameters, 1.4T tokens
+    for rule in ("20_tokens_per_param", "besiroglu_2024"):
+        assert rules[rule]["params"] == pytest.approx(70e9, rel=0.10)
+        assert rules[rule]["tokens"] == pytest.approx(1.4e12, rel=0.10)
+    # the rounded published fit is the outlier references.md warns about
+    assert rules["chinchilla_2022"]["tokens"] / rules["chinchilla_2022"]["params"] > 60
+    report = compute_optimal_report(None, [], "5.76e23", None, None, None)
+    assert report.params == pytest.approx(rules["20_tokens_per_param"]["params"], rel=0.05)
+    mo = report.spec.model
+    assert mo.d_model % 128 == 0 and mo.head_dim in (64, 128) and mo.n_heads % mo.n_kv_heads == 0
+    assert 64 <= mo.d_model / mo.n_layers <= 128
+    assert report.spec.training.total_tokens == int(rules["20_tokens_per_param"]["tokens"])
+
+
+def test_compute_optimal_from_a_budget_and_the_cli(tmp_path):
+    report = compute_optimal_report(None, [], None, 1e6, "H100-SXM", 30)
+    gpus = report.spec.cluster.gpus
+    price = load_spec("llama2-7b", ["cluster.gpu=H100-SXM"]).cluster.device.price_per_hour
+    assert gpus % 8 == 0 and gpus * 30 * 24 * price <= 1e6 < 2 * gpus * 30 * 24 * price
+    result = CliRunner().invoke(app, ["size", "--compute", "1e21", "--json", "--write", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data["compute_optimal"]) == {"params", "tokens"}
+    assert load_spec(tmp_path / "s.yaml").training.total_tokens == int(data["compute_optimal"]["tokens"])
+
+
+def test_kv_cache_hand_worked():
+    # Llama-2-70B: 80 layers, 8 KV heads of 128, bf16: K and V → 2 · 80 · 8 · 128 · 2 bytes per token
+    served = inference_plan(load_spec("llama2-70b"), context=4096, batch=8)
+    assert served["kv_cache_per_token"] == 2 * 80 * 8 * 128 * 2 == 327_680
+    assert served["kv_cache"] == 8 * 4096 * 327_680 / 8  # over TP 8
+    # Llama-2-7B: 32 layers, 32 heads (MHA) of 128
+    served = inference_plan(load_spec("llama2-7b", ["parallelism.tensor=1"]), context=4096, batch=1)
+    assert served["kv_cache_per_token"] == 2 * 32 * 32 * 128 * 2 == 524_288
+    weights = plan(load_spec("llama2-7b"), alternatives=False).params["total"] * 2
+    assert served["inference_weights"] == weights
+    assert served["max_batch"] == (served["usable"] - weights) // (4096 * 524_288)
+    assert served["decode_tokens_per_second"] == pytest.approx(1 / ((weights + 4096 * 524_288) / 2.039e12), rel=0.02)
+
+
+def test_max_finds_the_largest_value_that_fits():
+    sets = ["training.global_batch_size=65536", "parallelism.activation_checkpointing=none"]
+    limit = max_fitting("llama2-7b", sets, "micro_batch_size")
+    assert limit.bound == "memory" and limit.value >= 1
+    assert plan(load_spec("llama2-7b", [*sets, f"training.micro_batch_size={limit.value}"])).fits
+    assert not plan(load_spec("llama2-7b", [*sets, f"training.micro_batch_size={limit.value * 2}"])).fits
+    layers = max_fitting("llama2-7b", [], "n_layers")
+    assert plan(load_spec("llama2-7b", [f"model.n_layers={layers.value}"])).fits
+    assert not plan(load_spec("llama2-7b", [f"model.n_layers={layers.value + 1}"])).fits
+    assert max_fitting("llama2-7b", [], "seq_len").bound == "model.max_seq_len"
+    with pytest.raises(LLMSpecError, match="--max d_model"):
+        max_fitting("llama2-7b", [], "d_model")
