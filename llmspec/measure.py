@@ -16,7 +16,7 @@ share of the routed tokens (their total, tokens × top_k, is exact), so FLOPs an
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,12 +86,8 @@ def _with_checkpointing(spec: Spec, mode: str) -> Spec:
     return spec.model_copy(update={"parallelism": par})
 
 
-@contextmanager
 def _routing(spec: Spec):
-    with ExitStack() as stack:
-        if spec.model.moe:
-            stack.enter_context(BalancedRouting(spec.model.moe.n_experts))
-        yield
+    return BalancedRouting(spec.model.moe.n_experts) if spec.model.moe else nullcontext()
 
 
 def _batch(spec: Spec, device: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ CHECKPOINTING = ("none", "selective", "full")
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_GPUS = ("H100-SXM", "A100-80GB", "H200")
+NODE = 8  # GPUs per node in searched clusters; tensor parallelism stays within a node
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Layout:
 
     @property
     def nodes(self) -> int:
-        return max(1, self.gpus // 8)
+        return max(1, self.gpus // NODE)
 
     @property
     def gpus_per_node(self) -> int:
@@ -85,13 +86,13 @@ class SizeResult:
                 "frontier": [item.to_json() for item in self.frontier]}
 
 
-def gpu_counts(max_gpus: int, per_node: int = 8) -> list[int]:
+def gpu_counts(max_gpus: int) -> list[int]:
     """1, 2, 4, … within a node, then whole nodes in powers of two."""
     counts, n = [], 1
     while n <= max_gpus:
         counts.append(n)
         n *= 2
-    return [c for c in counts if c <= per_node or c % per_node == 0]
+    return [c for c in counts if c <= NODE or c % NODE == 0]
 
 
 def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
@@ -100,7 +101,7 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     pipelines = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= mo.n_layers]
     axes = (gpu_counts(max_gpus), (1, 2, 4, 8), pipelines, range(4), MICRO_BATCHES, range(3), range(3))
     n, t, p, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes], indexing="ij"))
-    ok = (n % (t * p) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, 8))
+    ok = (n % (t * p) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, NODE))
     dp = np.maximum(n // (t * p), 1)
     ok &= (tr.global_batch_size % (mb * dp) == 0) & ~((p > 1) & (z > 1))  # DeepSpeed pipelines: ZeRO ≤ 1
     ok &= ~((off >= 1) & (z == 0)) & ~((off == 2) & (z != 3))  # offload needs ZeRO ≥ 1; params need ZeRO-3
@@ -134,7 +135,7 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
     n, t, p, z, mb, ck, off = (grid[k] for k in ("n", "t", "p", "z", "mb", "ck", "off"))
     dp = n // (t * p)
     m = spec.training.global_batch_size // (mb * dp)
-    nodes = np.maximum(1, n // 8)
+    nodes = np.maximum(1, n // NODE)
     per_node = n // nodes
     layers = -(-spec.model.n_layers // p)
     bpp = _bytes_per_param(spec, z, off, dp)
