@@ -9,7 +9,7 @@ import sympy as sp
 
 from llmspec.errors import LLMSpecError
 from llmspec.formulas import FORMULAS, arguments, expanded
-from llmspec.planner import Plan
+from llmspec.planner import TRAINING_FORMULAS, Plan
 
 
 @dataclass
@@ -26,7 +26,12 @@ class Explanation:
 
 
 def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
-    names = list(FORMULAS) if quantity is None else [_resolve(quantity)]
+    """The training plan's formulas (inference and sizing ones have inputs a training plan does not hold)."""
+    names = [n for n in FORMULAS if n in TRAINING_FORMULAS] if quantity is None else [_resolve(quantity)]
+    if names[0] not in TRAINING_FORMULAS:
+        command = "plan SPEC --inference" if FORMULAS[names[0]].group == "Inference" else "size --compute FLOPS"
+        raise LLMSpecError(f"{names[0]} belongs to the {FORMULAS[names[0]].group!r} formulas, not to a training "
+                           f"plan: `llmspec {command}` gives its value (docs/formulas.md its formula)")
     out = []
     for name in names:
         formula = FORMULAS[name]

@@ -89,6 +89,11 @@ def test_explain_all_json_values_match_plan():
     assert by_name["memory_model_states"] == plan["memory"]["model_states"]
 
 
+def test_explain_points_inference_formulas_to_their_command():
+    result = run("explain", "tiny", "kv_cache_per_token")
+    assert result.exit_code == 2 and "llmspec plan SPEC --inference" in result.stderr
+
+
 def test_explain_unknown_quantity():
     result = run("explain", "tiny", "memroy_peak")
     assert result.exit_code == 2 and "did you mean" in result.stderr
