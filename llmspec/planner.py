@@ -11,6 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 from llmspec import _numeric, catalogue
+from llmspec.errors import LLMSpecError
 from llmspec.regimes import bytes_per_param, per_gpu_bytes_per_param
 from llmspec.spec import Spec
 
@@ -316,6 +317,8 @@ def strategies(spec: Spec) -> list[Strategy]:
 def inference_plan(spec: Spec, context: int | None = None, batch: int = 1) -> dict[str, Any]:
     """Serving one replica over ``parallelism.tensor`` GPUs: weights, KV cache, max batch, decode and prefill."""
     context = context or spec.model.max_seq_len
+    if context > spec.model.max_seq_len:
+        raise LLMSpecError(f"--context {context}: exceeds model.max_seq_len {spec.model.max_seq_len}")
     training = spec.training.model_copy(update={"seq_len": context})
     at_context = spec.model_copy(update={"training": training})
     gpu = spec.cluster.device

@@ -142,6 +142,10 @@ def render_size(result, spec, console: Console) -> None:
     console.print(f"[bold]{spec.name}[/] · {fmt_count(spec.training.total_tokens)} tokens · scored "
                   f"{result.evaluated:,} layouts, {result.feasible:,} feasible · frontier of time vs cost "
                   f"(best by {result.objective} ◀)")
+    if not result.frontier:
+        console.print("no layout fits within the limits: relax --deadline or --budget, raise --max-gpus, or add "
+                      "GPU types with --gpu")
+        return
     table = Table(show_edge=False)
     for column in ("GPU", "GPUs", "TP", "PP", "DP", "ZeRO", "micro", "ckpt", "offload", "peak", "days",
                    "GPU-hours", "cost"):

@@ -158,3 +158,10 @@ def test_max_finds_the_largest_value_that_fits():
     assert max_fitting("llama2-7b", [], "seq_len").bound == "model.max_seq_len"
     with pytest.raises(LLMSpecError, match="--max d_model"):
         max_fitting("llama2-7b", [], "d_model")
+
+
+def test_empty_frontier_and_bad_context_are_explained():
+    result = CliRunner().invoke(app, ["size", "llama2-7b", "--deadline", "1h"])
+    assert result.exit_code == 0 and "no layout fits within the limits" in result.output
+    with pytest.raises(LLMSpecError, match="--context 100000: exceeds model.max_seq_len 256"):
+        inference_plan(load_spec("tiny"), context=100_000)
