@@ -40,11 +40,13 @@ def pick_device(job: Job, announce) -> str:
     return "cpu"
 
 
-def train(job: Job, announce=print, progress=None) -> Result:
+def train(job: Job, announce=print, progress=None, compile: bool = False) -> Result:
     spec, tr = job.spec, job.spec.training
     device = pick_device(job, announce)
     torch.manual_seed(tr.seed)
     model = load_model_module(job.model_file).Model().to(device)
+    # torch.compile: the compiled callable shares the module's parameters; checkpoints keep the plain names
+    forward = torch.compile(model) if compile else model
     optimizer = make_optimizer(spec, model, device)
     scaler = torch.amp.GradScaler(device, enabled=tr.precision == "fp16")
     start = 0
@@ -81,7 +83,7 @@ def train(job: Job, announce=print, progress=None) -> Result:
                 # global micro-batch j is rank j % dp's micro-batch j // dp: the batches a DeepSpeed run sees
                 x, y = (t.to(device) for t in train_batches.get(step, j // dp, j % dp))
                 with autocast(tr.precision, device):
-                    _, micro_loss = model(x, y)
+                    _, micro_loss = forward(x, y)
                 scaler.scale(micro_loss / accumulation).backward()
                 loss += micro_loss.item() / accumulation
             if not math.isfinite(loss):

@@ -228,7 +228,9 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
         set_: SetOpt = None,
         out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<name>)")] = None,
         resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in the run directory")] = False,
-        backend: Annotated[str, typer.Option(help="auto, torch or deepspeed")] = "auto") -> None:
+        backend: Annotated[str, typer.Option(help="auto, torch or deepspeed")] = "auto",
+        compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (torch backend)")]
+        = False) -> None:
     """Train the spec: plan → build → tokenizer and data → backend → eval → samples, all in RUN_DIR."""
     from llmspec.loader import load_spec
 
@@ -244,7 +246,8 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
     render_plan_summary(loaded, console)
     steps, tokens = loaded.training.steps, loaded.training.tokens_per_step
     with _training_progress(console, steps, tokens) if bar else contextlib.nullcontext() as progress:
-        summary = start_run(loaded, run_dir, resume, backend, announce=console.print, progress=progress)
+        summary = start_run(loaded, run_dir, resume, backend, announce=console.print, progress=progress,
+                            compile=compile_)
     if summary.val_loss is not None:
         import math
 

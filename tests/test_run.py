@@ -202,3 +202,13 @@ def test_default_run_on_a_shortened_budget(tmp_path):
     assert summary.val_loss < summary.unigram_entropy
     assert len(summary.samples) == 3 and all(s for s in summary.samples)
     assert json.loads((tmp_path / "tiny" / "build" / "plan.json").read_text())["fits"]
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_model(corpus, tmp_path):
+    spec = small(corpus, "training.max_steps=6", "training.eval_interval=6")
+    run(spec, tmp_path / "eager", announce=lambda *a: None)
+    run(spec, tmp_path / "compiled", announce=lambda *a: None, compile=True)
+    eager = [r["loss"] for r in read_metrics(tmp_path / "eager" / "metrics.jsonl") if "loss" in r]
+    compiled = [r["loss"] for r in read_metrics(tmp_path / "compiled" / "metrics.jsonl") if "loss" in r]
+    assert compiled == pytest.approx(eager, rel=1e-4)

@@ -35,15 +35,17 @@ class RunSummary:
 
 
 def run(spec: Spec, run_dir: Path, resume: bool = False, backend: str = "auto", announce=print,
-        progress=None) -> RunSummary:
+        progress=None, compile: bool = False) -> RunSummary:
     chosen = resolve_backend(spec, backend)
     job = prepare(spec, run_dir, resume)
     if chosen == "torch":
         from llmspec.backends.torch_backend import train
 
-        result = train(job, announce, progress)
+        result = train(job, announce, progress, compile)
         loss, val_loss = result.loss, result.val_loss
     else:
+        if compile:
+            announce("--compile applies to the torch backend; DeepSpeed runs the model uncompiled")
         loss, val_loss = _launch_deepspeed(job, announce)
     plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
     samples = write_samples(run_dir, PROMPTS)
