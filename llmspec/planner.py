@@ -194,15 +194,18 @@ OTHER_GROUPS = ("Inference", "Compute-optimal sizing")
 TRAINING_FORMULAS = frozenset(name for name, group in _numeric.GROUPS.items() if group not in OTHER_GROUPS)
 
 
-def _stage_params(env: dict[str, Any], first: bool, last: bool, layers: int) -> int:
-    """Parameters held by one pipeline stage (DeepSpeed keeps a tied embedding on both end stages)."""
-    held = layers * env["params_layer"]
-    if first:
-        held += env["params_embedding"]
-    if last:
-        # The LM head, or (pipelines) the tied copy of the embedding that the last stage multiplies with.
-        held += env["params_norm"] + (0 if (first and env["tied"]) else env["V"] * env["h"])
-    return held
+def _choose(condition: Any, yes: Any, no: Any) -> Any:
+    """``yes if condition else no``, also elementwise over numpy arrays (the layout search); exact for both."""
+    return yes * condition + no * (1 - condition)
+
+
+def stage_params(env: dict[str, Any], first: Any, last: Any, layers: Any) -> Any:
+    """Parameters held by one pipeline stage (DeepSpeed keeps a tied embedding on both end stages).
+    Flags and layer counts may be numpy arrays."""
+    # The last stage holds the final norm and the LM head, or (pipelines) the tied copy of the embedding that it
+    # multiplies with; a single stage holding both ends shares one tied matrix.
+    head = env["params_norm"] + _choose(first * env["tied"], 0, env["V"] * env["h"])
+    return layers * env["params_layer"] + first * env["params_embedding"] + last * head
 
 
 def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) -> dict[str, Any]:
@@ -216,7 +219,7 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
                                   strategy.offload_optimizer != "none", strategy.offload_params != "none")
     ckpt = strategy.activation_checkpointing
     env.update({
-        "psi": Fraction(_stage_params(env, first, last, layers), t),
+        "psi": Fraction(stage_params(env, first, last, layers), t),
         "w_bpp": Fraction(bpp["weights"]), "g_bpp": Fraction(bpp["gradients"]), "o_bpp": Fraction(bpp["optimizer"]),
         "zero01": int(z <= 1), "zero2": int(z == 2), "zero12": int(z in (1, 2)), "zero3": int(z == 3),
         "ck_none": int(ckpt == "none"), "ck_selective": int(ckpt == "selective"), "ck_full": int(ckpt == "full"),
@@ -230,18 +233,24 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     return _numeric.evaluate(env, TRAINING_FORMULAS)
 
 
-def _device_inputs(spec: Spec) -> dict[str, Any]:
+def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = None, gpus_per_node: Any = None,
+                  tensor: Any = None, pipeline: Any = None) -> dict[str, Any]:
+    """Device, link and price inputs: the spec's cluster, or (the layout search) another GPU and numpy columns of
+    node counts and degrees. Bandwidth overrides in the spec apply to any GPU."""
     cl, par = spec.cluster, spec.parallelism
-    gpu = cl.device
+    gpu = gpu or cl.device
+    nodes = cl.nodes if nodes is None else nodes
+    within = cl.gpus_per_node if gpus_per_node is None else gpus_per_node
+    t = par.tensor if tensor is None else tensor
+    p = par.pipeline if pipeline is None else pipeline
     intra = cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth
     inter = cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth
-    within = cl.gpus_per_node
     return {
         "F_peak": gpu.peak_flops[spec.training.precision],
         "eff": cl.efficiency or DEFAULT_EFFICIENCY,
-        "bw_dp": intra if cl.nodes == 1 else inter,
-        "bw_tp": intra if par.tensor <= within else inter,
-        "bw_pp": intra if par.tensor * par.pipeline <= within else inter,
+        "bw_dp": _choose(nodes == 1, intra, inter),
+        "bw_tp": _choose(t <= within, intra, inter),
+        "bw_pp": _choose(t * p <= within, intra, inter),
         "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
         "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,
     }
@@ -272,7 +281,7 @@ def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[i
 def plan(spec: Spec, alternatives: bool = True) -> Plan:
     """Plan a spec: the chosen strategy in full, and (by default) every alternative strategy's peak and time."""
     par = spec.parallelism
-    base = _numeric.evaluate({**architecture_inputs(spec), **_device_inputs(spec)}, PARAMETER_FORMULAS)
+    base = _numeric.evaluate({**architecture_inputs(spec), **device_inputs(spec)}, PARAMETER_FORMULAS)
     chosen = Strategy(par.zero_stage, par.activation_checkpointing, par.offload_optimizer, par.offload_params)
     stage, env = _peak_stage(spec, base, chosen)
     host, nvme = _host_memory(spec, env, chosen)
@@ -293,7 +302,7 @@ def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False)
     what ``llmspec measure`` compares with the compiled model (``cpu_kernels``: as CPU kernels save tensors)."""
     par = spec.parallelism.model_copy(update={"tensor": 1, "pipeline": 1, "activation_checkpointing": checkpointing})
     single = spec.model_copy(update={"parallelism": par})
-    inputs = {**architecture_inputs(single), **_device_inputs(single)}
+    inputs = {**architecture_inputs(single), **device_inputs(single)}
     if cpu_kernels:
         inputs["e_stat"] = inputs["e_mask"] = inputs["e"]
     base = _numeric.evaluate(inputs, PARAMETER_FORMULAS)
@@ -322,7 +331,7 @@ def inference_plan(spec: Spec, context: int | None = None, batch: int = 1) -> di
     training = spec.training.model_copy(update={"seq_len": context})
     at_context = spec.model_copy(update={"training": training})
     gpu = spec.cluster.device
-    inputs = {**architecture_inputs(at_context), **_device_inputs(at_context)}
+    inputs = {**architecture_inputs(at_context), **device_inputs(at_context)}
     env = _numeric.evaluate(inputs, TRAINING_FORMULAS & {*PARAMETER_FORMULAS, "matmul_weights", "attention_context",
                                                          "flops_attention_per_token", "flops_per_token_forward"})
     t = spec.parallelism.tensor

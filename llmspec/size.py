@@ -17,7 +17,7 @@ import numpy as np
 
 from llmspec import _numeric, catalogue
 from llmspec.errors import LLMSpecError
-from llmspec.planner import DEFAULT_EFFICIENCY, PARAMETER_FORMULAS, TRAINING_FORMULAS, architecture_inputs
+from llmspec.planner import PARAMETER_FORMULAS, TRAINING_FORMULAS, architecture_inputs, device_inputs, stage_params
 from llmspec.regimes import per_gpu_bytes_per_param
 from llmspec.spec import Spec
 
@@ -139,25 +139,18 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
     per_node = n // nodes
     layers = -(-spec.model.n_layers // p)
     bpp = _bytes_per_param(spec, z, off, dp)
-    cl = spec.cluster
-    intra = cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth
-    inter = cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth
-    common = {**base, "b": mb, "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n, "nodes": nodes,
-              "gpus_per_node": per_node, "w_bpp": bpp["weights"], "g_bpp": bpp["gradients"],
+    common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p),
+              "b": mb, "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n, "nodes": nodes, "gpus_per_node": per_node,
+              "w_bpp": bpp["weights"], "g_bpp": bpp["gradients"],
               "o_bpp": bpp["optimizer"], "zero01": (z <= 1) * 1, "zero2": (z == 2) * 1,
               "zero12": ((z == 1) | (z == 2)) * 1, "zero3": (z == 3) * 1, "ck_none": (ck == 0) * 1,
               "ck_selective": (ck == 1) * 1, "ck_full": (ck == 2) * 1, "L_here": layers, "offload": (off >= 1) * 1,
               "shard": np.where(z >= 1, dp, 1), "bw_host": catalogue.HOST_LINK_BANDWIDTH,
-              "P_L": base["params_largest_module"] / t, "F_peak": gpu.peak_flops[spec.training.precision],
-              "eff": cl.efficiency or DEFAULT_EFFICIENCY, "bw_dp": np.where(nodes == 1, intra, inter),
-              "bw_tp": np.where(t <= per_node, intra, inter), "bw_pp": np.where(t * p <= per_node, intra, inter),
-              "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
-              "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour}
+              "P_L": base["params_largest_module"] / t}
     single = p == 1
 
     def stage(first: np.ndarray, last: np.ndarray, inflight: np.ndarray) -> dict[str, np.ndarray]:
-        held = layers * base["params_layer"] + first * base["params_embedding"] + last * (
-            base["params_norm"] + np.where(first * base["tied"], 0, base["V"] * base["h"]))
+        held = stage_params(base, first, last, layers)
         env = {**common, "first_stage": first, "last_stage": last, "inflight": inflight, "psi": held / t}
         return _numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
 
