@@ -31,7 +31,7 @@ from llmspec.errors import LLMSpecError
 from llmspec.loader import dump_spec
 from llmspec.train.checkpoint import save_checkpoint
 from llmspec.train.job import Job, load_job
-from llmspec.train.loop import StepLog, TrainingError, evaluate, stopped_message
+from llmspec.train.loop import StepLog, TrainingError, due, evaluate, stopped_message
 from llmspec.train.optim import make_optimizer, param_groups
 from llmspec.train.schedule import lr_at
 
@@ -152,19 +152,15 @@ def train(job: Job, device: str) -> None:
                 raise TrainingError(stopped_message(job, done, f"loss is {loss}"))
             if log:
                 log.step(done, loss, lr)
-            if (log.eval_due(done) if log else _due(tr.eval_interval, done, tr.steps)):
+            if due(tr.eval_interval, done, tr.steps):
                 val_loss = _evaluate(engine, pipelined, val_batches, to_device)
                 if log:
                     log.eval(done, val_loss)
-            if _due(tr.checkpoint_interval, done, tr.steps):
+            if due(tr.checkpoint_interval, done, tr.steps):
                 _checkpoint(engine, job, done, ds_dir, rank, pipelined)
     finally:
         if log:
             log.close()
-
-
-def _due(interval: int, done: int, steps: int) -> bool:
-    return done % interval == 0 or done == steps
 
 
 def _evaluate(engine, pipelined: bool, batches: Batches, to_device) -> float:

@@ -18,7 +18,7 @@ from llmspec.data.shards import Batches
 from llmspec.loader import dump_spec
 from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llmspec.train.job import Job
-from llmspec.train.loop import StepLog, TrainingError, autocast, evaluate, stopped_message
+from llmspec.train.loop import StepLog, TrainingError, autocast, due, evaluate, stopped_message
 from llmspec.train.optim import make_optimizer
 from llmspec.train.schedule import lr_at
 
@@ -96,12 +96,12 @@ def train(job: Job, announce=print, progress=None, compile: bool = False) -> Res
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             log.step(done, loss, lr)
-            if log.eval_due(done):
+            if due(tr.eval_interval, done, tr.steps):
                 model.eval()
                 val_loss = evaluate(val_loss_of, val_batches)
                 model.train()
                 log.eval(done, val_loss)
-            if log.checkpoint_due(done):
+            if due(tr.checkpoint_interval, done, tr.steps):
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
                     raise TrainingError(stopped_message(job, done, "the weights hold inf/nan"))
                 save_checkpoint(job.checkpoints, done, {

@@ -31,11 +31,16 @@ def build_files(spec: Spec) -> dict[str, str]:
     return files
 
 
+def check_output_dir(path: Path) -> Path:
+    """Refuse an output path that is a file (it would be lost or half-replaced); returns the path."""
+    if path.exists() and not path.is_dir():
+        raise LLMSpecError(f"{path}: exists and is not a directory")
+    return path
+
+
 def build(spec: Spec, out_dir: str | Path) -> list[Path]:
     """Write the build into ``out_dir`` (created if needed); each file is replaced atomically. Returns the paths."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LLMSpecError(f"{out}: exists and is not a directory")
+    out = check_output_dir(Path(out_dir))
     files = build_files(spec)  # everything is rendered before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmspec.compile.build import write_atomic
+from llmspec.compile.build import check_output_dir, write_atomic
 from llmspec.compile.loading import model_module
 from llmspec.errors import LLMSpecError
 from llmspec.interop.hf_config import family_of, hf_config, hf_family, model_from_hf
@@ -107,9 +107,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None) 
     state = None
     if weights is not None:
         state = from_hf(weights, _expected_state(spec), family_of(config), spec.model.tie_embeddings, str(hf_dir))
-    if out.exists() and not out.is_dir():
-        raise LLMSpecError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out).mkdir(parents=True, exist_ok=True)
     written = [write_atomic(out / "spec.yaml", dump_spec(spec))]
     if state is not None:
         # safetensors refuses shared storage: the tied head is stored as its own copy so that
@@ -151,9 +149,7 @@ def export_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str | Path
         if tuple(state[key].shape) != tuple(like.shape):
             raise LLMSpecError(f"{source}: {key} has shape {tuple(state[key].shape)}, spec {spec.name!r} "
                                f"implies {tuple(like.shape)}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LLMSpecError(f"{out}: exists and is not a directory")
+    out = check_output_dir(Path(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     tensors = to_hf(state, family, spec.model.tie_embeddings)
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")

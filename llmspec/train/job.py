@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmspec.compile.build import build, write_atomic
+from llmspec.compile.build import build, check_output_dir, write_atomic
 from llmspec.data.corpus import BUILTIN, builtin_documents, read_documents
 from llmspec.data.shards import Shards, write_shards
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
@@ -88,8 +88,7 @@ def prepare(spec: Spec, run_dir: Path, resume: bool) -> Job:
     check_fits(spec)
     if spec.model.vocab_size > 2**32:
         raise LLMSpecError("model.vocab_size: token ids must fit in uint32")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise LLMSpecError(f"{run_dir}: exists and is not a directory")
+    check_output_dir(run_dir)
     previous = latest_checkpoint(run_dir / "checkpoints")
     if previous and not resume:
         raise LLMSpecError(f"{run_dir}: holds checkpoints (latest {previous.name}); pass --resume to continue, or "

@@ -50,9 +50,15 @@ def peak_flops(spec: Spec, device: str) -> float | None:
     return gpu.peak_flops.get(precision) if gpu.name.split("-")[0] in name else None
 
 
-def evaluate(loss_of: Callable[[torch.Tensor, torch.Tensor], float], batches: Batches, rank: int = 0) -> float:
-    """Mean loss over a fixed set of validation batches (the same every evaluation)."""
-    return sum(loss_of(*batches.get(0, i, rank)) for i in range(EVAL_BATCHES)) / EVAL_BATCHES
+def evaluate(loss_of: Callable[[torch.Tensor, torch.Tensor], float], batches: Batches) -> float:
+    """Mean loss over a fixed set of validation batches (the same every evaluation, on every rank)."""
+    return sum(loss_of(*batches.get(0, i)) for i in range(EVAL_BATCHES)) / EVAL_BATCHES
+
+
+def due(interval: int, done: int, steps: int) -> bool:
+    """Whether something every ``interval`` steps (log, eval, checkpoint) happens after step ``done``; always at the
+    last step."""
+    return done % interval == 0 or done == steps
 
 
 class StepLog:
@@ -67,7 +73,7 @@ class StepLog:
         self.mark, self.mark_step = time.perf_counter(), start
 
     def step(self, done: int, loss: float, lr: float) -> None:
-        if done % self.tr.log_interval and done != self.tr.steps:
+        if not due(self.tr.log_interval, done, self.tr.steps):
             return
         elapsed = time.perf_counter() - self.mark
         rate = self.tr.global_batch_size * self.tr.seq_len * (done - self.mark_step) / elapsed if elapsed else 0.0
@@ -76,12 +82,6 @@ class StepLog:
             record["mfu"] = self.flops_per_token * rate / self.peak
         self.metrics.write(record)
         self.mark, self.mark_step = time.perf_counter(), done
-
-    def eval_due(self, done: int) -> bool:
-        return done % self.tr.eval_interval == 0 or done == self.tr.steps
-
-    def checkpoint_due(self, done: int) -> bool:
-        return done % self.tr.checkpoint_interval == 0 or done == self.tr.steps
 
     def eval(self, done: int, val_loss: float) -> None:
         self.metrics.write({"step": done, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))})
