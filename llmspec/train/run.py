@@ -17,7 +17,7 @@ from llmspec.errors import LLMSpecError
 from llmspec.loader import parse_spec
 from llmspec.spec import Spec
 from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint
-from llmspec.train.job import prepare
+from llmspec.train.job import cache_dir, prepare
 from llmspec.train.metrics import plot_loss
 from llmspec.train.sampling import sample
 
@@ -61,8 +61,6 @@ def resolve_backend(spec: Spec, backend: str) -> str:
 
 def _launch_deepspeed(job, announce) -> tuple[float | None, float | None]:
     script = job.run_dir / "build" / "launch.sh"
-    from llmspec.train.job import cache_dir
-
     env = dict(os.environ)
     # the launcher and its ranks come from this interpreter's environment, activated or not
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
