@@ -26,8 +26,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check llmspec backends tests benchmarks
 
 docs: $(STAMP)
-	$(BIN)/python -m llmspec.codegen
-	$(BIN)/python -m llmspec.docs
+	$(BIN)/python -m llmspec.planner.codegen
+	$(BIN)/python -m llmspec.cli.docs
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/plan_latency.py

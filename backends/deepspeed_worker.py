@@ -2,9 +2,10 @@
 
 Each rank reads the job ``llmspec run`` prepared (RUN_DIR/job.json), builds the compiled model (or, with
 ``pipeline > 1``, its layer list as a ``PipelineModule``) and trains it with the DeepSpeed engine: ZeRO 0–3,
-optimizer/parameter offload, activation checkpointing as compiled into model.py. It follows the torch backend's
-loop contract: the same schedule function sets the learning rate every step (the WarmupCosineLR section of
-ds_config.json is for scripts of your own), the same batches (rank r's micro-batch m of step t), the same metrics.
+optimizer/parameter offload, activation checkpointing as compiled into model.py. It is an engine under the one
+loop (``llmspec.train.loop.fit``): the loop sets the learning rate every step (the WarmupCosineLR section of
+ds_config.json is for scripts of your own), draws the same batches (rank r's micro-batch m of step t) and writes
+the same metrics as for the torch engine.
 Without offload the optimizer is torch's AdamW (weight decay on ≥2-D weights only); with offload it is the one
 ds_config.json names (DeepSpeedCPUAdam), as DeepSpeed requires.
 
@@ -16,7 +17,6 @@ Each rank ends with barrier → destroy_process_group → os._exit, which avoids
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from datetime import timedelta
@@ -26,14 +26,12 @@ import torch
 
 from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.loading import load_model_module
-from llmspec.data.shards import Batches
 from llmspec.errors import LLMSpecError
-from llmspec.loader import dump_spec
 from llmspec.train.checkpoint import save_checkpoint
+from llmspec.train.engine import Batch, Engine
 from llmspec.train.job import Job, load_job
-from llmspec.train.loop import StepLog, TrainingError, due, evaluate, stopped_message
+from llmspec.train.loop import fit
 from llmspec.train.optim import make_optimizer, param_groups
-from llmspec.train.schedule import lr_at
 
 # A rank that loses its peers gives up after this long instead of hanging (seconds; LLMSPEC_DIST_TIMEOUT).
 DIST_TIMEOUT = int(os.environ.get("LLMSPEC_DIST_TIMEOUT", "300"))
@@ -52,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cpu = deepspeed.get_accelerator().device_name() == "cpu"
         deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", timeout=timedelta(seconds=DIST_TIMEOUT))
-        train(load_job(Path(args.run_dir)), "cpu" if cpu else f"cuda:{args.local_rank}")
+        job = load_job(Path(args.run_dir))
+        fit(job, DeepSpeedEngine(job, "cpu" if cpu else f"cuda:{args.local_rank}"),
+            announce=lambda text: print(text, flush=True))
     except LLMSpecError as error:
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
@@ -92,100 +92,104 @@ def _config(spec, offload: bool) -> dict:
     return config
 
 
-def train(job: Job, device: str) -> None:
-    import deepspeed
-    from deepspeed import comm as dist
+class DeepSpeedEngine(Engine):
+    """ZeRO 0–3 with optional offload on one data-parallel replica per rank; with ``pipeline > 1`` a
+    ``PipelineModule`` whose ``train_batch`` runs the 1F1B schedule over the step's micro-batches."""
 
-    spec, tr, par = job.spec, job.spec.training, job.spec.parallelism
-    rank = dist.get_rank()
-    torch.manual_seed(tr.seed)
-    module = load_model_module(job.model_file)
-    pipelined = par.pipeline > 1
-    model = module.Model()  # seeded: the same initial weights as the torch backend
-    if pipelined:
-        reference, model = model.state_dict(), _pipeline_module(module, spec)
-        n_layers = spec.model.n_layers
-        model.load_state_dict({key: reference[_model_key(key, n_layers)] for key in model.state_dict()})
-    offload = par.offload_optimizer != "none"
-    optimizer = None if offload else make_optimizer(spec, model, device.split(":")[0])
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           model_parameters=param_groups(model, tr.optimizer.weight_decay),
-                                           config=_config(spec, offload))
-    dp_rank = engine.grid.get_data_parallel_id() if pipelined else rank
-    dp = par.data_parallel
-    ds_dir = job.checkpoints / "deepspeed"
-    start = 0
-    if job.resume:
-        _, state = engine.load_checkpoint(str(ds_dir))
-        start = state["step"]
-        torch.set_rng_state(torch.load(ds_dir / f"step-{start:08d}" / f"rng-rank{rank}.pt", weights_only=True))
-        if rank == 0:
-            print(f"resumed from {ds_dir} at step {start}", flush=True)
-    log = StepLog(job, device.split(":")[0], start, job.resume) if rank == 0 else None
-    train_batches = Batches(job.shards.load("train"), tr.seq_len, tr.micro_batch_size, tr.seed, "train")
-    val_batches = Batches(job.shards.load("val"), tr.seq_len, tr.micro_batch_size, tr.seed, "val")
+    def __init__(self, job: Job, device: str):
+        import deepspeed
+        from deepspeed import comm as dist
 
-    def to_device(pair):
-        return tuple(t.to(device) for t in pair)
+        spec, tr, par = job.spec, job.spec.training, job.spec.parallelism
+        self.job, self.device, self.rank = job, device, dist.get_rank()
+        self.is_main = self.rank == 0
+        torch.manual_seed(tr.seed)
+        module = load_model_module(job.model_file)
+        self.pipelined = par.pipeline > 1
+        model = module.Model()  # seeded: the same initial weights as the torch engine
+        if self.pipelined:
+            reference, model = model.state_dict(), _pipeline_module(module, spec)
+            n_layers = spec.model.n_layers
+            model.load_state_dict({key: reference[_model_key(key, n_layers)] for key in model.state_dict()})
+        offload = par.offload_optimizer != "none"
+        optimizer = None if offload else make_optimizer(spec, model, device.split(":")[0])
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                    model_parameters=param_groups(model, tr.optimizer.weight_decay),
+                                                    config=_config(spec, offload))
+        self.dp_rank = self.engine.grid.get_data_parallel_id() if self.pipelined else self.rank
+        self._consolidated: tuple[int, dict[str, torch.Tensor]] | None = None
 
-    try:
-        for step in range(start, tr.steps):
-            lr = lr_at(spec, step)
-            for group in engine.optimizer.param_groups:
-                group["lr"] = lr
-            engine.train()
-            if pipelined:
-                micro = range(engine.gradient_accumulation_steps())
-                batches = iter([to_device(train_batches.get(step, m, dp_rank)) for m in micro])
-                loss = engine.train_batch(batches).item()  # averaged over micro-batches and replicas
-            else:
-                total = torch.zeros(())
-                for m in range(engine.gradient_accumulation_steps()):
-                    _, micro_loss = engine(*to_device(train_batches.get(step, m, dp_rank)))
-                    engine.backward(micro_loss)
-                    engine.step()
-                    total += micro_loss.detach().float().cpu()
-                dist.all_reduce(total)
-                loss = total.item() / (engine.gradient_accumulation_steps() * dp)
-            done = step + 1
-            if not math.isfinite(loss):
-                raise TrainingError(stopped_message(job, done, f"loss is {loss}"))
-            if log:
-                log.step(done, loss, lr)
-            if due(tr.eval_interval, done, tr.steps):
-                val_loss = _evaluate(engine, pipelined, val_batches, to_device)
-                if log:
-                    log.eval(done, val_loss)
-            if due(tr.checkpoint_interval, done, tr.steps):
-                _checkpoint(engine, job, done, ds_dir, rank, pipelined)
-    finally:
-        if log:
-            log.close()
+    def _to_device(self, batch: Batch) -> Batch:
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
+    def batch_slots(self) -> list[tuple[int, int]]:
+        return [(m, self.dp_rank) for m in range(self.engine.gradient_accumulation_steps())]
 
-def _evaluate(engine, pipelined: bool, batches: Batches, to_device) -> float:
-    engine.eval()
-    with torch.no_grad():
-        if pipelined:
-            return evaluate(lambda x, y: engine.eval_batch(iter([to_device((x, y))]), num_micro_batches=1).item(),
-                            batches)
-        # every rank evaluates the same batches (those the torch backend uses); ZeRO-3 needs all ranks anyway
-        return evaluate(lambda x, y: engine(*to_device((x, y)))[1].item(), batches)
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
 
+    def train_step(self, batches: list[Batch]) -> torch.Tensor:
+        if self.pipelined:  # averaged over micro-batches and replicas by DeepSpeed
+            return self.engine.train_batch(iter([self._to_device(b) for b in batches])).detach().float()
+        total = torch.zeros((), device=self.device)
+        for batch in batches:
+            _, loss = self.engine(*self._to_device(batch))
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float()
+        return total / len(batches)
 
-def _checkpoint(engine, job: Job, done: int, ds_dir: Path, rank: int, pipelined: bool) -> None:
-    from deepspeed import comm as dist
+    def global_mean(self, losses: torch.Tensor) -> torch.Tensor:
+        if self.pipelined:
+            return losses
+        from deepspeed import comm as dist
 
-    tag = f"step-{done:08d}"
-    state = _consolidated(engine, job, pipelined)  # collective: every rank takes part
-    if rank == 0 and not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
-        raise TrainingError(stopped_message(job, done, "the weights hold inf/nan"))
-    engine.save_checkpoint(str(ds_dir), tag=tag, client_state={"step": done})
-    torch.save(torch.get_rng_state(), ds_dir / tag / f"rng-rank{rank}.pt")
-    if rank == 0:
-        save_checkpoint(job.checkpoints, done, {"step": done, "model": state, "spec": dump_spec(job.spec),
+        dist.all_reduce(losses)
+        return losses / dist.get_world_size()
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> float:
+        if self.pipelined:
+            return self.engine.eval_batch(iter([self._to_device(batch)]), num_micro_batches=1).item()
+        # every rank evaluates the same batches (those the torch engine uses); ZeRO-3 needs all ranks anyway
+        return self.engine(*self._to_device(batch))[1].item()
+
+    def train_mode(self, training: bool) -> None:
+        self.engine.train(training)
+
+    def weights_finite(self) -> bool:
+        from deepspeed import comm as dist
+
+        step = self.engine.global_steps
+        state = _consolidated(self.engine, self.job, self.pipelined)  # collective: every rank takes part
+        self._consolidated = (step, state)
+        bad = torch.tensor(float(not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())))
+        dist.all_reduce(bad)  # rank 0 holds the state; every rank must agree before saving (a collective)
+        return bad.item() == 0
+
+    def save(self, checkpoints: Path, step: int, spec_yaml: str) -> None:
+        from deepspeed import comm as dist
+
+        ds_dir, tag = checkpoints / "deepspeed", f"step-{step:08d}"
+        if self._consolidated is None or self._consolidated[0] != self.engine.global_steps:
+            self.weights_finite()
+        state = self._consolidated[1]
+        self._consolidated = None
+        self.engine.save_checkpoint(str(ds_dir), tag=tag, client_state={"step": step})
+        torch.save(torch.get_rng_state(), ds_dir / tag / f"rng-rank{self.rank}.pt")
+        if self.is_main:
+            save_checkpoint(checkpoints, step, {"step": step, "model": state, "spec": spec_yaml,
                                                 "backend": "deepspeed"})
-    dist.barrier()
+        dist.barrier()
+
+    def load(self, checkpoints: Path) -> tuple[int, str]:
+        ds_dir = checkpoints / "deepspeed"
+        _, state = self.engine.load_checkpoint(str(ds_dir))
+        step = state["step"]
+        rng = ds_dir / f"step-{step:08d}" / f"rng-rank{self.rank}.pt"
+        torch.set_rng_state(torch.load(rng, weights_only=True))
+        return step, str(ds_dir)
 
 
 def _consolidated(engine, job: Job, pipelined: bool) -> dict[str, torch.Tensor]:

@@ -1,34 +1,23 @@
-"""The ``torch`` backend: one process on the CPU or one GPU.
+"""The ``torch`` engine: one process on the CPU or one GPU, under the one loop (``llmspec.train.loop.fit``).
 
-The loop every backend follows: learning rate from the schedule, gradient accumulation to the global batch,
-clipping, AdamW, metrics every ``log_interval``, evaluation every ``eval_interval``, atomic checkpoints every
-``checkpoint_interval`` (model, optimizer, step, RNG states, spec). Batches are a function of the step, so a
-resumed run replays exactly what an uninterrupted one would have done.
+A step accumulates every data-parallel replica's micro-batches in this one process (global micro-batch j is
+replica j % dp's micro-batch j // dp: the batches a DeepSpeed run of the same spec sees), clips, and steps AdamW.
+Checkpoints hold the model, optimizer, loss scaler, RNG states and the spec.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from llmspec.compile.loading import load_model_module
-from llmspec.data.shards import Batches
-from llmspec.loader import dump_spec
 from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llmspec.train.engine import Batch, Engine
 from llmspec.train.job import Job
-from llmspec.train.loop import StepLog, TrainingError, autocast, due, evaluate, stopped_message
+from llmspec.train.loop import FitResult, fit
 from llmspec.train.optim import make_optimizer
-from llmspec.train.schedule import lr_at
-
-
-@dataclass
-class Result:
-    model: torch.nn.Module
-    step: int
-    loss: float | None
-    val_loss: float | None
+from llmspec.train.precision import autocast
 
 
 def pick_device(job: Job, announce) -> str:
@@ -40,77 +29,71 @@ def pick_device(job: Job, announce) -> str:
     return "cpu"
 
 
-def train(job: Job, announce=print, progress=None, compile: bool = False) -> Result:
-    spec, tr = job.spec, job.spec.training
-    device = pick_device(job, announce)
-    torch.manual_seed(tr.seed)
-    model = load_model_module(job.model_file).Model().to(device)
-    # torch.compile: the compiled callable shares the module's parameters; checkpoints keep the plain names
-    forward = torch.compile(model) if compile else model
-    optimizer = make_optimizer(spec, model, device)
-    scaler = torch.amp.GradScaler(device, enabled=tr.precision == "fp16")
-    start = 0
-    if job.resume:
-        path = latest_checkpoint(job.checkpoints)
-        state = load_checkpoint(path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start = state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        announce(f"resumed from {path} at step {start}")
-    log = StepLog(job, device, start, job.resume)
-    train_batches = Batches(job.shards.load("train"), tr.seq_len, tr.micro_batch_size, tr.seed, "train")
-    val_batches = Batches(job.shards.load("val"), tr.seq_len, tr.micro_batch_size, tr.seed, "val")
-    dp = spec.parallelism.data_parallel
-    accumulation = tr.gradient_accumulation_steps * dp  # one process does every replica's micro-batches
+class TorchEngine(Engine):
+    def __init__(self, job: Job, device: str, compile: bool = False):
+        spec, tr = job.spec, job.spec.training
+        self.device, self.precision, self.grad_clip = device, tr.precision, tr.grad_clip
+        torch.manual_seed(tr.seed)
+        self.model = load_model_module(job.model_file).Model().to(device)
+        # torch.compile: the compiled callable shares the module's parameters; checkpoints keep the plain names
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.optimizer = make_optimizer(spec, self.model, device)
+        self.scaler = torch.amp.GradScaler(device, enabled=tr.precision == "fp16")
+        self.dp = spec.parallelism.data_parallel
+        self.accumulation = tr.gradient_accumulation_steps * self.dp
+
+    def batch_slots(self) -> list[tuple[int, int]]:
+        return [(j // self.dp, j % self.dp) for j in range(self.accumulation)]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self, batches: list[Batch]) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for x, y in batches:
+            with autocast(self.precision, self.device):
+                _, loss = self.forward(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+            self.scaler.scale(loss / len(batches)).backward()
+            total += loss.detach().float()
+        self.scaler.unscale_(self.optimizer)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / len(batches)
 
     @torch.no_grad()
-    def val_loss_of(x: torch.Tensor, y: torch.Tensor) -> float:
-        with autocast(tr.precision, device):
-            return model(x.to(device), y.to(device))[1].item()
+    def eval_loss(self, batch: Batch) -> float:
+        x, y = batch
+        with autocast(self.precision, self.device):
+            return self.model(x.to(self.device), y.to(self.device))[1].item()
 
-    loss = val_loss = None
-    try:
-        for step in range(start, tr.steps):
-            lr = lr_at(spec, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = 0.0
-            for j in range(accumulation):
-                # global micro-batch j is rank j % dp's micro-batch j // dp: the batches a DeepSpeed run sees
-                x, y = (t.to(device) for t in train_batches.get(step, j // dp, j % dp))
-                with autocast(tr.precision, device):
-                    _, micro_loss = forward(x, y)
-                scaler.scale(micro_loss / accumulation).backward()
-                loss += micro_loss.item() / accumulation
-            if not math.isfinite(loss):
-                raise TrainingError(stopped_message(job, step + 1, f"loss is {loss}"))
-            scaler.unscale_(optimizer)
-            if tr.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            log.step(done, loss, lr)
-            if due(tr.eval_interval, done, tr.steps):
-                model.eval()
-                val_loss = evaluate(val_loss_of, val_batches)
-                model.train()
-                log.eval(done, val_loss)
-            if due(tr.checkpoint_interval, done, tr.steps):
-                if not all(torch.isfinite(p).all() for p in model.parameters()):
-                    raise TrainingError(stopped_message(job, done, "the weights hold inf/nan"))
-                save_checkpoint(job.checkpoints, done, {
-                    "step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "spec": dump_spec(spec),
-                    "rng": {"torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state() if device == "cuda" else None}})
-            if progress:
-                progress(done, loss, lr, val_loss)
-    finally:
-        log.close()
-    return Result(model, tr.steps, loss, val_loss)
+    def train_mode(self, training: bool) -> None:
+        self.model.train(training)
+
+    def weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def save(self, checkpoints: Path, step: int, spec_yaml: str) -> None:
+        save_checkpoint(checkpoints, step, {
+            "step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "spec": spec_yaml,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if self.device == "cuda" else None}})
+
+    def load(self, checkpoints: Path) -> tuple[int, str]:
+        path = latest_checkpoint(checkpoints)
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        return state["step"], str(path)
+
+
+def train(job: Job, announce=print, progress=None, compile: bool = False) -> FitResult:
+    return fit(job, TorchEngine(job, pick_device(job, announce), compile), announce, progress)

@@ -14,9 +14,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from llmspec.loader import load_spec
+from llmspec.runner import run
+from llmspec.spec.loading import load_spec
 from llmspec.train.metrics import read_metrics
-from llmspec.train.run import run
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

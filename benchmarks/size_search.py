@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from llmspec.loader import load_spec
-from llmspec.size import search
+from llmspec.planner.layout_search import search
+from llmspec.spec.loading import load_spec
 
 GPUS = ["H100-SXM", "A100-80GB", "H200"]
 

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from llmspec.compile.loading import model_module
 from llmspec.interop.hf import import_hf
-from llmspec.loader import load_spec
+from llmspec.spec.loading import load_spec
 
 CONFIGS = {
     "gpt2-style": GPT2Config(vocab_size=8192, n_embd=384, n_layer=6, n_head=6, n_positions=512),
@@ -72,8 +72,8 @@ def timed(step, device: str) -> float:
 
 def mfu(spec, seq_len: int, tokens_per_second: float, dtype_name: str) -> str:
     """Model FLOPs utilisation against the catalogue's dense peak for this GPU (n/a when it is not listed)."""
-    from llmspec import catalogue
-    from llmspec.planner import plan
+    from llmspec.planner.training import plan
+    from llmspec.spec import catalogue
 
     training = spec.training.model_copy(update={"seq_len": seq_len})
     flops = plan(spec.model_copy(update={"training": training}), alternatives=False).flops["per_token_train"]

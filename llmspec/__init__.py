@@ -18,11 +18,11 @@ __all__ = ["load_spec", "plan", "__version__"]
 def __getattr__(name: str):
     # Lazy, so that `import llmspec` stays instant and the CLI pays only for what a command uses.
     if name == "load_spec":
-        from llmspec.loader import load_spec
+        from llmspec.spec.loading import load_spec
 
         return load_spec
     if name == "plan":
-        from llmspec.planner import plan
+        from llmspec.planner.training import plan
 
         return plan
     raise AttributeError(name)

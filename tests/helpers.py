@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from llmspec.loader import load_spec, parse_spec
-from llmspec.planner import Plan, plan
+from llmspec.planner.training import Plan, plan
+from llmspec.spec.loading import load_spec, parse_spec
 
 MINIMAL = """
 name: t

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from llmspec.cli import app
+from llmspec.cli.app import app
 
 runner = CliRunner()
 
@@ -119,7 +119,7 @@ def test_plot_bad_path():
 
 @pytest.mark.parametrize("code", [
     "import llmspec",
-    "from llmspec.cli import app; from typer.testing import CliRunner; "
+    "from llmspec.cli.app import app; from typer.testing import CliRunner; "
     "r = CliRunner().invoke(app, ['plan', 'llama3-405b', '--json']); assert r.exit_code == 0, r.output",
 ])
 def test_plan_path_never_imports_torch_deepspeed_or_sympy(code):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from llmspec.cli import app
+from llmspec.cli.app import app
 from llmspec.compile.build import build, build_files
 from llmspec.compile.loading import model_module
 from llmspec.compile.model_source import model_source, render
-from llmspec.loader import load_spec, named_specs, parse_spec
+from llmspec.spec.loading import load_spec, named_specs, parse_spec
 
 PIPE = ["parallelism.pipeline=2", "cluster.gpus_per_node=2", "cluster.gpu=cpu"]
 VARIANTS = [

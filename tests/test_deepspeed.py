@@ -12,10 +12,11 @@ import time
 import pytest
 
 from llmspec.errors import LLMSpecError
-from llmspec.loader import load_spec
+from llmspec.runner import run
+from llmspec.spec.loading import load_spec
 from llmspec.train.checkpoint import list_checkpoints, load_checkpoint
+from llmspec.train.generate import generate
 from llmspec.train.metrics import read_metrics
-from llmspec.train.run import generate, run
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import planned
 
-from llmspec import _numeric
+from llmspec.planner import numeric
 
 
 def test_gpt2_124m_forward_hand_worked():
@@ -19,7 +19,7 @@ def test_gpt2_124m_forward_hand_worked():
 
 
 def test_attention_context_causal_and_windowed():
-    ctx = _numeric.attention_context
+    ctx = numeric.attention_context
     assert ctx(4096, 4096) == (4096 + 1) / 2
     # window 2 over 4 positions: keys per query 1, 2, 2, 2 -> mean 7/4
     assert ctx(4, 2) == 7 / 4

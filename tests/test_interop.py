@@ -18,12 +18,12 @@ from transformers import (
 )
 from typer.testing import CliRunner
 
-from llmspec.cli import app
+from llmspec.cli.app import app
 from llmspec.compile.build import build
 from llmspec.compile.loading import load_model_module
 from llmspec.errors import LLMSpecError
 from llmspec.interop.hf import export_hf, import_hf
-from llmspec.loader import load_spec
+from llmspec.spec.loading import load_spec
 
 SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)

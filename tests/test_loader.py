@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmspec.errors import SpecError
-from llmspec.loader import dump_spec, load_spec, named_specs, parse_spec
-from llmspec.planner import plan
-from llmspec.spec import Spec
+from llmspec.planner.training import plan
+from llmspec.spec.loading import dump_spec, load_spec, named_specs, parse_spec
+from llmspec.spec.schema import Spec
 
 
 def problems(text: str, *sets: str) -> list[str]:

@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from llmspec.cli import app
-from llmspec.loader import load_spec, named_specs
-from llmspec.measure import measure
+from llmspec.cli.app import app
+from llmspec.compile.measure import measure
+from llmspec.spec.loading import load_spec, named_specs
 from tests.helpers import minimal
 
 # Big specs take seconds each on meta/fake tensors; measured in full all the same (these are the promise).

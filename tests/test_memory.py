@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import planned
 
-from llmspec.regimes import bytes_per_param
+from llmspec.planner.regimes import bytes_per_param
 
 GiB = 2**30
 
@@ -69,7 +69,7 @@ def test_zero_paper_example():
     bpp = bytes_per_param("zero_paper", "bf16", 2)
     assert sum(bpp.values()) == 16
     expected = {0: 120e9, 1: 31.4e9, 2: 16.6e9, 3: 1.9e9}
-    from llmspec.regimes import per_gpu_bytes_per_param
+    from llmspec.planner.regimes import per_gpu_bytes_per_param
 
     for stage, gb in expected.items():
         per = per_gpu_bytes_per_param("zero_paper", "bf16", 2, stage, d, False, False)
@@ -83,7 +83,7 @@ def test_regimes_bytes_per_param(regime, total):
 
 
 def test_megatron_distributed_optimizer_is_6_plus_12_over_d():
-    from llmspec.regimes import per_gpu_bytes_per_param
+    from llmspec.planner.regimes import per_gpu_bytes_per_param
 
     per = per_gpu_bytes_per_param("megatron", "bf16", 2, 1, 8, False, False)
     assert sum(per.values()) == 6 + 12 / 8

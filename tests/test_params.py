@@ -9,8 +9,8 @@ transformers = pytest.importorskip("transformers")
 
 from helpers import planned  # noqa: E402
 
-from llmspec.loader import load_spec  # noqa: E402
-from llmspec.spec import Spec  # noqa: E402
+from llmspec.spec.loading import load_spec  # noqa: E402
+from llmspec.spec.schema import Spec  # noqa: E402
 
 # Published counts (shared/references.md).
 PUBLISHED = {

@@ -14,12 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from llmspec.cli import app
+from llmspec.cli.app import app
 from llmspec.errors import LLMSpecError
-from llmspec.loader import load_spec
+from llmspec.runner import run
+from llmspec.spec.loading import load_spec
 from llmspec.train.checkpoint import list_checkpoints, load_checkpoint
+from llmspec.train.generate import generate
 from llmspec.train.metrics import read_metrics
-from llmspec.train.run import generate, run
 from llmspec.train.schedule import lr_at
 
 SENTENCES = ["Return the number of items in the container.", "This module provides functions for text.",
@@ -76,7 +77,7 @@ def test_schedule_warms_up_linearly_then_decays_to_min_lr(corpus):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llmspec.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "llmspec.cli.app", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -84,7 +85,7 @@ def test_killed_run_resumes_bit_for_bit(corpus, tmp_path):
     spec = small(corpus, "training.max_steps=60", "training.micro_batch_size=8", "training.global_batch_size=16",
                  "model.dropout=0.1")
     spec_file = tmp_path / "spec.yaml"
-    from llmspec.loader import dump_spec
+    from llmspec.spec.loading import dump_spec
 
     spec_file.write_text(dump_spec(spec))
     whole = _cli("run", str(spec_file), "--out", str(tmp_path / "whole"), cwd=tmp_path)
@@ -182,7 +183,7 @@ def test_generate_and_export_a_trained_run(corpus, tmp_path):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmspec.train.run import load_run
+    from llmspec.train.generate import load_run
 
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")

@@ -10,14 +10,14 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from llmspec.cli import app
+from llmspec.cli.app import app
 from llmspec.errors import ConsistencyError, LLMSpecError, SpecError
-from llmspec.limits import max_fitting
-from llmspec.loader import load_spec
-from llmspec.planner import inference_plan, plan
-from llmspec.size import MICRO_BATCHES, OFFLOADS, gpu_counts, search
-from llmspec.sizing import compute_optimal_report, optimal
-from llmspec.spec import Spec
+from llmspec.planner.compute_optimal import compute_optimal_report, optimal
+from llmspec.planner.layout_search import MICRO_BATCHES, OFFLOADS, gpu_counts, search
+from llmspec.planner.limits import max_fitting
+from llmspec.planner.training import inference_plan, plan
+from llmspec.spec.loading import load_spec
+from llmspec.spec.schema import Spec
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ import random
 
 import sympy as sp
 
-from llmspec import _numeric, codegen, docs
-from llmspec.formulas import FORMULAS, arguments
+from llmspec.cli import docs
+from llmspec.planner import codegen, numeric
+from llmspec.planner.formulas import FORMULAS, arguments
 
 
 def test_numeric_module_matches_formulas():
-    assert codegen.TARGET.read_text(encoding="utf-8") == codegen.render(), "run `python -m llmspec.codegen`"
+    assert codegen.TARGET.read_text(encoding="utf-8") == codegen.render(), "run `python -m llmspec.planner.codegen`"
 
 
 def test_numeric_functions_equal_sympy_at_random_points():
@@ -22,7 +23,7 @@ def test_numeric_functions_equal_sympy_at_random_points():
         for _ in range(3):
             values = {a: rng.randint(1, 64) for a in args}
             exact = formula.expr.subs({sp.Symbol(a, **_assumptions(formula.expr, a)): v for a, v in values.items()})
-            got = getattr(_numeric, name)(*[values[a] for a in args])
+            got = getattr(numeric, name)(*[values[a] for a in args])
             assert math.isclose(float(exact), float(got), rel_tol=1e-12), name
 
 
@@ -34,5 +35,6 @@ def _assumptions(expr, name):
 
 
 def test_docs_are_generated_from_code():
-    assert (docs.DOCS / "formulas.md").read_text(encoding="utf-8") == docs.render_formulas(), "python -m llmspec.docs"
-    assert (docs.DOCS / "spec.md").read_text(encoding="utf-8") == docs.render_spec(), "python -m llmspec.docs"
+    regenerate = "make docs"
+    assert (docs.DOCS / "formulas.md").read_text(encoding="utf-8") == docs.render_formulas(), regenerate
+    assert (docs.DOCS / "spec.md").read_text(encoding="utf-8") == docs.render_spec(), regenerate

@@ -11,9 +11,9 @@ from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.launch import hostfile, launch_script
 from llmspec.compile.model_source import model_source
 from llmspec.errors import LLMSpecError
-from llmspec.loader import dump_spec
-from llmspec.planner import plan
-from llmspec.spec import Spec
+from llmspec.planner.training import plan
+from llmspec.spec.loading import dump_spec
+from llmspec.spec.schema import Spec
 
 
 def build_files(spec: Spec) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmspec.spec import Spec
+from llmspec.spec.schema import Spec
 
 
 class _Strict(BaseModel):

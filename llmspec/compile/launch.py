@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from llmspec.spec import Spec
+from llmspec.spec.schema import Spec
 
 # The per-rank entry point the launcher starts in every process (the `run` layer).
 WORKER_MODULE = "llmspec.backends.deepspeed_worker"

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 from llmspec.compile.model_source import model_source
-from llmspec.spec import Spec
+from llmspec.spec.schema import Spec
 
 
 def load_model_module(path: str | Path) -> ModuleType:

@@ -12,7 +12,7 @@ import re
 import textwrap
 from importlib import resources
 
-from llmspec.spec import Spec
+from llmspec.spec.schema import Spec
 
 _TEMPLATE = "model.py.in"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -43,7 +43,7 @@ def features(spec: Spec) -> dict[str, bool]:
 
 def values(spec: Spec) -> dict[str, str]:
     """Placeholder values: Python literals for ``ModelConfig`` defaults and the few spelled-out fragments."""
-    from llmspec.planner import plan  # plan → compile: the header quotes the exact parameter count
+    from llmspec.planner.training import plan  # plan → compile: the header quotes the exact parameter count
 
     mo = spec.model
     rope, window = mo.position == "rope", mo.sliding_window is not None

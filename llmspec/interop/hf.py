@@ -22,8 +22,8 @@ from llmspec.compile.loading import model_module
 from llmspec.errors import LLMSpecError
 from llmspec.interop.hf_config import family_of, hf_config, hf_family, model_from_hf
 from llmspec.interop.hf_weights import from_hf, to_hf
-from llmspec.loader import dump_spec, parse_spec
-from llmspec.spec import Spec
+from llmspec.spec.loading import dump_spec, parse_spec
+from llmspec.spec.schema import Spec
 
 
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:

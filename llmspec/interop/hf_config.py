@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmspec.errors import LLMSpecError
-from llmspec.spec import Spec
+from llmspec.spec.schema import Spec
 
 FAMILIES = ("gpt2", "llama", "mistral", "mixtral", "qwen2")
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}

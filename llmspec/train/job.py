@@ -18,11 +18,11 @@ from llmspec.data.corpus import BUILTIN, builtin_documents, read_documents
 from llmspec.data.shards import Shards, write_shards
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
 from llmspec.errors import LLMSpecError
-from llmspec.loader import dump_spec, parse_spec
-from llmspec.planner import plan
-from llmspec.spec import Spec
+from llmspec.planner.training import plan
+from llmspec.spec.loading import dump_spec, parse_spec
+from llmspec.spec.schema import Spec
+from llmspec.spec.units import fmt_bytes
 from llmspec.train.checkpoint import latest_checkpoint
-from llmspec.units import fmt_bytes
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,43 @@
-"""Pieces of the training loop that every backend shares: errors, evaluation, metrics records, MFU."""
+"""The one training loop. Every engine (``llmspec.train.engine.Engine``) runs under it.
+
+Per optimizer step: the learning rate from the schedule, the step's batches (a pure function of the step, so a
+resumed run replays exactly what an uninterrupted one would have done), the engine's step. Every
+``log_interval`` steps the pending losses are read on the host in one transfer, checked for inf/nan and logged;
+every ``eval_interval`` the validation loss; every ``checkpoint_interval`` the weights are checked finite and
+saved. Log, eval and checkpoint also happen after the last step.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from llmspec import catalogue
 from llmspec.data.shards import Batches
 from llmspec.errors import LLMSpecError
-from llmspec.planner import plan
-from llmspec.spec import Spec
+from llmspec.spec import dump_spec
 from llmspec.train.checkpoint import latest_checkpoint
+from llmspec.train.engine import Engine
 from llmspec.train.job import Job
-from llmspec.train.metrics import MetricsLog
+from llmspec.train.metrics import StepLog
+from llmspec.train.schedule import lr_at
 
 EVAL_BATCHES = 8
+
+Progress = Callable[[int, float, float, "float | None"], None]  # (step, last logged loss, lr, last val loss)
 
 
 class TrainingError(LLMSpecError):
     pass
+
+
+@dataclass
+class FitResult:
+    steps: int
+    loss: float | None  # the last logged training loss
+    val_loss: float | None
 
 
 def stopped_message(job: Job, step: int, why: str) -> str:
@@ -31,60 +46,63 @@ def stopped_message(job: Job, step: int, why: str) -> str:
     return f"step {step}: {why}; training stopped ({kept}). Lower training.optimizer.lr or check the data"
 
 
-def autocast(precision: str, device: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device == "cpu":
-        raise TrainingError("training.precision: fp16 needs a GPU (loss scaling); use bf16 or fp32 on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device, dtype=dtype)
-
-
-def peak_flops(spec: Spec, device: str) -> float | None:
-    """The dense peak FLOP/s of the device actually used, for MFU (None when unknown)."""
-    precision = spec.training.precision
-    if device == "cpu":
-        return catalogue.lookup("cpu").peak_flops.get(precision)
-    name = torch.cuda.get_device_name(0)
-    gpu = spec.cluster.device
-    return gpu.peak_flops.get(precision) if gpu.name.split("-")[0] in name else None
-
-
-def evaluate(loss_of: Callable[[torch.Tensor, torch.Tensor], float], batches: Batches) -> float:
-    """Mean loss over a fixed set of validation batches (the same every evaluation, on every rank)."""
-    return sum(loss_of(*batches.get(0, i)) for i in range(EVAL_BATCHES)) / EVAL_BATCHES
-
-
 def due(interval: int, done: int, steps: int) -> bool:
     """Whether something every ``interval`` steps (log, eval, checkpoint) happens after step ``done``; always at the
     last step."""
     return done % interval == 0 or done == steps
 
 
-class StepLog:
-    """Writes the step, eval and rate records of metrics.jsonl at the spec's intervals."""
+def evaluate(engine: Engine, batches: Batches) -> float:
+    """Mean loss over a fixed set of validation batches (the same every evaluation, on every rank)."""
+    engine.train_mode(False)
+    try:
+        return sum(engine.eval_loss(batches.get(0, i)) for i in range(EVAL_BATCHES)) / EVAL_BATCHES
+    finally:
+        engine.train_mode(True)
 
-    def __init__(self, job: Job, device: str, start: int, resume: bool):
-        spec = job.spec
-        self.tr = spec.training
-        self.metrics = MetricsLog(job.metrics_file, start if resume else None)
-        self.flops_per_token = plan(spec, alternatives=False).flops["per_token_train"]
-        self.peak = peak_flops(spec, device)
-        self.mark, self.mark_step = time.perf_counter(), start
 
-    def step(self, done: int, loss: float, lr: float) -> None:
-        if not due(self.tr.log_interval, done, self.tr.steps):
-            return
-        elapsed = time.perf_counter() - self.mark
-        rate = self.tr.global_batch_size * self.tr.seq_len * (done - self.mark_step) / elapsed if elapsed else 0.0
-        record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": rate}
-        if self.peak:
-            record["mfu"] = self.flops_per_token * rate / self.peak
-        self.metrics.write(record)
-        self.mark, self.mark_step = time.perf_counter(), done
-
-    def eval(self, done: int, val_loss: float) -> None:
-        self.metrics.write({"step": done, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))})
-
-    def close(self) -> None:
-        self.metrics.close()
+def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progress: Progress | None = None
+        ) -> FitResult:
+    spec, tr = job.spec, job.spec.training
+    start = 0
+    if job.resume:
+        start, source = engine.load(job.checkpoints)
+        if engine.is_main:
+            announce(f"resumed from {source} at step {start}")
+    train_batches = Batches(job.shards.load("train"), tr.seq_len, tr.micro_batch_size, tr.seed, "train")
+    val_batches = Batches(job.shards.load("val"), tr.seq_len, tr.micro_batch_size, tr.seed, "val")
+    log = StepLog(spec, job.metrics_file, engine.device, start, job.resume) if engine.is_main else None
+    slots = engine.batch_slots()
+    pending: list[torch.Tensor] = []  # this process's losses since the last host read, still on the device
+    loss = val_loss = None
+    engine.train_mode(True)
+    try:
+        for step in range(start, tr.steps):
+            lr = lr_at(spec, step)
+            engine.set_lr(lr)
+            pending.append(engine.train_step([train_batches.get(step, micro, replica) for micro, replica in slots]))
+            done = step + 1
+            if due(tr.log_interval, done, tr.steps) or due(tr.checkpoint_interval, done, tr.steps):
+                losses = engine.global_mean(torch.stack(pending)).tolist()  # the one host sync per log
+                first_bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
+                if first_bad is not None:
+                    bad_step = done - len(losses) + first_bad + 1
+                    raise TrainingError(stopped_message(job, bad_step, f"loss is {losses[first_bad]}"))
+                pending.clear()
+                loss = losses[-1]
+                if log and due(tr.log_interval, done, tr.steps):
+                    log.step(done, loss, lr)
+            if due(tr.eval_interval, done, tr.steps):
+                val_loss = evaluate(engine, val_batches)
+                if log:
+                    log.eval(done, val_loss)
+            if due(tr.checkpoint_interval, done, tr.steps):
+                if not engine.weights_finite():
+                    raise TrainingError(stopped_message(job, done, "the weights hold inf/nan"))
+                engine.save(job.checkpoints, done, dump_spec(spec))
+            if progress and engine.is_main:
+                progress(done, loss, lr, val_loss)
+    finally:
+        if log:
+            log.close()
+    return FitResult(tr.steps, loss, val_loss)

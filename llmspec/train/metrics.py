@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any
+
+from llmspec.planner import plan
+from llmspec.spec import Spec, catalogue
 
 
 class MetricsLog:
@@ -26,6 +31,45 @@ class MetricsLog:
 
     def close(self) -> None:
         self.handle.close()
+
+
+def peak_flops(spec: Spec, device: str) -> float | None:
+    """The dense peak FLOP/s of the device actually used, for MFU (None when unknown)."""
+    precision = spec.training.precision
+    if device == "cpu":
+        return catalogue.lookup("cpu").peak_flops.get(precision)
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    gpu = spec.cluster.device
+    return gpu.peak_flops.get(precision) if gpu.name.split("-")[0] in name else None
+
+
+class StepLog:
+    """The step, eval and rate records of metrics.jsonl: tokens/s and MFU since the previous step record."""
+
+    def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool):
+        self.tokens_per_step = spec.training.tokens_per_step
+        self.metrics = MetricsLog(path, start if resume else None)
+        self.flops_per_token = plan(spec, alternatives=False).flops["per_token_train"]
+        self.peak = peak_flops(spec, device.split(":")[0])
+        self.mark, self.mark_step = time.perf_counter(), start
+
+    def step(self, done: int, loss: float, lr: float) -> None:
+        elapsed = time.perf_counter() - self.mark
+        rate = self.tokens_per_step * (done - self.mark_step) / elapsed if elapsed else 0.0
+        record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": rate}
+        if self.peak:
+            record["mfu"] = self.flops_per_token * rate / self.peak
+        self.metrics.write(record)
+        self.mark, self.mark_step = time.perf_counter(), done
+
+    def eval(self, done: int, val_loss: float) -> None:
+        self.metrics.write({"step": done, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))})
+        self.mark = time.perf_counter()  # evaluation time is not training throughput
+
+    def close(self) -> None:
+        self.metrics.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llmspec.spec import Spec
+from llmspec.spec.schema import Spec
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from llmspec.spec import Spec
+from llmspec.spec.schema import Spec
 
 
 def lr_at(spec: Spec, step: int) -> float:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import sympy as sp
 
 from llmspec.errors import LLMSpecError
-from llmspec.formulas import FORMULAS, arguments, expanded
-from llmspec.planner import TRAINING_FORMULAS, Plan
+from llmspec.planner.formulas import FORMULAS, arguments, expanded
+from llmspec.planner.training import TRAINING_FORMULAS, Plan
 
 
 @dataclass

@@ -15,11 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from llmspec import _numeric, catalogue
 from llmspec.errors import LLMSpecError
-from llmspec.planner import PARAMETER_FORMULAS, TRAINING_FORMULAS, architecture_inputs, device_inputs, stage_params
-from llmspec.regimes import per_gpu_bytes_per_param
-from llmspec.spec import Spec
+from llmspec.planner import numeric
+from llmspec.planner.regimes import per_gpu_bytes_per_param
+from llmspec.planner.training import (
+    PARAMETER_FORMULAS,
+    TRAINING_FORMULAS,
+    architecture_inputs,
+    device_inputs,
+    stage_params,
+)
+from llmspec.spec import catalogue
+from llmspec.spec.schema import Spec
 
 CHECKPOINTING = ("none", "selective", "full")
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
@@ -96,7 +103,7 @@ def gpu_counts(max_gpus: int) -> list[int]:
 
 
 def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
-    """Every combination that passes the divisibility rules of llmspec/checks.py, as columns (numpy masks)."""
+    """Every combination that passes the divisibility rules of llmspec/spec/rules.py, as columns (numpy masks)."""
     mo, tr = spec.model, spec.training
     pipelines = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= mo.n_layers]
     axes = (gpu_counts(max_gpus), (1, 2, 4, 8), pipelines, range(4), MICRO_BATCHES, range(3), range(3))
@@ -131,7 +138,7 @@ def _bytes_per_param(spec: Spec, z: np.ndarray, off: np.ndarray, dp: np.ndarray)
 def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Peak memory, step and run time, GPU-hours and cost of every layout in ``grid`` on ``gpu``."""
     arch = architecture_inputs(spec)
-    base = _numeric.evaluate(arch, PARAMETER_FORMULAS)
+    base = numeric.evaluate(arch, PARAMETER_FORMULAS)
     n, t, p, z, mb, ck, off = (grid[k] for k in ("n", "t", "p", "z", "mb", "ck", "off"))
     dp = n // (t * p)
     m = spec.training.global_batch_size // (mb * dp)
@@ -152,7 +159,7 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
     def stage(first: np.ndarray, last: np.ndarray, inflight: np.ndarray) -> dict[str, np.ndarray]:
         held = stage_params(base, first, last, layers)
         env = {**common, "first_stage": first, "last_stage": last, "inflight": inflight, "psi": held / t}
-        return _numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
+        return numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
 
     head = stage(np.ones_like(p), single * 1, np.where(single, 1, np.minimum(p, m)))
     tail = stage(single * 1, np.ones_like(p), np.ones_like(p))

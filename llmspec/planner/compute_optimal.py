@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from llmspec import _numeric, catalogue
 from llmspec.errors import LLMSpecError
-from llmspec.loader import load_spec
-from llmspec.planner import DEFAULT_EFFICIENCY, PARAMETER_FORMULAS, architecture_inputs
-from llmspec.spec import Spec
-from llmspec.units import parse_count
+from llmspec.planner import numeric
+from llmspec.planner.training import DEFAULT_EFFICIENCY, PARAMETER_FORMULAS, architecture_inputs
+from llmspec.spec import catalogue
+from llmspec.spec.loading import load_spec
+from llmspec.spec.schema import Spec
+from llmspec.spec.units import parse_count
 
 RULES = {"20_tokens_per_param": "20x", "chinchilla_2022": "chinchilla", "besiroglu_2024": "refit"}
 TEMPLATE = "llama2-7b"  # training, parallelism and cluster settings when no spec is given
@@ -41,8 +42,8 @@ class ComputeOptimal:
 
 
 def optimal(compute: float) -> dict[str, dict[str, float]]:
-    names = {n for n, g in _numeric.GROUPS.items() if g == "Compute-optimal sizing"}
-    env = _numeric.evaluate({"compute": compute}, names)
+    names = {n for n, g in numeric.GROUPS.items() if g == "Compute-optimal sizing"}
+    env = numeric.evaluate({"compute": compute}, names)
     out = {}
     for rule, key in RULES.items():
         out[rule] = {"params": env[f"optimal_params_{key}"], "tokens": env[f"optimal_tokens_{key}"]}
@@ -52,7 +53,7 @@ def optimal(compute: float) -> dict[str, dict[str, float]]:
 
 
 def _params(spec: Spec) -> int:
-    return int(_numeric.evaluate(architecture_inputs(spec), PARAMETER_FORMULAS)["params_total"])
+    return int(numeric.evaluate(architecture_inputs(spec), PARAMETER_FORMULAS)["params_total"])
 
 
 def shape_for(params: float, template: Spec) -> Spec:

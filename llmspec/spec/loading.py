@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmspec.errors import ConsistencyError, Problem, SpecError
-from llmspec.spec import Spec
+from llmspec.spec.schema import Spec
 
 SET_SOURCE = "--set"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmspec.planner import Plan
+from llmspec.planner.training import Plan
 
 PARTS = (("weights", "#4c72b0"), ("gradients", "#55a868"), ("optimizer", "#c44e52"), ("gathered", "#8172b2"),
          ("activations", "#ccb974"), ("buffers", "#64b5cd"))

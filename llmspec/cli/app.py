@@ -63,11 +63,11 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
          batch: Annotated[int, typer.Option(min=1, help="--inference: sequences decoded together")] = 1,
          ) -> None:
     """Parameters, FLOPs, per-GPU memory, fit, time and cost, for the spec's strategy and its alternatives."""
-    from llmspec.loader import load_spec
-    from llmspec.planner import plan as make_plan
+    from llmspec.planner.training import plan as make_plan
+    from llmspec.spec.loading import load_spec
 
     if max_ is not None:
-        from llmspec.limits import max_fitting
+        from llmspec.planner.limits import max_fitting
 
         limit = max_fitting(spec, set_ or [], max_)
         if json_:
@@ -79,27 +79,27 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
                   f"{limit.peak:,} B of {limit.usable:,} B usable")
         return
     if inference:
-        from llmspec.planner import inference_plan
+        from llmspec.planner.training import inference_plan
 
         served = inference_plan(load_spec(spec, set_ or []), context, batch)
         if json_:
             _print_json(served)
         else:
-            from llmspec.report import render_inference
+            from llmspec.cli.report import render_inference
 
             render_inference(served, _console())
         return
 
     result = make_plan(load_spec(spec, set_ or []), alternatives=alternatives or plot is not None)
     if plot is not None:
-        from llmspec.plot import plot_memory
+        from llmspec.cli.plots import plot_memory
 
         _check_writable(plot)
         plot_memory(result, plot)
     if json_:
         _print_json(result.to_json())
         return
-    from llmspec.report import render_plan
+    from llmspec.cli.report import render_plan
 
     console = _console()
     render_plan(result, console)
@@ -112,9 +112,9 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
 def explain(spec: SpecArg, quantity: Annotated[str | None, typer.Argument(help="e.g. memory_activations")] = None,
             set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Each planner formula (sympy, pretty-printed) beside its value for SPEC."""
-    from llmspec.explain import explain as make_explanations
-    from llmspec.loader import load_spec
-    from llmspec.planner import plan as make_plan
+    from llmspec.planner.explain import explain as make_explanations
+    from llmspec.planner.training import plan as make_plan
+    from llmspec.spec.loading import load_spec
 
     items = make_explanations(make_plan(load_spec(spec, set_ or []), alternatives=False), quantity)
     if json_:
@@ -136,7 +136,7 @@ def explain(spec: SpecArg, quantity: Annotated[str | None, typer.Argument(help="
 @_user_errors
 def validate(spec: SpecArg, set_: SetOpt = None) -> None:
     """Check a spec; print every problem with its field path and YAML line (exit 2), or a one-line summary."""
-    from llmspec.loader import load_spec
+    from llmspec.spec.loading import load_spec
 
     loaded = load_spec(spec, set_ or [])
     m = loaded.model
@@ -150,7 +150,7 @@ def build(spec: SpecArg, out: Annotated[Path, typer.Option("-o", "--out", help="
           set_: SetOpt = None) -> None:
     """Compile the spec: model.py (standalone PyTorch), ds_config.json, launch.sh, plan.json, spec.yaml."""
     from llmspec.compile.build import build as make_build
-    from llmspec.loader import load_spec
+    from llmspec.spec.loading import load_spec
 
     loaded = load_spec(spec, set_ or [])
     for path in make_build(loaded, out):
@@ -163,21 +163,21 @@ def measure(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
             checkpointing: Annotated[list[str] | None, typer.Option(
                 help="none, selective or full (repeatable; default all three)")] = None) -> None:
     """Measure the compiled model without memory (meta and fake tensors) beside the planner's predictions."""
-    from llmspec.loader import load_spec
-    from llmspec.planner import CHECKPOINTING
+    from llmspec.planner.training import CHECKPOINTING
+    from llmspec.spec.loading import load_spec
 
     modes = tuple(checkpointing or CHECKPOINTING)
     for mode in modes:
         if mode not in CHECKPOINTING:
             raise LLMSpecError(f"--checkpointing {mode}: expected one of {', '.join(CHECKPOINTING)}")
     loaded = load_spec(spec, set_ or [])
-    from llmspec.measure import measure as run_measure  # imports torch
+    from llmspec.compile.measure import measure as run_measure  # imports torch
 
     result = run_measure(loaded, modes)
     if json_:
         _print_json(result.to_json())
         return
-    from llmspec.report import measurement_table
+    from llmspec.cli.report import measurement_table
 
     _console().print(measurement_table(result))
 
@@ -204,10 +204,10 @@ def export_hf(weights: Annotated[Path, typer.Argument(
               set_: SetOpt = None) -> None:
     """Weights of the compiled model → config.json + model.safetensors that transformers loads."""
     from llmspec.interop.hf import export_hf as run_export
-    from llmspec.loader import load_spec
+    from llmspec.spec.loading import load_spec
 
     if weights.is_dir() and (weights / "checkpoints").is_dir():
-        from llmspec.train.run import export_run
+        from llmspec.train.generate import export_run
 
         for path in export_run(weights, out):
             print(path)
@@ -232,13 +232,13 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
         compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (torch backend)")]
         = False) -> None:
     """Train the spec: plan → build → tokenizer and data → backend → eval → samples, all in RUN_DIR."""
-    from llmspec.loader import load_spec
+    from llmspec.spec.loading import load_spec
 
     loaded = load_spec(spec, set_ or [])
     run_dir = out or Path("runs") / loaded.name
-    from llmspec.report import render_plan_summary
-    from llmspec.train.run import resolve_backend
-    from llmspec.train.run import run as start_run  # imports torch
+    from llmspec.cli.report import render_plan_summary
+    from llmspec.runner import resolve_backend
+    from llmspec.runner import run as start_run  # imports torch
 
     # DeepSpeed's ranks print their own progress; the bar follows the in-process torch backend
     bar = resolve_backend(loaded, backend) == "torch"
@@ -272,12 +272,13 @@ def _training_progress(console, total: int, tokens_per_step: int):
 
             since: dict[str, float] = {}  # tokens/s counts from the first update, after start-up
 
-            def update(step: int, loss: float, lr: float, val_loss: float | None) -> None:
+            def update(step: int, loss: float | None, lr: float, val_loss: float | None) -> None:
                 if not since:
                     since.update(step=step, time=time.perf_counter())
                 elapsed = time.perf_counter() - since["time"]
                 rate = (step - since["step"]) * tokens_per_step / elapsed if elapsed > 0 else 0.0
-                status = f"loss {loss:.3f} · lr {lr:.2e} · {rate:,.0f} tok/s"
+                # the loss is read on the host only at log steps; until the first, there is none to show
+                status = (f"loss {loss:.3f} · " if loss is not None else "") + f"lr {lr:.2e} · {rate:,.0f} tok/s"
                 progress.update(task, completed=step, status=status + (f" · val {val_loss:.3f}" if val_loss else ""))
 
             yield update
@@ -295,7 +296,7 @@ def generate(run_dir: Annotated[Path, typer.Argument(help="a run directory (llms
              top_p: Annotated[float | None, typer.Option()] = None,
              seed: int = 0) -> None:
     """Sample from the latest checkpoint of a run."""
-    from llmspec.train.run import generate as run_generate
+    from llmspec.train.generate import generate as run_generate
 
     print(run_generate(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed))
 
@@ -315,13 +316,13 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
          = None, days: Annotated[float | None, typer.Option(help="with --budget and one --gpu: the run's length")]
          = None) -> None:
     """Search every GPU type, count and parallel layout; print the time/cost Pareto frontier (or size a model)."""
-    from llmspec.loader import dump_spec, load_spec
-    from llmspec.units import parse_duration
+    from llmspec.spec.loading import dump_spec, load_spec
+    from llmspec.spec.units import parse_duration
 
     if plot is not None:
         _check_writable(plot)
     if compute is not None or (spec is None and budget is not None):
-        from llmspec.sizing import compute_optimal_report
+        from llmspec.planner.compute_optimal import compute_optimal_report
 
         result = compute_optimal_report(spec, set_ or [], compute, budget, gpu, days)
         if write:
@@ -329,14 +330,14 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
         if json_:
             _print_json(result.to_json())
         else:
-            from llmspec.report import render_compute_optimal
+            from llmspec.cli.report import render_compute_optimal
 
             render_compute_optimal(result, _console(), write)
         return
     if spec is None:
         raise LLMSpecError("size: give a SPEC to search layouts for, or --compute FLOPS to size a model")
     loaded = load_spec(spec, set_ or [])
-    from llmspec.size import search
+    from llmspec.planner.layout_search import search
 
     gpus = [g.strip() for g in gpu.split(",") if g.strip()] if gpu else None
     try:
@@ -349,13 +350,13 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
             raise LLMSpecError(f"--write {write}: no feasible layout to write")
         write.write_text(dump_spec(load_spec(spec, [*(set_ or []), *result.best.sets()])))
     if plot is not None:
-        from llmspec.plot import plot_size
+        from llmspec.cli.plots import plot_size
 
         plot_size(result, plot, loaded.name)
     if json_:
         _print_json(result.to_json())
         return
-    from llmspec.report import render_size
+    from llmspec.cli.report import render_size
 
     render_size(result, loaded, _console())
 
@@ -363,7 +364,7 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
 @app.command()
 def schema() -> None:
     """The spec's JSON Schema (for editors' YAML completion)."""
-    from llmspec.spec import Spec
+    from llmspec.spec.schema import Spec
 
     _print_json(Spec.model_json_schema())
 
@@ -372,8 +373,8 @@ def schema() -> None:
 @_user_errors
 def specs(json_: JsonOpt = False) -> None:
     """List the named specs in specs/."""
-    from llmspec.loader import load_spec, named_specs
-    from llmspec.planner import plan as make_plan
+    from llmspec.planner.training import plan as make_plan
+    from llmspec.spec.loading import load_spec, named_specs
 
     rows = []
     for name, path in sorted(named_specs().items()):
@@ -386,7 +387,7 @@ def specs(json_: JsonOpt = False) -> None:
         return
     from rich.table import Table
 
-    from llmspec.units import fmt_count
+    from llmspec.spec.units import fmt_count
 
     table = Table(show_edge=False)
     for column in ("name", "params", "cluster", "source"):

@@ -1,8 +1,8 @@
 """Every planner formula, written once in sympy.
 
 ``FORMULAS`` maps a name to an expression over input symbols and earlier formulas (referenced by name, so
-``llmspec explain`` can print the compact form and the fully expanded one). ``llmspec.codegen`` compiles them into
-``llmspec/_numeric.py``, plain Python the planner imports without sympy; a test keeps the two in sync.
+``llmspec explain`` can print the compact form and the fully expanded one). ``llmspec.planner.codegen`` compiles
+them into ``llmspec/planner/numeric.py``, plain Python the planner imports without sympy; a test keeps the two in sync.
 
 Notation (the shared references'): b micro-batch, s sequence length, h d_model, a heads, k kv-heads, d_h head
 dim, f d_ff, V vocab, L layers, t tensor, p pipeline, d data-parallel degree, m micro-batches per step.
@@ -159,7 +159,7 @@ define("flops_total", train * D, "model FLOPs for the whole run", "FLOP")
 define("flops_6nd", 6 * active * D, "the 6·N·D rule, for comparison", "FLOP")
 
 # ---- memory: model states ----------------------------------------------------------------------------------
-group("Memory: model states", "ZeRO (Rajbhandari et al. 2019); byte regimes in llmspec/regimes.py; DeepSpeed "
+group("Memory: model states", "ZeRO (Rajbhandari et al. 2019); byte regimes in llmspec/planner/regimes.py; DeepSpeed "
       "estimate_zero2/zero3_model_states_mem_needs (their code, not their docs)")
 mem_w = define("memory_weights", psi * w_bpp, "weights on this GPU", "B")
 mem_g = define("memory_gradients", psi * g_bpp, "gradients on this GPU", "B")

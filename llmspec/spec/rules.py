@@ -8,11 +8,11 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING
 
-from llmspec import catalogue
 from llmspec.errors import Problem
+from llmspec.spec import catalogue
 
 if TYPE_CHECKING:
-    from llmspec.spec import Spec
+    from llmspec.spec.schema import Spec
 
 
 def consistency_problems(spec: Spec) -> list[Problem]:

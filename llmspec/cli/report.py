@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from llmspec.planner import Plan
-from llmspec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_money
+from llmspec.planner.training import Plan
+from llmspec.spec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_money
 
 if TYPE_CHECKING:  # measuring imports torch; the plan path must not
-    from llmspec.measure import Measurement
+    from llmspec.compile.measure import Measurement
 
 OK, NO = "[green]✓[/]", "[red]✗[/]"
 
@@ -125,7 +125,7 @@ def measurement_table(result: Measurement) -> Table:
 
 def render_plan_summary(spec, console: Console) -> None:
     """The plan in three lines, printed before training starts."""
-    from llmspec.planner import plan as make_plan
+    from llmspec.planner.training import plan as make_plan
 
     p = make_plan(spec, alternatives=False)
     tr, mem, t = spec.training, p.memory, p.time

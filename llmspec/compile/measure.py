@@ -26,8 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmspec.compile.loading import model_module
-from llmspec.planner import CHECKPOINTING, plan, single_device_env
-from llmspec.spec import Spec
+from llmspec.planner.training import CHECKPOINTING, plan, single_device_env
+from llmspec.spec.schema import Spec
 
 
 @dataclass

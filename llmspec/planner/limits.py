@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmspec.errors import LLMSpecError, SpecError
-from llmspec.loader import load_spec
-from llmspec.planner import plan
+from llmspec.planner.training import plan
+from llmspec.spec.loading import load_spec
 
 FIELDS = {"micro_batch_size": "training.micro_batch_size", "seq_len": "training.seq_len",
           "n_layers": "model.n_layers"}

@@ -1,6 +1,6 @@
 """From a spec to a plan: parameters, FLOPs, per-GPU memory, fit, time and cost, and the alternatives.
 
-Pure arithmetic over ``llmspec._numeric`` (generated from the sympy formulas): no torch, no sympy, no numpy.
+Pure arithmetic over ``llmspec.planner.numeric`` (generated from the sympy formulas): no torch, no sympy, no numpy.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from llmspec import _numeric, catalogue
 from llmspec.errors import LLMSpecError
-from llmspec.regimes import bytes_per_param, per_gpu_bytes_per_param
-from llmspec.spec import Spec
+from llmspec.planner import numeric
+from llmspec.planner.regimes import bytes_per_param, per_gpu_bytes_per_param
+from llmspec.spec import catalogue
+from llmspec.spec.schema import Spec
 
 # Achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
 # and pipeline bubbles, which the time model adds separately. Megatron-LM reports 44-52% of A100 peak this way.
@@ -188,10 +189,10 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
     }
 
 
-PARAMETER_FORMULAS = frozenset(name for name, group in _numeric.GROUPS.items() if group == "Parameters")
+PARAMETER_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group == "Parameters")
 # Inference and compute-optimal sizing have inputs of their own (context, batch, compute); training plans skip them.
 OTHER_GROUPS = ("Inference", "Compute-optimal sizing")
-TRAINING_FORMULAS = frozenset(name for name, group in _numeric.GROUPS.items() if group not in OTHER_GROUPS)
+TRAINING_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group not in OTHER_GROUPS)
 
 
 def _choose(condition: Any, yes: Any, no: Any) -> Any:
@@ -230,7 +231,7 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
         else catalogue.HOST_LINK_BANDWIDTH,
     })
     env["P_L"] = Fraction(env["params_largest_module"], t)  # tensor parallelism splits it too
-    return _numeric.evaluate(env, TRAINING_FORMULAS)
+    return numeric.evaluate(env, TRAINING_FORMULAS)
 
 
 def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = None, gpus_per_node: Any = None,
@@ -281,7 +282,7 @@ def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[i
 def plan(spec: Spec, alternatives: bool = True) -> Plan:
     """Plan a spec: the chosen strategy in full, and (by default) every alternative strategy's peak and time."""
     par = spec.parallelism
-    base = _numeric.evaluate({**architecture_inputs(spec), **device_inputs(spec)}, PARAMETER_FORMULAS)
+    base = numeric.evaluate({**architecture_inputs(spec), **device_inputs(spec)}, PARAMETER_FORMULAS)
     chosen = Strategy(par.zero_stage, par.activation_checkpointing, par.offload_optimizer, par.offload_params)
     stage, env = _peak_stage(spec, base, chosen)
     host, nvme = _host_memory(spec, env, chosen)
@@ -305,7 +306,7 @@ def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False)
     inputs = {**architecture_inputs(single), **device_inputs(single)}
     if cpu_kernels:
         inputs["e_stat"] = inputs["e_mask"] = inputs["e"]
-    base = _numeric.evaluate(inputs, PARAMETER_FORMULAS)
+    base = numeric.evaluate(inputs, PARAMETER_FORMULAS)
     strategy = Strategy(par.zero_stage, checkpointing, par.offload_optimizer, par.offload_params)
     return _evaluate(single, base, strategy, "only")
 
@@ -332,14 +333,14 @@ def inference_plan(spec: Spec, context: int | None = None, batch: int = 1) -> di
     at_context = spec.model_copy(update={"training": training})
     gpu = spec.cluster.device
     inputs = {**architecture_inputs(at_context), **device_inputs(at_context)}
-    env = _numeric.evaluate(inputs, TRAINING_FORMULAS & {*PARAMETER_FORMULAS, "matmul_weights", "attention_context",
+    env = numeric.evaluate(inputs, TRAINING_FORMULAS & {*PARAMETER_FORMULAS, "matmul_weights", "attention_context",
                                                          "flops_attention_per_token", "flops_per_token_forward"})
     t = spec.parallelism.tensor
     env.update({"context": context, "batch": batch, "kv_bytes": inputs["e"], "psi": env["params_total"] / t,
                 "usable": gpu.memory_bytes - spec.cluster.memory_reserve_gib * 2**30,
                 "hbm_bandwidth": gpu.hbm_bandwidth, "F_fwd": env["flops_per_token_forward"]})
-    names = {n for n, g in _numeric.GROUPS.items() if g == "Inference"}
-    env = _numeric.evaluate(env, names)
+    names = {n for n, g in numeric.GROUPS.items() if g == "Inference"}
+    env = numeric.evaluate(env, names)
     keys = ("kv_cache_per_token", "inference_weights", "kv_cache", "inference_memory", "max_batch",
             "decode_step", "decode_tokens_per_second", "prefill_seconds")
     out = {key: env[key] for key in keys}

@@ -1,7 +1,7 @@
 """The spec: one Pydantic model describing an LLM training job (model, training, parallelism, cluster, data).
 
 Every section forbids unknown keys. Fields marked *derived* are filled in by validators when absent and checked
-when given. Cross-field rules live in ``llmspec.checks`` so that each problem names its own field path.
+when given. Cross-field rules live in ``llmspec.spec.rules`` so that each problem names its own field path.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llmspec import catalogue
-from llmspec.units import parse_count
+from llmspec.errors import ConsistencyError
+from llmspec.spec import catalogue
+from llmspec.spec.rules import consistency_problems
+from llmspec.spec.units import parse_count
 
 Positive = Annotated[int, Field(gt=0)]
 
@@ -226,9 +228,6 @@ class Spec(_Section):
 
     @model_validator(mode="after")
     def _check_and_derive(self) -> Spec:
-        from llmspec.checks import consistency_problems
-        from llmspec.errors import ConsistencyError
-
         problems = consistency_problems(self)
         if problems:
             raise ConsistencyError(problems)
