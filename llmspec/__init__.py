@@ -11,18 +11,26 @@ Importing llmspec never imports torch, deepspeed or sympy (the plan path is pure
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
-__all__ = ["load_spec", "plan", "__version__"]
+
+# name → the module that defines it; imported on first use, so `import llmspec` stays instant
+_API = {
+    "load_spec": "llmspec.spec.loading",
+    "plan": "llmspec.planner.training",
+    "build": "llmspec.compile.build",
+    "measure": "llmspec.compile.measure",
+    "search": "llmspec.planner.layout_search",
+    "import_hf": "llmspec.interop.hf",
+    "export_hf": "llmspec.interop.hf",
+    "run": "llmspec.runner",
+    "generate": "llmspec.train.generate",
+}
+__all__ = [*_API, "__version__"]
 
 
 def __getattr__(name: str):
-    # Lazy, so that `import llmspec` stays instant and the CLI pays only for what a command uses.
-    if name == "load_spec":
-        from llmspec.spec.loading import load_spec
-
-        return load_spec
-    if name == "plan":
-        from llmspec.planner.training import plan
-
-        return plan
-    raise AttributeError(name)
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'llmspec' has no attribute {name!r}")

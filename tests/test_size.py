@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from llmspec.cli.app import app
 from llmspec.errors import ConsistencyError, LLMSpecError, SpecError
 from llmspec.planner.compute_optimal import compute_optimal_report, optimal
+from llmspec.planner.inference import inference_plan
 from llmspec.planner.layout_search import MICRO_BATCHES, OFFLOADS, gpu_counts, search
 from llmspec.planner.limits import max_fitting
-from llmspec.planner.training import inference_plan, plan
+from llmspec.planner.training import plan
 from llmspec.spec.loading import load_spec
 from llmspec.spec.schema import Spec
 

@@ -79,7 +79,7 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
                   f"{limit.peak:,} B of {limit.usable:,} B usable")
         return
     if inference:
-        from llmspec.planner.training import inference_plan
+        from llmspec.planner.inference import inference_plan
 
         served = inference_plan(load_spec(spec, set_ or []), context, batch)
         if json_:

@@ -10,8 +10,8 @@ import sympy as sp
 from pydantic import BaseModel
 
 from llmspec.planner.formulas import FORMULAS, INPUT_DOCS
+from llmspec.planner.inputs import DEFAULT_EFFICIENCY
 from llmspec.planner.regimes import REGIMES, pieces
-from llmspec.planner.training import DEFAULT_EFFICIENCY
 from llmspec.spec import catalogue
 from llmspec.spec.schema import Spec
 

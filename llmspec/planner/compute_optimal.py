@@ -13,7 +13,7 @@ from typing import Any
 
 from llmspec.errors import LLMSpecError
 from llmspec.planner import numeric
-from llmspec.planner.training import DEFAULT_EFFICIENCY, PARAMETER_FORMULAS, architecture_inputs
+from llmspec.planner.inputs import DEFAULT_EFFICIENCY, PARAMETER_FORMULAS, architecture_inputs
 from llmspec.spec import catalogue
 from llmspec.spec.loading import load_spec
 from llmspec.spec.schema import Spec

@@ -9,7 +9,8 @@ import sympy as sp
 
 from llmspec.errors import LLMSpecError
 from llmspec.planner.formulas import FORMULAS, arguments, expanded
-from llmspec.planner.training import TRAINING_FORMULAS, Plan
+from llmspec.planner.inputs import TRAINING_FORMULAS
+from llmspec.planner.training import Plan
 
 
 @dataclass

@@ -9,7 +9,6 @@ cost. Every frontier item carries the ``--set`` overrides that make ``llmspec pl
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,18 +16,21 @@ import numpy as np
 
 from llmspec.errors import LLMSpecError
 from llmspec.planner import numeric
-from llmspec.planner.regimes import per_gpu_bytes_per_param
-from llmspec.planner.training import (
+from llmspec.planner.inputs import (
+    CHECKPOINTING,
+    OFFLOAD_MODES,
     PARAMETER_FORMULAS,
     TRAINING_FORMULAS,
     architecture_inputs,
     device_inputs,
     stage_params,
+    strategy_inputs,
+    usable_memory,
 )
 from llmspec.spec import catalogue
 from llmspec.spec.schema import Spec
 
-CHECKPOINTING = ("none", "selective", "full")
+# (optimizer, parameter) offload of each searched code: none; the optimizer to the CPU; both to the CPU
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_GPUS = ("H100-SXM", "A100-80GB", "H200")
@@ -106,7 +108,8 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     """Every combination that passes the divisibility rules of llmspec/spec/rules.py, as columns (numpy masks)."""
     mo, tr = spec.model, spec.training
     pipelines = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= mo.n_layers]
-    axes = (gpu_counts(max_gpus), (1, 2, 4, 8), pipelines, range(4), MICRO_BATCHES, range(3), range(3))
+    axes = (gpu_counts(max_gpus), (1, 2, 4, 8), pipelines, range(4), MICRO_BATCHES, range(len(CHECKPOINTING)),
+            range(len(OFFLOADS)))
     n, t, p, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes], indexing="ij"))
     ok = (n % (t * p) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, NODE))
     dp = np.maximum(n // (t * p), 1)
@@ -116,23 +119,6 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
         raise LLMSpecError(f"{spec.name}: no layout up to {max_gpus} GPUs divides the global batch "
                            f"{tr.global_batch_size} and the heads")
     return {"n": n[ok], "t": t[ok], "p": p[ok], "z": z[ok], "mb": mb[ok], "ck": ck[ok], "off": off[ok]}
-
-
-def _bytes_per_param(spec: Spec, z: np.ndarray, off: np.ndarray, dp: np.ndarray) -> dict[str, np.ndarray]:
-    """The regime's bytes per parameter on one GPU, vectorised: for each (stage, offload) an unsharded part u and
-    a sharded part s, so that bytes = u + s / dp (read off per_gpu_bytes_per_param at dp 1 and 2)."""
-    par, tr = spec.parallelism, spec.training
-    out = {kind: np.zeros(len(z)) for kind in ("weights", "gradients", "optimizer")}
-    for stage, mode in itertools.product(range(4), range(3)):
-        mask = (z == stage) & (off == mode)
-        if not mask.any():
-            continue
-        at = {d: per_gpu_bytes_per_param(par.byte_regime, tr.precision, tr.optimizer.n_states, stage, d,
-                                         mode >= 1, mode == 2) for d in (1, 2)}
-        for kind in out:
-            sharded = 2 * float(at[1][kind] - at[2][kind])
-            out[kind][mask] = float(at[1][kind]) - sharded + sharded / dp[mask]
-    return out
 
 
 def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -145,15 +131,11 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
     nodes = np.maximum(1, n // NODE)
     per_node = n // nodes
     layers = -(-spec.model.n_layers // p)
-    bpp = _bytes_per_param(spec, z, off, dp)
+    cpu = OFFLOAD_MODES.index("cpu")
     common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p),
+              **strategy_inputs(spec, z, ck, (off >= 1) * cpu, (off == 2) * cpu, dp),
               "b": mb, "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n, "nodes": nodes, "gpus_per_node": per_node,
-              "w_bpp": bpp["weights"], "g_bpp": bpp["gradients"],
-              "o_bpp": bpp["optimizer"], "zero01": (z <= 1) * 1, "zero2": (z == 2) * 1,
-              "zero12": ((z == 1) | (z == 2)) * 1, "zero3": (z == 3) * 1, "ck_none": (ck == 0) * 1,
-              "ck_selective": (ck == 1) * 1, "ck_full": (ck == 2) * 1, "L_here": layers, "offload": (off >= 1) * 1,
-              "shard": np.where(z >= 1, dp, 1), "bw_host": catalogue.HOST_LINK_BANDWIDTH,
-              "P_L": base["params_largest_module"] / t}
+              "L_here": layers, "P_L": base["params_largest_module"] / t}
     single = p == 1
 
     def stage(first: np.ndarray, last: np.ndarray, inflight: np.ndarray) -> dict[str, np.ndarray]:
@@ -186,7 +168,7 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
     evaluated, tables = 0, []
     for gpu in devices:
         scores = evaluate_layouts(spec, gpu, grid)
-        usable = gpu.memory_bytes - spec.cluster.memory_reserve_gib * 2**30
+        usable = usable_memory(gpu, spec)
         ok = scores["memory_peak"] <= usable
         if deadline_days is not None:
             ok &= scores["time_total"] <= deadline_days * 86400

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 SHARDED_NEVER = 9  # a stage above 3: never sharded
+KINDS = ("weights", "gradients", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,15 @@ def bytes_per_param(regime: str, precision: str, n_states: int) -> dict[str, flo
     return {kind: float(value) for kind, value in unsharded.items()}
 
 
-def per_gpu_bytes_per_param(regime: str, precision: str, n_states: int, stage: int, dp: int,
-                            offload_optimizer: bool, offload_params: bool) -> dict[str, Fraction]:
-    """Bytes per (model-shard) parameter held on one GPU, by kind, after ZeRO sharding and offload.
+def split_bytes_per_param(regime: str, precision: str, n_states: int, stage: int, offload_optimizer: bool,
+                          offload_params: bool) -> dict[str, tuple[int, int]]:
+    """Bytes per (model-shard) parameter on one GPU by kind, as (unsharded, sharded): the GPU holds
+    ``unsharded + sharded / dp``. The layout search evaluates this for whole columns of dp at once.
 
     Optimizer offload moves the optimizer and every gradient copy to the host (DeepSpeed keeps only the 16-bit
     weights on the GPU: its estimator's ``2Ψ``); parameter offload moves the weights too.
     """
-    out = {"weights": Fraction(0), "gradients": Fraction(0), "optimizer": Fraction(0)}
+    out = {kind: [0, 0] for kind in KINDS}
     for piece in pieces(regime, precision, n_states):
         if stage == 3 and not piece.on_gpu_at_stage3:
             continue
@@ -88,5 +90,12 @@ def per_gpu_bytes_per_param(regime: str, precision: str, n_states: int, stage: i
             continue
         if piece.kind == "weights" and offload_params:
             continue
-        out[piece.kind] += Fraction(piece.bytes, dp) if stage >= piece.sharded_from else piece.bytes
-    return out
+        out[piece.kind][1 if stage >= piece.sharded_from else 0] += piece.bytes
+    return {kind: (unsharded, sharded) for kind, (unsharded, sharded) in out.items()}
+
+
+def per_gpu_bytes_per_param(regime: str, precision: str, n_states: int, stage: int, dp: int,
+                            offload_optimizer: bool, offload_params: bool) -> dict[str, Fraction]:
+    """Bytes per (model-shard) parameter held on one GPU, by kind, after ZeRO sharding over ``dp`` and offload."""
+    split = split_bytes_per_param(regime, precision, n_states, stage, offload_optimizer, offload_params)
+    return {kind: unsharded + Fraction(sharded, dp) for kind, (unsharded, sharded) in split.items()}

@@ -10,19 +10,24 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from llmspec.errors import LLMSpecError
 from llmspec.planner import numeric
-from llmspec.planner.regimes import bytes_per_param, per_gpu_bytes_per_param
-from llmspec.spec import catalogue
+from llmspec.planner.inputs import (
+    CHECKPOINTING,
+    DEFAULT_EFFICIENCY,
+    OFFLOAD_MODES,
+    PARAMETER_FORMULAS,
+    TRAINING_FORMULAS,
+    architecture_inputs,
+    device_inputs,
+    stage_params,
+    strategy_inputs,
+    usable_memory,
+)
+from llmspec.planner.regimes import bytes_per_param
 from llmspec.spec.schema import Spec
 
-# Achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
-# and pipeline bubbles, which the time model adds separately. Megatron-LM reports 44-52% of A100 peak this way.
-# Calibrated on the Llama 2 model card (7B: 184,320 and 70B: 1,720,320 A100-80GB GPU-hours for 2T tokens)
-# with specs/llama2-7b.yaml and llama2-70b.yaml: 0.940x and 1.035x (tests/test_time.py pins +-20%).
-DEFAULT_EFFICIENCY = 0.50
-
-CHECKPOINTING = ("none", "selective", "full")
+__all__ = ["CHECKPOINTING", "DEFAULT_EFFICIENCY", "Alternative", "Plan", "Strategy", "plan", "single_device_env",
+           "strategies"]
 
 
 @dataclass(frozen=True)
@@ -162,99 +167,22 @@ def memory_breakdown(env: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def architecture_inputs(spec: Spec) -> dict[str, Any]:
-    """Formula inputs that describe the model and the batch (everything but the strategy and the stage)."""
-    mo, tr, par = spec.model, spec.training, spec.parallelism
-    moe = mo.moe
-    e = 4 if tr.precision == "fp32" else 2
-    return {
-        "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
-        "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,
-        "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
-        "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
-        "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
-        "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"), "dropout": int(mo.dropout > 0),
-        "b": tr.micro_batch_size, "s": tr.seq_len, "B": tr.global_batch_size, "D": tr.total_tokens,
-        "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or tr.seq_len,
-        # CPU kernels keep LayerNorm statistics and dropout masks in the activation dtype; GPU kernels in
-        # fp32 and bool.
-        "e_stat": e if spec.cluster.device.name == "cpu" else 4,
-        "e_mask": e if spec.cluster.device.name == "cpu" else 1,
-        "masked": int(mo.sliding_window is not None and mo.sliding_window < tr.seq_len),
-        "t": par.tensor, "p": par.pipeline, "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
-        "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
-        "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
-        "overlap_comm": int(par.overlap_comm), "reduce_bucket": par.reduce_bucket_size,
-        "prefetch_bucket": par.prefetch_bucket_size,
-    }
-
-
-PARAMETER_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group == "Parameters")
-# Inference and compute-optimal sizing have inputs of their own (context, batch, compute); training plans skip them.
-OTHER_GROUPS = ("Inference", "Compute-optimal sizing")
-TRAINING_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group not in OTHER_GROUPS)
-
-
-def _choose(condition: Any, yes: Any, no: Any) -> Any:
-    """``yes if condition else no``, also elementwise over numpy arrays (the layout search); exact for both."""
-    return yes * condition + no * (1 - condition)
-
-
-def stage_params(env: dict[str, Any], first: Any, last: Any, layers: Any) -> Any:
-    """Parameters held by one pipeline stage (DeepSpeed keeps a tied embedding on both end stages).
-    Flags and layer counts may be numpy arrays."""
-    # The last stage holds the final norm and the LM head, or (pipelines) the tied copy of the embedding that it
-    # multiplies with; a single stage holding both ends shares one tied matrix.
-    head = env["params_norm"] + _choose(first * env["tied"], 0, env["V"] * env["h"])
-    return layers * env["params_layer"] + first * env["params_embedding"] + last * head
-
-
 def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) -> dict[str, Any]:
     par, tr = spec.parallelism, spec.training
     p, t = par.pipeline, par.tensor
     first, last = stage in ("only", "first"), stage in ("only", "last")
     layers = math.ceil(spec.model.n_layers / p)
     env = dict(base)
-    z = strategy.zero_stage
-    bpp = per_gpu_bytes_per_param(par.byte_regime, tr.precision, tr.optimizer.n_states, z, par.data_parallel,
-                                  strategy.offload_optimizer != "none", strategy.offload_params != "none")
-    ckpt = strategy.activation_checkpointing
+    env.update(strategy_inputs(spec, strategy.zero_stage, CHECKPOINTING.index(strategy.activation_checkpointing),
+                               OFFLOAD_MODES.index(strategy.offload_optimizer),
+                               OFFLOAD_MODES.index(strategy.offload_params), par.data_parallel))
     env.update({
         "psi": Fraction(stage_params(env, first, last, layers), t),
-        "w_bpp": Fraction(bpp["weights"]), "g_bpp": Fraction(bpp["gradients"]), "o_bpp": Fraction(bpp["optimizer"]),
-        "zero01": int(z <= 1), "zero2": int(z == 2), "zero12": int(z in (1, 2)), "zero3": int(z == 3),
-        "ck_none": int(ckpt == "none"), "ck_selective": int(ckpt == "selective"), "ck_full": int(ckpt == "full"),
         "first_stage": int(first), "last_stage": int(last), "L_here": layers,
         "inflight": min(p, tr.gradient_accumulation_steps) if stage == "first" else 1,
-        "offload": int(strategy.offload_optimizer != "none"), "shard": par.data_parallel if z >= 1 else 1,
-        "bw_host": catalogue.NVME_BANDWIDTH if "nvme" in (strategy.offload_optimizer, strategy.offload_params)
-        else catalogue.HOST_LINK_BANDWIDTH,
     })
     env["P_L"] = Fraction(env["params_largest_module"], t)  # tensor parallelism splits it too
     return numeric.evaluate(env, TRAINING_FORMULAS)
-
-
-def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = None, gpus_per_node: Any = None,
-                  tensor: Any = None, pipeline: Any = None) -> dict[str, Any]:
-    """Device, link and price inputs: the spec's cluster, or (the layout search) another GPU and numpy columns of
-    node counts and degrees. Bandwidth overrides in the spec apply to any GPU."""
-    cl, par = spec.cluster, spec.parallelism
-    gpu = gpu or cl.device
-    nodes = cl.nodes if nodes is None else nodes
-    within = cl.gpus_per_node if gpus_per_node is None else gpus_per_node
-    t = par.tensor if tensor is None else tensor
-    p = par.pipeline if pipeline is None else pipeline
-    intra = cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth
-    inter = cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth
-    return {
-        "F_peak": gpu.peak_flops[spec.training.precision],
-        "eff": cl.efficiency or DEFAULT_EFFICIENCY,
-        "bw_dp": _choose(nodes == 1, intra, inter),
-        "bw_tp": _choose(t <= within, intra, inter),
-        "bw_pp": _choose(t * p <= within, intra, inter),
-        "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
-        "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,
-    }
 
 
 def _peak_stage(spec: Spec, base: dict[str, Any], strategy: Strategy) -> tuple[str, dict[str, Any]]:
@@ -287,7 +215,7 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
     stage, env = _peak_stage(spec, base, chosen)
     host, nvme = _host_memory(spec, env, chosen)
     gpu = spec.cluster.device
-    usable = gpu.memory_bytes - int(spec.cluster.memory_reserve_gib * 2**30)
+    usable = usable_memory(gpu, spec)
     result = Plan(spec, chosen, env, stage, gpu.name, gpu.memory_bytes, usable, host, nvme, base["eff"])
     if alternatives:
         for strategy in strategies(spec):
@@ -324,26 +252,3 @@ def strategies(spec: Spec) -> list[Strategy]:
     return out
 
 
-def inference_plan(spec: Spec, context: int | None = None, batch: int = 1) -> dict[str, Any]:
-    """Serving one replica over ``parallelism.tensor`` GPUs: weights, KV cache, max batch, decode and prefill."""
-    context = context or spec.model.max_seq_len
-    if context > spec.model.max_seq_len:
-        raise LLMSpecError(f"--context {context}: exceeds model.max_seq_len {spec.model.max_seq_len}")
-    training = spec.training.model_copy(update={"seq_len": context})
-    at_context = spec.model_copy(update={"training": training})
-    gpu = spec.cluster.device
-    inputs = {**architecture_inputs(at_context), **device_inputs(at_context)}
-    env = numeric.evaluate(inputs, TRAINING_FORMULAS & {*PARAMETER_FORMULAS, "matmul_weights", "attention_context",
-                                                         "flops_attention_per_token", "flops_per_token_forward"})
-    t = spec.parallelism.tensor
-    env.update({"context": context, "batch": batch, "kv_bytes": inputs["e"], "psi": env["params_total"] / t,
-                "usable": gpu.memory_bytes - spec.cluster.memory_reserve_gib * 2**30,
-                "hbm_bandwidth": gpu.hbm_bandwidth, "F_fwd": env["flops_per_token_forward"]})
-    names = {n for n, g in numeric.GROUPS.items() if g == "Inference"}
-    env = numeric.evaluate(env, names)
-    keys = ("kv_cache_per_token", "inference_weights", "kv_cache", "inference_memory", "max_batch",
-            "decode_step", "decode_tokens_per_second", "prefill_seconds")
-    out = {key: env[key] for key in keys}
-    out.update(context=context, batch=batch, tensor=t, gpu=gpu.name, usable=env["usable"],
-               fits=env["inference_memory"] <= env["usable"])
-    return out

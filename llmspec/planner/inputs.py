@@ -1,0 +1,137 @@
+"""The planner's formula inputs, each computed in one place for the plan and the layout search alike.
+
+Every function here accepts Python numbers (the plan: ints and Fractions stay exact) or numpy columns (the
+layout search scores every configuration at once); neither path imports the other's machinery.
+"""
+
+from __future__ import annotations
+
+import typing
+from fractions import Fraction
+from typing import Any
+
+from llmspec.planner import numeric
+from llmspec.planner.regimes import KINDS, split_bytes_per_param
+from llmspec.spec import catalogue
+from llmspec.spec.schema import ParallelismSpec, Spec
+
+# Achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
+# and pipeline bubbles, which the time model adds separately. Megatron-LM reports 44-52% of A100 peak this way.
+# Calibrated on the Llama 2 model card (7B: 184,320 and 70B: 1,720,320 A100-80GB GPU-hours for 2T tokens)
+# with specs/llama2-7b.yaml and llama2-70b.yaml: 0.940x and 1.035x (tests/test_time.py pins +-20%).
+DEFAULT_EFFICIENCY = 0.50
+
+
+# The strategy choices, in the spec's own order: codes into these tuples are what the search's columns hold.
+CHECKPOINTING: tuple[str, ...] = typing.get_args(ParallelismSpec.model_fields["activation_checkpointing"].annotation)
+OFFLOAD_MODES: tuple[str, ...] = typing.get_args(ParallelismSpec.model_fields["offload_optimizer"].annotation)
+
+PARAMETER_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group == "Parameters")
+# Inference and compute-optimal sizing have inputs of their own (context, batch, compute); training plans skip them.
+OTHER_GROUPS = ("Inference", "Compute-optimal sizing")
+TRAINING_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group not in OTHER_GROUPS)
+
+
+def choose(condition: Any, yes: Any, no: Any) -> Any:
+    """``yes if condition else no``, also elementwise over numpy arrays (the layout search); exact for both."""
+    return yes * condition + no * (1 - condition)
+
+
+
+def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:
+    """Bytes per GPU that PyTorch may use: the device's memory less the spec's reserve (CUDA context, NCCL)."""
+    return gpu.memory_bytes - int(spec.cluster.memory_reserve_gib * 2**30)
+
+
+def architecture_inputs(spec: Spec) -> dict[str, Any]:
+    """Formula inputs that describe the model and the batch (everything but the strategy and the stage)."""
+    mo, tr, par = spec.model, spec.training, spec.parallelism
+    moe = mo.moe
+    e = 4 if tr.precision == "fp32" else 2
+    return {
+        "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
+        "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,
+        "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
+        "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
+        "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
+        "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"), "dropout": int(mo.dropout > 0),
+        "b": tr.micro_batch_size, "s": tr.seq_len, "B": tr.global_batch_size, "D": tr.total_tokens,
+        "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or tr.seq_len,
+        # CPU kernels keep LayerNorm statistics and dropout masks in the activation dtype; GPU kernels in
+        # fp32 and bool.
+        "e_stat": e if spec.cluster.device.name == "cpu" else 4,
+        "e_mask": e if spec.cluster.device.name == "cpu" else 1,
+        "masked": int(mo.sliding_window is not None and mo.sliding_window < tr.seq_len),
+        "t": par.tensor, "p": par.pipeline, "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
+        "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
+        "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
+        "overlap_comm": int(par.overlap_comm), "reduce_bucket": par.reduce_bucket_size,
+        "prefetch_bucket": par.prefetch_bucket_size,
+    }
+
+
+def stage_params(env: dict[str, Any], first: Any, last: Any, layers: Any) -> Any:
+    """Parameters held by one pipeline stage (DeepSpeed keeps a tied embedding on both end stages).
+    Flags and layer counts may be numpy arrays."""
+    # The last stage holds the final norm and the LM head, or (pipelines) the tied copy of the embedding that it
+    # multiplies with; a single stage holding both ends shares one tied matrix.
+    head = env["params_norm"] + choose(first * env["tied"], 0, env["V"] * env["h"])
+    return layers * env["params_layer"] + first * env["params_embedding"] + last * head
+
+
+
+def strategy_inputs(spec: Spec, zero_stage: Any, checkpointing: Any, offload_optimizer: Any, offload_params: Any,
+                    data_parallel: Any) -> dict[str, Any]:
+    """The formula inputs a memory strategy sets: bytes per parameter after ZeRO sharding and offload, and the
+    stage, checkpointing and offload flags. ``checkpointing`` and the offloads are codes into CHECKPOINTING and
+    OFFLOAD_MODES; every argument may be a number (exact, for the plan) or a numpy column (the search)."""
+    par, tr = spec.parallelism, spec.training
+    z, ck = zero_stage, checkpointing
+    opt_on, prm_on = (offload_optimizer >= 1) * 1, (offload_params >= 1) * 1
+    per_replica = Fraction(1, data_parallel) if isinstance(data_parallel, int) else 1.0 / data_parallel
+    held: dict[str, Any] = dict.fromkeys(KINDS, 0)
+    for stage in range(4):
+        for opt in (0, 1):
+            for prm in (0, 1):
+                selected = (z == stage) * (opt_on == opt) * (prm_on == prm)
+                if not (selected.any() if hasattr(selected, "any") else selected):
+                    continue
+                split = split_bytes_per_param(par.byte_regime, tr.precision, tr.optimizer.n_states, stage, opt, prm)
+                for kind, (unsharded, sharded) in split.items():
+                    held[kind] = held[kind] + selected * (unsharded + sharded * per_replica)
+    nvme = OFFLOAD_MODES.index("nvme")
+    return {
+        "w_bpp": held["weights"], "g_bpp": held["gradients"], "o_bpp": held["optimizer"],
+        "zero01": (z <= 1) * 1, "zero2": (z == 2) * 1, "zero12": ((z == 1) | (z == 2)) * 1, "zero3": (z == 3) * 1,
+        "ck_none": (ck == CHECKPOINTING.index("none")) * 1,
+        "ck_selective": (ck == CHECKPOINTING.index("selective")) * 1,
+        "ck_full": (ck == CHECKPOINTING.index("full")) * 1,
+        "offload": opt_on, "shard": choose(z >= 1, data_parallel, 1),
+        "bw_host": choose((offload_optimizer == nvme) | (offload_params == nvme), catalogue.NVME_BANDWIDTH,
+                          catalogue.HOST_LINK_BANDWIDTH),
+    }
+
+
+def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = None, gpus_per_node: Any = None,
+                  tensor: Any = None, pipeline: Any = None) -> dict[str, Any]:
+    """Device, link and price inputs: the spec's cluster, or (the layout search) another GPU and numpy columns of
+    node counts and degrees. Bandwidth overrides in the spec apply to any GPU."""
+    cl, par = spec.cluster, spec.parallelism
+    gpu = gpu or cl.device
+    nodes = cl.nodes if nodes is None else nodes
+    within = cl.gpus_per_node if gpus_per_node is None else gpus_per_node
+    t = par.tensor if tensor is None else tensor
+    p = par.pipeline if pipeline is None else pipeline
+    intra = cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth
+    inter = cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth
+    return {
+        "F_peak": gpu.peak_flops[spec.training.precision],
+        "eff": cl.efficiency or DEFAULT_EFFICIENCY,
+        "bw_dp": choose(nodes == 1, intra, inter),
+        "bw_tp": choose(t <= within, intra, inter),
+        "bw_pp": choose(t * p <= within, intra, inter),
+        "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
+        "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,
+    }
+
+
