@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from llmspec.errors import SpecError
 from llmspec.planner.training import plan
+from llmspec.spec import catalogue
 from llmspec.spec.loading import dump_spec, load_spec, named_specs, parse_spec
 from llmspec.spec.schema import Spec
 
@@ -174,3 +175,14 @@ def test_random_text_never_tracebacks(text):
         parse_spec(text)
     except SpecError:
         pass
+
+
+@pytest.mark.parametrize("gpu", catalogue.names())
+def test_every_catalogue_gpu_loads_and_plans_in_each_precision_it_lists(gpu):
+    entry = catalogue.lookup(gpu)
+    assert entry is not None and catalogue.lookup(gpu.lower()) is entry
+    for precision in entry.peak_flops:
+        if precision == "fp16" and gpu == "cpu":
+            continue
+        spec = load_spec("tiny", [f"cluster.gpu={gpu}", f"training.precision={precision}"])
+        assert plan(spec, alternatives=False).gpu_name == entry.name

@@ -1,6 +1,7 @@
 """Compile ``llmspec.planner.formulas`` (sympy) into ``llmspec/planner/numeric.py`` (plain Python, no sympy at import).
 
-Run ``python -m llmspec.planner.codegen`` after editing a formula; ``tests/test_codegen.py`` fails while the two differ.
+Run ``python -m llmspec.planner.codegen`` after editing a formula; ``tests/test_sync.py`` fails while the two
+differ.
 The generated functions accept Python numbers (ints and Fractions stay exact) or numpy arrays (vectorised search).
 """
 

@@ -1,0 +1,182 @@
+"""Every spec field is consumed where docs/architecture.md says it is.
+
+Each field is changed on its own (on the tiny spec, in a context where the change can show) and the test records
+which outputs move: the plan (``plan --json`` and the inference plan), the compiled files (model.py,
+ds_config.json, launch.sh) and the transformers config (``export-hf``). A field moves all three, or is named below
+with the consumers it has and why. Fields ``run`` reads are checked to appear in the training code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmspec.compile.build import build_files
+from llmspec.errors import LLMSpecError
+from llmspec.interop.hf_config import hf_config
+from llmspec.planner.inference import inference_plan
+from llmspec.planner.training import plan
+from llmspec.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+EVERYWHERE = {"plan", "compile", "hf"}
+
+# Fields that do not move all three outputs, with the consumers they have ("run": read by `llmspec run`).
+CONSUMERS: dict[str, set[str]] = {
+    # the planner counts parameters and FLOPs: which gated activation, eps, RoPE's base and scaling, and the
+    # initialisation change none of them
+    "model.mlp": {"compile", "hf"},  # swiglu → geglu; gelu vs swiglu moves the plan (tested via model.norm)
+    "model.norm_eps": {"compile", "hf"},
+    "model.rope_theta": {"compile", "hf"},
+    "model.rope_scaling": {"compile", "hf"},
+    "model.init_std": {"compile", "hf"},
+    # Llama-family configs have no residual dropout (GPT-2's resid_pdrop: see tiny-gpt2)
+    "model.dropout": {"compile", "plan"},
+    # the batch: the model is built for max_seq_len; DeepSpeed gets micro-batch and accumulation
+    "training.seq_len": {"plan", "run"},
+    "training.micro_batch_size": {"compile", "plan", "run"},
+    "training.global_batch_size": {"compile", "plan", "run"},
+    "training.tokens": {"compile", "plan", "run"},
+    "training.max_steps": {"compile", "plan", "run"},
+    "training.precision": {"compile", "plan", "run"},
+    "training.optimizer.name": {"compile", "plan", "run"},  # the planner counts optimizer states
+    # the optimizer and schedule: ds_config.json and the run, never memory or time
+    "training.optimizer.lr": {"compile", "run"},
+    "training.optimizer.betas": {"compile", "run"},
+    "training.optimizer.weight_decay": {"compile", "run"},
+    "training.optimizer.eps": {"compile", "run"},
+    "training.schedule.warmup_steps": {"compile", "run"},
+    "training.schedule.min_lr": {"compile", "run"},
+    "training.grad_clip": {"compile", "run"},
+    "training.log_interval": {"compile", "run"},  # ds_config's steps_per_print
+    "training.eval_interval": {"run"},
+    "training.checkpoint_interval": {"run"},
+    "training.seed": {"run"},
+    # the layout: DeepSpeed's config and launch, and the plan; transformers knows nothing of it
+    "parallelism.zero_stage": {"compile", "plan", "run"},
+    "parallelism.tensor": {"compile", "plan", "run"},
+    "parallelism.pipeline": {"compile", "plan", "run"},
+    "parallelism.activation_checkpointing": {"compile", "plan"},
+    "parallelism.offload_optimizer": {"compile", "plan", "run"},
+    "parallelism.offload_params": {"compile", "plan"},
+    "parallelism.overlap_comm": {"compile", "plan"},
+    "parallelism.reduce_bucket_size": {"compile", "plan"},
+    "parallelism.allgather_bucket_size": {"compile"},  # DeepSpeed's ZeRO-1/2 gather bucket: not a peak term
+    "parallelism.prefetch_bucket_size": {"compile", "plan"},
+    "parallelism.max_live_parameters": {"compile"},  # a ZeRO-3 cap the planner's gather term stays under
+    # plan-only: what-if inputs the engine does not (yet) execute: interleaving, other byte regimes
+    "parallelism.virtual_stages": {"plan"},
+    "parallelism.byte_regime": {"plan"},
+    # the cluster: where and how fast; the compiled files name the GPU count and nodes
+    "cluster.gpu": {"compile", "plan", "run"},
+    "cluster.gpus_per_node": {"compile", "plan", "run"},
+    "cluster.nodes": {"compile", "plan"},
+    "cluster.intra_node_bandwidth": {"plan"},
+    "cluster.inter_node_bandwidth": {"plan"},
+    "cluster.price_per_gpu_hour": {"plan"},
+    "cluster.efficiency": {"plan"},
+    "cluster.memory_reserve_gib": {"plan"},  # and so `run`, which refuses what the plan says does not fit
+    # data: only the run reads it
+    "data.corpus": {"run"},
+    "data.tokenizer.vocab_size": {"run"},
+    "data.tokenizer.path": {"run"},
+    "data.val_fraction": {"run"},
+}
+# the run reads these through a derived property of the spec
+READ_AS = {"training.max_steps": "steps", "training.tokens": "steps"}
+DERIVED = {"training.gradient_accumulation_steps", "parallelism.data_parallel"}  # computed, never set apart
+
+GPT2_FAMILY = ["model.norm=layernorm", "model.position=learned", "model.bias=true", "model.mlp=gelu",
+               "model.n_kv_heads=4"]
+# A change that shows; a list is a set of --set changes made together (the HF family ties them).
+CHANGE = {
+    "model.norm": GPT2_FAMILY, "model.position": GPT2_FAMILY, "model.mlp": "geglu",
+    "model.rope_scaling": "{type: linear, factor: 2.0}", "model.moe": "{n_experts: 4, top_k: 2}",
+    "model.sliding_window": "64", "model.dropout": "0.1", "model.head_dim": "64",
+    "training.precision": "bf16", "training.optimizer.name": "sgd", "training.optimizer.betas": "[0.8, 0.9]",
+    "training.tokens": "2M", "training.max_steps": "300", "training.micro_batch_size": "8",
+    "training.seq_len": "128",
+    "parallelism.activation_checkpointing": "full", "parallelism.offload_optimizer": "cpu",
+    "parallelism.offload_params": "cpu", "parallelism.byte_regime": "zero_paper",
+    "parallelism.reduce_bucket_size": "1000", "parallelism.prefetch_bucket_size": "1000",
+    "parallelism.allgather_bucket_size": "1000", "parallelism.max_live_parameters": "1000",
+    "cluster.gpu": "A100-80GB", "cluster.intra_node_bandwidth": "0.01", "cluster.inter_node_bandwidth": "0.01",
+    "cluster.price_per_gpu_hour": "3.0", "cluster.efficiency": "0.3",
+    "data.corpus": "notes.txt", "data.tokenizer.path": "tokenizer.json", "data.tokenizer.vocab_size": "1024",
+}
+TWO_GPUS = ["cluster.gpus_per_node=2", "training.global_batch_size=32"]
+CONTEXT = {
+    "parallelism.pipeline": TWO_GPUS, "parallelism.tensor": TWO_GPUS, "cluster.gpus_per_node": TWO_GPUS[1:],
+    "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"], "cluster.nodes": TWO_GPUS[1:],
+    "cluster.intra_node_bandwidth": TWO_GPUS, "cluster.inter_node_bandwidth": ["cluster.nodes=2", *TWO_GPUS[1:]],
+    "parallelism.offload_optimizer": ["parallelism.zero_stage=2"], "parallelism.allgather_bucket_size":
+    ["parallelism.zero_stage=2"], "parallelism.byte_regime": ["training.precision=bf16"],
+    "training.tokens": ["training.max_steps=null", "training.tokens=1M"],
+    **{f"parallelism.{name}": ["parallelism.zero_stage=3"] for name in
+       ("offload_params", "overlap_comm", "reduce_bucket_size", "prefetch_bucket_size", "max_live_parameters")},
+}
+
+
+def outputs(sets: list[str]) -> dict[str, str]:
+    spec = load_spec("tiny", sets)
+    compiled = {k: v for k, v in build_files(spec).items() if k not in ("plan.json", "spec.yaml")}
+    return {"plan": json.dumps([plan(spec).to_json(), inference_plan(spec)], sort_keys=True, default=float),
+            "compile": json.dumps(compiled, sort_keys=True), "hf": json.dumps(hf_config(spec), sort_keys=True)}
+
+
+def leaf_fields(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(leaf_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def change_of(field: str, value) -> list[list[str]]:
+    if field in CHANGE:
+        change = CHANGE[field]
+        return [change] if isinstance(change, list) else [[f"{field}={change}"]]
+    if isinstance(value, bool):
+        return [[f"{field}={str(not value).lower()}"]]
+    if isinstance(value, int):
+        return [[f"{field}={c}"] for c in (value * 2, value + 1) if c != value]
+    if isinstance(value, float):
+        return [[f"{field}={value / 2!r}"]]
+    raise AssertionError(f"{field}: no change known for {value!r}; add one to CHANGE")
+
+
+FIELDS = sorted(set(leaf_fields(load_spec("tiny").model_dump())) - DERIVED - {"name"})
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_field_is_consumed_where_declared(field, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data.corpus and the tokenizer path are files; the spec only names them
+    (tmp_path / "notes.txt").write_text("text\n")
+    context = CONTEXT.get(field, [])
+    before = outputs(context)
+    value = leaf_fields(load_spec("tiny", context).model_dump())[field]
+    moved = None
+    for change in change_of(field, value):
+        try:
+            after = outputs([*context, *change])
+        except LLMSpecError:
+            continue
+        moved = {name for name in before if before[name] != after[name]}
+        break
+    assert moved is not None, f"{field}: no valid change; add one to CHANGE"
+    assert moved == CONSUMERS.get(field, EVERYWHERE) - {"run"}
+
+
+@pytest.mark.parametrize("field", sorted(f for f, used in CONSUMERS.items() if "run" in used))
+def test_run_reads_the_field(field):
+    code = "".join(p.read_text(encoding="utf-8") for folder in ("llmspec/train", "llmspec/data", "backends",
+                                                              "llmspec/compile") for p in (ROOT / folder).rglob("*.py"))
+    assert f".{READ_AS.get(field, field.rsplit('.', 1)[1])}" in code
+
+
+def test_every_declared_field_exists():
+    assert set(CONSUMERS) - set(FIELDS) == set()
