@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint docs bench clean
+.PHONY: setup run test wheel-check lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,20 @@ run: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests
+	$(MAKE) --no-print-directory wheel-check
+
+# The package as a user gets it: a wheel, installed into a fresh environment, run from outside the checkout.
+SMOKE := build/wheel-check
+wheel-check: $(STAMP)
+	rm -rf $(SMOKE) && mkdir -p $(SMOKE)
+	$(BIN)/pip wheel . --no-deps --no-build-isolation --quiet -w $(SMOKE)/dist
+	$(PYTHON) -m venv $(SMOKE)/venv
+	$(SMOKE)/venv/bin/pip install --quiet torch==2.13.0
+	$(SMOKE)/venv/bin/pip install --quiet $(SMOKE)/dist/llmspec-*.whl
+	cd $$(mktemp -d) && HF_HUB_OFFLINE=1 $(CURDIR)/$(SMOKE)/venv/bin/llmspec run tiny --out wheel-run \
+		--set training.max_steps=3 --set training.log_interval=1 --set training.eval_interval=3 \
+		--set training.checkpoint_interval=3 && test -s wheel-run/checkpoints/step-00000003.pt \
+		&& test -s wheel-run/samples.txt && echo "wheel-check: the installed wheel trained tiny from $$PWD"
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmspec backends tests benchmarks
