@@ -19,8 +19,9 @@ def make_optimizer(spec: Spec, model: torch.nn.Module, device: str) -> torch.opt
     groups = param_groups(model, opt.weight_decay)
     if opt.name in ("adamw", "adam"):
         cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-        # fused kernels where the device has them (CUDA); foreach elsewhere
-        return cls(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=device == "cuda" or None)
+        # The fused kernel (CUDA and CPU alike): one pass over each parameter instead of foreach's several; on this
+        # CPU class it steps AdamW ~4x faster (benchmarks/train_throughput.py). transformers' Trainer defaults to it.
+        return cls(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=device.split(":")[0] in ("cuda", "cpu"))
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.betas[0])
     raise NotImplementedError(f"training.optimizer.name: {opt.name} is planned but not trained yet")
