@@ -10,6 +10,7 @@ saved. Log, eval and checkpoint also happen after the last step.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,6 +93,7 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
                 loss = losses[-1]
                 if log and due(tr.log_interval, done, tr.steps):
                     log.step(done, loss, lr)
+            paused = time.perf_counter()
             if due(tr.eval_interval, done, tr.steps):
                 val_loss = evaluate(engine, val_batches)
                 if log:
@@ -100,6 +102,8 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
                 if not engine.weights_finite():
                     raise TrainingError(stopped_message(job, done, "the weights hold inf/nan"))
                 engine.save(job.checkpoints, done, dump_spec(spec))
+            if log:
+                log.exclude(time.perf_counter() - paused)
             if progress and engine.is_main:
                 progress(done, loss, lr, val_loss)
     finally:

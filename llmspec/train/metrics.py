@@ -46,27 +46,31 @@ def peak_flops(spec: Spec, device: str) -> float | None:
 
 
 class StepLog:
-    """The step, eval and rate records of metrics.jsonl: tokens/s and MFU since the previous step record."""
+    """The step, eval and rate records of metrics.jsonl: tokens/s and MFU of the training steps since the previous
+    step record (time spent evaluating and checkpointing is excluded: it is not training throughput)."""
 
     def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool):
         self.tokens_per_step = spec.training.tokens_per_step
         self.metrics = MetricsLog(path, start if resume else None)
         self.flops_per_token = plan(spec, alternatives=False).flops["per_token_train"]
         self.peak = peak_flops(spec, device.split(":")[0])
-        self.mark, self.mark_step = time.perf_counter(), start
+        self.mark, self.mark_step, self.excluded = time.perf_counter(), start, 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Time since the last record that was not spent training (evaluation, checkpoints)."""
+        self.excluded += seconds
 
     def step(self, done: int, loss: float, lr: float) -> None:
-        elapsed = time.perf_counter() - self.mark
+        elapsed = time.perf_counter() - self.mark - self.excluded
         rate = self.tokens_per_step * (done - self.mark_step) / elapsed if elapsed else 0.0
         record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": rate}
         if self.peak:
             record["mfu"] = self.flops_per_token * rate / self.peak
         self.metrics.write(record)
-        self.mark, self.mark_step = time.perf_counter(), done
+        self.mark, self.mark_step, self.excluded = time.perf_counter(), done, 0.0
 
     def eval(self, done: int, val_loss: float) -> None:
         self.metrics.write({"step": done, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))})
-        self.mark = time.perf_counter()  # evaluation time is not training throughput
 
     def close(self) -> None:
         self.metrics.close()
