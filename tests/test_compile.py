@@ -55,7 +55,7 @@ def test_model_imports_torch_only(name):
     modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                for alias in node.names}
     modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert modules <= {"torch", "dataclasses", "math"}, modules
+    assert modules <= {"torch", "dataclasses", "functools", "math"}, modules  # the standard library and torch
 
 
 def test_only_the_paths_the_spec_uses_are_emitted():
@@ -291,3 +291,36 @@ def test_generated_model_runs_as_a_standalone_file(tmp_path):
 def test_build_names_come_from_validated_specs():
     with pytest.raises(Exception, match="name"):
         parse_spec(Path("specs/tiny.yaml").read_text().replace("name: tiny", 'name: "../evil; rm -rf"'))
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-gpt2"])
+def test_the_file_generates_on_its_own(name):
+    """model.py stands alone: Model.generate samples without llmspec (greedy is deterministic)."""
+    spec = load_spec(name)
+    torch.manual_seed(0)
+    model = model_module(spec).Model().eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    out = model.generate(prompt, max_new_tokens=5, temperature=0)
+    assert out.shape == (1, 8) and torch.equal(out[:, :3], prompt)
+    assert torch.equal(out, model.generate(prompt, max_new_tokens=5, temperature=0))
+    logits, _ = model(out[:, :-1])
+    assert torch.equal(out[0, 3:], logits[0, 2:].argmax(-1))  # each new token is the argmax after its prefix
+    sampled = model.generate(prompt, max_new_tokens=5, temperature=1.0, top_k=4)
+    assert sampled.shape == (1, 8)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe", "mistral-7b"])
+def test_16_bit_parameters_with_fp32_buffers_train(name):
+    """DeepSpeed's bf16 mode casts parameters, not buffers: RoPE tables and masks must follow the activations."""
+    spec = load_spec(name, ["model.n_layers=1", "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2",
+                            "model.d_ff=96", "model.vocab_size=128", "model.sliding_window=8"] if name == "mistral-7b"
+                     else [])
+    model = model_module(spec).Model().train()
+    for param in model.parameters():
+        param.data = param.data.to(torch.bfloat16)
+    assert any(buffer.dtype == torch.float32 for buffer in model.buffers())
+    idx = torch.randint(0, spec.model.vocab_size, (2, 16))
+    logits, loss = model(idx, idx)
+    loss.backward()
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters())

@@ -32,7 +32,7 @@ def features(spec: Spec) -> dict[str, bool]:
         "rope_scaling": scaling is not None,
         "rope_llama3": scaling is not None and scaling.type == "llama3",
         "rope_linear": scaling is not None and scaling.type == "linear",
-        "fused_qkv": mo.position == "learned",  # GPT-2's c_attn; the planner's largest module assumes the same
+        "fused_qkv": mo.fused_qkv,
         "rmsnorm": mo.norm == "rmsnorm", "layernorm": mo.norm == "layernorm",
         "gated": mo.gated, "moe": mo.moe is not None, "tied": mo.tie_embeddings,
         "sliding_window": mo.sliding_window is not None, "dropout": mo.dropout > 0,
@@ -47,7 +47,6 @@ def values(spec: Spec) -> dict[str, str]:
 
     mo = spec.model
     rope, window = mo.position == "rope", mo.sliding_window is not None
-    call = "x" + (", cos, sin" if rope else "") + (", mask" if window else "")
     scaling = mo.rope_scaling
     out = {
         "name": spec.name,
@@ -71,11 +70,11 @@ def values(spec: Spec) -> dict[str, str]:
         "mlp_name": _MLP_NAMES[mo.mlp],
         "activate_gate": act.format("self.gate_proj(x)"), "activate_up": act.format("self.up_proj(x)"),
         "gqa_arg": ", enable_gqa=True" if mo.n_kv_heads < mo.n_heads else "",
-        "block_args": "x: torch.Tensor" + (", cos: torch.Tensor, sin: torch.Tensor" if rope else "")
+        # What attention needs besides x (RoPE tables, the sliding-window mask), passed down the same way
+        # everywhere: Model.forward → Block.forward → Attention.forward.
+        "context_params": (", cos: torch.Tensor, sin: torch.Tensor" if rope else "")
         + (", mask: torch.Tensor | None" if window else ""),
-        "attn_args": call[1:], "block_call": call,
-        "pipe_block_call": "x" + (", self.cos[:seq_len], self.sin[:seq_len]" if rope else "")
-        + (", mask" if window else ""),
+        "context_args": (", cos, sin" if rope else "") + (", mask" if window else ""),
     })
     return rendered
 

@@ -23,8 +23,8 @@ def _s(names: str, **assumptions) -> tuple[sp.Symbol, ...]:
 
 # ---- inputs ------------------------------------------------------------------------------------------------
 V, h, L, a, k, d_h, f, P, E, K = _s("V h L a k d_h f P E K", positive=True)
-tied, learned, rope, bias, qkvb, gated, relu, moe, ln, drop = _s(
-    "tied learned rope bias qkv_bias gated relu moe layernorm dropout", nonnegative=True)
+tied, learned, rope, bias, qkvb, gated, relu, moe, ln, drop, fused = _s(
+    "tied learned rope bias qkv_bias gated relu moe layernorm dropout fused_qkv", nonnegative=True)
 b, s, B, D, e, window = _s("b s B D e window", positive=True)
 masked = sp.Symbol("masked", nonnegative=True)
 e_stat, e_mask = _s("e_stat e_mask", positive=True)
@@ -45,6 +45,7 @@ INPUT_DOCS: dict[str, str] = {
     "d_h": "head dim", "f": "MLP hidden size d_ff", "P": "max_seq_len (learned position table, RoPE tables)",
     "E": "experts per MoE layer (1 when dense)", "K": "experts active per token, top_k (1 when dense)",
     "tied": "1 if the LM head shares the embedding", "learned": "1 for learned positions", "rope": "1 for RoPE",
+    "fused_qkv": "1 when q, k and v are one projection (GPT-2's c_attn), 0 for three (Llama's q/k/v_proj)",
     "bias": "1 if linear layers (and LayerNorms) have biases", "qkv_bias": "1 if q, k, v have biases",
     "gated": "1 for SwiGLU/GeGLU", "relu": "1 for ReLU", "moe": "1 for a mixture of experts",
     "layernorm": "1 for LayerNorm, 0 for RMSNorm", "dropout": "1 if dropout > 0",
@@ -127,7 +128,7 @@ head = define("params_lm_head", (1 - tied) * V * h, "LM head (0 when tied to the
 total = define("params_total", emb + L * layer + norm + head, "all parameters (shared ones once)", "params")
 define("params_non_embedding", total - emb, "total minus embedding tables (the LM head stays in)", "params")
 define("params_largest_module",
-       sp.Max(V * h, learned * P * h, learned * (h + qkvb) * (a + 2 * k) * d_h + rope * (h + qkvb) * a * d_h,
+       sp.Max(V * h, learned * P * h, fused * (h + qkvb) * (a + 2 * k) * d_h + (1 - fused) * (h + qkvb) * a * d_h,
               h * f + bias * f, f * h + bias * h, moe * h * E),
        "the largest single module (embedding, LM head, a projection): what ZeRO-3 gathers at once", "params")
 active = define("params_active", total - L * (E - K) * expert, "parameters used per token (MoE: top_k experts)",

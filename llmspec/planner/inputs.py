@@ -54,7 +54,8 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
         "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
         "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
-        "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"), "dropout": int(mo.dropout > 0),
+        "fused_qkv": int(mo.fused_qkv), "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"),
+        "dropout": int(mo.dropout > 0),
         "b": tr.micro_batch_size, "s": tr.seq_len, "B": tr.global_batch_size, "D": tr.total_tokens,
         "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or tr.seq_len,
         # CPU kernels keep LayerNorm statistics and dropout masks in the activation dtype; GPU kernels in

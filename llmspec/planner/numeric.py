@@ -76,9 +76,9 @@ def params_non_embedding(params_embedding, params_total):
     return -params_embedding + params_total
 
 
-def params_largest_module(E, P, V, a, bias, d_h, f, h, k, learned, moe, qkv_bias, rope):
+def params_largest_module(E, P, V, a, bias, d_h, f, fused_qkv, h, k, learned, moe, qkv_bias):
     """the largest single module (embedding, LM head, a projection): what ZeRO-3 gathers at once [params]"""
-    return _max(V*h, E*h*moe, P*h*learned, bias*f + f*h, bias*h + f*h, a*d_h*rope*(h + qkv_bias) + d_h*learned*(a + 2*k)*(h + qkv_bias))
+    return _max(V*h, E*h*moe, P*h*learned, bias*f + f*h, bias*h + f*h, a*d_h*(1 - fused_qkv)*(h + qkv_bias) + d_h*fused_qkv*(a + 2*k)*(h + qkv_bias))
 
 
 def params_active(E, K, L, params_mlp, params_total):
@@ -417,7 +417,7 @@ ARGUMENTS = {
     'params_lm_head': ('V', 'h', 'tied'),
     'params_total': ('L', 'params_embedding', 'params_layer', 'params_lm_head', 'params_norm'),
     'params_non_embedding': ('params_embedding', 'params_total'),
-    'params_largest_module': ('E', 'P', 'V', 'a', 'bias', 'd_h', 'f', 'h', 'k', 'learned', 'moe', 'qkv_bias', 'rope'),
+    'params_largest_module': ('E', 'P', 'V', 'a', 'bias', 'd_h', 'f', 'fused_qkv', 'h', 'k', 'learned', 'moe', 'qkv_bias'),
     'params_active': ('E', 'K', 'L', 'params_mlp', 'params_total'),
     'matmul_weights': ('E', 'K', 'L', 'V', 'a', 'd_h', 'f', 'gated', 'h', 'k', 'moe'),
     'attention_context': ('s', 'window'),
@@ -521,6 +521,7 @@ Name = Literal[
     'eff',
     'f',
     'first_stage',
+    'fused_qkv',
     'g_bpp',
     'g_bucket',
     'gated',
@@ -639,7 +640,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'b', 'batch', 'bias', 'bw_dp', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'f', 'first_stage', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'm', 'masked', 'moe', 'n_gpu', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'price', 'psi', 'qkv_bias', 'reduce_bucket', 'relu', 'rope', 's', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'w_bpp', 'w_bytes', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'b', 'batch', 'bias', 'bw_dp', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'm', 'masked', 'moe', 'n_gpu', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'price', 'psi', 'qkv_bias', 'reduce_bucket', 'relu', 'rope', 's', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'w_bpp', 'w_bytes', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.

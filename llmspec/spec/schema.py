@@ -70,6 +70,13 @@ class ModelSpec(_Section):
     def gated(self) -> bool:
         return self.mlp in ("swiglu", "geglu")
 
+    @property
+    def fused_qkv(self) -> bool:
+        """One q/k/v projection (GPT-2's c_attn, and transformers' GPT-2 layout) for learned-position models;
+        three (q_proj, k_proj, v_proj: Llama's layout, which tensor parallelism shards head by head) for RoPE ones.
+        The compiler emits it, the planner counts its largest module, the HF mapping names it."""
+        return self.position == "learned"
+
     @model_validator(mode="after")
     def _derive(self) -> ModelSpec:
         if self.n_kv_heads is None:
