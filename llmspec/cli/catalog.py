@@ -1,0 +1,38 @@
+"""``llmspec schema`` and ``llmspec specs``: what a spec may hold, and the named specs."""
+
+from __future__ import annotations
+
+from llmspec.cli.common import JsonOpt, new_console, print_json
+
+
+def schema() -> None:
+    """The spec's JSON Schema (for editors' YAML completion)."""
+    from llmspec.spec.schema import Spec
+
+    print_json(Spec.model_json_schema())
+
+
+def specs(json_: JsonOpt = False) -> None:
+    """List the named specs in specs/."""
+    from llmspec.planner.training import plan as make_plan
+    from llmspec.spec.loading import load_spec, named_specs
+
+    rows = []
+    for name, path in sorted(named_specs().items()):
+        spec = load_spec(path)
+        about = next((line[2:].strip() for line in path.read_text().splitlines() if line.startswith("# ")), "")
+        rows.append({"name": name, "params": make_plan(spec, alternatives=False).params["total"],
+                     "gpus": spec.cluster.gpus, "gpu": spec.cluster.device.name, "about": about})
+    if json_:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    from llmspec.spec.units import fmt_count
+
+    table = Table(show_edge=False)
+    for column in ("name", "params", "cluster", "source"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], fmt_count(row["params"]), f"{row['gpus']} × {row['gpu']}", row["about"])
+    new_console().print(table)

@@ -1,0 +1,64 @@
+"""``llmspec plan``: the plan of a spec, its alternatives, --max limits and --inference serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmspec.cli.common import JsonOpt, SetOpt, SpecArg, check_writable, new_console, print_json
+
+
+def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
+         plot: Annotated[Path | None, typer.Option(help="write the memory-by-strategy chart (PNG)")] = None,
+         alternatives: Annotated[bool, typer.Option(help="also plan every ZeRO × checkpointing × offload")] = True,
+         max_: Annotated[str | None, typer.Option("--max", help="largest micro_batch_size, seq_len or n_layers "
+                                                  "that still fits")] = None,
+         inference: Annotated[bool, typer.Option(help="plan serving instead: weights, KV cache, throughput")] = False,
+         context: Annotated[int | None, typer.Option(min=1, help="--inference: tokens per sequence")] = None,
+         batch: Annotated[int, typer.Option(min=1, help="--inference: sequences decoded together")] = 1,
+         ) -> None:
+    """Parameters, FLOPs, per-GPU memory, fit, time and cost, for the spec's strategy and its alternatives."""
+    from llmspec.planner.training import plan as make_plan
+    from llmspec.spec.loading import load_spec
+
+    if max_ is not None:
+        from llmspec.planner.limits import max_fitting
+
+        limit = max_fitting(spec, set_ or [], max_)
+        if json_:
+            print_json(limit.__dict__)
+        elif limit.value is None:
+            print(f"{max_}: even 1 does not fit (usable {limit.usable:,} B)")
+        else:
+            print(f"{max_}: at most {limit.value} (spec has {limit.current}), bound by {limit.bound}; planned peak "
+                  f"{limit.peak:,} B of {limit.usable:,} B usable")
+        return
+    if inference:
+        from llmspec.planner.inference import inference_plan
+
+        served = inference_plan(load_spec(spec, set_ or []), context, batch)
+        if json_:
+            print_json(served)
+        else:
+            from llmspec.cli.report import render_inference
+
+            render_inference(served, new_console())
+        return
+
+    result = make_plan(load_spec(spec, set_ or []), alternatives=alternatives or plot is not None)
+    if plot is not None:
+        from llmspec.cli.plots import plot_memory
+
+        check_writable(plot)
+        plot_memory(result, plot)
+    if json_:
+        print_json(result.to_json())
+        return
+    from llmspec.cli.report import render_plan
+
+    console = new_console()
+    render_plan(result, console)
+    if plot is not None:
+        console.print(f"wrote {plot}")
