@@ -6,15 +6,19 @@ The torch engine runs in this process; DeepSpeed's ranks are started through the
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmspec.backends.torch_backend import train
 from llmspec.errors import LLMSpecError
-from llmspec.spec import Spec
+from llmspec.spec import Spec, parse_spec
+from llmspec.train.checkpoint import latest_checkpoint
 from llmspec.train.generate import write_samples
 from llmspec.train.job import Job, cache_dir, prepare
 from llmspec.train.metrics import plot_loss, read_metrics
@@ -33,20 +37,56 @@ class RunSummary:
     samples: list[str]
 
 
-def run(spec: Spec, run_dir: Path, resume: bool = False, backend: str = "auto", announce=print,
+def run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto", announce=print,
         progress=None, compile: bool = False) -> RunSummary:
-    chosen = resolve_backend(spec, backend)
-    job = prepare(spec, run_dir, resume)
-    if chosen == "torch":
+    """Prepare RUN_DIR, train, then plot the loss and write samples."""
+    job = prepare_run(spec, run_dir, resume, backend)
+    return train_job(job, backend, announce, progress, compile)
+
+
+def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto") -> Job:
+    """Everything before training: refusals (fit, backend, resume), build, tokenizer and token shards."""
+    resolve_backend(spec, backend)
+    return prepare(spec, Path(run_dir), resume)
+
+
+def train_job(job: Job, backend: str = "auto", announce=print, progress=None, compile: bool = False) -> RunSummary:
+    spec, run_dir = job.spec, job.run_dir
+    if resolve_backend(spec, backend) == "torch":
         result = train(job, announce, progress, compile)
         loss, val_loss = result.loss, result.val_loss
     else:
         if compile:
             announce("--compile applies to the torch backend; DeepSpeed runs the model uncompiled")
-        loss, val_loss = _launch_deepspeed(job, announce)
+        loss, val_loss = _launch_deepspeed(job, announce, progress)
     plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
     samples = write_samples(run_dir, PROMPTS)
     return RunSummary(run_dir, spec.training.steps, loss, val_loss, job.shards.unigram_entropy, samples)
+
+
+def default_run_dir(spec: Spec, root: Path = Path("runs")) -> tuple[Path, bool]:
+    """Where ``llmspec run`` without ``--out`` trains: ``runs/<name>``; when that holds a run already, whether it
+    is this spec's run finished (True: nothing to train), else the first free ``runs/<name>-N``."""
+    base = root / spec.name
+    if latest_checkpoint(base / "checkpoints") is None:
+        return base, False
+    if _finished(base, spec):
+        return base, True
+    n = 2
+    while latest_checkpoint(root / f"{spec.name}-{n}" / "checkpoints") is not None:
+        n += 1
+    return root / f"{spec.name}-{n}", False
+
+
+def _finished(run_dir: Path, spec: Spec) -> bool:
+    from llmspec.spec.compare import changed_fields
+
+    try:
+        saved = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
+    except (OSError, LLMSpecError):
+        return False
+    last = latest_checkpoint(run_dir / "checkpoints")
+    return not changed_fields(saved, spec) and last is not None and last.name == f"step-{spec.training.steps:08d}.pt"
 
 
 def resolve_backend(spec: Spec, backend: str) -> str:
@@ -56,7 +96,9 @@ def resolve_backend(spec: Spec, backend: str) -> str:
     return backend if backend != "auto" else ("deepspeed" if spec.cluster.gpus > 1 else "torch")
 
 
-def _launch_deepspeed(job: Job, announce) -> tuple[float | None, float | None]:
+def _launch_deepspeed(job: Job, announce, progress=None) -> tuple[float | None, float | None]:
+    """Run build/launch.sh (DeepSpeed's launcher, one process per rank) to the end. The progress callback follows
+    metrics.jsonl, which rank 0 writes. Ctrl-C stops the launcher and its ranks, then exits quietly (130)."""
     script = job.run_dir / "build" / "launch.sh"
     env = dict(os.environ)
     # the launcher and its ranks come from this interpreter's environment, activated or not
@@ -64,13 +106,60 @@ def _launch_deepspeed(job: Job, announce) -> tuple[float | None, float | None]:
     env.setdefault("MASTER_PORT", str(_free_port()))
     env.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))  # DeepSpeed's JIT-built ops
     announce(f"launching {script}")
-    done = subprocess.run(["bash", str(script), "--run-dir", str(job.run_dir.resolve())], env=env)
-    if done.returncode != 0:
-        raise LLMSpecError(f"deepspeed: the launcher exited with status {done.returncode}; see the output above")
+    # its own session: a Ctrl-C reaches this process only, which then stops the launcher's whole group
+    launcher = subprocess.Popen(["bash", str(script), "--run-dir", str(job.run_dir.resolve())], env=env,
+                                start_new_session=True)
+    follower = MetricsFollower(job.metrics_file, progress)
+    try:
+        while launcher.poll() is None:
+            follower.poll()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _stop(launcher)
+        raise
+    follower.poll()
+    if launcher.returncode != 0:
+        raise LLMSpecError(f"deepspeed: the launcher exited with status {launcher.returncode}; see the output above")
     records = read_metrics(job.metrics_file)
     losses = [r["loss"] for r in records if "loss" in r]
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     return (losses[-1] if losses else None), (vals[-1] if vals else None)
+
+
+class MetricsFollower:
+    """Calls ``progress(step, loss, lr, val_loss)`` for each record rank 0 appends to metrics.jsonl."""
+
+    def __init__(self, path: Path, progress):
+        self.path, self.progress, self.offset = path, progress, 0
+        self.loss = self.lr = self.val_loss = None
+
+    def poll(self) -> None:
+        if self.progress is None or not self.path.exists():
+            return
+        with open(self.path) as handle:
+            handle.seek(self.offset)
+            for line in handle:
+                if not line.endswith("\n"):
+                    break  # a line still being written
+                self.offset += len(line.encode())
+                record = json.loads(line)
+                self.loss, self.lr = record.get("loss", self.loss), record.get("lr", self.lr)
+                self.val_loss = record.get("val_loss", self.val_loss)
+                if self.lr is not None:
+                    self.progress(record["step"], self.loss, self.lr, self.val_loss)
+
+
+def _stop(launcher: subprocess.Popen) -> None:
+    """SIGTERM to the launcher's process group: the launcher stops its ranks; nothing prints a traceback. SIGKILL
+    after 30 s."""
+    try:
+        os.killpg(launcher.pid, signal.SIGTERM)
+        launcher.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    except ProcessLookupError:
+        pass
 
 
 def _free_port() -> int:

@@ -181,3 +181,41 @@ def test_cli_round_trip_and_errors(tmp_path):
     (tmp_path / "bad" / "config.json").write_text("{not json")
     result = runner.invoke(app, ["import-hf", str(tmp_path / "bad"), "-o", str(tmp_path / "y")])
     assert result.exit_code == 2 and "not valid JSON" in result.output
+
+
+def _saved(tmp_path, name="gpt2"):
+    hf = tmp_path / "hf"
+    _random_model(CONFIGS[name]).save_pretrained(hf)
+    return hf
+
+
+@pytest.mark.parametrize("relation", ["same", "inside", "contains"])
+def test_import_never_writes_into_its_input(tmp_path, relation):
+    hf = _saved(tmp_path)
+    before = {p.name: p.read_bytes() for p in hf.iterdir()}
+    out = {"same": hf, "inside": hf / "sub", "contains": tmp_path}[relation]
+    with pytest.raises(LLMSpecError, match="the input"):
+        import_hf(hf, out)
+    assert {p.name: p.read_bytes() for p in hf.iterdir()} == before
+    assert not (hf / "sub").exists()
+
+
+def test_export_never_writes_into_its_input(tmp_path):
+    hf = _saved(tmp_path)
+    imported = tmp_path / "imported"
+    import_hf(hf, imported)
+    before = {p.name: p.read_bytes() for p in imported.iterdir()}
+    result = CliRunner().invoke(app, ["export-hf", str(imported), "-o", str(imported)])
+    assert result.exit_code == 2 and "the input" in result.stderr and "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in imported.iterdir()} == before
+
+
+def test_import_keeps_the_tokenizer_dropout_and_file_modes(tmp_path):
+    hf = _saved(tmp_path)
+    (hf / "tokenizer.json").write_text('{"version": "1.0"}')
+    (hf / "tokenizer_config.json").write_text("{}")
+    written = import_hf(hf, tmp_path / "imported")
+    assert (tmp_path / "imported" / "tokenizer.json").read_text() == '{"version": "1.0"}'
+    assert tmp_path / "imported" / "tokenizer_config.json" in written
+    assert load_spec(tmp_path / "imported" / "spec.yaml").model.dropout == CONFIGS["gpt2"].resid_pdrop == 0.1
+    assert (tmp_path / "imported" / "model.safetensors").stat().st_mode & 0o777 == 0o644

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from llmspec.cli.app import app
 from llmspec.errors import LLMSpecError
 from llmspec.runner import run
-from llmspec.spec.loading import load_spec
+from llmspec.spec.loading import dump_spec, load_spec
 from llmspec.train.checkpoint import list_checkpoints, load_checkpoint
 from llmspec.train.generate import generate
 from llmspec.train.metrics import read_metrics
@@ -180,6 +180,13 @@ def test_generate_and_export_a_trained_run(corpus, tmp_path):
         generate(tmp_path / "r", "x", temperature=-1)
     result = CliRunner().invoke(app, ["export-hf", str(tmp_path / "r"), "-o", str(tmp_path / "hf")])
     assert result.exit_code == 0, result.output
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "r").rglob("*"))
+    for inside in (tmp_path / "r", tmp_path / "r" / "hf"):  # an output that is, or is inside, the run: refused
+        refused = CliRunner().invoke(app, ["export-hf", str(tmp_path / "r"), "-o", str(inside)])
+        assert refused.exit_code == 2 and "the input" in refused.stderr and "Traceback" not in refused.output
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "r").rglob("*")) == before
+    # the Python API takes str paths as the CLI does
+    assert generate(str(tmp_path / "r"), "Return the", max_new_tokens=3, temperature=0).startswith("Return the")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -213,3 +220,58 @@ def test_torch_compile_trains_the_same_model(corpus, tmp_path):
     eager = [r["loss"] for r in read_metrics(tmp_path / "eager" / "metrics.jsonl") if "loss" in r]
     compiled = [r["loss"] for r in read_metrics(tmp_path / "compiled" / "metrics.jsonl") if "loss" in r]
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_resume_refuses_a_changed_data_section_and_keeps_the_run_tokenizer(corpus, tmp_path):
+    spec = small(corpus, "training.max_steps=10")
+    run(spec, tmp_path / "r", announce=lambda *a: None)
+    tokenizer = (tmp_path / "r" / "tokenizer.json").read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("Completely different words here. " * 500)
+    with pytest.raises(LLMSpecError, match=r"--resume with changed data\.corpus"):
+        run(small(corpus, "training.max_steps=10", f"data.corpus={other}"), tmp_path / "r", resume=True)
+    with pytest.raises(LLMSpecError, match=r"training\.optimizer\.lr"):
+        run(small(corpus, "training.max_steps=10", "training.optimizer.lr=0.1"), tmp_path / "r", resume=True)
+    run(small(corpus, "training.max_steps=14", "training.log_interval=2"), tmp_path / "r", resume=True,
+        announce=lambda *a: None)  # length and cadence may change
+    assert (tmp_path / "r" / "tokenizer.json").read_bytes() == tokenizer
+    assert read_metrics(tmp_path / "r" / "metrics.jsonl")[-1]["step"] == 14
+
+
+def test_the_default_command_run_again_reports_instead_of_refusing(corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(dump_spec(small(corpus, "training.max_steps=6", "training.eval_interval=3")))
+    first = CliRunner().invoke(app, ["run", "s.yaml"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["run", "s.yaml"])
+    assert again.exit_code == 0 and "already trained" in again.output and "samples" not in again.stderr
+    assert "step 0/" not in again.output
+    longer = CliRunner().invoke(app, ["run", "s.yaml", "--set", "training.max_steps=7"])
+    assert longer.exit_code == 0, longer.output
+    assert "this one trains in runs/tiny-2" in " ".join(longer.output.split())
+    assert (tmp_path / "runs" / "tiny-2" / "checkpoints").is_dir()
+    assert len(list((tmp_path / "runs" / "tiny" / "checkpoints").glob("*.pt"))) >= 1  # the first run is intact
+
+
+def test_a_refused_run_prints_no_progress_bar(corpus, tmp_path):
+    result = CliRunner().invoke(app, ["run", "tiny", "--out", str(tmp_path / "r"), "--set", "cluster.gpu=L4",
+                                      "--set", "training.micro_batch_size=16", "--set", "model.n_layers=400",
+                                      "--set", "model.d_model=4096", "--set", "model.n_heads=32",
+                                      "--set", "model.n_kv_heads=8", "--set", "model.d_ff=11008"])
+    assert result.exit_code != 0 and "does not fit" in result.stderr
+    assert "step 0/" not in result.output
+
+
+def test_ctrl_c_exits_quietly_and_keeps_the_last_checkpoint(corpus, tmp_path):
+    (tmp_path / "s.yaml").write_text(dump_spec(small(corpus, "training.max_steps=100000",
+                                                     "training.checkpoint_interval=5")))
+    process = subprocess.Popen([sys.executable, "-m", "llmspec.cli.app", "run", str(tmp_path / "s.yaml"), "--out",
+                                str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list_checkpoints(tmp_path / "r" / "checkpoints") and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1])["step"] % 5 == 0

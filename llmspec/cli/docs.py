@@ -13,6 +13,7 @@ from llmspec.planner.formulas import FORMULAS, INPUT_DOCS
 from llmspec.planner.inputs import DEFAULT_EFFICIENCY
 from llmspec.planner.regimes import REGIMES, pieces
 from llmspec.spec import catalogue
+from llmspec.spec.compare import RESUME_SAFE
 from llmspec.spec.schema import Spec
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"  # the checkout's docs/ (make docs)
@@ -67,6 +68,10 @@ def render_spec() -> str:
              "fields are computed when absent. Every command takes a path or a named spec (`llmspec specs`) and "
              "`--set section.field=value` overrides. `llmspec schema` prints the JSON Schema for editors.\n"]
     _section(lines, "spec", Spec)
+    safe = ", ".join(f"`{name}`" for name in RESUME_SAFE)
+    lines.append(f"\n## Changing a spec on `--resume`\n\nA resumed run keeps its model, data, tokenizer and optimizer. "
+                 f"Only {safe} may differ from the run's own spec.yaml; `run --resume` refuses any other change and "
+                 "names the fields.\n")
     return "".join(lines)
 
 

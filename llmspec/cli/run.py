@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -21,22 +22,35 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
         compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (torch backend)")]
         = False) -> None:
     """Train the spec: plan → build → tokenizer and data → backend → eval → samples, all in RUN_DIR."""
+    from llmspec.cli.report import render_plan_summary
+    from llmspec.runner import default_run_dir, prepare_run, train_job  # imports torch
     from llmspec.spec.loading import load_spec
 
     loaded = load_spec(spec, set_ or [])
-    run_dir = out or Path("runs") / loaded.name
-    from llmspec.cli.report import render_plan_summary
-    from llmspec.runner import resolve_backend
-    from llmspec.runner import run as start_run  # imports torch
-
-    # DeepSpeed's ranks print their own progress; the bar follows the in-process torch backend
-    bar = resolve_backend(loaded, backend) == "torch"
     console = new_console()
+    run_dir = out
+    if run_dir is None and not resume:
+        run_dir, finished = default_run_dir(loaded)
+        if finished:  # the README's command, run again: show what it made instead of refusing
+            _report_finished(run_dir, console)
+            return
+        if run_dir != Path("runs") / loaded.name:
+            console.print(f"runs/{loaded.name} holds another run (--resume continues it); this one trains in "
+                          f"{run_dir}")
+    run_dir = run_dir or Path("runs") / loaded.name
     render_plan_summary(loaded, console)
-    steps, tokens = loaded.training.steps, loaded.training.tokens_per_step
-    with _training_progress(console, steps, tokens) if bar else contextlib.nullcontext() as progress:
-        summary = start_run(loaded, run_dir, resume, backend, announce=console.print, progress=progress,
-                            compile=compile_)
+    try:
+        job = prepare_run(loaded, run_dir, resume, backend)  # refusals come before the progress bar
+        steps, tokens = loaded.training.steps, loaded.training.tokens_per_step
+        with _training_progress(console, steps, tokens) as progress:
+            summary = train_job(job, backend, announce=console.print, progress=progress, compile=compile_)
+    except KeyboardInterrupt:
+        from llmspec.train.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(run_dir / "checkpoints")
+        kept = f"its last checkpoint is {last}" if last else "no checkpoint was written"
+        print(f"interrupted: {kept}; add --resume to continue", file=sys.stderr)
+        raise typer.Exit(130) from None
     if summary.val_loss is not None:
         import math
 
@@ -46,6 +60,19 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
     console.print(f"run directory: {run_dir} (metrics.jsonl, loss.png, samples.txt, checkpoints/)")
     for text in summary.samples:
         console.print(f"[dim]---[/]\n{text}")
+
+
+def _report_finished(run_dir: Path, console) -> None:
+    from llmspec.train.metrics import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    about = f"; validation loss {val[-1]:.3f}" if val else ""
+    console.print(f"{run_dir}: already trained to its last step{about}. `llmspec generate {run_dir} PROMPT` samples "
+                  f"from it; --resume continues it, --out DIR trains anew.")
+    samples = run_dir / "samples.txt"
+    if samples.exists():
+        console.print(samples.read_text().rstrip(), markup=False, highlight=False)
 
 
 def _training_progress(console, total: int, tokens_per_step: int):

@@ -31,10 +31,18 @@ def build_files(spec: Spec) -> dict[str, str]:
     return files
 
 
-def check_output_dir(path: Path) -> Path:
-    """Refuse an output path that is a file (it would be lost or half-replaced); returns the path."""
+def check_output_dir(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
+    """Refuse an output path that is a file (it would be lost or half-replaced), or a directory that is, contains or
+    lies inside one of ``inputs`` (writing there would replace what is being read); returns the path."""
     if path.exists() and not path.is_dir():
         raise LLMSpecError(f"{path}: exists and is not a directory")
+    out = path.resolve()
+    for source in inputs:
+        folder = source.resolve() if source.is_dir() else source.resolve().parent
+        if out == folder or folder in out.parents or out in folder.parents:
+            relation = "is" if out == folder else "is inside" if folder in out.parents else "contains"
+            raise LLMSpecError(f"-o {path}: {relation} the input {source}; choose an output directory apart from "
+                               "it (nothing was written)")
     return path
 
 

@@ -8,7 +8,9 @@ when the checkpoint has weights, ``model.safetensors`` in the compiled model's p
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +99,13 @@ def _expected_state(spec: Spec) -> dict[str, torch.Tensor]:
         return model_module(spec).Model().state_dict()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None) -> list[Path]:
     """Write ``spec.yaml`` (and ``model.safetensors`` when there are weights) for a transformers checkpoint."""
     hf_dir, out = Path(hf_dir), Path(out_dir)
+    check_output_dir(out, (hf_dir,))
     config = read_hf_config(hf_dir)
     source = str(hf_dir / "config.json")
     spec = imported_spec(config, name or hf_dir.resolve().name, source)
@@ -115,6 +121,10 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None) 
         if spec.model.tie_embeddings:
             state["lm_head.weight"] = state["lm_head.weight"].clone()
         written.append(_save_atomic(state, out / "model.safetensors", {"format": "pt", "llmspec_spec": spec.name}))
+    for name in TOKENIZER_FILES:  # the checkpoint's own tokenizer, for `data.tokenizer.path` and export-hf
+        if (hf_dir / name).is_file():
+            shutil.copyfile(hf_dir / name, out / name)
+            written.append(out / name)
     return written
 
 
@@ -132,11 +142,12 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def export_hf(weights: str | Path, spec: Spec, out_dir: str | Path) -> list[Path]:
     """config.json + model.safetensors for transformers, from the compiled model's weights."""
     hf_family(spec)  # refuses a spec no transformers family computes, before reading anything
+    check_output_dir(Path(out_dir), (Path(weights),))
     return export_state(load_weights(Path(weights)), spec, out_dir, source=str(weights))
 
 
 def export_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str | Path,
-                 source: str = "weights") -> list[Path]:
+                 source: str = "weights", inputs: tuple[Path, ...] = ()) -> list[Path]:
     """config.json + model.safetensors for transformers, from a state dict of the compiled model."""
     family = hf_family(spec)
     expected = _expected_state(spec)
@@ -149,7 +160,7 @@ def export_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str | Path
         if tuple(state[key].shape) != tuple(like.shape):
             raise LLMSpecError(f"{source}: {key} has shape {tuple(state[key].shape)}, spec {spec.name!r} "
                                f"implies {tuple(like.shape)}")
-    out = check_output_dir(Path(out_dir))
+    out = check_output_dir(Path(out_dir), inputs)
     out.mkdir(parents=True, exist_ok=True)
     tensors = to_hf(state, family, spec.model.tie_embeddings)
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
@@ -161,6 +172,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # readable like every other file we write (the temporary file was 0600)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

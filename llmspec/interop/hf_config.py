@@ -49,13 +49,19 @@ def model_from_hf(config: dict[str, Any], source: str = "config.json") -> dict[s
                 raise ConfigError(f"{source}: {key}=true changes attention; llmspec's GPT-2 does not model it")
         if config.get("scale_attn_weights") is False:
             raise ConfigError(f"{source}: scale_attn_weights=false is not supported")
+        # llmspec's one dropout rate is GPT-2's residual and embedding dropout (transformers' defaults: 0.1 each);
+        # dropout on the attention probabilities (attn_pdrop) is not modelled and is not carried over.
+        dropout = config.get("resid_pdrop", 0.1)
+        if config.get("embd_pdrop", 0.1) != dropout:
+            raise ConfigError(f"{source}: embd_pdrop {config.get('embd_pdrop', 0.1)} differs from resid_pdrop "
+                              f"{dropout}; llmspec has one dropout rate for both")
         return {
             "vocab_size": need("vocab_size"), "d_model": need("n_embd"), "n_layers": need("n_layer"),
             "n_heads": need("n_head"), "d_ff": config.get("n_inner") or 4 * config["n_embd"],
             "mlp": _GPT2_ACTIVATIONS[activation], "norm": "layernorm",
             "norm_eps": config.get("layer_norm_epsilon", 1e-5), "position": "learned",
             "max_seq_len": need("n_positions"), "tie_embeddings": config.get("tie_word_embeddings", True),
-            "bias": True, "init_std": config.get("initializer_range", 0.02),
+            "bias": True, "init_std": config.get("initializer_range", 0.02), "dropout": dropout,
         }
 
     activation = config.get("hidden_act", "silu")

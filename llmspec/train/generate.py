@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from llmspec.compile.build import check_output_dir
 from llmspec.compile.loading import load_model_module
 from llmspec.errors import LLMSpecError
 from llmspec.spec.loading import parse_spec
@@ -16,10 +17,11 @@ from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint
 from llmspec.train.sampling import sample
 
 
-def load_run(run_dir: Path) -> tuple[Spec, torch.nn.Module, object]:
+def load_run(run_dir: str | Path) -> tuple[Spec, torch.nn.Module, object]:
     """The spec, the model at the latest checkpoint (eval mode, CPU) and the tokenizer of a run directory."""
     from tokenizers import Tokenizer
 
+    run_dir = Path(run_dir)
     spec_file = run_dir / "spec.yaml"
     if not spec_file.is_file():
         raise LLMSpecError(f"{run_dir}: not a run directory (no spec.yaml)")
@@ -32,7 +34,7 @@ def load_run(run_dir: Path) -> tuple[Spec, torch.nn.Module, object]:
     return spec, model.eval(), Tokenizer.from_file(str(run_dir / "tokenizer.json"))
 
 
-def generate(run_dir: Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
+def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
              top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
     spec, model, tokenizer = load_run(run_dir)
     return _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
@@ -59,12 +61,14 @@ def write_samples(run_dir: Path, prompts: list[str]) -> list[str]:
     return texts
 
 
-def export_run(run_dir: Path, out: Path) -> list[Path]:
+def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
     """config.json + model.safetensors + the tokenizer, loadable with transformers' Auto classes."""
     from llmspec.interop.hf import export_state
 
+    run_dir, out = Path(run_dir), Path(out)
+    check_output_dir(out, (run_dir,))
     spec, model, _ = load_run(run_dir)
-    written = export_state(model.state_dict(), spec, out)
+    written = export_state(model.state_dict(), spec, out, inputs=(run_dir,))
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
               "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": spec.model.max_seq_len}

@@ -20,6 +20,7 @@ from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
 from llmspec.errors import LLMSpecError
 from llmspec.planner.training import plan
 from llmspec.spec.loading import dump_spec, parse_spec
+from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
 from llmspec.train.checkpoint import latest_checkpoint
@@ -97,15 +98,18 @@ def prepare(spec: Spec, run_dir: Path, resume: bool) -> Job:
         if not previous:
             raise LLMSpecError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
         saved = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
-        if saved.model != spec.model:
-            raise LLMSpecError(f"{run_dir}/spec.yaml: its model differs from the spec given; resume with the same "
-                               "model")
+        changed = unsafe_resume_changes(saved, spec)
+        if changed:
+            raise LLMSpecError(f"{run_dir}/spec.yaml: --resume with changed {', '.join(changed)}; a resumed run keeps "
+                               f"its model, data and optimizer (only {', '.join(RESUME_SAFE)} may change)")
 
     documents = _documents(spec)
     vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
     if vocab > spec.model.vocab_size:
         raise LLMSpecError(f"data.tokenizer.vocab_size: {vocab} exceeds model.vocab_size {spec.model.vocab_size}")
-    if spec.data.tokenizer.path:
+    if resume and (run_dir / "tokenizer.json").is_file():  # the run's own tokenizer: its ids are the run's
+        tokenizer, tokenizer_path = load_tokenizer(run_dir / "tokenizer.json", spec.model.vocab_size), None
+    elif spec.data.tokenizer.path:
         tokenizer = load_tokenizer(spec.data.tokenizer.path, spec.model.vocab_size)
         tokenizer_path = Path(spec.data.tokenizer.path).expanduser()
     else:
@@ -117,7 +121,7 @@ def prepare(spec: Spec, run_dir: Path, resume: bool) -> Job:
     run_dir.mkdir(parents=True, exist_ok=True)
     build(spec, run_dir / "build")
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
-    if not resume or not (run_dir / "tokenizer.json").exists():
+    if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
     job = Job(spec, run_dir, shards, resume)
     write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))  # what launched workers read
