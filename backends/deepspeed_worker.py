@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: rank {os.environ.get('RANK', '?')}: {type(error).__name__}: {error}", file=sys.stderr,
               flush=True)
         code = 1
+    except KeyboardInterrupt:  # a Ctrl-C that reached the rank: stop quietly, as the launcher does
+        code = 130
     finally:
         sys.stdout.flush()
         if code == 0 and dist.is_initialized():

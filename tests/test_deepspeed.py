@@ -91,3 +91,30 @@ def test_a_dying_rank_ends_the_run_with_an_error(tmp_path):
     killer.join()
     assert time.time() - start < 300
     assert len(read_metrics(run_dir / "metrics.jsonl")) < 400
+
+
+def test_the_cli_shows_progress_and_ctrl_c_stops_every_rank_quietly(tmp_path):
+    import sys
+
+    from llmspec.spec.loading import dump_spec
+
+    spec = load_spec("tiny", COMMON + ["parallelism.zero_stage=2", "training.max_steps=100000"])
+    (tmp_path / "s.yaml").write_text(dump_spec(spec))
+    run_dir = tmp_path / "r"
+    env = {**os.environ, "COLUMNS": "100"}
+    process = subprocess.Popen([sys.executable, "-m", "llmspec.cli.app", "run", str(tmp_path / "s.yaml"), "--out",
+                                str(run_dir), "--backend", "deepspeed"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    while not list_checkpoints(run_dir / "checkpoints") and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the progress follower reads metrics.jsonl every half second
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr and "interrupted" in stderr
+    assert "step " in stdout and " loss " in stdout  # the same progress bar as the torch engine
+    time.sleep(2)
+    leftover = subprocess.run(["pgrep", "-f", f"deepspeed_worker.*{run_dir}"], capture_output=True, text=True)
+    assert leftover.stdout.split() == []
+    assert load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["step"] % 4 == 0

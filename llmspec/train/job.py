@@ -19,8 +19,8 @@ from llmspec.data.shards import Shards, write_shards
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
 from llmspec.errors import LLMSpecError
 from llmspec.planner.training import plan
-from llmspec.spec.loading import dump_spec, parse_spec
 from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
+from llmspec.spec.loading import dump_spec, parse_spec
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
 from llmspec.train.checkpoint import latest_checkpoint
