@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -126,3 +127,60 @@ def test_plan_path_never_imports_torch_deepspeed_or_sympy(code):
     check = (code + "; import sys; bad = [m for m in ('torch', 'deepspeed', 'sympy', 'numpy', 'matplotlib') "
              "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+# ---- bad input: one line, exit 2, nothing written; a spec that does not fit: exit 3 --------------------------
+
+
+def _one_line_exit_2(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) >= 1
+    for needle in needles:
+        assert needle in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["size", "llama2-7b", "--write", "nodir/best.yaml"],
+    ["size", "--compute", "1e21", "--write", "nodir/c.yaml"],
+    ["size", "tiny", "--write", "/proc/x.yaml"],
+    ["plan", "tiny", "--plot", "/proc/x.png"],
+    ["size", "tiny", "--budget", "-5"],
+])
+def test_output_paths_and_flags_are_checked_before_the_work(args):
+    result = CliRunner().invoke(app, args)
+    _one_line_exit_2(result, args[-2] if args[-2].startswith("--") else "")
+
+
+@pytest.mark.parametrize("text, field", [
+    ("lr: .inf", "training.optimizer.lr"),
+    ("n_layers: true", "model.n_layers"),
+    ("tokens: 1e30", "training.tokens"),
+    ("memory_reserve_gib: 100", "cluster.memory_reserve_gib"),
+    ("warmup_steps: 5000", "training.schedule.warmup_steps"),
+    ("duplicate", "model.d_model"),
+])
+def test_validation_holes_are_closed(tmp_path, text, field):
+    spec = (Path(__file__).parents[1] / "specs" / "tiny.yaml").read_text()
+    edits = {
+        "lr: .inf": ("lr: 3.0e-3", "lr: .inf"), "n_layers: true": ("n_layers: 4", "n_layers: true"),
+        "tokens: 1e30": ("  max_steps: 600", "  tokens: 1e30"),
+        "memory_reserve_gib: 100": ("  gpu: cpu", "  gpu: cpu\n  memory_reserve_gib: 100"),
+        "warmup_steps: 5000": ("warmup_steps: 50", "warmup_steps: 5000"),
+        "duplicate": ("  d_model: 128", "  d_model: 128\n  d_model: 256"),
+    }
+    old, new = edits[text]
+    assert old in spec
+    (tmp_path / "s.yaml").write_text(spec.replace(old, new, 1))
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
+    _one_line_exit_2(result, field)
+    assert "s.yaml:" in result.stderr  # the line, not just the field
+
+
+def test_plan_and_validate_exit_3_when_the_spec_does_not_fit():
+    too_big = ["--set", "cluster.gpu=L4", "--set", "model.n_layers=400", "--set", "model.d_model=4096",
+               "--set", "model.n_heads=32", "--set", "model.d_ff=11008"]
+    for command in (["plan", "tiny"], ["plan", "tiny", "--json"], ["validate", "tiny"]):
+        result = CliRunner().invoke(app, [*command, *too_big])
+        assert result.exit_code == 3, result.output
+        assert "Traceback" not in result.output and result.stdout.strip()  # the output is kept
+    assert CliRunner().invoke(app, ["plan", "tiny", "--json"]).exit_code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,8 +43,27 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=float))
 
 
-def check_writable(path: Path) -> None:
-    if path.suffix.lower() != ".png":
-        raise LLMSpecError(f"--plot {path}: expected a .png file name")
-    if not path.parent.exists():
-        raise LLMSpecError(f"--plot {path}: folder {path.parent} does not exist")
+# Exit code for a valid spec that does not fit its device (plan, validate): scripts can test fit.
+EXIT_DOES_NOT_FIT = 3
+
+
+def check_writable(path: Path, flag: str = "--plot", suffixes: tuple[str, ...] = (".png",)) -> None:
+    """Refuse an output file the command could not write, before any work is done."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise LLMSpecError(f"{flag} {path}: expected a {' or '.join(suffixes)} file name")
+    if not path.parent.is_dir():
+        raise LLMSpecError(f"{flag} {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise LLMSpecError(f"{flag} {path}: is a directory")
+    try:  # the only sure test: create a file there (a read-only or virtual file system refuses)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as error:
+        raise LLMSpecError(f"{flag} {path}: cannot write there ({error.strerror or error})") from None
+
+
+def write_text(path: Path, text: str, flag: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as error:
+        raise LLMSpecError(f"{flag} {path}: not written ({error.strerror or error})") from None

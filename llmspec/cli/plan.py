@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmspec.cli.common import JsonOpt, SetOpt, SpecArg, check_writable, new_console, print_json
+from llmspec.cli.common import EXIT_DOES_NOT_FIT, JsonOpt, SetOpt, SpecArg, check_writable, new_console, print_json
 
 
 def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
@@ -23,6 +23,8 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
     from llmspec.planner.training import plan as make_plan
     from llmspec.spec.loading import load_spec
 
+    if plot is not None:
+        check_writable(plot)
     if max_ is not None:
         from llmspec.planner.limits import max_fitting
 
@@ -31,7 +33,9 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
             print_json(limit.__dict__)
         elif limit.value is None:
             print(f"{max_}: even 1 does not fit (usable {limit.usable:,} B)")
-        else:
+        if limit.value is None:
+            raise typer.Exit(EXIT_DOES_NOT_FIT)
+        if not json_:
             print(f"{max_}: at most {limit.value} (spec has {limit.current}), bound by {limit.bound}; planned peak "
                   f"{limit.peak:,} B of {limit.usable:,} B usable")
         return
@@ -45,20 +49,23 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
             from llmspec.cli.report import render_inference
 
             render_inference(served, new_console())
+        if not served["fits"]:
+            raise typer.Exit(EXIT_DOES_NOT_FIT)
         return
 
     result = make_plan(load_spec(spec, set_ or []), alternatives=alternatives or plot is not None)
     if plot is not None:
         from llmspec.cli.plots import plot_memory
 
-        check_writable(plot)
         plot_memory(result, plot)
     if json_:
         print_json(result.to_json())
-        return
-    from llmspec.cli.report import render_plan
+    else:
+        from llmspec.cli.report import render_plan
 
-    console = new_console()
-    render_plan(result, console)
-    if plot is not None:
-        console.print(f"wrote {plot}")
+        console = new_console()
+        render_plan(result, console)
+        if plot is not None:
+            console.print(f"wrote {plot}")
+    if not result.fits:
+        raise typer.Exit(EXIT_DOES_NOT_FIT)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmspec.cli.common import JsonOpt, SetOpt, check_writable, new_console, print_json
+from llmspec.cli.common import JsonOpt, SetOpt, check_writable, new_console, print_json, write_text
 from llmspec.errors import LLMSpecError
 
 
@@ -29,12 +29,16 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
 
     if plot is not None:
         check_writable(plot)
+    if write is not None:
+        check_writable(write, "--write", (".yaml", ".yml"))
+    if budget is not None and not budget > 0:
+        raise LLMSpecError(f"--budget {budget:g}: must be a positive number of USD")
     if compute is not None or (spec is None and budget is not None):
         from llmspec.planner.compute_optimal import compute_optimal_report
 
         result = compute_optimal_report(spec, set_ or [], compute, budget, gpu, days)
         if write:
-            write.write_text(dump_spec(result.spec))
+            write_text(write, dump_spec(result.spec), "--write")
         if json_:
             print_json(result.to_json())
         else:
@@ -56,7 +60,7 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
     if write:
         if result.best is None:
             raise LLMSpecError(f"--write {write}: no feasible layout to write")
-        write.write_text(dump_spec(load_spec(spec, [*(set_ or []), *result.best.sets()])))
+        write_text(write, dump_spec(load_spec(spec, [*(set_ or []), *result.best.sets()])), "--write")
     if plot is not None:
         from llmspec.cli.plots import plot_size
 

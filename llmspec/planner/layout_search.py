@@ -28,6 +28,7 @@ from llmspec.planner.inputs import (
     usable_memory,
 )
 from llmspec.spec import catalogue
+from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
 
 # (optimizer, parameter) offload of each searched code: none; the optimizer to the CPU; both to the CPU
@@ -115,6 +116,8 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     dp = np.maximum(n // (t * p), 1)
     ok &= (tr.global_batch_size % (mb * dp) == 0) & ~((p > 1) & (z > 1))  # DeepSpeed pipelines: ZeRO ≤ 1
     ok &= ~((off >= 1) & (z == 0)) & ~((off == 2) & (z != 3))  # offload needs ZeRO ≥ 1; params need ZeRO-3
+    if tr.optimizer.name not in OFFLOADABLE_OPTIMIZERS:
+        ok &= off == 0
     if not ok.any():
         raise LLMSpecError(f"{spec.name}: no layout up to {max_gpus} GPUs divides the global batch "
                            f"{tr.global_batch_size} and the heads")

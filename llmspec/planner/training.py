@@ -24,6 +24,7 @@ from llmspec.planner.inputs import (
     usable_memory,
 )
 from llmspec.planner.regimes import bytes_per_param
+from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
 
 __all__ = ["CHECKPOINTING", "DEFAULT_EFFICIENCY", "Alternative", "Plan", "Strategy", "plan", "single_device_env",
@@ -244,8 +245,9 @@ def strategies(spec: Spec) -> list[Strategy]:
     out = []
     max_stage = 1 if spec.parallelism.pipeline > 1 else 3
     for stage in range(max_stage + 1):
-        offloads = [("none", "none")] + ([("cpu", "none")] if stage >= 1 else []) + (
-            [("cpu", "cpu")] if stage == 3 else [])
+        offloadable = stage >= 1 and spec.training.optimizer.name in OFFLOADABLE_OPTIMIZERS
+        offloads = [("none", "none")] + ([("cpu", "none")] if offloadable else []) + (
+            [("cpu", "cpu")] if offloadable and stage == 3 else [])
         for opt, prm in offloads:
             for ckpt in CHECKPOINTING:
                 out.append(Strategy(stage, ckpt, opt, prm))

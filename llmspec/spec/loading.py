@@ -45,10 +45,15 @@ def load_spec(source: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Spe
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError([Problem("", f"cannot read spec: {err}", source=str(path))]) from None
-    return parse_spec(text, source=str(path), sets=sets)
+    return parse_spec(text, source=str(path), sets=sets, base_dir=path.parent)
 
 
-def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str, ...] = ()) -> Spec:
+# Paths a spec file names, resolved against the file's folder (a --set value is relative to the current one).
+FILE_PATHS = (("data", "corpus"), ("data", "tokenizer", "path"))
+
+
+def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str, ...] = (),
+               base_dir: Path | None = None) -> Spec:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -59,6 +64,11 @@ def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str,
         raise SpecError([Problem("", f"invalid YAML: {reason}", line, source)]) from None
     if not isinstance(data, dict):
         raise SpecError([Problem("", "a spec must be a YAML mapping with name, model, training, ...", 1, source)])
+    duplicates = list(_duplicate_keys(node, source))
+    if duplicates:
+        raise SpecError(duplicates)
+    if base_dir is not None:
+        _resolve_file_paths(data, base_dir)
     overridden = apply_sets(data, sets)
     try:
         return Spec.model_validate(data)
@@ -67,6 +77,42 @@ def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str,
     except ConsistencyError as err:
         problems = list(err.problems)
     raise SpecError([_locate(p, node, source, overridden) for p in problems]) from None
+
+
+def _duplicate_keys(node: yaml.Node | None, source: str, path: str = ""):
+    """A key given twice in one mapping (YAML would keep the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            where = f"{path}.{name}" if path else name
+            if name in seen:
+                yield Problem(where, f"given twice (lines {seen[name]} and {key.start_mark.line + 1}); keep one",
+                              key.start_mark.line + 1, source)
+            seen.setdefault(name, key.start_mark.line + 1)
+            yield from _duplicate_keys(value, source, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _duplicate_keys(item, source, path)
+
+
+def _resolve_file_paths(data: dict, base_dir: Path) -> None:
+    for keys in FILE_PATHS:
+        parent = data
+        for key in keys[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or keys[-1] not in parent:
+            continue
+        value = parent[keys[-1]]
+        parent[keys[-1]] = ([_against(base_dir, v) for v in value] if isinstance(value, list)
+                            else _against(base_dir, value))
+
+
+def _against(base_dir: Path, value: object) -> object:
+    """A relative path in a spec file is relative to the file, not to where the command runs."""
+    if not isinstance(value, str) or value == "builtin" or value.startswith("~") or Path(value).is_absolute():
+        return value
+    return str(base_dir / value)
 
 
 def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> set[str]:

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 from llmspec.errors import Problem
 from llmspec.spec import catalogue
 
+# The optimizers DeepSpeed runs on the CPU under optimizer offload (ds_config.json names them).
+OFFLOADABLE_OPTIMIZERS = ("adamw", "adam")
+
 if TYPE_CHECKING:
     from llmspec.spec.schema import Spec
 
@@ -44,6 +47,10 @@ def consistency_problems(spec: Spec) -> list[Problem]:
         bad("training.seq_len", f"seq_len {tr.seq_len} exceeds model.max_seq_len {m.max_seq_len}")
     if tr.schedule.min_lr > tr.optimizer.lr:
         bad("training.schedule.min_lr", f"min_lr {tr.schedule.min_lr} exceeds optimizer.lr {tr.optimizer.lr}")
+    given_warmup = "warmup_steps" in tr.schedule.model_fields_set  # the default (2000) is for full-length runs
+    if given_warmup and (tr.max_steps or tr.tokens) and tr.schedule.warmup_steps > tr.steps:
+        bad("training.schedule.warmup_steps", f"warmup_steps {tr.schedule.warmup_steps} exceeds the run's "
+                                              f"{tr.steps} steps")
 
     # --- cluster --------------------------------------------------------------------------------------------
     device = None
@@ -56,6 +63,9 @@ def consistency_problems(spec: Spec) -> list[Problem]:
                                "or give memory_gib and peak_tflops)")
     else:
         device = cl.gpu.to_gpu()
+    if device is not None and cl.memory_reserve_gib * 2**30 >= device.memory_bytes:
+        bad("cluster.memory_reserve_gib", f"reserve {cl.memory_reserve_gib:g} GiB leaves nothing of "
+                                          f"{device.name}'s {device.memory_bytes / 2**30:g} GiB")
     if device is not None and tr.precision not in device.peak_flops:
         have = ", ".join(sorted(device.peak_flops))
         bad("training.precision", f"{device.name} does not support {tr.precision} (supports {have})")
@@ -73,6 +83,9 @@ def consistency_problems(spec: Spec) -> list[Problem]:
         bad("parallelism.zero_stage", f"DeepSpeed pipelines support ZeRO stage 0 or 1, not {par.zero_stage}")
     if par.offload_params != "none" and par.zero_stage != 3:
         bad("parallelism.offload_params", "parameter offload needs zero_stage: 3")
+    if par.offload_optimizer != "none" and tr.optimizer.name not in OFFLOADABLE_OPTIMIZERS:
+        bad("parallelism.offload_optimizer", f"offload runs DeepSpeed's CPU Adam/AdamW; training.optimizer.name "
+                                             f"{tr.optimizer.name} cannot be offloaded")
     if par.offload_optimizer != "none" and par.zero_stage == 0:
         bad("parallelism.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3")
     gpus = cl.gpus

@@ -15,11 +15,18 @@ from llmspec.spec import catalogue
 from llmspec.spec.rules import consistency_problems
 from llmspec.spec.units import parse_count
 
-Positive = Annotated[int, Field(gt=0)]
+# strict: YAML's true/false are not the integers 1 and 0
+Positive = Annotated[int, Field(gt=0, strict=True)]
+NonNegative = Annotated[int, Field(ge=0, strict=True)]
+# A fraction in [0, 1): Adam's and Lion's betas.
+Beta = Annotated[float, Field(ge=0, lt=1)]
+# More tokens than any corpus holds (1e17 = 100,000T) is a typo, not a plan.
+MAX_TOKENS = 10**17
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    # allow_inf_nan=False: every number a spec holds is finite (lr: .inf would stop a run at its first step)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
 
 class RopeScaling(_Section):
@@ -35,7 +42,7 @@ class RopeScaling(_Section):
 class MoE(_Section):
     """Mixture of experts replacing every MLP: a linear router picks ``top_k`` of ``n_experts`` (Mixtral)."""
 
-    n_experts: Annotated[int, Field(ge=2)]
+    n_experts: Annotated[int, Field(ge=2, strict=True)]
     top_k: Positive = 2
 
 
@@ -91,7 +98,7 @@ class ModelSpec(_Section):
 class Optimizer(_Section):
     name: Literal["adamw", "adam", "sgd", "lion"] = "adamw"
     lr: float = Field(3e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
     weight_decay: float = Field(0.1, ge=0)
     eps: float = Field(1e-8, gt=0)
 
@@ -104,7 +111,7 @@ class Optimizer(_Section):
 class Schedule(_Section):
     """Linear warmup from 0 to ``optimizer.lr``, then cosine decay to ``min_lr``."""
 
-    warmup_steps: Annotated[int, Field(ge=0)] = 2000
+    warmup_steps: NonNegative = 2000
     min_lr: float = Field(3e-5, ge=0)
 
 
@@ -112,7 +119,8 @@ class TrainingSpec(_Section):
     seq_len: Positive
     micro_batch_size: Positive = 1
     global_batch_size: Positive = Field(description="sequences per optimizer step")
-    tokens: Positive | None = Field(None, description="total training tokens; accepts 300B, 2T, 1.5e12")
+    tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS, strict=True)] | None = Field(
+        None, description="total training tokens; accepts 300B, 2T, 1.5e12")
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     optimizer: Optimizer = Optimizer()
     schedule: Schedule = Schedule()
@@ -121,7 +129,7 @@ class TrainingSpec(_Section):
     log_interval: Positive = 10
     eval_interval: Positive = 500
     checkpoint_interval: Positive = 1000
-    seed: int = 0
+    seed: NonNegative = 0
     gradient_accumulation_steps: Positive | None = Field(
         None, description="derived: global_batch_size / (micro_batch_size · data_parallel)"
     )

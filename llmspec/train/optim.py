@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from llmspec.spec.schema import Spec
+from llmspec.train.lion import Lion
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -24,4 +25,4 @@ def make_optimizer(spec: Spec, model: torch.nn.Module, device: str) -> torch.opt
         return cls(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=device.split(":")[0] in ("cuda", "cpu"))
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.betas[0])
-    raise NotImplementedError(f"training.optimizer.name: {opt.name} is planned but not trained yet")
+    return Lion(groups, lr=opt.lr, betas=opt.betas)
