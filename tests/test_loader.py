@@ -186,3 +186,19 @@ def test_every_catalogue_gpu_loads_and_plans_in_each_precision_it_lists(gpu):
             continue
         spec = load_spec("tiny", [f"cluster.gpu={gpu}", f"training.precision={precision}"])
         assert plan(spec, alternatives=False).gpu_name == entry.name
+
+
+def test_the_json_schema_accepts_every_shipped_spec_and_every_count_form():
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(Spec.model_json_schema())
+    for name, path in named_specs().items():
+        spec = yaml.safe_load(path.read_text())
+        errors = [f"{name}: {list(e.path)}: {e.message}" for e in validator.iter_errors(spec)]
+        assert errors == []
+    data = yaml.safe_load((named_specs()["llama2-7b"]).read_text())
+    for tokens in (2_000_000_000_000, 2e12, "2T", "300B", "1.5e12", "4_000_000_000_000", "15.6t"):
+        data["training"]["tokens"] = tokens
+        assert list(validator.iter_errors(data)) == [], tokens
+        assert load_spec("llama2-7b", [f"training.tokens={tokens}"]).training.tokens > 0
+    data["training"]["tokens"] = "two trillion"
+    assert list(validator.iter_errors(data))

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from llmspec.errors import ConsistencyError
 from llmspec.spec import catalogue
 from llmspec.spec.rules import consistency_problems
-from llmspec.spec.units import parse_count
+from llmspec.spec.units import COUNT_PATTERN, parse_count
 
 # strict: YAML's true/false are not the integers 1 and 0
 Positive = Annotated[int, Field(gt=0, strict=True)]
 NonNegative = Annotated[int, Field(ge=0, strict=True)]
 # A fraction in [0, 1): Adam's and Lion's betas.
 Beta = Annotated[float, Field(ge=0, lt=1)]
+# What the loader accepts for a count (parse_count), for editors' JSON Schema: 2T, 300B, 1.5e12, 4_000_000.
+COUNT_SCHEMA = {"anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "number", "exclusiveMinimum": 0},
+                          {"type": "string", "pattern": COUNT_PATTERN}]}
 # More tokens than any corpus holds (1e17 = 100,000T) is a typo, not a plan.
 MAX_TOKENS = 10**17
 
@@ -119,7 +122,7 @@ class TrainingSpec(_Section):
     seq_len: Positive
     micro_batch_size: Positive = 1
     global_batch_size: Positive = Field(description="sequences per optimizer step")
-    tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS, strict=True)] | None = Field(
+    tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS, strict=True), WithJsonSchema(COUNT_SCHEMA)] | None = Field(
         None, description="total training tokens; accepts 300B, 2T, 1.5e12")
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     optimizer: Optimizer = Optimizer()

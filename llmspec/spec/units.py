@@ -6,6 +6,8 @@ import math
 import re
 
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12, "P": 10**15}
+# The same strings as a JSON Schema pattern (ECMA regex: no flags; underscores allowed as digit separators).
+COUNT_PATTERN = r"^\s*[0-9_]*\.?[0-9_]+([eE][+-]?[0-9]+)?\s*[KMBGTPkmbgtp]?\s*$"
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGTP]?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
