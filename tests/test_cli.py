@@ -156,7 +156,6 @@ def test_output_paths_and_flags_are_checked_before_the_work(args):
     ("n_layers: true", "model.n_layers"),
     ("tokens: 1e30", "training.tokens"),
     ("memory_reserve_gib: 100", "cluster.memory_reserve_gib"),
-    ("warmup_steps: 5000", "training.schedule.warmup_steps"),
     ("duplicate", "model.d_model"),
 ])
 def test_validation_holes_are_closed(tmp_path, text, field):
@@ -165,7 +164,6 @@ def test_validation_holes_are_closed(tmp_path, text, field):
         "lr: .inf": ("lr: 3.0e-3", "lr: .inf"), "n_layers: true": ("n_layers: 4", "n_layers: true"),
         "tokens: 1e30": ("  max_steps: 600", "  tokens: 1e30"),
         "memory_reserve_gib: 100": ("  gpu: cpu", "  gpu: cpu\n  memory_reserve_gib: 100"),
-        "warmup_steps: 5000": ("warmup_steps: 50", "warmup_steps: 5000"),
         "duplicate": ("  d_model: 128", "  d_model: 128\n  d_model: 256"),
     }
     old, new = edits[text]

@@ -41,12 +41,12 @@ def test_model_states_equal_deepspeed_estimators(name, nodes, per_node, offload)
                        cpu_offload_params=prm == "cpu", zero_init=True)
     assert plan3.memory["model_states"] == gpu3
     # DeepSpeed truncates a float product (psi * 16 * (1 / nodes) * 1.5): at most one byte under the exact value.
-    assert 0 <= plan3.host_memory - int(cpu3) <= 1
+    assert 0 <= plan3.host_memory - int(cpu3) <= 1 and plan3.host_memory == plan3.host_memory_deepspeed
     if offload != "all":
         plan2 = planned(name, *base, "parallelism.zero_stage=2", f"parallelism.offload_optimizer={opt}")
         cpu2, gpu2 = zero2(psi, num_gpus_per_node=per_node, num_nodes=nodes, cpu_offload=opt == "cpu")
         assert plan2.memory["model_states"] == gpu2
-        assert 0 <= plan2.host_memory - int(cpu2) <= 1
+        assert 0 <= plan2.host_memory_deepspeed - int(cpu2) <= 1
 
 
 def test_largest_module_is_what_deepspeed_finds_in_transformers_model():
@@ -167,3 +167,14 @@ def test_fits_reflects_usable_memory():
     assert planned("llama2-7b").fits
     big = planned("llama2-7b", "parallelism.zero_stage=0", "parallelism.activation_checkpointing=none")
     assert not big.fits and big.memory["peak"] > big.usable_memory
+
+
+def test_zero2_offload_host_memory_is_one_nodes_share():
+    """DeepSpeed's ZeRO-2 offload estimate grows with every GPU of the job; a node holds its GPUs' shards."""
+    sets = ["parallelism.zero_stage=2", "parallelism.offload_optimizer=cpu"]
+    small, large = planned("llama2-7b", *sets, "cluster.nodes=8"), planned("llama2-7b", *sets)  # 64 and 512 GPUs
+    assert large.host_memory_deepspeed > 7 * small.host_memory_deepspeed  # DeepSpeed's: proportional to GPUs
+    psi, dp = large.params["total"], large.spec.parallelism.data_parallel
+    expected = psi / dp * large.spec.cluster.gpus_per_node * (12 + 6) * 1.5  # fp32 master+Adam 12, grads 6 B/param
+    assert large.host_memory == pytest.approx(expected, rel=1e-9)
+    assert large.host_memory < 64 * 2**30 < large.host_memory_deepspeed

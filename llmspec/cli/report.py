@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmspec.planner.training import Plan
-from llmspec.spec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_money
+from llmspec.spec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_hours, fmt_money
 
 if TYPE_CHECKING:  # measuring imports torch; the plan path must not
     from llmspec.compile.measure import Measurement
@@ -57,7 +57,12 @@ def render_plan(plan: Plan, console: Console) -> None:
     table.add_row("[bold]peak[/]", f"[bold]{fmt_bytes(mem['peak'])}[/]",
                   f"{verdict} of {fmt_bytes(plan.usable_memory)} usable ({fmt_bytes(plan.gpu_memory)} GPU)")
     if plan.host_memory:
-        table.add_row("host per node", fmt_bytes(plan.host_memory), "DeepSpeed estimator")
+        same = plan.host_memory == plan.host_memory_deepspeed
+        table.add_row("host per node", fmt_bytes(plan.host_memory),
+                      "DeepSpeed's estimator" if same else "the node's offloaded states × 1.5")
+        if not same:
+            table.add_row("  DeepSpeed's", fmt_bytes(plan.host_memory_deepspeed), "its estimator: params × 4 × all "
+                          "GPUs × 1.5, not one node's")
     if plan.nvme_memory:
         table.add_row("NVMe per node", fmt_bytes(plan.nvme_memory), "offloaded states")
     console.print(table)
@@ -72,7 +77,7 @@ def render_plan(plan: Plan, console: Console) -> None:
     table.add_row("throughput", f"{fmt_count(t['tokens_per_second'])} tokens/s",
                   f"MFU {t['mfu']:.1%} · HFU {t['hfu']:.1%} (efficiency {plan.efficiency:.0%})")
     table.add_row("run", fmt_duration(t["total_seconds"]), f"{t['steps']:,} steps")
-    table.add_row("GPU-hours", f"{t['gpu_hours']:,.0f}", "")
+    table.add_row("GPU-hours", fmt_hours(t["gpu_hours"]), "")
     table.add_row("cost", fmt_money(t["cost"]), f"at ${plan.env['price']:.2f}/GPU-hour")
     console.print(table)
 
@@ -154,7 +159,7 @@ def render_size(result, spec, console: Console) -> None:
         offload = "opt+par" if x.offload_params != "none" else ("opt" if x.offload_optimizer != "none" else "-")
         table.add_row(x.gpu, f"{x.gpus:,}", str(x.tensor), str(x.pipeline), str(x.gpus // (x.tensor * x.pipeline)),
                       str(x.zero_stage), str(x.micro_batch_size), x.activation_checkpointing, offload,
-                      fmt_bytes(x.peak_memory), f"{x.seconds / 86400:,.1f}", f"{x.gpu_hours:,.0f}",
+                      fmt_bytes(x.peak_memory), f"{x.seconds / 86400:,.1f}", fmt_hours(x.gpu_hours),
                       fmt_money(x.cost) + (" ◀" if x is result.best else ""),
                       style="bold" if x is result.best else None)
     console.print(table)
@@ -192,7 +197,10 @@ def render_inference(served: dict, console: Console) -> None:
     table.add_row("KV cache / GPU", fmt_bytes(served["kv_cache"]), "the batch at full context")
     table.add_row("memory / GPU", fmt_bytes(served["inference_memory"]),
                   f"{'fits' if served['fits'] else 'does not fit'} in {fmt_bytes(served['usable'])}")
-    table.add_row("max batch", f"{int(served['max_batch']):,}", "at this context")
+    if served["max_batch"] >= 1:
+        table.add_row("max batch", f"{int(served['max_batch']):,}", "at this context")
+    else:
+        table.add_row("max batch", "0", "the weights leave no room for one sequence's KV cache")
     table.add_row("decode", f"{served['decode_tokens_per_second']:,.0f} tokens/s",
                   f"{served['decode_step'] * 1e3:.2f} ms per step (memory-bandwidth bound)")
     table.add_row("prefill", fmt_duration(served["prefill_seconds"]), "the batch's prompts (compute bound)")

@@ -79,6 +79,7 @@ class Plan:
     usable_memory: int
     host_memory: int
     nvme_memory: int
+    host_memory_deepspeed: int
     efficiency: float
     alternatives: list[Alternative] = field(default_factory=list)
 
@@ -133,6 +134,7 @@ class Plan:
             "memory": self.memory,
             "host_memory": self.host_memory,
             "nvme_memory": self.nvme_memory,
+            "host_memory_deepspeed": self.host_memory_deepspeed,
             "time": self.time,
             "fits": self.fits,
             "gpu": {"name": self.gpu_name, "memory": self.gpu_memory, "usable": self.usable_memory,
@@ -193,19 +195,25 @@ def _peak_stage(spec: Spec, base: dict[str, Any], strategy: Strategy) -> tuple[s
     return max(stages, key=lambda item: item[1]["memory_peak"])
 
 
-def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[int, int]:
-    """Host bytes per node (DeepSpeed's estimators) and NVMe bytes per node for NVMe offload."""
+def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[int, int, int]:
+    """Host bytes per node, NVMe bytes per node, and DeepSpeed's own host estimate.
+
+    DeepSpeed's estimators (zero_init=True) are kept as they are, with one exception: for ZeRO-1/2 with optimizer
+    offload DeepSpeed's figure grows with every GPU of the job (params × max(4 · gpus, 16) × 1.5), which is no
+    node's memory at scale; there the host figure is the node's share of the offloaded states (optimizer and
+    gradients of its GPUs' shards) with DeepSpeed's 1.5 buffer factor, and DeepSpeed's figure is reported apart."""
     z, opt, prm = strategy.zero_stage, strategy.offload_optimizer, strategy.offload_params
     if z == 3:
         name = ("host_zero3_offload_all" if prm == "cpu" else "host_zero3_offload" if opt == "cpu" else "host_zero3")
     else:
         name = "host_zero2_offload" if opt == "cpu" else "host_zero2"
-    nvme = 0
-    if "nvme" in (opt, prm):
-        full = bytes_per_param(spec.parallelism.byte_regime, spec.training.precision, spec.training.optimizer.n_states)
-        moved = full["optimizer"] + full["gradients"] + (full["weights"] if prm == "nvme" else 0)
-        nvme = int(env["psi"] * moved / spec.parallelism.data_parallel * spec.cluster.gpus_per_node)
-    return int(env[name]), nvme
+    full = bytes_per_param(spec.parallelism.byte_regime, spec.training.precision, spec.training.optimizer.n_states)
+    moved = full["optimizer"] + full["gradients"]
+    per_node = env["psi"] / spec.parallelism.data_parallel * spec.cluster.gpus_per_node
+    deepspeed = int(env[name])
+    host = int(per_node * moved * Fraction(3, 2)) if name == "host_zero2_offload" else deepspeed
+    nvme = int(per_node * (moved + (full["weights"] if prm == "nvme" else 0))) if "nvme" in (opt, prm) else 0
+    return host, nvme, deepspeed
 
 
 def plan(spec: Spec, alternatives: bool = True) -> Plan:
@@ -214,10 +222,11 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
     base = numeric.evaluate({**architecture_inputs(spec), **device_inputs(spec)}, PARAMETER_FORMULAS)
     chosen = Strategy(par.zero_stage, par.activation_checkpointing, par.offload_optimizer, par.offload_params)
     stage, env = _peak_stage(spec, base, chosen)
-    host, nvme = _host_memory(spec, env, chosen)
+    host, nvme, host_deepspeed = _host_memory(spec, env, chosen)
     gpu = spec.cluster.device
     usable = usable_memory(gpu, spec)
-    result = Plan(spec, chosen, env, stage, gpu.name, gpu.memory_bytes, usable, host, nvme, base["eff"])
+    result = Plan(spec, chosen, env, stage, gpu.name, gpu.memory_bytes, usable, host, nvme, host_deepspeed,
+                  base["eff"])
     if alternatives:
         for strategy in strategies(spec):
             _, alt = _peak_stage(spec, base, strategy) if strategy != chosen else (stage, env)

@@ -47,6 +47,13 @@ def fmt_count(n: float) -> str:
     return f"{n:g}"
 
 
+def fmt_hours(hours: float) -> str:
+    """GPU-hours: whole hours when there are many, two significant digits when there are few (not '0')."""
+    if hours >= 100 or hours == 0:
+        return f"{hours:,.0f}"
+    return f"{hours:.2g}"
+
+
 def fmt_bytes(n: float) -> str:
     """Binary units, as GPU memory is sold and as nvidia-smi shows it: 85899345920 -> '80.00 GiB'."""
     for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):

@@ -66,7 +66,8 @@ def check_fits(spec: Spec) -> None:
         raise LLMSpecError(
             f"{spec.name}: does not fit: planned peak {fmt_bytes(mem['peak'])} per {result.gpu_name} exceeds the "
             f"usable {fmt_bytes(result.usable_memory)} (states {fmt_bytes(mem['model_states'])}, activations "
-            f"{fmt_bytes(mem['activations'])}, buffers {fmt_bytes(mem['buffers'])}); see `llmspec plan {spec.name}`")
+            f"{fmt_bytes(mem['activations'])}, buffers {fmt_bytes(mem['buffers'])}); `llmspec plan` on the same spec "
+            "and --set flags shows the strategies that fit")
 
 
 def _documents(spec: Spec) -> list[str]:
