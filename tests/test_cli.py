@@ -182,3 +182,11 @@ def test_plan_and_validate_exit_3_when_the_spec_does_not_fit():
         assert result.exit_code == 3, result.output
         assert "Traceback" not in result.output and result.stdout.strip()  # the output is kept
     assert CliRunner().invoke(app, ["plan", "tiny", "--json"]).exit_code == 0
+
+
+def test_version_completion_and_whole_sentences_in_specs():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip().startswith("llmspec ")
+    assert "--install-completion" in CliRunner().invoke(app, ["--help"]).output
+    rows = json.loads(CliRunner().invoke(app, ["specs", "--json"]).output)
+    assert rows and all(row["about"].endswith(".") for row in rows)

@@ -6,13 +6,29 @@ Heavy imports (rich tables, sympy, matplotlib, torch) happen inside the commands
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from llmspec.cli import build, catalog, explain, generate, interop, measure, plan, run, size, validate
 from llmspec.cli.common import user_errors
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="One YAML spec for an LLM training job: plan it, build it, measure it.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from llmspec import __version__
+
+        print(f"llmspec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="print the version and exit")] = False) -> None:
+    """One YAML spec for an LLM training job: plan it, build it, measure it."""
 
 VERBS = [
     ("plan", plan.plan),

@@ -20,7 +20,7 @@ def specs(json_: JsonOpt = False) -> None:
     rows = []
     for name, path in sorted(named_specs().items()):
         spec = load_spec(path)
-        about = next((line[2:].strip() for line in path.read_text().splitlines() if line.startswith("# ")), "")
+        about = _first_sentence(path.read_text())
         rows.append({"name": name, "params": make_plan(spec, alternatives=False).params["total"],
                      "gpus": spec.cluster.gpus, "gpu": spec.cluster.device.name, "about": about})
     if json_:
@@ -36,3 +36,15 @@ def specs(json_: JsonOpt = False) -> None:
     for row in rows:
         table.add_row(row["name"], fmt_count(row["params"]), f"{row['gpus']} × {row['gpu']}", row["about"])
     new_console().print(table)
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of a spec's leading comment block (which may run over several lines)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    comment = " ".join(lines)
+    end = comment.find(". ")
+    return comment if end < 0 else comment[:end + 1]
