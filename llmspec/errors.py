@@ -26,6 +26,14 @@ class Problem:
 class LLMSpecError(Exception):
     """Base class for errors caused by user input; ``str(err)`` is the message to show."""
 
+    exit_code = 2
+
+
+class DoesNotFitError(LLMSpecError):
+    """A valid spec whose plan does not fit its device: exit 3, so that scripts can test fit."""
+
+    exit_code = 3
+
 
 class SpecError(LLMSpecError):
     """A spec failed to load or validate; carries every problem found."""

@@ -44,10 +44,12 @@ def run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "a
     return train_job(job, backend, announce, progress, compile)
 
 
-def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto") -> Job:
-    """Everything before training: refusals (fit, backend, resume), build, tokenizer and token shards."""
+def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto",
+                dry_run: bool = False) -> Job | None:
+    """Everything before training: refusals (fit, backend, resume), build, tokenizer and token shards
+    (``dry_run``: the refusals only; nothing is written)."""
     resolve_backend(spec, backend)
-    return prepare(spec, Path(run_dir), resume)
+    return prepare(spec, Path(run_dir), resume, dry_run)
 
 
 def train_job(job: Job, backend: str = "auto", announce=print, progress=None, compile: bool = False) -> RunSummary:

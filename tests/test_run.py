@@ -258,7 +258,7 @@ def test_a_refused_run_prints_no_progress_bar(corpus, tmp_path):
                                       "--set", "training.micro_batch_size=16", "--set", "model.n_layers=400",
                                       "--set", "model.d_model=4096", "--set", "model.n_heads=32",
                                       "--set", "model.n_kv_heads=8", "--set", "model.d_ff=11008"])
-    assert result.exit_code != 0 and "does not fit" in result.stderr
+    assert result.exit_code == 3 and "does not fit" in result.stderr
     assert "step 0/" not in result.output
 
 

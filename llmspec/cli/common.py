@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmspec.errors import LLMSpecError
+from llmspec.errors import DoesNotFitError, LLMSpecError
 
 SpecArg = Annotated[str, typer.Argument(help="a spec file, or the name of a spec in specs/ (see `llmspec specs`)")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="override a field: section.field=value (repeatable)")]
@@ -28,7 +28,7 @@ def user_errors(command):
         except LLMSpecError as err:
             for line in str(err).splitlines():
                 print(f"error: {line}", file=sys.stderr)
-            raise typer.Exit(2) from None
+            raise typer.Exit(err.exit_code) from None
 
     return wrapper
 
@@ -43,8 +43,8 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=float))
 
 
-# Exit code for a valid spec that does not fit its device (plan, validate): scripts can test fit.
-EXIT_DOES_NOT_FIT = 3
+# Exit code for a valid spec that does not fit its device (plan, validate, run): scripts can test fit.
+EXIT_DOES_NOT_FIT = DoesNotFitError.exit_code
 
 
 def check_writable(path: Path, flag: str = "--plot", suffixes: tuple[str, ...] = (".png",)) -> None:

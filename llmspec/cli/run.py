@@ -20,10 +20,12 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
         resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in the run directory")] = False,
         backend: Annotated[str, typer.Option(help="auto, torch or deepspeed")] = "auto",
         compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (torch backend)")]
-        = False) -> None:
+        = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="check everything a run would refuse, then stop "
+                                              "(nothing is written)")] = False) -> None:
     """Train the spec: plan → build → tokenizer and data → backend → eval → samples, all in RUN_DIR."""
     from llmspec.cli.report import render_plan_summary
-    from llmspec.runner import default_run_dir, prepare_run, train_job  # imports torch
+    from llmspec.runner import default_run_dir, prepare_run, resolve_backend, train_job  # imports torch
     from llmspec.spec.loading import load_spec
 
     loaded = load_spec(spec, set_ or [])
@@ -39,6 +41,11 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
                           f"{run_dir}")
     run_dir = run_dir or Path("runs") / loaded.name
     render_plan_summary(loaded, console)
+    if dry_run:
+        prepare_run(loaded, run_dir, resume, backend, dry_run=True)
+        console.print(f"dry run: {loaded.name} would train {loaded.training.steps:,} steps in {run_dir} "
+                      f"({resolve_backend(loaded, backend)} backend); nothing was written")
+        return
     try:
         job = prepare_run(loaded, run_dir, resume, backend)  # refusals come before the progress bar
         steps, tokens = loaded.training.steps, loaded.training.tokens_per_step

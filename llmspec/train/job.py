@@ -17,7 +17,7 @@ from llmspec.compile.build import build, check_output_dir, write_atomic
 from llmspec.data.corpus import BUILTIN, builtin_documents, read_documents
 from llmspec.data.shards import Shards, write_shards
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
-from llmspec.errors import LLMSpecError
+from llmspec.errors import DoesNotFitError, LLMSpecError
 from llmspec.planner.training import plan
 from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
 from llmspec.spec.loading import dump_spec, parse_spec
@@ -63,7 +63,7 @@ def check_fits(spec: Spec) -> None:
     result = plan(spec, alternatives=False)
     if not result.fits:
         mem = result.memory
-        raise LLMSpecError(
+        raise DoesNotFitError(
             f"{spec.name}: does not fit: planned peak {fmt_bytes(mem['peak'])} per {result.gpu_name} exceeds the "
             f"usable {fmt_bytes(result.usable_memory)} (states {fmt_bytes(mem['model_states'])}, activations "
             f"{fmt_bytes(mem['activations'])}, buffers {fmt_bytes(mem['buffers'])}); `llmspec plan` on the same spec "
@@ -86,7 +86,8 @@ def _documents(spec: Spec) -> list[str]:
     return documents
 
 
-def prepare(spec: Spec, run_dir: Path, resume: bool) -> Job:
+def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> Job | None:
+    """Refuse what cannot run, then (unless ``dry_run``: refusals only, nothing written) lay out RUN_DIR."""
     check_fits(spec)
     if spec.model.vocab_size > 2**32:
         raise LLMSpecError("model.vocab_size: token ids must fit in uint32")
@@ -103,6 +104,8 @@ def prepare(spec: Spec, run_dir: Path, resume: bool) -> Job:
         if changed:
             raise LLMSpecError(f"{run_dir}/spec.yaml: --resume with changed {', '.join(changed)}; a resumed run keeps "
                                f"its model, data and optimizer (only {', '.join(RESUME_SAFE)} may change)")
+    if dry_run:
+        return None
 
     documents = _documents(spec)
     vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
