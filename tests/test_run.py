@@ -275,3 +275,17 @@ def test_ctrl_c_exits_quietly_and_keeps_the_last_checkpoint(corpus, tmp_path):
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1])["step"] % 5 == 0
+
+
+def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
+    """What the README promises: same spec, same machine → the same losses and samples, bit for bit."""
+    spec = small(corpus, "training.max_steps=12", "model.dropout=0.1")
+    for name in ("a", "b"):
+        run(spec, tmp_path / name, announce=lambda *a: None)
+
+    def trace(run_dir):
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "mfu")}
+                for r in read_metrics(run_dir / "metrics.jsonl")]
+
+    assert trace(tmp_path / "a") == trace(tmp_path / "b")
+    assert (tmp_path / "a" / "samples.txt").read_text() == (tmp_path / "b" / "samples.txt").read_text()

@@ -166,3 +166,11 @@ def test_empty_frontier_and_bad_context_are_explained():
     assert result.exit_code == 0 and "no layout fits within the limits" in result.output
     with pytest.raises(LLMSpecError, match="--context 100000: exceeds model.max_seq_len 256"):
         inference_plan(load_spec("tiny"), context=100_000)
+
+
+@pytest.mark.parametrize("compute", ["1e21", "5.76e23", "1e25"])
+def test_compute_optimal_write_gives_a_spec_that_fits(tmp_path, compute):
+    out = tmp_path / "c.yaml"
+    result = CliRunner().invoke(app, ["size", "--compute", compute, "--write", str(out)])
+    assert result.exit_code == 0, result.output
+    assert plan(load_spec(out), alternatives=False).fits

@@ -114,5 +114,23 @@ def compute_optimal_report(source: str | None, sets: list[str], compute: str | N
         par, tr = data["parallelism"], data["training"]
         per_step = tr["micro_batch_size"] * gpus // (par["tensor"] * par["pipeline"])
         tr["global_batch_size"] = -(-tr["global_batch_size"] // per_step) * per_step  # a whole number of steps
-    spec = Spec.model_validate(data)
+    spec = _a_layout_that_fits(Spec.model_validate(data))
     return ComputeOptimal(flops, rules, spec, _params(spec))
+
+
+def _a_layout_that_fits(spec: Spec) -> Spec:
+    """The template's layout when the sized model fits it; else the fastest layout of the layout search on the
+    same GPU type and at most as many GPUs (so that --write never writes a spec that does not fit)."""
+    from llmspec.planner.layout_search import search
+    from llmspec.planner.training import plan
+    from llmspec.spec.loading import apply_sets
+
+    if plan(spec, alternatives=False).fits:
+        return spec
+    found = search(spec, [spec.cluster.device.name], max_gpus=spec.cluster.gpus)
+    if found.best is None:
+        raise LLMSpecError(f"{spec.name}: no layout of up to {spec.cluster.gpus} {spec.cluster.device.name} fits "
+                           "the compute-optimal model; give more GPUs (--budget) or another --gpu")
+    data = spec.model_dump(exclude={"training": {"gradient_accumulation_steps"}, "parallelism": {"data_parallel"}})
+    apply_sets(data, found.best.sets())
+    return Spec.model_validate(data)
