@@ -190,3 +190,40 @@ def test_version_completion_and_whole_sentences_in_specs():
     assert "--install-completion" in CliRunner().invoke(app, ["--help"]).output
     rows = json.loads(CliRunner().invoke(app, ["specs", "--json"]).output)
     assert rows and all(row["about"].endswith(".") for row in rows)
+
+
+def _rendered_at_80(render, *args) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    render(*args, console)
+    return console.file.getvalue()
+
+
+@pytest.mark.parametrize("name", ["llama3-405b", "llama3-8b", "gpt2-124m", "mixtral-8x7b", "tiny"])
+def test_plan_tables_fit_80_columns_uncut(name):
+    from llmspec.cli.report import render_plan
+    from llmspec.planner.training import plan
+    from llmspec.spec.loading import load_spec
+
+    text = _rendered_at_80(render_plan, plan(load_spec(name)))
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "◀" in text  # the chosen strategy stays marked
+
+
+def test_size_table_fits_80_columns_and_its_command_pastes_whole():
+    from llmspec.cli.report import render_size
+    from llmspec.planner.layout_search import search
+    from llmspec.spec.loading import load_spec
+
+    spec = load_spec("llama2-7b")
+    result = search(spec)
+    text = _rendered_at_80(render_size, result, spec)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80 and "◀" in text
+    command = text.split("reproduce the best:\n", 1)[1].strip().splitlines()
+    assert all(line.endswith(" \\") for line in command[:-1]) and not command[-1].endswith("\\")
+    words = " ".join(line.rstrip("\\") for line in command).split()
+    assert words[:3] == ["llmspec", "plan", "llama2-7b"]
+    assert [words[i + 1] for i, word in enumerate(words) if word == "--set"] == result.best.sets()

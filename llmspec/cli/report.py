@@ -86,8 +86,9 @@ def render_plan(plan: Plan, console: Console) -> None:
 
 
 def render_alternatives(plan: Plan, console: Console) -> None:
+    # 80 columns: one space between columns, nothing cut (no_wrap and a width that fits; tests render it)
     table = Table(title=f"Strategies: memory per GPU (GiB; {plan.usable_memory / 2**30:.1f} usable) and time",
-                  title_justify="left", box=None, padding=(0, 1), header_style="bold")
+                  title_justify="left", box=None, padding=(0, 1, 0, 0), header_style="bold")
     for column in ("ZeRO", "ckpt", "offload", "states", "activ.", "peak", "fits", "step", "days", "cost"):
         table.add_column(column, justify="left" if column in ("ckpt", "offload") else "right", no_wrap=True)
     gib = 2**30
@@ -151,21 +152,26 @@ def render_size(result, spec, console: Console) -> None:
         console.print("no layout fits within the limits: relax --deadline or --budget, raise --max-gpus, or add "
                       "GPU types with --gpu")
         return
-    table = Table(show_edge=False)
-    for column in ("GPU", "GPUs", "TP", "PP", "DP", "ZeRO", "micro", "ckpt", "offload", "peak", "days",
-                   "GPU-hours", "cost"):
-        table.add_column(column, justify="left" if column in ("GPU", "ckpt", "offload") else "right")
+    # 80 columns: compact cells, one space between columns; the command to reproduce is one --set per line
+    table = Table(box=None, padding=(0, 1, 0, 0), header_style="bold")
+    for column in ("GPU", "GPUs", "TP×PP×DP", "ZeRO", "micro", "ckpt", "offload", "peak", "days", "GPU-h", "cost"):
+        table.add_column(column, justify="left" if column in ("GPU", "ckpt", "offload") else "right", no_wrap=True)
     for x in result.frontier:
         offload = "opt+par" if x.offload_params != "none" else ("opt" if x.offload_optimizer != "none" else "-")
-        table.add_row(x.gpu, f"{x.gpus:,}", str(x.tensor), str(x.pipeline), str(x.gpus // (x.tensor * x.pipeline)),
-                      str(x.zero_stage), str(x.micro_batch_size), x.activation_checkpointing, offload,
-                      fmt_bytes(x.peak_memory), f"{x.seconds / 86400:,.1f}", fmt_hours(x.gpu_hours),
-                      fmt_money(x.cost) + (" ◀" if x is result.best else ""),
-                      style="bold" if x is result.best else None)
+        layout = f"{x.tensor}×{x.pipeline}×{x.gpus // (x.tensor * x.pipeline)}"
+        table.add_row(x.gpu, f"{x.gpus:,}", layout, str(x.zero_stage), str(x.micro_batch_size),
+                      x.activation_checkpointing, offload, f"{x.peak_memory / 2**30:.1f} GiB",
+                      f"{x.seconds / 86400:,.1f}", fmt_count(x.gpu_hours), fmt_money(x.cost) +
+                      (" ◀" if x is result.best else ""), style="bold" if x is result.best else None)
     console.print(table)
     if result.best:
-        console.print("reproduce the best: llmspec plan " + spec.name + " " +
-                      " ".join(f"--set {s}" for s in result.best.sets()))
+        console.print("reproduce the best:")
+        console.print(reproduce_command(spec.name, result.best.sets()), soft_wrap=True, highlight=False)
+
+
+def reproduce_command(name: str, sets: list[str]) -> str:
+    """A shell command that pastes whole: one --set per line, continued with backslashes (never wrapped)."""
+    return " \\\n".join([f"  llmspec plan {name}", *(f"    --set {item}" for item in sets)])
 
 
 def render_compute_optimal(result, console: Console, written) -> None:
