@@ -102,7 +102,7 @@ def test_the_cli_shows_progress_and_ctrl_c_stops_every_rank_quietly(tmp_path):
     (tmp_path / "s.yaml").write_text(dump_spec(spec))
     run_dir = tmp_path / "r"
     env = {**os.environ, "COLUMNS": "100"}
-    process = subprocess.Popen([sys.executable, "-m", "llmspec.cli.app", "run", str(tmp_path / "s.yaml"), "--out",
+    process = subprocess.Popen([sys.executable, "-m", "llmspec", "run", str(tmp_path / "s.yaml"), "--out",
                                 str(run_dir), "--backend", "deepspeed"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 240

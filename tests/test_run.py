@@ -77,7 +77,7 @@ def test_schedule_warms_up_linearly_then_decays_to_min_lr(corpus):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llmspec.cli.app", *args], cwd=cwd, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "llmspec", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -265,7 +265,7 @@ def test_a_refused_run_prints_no_progress_bar(corpus, tmp_path):
 def test_ctrl_c_exits_quietly_and_keeps_the_last_checkpoint(corpus, tmp_path):
     (tmp_path / "s.yaml").write_text(dump_spec(small(corpus, "training.max_steps=100000",
                                                      "training.checkpoint_interval=5")))
-    process = subprocess.Popen([sys.executable, "-m", "llmspec.cli.app", "run", str(tmp_path / "s.yaml"), "--out",
+    process = subprocess.Popen([sys.executable, "-m", "llmspec", "run", str(tmp_path / "s.yaml"), "--out",
                                 str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list_checkpoints(tmp_path / "r" / "checkpoints") and time.time() < deadline:

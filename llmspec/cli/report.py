@@ -115,15 +115,16 @@ def measurement_table(result: Measurement) -> Table:
     """Measured beside planned, one row per quantity, with the ratio planned / measured."""
     tr = result.spec.training
     table = Table(title=f"{result.spec.name}: the compiled model measured vs the plan, one micro-batch of "
-                        f"{tr.micro_batch_size} × {tr.seq_len} tokens", title_justify="left", show_edge=False)
+                        f"{tr.micro_batch_size} × {tr.seq_len} tokens, by checkpointing mode", title_justify="left",
+                  show_edge=False)
     for column in ("", "measured", "planned", "planned/measured"):
         table.add_column(column, justify="right" if column else "left", style=None if column else "cyan")
     table.add_row("parameters", f"{int(result.params.measured):,}", f"{int(result.params.planned):,}",
                   f"{result.params.ratio:.4f}")
     for mode, c in result.flops.items():
-        table.add_row(f"FLOPs · ckpt {mode}", fmt_flops(c.measured), fmt_flops(c.planned), f"{c.ratio:.4f}")
+        table.add_row(f"FLOPs · {mode}", fmt_flops(c.measured), fmt_flops(c.planned), f"{c.ratio:.4f}")
     for mode, c in result.activations.items():
-        table.add_row(f"activations · ckpt {mode}", fmt_bytes(c.measured), fmt_bytes(c.planned), f"{c.ratio:.4f}")
+        table.add_row(f"activations · {mode}", fmt_bytes(c.measured), fmt_bytes(c.planned), f"{c.ratio:.4f}")
     table.caption = "\n".join(f"· {note}" for note in result.notes)
     table.caption_justify = "left"
     return table
@@ -180,7 +181,7 @@ def render_compute_optimal(result, console: Console, written) -> None:
     for column in ("rule", "parameters", "tokens", "tokens/param", "predicted loss"):
         table.add_column(column, justify="left" if column == "rule" else "right")
     labels = {"20_tokens_per_param": "20 tokens per parameter", "chinchilla_2022": "Chinchilla fit (2022)",
-              "besiroglu_2024": "Besiroglu et al. refit (2024)"}
+              "besiroglu_2024": "Besiroglu refit (2024)"}
     for rule, values in result.rules.items():
         loss = f"{values['loss']:.3f}" if "loss" in values else ""
         table.add_row(labels[rule], fmt_count(values["params"]), fmt_count(values["tokens"]),
