@@ -227,3 +227,10 @@ def test_size_table_fits_80_columns_and_its_command_pastes_whole():
     words = " ".join(line.rstrip("\\") for line in command).split()
     assert words[:3] == ["llmspec", "plan", "llama2-7b"]
     assert [words[i + 1] for i, word in enumerate(words) if word == "--set"] == result.best.sets()
+
+
+def test_explain_prints_input_names_as_written():
+    result = CliRunner().invoke(app, ["explain", "tiny", "memory_activations"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert "layernorm" in result.output and "ck_none" in result.output and "L_here" in result.output
+    assert not set("‖ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ₀₁₂") & set(result.output)

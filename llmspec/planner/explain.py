@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.printing.pretty.pretty import PrettyPrinter
+from sympy.printing.pretty.stringpict import prettyForm
 
 from llmspec.errors import LLMSpecError
 from llmspec.planner.formulas import FORMULAS, arguments, expanded
@@ -38,10 +40,22 @@ def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
         formula = FORMULAS[name]
         out.append(Explanation(
             name, formula.doc, formula.unit, formula.group, formula.source,
-            sp.pretty(sp.Eq(formula.symbol, formula.expr), use_unicode=True),
-            sp.pretty(expanded(name), use_unicode=True) if quantity else "",
+            pretty(sp.Eq(formula.symbol, formula.expr)),
+            pretty(expanded(name)) if quantity else "",
             {arg: float(plan.env[arg]) for arg in arguments(name)}, float(plan.env[name])))
     return out
+
+
+class _NamesAsWritten(PrettyPrinter):
+    """sympy's pretty printer, but symbols print as the names the planner uses: `layernorm`, `ck_none`, `L_here`
+    (sympy would turn a trailing `norm` into ‖·‖ and underscores and digits into subscripts)."""
+
+    def _print_Symbol(self, e, bold_name=False):  # noqa: N802 (sympy's naming)
+        return prettyForm(e.name)
+
+
+def pretty(expr: sp.Expr) -> str:
+    return _NamesAsWritten({"use_unicode": True}).doprint(expr)
 
 
 def _resolve(quantity: str) -> str:
