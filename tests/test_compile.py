@@ -324,3 +324,18 @@ def test_16_bit_parameters_with_fp32_buffers_train(name):
     loss.backward()
     assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
     assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_build_keeps_a_hand_edited_file_unless_forced(tmp_path):
+    spec = load_spec("tiny")
+    build(spec, tmp_path / "b")
+    model = tmp_path / "b" / "model.py"
+    build(spec, tmp_path / "b")  # unchanged files: rebuilding is fine
+    model.write_text(model.read_text() + "\n# my change\n")
+    other = load_spec("tiny", ["model.n_layers=2"])
+    result = CliRunner().invoke(app, ["build", "tiny", "--set", "model.n_layers=2", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "model.py: edited since llmspec wrote it" in result.stderr
+    assert model.read_text().endswith("# my change\n")
+    assert "n_layers: int = 4" in model.read_text()  # nothing else was written either
+    build(other, tmp_path / "b", force=True)
+    assert "# my change" not in model.read_text() and "n_layers: int = 2" in model.read_text()

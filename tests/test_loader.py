@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from helpers import MINIMAL, minimal
@@ -202,3 +204,17 @@ def test_the_json_schema_accepts_every_shipped_spec_and_every_count_form():
         assert load_spec("llama2-7b", [f"training.tokens={tokens}"]).training.tokens > 0
     data["training"]["tokens"] = "two trillion"
     assert list(validator.iter_errors(data))
+
+
+def test_relative_data_paths_are_relative_to_the_spec_file(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    text = (named_specs()["tiny"]).read_text().replace("corpus: builtin", "corpus: [notes.txt, /abs/other.txt]")
+    (folder / "spec.yaml").write_text(text.replace("val_fraction: 0.05", "val_fraction: 0.05\n  tokenizer: "
+                                                                       "{path: tok/tokenizer.json}"))
+    monkeypatch.chdir(tmp_path)  # not the spec's folder
+    spec = load_spec("project/spec.yaml")
+    assert spec.data.corpus == [str(Path("project") / "notes.txt"), "/abs/other.txt"]
+    assert spec.data.tokenizer.path == str(Path("project") / "tok" / "tokenizer.json")
+    # a --set value is relative to where the command runs
+    assert load_spec("project/spec.yaml", ["data.corpus=here.txt"]).data.corpus == "here.txt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -46,13 +47,45 @@ def check_output_dir(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
     return path
 
 
-def build(spec: Spec, out_dir: str | Path) -> list[Path]:
-    """Write the build into ``out_dir`` (created if needed); each file is replaced atomically. Returns the paths."""
+# What build wrote, by file: sha256 of the text. A file whose hash differs was edited by hand ("edit it freely"),
+# and is not overwritten without force.
+MANIFEST = ".llmspec-build.json"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def edited_files(out: Path, files: dict[str, str]) -> list[str]:
+    """The files in ``out`` that build wrote and someone changed since (and that this build would change)."""
+    try:
+        written = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []  # no record (a build of an earlier version, or none): nothing known to be edited
+    edited = []
+    for name, text in files.items():
+        path = out / name
+        if name in written and path.is_file():
+            current = path.read_text(errors="replace")
+            if _digest(current) != written[name] and current != text:
+                edited.append(name)
+    return edited
+
+
+def build(spec: Spec, out_dir: str | Path, force: bool = False) -> list[Path]:
+    """Write the build into ``out_dir`` (created if needed); each file is replaced atomically. Returns the paths.
+    A file edited since the last build is kept (an error names it) unless ``force``."""
     out = check_output_dir(Path(out_dir))
     files = build_files(spec)  # everything is rendered before anything is written
+    edited = [] if force else edited_files(out, files)
+    if edited:
+        raise LLMSpecError(f"{out / edited[0]}: edited since llmspec wrote it; --force overwrites it, or build into "
+                           "another directory (nothing was written)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return [write_atomic(out / name, text, executable=name == "launch.sh") for name, text in files.items()]
+        paths = [write_atomic(out / name, text, executable=name == "launch.sh") for name, text in files.items()]
+        write_atomic(out / MANIFEST, json.dumps({name: _digest(text) for name, text in files.items()}, indent=1))
+        return paths
     except OSError as error:
         raise LLMSpecError(f"{out}: cannot write the build ({error.strerror or error})") from None
 
