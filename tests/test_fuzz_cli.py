@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import yaml
@@ -41,11 +42,11 @@ def mutated(draw):
             parent = parent[key]
         action = draw(st.sampled_from(["replace", "replace", "delete", "unknown"]))
         if action == "replace":
-            parent[path[-1]] = draw(VALUES)
+            parent[path[-1]] = copy.deepcopy(draw(VALUES))  # sampled constants must stay unmutated
         elif action == "delete":
             del parent[path[-1]]
         else:
-            parent[f"{path[-1]}_typo"] = draw(VALUES)
+            parent[f"{path[-1]}_typo"] = copy.deepcopy(draw(VALUES))
     return yaml.safe_dump(data, sort_keys=False)
 
 

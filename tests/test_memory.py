@@ -31,7 +31,6 @@ def test_model_states_equal_deepspeed_estimators(name, nodes, per_node, offload)
     base = [f"cluster.nodes={nodes}", f"cluster.gpus_per_node={per_node}", "cluster.gpu=H100",
             "training.precision=bf16", "parallelism.pipeline=1", "parallelism.tensor=1",
             "training.micro_batch_size=1", f"training.global_batch_size={gpus}", "training.max_steps=10",
-            "training.schedule.warmup_steps=1",
             "parallelism.byte_regime=deepspeed", "training.optimizer.name=adamw"]
     opt = "cpu" if offload != "none" else "none"
     prm = "cpu" if offload == "all" else "none"

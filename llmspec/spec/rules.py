@@ -47,12 +47,6 @@ def consistency_problems(spec: Spec) -> list[Problem]:
         bad("training.seq_len", f"seq_len {tr.seq_len} exceeds model.max_seq_len {m.max_seq_len}")
     if tr.schedule.min_lr > tr.optimizer.lr:
         bad("training.schedule.min_lr", f"min_lr {tr.schedule.min_lr} exceeds optimizer.lr {tr.optimizer.lr}")
-    # A warmup the run never finishes never reaches optimizer.lr. The default (2000) is for full-length runs, so
-    # only a warmup the spec gives is held to it.
-    if "warmup_steps" in tr.schedule.model_fields_set and (tr.max_steps or tr.tokens) and \
-            tr.schedule.warmup_steps > tr.steps:
-        bad("training.schedule.warmup_steps", f"warmup_steps {tr.schedule.warmup_steps} exceeds the run's "
-                                              f"{tr.steps} steps; shorten the warmup with the run")
 
     # --- cluster --------------------------------------------------------------------------------------------
     device = None
