@@ -157,6 +157,7 @@ def test_output_paths_and_flags_are_checked_before_the_work(args):
     ("tokens: 1e30", "training.tokens"),
     ("memory_reserve_gib: 100", "cluster.memory_reserve_gib"),
     ("duplicate", "model.d_model"),
+    ("warmup_steps: 5000", "training.schedule.warmup_steps"),
 ])
 def test_validation_holes_are_closed(tmp_path, text, field):
     spec = (Path(__file__).parents[1] / "specs" / "tiny.yaml").read_text()
@@ -165,6 +166,7 @@ def test_validation_holes_are_closed(tmp_path, text, field):
         "tokens: 1e30": ("  max_steps: 600", "  tokens: 1e30"),
         "memory_reserve_gib: 100": ("  gpu: cpu", "  gpu: cpu\n  memory_reserve_gib: 100"),
         "duplicate": ("  d_model: 128", "  d_model: 128\n  d_model: 256"),
+        "warmup_steps: 5000": ("warmup_steps: 50", "warmup_steps: 5000"),
     }
     old, new = edits[text]
     assert old in spec
@@ -234,3 +236,10 @@ def test_explain_prints_input_names_as_written():
     assert result.exit_code == 0
     assert "layernorm" in result.output and "ck_none" in result.output and "L_here" in result.output
     assert not set("‖ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ₀₁₂") & set(result.output)
+
+
+def test_a_shortened_run_from_the_command_line_keeps_the_files_warmup():
+    assert CliRunner().invoke(app, ["validate", "tiny", "--set", "training.max_steps=8"]).exit_code == 0
+    both = CliRunner().invoke(app, ["validate", "tiny", "--set", "training.max_steps=8",
+                                    "--set", "training.schedule.warmup_steps=20"])
+    assert both.exit_code == 2 and "training.schedule.warmup_steps" in both.stderr

@@ -71,12 +71,30 @@ def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str,
         _resolve_file_paths(data, base_dir)
     overridden = apply_sets(data, sets)
     try:
-        return Spec.model_validate(data)
+        spec = Spec.model_validate(data)
+        problems = _warmup_problems(spec, overridden)
+        if not problems:
+            return spec
     except ValidationError as err:
         problems = [_from_pydantic(e) for e in err.errors()]
     except ConsistencyError as err:
         problems = list(err.problems)
     raise SpecError([_locate(p, node, source, overridden) for p in problems]) from None
+
+
+def _warmup_problems(spec: Spec, overridden: set[str]) -> list[Problem]:
+    """A warmup the run never finishes (it never reaches optimizer.lr). Checked where the spec states both: not
+    for the default warmup, and not when only the run's length comes from --set (a quick check of a long spec,
+    `--set training.max_steps=8`, keeps its file's warmup)."""
+    tr = spec.training
+    length_from_command_line = bool({"training.max_steps", "training.tokens"} & overridden)
+    if "warmup_steps" not in tr.schedule.model_fields_set or (
+            length_from_command_line and "training.schedule.warmup_steps" not in overridden):
+        return []
+    if tr.schedule.warmup_steps <= tr.steps:
+        return []
+    return [Problem("training.schedule.warmup_steps",
+                    f"warmup_steps {tr.schedule.warmup_steps} exceeds the run's {tr.steps} steps")]
 
 
 def _duplicate_keys(node: yaml.Node | None, source: str, path: str = ""):
