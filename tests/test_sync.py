@@ -16,6 +16,10 @@ def test_numeric_module_matches_formulas():
     assert codegen.TARGET.read_text(encoding="utf-8") == codegen.render(), "run `python -m llmspec.planner.codegen`"
 
 
+def test_explain_text_matches_formulas():
+    assert codegen.TEXT_TARGET.read_text(encoding="utf-8") == codegen.render_text(), "run `make docs`"
+
+
 def test_numeric_functions_equal_sympy_at_random_points():
     rng = random.Random(0)
     for name, formula in FORMULAS.items():

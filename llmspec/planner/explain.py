@@ -5,13 +5,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-import sympy as sp
-from sympy.printing.pretty.pretty import PrettyPrinter
-from sympy.printing.pretty.stringpict import prettyForm
-
 from llmspec.errors import LLMSpecError
-from llmspec.planner.formulas import FORMULAS, arguments, expanded
+from llmspec.planner.formula_text import FORMULAS
 from llmspec.planner.inputs import TRAINING_FORMULAS
+from llmspec.planner.numeric import ARGUMENTS
 from llmspec.planner.training import Plan
 
 
@@ -32,30 +29,16 @@ def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
     """The training plan's formulas (inference and sizing ones have inputs a training plan does not hold)."""
     names = [n for n in FORMULAS if n in TRAINING_FORMULAS] if quantity is None else [_resolve(quantity)]
     if names[0] not in TRAINING_FORMULAS:
-        command = "plan SPEC --inference" if FORMULAS[names[0]].group == "Inference" else "size --compute FLOPS"
-        raise LLMSpecError(f"{names[0]} belongs to the {FORMULAS[names[0]].group!r} formulas, not to a training "
+        group = FORMULAS[names[0]][2]
+        command = "plan SPEC --inference" if group == "Inference" else "size --compute FLOPS"
+        raise LLMSpecError(f"{names[0]} belongs to the {group!r} formulas, not to a training "
                            f"plan: `llmspec {command}` gives its value (docs/formulas.md its formula)")
     out = []
     for name in names:
-        formula = FORMULAS[name]
-        out.append(Explanation(
-            name, formula.doc, formula.unit, formula.group, formula.source,
-            pretty(sp.Eq(formula.symbol, formula.expr)),
-            pretty(expanded(name)) if quantity else "",
-            {arg: float(plan.env[arg]) for arg in arguments(name)}, float(plan.env[name])))
+        doc, unit, group, source, formula, expanded = FORMULAS[name]
+        out.append(Explanation(name, doc, unit, group, source, formula, expanded if quantity else "",
+                               {arg: float(plan.env[arg]) for arg in ARGUMENTS[name]}, float(plan.env[name])))
     return out
-
-
-class _NamesAsWritten(PrettyPrinter):
-    """sympy's pretty printer, but symbols print as the names the planner uses: `layernorm`, `ck_none`, `L_here`
-    (sympy would turn a trailing `norm` into ‖·‖ and underscores and digits into subscripts)."""
-
-    def _print_Symbol(self, e, bold_name=False):  # noqa: N802 (sympy's naming)
-        return prettyForm(e.name)
-
-
-def pretty(expr: sp.Expr) -> str:
-    return _NamesAsWritten({"use_unicode": True}).doprint(expr)
 
 
 def _resolve(quantity: str) -> str:
