@@ -281,7 +281,7 @@ def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
     """What the README promises: same spec, same machine → the same losses and samples, bit for bit."""
     spec = small(corpus, "training.max_steps=12", "model.dropout=0.1")
     for name in ("a", "b"):
-        run(spec, tmp_path / name, announce=lambda *a: None)
+        run(spec, str(tmp_path / name), announce=lambda *a: None)  # the Python API takes str paths too
 
     def trace(run_dir):
         return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "mfu")}

@@ -39,7 +39,12 @@ def check_output_dir(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
         raise LLMSpecError(f"{path}: exists and is not a directory")
     out = path.resolve()
     for source in inputs:
-        folder = source.resolve() if source.is_dir() else source.resolve().parent
+        if source.is_file():  # a weights file: only its own folder could be written over
+            if out == source.resolve().parent:
+                raise LLMSpecError(f"-o {path}: holds the input {source}; choose an output directory apart from it "
+                                   "(nothing was written)")
+            continue
+        folder = source.resolve()
         if out == folder or folder in out.parents or out in folder.parents:
             relation = "is" if out == folder else "is inside" if folder in out.parents else "contains"
             raise LLMSpecError(f"-o {path}: {relation} the input {source}; choose an output directory apart from "

@@ -87,7 +87,7 @@ def imported_spec(config: dict[str, Any], name: str, source: str) -> Spec:
         "model": model,
         # Placeholders: a checkpoint says nothing about how it will be trained. Edit before planning a run.
         "training": {"seq_len": seq_len, "micro_batch_size": 1, "global_batch_size": 8, "max_steps": 1000,
-                     "precision": "bf16"},
+                     "precision": "bf16", "schedule": {"warmup_steps": 100}},
         "parallelism": {"zero_stage": 0},
         "cluster": {"gpu": "A100-80GB", "gpus_per_node": 8, "nodes": 1},
     }

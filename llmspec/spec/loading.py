@@ -45,7 +45,7 @@ def load_spec(source: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Spe
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError([Problem("", f"cannot read spec: {err}", source=str(path))]) from None
-    return parse_spec(text, source=str(path), sets=sets, base_dir=path.parent)
+    return parse_spec(text, source=str(path), sets=sets, base_dir=path.parent, check_warmup=True)
 
 
 # Paths a spec file names, resolved against the file's folder (a --set value is relative to the current one).
@@ -53,7 +53,9 @@ FILE_PATHS = (("data", "corpus"), ("data", "tokenizer", "path"))
 
 
 def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str, ...] = (),
-               base_dir: Path | None = None) -> Spec:
+               base_dir: Path | None = None, check_warmup: bool = False) -> Spec:
+    """A spec from YAML text. ``check_warmup``: also refuse a warmup longer than the run (specs a user wrote; a
+    spec.yaml that llmspec dumped holds every default, and is read back as it was run)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -72,7 +74,7 @@ def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str,
     overridden = apply_sets(data, sets)
     try:
         spec = Spec.model_validate(data)
-        problems = _warmup_problems(spec, overridden)
+        problems = _warmup_problems(spec, overridden) if check_warmup else []
         if not problems:
             return spec
     except ValidationError as err:
