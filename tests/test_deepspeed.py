@@ -118,3 +118,18 @@ def test_the_cli_shows_progress_and_ctrl_c_stops_every_rank_quietly(tmp_path):
     leftover = subprocess.run(["pgrep", "-f", f"deepspeed_worker.*{run_dir}"], capture_output=True, text=True)
     assert leftover.stdout.split() == []
     assert load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["step"] % 4 == 0
+
+
+@pytest.mark.parametrize("layout", [["parallelism.zero_stage=2"], ["parallelism.zero_stage=3"],
+                                    ["parallelism.zero_stage=1", "parallelism.pipeline=2"]],
+                         ids=["zero2", "zero3", "pipeline2"])
+def test_bf16_trains_under_deepspeed(layout, tmp_path):
+    """DeepSpeed's bf16 casts parameters, not buffers: RoPE tables follow the activations, so RoPE models train."""
+    spec = load_spec("tiny", COMMON + layout + ["training.precision=bf16", "training.max_steps=4"])
+    run(spec, tmp_path / "torch", backend="torch", announce=quiet)  # autocast: the reference
+    run(spec, tmp_path / "ds", backend="deepspeed", announce=quiet)
+    ours, reference = _losses(tmp_path / "ds"), _losses(tmp_path / "torch")
+    assert [r[0] for r in ours] == [r[0] for r in reference]
+    first = next(r[1] for r in ours if r[1] is not None)
+    assert first == pytest.approx(next(r[1] for r in reference if r[1] is not None), rel=2e-2)
+    assert all(value is None or value == value for row in ours for value in row[1:])  # no NaN
