@@ -289,3 +289,29 @@ def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
 
     assert trace(tmp_path / "a") == trace(tmp_path / "b")
     assert (tmp_path / "a" / "samples.txt").read_text() == (tmp_path / "b" / "samples.txt").read_text()
+
+
+@pytest.mark.parametrize("sets, code, needle", [
+    (["cluster.nodes=2", "training.global_batch_size=32"], 2, "cluster.nodes 2"),
+    (["parallelism.tensor=2", "cluster.gpus_per_node=2", "training.global_batch_size=32"], 2, "parallelism.tensor 2"),
+    (["parallelism.pipeline=2", "parallelism.virtual_stages=2", "cluster.gpus_per_node=2",
+      "training.global_batch_size=32"], 2, "parallelism.virtual_stages 2"),
+])
+def test_what_run_cannot_execute_is_refused_before_anything_starts(tmp_path, sets, code, needle):
+    args = ["run", "tiny", "--out", str(tmp_path / "r"), "--dry-run"]
+    for item in sets:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == code and needle in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_gpu_job_on_a_machine_without_one_is_refused_when_its_cpu_cannot_hold_it(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    big = CliRunner().invoke(app, ["run", "llama2-7b", "--set", "cluster.nodes=1", "--dry-run", "--out",
+                                   str(tmp_path / "r")])
+    assert big.exit_code == 3 and "this machine has no GPU" in big.stderr
+    small = CliRunner().invoke(app, ["run", "tiny", "--set", "cluster.gpu=A100-80GB", "--dry-run", "--out",
+                                     str(tmp_path / "r")])
+    assert small.exit_code == 0, small.output  # it fits this CPU: trained there, with a notice

@@ -70,6 +70,38 @@ def check_fits(spec: Spec) -> None:
             "and --set flags shows the strategies that fit")
 
 
+def check_runnable(spec: Spec) -> None:
+    """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
+    par, cl = spec.parallelism, spec.cluster
+    if cl.nodes > 1:
+        raise LLMSpecError(f"cluster.nodes {cl.nodes}: `llmspec run` starts ranks on this machine only; launch a "
+                           "multi-node job with the launch.sh that `llmspec build` writes and a hostfile of your hosts")
+    if par.tensor > 1:
+        raise LLMSpecError(f"parallelism.tensor {par.tensor}: planned, not yet trained (`llmspec run` shards no "
+                           "tensors); set parallelism.tensor=1 to run, or plan with it")
+    if par.virtual_stages > 1:
+        raise LLMSpecError(f"parallelism.virtual_stages {par.virtual_stages}: planned, not yet trained (DeepSpeed's "
+                           "pipeline runs one stage per rank); set parallelism.virtual_stages=1 to run")
+    if cl.device.name != "cpu" and not _has_gpu():
+        on_cpu = spec.model_copy(update={"cluster": cl.model_copy(update={"gpu": "cpu"})})
+        cpu = on_cpu.cluster.device
+        if spec.training.precision not in cpu.peak_flops:
+            raise LLMSpecError(f"cluster.gpu {cl.device.name}: this machine has no GPU, and "
+                               f"training.precision {spec.training.precision} needs one")
+        planned = plan(on_cpu, alternatives=False)
+        if not planned.fits:
+            raise DoesNotFitError(
+                f"cluster.gpu {cl.device.name}: this machine has no GPU, and on its CPU the plan needs "
+                f"{fmt_bytes(planned.memory['peak'])} per rank of {fmt_bytes(planned.usable_memory)}; run on a "
+                f"machine with {cl.gpus} × {cl.device.name}")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _documents(spec: Spec) -> list[str]:
     corpus = spec.data.corpus
     if corpus != BUILTIN:
@@ -89,6 +121,7 @@ def _documents(spec: Spec) -> list[str]:
 def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> Job | None:
     """Refuse what cannot run, then (unless ``dry_run``: refusals only, nothing written) lay out RUN_DIR."""
     check_fits(spec)
+    check_runnable(spec)
     if spec.model.vocab_size > 2**32:
         raise LLMSpecError("model.vocab_size: token ids must fit in uint32")
     check_output_dir(run_dir)
