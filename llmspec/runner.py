@@ -18,6 +18,7 @@ from pathlib import Path
 from llmspec.backends.torch_backend import train
 from llmspec.errors import LLMSpecError
 from llmspec.spec import Spec, parse_spec
+from llmspec.spec.compare import changed_fields
 from llmspec.train.checkpoint import latest_checkpoint
 from llmspec.train.generate import write_samples
 from llmspec.train.job import Job, cache_dir, prepare
@@ -66,11 +67,12 @@ def train_job(job: Job, backend: str = "auto", announce=print, progress=None, co
     return RunSummary(run_dir, spec.training.steps, loss, val_loss, job.shards.unigram_entropy, samples)
 
 
-def default_run_dir(spec: Spec, root: Path = Path("runs")) -> tuple[Path, bool]:
-    """Where ``llmspec run`` without ``--out`` trains: ``runs/<name>``; when that holds a run already, whether it
-    is this spec's run finished (True: nothing to train), else the first free ``runs/<name>-N``."""
+def default_run_dir(spec: Spec, resume: bool = False, root: Path = Path("runs")) -> tuple[Path, bool]:
+    """Where ``llmspec run`` without ``--out`` trains: ``runs/<name>`` (always, with ``resume``); when that holds a
+    run already, whether it is this spec's run finished (True: nothing to train), else the first free
+    ``runs/<name>-N``."""
     base = root / spec.name
-    if latest_checkpoint(base / "checkpoints") is None:
+    if resume or latest_checkpoint(base / "checkpoints") is None:
         return base, False
     if _finished(base, spec):
         return base, True
@@ -81,8 +83,6 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> tuple[Path, bool]:
 
 
 def _finished(run_dir: Path, spec: Spec) -> bool:
-    from llmspec.spec.compare import changed_fields
-
     try:
         saved = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
     except (OSError, LLMSpecError):
@@ -170,5 +170,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-

@@ -33,11 +33,11 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
             print_json(limit.__dict__)
         elif limit.value is None:
             print(f"{max_}: even 1 does not fit (usable {limit.usable:,} B)")
-        if limit.value is None:
-            raise typer.Exit(EXIT_DOES_NOT_FIT)
-        if not json_:
+        else:
             print(f"{max_}: at most {limit.value} (spec has {limit.current}), bound by {limit.bound}; planned peak "
                   f"{limit.peak:,} B of {limit.usable:,} B usable")
+        if limit.value is None:
+            raise typer.Exit(EXIT_DOES_NOT_FIT)
         return
     if inference:
         from llmspec.planner.inference import inference_plan

@@ -31,15 +31,14 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
     loaded = load_spec(spec, set_ or [])
     console = new_console()
     run_dir = out
-    if run_dir is None and not resume:
-        run_dir, finished = default_run_dir(loaded)
+    if run_dir is None:
+        run_dir, finished = default_run_dir(loaded, resume)
         if finished:  # the README's command, run again: show what it made instead of refusing
             _report_finished(run_dir, console)
             return
-        if run_dir != Path("runs") / loaded.name:
+        if run_dir.name != loaded.name:
             console.print(f"runs/{loaded.name} holds another run (--resume continues it); this one trains in "
                           f"{run_dir}")
-    run_dir = run_dir or Path("runs") / loaded.name
     render_plan_summary(loaded, console)
     if dry_run:
         prepare_run(loaded, run_dir, resume, backend, dry_run=True)

@@ -147,7 +147,7 @@ def export_hf(weights: str | Path, spec: Spec, out_dir: str | Path) -> list[Path
 
 
 def export_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str | Path,
-                 source: str = "weights", inputs: tuple[Path, ...] = ()) -> list[Path]:
+                 source: str = "weights") -> list[Path]:
     """config.json + model.safetensors for transformers, from a state dict of the compiled model."""
     family = hf_family(spec)
     expected = _expected_state(spec)
@@ -160,7 +160,7 @@ def export_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str | Path
         if tuple(state[key].shape) != tuple(like.shape):
             raise LLMSpecError(f"{source}: {key} has shape {tuple(state[key].shape)}, spec {spec.name!r} "
                                f"implies {tuple(like.shape)}")
-    out = check_output_dir(Path(out_dir), inputs)
+    out = check_output_dir(Path(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     tensors = to_hf(state, family, spec.model.tie_embeddings)
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")

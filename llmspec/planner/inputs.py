@@ -37,7 +37,6 @@ def choose(condition: Any, yes: Any, no: Any) -> Any:
     return yes * condition + no * (1 - condition)
 
 
-
 def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:
     """Bytes per GPU that PyTorch may use: the device's memory less the spec's reserve (CUDA context, NCCL)."""
     return gpu.memory_bytes - int(spec.cluster.memory_reserve_gib * 2**30)
@@ -78,7 +77,6 @@ def stage_params(env: dict[str, Any], first: Any, last: Any, layers: Any) -> Any
     # multiplies with; a single stage holding both ends shares one tied matrix.
     head = env["params_norm"] + choose(first * env["tied"], 0, env["V"] * env["h"])
     return layers * env["params_layer"] + first * env["params_embedding"] + last * head
-
 
 
 def strategy_inputs(spec: Spec, zero_stage: Any, checkpointing: Any, offload_optimizer: Any, offload_params: Any,

@@ -66,9 +66,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
     from llmspec.interop.hf import export_state
 
     run_dir, out = Path(run_dir), Path(out)
-    check_output_dir(out, (run_dir,))
+    check_output_dir(out, (run_dir,))  # before the run is read: nothing is written into the run
     spec, model, _ = load_run(run_dir)
-    written = export_state(model.state_dict(), spec, out, inputs=(run_dir,))
+    written = export_state(model.state_dict(), spec, out)
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
               "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": spec.model.max_seq_len}
