@@ -145,6 +145,8 @@ def _one_line_exit_2(result, *needles):
     ["size", "tiny", "--write", "/proc/x.yaml"],
     ["plan", "tiny", "--plot", "/proc/x.png"],
     ["size", "tiny", "--budget", "-5"],
+    ["run", "tiny", "--out", "/proc/llmspec-run", "--dry-run"],
+    ["build", "tiny", "-o", "/proc/llmspec-build"],
 ])
 def test_output_paths_and_flags_are_checked_before_the_work(args):
     result = CliRunner().invoke(app, args)

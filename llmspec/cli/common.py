@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,11 +54,9 @@ def check_writable(path: Path, flag: str = "--plot", suffixes: tuple[str, ...] =
         raise LLMSpecError(f"{flag} {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise LLMSpecError(f"{flag} {path}: is a directory")
-    try:  # the only sure test: create a file there (a read-only or virtual file system refuses)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as error:
-        raise LLMSpecError(f"{flag} {path}: cannot write there ({error.strerror or error})") from None
+    from llmspec.compile.build import check_can_create_in
+
+    check_can_create_in(path.parent, f"{flag} {path}")
 
 
 def write_text(path: Path, text: str, flag: str) -> None:

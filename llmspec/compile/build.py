@@ -38,6 +38,7 @@ def check_output_dir(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
     if path.exists() and not path.is_dir():
         raise LLMSpecError(f"{path}: exists and is not a directory")
     out = path.resolve()
+    check_can_create_in(next(folder for folder in (out, *out.parents) if folder.exists()), str(path))
     for source in inputs:
         if source.is_file():  # a weights file: only its own folder could be written over
             if out == source.resolve().parent:
@@ -50,6 +51,16 @@ def check_output_dir(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
             raise LLMSpecError(f"-o {path}: {relation} the input {source}; choose an output directory apart from "
                                "it (nothing was written)")
     return path
+
+
+def check_can_create_in(folder: Path, label: str) -> None:
+    """Refuse, before any work, a folder where no file can be created. The only sure test is to create one:
+    permissions, read-only and virtual file systems (/proc) all refuse it."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".llmspec-probe."):
+            pass
+    except OSError as error:
+        raise LLMSpecError(f"{label}: cannot write there ({error.strerror or error}; nothing was written)") from None
 
 
 # What build wrote, by file: sha256 of the text. A file whose hash differs was edited by hand ("edit it freely"),
