@@ -2,7 +2,8 @@
 
 Each rank reads the job ``llmspec run`` prepared (RUN_DIR/job.json), builds the compiled model (or, with
 ``pipeline > 1``, its layer list as a ``PipelineModule``) and trains it with the DeepSpeed engine: ZeRO 0–3,
-optimizer/parameter offload, activation checkpointing as compiled into model.py. It is an engine under the one
+optimizer/parameter offload, activation checkpointing as compiled into model.py, and with ``tensor > 1`` AutoTP
+(the rules in ds_config.json's ``tensor_parallel.partition_config`` shard the compiled model's projections). It is an engine under the one
 loop (``llmspec.train.loop.fit``): the loop sets the learning rate every step (the WarmupCosineLR section of
 ds_config.json is for scripts of your own), draws the same batches (rank r's micro-batch m of step t) and writes
 the same metrics as for the torch engine.
@@ -17,6 +18,7 @@ Each rank ends with barrier → destroy_process_group → os._exit, which avoids
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from datetime import timedelta
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from llmspec.compile.build import write_atomic
 from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.loading import load_model_module
 from llmspec.errors import LLMSpecError
@@ -95,7 +98,8 @@ def _config(spec, offload: bool) -> dict:
 
 
 class DeepSpeedEngine(Engine):
-    """ZeRO 0–3 with optional offload on one data-parallel replica per rank; with ``pipeline > 1`` a
+    """ZeRO 0–3 with optional offload on one data-parallel replica per rank (or per AutoTP group of ``tensor``
+    ranks, which see the same batches); with ``pipeline > 1`` a
     ``PipelineModule`` whose ``train_batch`` runs the 1F1B schedule over the step's micro-batches."""
 
     def __init__(self, job: Job, device: str):
@@ -118,8 +122,26 @@ class DeepSpeedEngine(Engine):
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     model_parameters=param_groups(model, tr.optimizer.weight_decay),
                                                     config=_config(spec, offload))
-        self.dp_rank = self.engine.grid.get_data_parallel_id() if self.pipelined else self.rank
+        # Batches are drawn per data-parallel replica: the ranks of one pipeline or tensor-parallel group share one.
+        if self.pipelined:
+            self.dp_rank = self.engine.grid.get_data_parallel_id()
+        elif par.tensor > 1:
+            self.dp_rank = self.engine.mpu.get_data_parallel_rank()
+        else:
+            self.dp_rank = self.rank
         self._consolidated: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._record_layout()
+
+    def _record_layout(self) -> None:
+        """RUN_DIR/ranks.json: the parameters each rank holds (its tensor/pipeline shard, before ZeRO partitions
+        it), to set beside the plan's ``params.per_gpu``."""
+        from deepspeed import comm as dist
+
+        held = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
+        every: list = [None] * dist.get_world_size()
+        dist.all_gather_object(every, {"rank": self.rank, "data_parallel_rank": self.dp_rank, "parameters": held})
+        if self.is_main:
+            write_atomic(self.job.run_dir / "ranks.json", json.dumps({"ranks": every}, indent=2))
 
     def _to_device(self, batch: Batch) -> Batch:
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
@@ -198,8 +220,9 @@ def _consolidated(engine, job: Job, pipelined: bool) -> dict[str, torch.Tensor]:
     """The full model state in the compiled Model's parameter names, on rank 0 (empty elsewhere)."""
     from deepspeed import comm as dist
 
-    if job.spec.parallelism.zero_stage == 3:
-        state = engine._zero3_consolidated_16bit_state_dict() or {}
+    if job.spec.parallelism.zero_stage == 3 or job.spec.parallelism.tensor > 1:
+        # gathers ZeRO-3 partitions and AutoTP shards (in the parameters' own dtype, despite the name)
+        state = engine._consolidated_16bit_state_dict() or {}
         return {k: v.detach().cpu().clone() for k, v in state.items()}
     local = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
     if not pipelined:

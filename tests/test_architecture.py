@@ -68,6 +68,7 @@ CONSUMERS: dict[str, set[str]] = {
     "parallelism.max_live_parameters": {"compile"},  # a ZeRO-3 cap the planner's gather term stays under
     # plan-only: what-if inputs the engine does not (yet) execute: interleaving, other byte regimes
     "parallelism.virtual_stages": {"plan"},
+    "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
     "parallelism.byte_regime": {"plan"},
     # the cluster: where and how fast; the compiled files name the GPU count and nodes
     "cluster.gpu": {"compile", "plan", "run"},
@@ -109,7 +110,8 @@ CHANGE = {
 TWO_GPUS = ["cluster.gpus_per_node=2", "training.global_batch_size=32"]
 CONTEXT = {
     "parallelism.pipeline": TWO_GPUS, "parallelism.tensor": TWO_GPUS, "cluster.gpus_per_node": TWO_GPUS[1:],
-    "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"], "cluster.nodes": TWO_GPUS[1:],
+    "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"],
+    "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"], "cluster.nodes": TWO_GPUS[1:],
     "cluster.intra_node_bandwidth": TWO_GPUS, "cluster.inter_node_bandwidth": ["cluster.nodes=2", *TWO_GPUS[1:]],
     "parallelism.offload_optimizer": ["parallelism.zero_stage=2"], "parallelism.allgather_bucket_size":
     ["parallelism.zero_stage=2"], "parallelism.byte_regime": ["training.precision=bf16"],

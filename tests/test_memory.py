@@ -93,8 +93,10 @@ def test_zero_shards_over_data_parallel_degree_not_all_gpus():
     # 64 GPUs as TP 8 × DP 8: ZeRO-3 divides the TP shard by 8, not by 64 (a peer calculator's mistake).
     plan = planned("llama2-7b", "cluster.nodes=8", "parallelism.tensor=8", "training.global_batch_size=64",
                    "training.micro_batch_size=1")
-    psi_shard = plan.params["total"] / 8
-    expected = psi_shard * 18 / 8 + 4 * plan.params["largest_module"] / 8
+    # AutoTP splits every projection and the LM head 8 ways; the 65 RMSNorms and the untied embedding stay whole.
+    whole = (2 * 32 + 1) * 4096 + 32000 * 4096
+    psi_shard = (plan.params["total"] - whole) / 8 + whole
+    expected = psi_shard * 18 / 8 + 4 * 32000 * 4096  # ZeRO-3 gathers the largest module: the whole embedding
     assert plan.memory["model_states"] == pytest.approx(expected, rel=1e-9)
 
 
@@ -137,13 +139,32 @@ def test_pipeline_first_stage_holds_p_microbatches():
 
 
 def test_tensor_parallel_divides_states_and_activations():
-    base = ("cluster.nodes=1", "training.micro_batch_size=1", "training.global_batch_size=8")
-    t1 = planned("llama2-7b", *base, "parallelism.zero_stage=0")
-    t8 = planned("llama2-7b", *base, "parallelism.zero_stage=0", "parallelism.tensor=8")
-    assert t8.memory["weights"] == pytest.approx(t1.memory["weights"] / 8, rel=1e-6)
-    # micro-batch 1 on both; activations divide by 8 except the RoPE tables and the loss's 4-byte total weight.
+    base = ("cluster.nodes=1", "training.micro_batch_size=1", "training.global_batch_size=8",
+            "parallelism.zero_stage=0")
+    t1 = planned("llama2-7b", *base)
+    t8 = planned("llama2-7b", *base, "parallelism.tensor=8", "parallelism.sequence_parallel=true")
+    # Weights: AutoTP keeps the 65 RMSNorms and the untied embedding whole (bf16: 2 bytes each), splits the rest.
+    whole_params = (2 * 32 + 1) * 4096 + 32000 * 4096
+    assert t8.memory["weights"] == pytest.approx((t1.memory["weights"] - 2 * whole_params) / 8 + 2 * whole_params,
+                                                 rel=1e-9)
+    # Sequence parallel, micro-batch 1 on both: activations divide by 8 except the RoPE tables and the loss's
+    # 4-byte total weight.
     whole = t1.env["act_tables"] + 4
     assert t8.memory["activations"] == pytest.approx((t1.memory["activations"] - whole) / 8 + whole, rel=1e-9)
+
+
+def test_tensor_parallel_without_sequence_parallel_keeps_activations_outside_the_split_whole():
+    base = ("cluster.nodes=1", "training.micro_batch_size=1", "training.global_batch_size=8",
+            "parallelism.zero_stage=0", "parallelism.tensor=8")
+    split = planned("llama2-7b", *base, "parallelism.sequence_parallel=true")
+    held = planned("llama2-7b", *base)
+    env = held.env
+    # per token: each block's norms, inputs and residual-stream tensors, the ids, the head's norm and input
+    whole_per_token = (32 * (env["act_layer_kept"] - env["act_layer_kept_split"]) + env["act_embedding"]
+                       + env["act_head"] - 4 * 32000)
+    assert held.memory["activations"] - split.memory["activations"] == pytest.approx(
+        4096 * whole_per_token * (1 - 1 / 8), rel=1e-9)
+    assert 0 < env["act_layer_kept_split"] < env["act_layer_kept"]
 
 
 def test_offload_moves_states_to_host():

@@ -293,7 +293,10 @@ def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
 
 @pytest.mark.parametrize("sets, code, needle", [
     (["cluster.nodes=2", "training.global_batch_size=32"], 2, "cluster.nodes 2"),
-    (["parallelism.tensor=2", "cluster.gpus_per_node=2", "training.global_batch_size=32"], 2, "parallelism.tensor 2"),
+    (["parallelism.tensor=2", "parallelism.pipeline=2", "cluster.gpus_per_node=4", "training.global_batch_size=32"],
+     2, "parallelism.tensor 2 with pipeline 2"),
+    (["parallelism.tensor=2", "parallelism.sequence_parallel=true", "cluster.gpus_per_node=2",
+      "training.global_batch_size=32"], 2, "parallelism.sequence_parallel: planned, not run"),
     (["parallelism.pipeline=2", "parallelism.virtual_stages=2", "cluster.gpus_per_node=2",
       "training.global_batch_size=32"], 2, "parallelism.virtual_stages 2"),
 ])

@@ -80,8 +80,29 @@ class ActivationCheckpointing(_Strict):
     cpu_checkpointing: bool = False
 
 
+class LayerSpec(_Strict):
+    """One AutoTP rule: the parameters whose names match ``patterns`` are split as ``partition_type`` says."""
+
+    patterns: list[str]
+    partition_type: Literal["column", "row"]
+    shape: list | None = None  # the logical view to split: fused q/k/v is three sub-matrices, split each
+    partition_dim: int | None = None
+
+
+class PartitionConfig(_Strict):
+    use_default_specs: bool = False
+    layer_specs: list[LayerSpec]
+
+
+class TensorParallel(_Strict):
+    autotp_size: int
+    vocab_parallel_lm_head: bool = True
+    partition_config: PartitionConfig
+
+
 class DeepSpeedConfig(_Strict):
-    train_batch_size: int
+    # None under tensor parallelism: DeepSpeed derives it from the data-parallel group, not the world
+    train_batch_size: int | None = None
     train_micro_batch_size_per_gpu: int
     gradient_accumulation_steps: int
     gradient_clipping: float | None = None
@@ -92,7 +113,32 @@ class DeepSpeedConfig(_Strict):
     optimizer: Optimizer | None = None
     scheduler: Scheduler
     activation_checkpointing: ActivationCheckpointing | None = None
+    tensor_parallel: TensorParallel | None = None
     wall_clock_breakdown: bool = False
+
+
+# The compiled model's projections (llmspec/compile/templates/model.py.in), as Megatron splits them: the
+# projections into heads and into the MLP's hidden width by output rows (column-parallel), the two that write back
+# into the residual stream by input columns (row-parallel, followed by an all-reduce). MoE experts are split the same
+# way, each on every rank. Norms, the router and row-parallel biases stay whole on every rank.
+COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+ROW_PARALLEL = ("o_proj", "down_proj")
+
+
+def partition_config(spec: Spec) -> PartitionConfig:
+    """AutoTP's rules for the compiled model's parameter names (weights and their biases)."""
+    model = spec.model
+
+    def names(*projections: str) -> str:
+        return rf".*\.({'|'.join(projections)})\.(weight|bias)$"
+
+    rules = [LayerSpec(patterns=[names(*COLUMN_PARALLEL)], partition_type="column"),
+             LayerSpec(patterns=[names(*ROW_PARALLEL)], partition_type="row")]
+    if model.fused_qkv:  # one matrix stacking q, k and v: split each of the three, not the stack
+        q_size, kv_size = model.n_heads * model.head_dim, model.n_kv_heads * model.head_dim
+        rules.append(LayerSpec(patterns=[names("qkv_proj")], partition_type="column",
+                               shape=[[q_size, kv_size, kv_size], -1], partition_dim=0))
+    return PartitionConfig(layer_specs=rules)
 
 
 def ds_config(spec: Spec, nvme_path: str = "/local_nvme") -> DeepSpeedConfig:
@@ -110,8 +156,9 @@ def ds_config(spec: Spec, nvme_path: str = "/local_nvme") -> DeepSpeedConfig:
         opt = tr.optimizer
         optimizer = Optimizer(type="AdamW" if opt.name == "adamw" else "Adam", params=OptimizerParams(
             lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay))
+    tensor = par.tensor > 1
     return DeepSpeedConfig(
-        train_batch_size=tr.global_batch_size,
+        train_batch_size=None if tensor else tr.global_batch_size,
         train_micro_batch_size_per_gpu=tr.micro_batch_size,
         gradient_accumulation_steps=tr.gradient_accumulation_steps,
         gradient_clipping=tr.grad_clip,
@@ -131,6 +178,8 @@ def ds_config(spec: Spec, nvme_path: str = "/local_nvme") -> DeepSpeedConfig:
             total_num_steps=tr.steps, warmup_num_steps=max(1, tr.schedule.warmup_steps),
             cos_min_ratio=tr.schedule.min_lr / tr.optimizer.lr)),
         activation_checkpointing=ActivationCheckpointing() if par.activation_checkpointing != "none" else None,
+        tensor_parallel=TensorParallel(autotp_size=par.tensor, partition_config=partition_config(spec))
+        if tensor else None,
     )
 
 

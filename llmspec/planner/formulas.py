@@ -29,6 +29,7 @@ b, s, B, D, e, window = _s("b s B D e window", positive=True)
 masked = sp.Symbol("masked", nonnegative=True)
 e_stat, e_mask = _s("e_stat e_mask", positive=True)
 t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
+sp_on = sp.Symbol("sequence_parallel", nonnegative=True)
 ck_none, ck_sel, ck_full = _s("ck_none ck_selective ck_full", nonnegative=True)
 psi, P_L, L_here, inflight = _s("psi P_L L_here inflight", positive=True)
 first, last, z12, z3, overlap = _s("first_stage last_stage zero12 zero3 overlap_comm", nonnegative=True)
@@ -52,6 +53,8 @@ INPUT_DOCS: dict[str, str] = {
     "b": "micro-batch size (sequences)", "s": "sequence length", "B": "global batch (sequences per step)",
     "D": "training tokens", "e": "activation bytes per element (2 for bf16/fp16, 4 for fp32)",
     "window": "attention window (sliding_window, else s)", "t": "tensor-parallel degree",
+    "sequence_parallel": "1 if tensor-parallel ranks also split the sequence outside attention and the MLP "
+    "(Megatron's sequence parallelism), 0 if they hold those activations whole",
     "e_stat": "bytes per LayerNorm mean/rstd element: 4 (fp32) on GPUs; the activation dtype's on CPU",
     "e_mask": "bytes per dropout-mask element: 1 (bool, fused kernel) on GPUs; the activation dtype's on CPU",
     "masked": "1 if the sliding window is shorter than the sequence (an explicit attention mask)",
@@ -124,6 +127,14 @@ expert = define("params_mlp", (2 + gated) * h * f + bias * ((1 + gated) * f + h)
 router = define("params_router", moe * h * E, "MoE router (no bias)", "params")
 norm = define("params_norm", h * (1 + ln * bias), "one norm: weight (+ LayerNorm bias)", "params")
 layer = define("params_layer", attn + E * expert + router + 2 * norm, "one transformer block", "params")
+# What DeepSpeed's AutoTP (the engine `run` uses for tensor parallelism) leaves whole on every rank; the rest of a
+# stage's parameters is split t ways. It shards the q/k/v/gate/up projections by output (with their biases), o/down
+# by input, and the vocabulary of the LM head (and of an embedding tied to it), but no untied embedding table.
+define("params_layer_unsplit", 2 * norm + router + bias * h * (1 + E),
+       "of one block, what tensor parallelism keeps whole: norms, router, the biases added after the o and down "
+       "projections' all-reduce", "params")
+define("params_embedding_unsplit", (1 - tied) * V * h + learned * P * h,
+       "embedding tables tensor parallelism keeps whole: an untied token embedding, learned positions", "params")
 head = define("params_lm_head", (1 - tied) * V * h, "LM head (0 when tied to the embedding)", "params")
 total = define("params_total", emb + L * layer + norm + head, "all parameters (shared ones once)", "params")
 define("params_non_embedding", total - emb, "total minus embedding tables (the LM head stays in)", "params")
@@ -188,26 +199,40 @@ act_mlp = define("act_mlp", norm_saved + h * e + (1 - moe) * hidden_mult * f * e
                  "gathered input, hidden tensors, expert output, weighted output, its weight and (token, slot) "
                  "indices", "B")
 act_layer = define("act_layer", act_attn + act_mlp, "per token, one block, nothing recomputed", "B")
+act_attn_split = define("act_attention_split", (a + 2 * k) * d_h * e + a * d_h * e + 4 * a,
+                        "of act_attention, what tensor parallelism splits by heads: q, k, v, SDPA out, "
+                        "log-sum-exp", "B")
+act_mlp_split = define("act_mlp_split", K * hidden_mult * f * e,
+                       "of act_mlp, the hidden tensors tensor parallelism splits by width", "B")
 act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h * e) + ck_full * h * e,
                   "per token, one block, as kept for backward: all, attention + MLP input (selective), or the "
                   "block input (full)", "B")
+act_kept_split = define("act_layer_kept_split", ck_none * (act_attn_split + act_mlp_split) + ck_sel * act_attn_split,
+                        "of act_layer_kept, the part split across tensor-parallel ranks", "B")
 act_embed = define("act_embedding", 8 + drop * h * e_mask, "per token: int64 ids (+ dropout mask)", "B")
 act_head = define("act_head", norm_saved + h * e + 4 * V + 8,
                   "per token: final norm, LM-head input, fp32 log-softmax, int64 targets", "B")
 act_tables = define("act_tables", rope * 2 * P * d_h * e + learned * 8 * s + masked * s * s * e,
                     "once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window mask", "B")
+# Without sequence parallelism, tensor-parallel ranks hold the activations outside the split matmuls whole.
+t_whole = 1 + sp_on * (t - 1)
 acts = define("memory_activations",
-              inflight * b * s * (L_here * act_kept + first * act_embed + last * act_head) / t + first * act_tables
-              + last * inflight * 4,
+              inflight * b * s * (L_here * ((act_kept - act_kept_split) / t_whole + act_kept_split / t)
+                                  + first * act_embed / t_whole + last * ((act_head - 4 * V) / t_whole + 4 * V / t))
+              + first * act_tables + last * inflight * 4,
               "saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 "
-              "total weight)", "B")
+              "total weight); heads, MLP width and vocabulary split t ways, the rest too under sequence "
+              "parallelism", "B")
 
 # ---- memory: buffers and peak ------------------------------------------------------------------------------
 group("Memory: transient buffers and peak", "peak is a timeline: states + saved activations + the largest "
       "transient (logits or a recomputed block) + communication buckets")
 buf_logits = define("buffer_logits", last * b * s * V * (2 * e + 4) / t,
                     "logits alive with their fp32 and output-dtype gradients", "B")
-buf_recompute = define("buffer_recompute", b * s * (ck_full * act_layer + ck_sel * (act_mlp - norm_saved)) / t,
+rebuilt_split = ck_full * (act_attn_split + act_mlp_split) + ck_sel * act_mlp_split
+buf_recompute = define("buffer_recompute",
+                       b * s * ((ck_full * act_layer + ck_sel * (act_mlp - norm_saved) - rebuilt_split) / t_whole
+                                + rebuilt_split / t),
                        "one block's activations rebuilt during backward", "B")
 buf_zero = define("buffer_zero", z12 * sp.Min(reduce_bucket, psi) * g_bucket * (1 + overlap)
                   + z3 * (sp.Min(prefetch_bucket, psi) * w_bytes

@@ -62,7 +62,7 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "e_stat": e if spec.cluster.device.name == "cpu" else 4,
         "e_mask": e if spec.cluster.device.name == "cpu" else 1,
         "masked": int(mo.sliding_window is not None and mo.sliding_window < tr.seq_len),
-        "t": par.tensor, "p": par.pipeline, "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
+        "t": par.tensor, "sequence_parallel": int(par.sequence_parallel), "p": par.pipeline, "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
         "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
         "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
         "overlap_comm": int(par.overlap_comm), "reduce_bucket": par.reduce_bucket_size,
@@ -70,13 +70,28 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
     }
 
 
-def stage_params(env: dict[str, Any], first: Any, last: Any, layers: Any) -> Any:
-    """Parameters held by one pipeline stage (DeepSpeed keeps a tied embedding on both end stages).
-    Flags and layer counts may be numpy arrays."""
+def stage_params(env: dict[str, Any], first: Any, last: Any, layers: Any, tensor: Any = 1) -> Any:
+    """Parameters one GPU holds of one pipeline stage split ``tensor`` ways (DeepSpeed keeps a tied embedding on
+    both end stages; AutoTP keeps norms, router, some biases and untied embeddings whole on every rank).
+    Flags, layer counts and the degree may be numpy arrays; Python ints give an exact Fraction."""
     # The last stage holds the final norm and the LM head, or (pipelines) the tied copy of the embedding that it
     # multiplies with; a single stage holding both ends shares one tied matrix.
     head = env["params_norm"] + choose(first * env["tied"], 0, env["V"] * env["h"])
-    return layers * env["params_layer"] + first * env["params_embedding"] + last * head
+    held = layers * env["params_layer"] + first * env["params_embedding"] + last * head
+    whole = layers * env["params_layer_unsplit"] + first * env["params_embedding_unsplit"] + last * env["params_norm"]
+    return whole + _divide(held - whole, tensor)
+
+
+def largest_module(env: dict[str, Any], tensor: Any = 1) -> Any:
+    """Parameters of the largest module one GPU holds whole (what ZeRO-3 gathers at once) under ``tensor``."""
+    whole = env["params_embedding_unsplit"] - env["learned"] * env["P"] * env["h"]  # an untied token embedding
+    split = _divide(env["params_largest_module"], tensor)
+    return split + (whole - split) * (whole > split)
+
+
+def _divide(value: Any, divisor: Any) -> Any:
+    """value / divisor, exact for Python ints (a Fraction), elementwise for numpy arrays."""
+    return Fraction(value, divisor) if isinstance(divisor, int) and not hasattr(value, "shape") else value / divisor
 
 
 def strategy_inputs(spec: Spec, zero_stage: Any, checkpointing: Any, offload_optimizer: Any, offload_params: Any,

@@ -23,6 +23,7 @@ from llmspec.planner.inputs import (
     TRAINING_FORMULAS,
     architecture_inputs,
     device_inputs,
+    largest_module,
     stage_params,
     strategy_inputs,
     usable_memory,
@@ -138,12 +139,12 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
     common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p),
               **strategy_inputs(spec, z, ck, (off >= 1) * cpu, (off == 2) * cpu, dp),
               "b": mb, "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n, "nodes": nodes, "gpus_per_node": per_node,
-              "L_here": layers, "P_L": base["params_largest_module"] / t}
+              "L_here": layers, "P_L": largest_module(base, t)}
     single = p == 1
 
     def stage(first: np.ndarray, last: np.ndarray, inflight: np.ndarray) -> dict[str, np.ndarray]:
-        held = stage_params(base, first, last, layers)
-        env = {**common, "first_stage": first, "last_stage": last, "inflight": inflight, "psi": held / t}
+        held = stage_params(base, first, last, layers, t)
+        env = {**common, "first_stage": first, "last_stage": last, "inflight": inflight, "psi": held}
         return numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
 
     head = stage(np.ones_like(p), single * 1, np.where(single, 1, np.minimum(p, m)))

@@ -61,6 +61,16 @@ def params_layer(E, params_attention, params_mlp, params_norm, params_router):
     return E*params_mlp + params_attention + 2*params_norm + params_router
 
 
+def params_layer_unsplit(E, bias, h, params_norm, params_router):
+    """of one block, what tensor parallelism keeps whole: norms, router, the biases added after the o and down projections' all-reduce [params]"""
+    return bias*h*(E + 1) + 2*params_norm + params_router
+
+
+def params_embedding_unsplit(P, V, h, learned, tied):
+    """embedding tables tensor parallelism keeps whole: an untied token embedding, learned positions [params]"""
+    return P*h*learned + V*h*(1 - tied)
+
+
 def params_lm_head(V, h, tied):
     """LM head (0 when tied to the embedding) [params]"""
     return V*h*(1 - tied)
@@ -181,9 +191,24 @@ def act_layer(act_attention, act_mlp):
     return act_attention + act_mlp
 
 
+def act_attention_split(a, d_h, e, k):
+    """of act_attention, what tensor parallelism splits by heads: q, k, v, SDPA out, log-sum-exp [B]"""
+    return a*d_h*e + 4*a + d_h*e*(a + 2*k)
+
+
+def act_mlp_split(K, e, f, gated, relu):
+    """of act_mlp, the hidden tensors tensor parallelism splits by width [B]"""
+    return K*e*f*(2*gated - relu + 2)
+
+
 def act_layer_kept(act_attention, act_layer, ck_full, ck_none, ck_selective, e, h):
     """per token, one block, as kept for backward: all, attention + MLP input (selective), or the block input (full) [B]"""
     return act_layer*ck_none + ck_full*e*h + ck_selective*(act_attention + e*h)
+
+
+def act_layer_kept_split(act_attention_split, act_mlp_split, ck_none, ck_selective):
+    """of act_layer_kept, the part split across tensor-parallel ranks [B]"""
+    return act_attention_split*ck_selective + ck_none*(act_attention_split + act_mlp_split)
 
 
 def act_embedding(dropout, e_mask, h):
@@ -201,9 +226,9 @@ def act_tables(P, d_h, e, learned, masked, rope, s):
     return 2*P*d_h*e*rope + e*masked*s**2 + 8*learned*s
 
 
-def memory_activations(L_here, act_embedding, act_head, act_layer_kept, act_tables, b, first_stage, inflight, last_stage, s, t):
-    """saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 total weight) [B]"""
-    return act_tables*first_stage + b*inflight*s*(L_here*act_layer_kept + act_embedding*first_stage + act_head*last_stage)/t + 4*inflight*last_stage
+def memory_activations(L_here, V, act_embedding, act_head, act_layer_kept, act_layer_kept_split, act_tables, b, first_stage, inflight, last_stage, s, sequence_parallel, t):
+    """saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 total weight); heads, MLP width and vocabulary split t ways, the rest too under sequence parallelism [B]"""
+    return act_tables*first_stage + b*inflight*s*(L_here*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + last_stage*(4*V/t + (-4*V + act_head)/(sequence_parallel*(t - 1) + 1))) + 4*inflight*last_stage
 
 
 def buffer_logits(V, b, e, last_stage, s, t):
@@ -211,9 +236,9 @@ def buffer_logits(V, b, e, last_stage, s, t):
     return V*b*last_stage*s*(2*e + 4)/t
 
 
-def buffer_recompute(act_layer, act_mlp, act_norm, b, ck_full, ck_selective, s, t):
+def buffer_recompute(act_attention_split, act_layer, act_mlp, act_mlp_split, act_norm, b, ck_full, ck_selective, s, sequence_parallel, t):
     """one block's activations rebuilt during backward [B]"""
-    return b*s*(act_layer*ck_full + ck_selective*(act_mlp - act_norm))/t
+    return b*s*((act_layer*ck_full - act_mlp_split*ck_selective - ck_full*(act_attention_split + act_mlp_split) + ck_selective*(act_mlp - act_norm))/(sequence_parallel*(t - 1) + 1) + (act_mlp_split*ck_selective + ck_full*(act_attention_split + act_mlp_split))/t)
 
 
 def buffer_zero(g_bucket, overlap_comm, prefetch_bucket, psi, reduce_bucket, w_bytes, zero12, zero3):
@@ -414,6 +439,8 @@ ARGUMENTS = {
     'params_router': ('E', 'h', 'moe'),
     'params_norm': ('bias', 'h', 'layernorm'),
     'params_layer': ('E', 'params_attention', 'params_mlp', 'params_norm', 'params_router'),
+    'params_layer_unsplit': ('E', 'bias', 'h', 'params_norm', 'params_router'),
+    'params_embedding_unsplit': ('P', 'V', 'h', 'learned', 'tied'),
     'params_lm_head': ('V', 'h', 'tied'),
     'params_total': ('L', 'params_embedding', 'params_layer', 'params_lm_head', 'params_norm'),
     'params_non_embedding': ('params_embedding', 'params_total'),
@@ -438,13 +465,16 @@ ARGUMENTS = {
     'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'h', 'k'),
     'act_mlp': ('E', 'K', 'act_norm', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'moe', 'relu'),
     'act_layer': ('act_attention', 'act_mlp'),
+    'act_attention_split': ('a', 'd_h', 'e', 'k'),
+    'act_mlp_split': ('K', 'e', 'f', 'gated', 'relu'),
     'act_layer_kept': ('act_attention', 'act_layer', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
+    'act_layer_kept_split': ('act_attention_split', 'act_mlp_split', 'ck_none', 'ck_selective'),
     'act_embedding': ('dropout', 'e_mask', 'h'),
     'act_head': ('V', 'act_norm', 'e', 'h'),
     'act_tables': ('P', 'd_h', 'e', 'learned', 'masked', 'rope', 's'),
-    'memory_activations': ('L_here', 'act_embedding', 'act_head', 'act_layer_kept', 'act_tables', 'b', 'first_stage', 'inflight', 'last_stage', 's', 't'),
+    'memory_activations': ('L_here', 'V', 'act_embedding', 'act_head', 'act_layer_kept', 'act_layer_kept_split', 'act_tables', 'b', 'first_stage', 'inflight', 'last_stage', 's', 'sequence_parallel', 't'),
     'buffer_logits': ('V', 'b', 'e', 'last_stage', 's', 't'),
-    'buffer_recompute': ('act_layer', 'act_mlp', 'act_norm', 'b', 'ck_full', 'ck_selective', 's', 't'),
+    'buffer_recompute': ('act_attention_split', 'act_layer', 'act_mlp', 'act_mlp_split', 'act_norm', 'b', 'ck_full', 'ck_selective', 's', 'sequence_parallel', 't'),
     'buffer_zero': ('g_bucket', 'overlap_comm', 'prefetch_bucket', 'psi', 'reduce_bucket', 'w_bytes', 'zero12', 'zero3'),
     'memory_buffers': ('buffer_logits', 'buffer_recompute', 'buffer_zero'),
     'memory_peak': ('memory_activations', 'memory_buffers', 'memory_model_states'),
@@ -551,6 +581,7 @@ Name = Literal[
     'relu',
     'rope',
     's',
+    'sequence_parallel',
     'shard',
     'steps',
     't',
@@ -570,6 +601,8 @@ Name = Literal[
     'params_router',
     'params_norm',
     'params_layer',
+    'params_layer_unsplit',
+    'params_embedding_unsplit',
     'params_lm_head',
     'params_total',
     'params_non_embedding',
@@ -594,7 +627,10 @@ Name = Literal[
     'act_attention',
     'act_mlp',
     'act_layer',
+    'act_attention_split',
+    'act_mlp_split',
     'act_layer_kept',
+    'act_layer_kept_split',
     'act_embedding',
     'act_head',
     'act_tables',
@@ -640,7 +676,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'b', 'batch', 'bias', 'bw_dp', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'm', 'masked', 'moe', 'n_gpu', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'price', 'psi', 'qkv_bias', 'reduce_bucket', 'relu', 'rope', 's', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'w_bpp', 'w_bytes', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'b', 'batch', 'bias', 'bw_dp', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'm', 'masked', 'moe', 'n_gpu', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'price', 'psi', 'qkv_bias', 'reduce_bucket', 'relu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'w_bpp', 'w_bytes', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -651,6 +687,8 @@ GROUPS = {
     'params_router': 'Parameters',
     'params_norm': 'Parameters',
     'params_layer': 'Parameters',
+    'params_layer_unsplit': 'Parameters',
+    'params_embedding_unsplit': 'Parameters',
     'params_lm_head': 'Parameters',
     'params_total': 'Parameters',
     'params_non_embedding': 'Parameters',
@@ -675,7 +713,10 @@ GROUPS = {
     'act_attention': 'Memory: activations',
     'act_mlp': 'Memory: activations',
     'act_layer': 'Memory: activations',
+    'act_attention_split': 'Memory: activations',
+    'act_mlp_split': 'Memory: activations',
     'act_layer_kept': 'Memory: activations',
+    'act_layer_kept_split': 'Memory: activations',
     'act_embedding': 'Memory: activations',
     'act_head': 'Memory: activations',
     'act_tables': 'Memory: activations',

@@ -19,6 +19,7 @@ from llmspec.planner.inputs import (
     TRAINING_FORMULAS,
     architecture_inputs,
     device_inputs,
+    largest_module,
     stage_params,
     strategy_inputs,
     usable_memory,
@@ -94,6 +95,9 @@ class Plan:
             "mlp_per_layer": int(e["E"] * e["params_mlp"]), "router_per_layer": int(e["params_router"]),
             "norms": int(e["L"] * 2 * e["params_norm"] + e["params_norm"]), "lm_head": int(e["params_lm_head"]),
             "largest_module": int(e["params_largest_module"]),
+            # on one GPU of the peak stage, before ZeRO shards its states: a fraction when the vocabulary does
+            # not divide by the tensor-parallel degree
+            "per_gpu": float(e["psi"]) if e["psi"] != int(e["psi"]) else int(e["psi"]),
         }
 
     @property
@@ -180,11 +184,11 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
                                OFFLOAD_MODES.index(strategy.offload_optimizer),
                                OFFLOAD_MODES.index(strategy.offload_params), par.data_parallel))
     env.update({
-        "psi": Fraction(stage_params(env, first, last, layers), t),
+        "psi": stage_params(env, first, last, layers, t),
         "first_stage": int(first), "last_stage": int(last), "L_here": layers,
         "inflight": min(p, tr.gradient_accumulation_steps) if stage == "first" else 1,
     })
-    env["P_L"] = Fraction(env["params_largest_module"], t)  # tensor parallelism splits it too
+    env["P_L"] = largest_module(env, t)
     return numeric.evaluate(env, TRAINING_FORMULAS)
 
 

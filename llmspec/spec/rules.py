@@ -70,6 +70,11 @@ def consistency_problems(spec: Spec) -> list[Problem]:
     t, p = par.tensor, par.pipeline
     if m.n_heads % t or kv % t:
         bad("parallelism.tensor", f"tensor degree {t} must divide n_heads {m.n_heads} and n_kv_heads {kv}")
+    if m.d_ff % t:
+        bad("parallelism.tensor", f"tensor degree {t} must divide d_ff {m.d_ff}")
+    if par.sequence_parallel and t == 1:
+        bad("parallelism.sequence_parallel", "sequence parallelism splits tensor-parallel activations; it needs "
+                                             "parallelism.tensor > 1")
     if p > m.n_layers:
         bad("parallelism.pipeline", f"pipeline degree {p} exceeds n_layers {m.n_layers}")
     if par.virtual_stages > 1 and (p == 1 or m.n_layers % (p * par.virtual_stages)):

@@ -169,6 +169,9 @@ class ParallelismSpec(_Section):
     tensor: Positive = 1
     pipeline: Positive = 1
     virtual_stages: Positive = Field(1, description="interleaved pipeline chunks per GPU")
+    sequence_parallel: bool = Field(
+        False, description="tensor-parallel ranks split the sequence outside attention and the MLP (Megatron); "
+        "`run`'s engine (DeepSpeed AutoTP) does not, so it plans only")
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"

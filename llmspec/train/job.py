@@ -76,9 +76,13 @@ def check_runnable(spec: Spec) -> None:
     if cl.nodes > 1:
         raise LLMSpecError(f"cluster.nodes {cl.nodes}: `llmspec run` starts ranks on this machine only; launch a "
                            "multi-node job with the launch.sh that `llmspec build` writes and a hostfile of your hosts")
-    if par.tensor > 1:
-        raise LLMSpecError(f"parallelism.tensor {par.tensor}: planned, not yet trained (`llmspec run` shards no "
-                           "tensors); set parallelism.tensor=1 to run, or plan with it")
+    if par.tensor > 1 and par.pipeline > 1:
+        raise LLMSpecError(f"parallelism.tensor {par.tensor} with pipeline {par.pipeline}: planned, not run "
+                           "(DeepSpeed's pipeline engine takes no AutoTP); run one of the two")
+    if par.tensor > 1 and par.sequence_parallel:
+        raise LLMSpecError("parallelism.sequence_parallel: planned, not run (DeepSpeed's AutoTP holds the "
+                           "activations outside the split layers whole); set it to false to run, and the plan "
+                           "counts them whole too")
     if par.virtual_stages > 1:
         raise LLMSpecError(f"parallelism.virtual_stages {par.virtual_stages}: planned, not yet trained (DeepSpeed's "
                            "pipeline runs one stage per rank); set parallelism.virtual_stages=1 to run")
