@@ -68,7 +68,8 @@ CONSUMERS: dict[str, set[str]] = {
     "parallelism.max_live_parameters": {"compile"},  # a ZeRO-3 cap the planner's gather term stays under
     # plan-only: what-if inputs the engine does not (yet) execute: interleaving, other byte regimes
     "parallelism.virtual_stages": {"plan"},
-    "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
+    "parallelism.sequence_parallel": {"plan", "run"},
+    "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts  # run refuses it: AutoTP holds the sequence whole
     "parallelism.byte_regime": {"plan"},
     # the cluster: where and how fast; the compiled files name the GPU count and nodes
     "cluster.gpu": {"compile", "plan", "run"},
@@ -93,6 +94,7 @@ GPT2_FAMILY = ["model.norm=layernorm", "model.position=learned", "model.bias=tru
                "model.n_kv_heads=4"]
 # A change that shows; a list is a set of --set changes made together (the HF family ties them).
 CHANGE = {
+    "cluster.hosts": "[node-a, node-b]",
     "model.norm": GPT2_FAMILY, "model.position": GPT2_FAMILY, "model.mlp": "geglu",
     "model.rope_scaling": "{type: linear, factor: 2.0}", "model.moe": "{n_experts: 4, top_k: 2}",
     "model.sliding_window": "64", "model.dropout": "0.1", "model.head_dim": "64",
@@ -111,7 +113,8 @@ TWO_GPUS = ["cluster.gpus_per_node=2", "training.global_batch_size=32"]
 CONTEXT = {
     "parallelism.pipeline": TWO_GPUS, "parallelism.tensor": TWO_GPUS, "cluster.gpus_per_node": TWO_GPUS[1:],
     "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"],
-    "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"], "cluster.nodes": TWO_GPUS[1:],
+    "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
+    "cluster.hosts": ["cluster.nodes=2", *TWO_GPUS[1:]], "cluster.nodes": TWO_GPUS[1:],
     "cluster.intra_node_bandwidth": TWO_GPUS, "cluster.inter_node_bandwidth": ["cluster.nodes=2", *TWO_GPUS[1:]],
     "parallelism.offload_optimizer": ["parallelism.zero_stage=2"], "parallelism.allgather_bucket_size":
     ["parallelism.zero_stage=2"], "parallelism.byte_regime": ["training.precision=bf16"],

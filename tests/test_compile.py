@@ -16,6 +16,7 @@ from llmspec.cli.app import app
 from llmspec.compile.build import build, build_files
 from llmspec.compile.loading import model_module
 from llmspec.compile.model_source import model_source, render
+from llmspec.errors import LLMSpecError
 from llmspec.spec.loading import load_spec, named_specs, parse_spec
 
 PIPE = ["parallelism.pipeline=2", "cluster.gpus_per_node=2", "cluster.gpu=cpu"]
@@ -247,9 +248,55 @@ def test_launch_script_single_and_multi_node():
     assert "--num_gpus 1" in one["launch.sh"] and "--hostfile" not in one["launch.sh"] and "hostfile" not in one
     assert "export DS_ACCELERATOR=cpu" in one["launch.sh"]
     many = build_files(load_spec("llama2-7b"))
-    assert "--hostfile hostfile --num_nodes 64 --num_gpus 8" in many["launch.sh"]
-    assert "DS_ACCELERATOR" not in many["launch.sh"]
-    assert many["hostfile"].count("slots=8") == 64
+    # no hosts named: no hostfile is invented; launch.sh takes the user's and says so when it is missing
+    assert "hostfile" not in many and '--hostfile "$HOSTFILE" ' in many["launch.sh"]
+    assert "--num_nodes 64 --num_gpus 8" in many["launch.sh"] and "DS_ACCELERATOR" not in many["launch.sh"]
+    assert "NCCL_SOCKET_IFNAME" in many["launch.sh"] and "MASTER_PORT" in many["launch.sh"]
+    named = build_files(load_spec("llama2-7b", ["cluster.nodes=2", "cluster.hosts=[gpu-a, gpu-b.example.org]"]))
+    assert named["hostfile"] == "gpu-a slots=8\ngpu-b.example.org slots=8\n"
+    assert "--hostfile hostfile --master_port" in named["launch.sh"]
+
+
+def test_launch_script_without_hosts_refuses_in_one_line(tmp_path):
+    build(load_spec("tiny", ["cluster.nodes=2", "training.global_batch_size=32"]), tmp_path / "b")
+    result = subprocess.run(["bash", str(tmp_path / "b" / "launch.sh")], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0 and "set HOSTFILE to a DeepSpeed hostfile of 2 hosts with slots=1" in result.stderr
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("a slots=8\nb slots=8\n", None),
+    ("# nodes\n\na slots=8   # the first\nb slots=8\n", None),
+    ("a slots=8\n", "names 1 host(s), but cluster.nodes is 2"),
+    ("a slots=8\nb slots=4\n", "hosts:2: b has slots=4, but cluster.gpus_per_node is 8"),
+    ("a slots=8\na slots=8\n", "hosts:2: host a is listed twice"),
+    ("a\nb slots=8\n", "hosts:1: expected 'HOST slots=N'"),
+    ("$(reboot) slots=8\nb slots=8\n", "is not a host name"),
+    ("# nothing\n", "names no host"),
+])
+def test_hostfile_is_validated_against_the_cluster(tmp_path, text, needle):
+    (tmp_path / "hosts").write_text(text)
+    result = CliRunner().invoke(app, ["build", "llama2-7b", "--set", "cluster.nodes=2", "--hostfile",
+                                      str(tmp_path / "hosts"), "-o", str(tmp_path / "b")])
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "b" / "hostfile").read_text() == "a slots=8\nb slots=8\n"
+        assert "cluster:\n" in (tmp_path / "b" / "spec.yaml").read_text()
+        assert "- a\n" in (tmp_path / "b" / "spec.yaml").read_text()
+    else:
+        assert result.exit_code == 2 and needle in result.stderr and "Traceback" not in result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+
+
+def test_resumed_builds_keep_what_the_user_edited(tmp_path):
+    spec = load_spec("tiny")
+    build(spec, tmp_path / "b")
+    launch = tmp_path / "b" / "launch.sh"
+    launch.write_text(launch.read_text().replace("set -euo pipefail", "set -euo pipefail\nexport NCCL_DEBUG=INFO"))
+    build(spec, tmp_path / "b", keep_edited=True)
+    assert "NCCL_DEBUG=INFO" in launch.read_text()
+    with pytest.raises(LLMSpecError, match="launch.sh: edited since llmspec wrote it"):
+        build(spec, tmp_path / "b")  # still known as edited
 
 
 def test_build_writes_every_file(tmp_path):

@@ -7,17 +7,16 @@ from typing import Annotated
 
 import typer
 
-from llmspec.cli.common import SetOpt, SpecArg
+from llmspec.cli.common import HostfileOpt, SetOpt, SpecArg, load_with_hosts
 
 
 def build(spec: SpecArg, out: Annotated[Path, typer.Option("-o", "--out", help="output directory")],
-          set_: SetOpt = None,
+          set_: SetOpt = None, hostfile: HostfileOpt = None,
           force: Annotated[bool, typer.Option("--force", help="overwrite files edited since the last build")]
           = False) -> None:
     """Compile the spec: model.py (standalone PyTorch), ds_config.json, launch.sh, plan.json, spec.yaml."""
     from llmspec.compile.build import build as make_build
-    from llmspec.spec.loading import load_spec
 
-    loaded = load_spec(spec, set_ or [])
+    loaded = load_with_hosts(spec, set_, hostfile)
     for path in make_build(loaded, out, force=force):
         print(path)

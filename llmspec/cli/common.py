@@ -15,6 +15,19 @@ from llmspec.errors import DoesNotFitError, LLMSpecError
 SpecArg = Annotated[str, typer.Argument(help="a spec file, or the name of a spec in specs/ (see `llmspec specs`)")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="override a field: section.field=value (repeatable)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile naming the nodes "
+                                                  "(HOST slots=N per line): sets cluster.hosts")]
+
+
+def load_with_hosts(spec: str, sets: list[str] | None, hostfile: Path | None):
+    """The spec with its --set overrides, and a hostfile's hosts as cluster.hosts (slots checked)."""
+    from llmspec.spec.hostfile import hosts_override
+    from llmspec.spec.loading import load_spec
+
+    loaded = load_spec(spec, sets or [])
+    if hostfile is None:
+        return loaded
+    return load_spec(spec, [*(sets or []), hosts_override(hostfile, loaded.cluster.nodes, loaded.cluster.gpus_per_node)])
 
 
 def user_errors(command):

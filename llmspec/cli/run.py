@@ -10,12 +10,12 @@ from typing import Annotated
 
 import typer
 
-from llmspec.cli.common import SetOpt, new_console
+from llmspec.cli.common import HostfileOpt, SetOpt, load_with_hosts, new_console
 
 
 def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (default: tiny, the embedded default)")]
         = "tiny",
-        set_: SetOpt = None,
+        set_: SetOpt = None, hostfile: HostfileOpt = None,
         out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<name>)")] = None,
         resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in the run directory")] = False,
         backend: Annotated[str, typer.Option(help="auto, torch or deepspeed")] = "auto",
@@ -26,9 +26,8 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
     """Train the spec: plan → build → tokenizer and data → backend → eval → samples, all in RUN_DIR."""
     from llmspec.cli.report import render_plan_summary
     from llmspec.runner import default_run_dir, prepare_run, resolve_backend, train_job  # imports torch
-    from llmspec.spec.loading import load_spec
 
-    loaded = load_spec(spec, set_ or [])
+    loaded = load_with_hosts(spec, set_, hostfile)
     console = new_console()
     run_dir = out
     if run_dir is None:

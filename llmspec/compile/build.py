@@ -72,12 +72,17 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _manifest(out: Path) -> dict[str, str]:
+    try:
+        record = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def edited_files(out: Path, files: dict[str, str]) -> list[str]:
     """The files in ``out`` that build wrote and someone changed since (and that this build would change)."""
-    try:
-        written = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return []  # no record (a build of an earlier version, or none): nothing known to be edited
+    written = _manifest(out)  # none (a build of an earlier version, or none): nothing known to be edited
     edited = []
     for name, text in files.items():
         path = out / name
@@ -88,19 +93,24 @@ def edited_files(out: Path, files: dict[str, str]) -> list[str]:
     return edited
 
 
-def build(spec: Spec, out_dir: str | Path, force: bool = False) -> list[Path]:
+def build(spec: Spec, out_dir: str | Path, force: bool = False, keep_edited: bool = False) -> list[Path]:
     """Write the build into ``out_dir`` (created if needed); each file is replaced atomically. Returns the paths.
-    A file edited since the last build is kept (an error names it) unless ``force``."""
+    A file edited since the last build is kept: an error names it, unless ``force`` (overwrite it) or
+    ``keep_edited`` (leave it as edited and write the rest: ``run --resume`` over a user's launch.sh)."""
     out = check_output_dir(Path(out_dir))
     files = build_files(spec)  # everything is rendered before anything is written
     edited = [] if force else edited_files(out, files)
-    if edited:
+    if edited and not keep_edited:
         raise LLMSpecError(f"{out / edited[0]}: edited since llmspec wrote it; --force overwrites it, or build into "
                            "another directory (nothing was written)")
+    # an edited file that is kept keeps its old record, so the next build still knows it as edited
+    record = {name: digest for name, digest in _manifest(out).items() if name in edited}
+    files = {name: text for name, text in files.items() if name not in edited}
     try:
         out.mkdir(parents=True, exist_ok=True)
         paths = [write_atomic(out / name, text, executable=name == "launch.sh") for name, text in files.items()]
-        write_atomic(out / MANIFEST, json.dumps({name: _digest(text) for name, text in files.items()}, indent=1))
+        record.update({name: _digest(text) for name, text in files.items()})
+        write_atomic(out / MANIFEST, json.dumps(record, indent=1))
         return paths
     except OSError as error:
         raise LLMSpecError(f"{out}: cannot write the build ({error.strerror or error})") from None

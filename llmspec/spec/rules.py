@@ -89,6 +89,10 @@ def consistency_problems(spec: Spec) -> list[Problem]:
                                              f"{tr.optimizer.name} cannot be offloaded")
     if par.offload_optimizer != "none" and par.zero_stage == 0:
         bad("parallelism.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3")
+    if cl.hosts is not None and len(cl.hosts) != cl.nodes:
+        bad("cluster.hosts", f"{len(cl.hosts)} host(s) for cluster.nodes {cl.nodes}: name one host per node")
+    elif cl.hosts is not None and len(set(cl.hosts)) != len(cl.hosts):
+        bad("cluster.hosts", "a host is listed twice")
     gpus = cl.gpus
     if gpus % (t * p):
         bad("parallelism.tensor", f"{gpus} GPUs (cluster.gpus_per_node × nodes) are not divisible by "

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 
 from llmspec.errors import ConsistencyError
 from llmspec.spec import catalogue
+from llmspec.spec.hostfile import HOST_PATTERN
 from llmspec.spec.rules import consistency_problems
 from llmspec.spec.units import COUNT_PATTERN, parse_count
 
@@ -211,6 +212,9 @@ class ClusterSpec(_Section):
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD; default from the dated catalogue")
     efficiency: float | None = Field(None, gt=0, le=1, description="achieved fraction of peak FLOP/s")
     memory_reserve_gib: float = Field(1.0, ge=0, description="per GPU, outside PyTorch: CUDA context, NCCL")
+    hosts: list[Annotated[str, Field(pattern=HOST_PATTERN)]] | None = Field(
+        None, description="one per node, reachable by passwordless ssh (or --hostfile PATH); `build` writes "
+        "DeepSpeed's hostfile from them")
 
     @property
     def gpus(self) -> int:

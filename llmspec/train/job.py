@@ -73,9 +73,9 @@ def check_fits(spec: Spec) -> None:
 def check_runnable(spec: Spec) -> None:
     """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
     par, cl = spec.parallelism, spec.cluster
-    if cl.nodes > 1:
-        raise LLMSpecError(f"cluster.nodes {cl.nodes}: `llmspec run` starts ranks on this machine only; launch a "
-                           "multi-node job with the launch.sh that `llmspec build` writes and a hostfile of your hosts")
+    if cl.nodes > 1 and not cl.hosts:
+        raise LLMSpecError(f"cluster.nodes {cl.nodes}: name the hosts, --hostfile PATH (DeepSpeed's format, "
+                           f"slots={cl.gpus_per_node} each) or cluster.hosts; no host is ever guessed")
     if par.tensor > 1 and par.pipeline > 1:
         raise LLMSpecError(f"parallelism.tensor {par.tensor} with pipeline {par.pipeline}: planned, not run "
                            "(DeepSpeed's pipeline engine takes no AutoTP); run one of the two")
@@ -160,7 +160,7 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
     shards = write_shards(documents, tokenizer, shard_dir, spec.data.val_fraction)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    build(spec, run_dir / "build")
+    build(spec, run_dir / "build", keep_edited=resume)  # a resumed run keeps the user's edits to build/
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
