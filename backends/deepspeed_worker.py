@@ -3,10 +3,10 @@
 Each rank reads the job ``llmspec run`` prepared (RUN_DIR/job.json), builds the compiled model (or, with
 ``pipeline > 1``, its layer list as a ``PipelineModule``) and trains it with the DeepSpeed engine: ZeRO 0–3,
 optimizer/parameter offload, activation checkpointing as compiled into model.py, and with ``tensor > 1`` AutoTP
-(the rules in ds_config.json's ``tensor_parallel.partition_config`` shard the compiled model's projections). It is an engine under the one
-loop (``llmspec.train.loop.fit``): the loop sets the learning rate every step (the WarmupCosineLR section of
-ds_config.json is for scripts of your own), draws the same batches (rank r's micro-batch m of step t) and writes
-the same metrics as for the torch engine.
+(the rules in ds_config.json's ``tensor_parallel.partition_config`` shard the compiled model's projections).
+It is an engine under the one loop (``llmspec.train.loop.fit``): the loop sets the learning rate every step (the
+WarmupCosineLR section of ds_config.json is for scripts of your own), draws the same batches (rank r's
+micro-batch m of step t) and writes the same metrics as for the torch engine.
 Without offload the optimizer is torch's AdamW (weight decay on ≥2-D weights only); with offload it is the one
 ds_config.json names (DeepSpeedCPUAdam), as DeepSpeed requires.
 
@@ -32,6 +32,7 @@ from llmspec.compile.loading import load_model_module
 from llmspec.errors import LLMSpecError
 from llmspec.train.checkpoint import save_checkpoint
 from llmspec.train.engine import Batch, Engine
+from llmspec.train.init_from import initial_model
 from llmspec.train.job import Job, load_job
 from llmspec.train.loop import fit
 from llmspec.train.optim import make_optimizer, param_groups
@@ -109,10 +110,9 @@ class DeepSpeedEngine(Engine):
         spec, tr, par = job.spec, job.spec.training, job.spec.parallelism
         self.job, self.device, self.rank = job, device, dist.get_rank()
         self.is_main = self.rank == 0
-        torch.manual_seed(tr.seed)
         module = load_model_module(job.model_file)
         self.pipelined = par.pipeline > 1
-        model = module.Model()  # seeded: the same initial weights as the torch engine
+        model = initial_model(job, module)  # seeded or init_from: the same initial weights as the torch engine
         if self.pipelined:
             reference, model = model.state_dict(), _pipeline_module(module, spec)
             n_layers = spec.model.n_layers

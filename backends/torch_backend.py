@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from llmspec.compile.loading import load_model_module
 from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llmspec.train.engine import Batch, Engine
+from llmspec.train.init_from import initial_model
 from llmspec.train.job import Job
 from llmspec.train.loop import FitResult, fit
 from llmspec.train.optim import make_optimizer
@@ -33,8 +33,7 @@ class TorchEngine(Engine):
     def __init__(self, job: Job, device: str, compile: bool = False):
         spec, tr = job.spec, job.spec.training
         self.device, self.precision, self.grad_clip = device, tr.precision, tr.grad_clip
-        torch.manual_seed(tr.seed)
-        self.model = load_model_module(job.model_file).Model().to(device)
+        self.model = initial_model(job).to(device)
         # torch.compile: the compiled callable shares the module's parameters; checkpoints keep the plain names
         self.forward = torch.compile(self.model) if compile else self.model
         self.optimizer = make_optimizer(spec, self.model, device)

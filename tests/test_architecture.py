@@ -68,8 +68,9 @@ CONSUMERS: dict[str, set[str]] = {
     "parallelism.max_live_parameters": {"compile"},  # a ZeRO-3 cap the planner's gather term stays under
     # plan-only: what-if inputs the engine does not (yet) execute: interleaving, other byte regimes
     "parallelism.virtual_stages": {"plan"},
-    "parallelism.sequence_parallel": {"plan", "run"},
-    "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts  # run refuses it: AutoTP holds the sequence whole
+    "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
+    "cluster.hosts": {"compile", "run"},
+    "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes  # the hostfile and launch.sh; run refuses several nodes without hosts
     "parallelism.byte_regime": {"plan"},
     # the cluster: where and how fast; the compiled files name the GPU count and nodes
     "cluster.gpu": {"compile", "plan", "run"},
@@ -94,6 +95,7 @@ GPT2_FAMILY = ["model.norm=layernorm", "model.position=learned", "model.bias=tru
                "model.n_kv_heads=4"]
 # A change that shows; a list is a set of --set changes made together (the HF family ties them).
 CHANGE = {
+    "training.init_from": "runs/tiny",
     "cluster.hosts": "[node-a, node-b]",
     "model.norm": GPT2_FAMILY, "model.position": GPT2_FAMILY, "model.mlp": "geglu",
     "model.rope_scaling": "{type: linear, factor: 2.0}", "model.moe": "{n_experts: 4, top_k: 2}",

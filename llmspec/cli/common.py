@@ -27,7 +27,8 @@ def load_with_hosts(spec: str, sets: list[str] | None, hostfile: Path | None):
     loaded = load_spec(spec, sets or [])
     if hostfile is None:
         return loaded
-    return load_spec(spec, [*(sets or []), hosts_override(hostfile, loaded.cluster.nodes, loaded.cluster.gpus_per_node)])
+    hosts = hosts_override(hostfile, loaded.cluster.nodes, loaded.cluster.gpus_per_node)
+    return load_spec(spec, [*(sets or []), hosts])
 
 
 def user_errors(command):

@@ -114,7 +114,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None) 
     if weights is not None:
         state = from_hf(weights, _expected_state(spec), family_of(config), spec.model.tie_embeddings, str(hf_dir))
     check_output_dir(out).mkdir(parents=True, exist_ok=True)
-    written = [write_atomic(out / "spec.yaml", dump_spec(spec))]
+    written = [write_atomic(out / "spec.yaml", dump_spec(spec, editable=True))]
     if state is not None:
         # safetensors refuses shared storage: the tied head is stored as its own copy so that
         # load_state_dict(strict=True) finds every name.

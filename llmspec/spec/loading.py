@@ -49,7 +49,7 @@ def load_spec(source: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Spe
 
 
 # Paths a spec file names, resolved against the file's folder (a --set value is relative to the current one).
-FILE_PATHS = (("data", "corpus"), ("data", "tokenizer", "path"))
+FILE_PATHS = (("data", "corpus"), ("data", "tokenizer", "path"), ("training", "init_from"))
 
 
 def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str, ...] = (),
@@ -229,6 +229,12 @@ def _locate(problem: Problem, root: yaml.Node | None, source: str, overridden: s
     return Problem(problem.path, problem.message, line if root is not None else None, source)
 
 
-def dump_spec(spec: Spec) -> str:
-    """The resolved spec as YAML (derived fields filled in); loading it gives the same spec."""
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+def dump_spec(spec: Spec, editable: bool = False) -> str:
+    """The resolved spec as YAML (derived fields filled in); loading it gives the same spec. ``editable`` leaves
+    out what the layout derives (data_parallel, gradient_accumulation_steps), so that a --set of the GPU count or
+    the batch applies without first clearing them (a spec written for the user to edit: import-hf)."""
+    data = spec.model_dump(mode="json", exclude_none=True)
+    if editable:
+        data["parallelism"].pop("data_parallel", None)
+        data["training"].pop("gradient_accumulation_steps", None)
+    return yaml.safe_dump(data, sort_keys=False)

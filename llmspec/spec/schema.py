@@ -134,6 +134,8 @@ class TrainingSpec(_Section):
     eval_interval: Positive = 500
     checkpoint_interval: Positive = 1000
     seed: NonNegative = 0
+    init_from: str | None = Field(
+        None, description="a run directory or an `import-hf` output whose weights (and tokenizer) start the run")
     gradient_accumulation_steps: Positive | None = Field(
         None, description="derived: global_batch_size / (micro_batch_size · data_parallel)"
     )

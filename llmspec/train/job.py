@@ -24,6 +24,7 @@ from llmspec.spec.loading import dump_spec, parse_spec
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
 from llmspec.train.checkpoint import latest_checkpoint
+from llmspec.train.init_from import check_init_from
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Job:
     run_dir: Path
     shards: Shards
     resume: bool
+    init_weights: Path | None = None  # training.init_from's weights file (absolute), loaded before step 0
 
     @property
     def model_file(self) -> Path:
@@ -51,7 +53,8 @@ class Job:
 
     def to_json(self) -> dict:
         return {"train": str(self.shards.train.resolve()), "val": str(self.shards.val.resolve()),
-                "dtype": self.shards.dtype, "unigram_entropy": self.shards.unigram_entropy, "resume": self.resume}
+                "dtype": self.shards.dtype, "unigram_entropy": self.shards.unigram_entropy, "resume": self.resume,
+                "init_weights": str(self.init_weights) if self.init_weights else None}
 
 
 def cache_dir() -> Path:
@@ -141,6 +144,7 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
         if changed:
             raise LLMSpecError(f"{run_dir}/spec.yaml: --resume with changed {', '.join(changed)}; a resumed run keeps "
                                f"its model, data and optimizer (only {', '.join(RESUME_SAFE)} may change)")
+    init = None if resume else check_init_from(spec)  # a resumed run continues from its own checkpoint
     if dry_run:
         return None
 
@@ -153,6 +157,8 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
     elif spec.data.tokenizer.path:
         tokenizer = load_tokenizer(spec.data.tokenizer.path, spec.model.vocab_size)
         tokenizer_path = Path(spec.data.tokenizer.path).expanduser()
+    elif init is not None and init.tokenizer is not None:  # the ids the initial weights learned
+        tokenizer, tokenizer_path = load_tokenizer(init.tokenizer, spec.model.vocab_size), init.tokenizer
     else:
         tokenizer, tokenizer_path = tokenizer_for(documents, vocab, cache_dir())
     token_key = corpus_digest([tokenizer.to_str()])
@@ -164,7 +170,7 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
-    job = Job(spec, run_dir, shards, resume)
+    job = Job(spec, run_dir, shards, resume, init.weights.resolve() if init else None)
     write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))  # what launched workers read
     return job
 
@@ -174,4 +180,5 @@ def load_job(run_dir: Path) -> Job:
     data = json.loads((run_dir / "job.json").read_text())
     spec = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
     shards = Shards(Path(data["train"]), Path(data["val"]), data["dtype"], data["unigram_entropy"])
-    return Job(spec, run_dir, shards, data["resume"])
+    init = data.get("init_weights")
+    return Job(spec, run_dir, shards, data["resume"], Path(init) if init else None)

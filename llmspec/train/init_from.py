@@ -1,0 +1,127 @@
+"""``training.init_from``: start a run from existing weights (a run directory or an ``import-hf`` output).
+
+The source is resolved and its tensor shapes checked against the compiled model before any data is prepared (shapes
+are read without loading the tensors); each engine then loads the weights into its freshly built model before
+step 0. The source's tokenizer, when it has one, is the run's (its ids are the ones the weights learned).
+A resumed run starts from its own checkpoint instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmspec.errors import LLMSpecError
+from llmspec.spec.schema import Spec
+from llmspec.train.checkpoint import latest_checkpoint
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt")
+
+
+@dataclass(frozen=True)
+class InitSource:
+    weights: Path
+    tokenizer: Path | None
+
+
+def resolve(path: str | Path) -> InitSource:
+    """The weights file and tokenizer of a run directory (its latest checkpoint), an ``import-hf`` output
+    (model.safetensors) or a weights file."""
+    path = Path(path).expanduser()
+    label = f"training.init_from {path}"
+    if path.is_file():
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise LLMSpecError(f"{label}: expected a run directory, an import-hf output or a .safetensors/.pt file")
+        return InitSource(path, None)
+    if not path.is_dir():
+        raise LLMSpecError(f"{label}: no such file or directory")
+    tokenizer = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else None
+    if (path / "model.safetensors").is_file():
+        return InitSource(path / "model.safetensors", tokenizer)
+    checkpoint = latest_checkpoint(path / "checkpoints")
+    if checkpoint is not None:
+        return InitSource(checkpoint, tokenizer)
+    raise LLMSpecError(f"{label}: holds neither checkpoints/ (a run directory) nor model.safetensors (an import-hf "
+                       "output)")
+
+
+def _shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as handle:
+                return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+        return {name: tuple(t.shape) for name, t in _state(weights, mmap=True).items()}
+    except LLMSpecError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged file is the user's input error
+        raise LLMSpecError(f"training.init_from {weights}: cannot read it ({type(error).__name__}: {error})") \
+            from None
+
+
+def _state(weights: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(weights))
+    state = torch.load(weights, map_location="cpu", weights_only=True, mmap=mmap)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint: {"step": ..., "model": ..., ...}
+    if not isinstance(state, dict):
+        raise LLMSpecError(f"training.init_from {weights}: holds no state dict")
+    return state
+
+
+def check_shapes(source: InitSource, expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuse weights that are not the spec's model, naming the first tensor that differs."""
+    found = _shapes(source.weights)
+    label = f"training.init_from {source.weights}"
+    for name, shape in expected.items():
+        if name not in found:
+            raise LLMSpecError(f"{label}: has no tensor {name} (the spec's model needs {len(expected)} tensors)")
+        if found[name] != shape:
+            raise LLMSpecError(f"{label}: {name} is {_fmt(found[name])} there but {_fmt(shape)} in this spec's "
+                               "model")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise LLMSpecError(f"{label}: {extra[0]} is not a tensor of this spec's model ({len(extra)} extra)")
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ")"
+
+
+def expected_shapes(spec: Spec) -> dict[str, tuple[int, ...]]:
+    from llmspec.compile.loading import model_module
+
+    with torch.device("meta"):
+        return {name: tuple(t.shape) for name, t in model_module(spec).Model().state_dict().items()}
+
+
+def check_init_from(spec: Spec) -> InitSource | None:
+    """The spec's init_from source, checked against its model; None when it starts from random weights."""
+    if spec.training.init_from is None:
+        return None
+    source = resolve(spec.training.init_from)
+    check_shapes(source, expected_shapes(spec))
+    return source
+
+
+def initial_model(job, module=None) -> torch.nn.Module:
+    """The job's model before step 0: built from model.py under the training seed, then given the init_from
+    weights (unless the run resumes, which loads its own checkpoint)."""
+    from llmspec.compile.loading import load_model_module
+
+    torch.manual_seed(job.spec.training.seed)
+    model = (module or load_model_module(job.model_file)).Model()
+    if job.init_weights is not None and not job.resume:
+        load_initial_weights(model, job.init_weights)
+    return model
+
+
+def load_initial_weights(model: torch.nn.Module, weights: Path) -> None:
+    """Copy the weights into ``model`` (every tensor; the shapes were checked when the run was prepared)."""
+    model.load_state_dict(_state(weights), strict=True)
