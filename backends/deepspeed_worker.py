@@ -86,8 +86,29 @@ def _pipeline_module(module, spec):
         else:
             forward = None if method == "forward" else (lambda layer, x, name=method: getattr(layer, name)(x))
             layers.append(TiedLayerSpec(key, cls, config, forward_fn=forward, tied_weight_attr=["embed.weight"]))
-    return PipelineModule(layers=layers, loss_fn=module.pipeline_loss, num_stages=spec.parallelism.pipeline,
-                          partition_method="type:BlockLayer", activation_checkpoint_interval=0)
+    split = spec.stage_layers
+    if split is None:  # DeepSpeed balances the blocks over the stages
+        return PipelineModule(layers=layers, loss_fn=module.pipeline_loss, num_stages=spec.parallelism.pipeline,
+                              partition_method="type:BlockLayer", activation_checkpoint_interval=0)
+    # layers: the embedding, the blocks, the head (and the tied embedding that scores): each stage takes its
+    # count of blocks; the first also the embedding, the last also what follows the blocks
+    bounds = [0, *(1 + sum(split[:i + 1]) for i in range(len(split) - 1)), len(layers)]
+    return _StagesAsGiven(bounds, layers=layers, loss_fn=module.pipeline_loss, num_stages=spec.parallelism.pipeline,
+                          activation_checkpoint_interval=0)
+
+
+def _StagesAsGiven(bounds: list[int], **kwargs):
+    """A PipelineModule whose stage boundaries are ``bounds`` (layer indices), for the uneven splits DeepSpeed's
+    partition methods (uniform, parameters, type:) cannot express."""
+    from deepspeed.pipe import PipelineModule
+
+    class StagesAsGiven(PipelineModule):
+        def _partition_layers(self, method: str = "uniform") -> None:
+            self.parts = bounds
+            stage = self._topo.get_coord(self.global_rank).pipe
+            self._set_bounds(start=bounds[stage], stop=bounds[stage + 1])
+
+    return StagesAsGiven(**kwargs)
 
 
 def _config(spec, offload: bool) -> dict:

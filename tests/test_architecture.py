@@ -69,8 +69,10 @@ CONSUMERS: dict[str, set[str]] = {
     # plan-only: what-if inputs the engine does not (yet) execute: interleaving, other byte regimes
     "parallelism.virtual_stages": {"plan"},
     "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
-    "cluster.hosts": {"compile", "run"},
-    "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes  # the hostfile and launch.sh; run refuses several nodes without hosts
+    "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts
+    "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes
+    "parallelism.first_stage_layers": {"plan", "run"},  # run partitions DeepSpeed's pipeline as given
+    "parallelism.last_stage_layers": {"plan", "run"},
     "parallelism.byte_regime": {"plan"},
     # the cluster: where and how fast; the compiled files name the GPU count and nodes
     "cluster.gpu": {"compile", "plan", "run"},
@@ -88,14 +90,15 @@ CONSUMERS: dict[str, set[str]] = {
     "data.val_fraction": {"run"},
 }
 # the run reads these through a derived property of the spec
-READ_AS = {"training.max_steps": "steps", "training.tokens": "steps"}
+READ_AS = {"training.max_steps": "steps", "training.tokens": "steps",
+           "parallelism.first_stage_layers": "stage_layers", "parallelism.last_stage_layers": "stage_layers"}
 DERIVED = {"training.gradient_accumulation_steps", "parallelism.data_parallel"}  # computed, never set apart
 
 GPT2_FAMILY = ["model.norm=layernorm", "model.position=learned", "model.bias=true", "model.mlp=gelu",
                "model.n_kv_heads=4"]
 # A change that shows; a list is a set of --set changes made together (the HF family ties them).
 CHANGE = {
-    "training.init_from": "runs/tiny",
+    "training.init_from": "runs/tiny", "parallelism.first_stage_layers": "1", "parallelism.last_stage_layers": "1",
     "cluster.hosts": "[node-a, node-b]",
     "model.norm": GPT2_FAMILY, "model.position": GPT2_FAMILY, "model.mlp": "geglu",
     "model.rope_scaling": "{type: linear, factor: 2.0}", "model.moe": "{n_experts: 4, top_k: 2}",
@@ -116,7 +119,9 @@ CONTEXT = {
     "parallelism.pipeline": TWO_GPUS, "parallelism.tensor": TWO_GPUS, "cluster.gpus_per_node": TWO_GPUS[1:],
     "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"],
     "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
-    "cluster.hosts": ["cluster.nodes=2", *TWO_GPUS[1:]], "cluster.nodes": TWO_GPUS[1:],
+    "cluster.hosts": ["cluster.nodes=2", *TWO_GPUS[1:]],
+    "parallelism.first_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"],
+    "parallelism.last_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"], "cluster.nodes": TWO_GPUS[1:],
     "cluster.intra_node_bandwidth": TWO_GPUS, "cluster.inter_node_bandwidth": ["cluster.nodes=2", *TWO_GPUS[1:]],
     "parallelism.offload_optimizer": ["parallelism.zero_stage=2"], "parallelism.allgather_bucket_size":
     ["parallelism.zero_stage=2"], "parallelism.byte_regime": ["training.precision=bf16"],

@@ -80,6 +80,29 @@ def test_tensor_parallel_tracks_the_single_process_run(model, tmp_path):
     assert generate(tmp_path / "tp", "The", max_new_tokens=5, temperature=0).startswith("The")
 
 
+def test_an_uneven_pipeline_split_runs_as_given(tmp_path):
+    """first_stage_layers: 3 blocks as 1 + 2 over pipeline = 2 (DeepSpeed's own methods would balance 2 + 1)."""
+    import json
+
+    from llmspec.planner.training import plan
+
+    spec = load_spec("tiny", COMMON + ["model.n_layers=3", "parallelism.pipeline=2", "parallelism.zero_stage=1",
+                                       "parallelism.first_stage_layers=1", "training.max_steps=4"])
+    run(spec, tmp_path / "torch", backend="torch", announce=quiet)
+    run(spec, tmp_path / "pp", backend="deepspeed", announce=quiet)
+    for (_, loss, val), (_, ref_loss, ref_val) in zip(_losses(tmp_path / "pp"), _losses(tmp_path / "torch"),
+                                                      strict=True):
+        assert (loss or val) == pytest.approx(ref_loss or ref_val, rel=1e-3)
+    ranks = json.loads((tmp_path / "pp" / "ranks.json").read_text())["ranks"]
+    state = load_checkpoint(list_checkpoints(tmp_path / "pp" / "checkpoints")[-1])["model"]
+    block = sum(v.numel() for k, v in state.items() if k.startswith("blocks.0."))
+    embed, norm = state["embed.weight"].numel(), state["norm.weight"].numel()
+    # the first stage: the embedding and one block; the last: two blocks, the final norm, the tied head's copy
+    assert [r["parameters"] for r in ranks] == [embed + block, 2 * block + norm + embed]
+    planned = plan(spec, alternatives=False)
+    assert planned.stage == "last" and planned.params["per_gpu"] == ranks[1]["parameters"]
+
+
 def test_resume_continues_exactly(tmp_path):
     spec = load_spec("tiny", COMMON + ["parallelism.zero_stage=2", "model.dropout=0.1"])
     run(spec, tmp_path / "r", backend="deepspeed", announce=quiet)

@@ -74,7 +74,7 @@ class Plan:
     spec: Spec
     strategy: Strategy
     env: dict[str, Any]  # every formula input and result for the stage that sets the peak
-    stage: str  # "only", "first" or "last": the pipeline stage with the highest peak
+    stage: str  # "only", "first", "middle" (the second, with an uneven split) or "last": the highest peak
     gpu_name: str
     gpu_memory: int
     usable_memory: int
@@ -178,7 +178,9 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     par, tr = spec.parallelism, spec.training
     p, t = par.pipeline, par.tensor
     first, last = stage in ("only", "first"), stage in ("only", "last")
-    layers = math.ceil(spec.model.n_layers / p)
+    split = spec.stage_layers
+    # even split: DeepSpeed's balanced partition puts at most ceil(L/p) blocks on a stage
+    layers = math.ceil(spec.model.n_layers / p) if split is None else split[{"first": 0, "middle": 1}.get(stage, -1)]
     env = dict(base)
     env.update(strategy_inputs(spec, strategy.zero_stage, CHECKPOINTING.index(strategy.activation_checkpointing),
                                OFFLOAD_MODES.index(strategy.offload_optimizer),
@@ -186,7 +188,8 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     env.update({
         "psi": stage_params(env, first, last, layers, t),
         "first_stage": int(first), "last_stage": int(last), "L_here": layers,
-        "inflight": min(p, tr.gradient_accumulation_steps) if stage == "first" else 1,
+        # 1F1B: stage i holds p - i micro-batches (at most the step's) until its first backward
+        "inflight": min({"first": p, "middle": p - 1}.get(stage, 1), tr.gradient_accumulation_steps),
     })
     env["P_L"] = largest_module(env, t)
     return numeric.evaluate(env, TRAINING_FORMULAS)
@@ -195,7 +198,10 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
 def _peak_stage(spec: Spec, base: dict[str, Any], strategy: Strategy) -> tuple[str, dict[str, Any]]:
     if spec.parallelism.pipeline == 1:
         return "only", _evaluate(spec, base, strategy, "only")
-    stages = [(name, _evaluate(spec, base, strategy, name)) for name in ("first", "last")]
+    # an uneven split can make the second stage (the first without the embedding) the fullest
+    names = ("first", "middle", "last") if spec.stage_layers and \
+        spec.parallelism.pipeline > 2 else ("first", "last")
+    stages = [(name, _evaluate(spec, base, strategy, name)) for name in names]
     return max(stages, key=lambda item: item[1]["memory_peak"])
 
 

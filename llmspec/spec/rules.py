@@ -80,6 +80,15 @@ def consistency_problems(spec: Spec) -> list[Problem]:
     if par.virtual_stages > 1 and (p == 1 or m.n_layers % (p * par.virtual_stages)):
         bad("parallelism.virtual_stages",
             f"virtual_stages {par.virtual_stages} needs pipeline > 1 and n_layers divisible by pipeline × stages")
+    given = [n for n in (par.first_stage_layers, par.last_stage_layers) if n is not None]
+    if given and p == 1:
+        bad("parallelism.first_stage_layers", "first/last_stage_layers split a pipeline: they need pipeline > 1")
+    elif given:
+        rest, stages = m.n_layers - sum(given), p - len(given)
+        if (stages == 0 and rest != 0) or (stages and (rest < stages or rest % stages)):
+            bad("parallelism.first_stage_layers",
+                f"n_layers {m.n_layers} less first/last_stage_layers ({' + '.join(map(str, given))}) leaves {rest} "
+                f"for the other {stages} stage(s): they must divide evenly, at least one each")
     if p > 1 and par.zero_stage > 1:
         bad("parallelism.zero_stage", f"DeepSpeed pipelines support ZeRO stage 0 or 1, not {par.zero_stage}")
     if par.offload_params != "none" and par.zero_stage != 3:

@@ -172,6 +172,10 @@ class ParallelismSpec(_Section):
     tensor: Positive = 1
     pipeline: Positive = 1
     virtual_stages: Positive = Field(1, description="interleaved pipeline chunks per GPU")
+    first_stage_layers: Positive | None = Field(
+        None, description="blocks on the first pipeline stage (Megatron's uneven split); the rest divide evenly")
+    last_stage_layers: Positive | None = Field(
+        None, description="blocks on the last pipeline stage (it also holds the LM head); the rest divide evenly")
     sequence_parallel: bool = Field(
         False, description="tensor-parallel ranks split the sequence outside attention and the MLP (Megatron); "
         "`run`'s engine (DeepSpeed AutoTP) does not, so it plans only")
@@ -252,6 +256,19 @@ class Spec(_Section):
     parallelism: ParallelismSpec = ParallelismSpec()
     cluster: ClusterSpec = ClusterSpec()
     data: DataSpec = DataSpec()
+
+    @property
+    def stage_layers(self) -> list[int] | None:
+        """Blocks per pipeline stage when the spec splits unevenly (first/last_stage_layers), else None (the even
+        split). The stages without a given count share the rest equally (the rules check that they can)."""
+        par = self.parallelism
+        first, last, p = par.first_stage_layers, par.last_stage_layers, par.pipeline
+        if first is None and last is None:
+            return None
+        given = [n for n in (first, last) if n is not None]
+        middle = p - len(given)
+        each = (self.model.n_layers - sum(given)) // middle if middle else 0
+        return [first or each, *([each] * (p - 2)), last or each]
 
     @model_validator(mode="after")
     def _check_and_derive(self) -> Spec:
