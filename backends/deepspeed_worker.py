@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -139,9 +140,11 @@ class DeepSpeedEngine(Engine):
             n_layers = spec.model.n_layers
             model.load_state_dict({key: reference[_model_key(key, n_layers)] for key in model.state_dict()})
         offload = par.offload_optimizer != "none"
-        optimizer = None if offload else make_optimizer(spec, model, device.split(":")[0])
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                    model_parameters=param_groups(model, tr.optimizer.weight_decay),
+        # AutoEP's experts (ZeRO reduces them within their expert-data-parallel group, named as AutoEP names it)
+        experts = f"ep_size_{par.expert}" if par.expert > 1 else None
+        optimizer = None if offload else make_optimizer(spec, model, device.split(":")[0], experts)
+        groups = param_groups(model, tr.optimizer.weight_decay, experts)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=groups,
                                                     config=_config(spec, offload))
         # Batches are drawn per data-parallel replica: the ranks of one pipeline or tensor-parallel group share one.
         if self.pipelined:
@@ -246,6 +249,8 @@ def _consolidated(engine, job: Job, pipelined: bool) -> dict[str, torch.Tensor]:
         state = engine._consolidated_16bit_state_dict() or {}
         return {k: v.detach().cpu().clone() for k, v in state.items()}
     local = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+    if job.spec.parallelism.expert > 1:
+        return _experts_gathered(engine, local)
     if not pipelined:
         return local if dist.get_rank() == 0 else {}
     gathered: list = [None] * dist.get_world_size()
@@ -255,6 +260,39 @@ def _consolidated(engine, job: Job, pipelined: bool) -> dict[str, torch.Tensor]:
     if job.spec.model.tie_embeddings:
         merged["lm_head.weight"] = merged["embed.weight"]
     return merged if dist.get_rank() == 0 else {}
+
+
+_AUTOEP_EXPERT = re.compile(r"^(?P<layer>.+)\.experts\.w(?P<w>[123])$")
+_AUTOEP_ROUTER = re.compile(r"^(?P<layer>.+)\.router\.gate\.weight$")
+# AutoEP's stacked expert weights → the compiled MLP's projections (the names ds_config.json gives it)
+_AUTOEP_NAMES = {"1": "gate_proj", "2": "down_proj", "3": "up_proj"}
+
+
+def _experts_gathered(engine, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The compiled Model's state from AutoEP layers: each rank holds experts [r·E/ep, (r+1)·E/ep) of every MoE
+    layer stacked as w1/w2/w3 and its router as ``router.gate``; rank 0 gets them back under the Model's names."""
+    from deepspeed import comm as dist
+
+    ep_rank = {name: module.ep_rank for name, module in engine.module.named_modules()
+               if hasattr(module, "num_local_experts") and hasattr(module, "ep_rank")}
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, (ep_rank, {k: v for k, v in local.items() if _AUTOEP_EXPERT.match(k)}))
+    if dist.get_rank() != 0:
+        return {}
+    state = {}
+    for key, value in local.items():
+        router = _AUTOEP_ROUTER.match(key)
+        if router:
+            state[f"{router['layer']}.router.weight"] = value
+        elif not _AUTOEP_EXPERT.match(key):
+            state[key] = value
+    for ranks, experts in every:
+        for key, stacked in experts.items():
+            found = _AUTOEP_EXPERT.match(key)
+            first = ranks[found["layer"]] * stacked.shape[0]
+            for i, weight in enumerate(stacked):
+                state[f"{found['layer']}.experts.{first + i}.{_AUTOEP_NAMES[found['w']]}.weight"] = weight.clone()
+    return state
 
 
 def _model_key(key: str, n_layers: int) -> str:

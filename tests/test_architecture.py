@@ -73,6 +73,7 @@ CONSUMERS: dict[str, set[str]] = {
     "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes
     "parallelism.first_stage_layers": {"plan", "run"},  # run partitions DeepSpeed's pipeline as given
     "parallelism.last_stage_layers": {"plan", "run"},
+    "parallelism.expert": {"compile", "plan", "run"},  # ds_config's expert_parallel (AutoEP)
     "parallelism.byte_regime": {"plan"},
     # the cluster: where and how fast; the compiled files name the GPU count and nodes
     "cluster.gpu": {"compile", "plan", "run"},
@@ -121,6 +122,7 @@ CONTEXT = {
     "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
     "cluster.hosts": ["cluster.nodes=2", *TWO_GPUS[1:]],
     "parallelism.first_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"],
+    "parallelism.expert": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}"],
     "parallelism.last_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"], "cluster.nodes": TWO_GPUS[1:],
     "cluster.intra_node_bandwidth": TWO_GPUS, "cluster.inter_node_bandwidth": ["cluster.nodes=2", *TWO_GPUS[1:]],
     "parallelism.offload_optimizer": ["parallelism.zero_stage=2"], "parallelism.allgather_bucket_size":

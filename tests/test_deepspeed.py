@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from llmspec.errors import LLMSpecError
 from llmspec.runner import run
@@ -101,6 +102,39 @@ def test_an_uneven_pipeline_split_runs_as_given(tmp_path):
     assert [r["parameters"] for r in ranks] == [embed + block, 2 * block + norm + embed]
     planned = plan(spec, alternatives=False)
     assert planned.stage == "last" and planned.params["per_gpu"] == ranks[1]["parameters"]
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_expert_parallel_tracks_the_single_process_run(zero, tmp_path):
+    """AutoEP on tiny-moe (4 experts, top-2): 2 ranks hold 2 experts each; losses track one process, and the
+    consolidated checkpoint is the compiled model again (its loss is the run's validation loss)."""
+    import json
+
+    from llmspec.compile.loading import load_model_module
+    from llmspec.data.shards import Batches
+    from llmspec.planner.training import plan
+    from llmspec.train.job import load_job
+
+    spec = load_spec("tiny-moe", ["cluster.gpus_per_node=2", "parallelism.expert=2", f"parallelism.zero_stage={zero}",
+                                  "model.d_model=64", "model.d_ff=128", "training.micro_batch_size=4",
+                                  "training.global_batch_size=16", "training.max_steps=6", "training.log_interval=1",
+                                  "training.eval_interval=6", "model.vocab_size=512", "data.tokenizer.vocab_size=512"])
+    run(spec, tmp_path / "torch", backend="torch", announce=quiet)
+    run(spec, tmp_path / "ep", backend="deepspeed", announce=quiet)
+    for (_, loss, val), (_, ref_loss, ref_val) in zip(_losses(tmp_path / "ep"), _losses(tmp_path / "torch"),
+                                                      strict=True):
+        assert (loss or val) == pytest.approx(ref_loss or ref_val, rel=1e-3)
+    ranks = json.loads((tmp_path / "ep" / "ranks.json").read_text())["ranks"]
+    assert [r["parameters"] for r in ranks] == [plan(spec, alternatives=False).params["per_gpu"]] * 2
+    model = load_model_module(tmp_path / "ep" / "build" / "model.py").Model()
+    model.load_state_dict(load_checkpoint(list_checkpoints(tmp_path / "ep" / "checkpoints")[-1])["model"])
+    job, tr = load_job(tmp_path / "ep"), spec.training
+    val = Batches(job.shards.load("val"), tr.seq_len, tr.micro_batch_size, tr.seed, "val")
+    from llmspec.train.loop import EVAL_BATCHES
+
+    with torch.no_grad():
+        ours = sum(model(*val.get(0, i))[1].item() for i in range(EVAL_BATCHES)) / EVAL_BATCHES
+    assert ours == pytest.approx(_losses(tmp_path / "ep")[-1][2], rel=1e-4)
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from helpers import planned
 
+from llmspec.errors import LLMSpecError
 from llmspec.planner.regimes import bytes_per_param
+from llmspec.spec.loading import load_spec
 
 GiB = 2**30
 
@@ -199,3 +201,28 @@ def test_zero2_offload_host_memory_is_one_nodes_share():
     expected = psi / dp * large.spec.cluster.gpus_per_node * (12 + 6) * 1.5  # fp32 master+Adam 12, grads 6 B/param
     assert large.host_memory == pytest.approx(expected, rel=1e-9)
     assert large.host_memory < 64 * 2**30 < large.host_memory_deepspeed
+
+
+def test_expert_parallel_splits_experts_and_shards_their_states_over_their_replicas():
+    base = ("cluster.gpus_per_node=8", "cluster.nodes=1", "training.global_batch_size=64",
+            "training.micro_batch_size=1", "parallelism.zero_stage=1")
+    one = planned("mixtral-8x7b", *base)
+    four = planned("mixtral-8x7b", *base, "parallelism.expert=4")
+    expert_params = 32 * 8 * one.env["params_mlp"]
+    assert four.params["experts_per_gpu"] == 2 and one.params["experts_per_gpu"] == 8
+    assert four.params["per_gpu"] == one.params["per_gpu"] - expert_params * 3 / 4
+    # bf16 weights and grads of the held experts only; ZeRO-1's fp32 states of the experts still 1/8 of all of
+    # them (each expert's states shard over the 2 ranks holding it, not 8)
+    assert four.memory["weights"] == pytest.approx(one.memory["weights"] - 2 * expert_params * 3 / 4, rel=1e-12)
+    assert four.memory["optimizer"] == pytest.approx(one.memory["optimizer"], rel=1e-12)
+    assert four.time["ep_seconds"] > 0 and one.time["ep_seconds"] == 0
+
+
+@pytest.mark.parametrize("sets, message", [
+    (("parallelism.expert=2",), "splits experts: the model has none"),
+    (("model.moe={n_experts: 3, top_k: 2}", "parallelism.expert=2"), "must divide n_experts 3"),
+    (("model.moe={n_experts: 4, top_k: 2}", "parallelism.expert=4"), "must divide data_parallel 2"),
+])
+def test_expert_degree_is_checked(sets, message):
+    with pytest.raises(LLMSpecError, match=message):
+        load_spec("tiny", ["cluster.gpus_per_node=2", "training.global_batch_size=32", *sets])

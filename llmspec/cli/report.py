@@ -71,7 +71,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     table.add_row("step", fmt_duration(t["step_seconds"]), "the sum of the rows below")
     for key, label in (("compute_seconds", "  compute"), ("bubble_seconds", "  pipeline bubble"),
                        ("dp_exposed_seconds", "  data-parallel comm"), ("tp_seconds", "  tensor-parallel comm"),
-                       ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload")):
+                       ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload"),
+                       ("ep_seconds", "  expert all-to-all")):
         if t[key] > 0 or key == "compute_seconds":
             table.add_row(label, fmt_duration(t[key]), "exposed, not hidden behind compute" if "comm" in label else "")
     table.add_row("throughput", f"{fmt_count(t['tokens_per_second'])} tokens/s",

@@ -100,6 +100,26 @@ class TensorParallel(_Strict):
     partition_config: PartitionConfig
 
 
+class ExpertParallel(_Strict):
+    """AutoEP over the compiled MoE layer (``blocks.N.mlp``: a ``router`` and an ``experts`` list of SwiGLU MLPs),
+    routed as it routes: softmax over all experts, top-k, weights renormalised, applied after the experts."""
+
+    enabled: bool = True
+    autoep_size: int
+    moe_layer_pattern: str = r"blocks\.\d+\.mlp"
+    router_pattern: str = "router"
+    expert_pattern: str = "experts"
+    expert_w1: str = "gate_proj"
+    expert_w2: str = "down_proj"
+    expert_w3: str = "up_proj"
+    expert_activation: Literal["swiglu"] = "swiglu"
+    top_k: int
+    score_func: Literal["softmax"] = "softmax"
+    route_norm: bool = True
+    score_apply: Literal["post"] = "post"
+    use_grouped_mm: bool  # grouped GEMM kernels are GPU kernels
+
+
 class DeepSpeedConfig(_Strict):
     # None under tensor parallelism: DeepSpeed derives it from the data-parallel group, not the world
     train_batch_size: int | None = None
@@ -114,6 +134,7 @@ class DeepSpeedConfig(_Strict):
     scheduler: Scheduler
     activation_checkpointing: ActivationCheckpointing | None = None
     tensor_parallel: TensorParallel | None = None
+    expert_parallel: ExpertParallel | None = None
     wall_clock_breakdown: bool = False
 
 
@@ -180,6 +201,9 @@ def ds_config(spec: Spec, nvme_path: str = "/local_nvme") -> DeepSpeedConfig:
         activation_checkpointing=ActivationCheckpointing() if par.activation_checkpointing != "none" else None,
         tensor_parallel=TensorParallel(autotp_size=par.tensor, partition_config=partition_config(spec))
         if tensor else None,
+        expert_parallel=ExpertParallel(autoep_size=par.expert, top_k=spec.model.moe.top_k,
+                                       use_grouped_mm=spec.cluster.device.name != "cpu")
+        if par.expert > 1 and spec.model.moe else None,
     )
 
 

@@ -30,6 +30,7 @@ masked = sp.Symbol("masked", nonnegative=True)
 e_stat, e_mask = _s("e_stat e_mask", positive=True)
 t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
 sp_on = sp.Symbol("sequence_parallel", nonnegative=True)
+ep, bw_ep = _s("ep bw_ep", positive=True)
 ck_none, ck_sel, ck_full = _s("ck_none ck_selective ck_full", nonnegative=True)
 psi, P_L, L_here, inflight = _s("psi P_L L_here inflight", positive=True)
 first, last, z12, z3, overlap = _s("first_stage last_stage zero12 zero3 overlap_comm", nonnegative=True)
@@ -72,6 +73,8 @@ INPUT_DOCS: dict[str, str] = {
     "reduce_bucket": "reduce_bucket_size (elements)", "prefetch_bucket": "stage3_prefetch_bucket_size (elements)",
     "F_peak": "dense peak FLOP/s of one GPU at the training precision", "eff": "achieved fraction of peak",
     "bw_dp": "bytes/s per GPU on the data-parallel links", "bw_tp": "bytes/s per GPU on tensor-parallel links",
+    "ep": "expert-parallel degree (experts of each MoE layer split over ep data-parallel ranks)",
+    "bw_ep": "bytes/s per GPU on expert-parallel links (all-to-all)",
     "bw_pp": "bytes/s per GPU between pipeline stages", "steps": "optimizer steps", "price": "USD per GPU-hour",
     "nodes": "nodes", "gpus_per_node": "GPUs per node", "offload": "1 with optimizer offload",
     "bw_host": "bytes/s per GPU to the offload target (PCIe to host memory, or NVMe)",
@@ -270,7 +273,14 @@ t_pp = define("time_pp", (1 - 1 / p) * 2 * m * b * s * h * e / t / bw_pp,
 t_off = define("time_offload", offload * psi / shard * ((g_bucket + w_bytes) / bw_host + gpn / adam_rate),
                "optimizer offload: gradients down and weights back over PCIe, then the CPU optimizer step "
                "(ZeRO-Offload, Ren et al. 2021; not overlapped)", "s")
-step = define("time_step", t_compute + t_bubble + t_dp + t_tp + t_pp + t_off, "seconds per optimizer step", "s")
+ep_bytes = define("comm_ep_bytes", moe * (4 + 2 * (ck_full + ck_sel)) * m * L_here * b * s * K * h * e
+                  * (ep - 1) / ep / t,
+                  "bytes each GPU sends per step for expert parallelism: every routed token's hidden state to its "
+                  "experts' ranks and back (all-to-all dispatch and combine), forward, backward and recompute",
+                  "B")
+t_ep = define("time_ep", ep_bytes / bw_ep, "expert-parallel all-to-all (not overlapped)", "s")
+step = define("time_step", t_compute + t_bubble + t_dp + t_tp + t_pp + t_off + t_ep, "seconds per optimizer step",
+              "s")
 tps = define("tokens_per_second", B * s / step, "training throughput", "tokens/s")
 secs = define("time_total", steps * step, "wall-clock for the run", "s")
 gpuh = define("gpu_hours", secs * n_gpu / 3600, "GPU-hours", "GPU·h")

@@ -62,7 +62,7 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "e_stat": e if spec.cluster.device.name == "cpu" else 4,
         "e_mask": e if spec.cluster.device.name == "cpu" else 1,
         "masked": int(mo.sliding_window is not None and mo.sliding_window < tr.seq_len),
-        "t": par.tensor, "sequence_parallel": int(par.sequence_parallel), "p": par.pipeline,
+        "t": par.tensor, "sequence_parallel": int(par.sequence_parallel), "p": par.pipeline, "ep": par.expert,
         "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
         "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
         "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
@@ -78,7 +78,9 @@ def stage_params(env: dict[str, Any], first: Any, last: Any, layers: Any, tensor
     # The last stage holds the final norm and the LM head, or (pipelines) the tied copy of the embedding that it
     # multiplies with; a single stage holding both ends shares one tied matrix.
     head = env["params_norm"] + choose(first * env["tied"], 0, env["V"] * env["h"])
-    held = layers * env["params_layer"] + first * env["params_embedding"] + last * head
+    # expert parallelism: each rank of an expert group holds E/ep of every MoE layer's experts
+    experts_elsewhere = env["E"] * env["params_mlp"] * env["moe"] * _divide(env["ep"] - 1, env["ep"])
+    held = layers * (env["params_layer"] - experts_elsewhere) + first * env["params_embedding"] + last * head
     whole = layers * env["params_layer_unsplit"] + first * env["params_embedding_unsplit"] + last * env["params_norm"]
     return whole + _divide(held - whole, tensor)
 
@@ -144,6 +146,7 @@ def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = Non
         "eff": cl.efficiency or DEFAULT_EFFICIENCY,
         "bw_dp": choose(nodes == 1, intra, inter),
         "bw_tp": choose(t <= within, intra, inter),
+        "bw_ep": choose(t * par.expert <= within, intra, inter),  # expert groups are consecutive ranks
         "bw_pp": choose(t * p <= within, intra, inter),
         "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
         "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,

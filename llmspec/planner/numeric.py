@@ -316,9 +316,19 @@ def time_offload(bw_host, cpu_adam_rate, g_bucket, gpus_per_node, offload, psi, 
     return offload*psi*(gpus_per_node/cpu_adam_rate + (g_bucket + w_bytes)/bw_host)/shard
 
 
-def time_step(time_bubble, time_compute, time_dp_exposed, time_offload, time_pp, time_tp):
+def comm_ep_bytes(K, L_here, b, ck_full, ck_selective, e, ep, h, m, moe, s, t):
+    """bytes each GPU sends per step for expert parallelism: every routed token's hidden state to its experts' ranks and back (all-to-all dispatch and combine), forward, backward and recompute [B]"""
+    return K*L_here*b*e*h*m*moe*s*(ep - 1)*(2*ck_full + 2*ck_selective + 4)/(ep*t)
+
+
+def time_ep(bw_ep, comm_ep_bytes):
+    """expert-parallel all-to-all (not overlapped) [s]"""
+    return comm_ep_bytes/bw_ep
+
+
+def time_step(time_bubble, time_compute, time_dp_exposed, time_ep, time_offload, time_pp, time_tp):
     """seconds per optimizer step [s]"""
-    return time_bubble + time_compute + time_dp_exposed + time_offload + time_pp + time_tp
+    return time_bubble + time_compute + time_dp_exposed + time_ep + time_offload + time_pp + time_tp
 
 
 def tokens_per_second(B, s, time_step):
@@ -490,7 +500,9 @@ ARGUMENTS = {
     'time_tp': ('L_here', 'b', 'bw_tp', 'ck_full', 'e', 'h', 'm', 's', 't'),
     'time_pp': ('b', 'bw_pp', 'e', 'h', 'm', 'p', 's', 't'),
     'time_offload': ('bw_host', 'cpu_adam_rate', 'g_bucket', 'gpus_per_node', 'offload', 'psi', 'shard', 'w_bytes'),
-    'time_step': ('time_bubble', 'time_compute', 'time_dp_exposed', 'time_offload', 'time_pp', 'time_tp'),
+    'comm_ep_bytes': ('K', 'L_here', 'b', 'ck_full', 'ck_selective', 'e', 'ep', 'h', 'm', 'moe', 's', 't'),
+    'time_ep': ('bw_ep', 'comm_ep_bytes'),
+    'time_step': ('time_bubble', 'time_compute', 'time_dp_exposed', 'time_ep', 'time_offload', 'time_pp', 'time_tp'),
     'tokens_per_second': ('B', 's', 'time_step'),
     'time_total': ('steps', 'time_step'),
     'gpu_hours': ('n_gpu', 'time_total'),
@@ -533,6 +545,7 @@ Name = Literal[
     'batch',
     'bias',
     'bw_dp',
+    'bw_ep',
     'bw_host',
     'bw_pp',
     'bw_tp',
@@ -549,6 +562,7 @@ Name = Literal[
     'e_mask',
     'e_stat',
     'eff',
+    'ep',
     'f',
     'first_stage',
     'fused_qkv',
@@ -652,6 +666,8 @@ Name = Literal[
     'time_tp',
     'time_pp',
     'time_offload',
+    'comm_ep_bytes',
+    'time_ep',
     'time_step',
     'tokens_per_second',
     'time_total',
@@ -676,7 +692,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'b', 'batch', 'bias', 'bw_dp', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'm', 'masked', 'moe', 'n_gpu', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'price', 'psi', 'qkv_bias', 'reduce_bucket', 'relu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'w_bpp', 'w_bytes', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'm', 'masked', 'moe', 'n_gpu', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'price', 'psi', 'qkv_bias', 'reduce_bucket', 'relu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'w_bpp', 'w_bytes', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -738,6 +754,8 @@ GROUPS = {
     'time_tp': 'Time and cost',
     'time_pp': 'Time and cost',
     'time_offload': 'Time and cost',
+    'comm_ep_bytes': 'Time and cost',
+    'time_ep': 'Time and cost',
     'time_step': 'Time and cost',
     'tokens_per_second': 'Time and cost',
     'time_total': 'Time and cost',

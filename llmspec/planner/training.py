@@ -95,6 +95,7 @@ class Plan:
             "mlp_per_layer": int(e["E"] * e["params_mlp"]), "router_per_layer": int(e["params_router"]),
             "norms": int(e["L"] * 2 * e["params_norm"] + e["params_norm"]), "lm_head": int(e["params_lm_head"]),
             "largest_module": int(e["params_largest_module"]),
+            "experts_per_gpu": int(e["E"] * e["moe"] / e["ep"]),
             # on one GPU of the peak stage, before ZeRO shards its states: a fraction when the vocabulary does
             # not divide by the tensor-parallel degree
             "per_gpu": float(e["psi"]) if e["psi"] != int(e["psi"]) else int(e["psi"]),
@@ -121,7 +122,7 @@ class Plan:
             "total_seconds": e["time_total"], "days": e["time_total"] / 86400, "gpu_hours": e["gpu_hours"],
             "cost": e["cost"], "compute_seconds": e["time_compute"], "bubble_seconds": e["time_bubble"],
             "dp_exposed_seconds": e["time_dp_exposed"], "tp_seconds": e["time_tp"], "pp_seconds": e["time_pp"],
-            "offload_seconds": e["time_offload"],
+            "offload_seconds": e["time_offload"], "ep_seconds": e["time_ep"],
             "mfu": e["mfu"], "hfu": e["hfu"], "steps": e["steps"],
         }
 
@@ -182,11 +183,19 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     # even split: DeepSpeed's balanced partition puts at most ceil(L/p) blocks on a stage
     layers = math.ceil(spec.model.n_layers / p) if split is None else split[{"first": 0, "middle": 1}.get(stage, -1)]
     env = dict(base)
-    env.update(strategy_inputs(spec, strategy.zero_stage, CHECKPOINTING.index(strategy.activation_checkpointing),
-                               OFFLOAD_MODES.index(strategy.offload_optimizer),
-                               OFFLOAD_MODES.index(strategy.offload_params), par.data_parallel))
+    codes = (strategy.zero_stage, CHECKPOINTING.index(strategy.activation_checkpointing),
+             OFFLOAD_MODES.index(strategy.offload_optimizer), OFFLOAD_MODES.index(strategy.offload_params))
+    env.update(strategy_inputs(spec, *codes, par.data_parallel))
+    psi = stage_params(env, first, last, layers, t)
+    if par.expert > 1:
+        # ZeRO shards an expert's states over the ranks holding the same experts (data_parallel / expert), the
+        # rest over all data_parallel: bytes per parameter are the two regimes weighted by their parameters
+        experts = Fraction(layers * env["E"] * env["params_mlp"], par.expert * t)
+        sharded_like_experts = strategy_inputs(spec, *codes, par.data_parallel // par.expert)
+        for kind in ("w_bpp", "g_bpp", "o_bpp"):
+            env[kind] = (env[kind] * (psi - experts) + sharded_like_experts[kind] * experts) / psi
     env.update({
-        "psi": stage_params(env, first, last, layers, t),
+        "psi": psi,
         "first_stage": int(first), "last_stage": int(last), "L_here": layers,
         # 1F1B: stage i holds p - i micro-batches (at most the step's) until its first backward
         "inflight": min({"first": p, "middle": p - 1}.get(stage, 1), tr.gradient_accumulation_steps),

@@ -89,6 +89,10 @@ def consistency_problems(spec: Spec) -> list[Problem]:
             bad("parallelism.first_stage_layers",
                 f"n_layers {m.n_layers} less first/last_stage_layers ({' + '.join(map(str, given))}) leaves {rest} "
                 f"for the other {stages} stage(s): they must divide evenly, at least one each")
+    if par.expert > 1 and m.moe is None:
+        bad("parallelism.expert", f"expert degree {par.expert} splits experts: the model has none (model.moe)")
+    elif par.expert > 1 and m.moe.n_experts % par.expert:
+        bad("parallelism.expert", f"expert degree {par.expert} must divide n_experts {m.moe.n_experts}")
     if p > 1 and par.zero_stage > 1:
         bad("parallelism.zero_stage", f"DeepSpeed pipelines support ZeRO stage 0 or 1, not {par.zero_stage}")
     if par.offload_params != "none" and par.zero_stage != 3:
@@ -109,6 +113,9 @@ def consistency_problems(spec: Spec) -> list[Problem]:
     elif par.data_parallel is not None and par.data_parallel != gpus // (t * p):
         bad("parallelism.data_parallel", f"data_parallel is derived as gpus / (tensor × pipeline) = "
                                          f"{gpus // (t * p)}; remove it or set it to that value")
+    elif (gpus // (t * p)) % par.expert:
+        bad("parallelism.expert", f"expert groups are carved from the data-parallel ranks: expert degree "
+                                  f"{par.expert} must divide data_parallel {gpus // (t * p)}")
     else:
         dp = gpus // (t * p)
         per_step = tr.micro_batch_size * dp

@@ -172,6 +172,8 @@ class ParallelismSpec(_Section):
     tensor: Positive = 1
     pipeline: Positive = 1
     virtual_stages: Positive = Field(1, description="interleaved pipeline chunks per GPU")
+    expert: Positive = Field(1, description="expert-parallel degree: each MoE layer's experts split over this many "
+                             "data-parallel ranks (DeepSpeed AutoEP)")
     first_stage_layers: Positive | None = Field(
         None, description="blocks on the first pipeline stage (Megatron's uneven split); the rest divide evenly")
     last_stage_layers: Positive | None = Field(

@@ -82,6 +82,15 @@ def check_runnable(spec: Spec) -> None:
     if par.tensor > 1 and par.pipeline > 1:
         raise LLMSpecError(f"parallelism.tensor {par.tensor} with pipeline {par.pipeline}: planned, not run "
                            "(DeepSpeed's pipeline engine takes no AutoTP); run one of the two")
+    if par.expert > 1:
+        unsupported = [text for text, present in (
+            (f"tensor {par.tensor}", par.tensor > 1), (f"pipeline {par.pipeline}", par.pipeline > 1),
+            ("zero_stage 3", par.zero_stage == 3), ("optimizer offload", par.offload_optimizer != "none"),
+            (f"{spec.model.mlp} experts", spec.model.mlp != "swiglu"), ("biases", spec.model.bias)) if present]
+        if unsupported:
+            raise LLMSpecError(f"parallelism.expert {par.expert} with {', '.join(unsupported)}: planned, not run "
+                               "(`llmspec run` runs DeepSpeed AutoEP on SwiGLU experts with ZeRO 0-2, without "
+                               "tensor or pipeline parallelism or offload)")
     if par.tensor > 1 and par.sequence_parallel:
         raise LLMSpecError("parallelism.sequence_parallel: planned, not run (DeepSpeed's AutoTP holds the "
                            "activations outside the split layers whole); set it to false to run, and the plan "
