@@ -25,6 +25,7 @@ from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
 from llmspec.train.checkpoint import latest_checkpoint
 from llmspec.train.init_from import check_init_from
+from llmspec.train.preflight import check_runnable
 
 
 @dataclass(frozen=True)
@@ -71,51 +72,6 @@ def check_fits(spec: Spec) -> None:
             f"usable {fmt_bytes(result.usable_memory)} (states {fmt_bytes(mem['model_states'])}, activations "
             f"{fmt_bytes(mem['activations'])}, buffers {fmt_bytes(mem['buffers'])}); `llmspec plan` on the same spec "
             "and --set flags shows the strategies that fit")
-
-
-def check_runnable(spec: Spec) -> None:
-    """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
-    par, cl = spec.parallelism, spec.cluster
-    if cl.nodes > 1 and not cl.hosts:
-        raise LLMSpecError(f"cluster.nodes {cl.nodes}: name the hosts, --hostfile PATH (DeepSpeed's format, "
-                           f"slots={cl.gpus_per_node} each) or cluster.hosts; no host is ever guessed")
-    if par.tensor > 1 and par.pipeline > 1:
-        raise LLMSpecError(f"parallelism.tensor {par.tensor} with pipeline {par.pipeline}: planned, not run "
-                           "(DeepSpeed's pipeline engine takes no AutoTP); run one of the two")
-    if par.expert > 1:
-        unsupported = [text for text, present in (
-            (f"tensor {par.tensor}", par.tensor > 1), (f"pipeline {par.pipeline}", par.pipeline > 1),
-            ("zero_stage 3", par.zero_stage == 3), ("optimizer offload", par.offload_optimizer != "none"),
-            (f"{spec.model.mlp} experts", spec.model.mlp != "swiglu"), ("biases", spec.model.bias)) if present]
-        if unsupported:
-            raise LLMSpecError(f"parallelism.expert {par.expert} with {', '.join(unsupported)}: planned, not run "
-                               "(`llmspec run` runs DeepSpeed AutoEP on SwiGLU experts with ZeRO 0-2, without "
-                               "tensor or pipeline parallelism or offload)")
-    if par.tensor > 1 and par.sequence_parallel:
-        raise LLMSpecError("parallelism.sequence_parallel: planned, not run (DeepSpeed's AutoTP holds the "
-                           "activations outside the split layers whole); set it to false to run, and the plan "
-                           "counts them whole too")
-    if par.virtual_stages > 1:
-        raise LLMSpecError(f"parallelism.virtual_stages {par.virtual_stages}: planned, not yet trained (DeepSpeed's "
-                           "pipeline runs one stage per rank); set parallelism.virtual_stages=1 to run")
-    if cl.device.name != "cpu" and not _has_gpu():
-        on_cpu = spec.model_copy(update={"cluster": cl.model_copy(update={"gpu": "cpu"})})
-        cpu = on_cpu.cluster.device
-        if spec.training.precision not in cpu.peak_flops:
-            raise LLMSpecError(f"cluster.gpu {cl.device.name}: this machine has no GPU, and "
-                               f"training.precision {spec.training.precision} needs one")
-        planned = plan(on_cpu, alternatives=False)
-        if not planned.fits:
-            raise DoesNotFitError(
-                f"cluster.gpu {cl.device.name}: this machine has no GPU, and on its CPU the plan needs "
-                f"{fmt_bytes(planned.memory['peak'])} per rank of {fmt_bytes(planned.usable_memory)}; run on a "
-                f"machine with {cl.gpus} × {cl.device.name}")
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _documents(spec: Spec) -> list[str]:

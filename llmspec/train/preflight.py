@@ -1,0 +1,89 @@
+"""Pre-flight: refuse, before any data is prepared, what `llmspec run` plans but cannot execute, and a spec whose
+GPUs this machine does not have (one line: what is missing, what was found)."""
+
+from __future__ import annotations
+
+from llmspec.errors import DoesNotFitError, LLMSpecError
+from llmspec.planner.training import plan
+from llmspec.spec.schema import Spec
+from llmspec.spec.units import fmt_bytes
+
+
+def check_runnable(spec: Spec) -> None:
+    """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
+    par, cl = spec.parallelism, spec.cluster
+    if cl.nodes > 1 and not cl.hosts:
+        raise LLMSpecError(f"cluster.nodes {cl.nodes}: name the hosts, --hostfile PATH (DeepSpeed's format, "
+                           f"slots={cl.gpus_per_node} each) or cluster.hosts; no host is ever guessed")
+    if par.tensor > 1 and par.pipeline > 1:
+        raise LLMSpecError(f"parallelism.tensor {par.tensor} with pipeline {par.pipeline}: planned, not run "
+                           "(DeepSpeed's pipeline engine takes no AutoTP); run one of the two")
+    if par.expert > 1:
+        unsupported = [text for text, present in (
+            (f"tensor {par.tensor}", par.tensor > 1), (f"pipeline {par.pipeline}", par.pipeline > 1),
+            ("zero_stage 3", par.zero_stage == 3), ("optimizer offload", par.offload_optimizer != "none"),
+            (f"{spec.model.mlp} experts", spec.model.mlp != "swiglu"), ("biases", spec.model.bias)) if present]
+        if unsupported:
+            raise LLMSpecError(f"parallelism.expert {par.expert} with {', '.join(unsupported)}: planned, not run "
+                               "(`llmspec run` runs DeepSpeed AutoEP on SwiGLU experts with ZeRO 0-2, without "
+                               "tensor or pipeline parallelism or offload)")
+    if par.tensor > 1 and par.sequence_parallel:
+        raise LLMSpecError("parallelism.sequence_parallel: planned, not run (DeepSpeed's AutoTP holds the "
+                           "activations outside the split layers whole); set it to false to run, and the plan "
+                           "counts them whole too")
+    if par.virtual_stages > 1:
+        raise LLMSpecError(f"parallelism.virtual_stages {par.virtual_stages}: planned, not yet trained (DeepSpeed's "
+                           "pipeline runs one stage per rank); set parallelism.virtual_stages=1 to run")
+    if cl.device.name != "cpu":
+        check_devices(spec, local_gpus())
+
+
+def check_devices(spec: Spec, found: list[tuple[str, int]]) -> None:
+    """Refuse a GPU spec on a machine without the GPUs it names: ``found`` is (name, memory bytes) per local GPU.
+    Without any GPU, a spec whose plan fits this machine's CPU runs there (announced by the engine)."""
+    cl = spec.cluster
+    if found:
+        have = f"{len(found)} × {found[0][0]} ({fmt_bytes(found[0][1])})"
+        if len(found) < cl.gpus_per_node:
+            raise LLMSpecError(f"cluster.gpus_per_node {cl.gpus_per_node}: this machine has {have}")
+        family = _family(cl.device.name)
+        if family and family not in found[0][0].upper().replace("-", "").replace(" ", ""):
+            raise LLMSpecError(f"cluster.gpu {cl.device.name}: this machine has {have}; set cluster.gpu to its GPU "
+                               "so that the plan is this machine's")
+        if found[0][1] < 0.95 * cl.device.memory_bytes:
+            raise LLMSpecError(f"cluster.gpu {cl.device.name}: planned with {fmt_bytes(cl.device.memory_bytes)} per "
+                               f"GPU, but this machine has {have}")
+        return
+    on_cpu = spec.model_copy(update={"cluster": cl.model_copy(update={"gpu": "cpu"})})
+    cpu = on_cpu.cluster.device
+    if spec.training.precision not in cpu.peak_flops:
+        raise LLMSpecError(f"cluster.gpu {cl.device.name}: this machine has no GPU, and "
+                           f"training.precision {spec.training.precision} needs one")
+    planned = plan(on_cpu, alternatives=False)
+    if not planned.fits:
+        raise DoesNotFitError(
+            f"cluster.gpu {cl.device.name}: this machine has no GPU, and on its CPU the plan needs "
+            f"{fmt_bytes(planned.memory['peak'])} per rank of {fmt_bytes(planned.usable_memory)}; run on a "
+            f"machine with {cl.gpus} × {cl.device.name} (the named specs for a CPU: {', '.join(cpu_specs())})")
+
+
+def _family(catalogue_name: str) -> str:
+    """The part of a catalogue name that a device name contains: H100-SXM → H100, RTX-4090 → 4090."""
+    parts = catalogue_name.upper().split("-")
+    return parts[1] if parts[0] == "RTX" else parts[0] if catalogue_name != "custom" else ""
+
+
+def local_gpus() -> list[tuple[str, int]]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory)
+            for i in range(torch.cuda.device_count())]
+
+
+def cpu_specs() -> list[str]:
+    """The named specs planned for this machine class (cluster.gpu: cpu)."""
+    from llmspec.spec.loading import load_spec, named_specs
+
+    return [name for name in sorted(named_specs()) if load_spec(name).cluster.device.name == "cpu"]
