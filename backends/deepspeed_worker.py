@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
     args, _ = parser.parse_known_args(argv)
     code = 0
+    # AutoTP's all-gathers call a torch function deprecated in 2.13 once per step; say it once, not every step
+    warnings.filterwarnings("once", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     import deepspeed
     from deepspeed import comm as dist
 

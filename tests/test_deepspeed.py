@@ -54,16 +54,17 @@ def test_two_ranks_track_the_single_process_run(layout, tmp_path):
     assert generate(tmp_path / "ds", "The", max_new_tokens=5, temperature=0).startswith("The")
 
 
-@pytest.mark.parametrize("model", [["model.tie_embeddings=false"], ["model.position=learned", "model.bias=true"]],
-                         ids=["llama-untied", "gpt2-fused-qkv"])
+@pytest.mark.parametrize("model", [["model.tie_embeddings=false", "parallelism.zero_stage=1"],
+                                   ["model.position=learned", "model.bias=true", "parallelism.zero_stage=3"]],
+                         ids=["llama-untied-zero1", "gpt2-fused-qkv-zero3"])
 def test_tensor_parallel_tracks_the_single_process_run(model, tmp_path):
     """AutoTP on 2 ranks (tensor = 2): 20 steps within 1e-3 of one process; each rank holds what the plan says."""
     import json
 
     from llmspec.planner.training import plan
 
-    spec = load_spec("tiny", COMMON + model + ["parallelism.tensor=2", "parallelism.zero_stage=1",
-                                               "training.max_steps=20", "training.eval_interval=10"])
+    spec = load_spec("tiny", COMMON + model + ["parallelism.tensor=2", "training.max_steps=20",
+                                               "training.eval_interval=10"])
     run(spec, tmp_path / "torch", backend="torch", announce=quiet)
     run(spec, tmp_path / "tp", backend="deepspeed", announce=quiet)
     reference, ours = _losses(tmp_path / "torch"), _losses(tmp_path / "tp")
