@@ -138,8 +138,12 @@ def test_expert_parallel_tracks_the_single_process_run(zero, tmp_path):
     assert ours == pytest.approx(_losses(tmp_path / "ep")[-1][2], rel=1e-4)
 
 
-def test_resume_continues_exactly(tmp_path):
-    spec = load_spec("tiny", COMMON + ["parallelism.zero_stage=2", "model.dropout=0.1"])
+@pytest.mark.parametrize("layout", [["parallelism.zero_stage=2", "model.dropout=0.1"],
+                                    ["parallelism.tensor=2", "parallelism.zero_stage=1"],
+                                    ["parallelism.expert=2", "model.moe={n_experts: 4, top_k: 2}"]],
+                         ids=["zero2-dropout", "tensor2", "expert2"])
+def test_resume_continues_exactly(layout, tmp_path):
+    spec = load_spec("tiny", COMMON + layout)
     run(spec, tmp_path / "r", backend="deepspeed", announce=quiet)
     whole = _losses(tmp_path / "r")
     # as if the run had died just after the checkpoint of step 4
