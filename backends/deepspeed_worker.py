@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from llmspec.backends.cpu_shm import remove_allreduce_buffers
 from llmspec.compile.build import write_atomic
 from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.loading import load_model_module
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         sys.stdout.flush()
         if code == 0 and dist.is_initialized():
-            dist.barrier()
+            dist.barrier()  # every rank is done with the others' buffers
             torch.distributed.destroy_process_group()
+        remove_allreduce_buffers(os.environ.get("MASTER_PORT", "*"), os.environ.get("RANK", "*"))
         os._exit(code)
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmspec.backends.cpu_shm import remove_allreduce_buffers
 from llmspec.backends.torch_backend import train
 from llmspec.errors import LLMSpecError
 from llmspec.spec import Spec, parse_spec
@@ -119,6 +120,8 @@ def _launch_deepspeed(job: Job, announce, progress=None) -> tuple[float | None, 
     except KeyboardInterrupt:
         _stop(launcher)
         raise
+    finally:  # what a killed rank did not remove (a rank removes its own when it ends)
+        remove_allreduce_buffers(env["MASTER_PORT"])
     follower.poll()
     if launcher.returncode != 0:
         raise LLMSpecError(f"deepspeed: the launcher exited with status {launcher.returncode}; see the output above")

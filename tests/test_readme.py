@@ -26,7 +26,8 @@ SKIPPED = {
     "llmspec generate": "needs the trained runs/tiny: tests/test_run.py::test_generate_and_export_a_trained_run",
     "llmspec export-hf runs/": "needs the trained runs/tiny: tests/test_run.py::test_generate_and_export_a_trained_run",
     "llmspec run": "trains: tests/test_deepspeed.py",
-    "llmspec build tiny -o build/tiny-2n": "needs hosts.txt: tests/test_compile.py::test_hostfile_is_validated_against_the_cluster",
+    "llmspec build tiny -o build/tiny-2n":
+        "needs hosts.txt: tests/test_compile.py::test_hostfile_is_validated_against_the_cluster",
     ".venv/bin/python benchmarks/": "prints timings of this machine",
     "llmspec validate my.yaml": "an illustration of a spec being written: tests/test_loader.py",
     "llmspec plan llama2-7b --set parallelism.zero_stage=2 --set training.micro_batch_size=1 --json":

@@ -43,7 +43,11 @@ def launch_script(spec: Spec) -> str:
         hosts = ""
     lines.append('cd "$(dirname "$0")"')
     if cl.device.name == "cpu":
-        lines += ["export DS_ACCELERATOR=cpu  # DeepSpeed on CPU: gloo, fp32/bf16"]
+        lines += ["export DS_ACCELERATOR=cpu  # DeepSpeed on CPU: gloo, fp32/bf16",
+                  # each rank's share of the cores: ranks that each take them all contend (tensor parallelism,
+                  # whose all-reduces wait on the slowest rank, ran at half speed on 2 cores)
+                  f'export OMP_NUM_THREADS="${{OMP_NUM_THREADS:-$(( $(nproc) / {cl.gpus_per_node} > 0 ? '
+                  f'$(nproc) / {cl.gpus_per_node} : 1 ))}}"']
     args += ["--num_nodes", str(cl.nodes), "--num_gpus", str(cl.gpus_per_node),
              "--module", WORKER_MODULE, "--build-dir", "."]
     # The rendezvous port can be overridden (two jobs on one machine): MASTER_PORT=29600 ./launch.sh

@@ -258,7 +258,8 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
 def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False) -> dict[str, Any]:
     """Every formula for one micro-batch of the whole model on one device (no tensor or pipeline split):
     what ``llmspec measure`` compares with the compiled model (``cpu_kernels``: as CPU kernels save tensors)."""
-    par = spec.parallelism.model_copy(update={"tensor": 1, "pipeline": 1, "activation_checkpointing": checkpointing})
+    par = spec.parallelism.model_copy(update={"tensor": 1, "pipeline": 1, "expert": 1, "first_stage_layers": None,
+                                              "last_stage_layers": None, "activation_checkpointing": checkpointing})
     single = spec.model_copy(update={"parallelism": par})
     inputs = {**architecture_inputs(single), **device_inputs(single)}
     if cpu_kernels:

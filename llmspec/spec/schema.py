@@ -265,7 +265,7 @@ class Spec(_Section):
         split). The stages without a given count share the rest equally (the rules check that they can)."""
         par = self.parallelism
         first, last, p = par.first_stage_layers, par.last_stage_layers, par.pipeline
-        if first is None and last is None:
+        if p == 1 or (first is None and last is None):
             return None
         given = [n for n in (first, last) if n is not None]
         middle = p - len(given)
