@@ -27,8 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from llmspec.backends.cpu_shm import remove_allreduce_buffers
 
+from llmspec.backends.cpu_shm import remove_allreduce_buffers
 from llmspec.compile.build import write_atomic
 from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.loading import load_model_module

@@ -23,7 +23,6 @@ MULTI_NODE_NOTES = """\
 
 def launch_script(spec: Spec) -> str:
     cl = spec.cluster
-    args = ["deepspeed"]
     lines = [
         "#!/usr/bin/env bash",
         f"# Launch {spec.name} with DeepSpeed on {cl.nodes} node(s) x {cl.gpus_per_node} {cl.device.name}"
@@ -48,10 +47,10 @@ def launch_script(spec: Spec) -> str:
                   # whose all-reduces wait on the slowest rank, ran at half speed on 2 cores)
                   f'export OMP_NUM_THREADS="${{OMP_NUM_THREADS:-$(( $(nproc) / {cl.gpus_per_node} > 0 ? '
                   f'$(nproc) / {cl.gpus_per_node} : 1 ))}}"']
-    args += ["--num_nodes", str(cl.nodes), "--num_gpus", str(cl.gpus_per_node),
-             "--module", WORKER_MODULE, "--build-dir", "."]
+    args = ["--num_nodes", str(cl.nodes), "--num_gpus", str(cl.gpus_per_node), "--module", WORKER_MODULE,
+            "--build-dir", "."]
     # The rendezvous port can be overridden (two jobs on one machine): MASTER_PORT=29600 ./launch.sh
-    lines += [f'deepspeed {hosts}--master_port "${{MASTER_PORT:-29500}}" ' + shlex.join(args[1:]) + ' "$@"']
+    lines += [f'deepspeed {hosts}--master_port "${{MASTER_PORT:-29500}}" ' + shlex.join(args) + ' "$@"']
     return "\n".join(lines) + "\n"
 
 
