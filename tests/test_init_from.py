@@ -99,7 +99,7 @@ def test_weights_of_another_shape_are_refused_naming_the_tensor(imported, tmp_pa
     ("missing", "no such file or directory"),
     ("empty", "holds neither checkpoints/ (a run directory) nor model.safetensors"),
     ("notes.txt", "expected a run directory, an import-hf output or a .safetensors/.pt file"),
-    ("broken.pt", "cannot read it"),
+    ("broken.pt", "broken.pt: cannot read PyTorch weights (RuntimeError)"),
 ])
 def test_a_bad_init_from_path_is_one_line(imported, tmp_path, target, needle):
     _, source = imported

@@ -66,9 +66,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise LLMSpecError(f"{path}: cannot read safetensors ({error})") from None
 
 
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+def _load_bin(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)  # never unpickle code
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
         raise LLMSpecError(f"{path}: cannot read PyTorch weights ({type(error).__name__})") from None
 
@@ -128,12 +128,14 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None) 
     return written
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
+def load_weights(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a PyTorch file (a training checkpoint's model); ``mmap``: a PyTorch
+    file's tensors are mapped, not read (for their shapes)."""
     if not path.is_file():
         raise LLMSpecError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    state = _load_bin(path)
+    state = _load_bin(path, mmap)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a training checkpoint: {"model": ..., "optimizer": ...}
     return state

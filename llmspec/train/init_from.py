@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from llmspec.errors import LLMSpecError
+from llmspec.interop.hf import load_weights
 from llmspec.spec.schema import Spec
 from llmspec.train.checkpoint import latest_checkpoint
 
@@ -48,31 +49,23 @@ def resolve(path: str | Path) -> InitSource:
 
 
 def _shapes(weights: Path) -> dict[str, tuple[int, ...]]:
-    try:
-        if weights.suffix == ".safetensors":
-            from safetensors import safe_open
+    """Each tensor's shape, read from the safetensors header or a memory-mapped PyTorch file (no tensor is read)."""
+    label = f"training.init_from {weights}"
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
 
+        try:
             with safe_open(str(weights), "pt") as handle:
                 return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
-        return {name: tuple(t.shape) for name, t in _state(weights, mmap=True).items()}
-    except LLMSpecError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a damaged file is the user's input error
-        raise LLMSpecError(f"training.init_from {weights}: cannot read it ({type(error).__name__}: {error})") \
-            from None
-
-
-def _state(weights: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(weights))
-    state = torch.load(weights, map_location="cpu", weights_only=True, mmap=mmap)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a training checkpoint: {"step": ..., "model": ..., ...}
+        except Exception as error:  # noqa: BLE001 - a damaged file is the user's input error
+            raise LLMSpecError(f"{label}: cannot read it ({type(error).__name__}: {error})") from None
+    try:
+        state = load_weights(weights, mmap=True)
+    except LLMSpecError as error:
+        raise LLMSpecError(f"training.init_from {error}") from None
     if not isinstance(state, dict):
-        raise LLMSpecError(f"training.init_from {weights}: holds no state dict")
-    return state
+        raise LLMSpecError(f"{label}: holds no state dict")
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 
 def check_shapes(source: InitSource, expected: dict[str, tuple[int, ...]]) -> None:
@@ -124,4 +117,4 @@ def initial_model(job, module=None) -> torch.nn.Module:
 
 def load_initial_weights(model: torch.nn.Module, weights: Path) -> None:
     """Copy the weights into ``model`` (every tensor; the shapes were checked when the run was prepared)."""
-    model.load_state_dict(_state(weights), strict=True)
+    model.load_state_dict(load_weights(weights), strict=True)
