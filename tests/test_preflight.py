@@ -38,3 +38,11 @@ def test_without_a_gpu_a_spec_runs_on_the_cpu_when_it_fits_there_else_names_the_
     with pytest.raises(DoesNotFitError, match=r"this machine has no GPU.*named specs for a CPU: tiny, tiny-gpt2"):
         check_devices(load_spec("llama2-7b", ["cluster.nodes=1"]), [])
     assert {"tiny", "tiny-gpt2", "tiny-moe"} <= set(cpu_specs()) and "llama2-7b" not in cpu_specs()
+
+
+def test_a_custom_gpu_is_checked_by_count_and_memory_not_by_name():
+    custom = ["cluster.gpu={name: lab-gpu, memory_gib: 79, peak_tflops: {bf16: 900}}", "cluster.gpus_per_node=1",
+              "cluster.nodes=1", "training.precision=bf16"]
+    check_devices(load_spec("tiny", custom), [H100])
+    with pytest.raises(LLMSpecError, match="planned with 79.00 GiB per GPU, but this machine has 1 × NVIDIA A100"):
+        check_devices(load_spec("tiny", custom), [A100_40])

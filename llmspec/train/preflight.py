@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from llmspec.errors import DoesNotFitError, LLMSpecError
 from llmspec.planner.training import plan
-from llmspec.spec.schema import Spec
+from llmspec.spec.schema import CustomGPU, Spec
 from llmspec.spec.units import fmt_bytes
 
 
@@ -46,7 +46,7 @@ def check_devices(spec: Spec, found: list[tuple[str, int]]) -> None:
         have = f"{len(found)} × {found[0][0]} ({fmt_bytes(found[0][1])})"
         if len(found) < cl.gpus_per_node:
             raise LLMSpecError(f"cluster.gpus_per_node {cl.gpus_per_node}: this machine has {have}")
-        family = _family(cl.device.name)
+        family = None if isinstance(cl.gpu, CustomGPU) else _family(cl.device.name)  # a custom GPU's name is the user's
         if family and family not in found[0][0].upper().replace("-", "").replace(" ", ""):
             raise LLMSpecError(f"cluster.gpu {cl.device.name}: this machine has {have}; set cluster.gpu to its GPU "
                                "so that the plan is this machine's")
@@ -70,7 +70,7 @@ def check_devices(spec: Spec, found: list[tuple[str, int]]) -> None:
 def _family(catalogue_name: str) -> str:
     """The part of a catalogue name that a device name contains: H100-SXM → H100, RTX-4090 → 4090."""
     parts = catalogue_name.upper().split("-")
-    return parts[1] if parts[0] == "RTX" else parts[0] if catalogue_name != "custom" else ""
+    return parts[1] if parts[0] == "RTX" else parts[0]
 
 
 def local_gpus() -> list[tuple[str, int]]:
