@@ -164,11 +164,8 @@ class DeepSpeedEngine(Engine):
     def _record_layout(self) -> None:
         """RUN_DIR/ranks.json: the parameters each rank holds (its tensor/pipeline shard, before ZeRO partitions
         it), to set beside the plan's ``params.per_gpu``."""
-        from deepspeed import comm as dist
-
         held = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
-        every: list = [None] * dist.get_world_size()
-        dist.all_gather_object(every, {"rank": self.rank, "data_parallel_rank": self.dp_rank, "parameters": held})
+        every = _on_rank0({"rank": self.rank, "data_parallel_rank": self.dp_rank, "parameters": held})
         if self.is_main:
             write_atomic(self.job.run_dir / "ranks.json", json.dumps({"ranks": every}, indent=2))
 
@@ -258,13 +255,21 @@ def _consolidated(engine, job: Job, pipelined: bool) -> dict[str, torch.Tensor]:
         return _experts_gathered(engine, local)
     if not pipelined:
         return local if dist.get_rank() == 0 else {}
-    gathered: list = [None] * dist.get_world_size()
     n_layers = job.spec.model.n_layers
-    dist.all_gather_object(gathered, {_model_key(k, n_layers): v for k, v in local.items()})
+    gathered = _on_rank0({_model_key(k, n_layers): v for k, v in local.items()})
+    if gathered is None:
+        return {}
     merged = {k: v for part in gathered for k, v in part.items()}
     if job.spec.model.tie_embeddings:
         merged["lm_head.weight"] = merged["embed.weight"]
-    return merged if dist.get_rank() == 0 else {}
+    return merged
+
+
+def _on_rank0(obj) -> list | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (None elsewhere): only rank 0 writes what they make up."""
+    every = [None] * torch.distributed.get_world_size() if torch.distributed.get_rank() == 0 else None
+    torch.distributed.gather_object(obj, every, dst=0)
+    return every
 
 
 _AUTOEP_EXPERT = re.compile(r"^(?P<layer>.+)\.experts\.w(?P<w>[123])$")
@@ -276,13 +281,10 @@ _AUTOEP_NAMES = {"1": "gate_proj", "2": "down_proj", "3": "up_proj"}
 def _experts_gathered(engine, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The compiled Model's state from AutoEP layers: each rank holds experts [r·E/ep, (r+1)·E/ep) of every MoE
     layer stacked as w1/w2/w3 and its router as ``router.gate``; rank 0 gets them back under the Model's names."""
-    from deepspeed import comm as dist
-
     ep_rank = {name: module.ep_rank for name, module in engine.module.named_modules()
                if hasattr(module, "num_local_experts") and hasattr(module, "ep_rank")}
-    every: list = [None] * dist.get_world_size()
-    dist.all_gather_object(every, (ep_rank, {k: v for k, v in local.items() if _AUTOEP_EXPERT.match(k)}))
-    if dist.get_rank() != 0:
+    every = _on_rank0((ep_rank, {k: v for k, v in local.items() if _AUTOEP_EXPERT.match(k)}))
+    if every is None:
         return {}
     state = {}
     for key, value in local.items():
