@@ -386,3 +386,14 @@ def test_build_keeps_a_hand_edited_file_unless_forced(tmp_path):
     assert "n_layers: int = 4" in model.read_text()  # nothing else was written either
     build(other, tmp_path / "b", force=True)
     assert "# my change" not in model.read_text() and "n_layers: int = 2" in model.read_text()
+
+
+def test_build_never_replaces_a_file_it_did_not_write(tmp_path):
+    """`llmspec build spec.yaml -o .`: the output directory holds the input spec, which build would replace."""
+    (tmp_path / "spec.yaml").write_text(named_specs()["tiny"].read_text())
+    before = (tmp_path / "spec.yaml").read_text()
+    result = CliRunner().invoke(app, ["build", str(tmp_path / "spec.yaml"), "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "spec.yaml: not written by llmspec build" in result.stderr
+    assert (tmp_path / "spec.yaml").read_text() == before and not (tmp_path / "model.py").exists()
+    build(load_spec("tiny"), tmp_path / "b")
+    build(load_spec("tiny"), tmp_path / "b")  # its own files: rebuilt freely

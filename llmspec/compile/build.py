@@ -81,14 +81,15 @@ def _manifest(out: Path) -> dict[str, str]:
 
 
 def edited_files(out: Path, files: dict[str, str]) -> list[str]:
-    """The files in ``out`` that build wrote and someone changed since (and that this build would change)."""
-    written = _manifest(out)  # none (a build of an earlier version, or none): nothing known to be edited
+    """The files in ``out`` that this build would change and that are not as build last wrote them: edited since,
+    or never written by build (a spec.yaml of the user's in the output directory)."""
+    written = _manifest(out)
     edited = []
     for name, text in files.items():
         path = out / name
-        if name in written and path.is_file():
+        if path.is_file():
             current = path.read_text(errors="replace")
-            if _digest(current) != written[name] and current != text:
+            if current != text and _digest(current) != written.get(name):
                 edited.append(name)
     return edited
 
@@ -101,8 +102,9 @@ def build(spec: Spec, out_dir: str | Path, force: bool = False, keep_edited: boo
     files = build_files(spec)  # everything is rendered before anything is written
     edited = [] if force else edited_files(out, files)
     if edited and not keep_edited:
-        raise LLMSpecError(f"{out / edited[0]}: edited since llmspec wrote it; --force overwrites it, or build into "
-                           "another directory (nothing was written)")
+        how = "edited since llmspec wrote it" if edited[0] in _manifest(out) else "not written by llmspec build"
+        raise LLMSpecError(f"{out / edited[0]}: {how}; --force overwrites it, or build into another directory "
+                           "(nothing was written)")
     # an edited file that is kept keeps its old record, so the next build still knows it as edited
     record = {name: digest for name, digest in _manifest(out).items() if name in edited}
     files = {name: text for name, text in files.items() if name not in edited}
