@@ -90,9 +90,53 @@ def _routing(spec: Spec):
     return BalancedRouting(spec.model.moe.n_experts) if spec.model.moe else nullcontext()
 
 
+def sequences_per_example(spec: Spec) -> int:
+    """Reward models and DPO train on pairs: each example is a chosen and a rejected sequence."""
+    post = spec.post_training
+    return 2 if post is not None and post.method in ("reward", "dpo") else 1
+
+
 def _batch(spec: Spec, device: str) -> torch.Tensor:
     tr = spec.training
-    return torch.zeros((tr.micro_batch_size, tr.seq_len), dtype=torch.long, device=device)
+    return torch.zeros((tr.micro_batch_size * sequences_per_example(spec), tr.seq_len), dtype=torch.long,
+                       device=device)
+
+
+def _train_step(spec: Spec, model: torch.nn.Module, module: Any, device: str, backward: bool = True) -> None:
+    """One micro-batch of the spec's objective, forward (+ backward): next-token cross-entropy (pretraining, sft),
+    Bradley-Terry on each pair's last-token scores (reward), or DPO with its reference (dpo)."""
+    idx, targets = _batch(spec, device), _batch(spec, device) + 1  # distinct inputs and targets, as in training
+    post = spec.post_training
+    method = post.method if post is not None else "pretrain"
+    if method == "reward":
+        scores = model(idx)[0][:, -1]
+        pairs = scores.shape[0] // 2
+        loss = module.reward_loss(scores[:pairs], scores[pairs:])
+    elif method == "dpo":
+        policy = module.sequence_logprobs(model(idx)[0], targets)
+        reference = _reference_logprobs(spec, model, module, idx, targets)
+        pairs = idx.shape[0] // 2
+        loss = module.dpo_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:])
+    else:
+        loss = model(idx, targets)[1]
+    if backward:
+        loss.backward()
+
+
+def _reference_logprobs(spec: Spec, model: torch.nn.Module, module: Any, idx: torch.Tensor,
+                        targets: torch.Tensor) -> torch.Tensor:
+    reference = spec.post_training.reference
+    if reference == "precomputed":  # read from the data: nothing runs
+        return torch.zeros(idx.shape[0], device=idx.device)
+    with torch.no_grad():
+        if reference == "adapter_off":
+            model.set_adapters(False)
+            try:
+                return module.sequence_logprobs(model(idx)[0], targets)
+            finally:
+                model.set_adapters(True)
+        frozen = _build(spec).eval()  # copy: a second model, frozen (its weights do not matter to the count)
+        return module.sequence_logprobs(frozen(idx)[0], targets)
 
 
 def _dtype(spec: Spec) -> torch.dtype:
@@ -115,19 +159,34 @@ def _build(spec: Spec) -> torch.nn.Module:
     return model.train()
 
 
-def count_params(spec: Spec) -> int:
+def count_params(spec: Spec) -> tuple[int, int]:
+    """(trainable, frozen) parameters of the compiled model; a quantised linear counts its weights as frozen
+    parameters (they are stored as buffers of codes and constants)."""
     with torch.device("meta"):
         model = model_module(spec).Model()
-    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a tied tensor counts once
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    frozen += sum(m.in_features * m.out_features for m in model.modules() if hasattr(m, "dequantised"))
+    return trainable, frozen
+
+
+def frozen_bytes(spec: Spec) -> int:
+    """Bytes of the compiled model's frozen weights as stored: parameters that do not train, and the codes and
+    constants of quantised linears."""
+    with torch.device("meta"):
+        model = _build(spec)
+    held = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    return held + sum(b.numel() * b.element_size() for m in model.modules() if hasattr(m, "dequantised")
+                      for b in m.buffers(recurse=False))
 
 
 def count_flops(spec: Spec) -> int:
     """FLOPs of one micro-batch forward + backward (recompute included) on the meta device."""
     with torch.device("meta"):
         model = _build(spec)
+        module = model_module(spec)
     with _routing(spec), FlopCounterMode(display=False) as counter:
-        _, loss = model(_batch(spec, "meta"), _batch(spec, "meta"))
-        loss.backward()
+        _train_step(spec, model, module, "meta")
     return counter.get_total_flops()
 
 
@@ -145,7 +204,7 @@ def count_saved_bytes(spec: Spec) -> int:
             return tensor
 
         with _routing(spec), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            model(_batch(spec, "cpu"), _batch(spec, "cpu"))  # distinct inputs and targets, as in training
+            _train_step(spec, model, model_module(spec), "cpu", backward=False)
     return sum(saved.values())
 
 

@@ -25,9 +25,16 @@ _ACTIVATIONS = {"gelu": "F.gelu({})", "gelu_tanh": 'F.gelu({}, approximate="tanh
 
 def features(spec: Spec) -> dict[str, bool]:
     """The code paths the spec uses, by the names the template's ``#if`` lines test."""
-    mo, ckpt = spec.model, spec.parallelism.activation_checkpointing
+    mo, ckpt, post = spec.model, spec.parallelism.activation_checkpointing, spec.post_training
     scaling = mo.rope_scaling if mo.position == "rope" else None
+    adapter = post.adapter.type if post else "none"
+    base = post.base_precision if post else None
     return {
+        "post_training": post is not None, "adapter": adapter != "none",
+        "lora": adapter == "lora", "lora_dropout": adapter == "lora" and post.adapter.dropout > 0,
+        "prefix": adapter == "prefix", "value_head": post is not None and post.value_model,
+        "nf4": base == "nf4", "int8": base == "int8", "quantised": base in ("nf4", "int8"),
+        "reward": post is not None and post.method == "reward", "dpo": post is not None and post.method == "dpo",
         "rope": mo.position == "rope", "learned": mo.position == "learned",
         "rope_scaling": scaling is not None,
         "rope_llama3": scaling is not None and scaling.type == "llama3",
@@ -47,6 +54,7 @@ def values(spec: Spec) -> dict[str, str]:
 
     mo = spec.model
     rope, window = mo.position == "rope", mo.sliding_window is not None
+    prefix = spec.post_training is not None and spec.post_training.adapter.type == "prefix"
     scaling = mo.rope_scaling
     out = {
         "name": spec.name,
@@ -63,8 +71,21 @@ def values(spec: Spec) -> dict[str, str]:
         "rope_original_max_seq_len": scaling.original_max_seq_len if scaling else None,
         "bias": mo.bias, "qkv_bias": mo.bias or mo.qkv_bias,
     }
+    post = spec.post_training
+    if post is not None:
+        out.update({
+            "lora_targets": tuple(post.lora_targets(mo.fused_qkv, mo.gated, mo.moe is not None)),
+            "lora_rank": post.adapter.r, "lora_scale": float(post.lora_scale),
+            "lora_dropout": float(post.adapter.dropout), "n_prefix": post.adapter.n_virtual,
+            "quantise": post.base_precision, "double_quant": post.double_quant,
+            "dpo_beta": float(post.beta), "dpo_loss": post.loss,
+        })
     # Title and summary are docstring prose; every other value becomes a Python literal.
     rendered = {key: value if key in ("title", "summary") else repr(value) for key, value in out.items()}
+    if post is not None:
+        alpha, r = post.adapter.alpha, post.adapter.r
+        rendered["lora_scale_text"] = f"alpha / sqrt(r) = {alpha:g} / sqrt({r})" if post.adapter.rslora else \
+            f"alpha / r = {alpha:g} / {r}"
     act = _ACTIVATIONS[mo.mlp]
     rendered.update({
         "mlp_name": _MLP_NAMES[mo.mlp],
@@ -73,8 +94,8 @@ def values(spec: Spec) -> dict[str, str]:
         # What attention needs besides x (RoPE tables, the sliding-window mask), passed down the same way
         # everywhere: Model.forward → Block.forward → Attention.forward.
         "context_params": (", cos: torch.Tensor, sin: torch.Tensor" if rope else "")
-        + (", mask: torch.Tensor | None" if window else ""),
-        "context_args": (", cos, sin" if rope else "") + (", mask" if window else ""),
+        + (", mask: torch.Tensor | None" if window else "") + (", mask: torch.Tensor" if prefix else ""),
+        "context_args": (", cos, sin" if rope else "") + (", mask" if window or prefix else ""),
     })
     return rendered
 

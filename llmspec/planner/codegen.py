@@ -47,6 +47,15 @@ def _floor(x):
         import numpy
 
         return numpy.floor(x)
+
+
+def _ceiling(x):
+    try:
+        return math.ceil(x)
+    except TypeError:
+        import numpy
+
+        return numpy.ceil(x)
 '''
 
 
@@ -59,6 +68,9 @@ class _Printer(PythonCodePrinter):
 
     def _print_floor(self, expr):
         return f"_floor({self._print(expr.args[0])})"
+
+    def _print_ceiling(self, expr):
+        return f"_ceiling({self._print(expr.args[0])})"
 
     def _print_Pow(self, expr, rational=False):
         # x**0.5 works for floats and numpy arrays alike; the default prints a bare sqrt()

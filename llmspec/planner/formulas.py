@@ -41,6 +41,13 @@ z01, z2 = _s("zero01 zero2", nonnegative=True)
 n_nodes, gpn = _s("nodes gpus_per_node", positive=True)
 offload, bw_host, adam_rate, shard = _s("offload bw_host cpu_adam_rate shard", positive=True)
 w_bytes = sp.Symbol("w_bytes", positive=True)
+# post-training: the adapter, LoRA targets, the trained model's head and objective, the frozen weights' storage
+adapter, rank, l_drop, prefix, n_v, vh, dpo = _s("adapter r lora_dropout prefix n_virtual value_head dpo",
+                                                 nonnegative=True)
+lq, lk, lv, lqkv, lo, lg, lu, ldn = _s("lora_q lora_k lora_v lora_qkv lora_o lora_gate lora_up lora_down",
+                                       nonnegative=True)
+q_nf4, q_int8, dq, w_frozen, ref_copy, loss_saved = _s("nf4 int8 double_quant w_frozen reference_copy loss_saved",
+                                                       nonnegative=True)
 
 INPUT_DOCS: dict[str, str] = {
     "V": "vocabulary size", "h": "d_model", "L": "layers", "a": "attention heads", "k": "key/value heads",
@@ -85,6 +92,22 @@ INPUT_DOCS: dict[str, str] = {
     "kv_bytes": "bytes per KV-cache element", "usable": "usable bytes of one GPU",
     "hbm_bandwidth": "bytes/s of one GPU's memory", "F_fwd": "forward FLOPs per token at this context",
     "compute": "training FLOPs to spend (C)",
+    "adapter": "1 when the base is frozen under an adapter (LoRA or prefix), 0 for full fine-tuning and pretraining",
+    "r": "LoRA rank", "lora_dropout": "1 if LoRA's input dropout > 0", "prefix": "1 for prefix tuning",
+    "n_virtual": "prefix tuning's virtual tokens per layer",
+    "lora_q": "1 if LoRA adapts q_proj (likewise lora_k, lora_v, lora_qkv, lora_o, lora_gate, lora_up, lora_down)",
+    "lora_k": "1 if LoRA adapts k_proj", "lora_v": "1 if LoRA adapts v_proj",
+    "lora_qkv": "1 if LoRA adapts the fused qkv_proj", "lora_o": "1 if LoRA adapts o_proj",
+    "lora_gate": "1 if LoRA adapts gate_proj", "lora_up": "1 if LoRA adapts up_proj",
+    "lora_down": "1 if LoRA adapts down_proj",
+    "value_head": "1 when a scalar value head replaces the LM head (reward models)",
+    "dpo": "1 for DPO (sequence log-probabilities: a bool response mask per token)",
+    "nf4": "1 if the frozen block linears are stored in NF4", "int8": "1 if they are stored in int8",
+    "double_quant": "1 with NF4 double quantisation",
+    "w_frozen": "bytes per frozen weight element that is not quantised",
+    "reference_copy": "1 when DPO/PPO keep a frozen copy of the starting model as the reference",
+    "loss_saved": "bytes the objective saves per micro-batch after the last position-wise tensor (cross-entropy's "
+    "fp32 total weight; the pairwise losses' per-pair terms)",
 }
 
 
@@ -148,6 +171,59 @@ define("params_largest_module",
 active = define("params_active", total - L * (E - K) * expert, "parameters used per token (MoE: top_k experts)",
                 "params")
 
+# ---- post-training: parameters -----------------------------------------------------------------------------
+group("Post-training: parameters", "LoRA (Hu et al. 2021): r·(d_in + d_out) per adapted linear, k/v GQA-sized; "
+      "prefix tuning (Li & Liang 2021): n_virtual keys and values per layer and kv head; reward models end in a "
+      "scalar value head instead of the LM head (Ouyang et al. 2022)")
+lora_layer = define("params_lora_layer",
+                    rank * (lq * (h + a * d_h) + (lk + lv) * (h + k * d_h) + lqkv * (h + (a + 2 * k) * d_h)
+                            + lo * (a * d_h + h) + (lg + lu + ldn) * (h + f)),
+                    "LoRA A (r × d_in) and B (d_out × r) of every adapted linear in one block", "params")
+adapter_params = define("params_adapter", L * lora_layer + prefix * n_v * L * 2 * k * d_h,
+                        "what an adapter trains: LoRA matrices, or prefix keys and values", "params")
+base_params = define("params_base", total - vh * head, "the pretrained weights the trained model uses (a value "
+                     "head replaces the LM head)", "params")
+define("params_trainable", (1 - adapter) * base_params + adapter_params + vh * h,
+       "parameters with gradients and optimizer states: everything (full fine-tuning) or the adapter, + a value "
+       "head", "params")
+define("params_frozen", adapter * base_params, "the base under an adapter: no gradient, no optimizer state",
+       "params")
+
+# ---- post-training: frozen weights ---------------------------------------------------------------------------
+group("Post-training: frozen weights", "QLoRA (Dettmers et al. 2023, §3): NF4 codes, 4 bits each, in blocks of 64 "
+      "sharing an fp32 absmax; double quantisation stores the absmaxes as int8 around their fp32 mean with one fp32 "
+      "scale per 256 (4.127 bits per weight); int8: one fp32 scale per output row (LLM.int8, Dettmers et al. 2022). "
+      "Only the block linears are quantised; the last block is zero-padded")
+
+
+def _nf4_bytes(n: sp.Expr) -> sp.Expr:
+    blocks = sp.ceiling(n / 64)
+    return 32 * blocks + (1 - dq) * 4 * blocks + dq * (blocks + 4 * sp.ceiling(blocks / 256) + 4)
+
+
+# (present, d_in, d_out) of each linear in a block
+_LINEARS = ((fused, h, (a + 2 * k) * d_h), (1 - fused, h, a * d_h), (2 * (1 - fused), h, k * d_h), (1, a * d_h, h),
+            (gated, h, f), (1, h, f), (1, f, h))
+quantised = define("params_quantised", L * sum(n * d_in * d_out for n, d_in, d_out in _LINEARS),
+                   "weights of the block linears, which int8 and nf4 quantise", "params")
+quantised_bytes = define("bytes_quantised",
+                         L * sum(n * (q_nf4 * _nf4_bytes(d_in * d_out) + q_int8 * (d_in * d_out + 4 * d_out))
+                                 for n, d_in, d_out in _LINEARS),
+                         "the quantised block linears as stored: codes and constants", "B")
+frozen_bytes = define("bytes_frozen",
+                      adapter * ((q_nf4 + q_int8) * quantised_bytes
+                                 + (base_params - (q_nf4 + q_int8) * quantised) * w_frozen),
+                      "the frozen base as stored: quantised block linears + the rest at w_frozen bytes", "B")
+define("bytes_per_quantised_weight", sp.Rational(1, 2) + (1 - dq) * sp.Rational(4, 64)
+       + dq * (sp.Rational(1, 64) + sp.Rational(4, 64 * 256)),
+       "NF4 storage per weight in bytes, the last block and per-tensor constants aside (×8: 4.5 or 4.127 bits)",
+       "B")
+reference_bytes = define("bytes_reference",
+                         ref_copy * (adapter * (frozen_bytes + adapter_params * w_bytes)
+                                     + (1 - adapter) * base_params * w_bytes),
+                         "a frozen copy of the starting model as the reference (DPO, PPO, GRPO with reference: "
+                         "copy)", "B")
+
 # ---- FLOPs -------------------------------------------------------------------------------------------------
 group("FLOPs", "Kaplan et al. 2020 (2N per token forward, backward 2× forward); causal attention counts the "
       "lower triangle only (Megatron-LM); sliding windows and MoE top_k counted as run")
@@ -181,8 +257,11 @@ mem_g = define("memory_gradients", psi * g_bpp, "gradients on this GPU", "B")
 mem_o = define("memory_optimizer", psi * o_bpp, "optimizer states (+ fp32 master) on this GPU", "B")
 gathered = define("memory_gathered", z3 * 2 * w_bytes * P_L,
                   "ZeRO-3: the largest module gathered, 16-bit params + grads (DeepSpeed's 4·P_largest)", "B")
-states = define("memory_model_states", sp.floor(mem_w + mem_g + mem_o + gathered),
-                "weights + gradients + optimizer (+ ZeRO-3 gathered module)", "B")
+mem_frozen = define("memory_frozen", (frozen_bytes + reference_bytes) / (1 + z3 * (dp - 1)),
+                    "frozen weights (the base under an adapter, a reference copy): replicated on every GPU under "
+                    "ZeRO 0-2, which shard only what trains; partitioned under ZeRO-3", "B")
+states = define("memory_model_states", sp.floor(mem_w + mem_g + mem_o + gathered + mem_frozen),
+                "weights + gradients + optimizer (+ ZeRO-3 gathered module) + frozen weights", "B")
 
 # ---- memory: activations -----------------------------------------------------------------------------------
 group("Memory: activations", "per saved tensor of the compiled model (Korthikanti et al. 2022 generalised: SDPA "
@@ -212,17 +291,77 @@ act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h
                   "block input (full)", "B")
 act_kept_split = define("act_layer_kept_split", ck_none * (act_attn_split + act_mlp_split) + ck_sel * act_attn_split,
                         "of act_layer_kept, the part split across tensor-parallel ranks", "B")
-act_embed = define("act_embedding", 8 + drop * h * e_mask, "per token: int64 ids (+ dropout mask)", "B")
-act_head = define("act_head", norm_saved + h * e + 4 * V + 8,
-                  "per token: final norm, LM-head input, fp32 log-softmax, int64 targets", "B")
-act_tables = define("act_tables", rope * 2 * P * d_h * e + learned * 8 * s + masked * s * s * e,
-                    "once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window mask", "B")
+
+
+def _any(*flags: sp.Expr) -> sp.Expr:
+    """1 if any 0/1 flag is 1."""
+    return 1 - sp.Mul(*(1 - flag for flag in flags))
+
+
+# Under an adapter the base is frozen: a frozen linear keeps nothing for a weight gradient, the LoRA branch keeps
+# its input and its rank-r hidden; and the first block's input (a frozen embedding) needs no gradient, so nothing
+# before its first adapted linear keeps anything.
+norm_frozen = define("act_norm_frozen", ln * (h * e + 2 * e_stat) + (1 - ln) * (4 * h + 4),
+                     "per token, one norm with a frozen weight: LayerNorm keeps the same; RMSNorm no longer keeps "
+                     "the normalised x (only the weight's gradient needs it)", "B")
+
+
+def _lora_inputs(flags: tuple[sp.Expr, ...], width: sp.Expr, grad: sp.Expr) -> sp.Expr:
+    # the adapted linears sharing one input keep it once; with LoRA dropout each keeps its own dropped copy, and
+    # its mask when the input needs a gradient
+    return (1 - l_drop) * width * e * _any(*flags) + l_drop * sum(flags) * width * (e + grad * e_mask)
+
+
+def _frozen_block(grad_in: int) -> tuple[sp.Expr, sp.Expr]:
+    """Per token, the attention and MLP halves of a frozen block whose input does (1) or does not (0) need a
+    gradient."""
+    sdpa_grad = _any(grad_in, lq, lk, lv, lqkv, prefix)
+    attn = (grad_in * norm_frozen + _lora_inputs((lq, lk, lv, lqkv), h, grad_in)
+            + sdpa_grad * ((a + 2 * k) * d_h * e + a * d_h * e + 4 * a)
+            + lo * ((1 - l_drop) * (1 - sdpa_grad) * a * d_h * e + l_drop * a * d_h * (e + sdpa_grad * e_mask))
+            + rank * e * (lq + lk + lv + lqkv + lo) + drop * _any(sdpa_grad, lo) * h * e_mask)
+    mlp_grad = _any(sdpa_grad, lo)
+    gate_grad, up_grad = _any(mlp_grad, lg), _any(mlp_grad, lu)
+    hidden_grad = gated * _any(gate_grad, up_grad) + (1 - gated) * up_grad
+    mlp = (mlp_grad * norm_frozen + _lora_inputs((lg, lu), h, mlp_grad)
+           + f * e * (gated * (2 * gate_grad + up_grad) + (1 - gated) * up_grad)
+           + ldn * ((1 - l_drop) * f * e * (1 - relu * up_grad) + l_drop * f * (e + hidden_grad * e_mask))
+           + rank * e * (lg + lu + ldn) + drop * _any(mlp_grad, lg, lu, ldn) * h * e_mask)
+    return attn, mlp
+
+
+frozen_attn, frozen_mlp = _frozen_block(1)
+first_attn, first_mlp = _frozen_block(0)
+frozen_kept = define("act_layer_kept_frozen",
+                     ck_none * (frozen_attn + frozen_mlp) + ck_sel * (frozen_attn + h * e) + ck_full * h * e,
+                     "per token, one block of a frozen base (not the first), as kept for backward", "B")
+first_kept = define("act_first_layer_kept_frozen",
+                    ck_none * (first_attn + first_mlp) + ck_sel * (first_attn + h * e) + ck_full * h * e,
+                    "per token, the first block of a frozen base, whose input needs no gradient", "B")
+# every block but the first has its input's gradient; the first's q/k (RoPE) and SDPA keep anything only if
+# adapted there (a checkpointed block keeps its arguments: tables and mask)
+deep = sp.Min(L - 1, 1)
+rope_kept = 1 - adapter * (1 - ck_full) * (1 - _any(deep, lq, lk, lqkv))
+mask_kept = 1 - adapter * (1 - ck_full) * (1 - _any(deep, lq, lk, lv, lqkv, prefix))
+act_embed = define("act_embedding", (1 - adapter) * (8 + drop * h * e_mask),
+                   "per token: int64 ids (+ dropout mask); nothing for a frozen embedding", "B")
+act_head = define("act_head", (1 - adapter) * norm_saved + adapter * norm_frozen
+                  + h * e * (1 - adapter * (1 - vh)) + (1 - vh) * (4 * V + 8) + dpo,
+                  "per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 "
+                  "log-softmax and int64 targets (+ DPO's bool response mask)", "B")
+act_tables = define("act_tables", rope * rope_kept * 2 * P * d_h * e + (1 - adapter) * learned * 8 * s
+                    + mask_kept * masked * s * s * e + prefix * s * (s + n_v) * e,
+                    "once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window or prefix "
+                    "mask", "B")
 # Without sequence parallelism, tensor-parallel ranks hold the activations outside the split matmuls whole.
 t_whole = 1 + sp_on * (t - 1)
+layers_kept = ((1 - adapter) * L_here * ((act_kept - act_kept_split) / t_whole + act_kept_split / t)
+               + adapter * ((L_here - 1) * frozen_kept + first_kept))
 acts = define("memory_activations",
-              inflight * b * s * (L_here * ((act_kept - act_kept_split) / t_whole + act_kept_split / t)
-                                  + first * act_embed / t_whole + last * ((act_head - 4 * V) / t_whole + 4 * V / t))
-              + first * act_tables + last * inflight * 4,
+              inflight * b * s * (layers_kept + first * act_embed / t_whole
+                                  + last * ((act_head - 4 * V) / t_whole + 4 * V / t))
+              + inflight * prefix * (ck_none + ck_sel) * L_here * b * n_v * 2 * k * d_h * e
+              + first * act_tables + last * inflight * loss_saved,
               "saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 "
               "total weight); heads, MLP width and vocabulary split t ways, the rest too under sequence "
               "parallelism", "B")

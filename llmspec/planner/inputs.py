@@ -47,7 +47,8 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
     mo, tr, par = spec.model, spec.training, spec.parallelism
     moe = mo.moe
     e = 4 if tr.precision == "fp32" else 2
-    return {
+    pairs = 2 if spec.post_training is not None and spec.post_training.method in ("reward", "dpo") else 1
+    return {**post_training_inputs(spec, e),
         "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
         "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,
         "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
@@ -55,7 +56,9 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
         "fused_qkv": int(mo.fused_qkv), "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"),
         "dropout": int(mo.dropout > 0),
-        "b": tr.micro_batch_size, "s": tr.seq_len, "B": tr.global_batch_size, "D": tr.total_tokens,
+        # pairwise objectives (reward, dpo) run a chosen and a rejected sequence per example
+        "b": tr.micro_batch_size * pairs, "s": tr.seq_len, "B": tr.global_batch_size * pairs,
+        "D": tr.total_tokens * pairs,
         "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or tr.seq_len,
         # CPU kernels keep LayerNorm statistics and dropout masks in the activation dtype; GPU kernels in
         # fp32 and bool.
@@ -68,6 +71,36 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
         "overlap_comm": int(par.overlap_comm), "reduce_bucket": par.reduce_bucket_size,
         "prefetch_bucket": par.prefetch_bucket_size,
+    }
+
+
+# Bytes the objective saves beyond its per-token tensors, as measured on the compiled model: cross-entropy's fp32
+# total weight, once per micro-batch; per pair, what the pairwise loss keeps of its fp32 margin (log-sigmoid: its
+# input and a buffer; IPO's square and the hinge's ReLU: one).
+LOSS_SAVED_PER_PAIR = {"reward": 8, "sigmoid": 8, "ipo": 4, "hinge": 4}
+
+
+def post_training_inputs(spec: Spec, e: int) -> dict[str, Any]:
+    """Formula inputs of the post_training section (all zero for pretraining: nothing frozen, an LM head)."""
+    post, mo = spec.post_training, spec.model
+    method = post.method if post is not None else "pretrain"
+    adapter = post.adapter if post is not None else None
+    kind = adapter.type if adapter is not None else "none"
+    targets = post.lora_targets(mo.fused_qkv, mo.gated, mo.moe is not None) if post is not None else []
+    base = post.base_precision if post is not None else None
+    pair_loss = {"reward": "reward", "dpo": post.loss if post is not None else ""}.get(method)
+    loss_saved = LOSS_SAVED_PER_PAIR[pair_loss] * spec.training.micro_batch_size if pair_loss else 4
+    return {
+        "adapter": int(kind != "none"), "r": adapter.r if kind == "lora" else 0,
+        "lora_dropout": int(kind == "lora" and adapter.dropout > 0), "prefix": int(kind == "prefix"),
+        "n_virtual": adapter.n_virtual if kind == "prefix" else 0,
+        **{f"lora_{name.removesuffix('_proj')}": int(name in targets)
+           for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")},
+        "value_head": int(method == "reward"), "dpo": int(method == "dpo"),
+        "nf4": int(base == "nf4"), "int8": int(base == "int8"), "double_quant": int(bool(post and post.double_quant)),
+        "w_frozen": {"fp32": 4, "bf16": 2, "fp16": 2}.get(base, e),
+        "reference_copy": int(post is not None and post.reference == "copy"),
+        "loss_saved": loss_saved,
     }
 
 

@@ -31,6 +31,15 @@ def _floor(x):
         return numpy.floor(x)
 
 
+def _ceiling(x):
+    try:
+        return math.ceil(x)
+    except TypeError:
+        import numpy
+
+        return numpy.ceil(x)
+
+
 def params_embedding(P, V, h, learned):
     """token (+ learned position) embedding tables [params]"""
     return P*h*learned + V*h
@@ -94,6 +103,56 @@ def params_largest_module(E, P, V, a, bias, d_h, f, fused_qkv, h, k, learned, mo
 def params_active(E, K, L, params_mlp, params_total):
     """parameters used per token (MoE: top_k experts) [params]"""
     return -L*params_mlp*(E - K) + params_total
+
+
+def params_lora_layer(a, d_h, f, h, k, lora_down, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, r):
+    """LoRA A (r × d_in) and B (d_out × r) of every adapted linear in one block [params]"""
+    return r*(lora_o*(a*d_h + h) + lora_q*(a*d_h + h) + lora_qkv*(d_h*(a + 2*k) + h) + (f + h)*(lora_down + lora_gate + lora_up) + (lora_k + lora_v)*(d_h*k + h))
+
+
+def params_adapter(L, d_h, k, n_virtual, params_lora_layer, prefix):
+    """what an adapter trains: LoRA matrices, or prefix keys and values [params]"""
+    return 2*L*d_h*k*n_virtual*prefix + L*params_lora_layer
+
+
+def params_base(params_lm_head, params_total, value_head):
+    """the pretrained weights the trained model uses (a value head replaces the LM head) [params]"""
+    return -params_lm_head*value_head + params_total
+
+
+def params_trainable(adapter, h, params_adapter, params_base, value_head):
+    """parameters with gradients and optimizer states: everything (full fine-tuning) or the adapter, + a value head [params]"""
+    return h*value_head + params_adapter + params_base*(1 - adapter)
+
+
+def params_frozen(adapter, params_base):
+    """the base under an adapter: no gradient, no optimizer state [params]"""
+    return adapter*params_base
+
+
+def params_quantised(L, a, d_h, f, fused_qkv, gated, h, k):
+    """weights of the block linears, which int8 and nf4 quantise [params]"""
+    return L*(a*d_h*h*(1 - fused_qkv) + a*d_h*h + d_h*fused_qkv*h*(a + 2*k) + d_h*h*k*(2 - 2*fused_qkv) + f*gated*h + 2*f*h)
+
+
+def bytes_quantised(L, a, d_h, double_quant, f, fused_qkv, gated, h, int8, k, nf4):
+    """the quantised block linears as stored: codes and constants [B]"""
+    return L*(fused_qkv*(int8*(d_h*h*(a + 2*k) + 4*d_h*(a + 2*k)) + nf4*(double_quant*(_ceiling((1/64)*d_h*h*(a + 2*k)) + 4*_ceiling((1/256)*_ceiling((1/64)*d_h*h*(a + 2*k))) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*d_h*h*(a + 2*k)) + 32*_ceiling((1/64)*d_h*h*(a + 2*k)))) + gated*(int8*(f*h + 4*f) + nf4*(double_quant*(_ceiling((1/64)*f*h) + 4*_ceiling((1/256)*_ceiling((1/64)*f*h)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*f*h) + 32*_ceiling((1/64)*f*h))) + int8*(f*h + 4*f) + int8*(f*h + 4*h) + int8*(a*d_h*h + 4*h) + 2*nf4*(double_quant*(_ceiling((1/64)*f*h) + 4*_ceiling((1/256)*_ceiling((1/64)*f*h)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*f*h) + 32*_ceiling((1/64)*f*h)) + nf4*(double_quant*(_ceiling((1/64)*a*d_h*h) + 4*_ceiling((1/256)*_ceiling((1/64)*a*d_h*h)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*a*d_h*h) + 32*_ceiling((1/64)*a*d_h*h)) + (1 - fused_qkv)*(int8*(a*d_h*h + 4*a*d_h) + nf4*(double_quant*(_ceiling((1/64)*a*d_h*h) + 4*_ceiling((1/256)*_ceiling((1/64)*a*d_h*h)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*a*d_h*h) + 32*_ceiling((1/64)*a*d_h*h))) + (2 - 2*fused_qkv)*(int8*(d_h*h*k + 4*d_h*k) + nf4*(double_quant*(_ceiling((1/64)*d_h*h*k) + 4*_ceiling((1/256)*_ceiling((1/64)*d_h*h*k)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*d_h*h*k) + 32*_ceiling((1/64)*d_h*h*k))))
+
+
+def bytes_frozen(adapter, bytes_quantised, int8, nf4, params_base, params_quantised, w_frozen):
+    """the frozen base as stored: quantised block linears + the rest at w_frozen bytes [B]"""
+    return adapter*(bytes_quantised*(int8 + nf4) + w_frozen*(params_base - params_quantised*(int8 + nf4)))
+
+
+def bytes_per_quantised_weight(double_quant):
+    """NF4 storage per weight in bytes, the last block and per-tensor constants aside (×8: 4.5 or 4.127 bits) [B]"""
+    return 9/16 - 191/4096*double_quant
+
+
+def bytes_reference(adapter, bytes_frozen, params_adapter, params_base, reference_copy, w_bytes):
+    """a frozen copy of the starting model as the reference (DPO, PPO, GRPO with reference: copy) [B]"""
+    return reference_copy*(adapter*(bytes_frozen + params_adapter*w_bytes) + params_base*w_bytes*(1 - adapter))
 
 
 def matmul_weights(E, K, L, V, a, d_h, f, gated, h, k, moe):
@@ -166,9 +225,14 @@ def memory_gathered(P_L, w_bytes, zero3):
     return 2*P_L*w_bytes*zero3
 
 
-def memory_model_states(memory_gathered, memory_gradients, memory_optimizer, memory_weights):
-    """weights + gradients + optimizer (+ ZeRO-3 gathered module) [B]"""
-    return _floor(memory_gathered + memory_gradients + memory_optimizer + memory_weights)
+def memory_frozen(bytes_frozen, bytes_reference, dp, zero3):
+    """frozen weights (the base under an adapter, a reference copy): replicated on every GPU under ZeRO 0-2, which shard only what trains; partitioned under ZeRO-3 [B]"""
+    return (bytes_frozen + bytes_reference)/(zero3*(dp - 1) + 1)
+
+
+def memory_model_states(memory_frozen, memory_gathered, memory_gradients, memory_optimizer, memory_weights):
+    """weights + gradients + optimizer (+ ZeRO-3 gathered module) + frozen weights [B]"""
+    return _floor(memory_frozen + memory_gathered + memory_gradients + memory_optimizer + memory_weights)
 
 
 def act_norm(e, e_stat, h, layernorm):
@@ -211,24 +275,39 @@ def act_layer_kept_split(act_attention_split, act_mlp_split, ck_none, ck_selecti
     return act_attention_split*ck_selective + ck_none*(act_attention_split + act_mlp_split)
 
 
-def act_embedding(dropout, e_mask, h):
-    """per token: int64 ids (+ dropout mask) [B]"""
-    return dropout*e_mask*h + 8
+def act_norm_frozen(e, e_stat, h, layernorm):
+    """per token, one norm with a frozen weight: LayerNorm keeps the same; RMSNorm no longer keeps the normalised x (only the weight's gradient needs it) [B]"""
+    return layernorm*(e*h + 2*e_stat) + (1 - layernorm)*(4*h + 4)
 
 
-def act_head(V, act_norm, e, h):
-    """per token: final norm, LM-head input, fp32 log-softmax, int64 targets [B]"""
-    return 4*V + act_norm + e*h + 8
+def act_layer_kept_frozen(a, act_norm_frozen, ck_full, ck_none, ck_selective, d_h, dropout, e, e_mask, f, gated, h, k, lora_down, lora_dropout, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, r, relu):
+    """per token, one block of a frozen base (not the first), as kept for backward [B]"""
+    return ck_full*e*h + ck_none*(a*d_h*e + a*d_h*lora_dropout*lora_o*(e + e_mask) + 4*a + 2*act_norm_frozen + d_h*e*(a + 2*k) + 2*dropout*e_mask*h + e*f*(2*gated + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_gate)*(1 - lora_up) + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*r*(lora_down + lora_gate + lora_up) + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask)*(lora_gate + lora_up) + h*lora_dropout*(e + e_mask)*(lora_k + lora_q + lora_qkv + lora_v) + lora_down*(e*f*(1 - lora_dropout)*(1 - relu) + f*lora_dropout*(e + e_mask))) + ck_selective*(a*d_h*e + a*d_h*lora_dropout*lora_o*(e + e_mask) + 4*a + act_norm_frozen + d_h*e*(a + 2*k) + dropout*e_mask*h + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*h + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask)*(lora_k + lora_q + lora_qkv + lora_v))
 
 
-def act_tables(P, d_h, e, learned, masked, rope, s):
-    """once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window mask [B]"""
-    return 2*P*d_h*e*rope + e*masked*s**2 + 8*learned*s
+def act_first_layer_kept_frozen(a, act_norm_frozen, ck_full, ck_none, ck_selective, d_h, dropout, e, e_mask, f, gated, h, k, lora_down, lora_dropout, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, prefix, r, relu):
+    """per token, the first block of a frozen base, whose input needs no gradient [B]"""
+    return ck_full*e*h + ck_none*(act_norm_frozen*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + dropout*e_mask*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + dropout*e_mask*h*(-(1 - lora_down)*(1 - lora_gate)*(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1) + e*f*(gated*(-2*(1 - lora_gate)*(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) - (1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 3) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)) + e*h*lora_dropout*(lora_k + lora_q + lora_qkv + lora_v) + e*h*(1 - lora_dropout)*(-(1 - lora_gate)*(1 - lora_up) + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*r*(lora_down + lora_gate + lora_up) + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))*(lora_gate + lora_up) + lora_down*(e*f*(1 - lora_dropout)*(-relu*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1) + 1) + f*lora_dropout*(e + e_mask*(gated*(-(1 - lora_gate)*(1 - lora_k)**2*(1 - lora_o)**2*(1 - lora_q)**2*(1 - lora_qkv)**2*(1 - lora_up)*(1 - lora_v)**2*(1 - prefix)**2 + 1) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)))) + lora_o*(a*d_h*e*(1 - lora_dropout)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + a*d_h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))) + (-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1)*(a*d_h*e + 4*a + d_h*e*(a + 2*k))) + ck_selective*(dropout*e_mask*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + e*h*lora_dropout*(lora_k + lora_q + lora_qkv + lora_v) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*h + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + lora_o*(a*d_h*e*(1 - lora_dropout)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + a*d_h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))) + (-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1)*(a*d_h*e + 4*a + d_h*e*(a + 2*k)))
 
 
-def memory_activations(L_here, V, act_embedding, act_head, act_layer_kept, act_layer_kept_split, act_tables, b, first_stage, inflight, last_stage, s, sequence_parallel, t):
+def act_embedding(adapter, dropout, e_mask, h):
+    """per token: int64 ids (+ dropout mask); nothing for a frozen embedding [B]"""
+    return (1 - adapter)*(dropout*e_mask*h + 8)
+
+
+def act_head(V, act_norm, act_norm_frozen, adapter, dpo, e, h, value_head):
+    """per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 log-softmax and int64 targets (+ DPO's bool response mask) [B]"""
+    return act_norm*(1 - adapter) + act_norm_frozen*adapter + dpo + e*h*(-adapter*(1 - value_head) + 1) + (1 - value_head)*(4*V + 8)
+
+
+def act_tables(L, P, adapter, ck_full, d_h, e, learned, lora_k, lora_q, lora_qkv, lora_v, masked, n_virtual, prefix, rope, s):
+    """once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window or prefix mask [B]"""
+    return 2*P*d_h*e*rope*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - _min(1, L - 1)) + 1) + e*masked*s**2*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix)*(1 - _min(1, L - 1)) + 1) + e*prefix*s*(n_virtual + s) + 8*learned*s*(1 - adapter)
+
+
+def memory_activations(L_here, V, act_embedding, act_first_layer_kept_frozen, act_head, act_layer_kept, act_layer_kept_frozen, act_layer_kept_split, act_tables, adapter, b, ck_none, ck_selective, d_h, e, first_stage, inflight, k, last_stage, loss_saved, n_virtual, prefix, s, sequence_parallel, t):
     """saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 total weight); heads, MLP width and vocabulary split t ways, the rest too under sequence parallelism [B]"""
-    return act_tables*first_stage + b*inflight*s*(L_here*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + last_stage*(4*V/t + (-4*V + act_head)/(sequence_parallel*(t - 1) + 1))) + 4*inflight*last_stage
+    return 2*L_here*b*d_h*e*inflight*k*n_virtual*prefix*(ck_none + ck_selective) + act_tables*first_stage + b*inflight*s*(L_here*(1 - adapter)*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + adapter*(act_first_layer_kept_frozen + act_layer_kept_frozen*(L_here - 1)) + last_stage*(4*V/t + (-4*V + act_head)/(sequence_parallel*(t - 1) + 1))) + inflight*last_stage*loss_saved
 
 
 def buffer_logits(V, b, e, last_stage, s, t):
@@ -456,6 +535,16 @@ ARGUMENTS = {
     'params_non_embedding': ('params_embedding', 'params_total'),
     'params_largest_module': ('E', 'P', 'V', 'a', 'bias', 'd_h', 'f', 'fused_qkv', 'h', 'k', 'learned', 'moe', 'qkv_bias'),
     'params_active': ('E', 'K', 'L', 'params_mlp', 'params_total'),
+    'params_lora_layer': ('a', 'd_h', 'f', 'h', 'k', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'r'),
+    'params_adapter': ('L', 'd_h', 'k', 'n_virtual', 'params_lora_layer', 'prefix'),
+    'params_base': ('params_lm_head', 'params_total', 'value_head'),
+    'params_trainable': ('adapter', 'h', 'params_adapter', 'params_base', 'value_head'),
+    'params_frozen': ('adapter', 'params_base'),
+    'params_quantised': ('L', 'a', 'd_h', 'f', 'fused_qkv', 'gated', 'h', 'k'),
+    'bytes_quantised': ('L', 'a', 'd_h', 'double_quant', 'f', 'fused_qkv', 'gated', 'h', 'int8', 'k', 'nf4'),
+    'bytes_frozen': ('adapter', 'bytes_quantised', 'int8', 'nf4', 'params_base', 'params_quantised', 'w_frozen'),
+    'bytes_per_quantised_weight': ('double_quant',),
+    'bytes_reference': ('adapter', 'bytes_frozen', 'params_adapter', 'params_base', 'reference_copy', 'w_bytes'),
     'matmul_weights': ('E', 'K', 'L', 'V', 'a', 'd_h', 'f', 'gated', 'h', 'k', 'moe'),
     'attention_context': ('s', 'window'),
     'flops_attention_per_token': ('L', 'a', 'attention_context', 'd_h'),
@@ -470,7 +559,8 @@ ARGUMENTS = {
     'memory_gradients': ('g_bpp', 'psi'),
     'memory_optimizer': ('o_bpp', 'psi'),
     'memory_gathered': ('P_L', 'w_bytes', 'zero3'),
-    'memory_model_states': ('memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
+    'memory_frozen': ('bytes_frozen', 'bytes_reference', 'dp', 'zero3'),
+    'memory_model_states': ('memory_frozen', 'memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
     'act_norm': ('e', 'e_stat', 'h', 'layernorm'),
     'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'h', 'k'),
     'act_mlp': ('E', 'K', 'act_norm', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'moe', 'relu'),
@@ -479,10 +569,13 @@ ARGUMENTS = {
     'act_mlp_split': ('K', 'e', 'f', 'gated', 'relu'),
     'act_layer_kept': ('act_attention', 'act_layer', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
     'act_layer_kept_split': ('act_attention_split', 'act_mlp_split', 'ck_none', 'ck_selective'),
-    'act_embedding': ('dropout', 'e_mask', 'h'),
-    'act_head': ('V', 'act_norm', 'e', 'h'),
-    'act_tables': ('P', 'd_h', 'e', 'learned', 'masked', 'rope', 's'),
-    'memory_activations': ('L_here', 'V', 'act_embedding', 'act_head', 'act_layer_kept', 'act_layer_kept_split', 'act_tables', 'b', 'first_stage', 'inflight', 'last_stage', 's', 'sequence_parallel', 't'),
+    'act_norm_frozen': ('e', 'e_stat', 'h', 'layernorm'),
+    'act_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'r', 'relu'),
+    'act_first_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
+    'act_embedding': ('adapter', 'dropout', 'e_mask', 'h'),
+    'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'dpo', 'e', 'h', 'value_head'),
+    'act_tables': ('L', 'P', 'adapter', 'ck_full', 'd_h', 'e', 'learned', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 's'),
+    'memory_activations': ('L_here', 'V', 'act_embedding', 'act_first_layer_kept_frozen', 'act_head', 'act_layer_kept', 'act_layer_kept_frozen', 'act_layer_kept_split', 'act_tables', 'adapter', 'b', 'ck_none', 'ck_selective', 'd_h', 'e', 'first_stage', 'inflight', 'k', 'last_stage', 'loss_saved', 'n_virtual', 'prefix', 's', 'sequence_parallel', 't'),
     'buffer_logits': ('V', 'b', 'e', 'last_stage', 's', 't'),
     'buffer_recompute': ('act_attention_split', 'act_layer', 'act_mlp', 'act_mlp_split', 'act_norm', 'b', 'ck_full', 'ck_selective', 's', 'sequence_parallel', 't'),
     'buffer_zero': ('g_bucket', 'overlap_comm', 'prefetch_bucket', 'psi', 'reduce_bucket', 'w_bytes', 'zero12', 'zero3'),
@@ -541,6 +634,7 @@ Name = Literal[
     'P_L',
     'V',
     'a',
+    'adapter',
     'b',
     'batch',
     'bias',
@@ -556,7 +650,9 @@ Name = Literal[
     'context',
     'cpu_adam_rate',
     'd_h',
+    'double_quant',
     'dp',
+    'dpo',
     'dropout',
     'e',
     'e_mask',
@@ -573,25 +669,41 @@ Name = Literal[
     'h',
     'hbm_bandwidth',
     'inflight',
+    'int8',
     'k',
     'kv_bytes',
     'last_stage',
     'layernorm',
     'learned',
+    'lora_down',
+    'lora_dropout',
+    'lora_gate',
+    'lora_k',
+    'lora_o',
+    'lora_q',
+    'lora_qkv',
+    'lora_up',
+    'lora_v',
+    'loss_saved',
     'm',
     'masked',
     'moe',
     'n_gpu',
+    'n_virtual',
+    'nf4',
     'nodes',
     'o_bpp',
     'offload',
     'overlap_comm',
     'p',
     'prefetch_bucket',
+    'prefix',
     'price',
     'psi',
     'qkv_bias',
+    'r',
     'reduce_bucket',
+    'reference_copy',
     'relu',
     'rope',
     's',
@@ -602,8 +714,10 @@ Name = Literal[
     'tied',
     'usable',
     'v',
+    'value_head',
     'w_bpp',
     'w_bytes',
+    'w_frozen',
     'window',
     'zero01',
     'zero12',
@@ -622,6 +736,16 @@ Name = Literal[
     'params_non_embedding',
     'params_largest_module',
     'params_active',
+    'params_lora_layer',
+    'params_adapter',
+    'params_base',
+    'params_trainable',
+    'params_frozen',
+    'params_quantised',
+    'bytes_quantised',
+    'bytes_frozen',
+    'bytes_per_quantised_weight',
+    'bytes_reference',
     'matmul_weights',
     'attention_context',
     'flops_attention_per_token',
@@ -636,6 +760,7 @@ Name = Literal[
     'memory_gradients',
     'memory_optimizer',
     'memory_gathered',
+    'memory_frozen',
     'memory_model_states',
     'act_norm',
     'act_attention',
@@ -645,6 +770,9 @@ Name = Literal[
     'act_mlp_split',
     'act_layer_kept',
     'act_layer_kept_split',
+    'act_norm_frozen',
+    'act_layer_kept_frozen',
+    'act_first_layer_kept_frozen',
     'act_embedding',
     'act_head',
     'act_tables',
@@ -692,7 +820,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'm', 'masked', 'moe', 'n_gpu', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'price', 'psi', 'qkv_bias', 'reduce_bucket', 'relu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'w_bpp', 'w_bytes', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'psi', 'qkv_bias', 'r', 'reduce_bucket', 'reference_copy', 'relu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -710,6 +838,16 @@ GROUPS = {
     'params_non_embedding': 'Parameters',
     'params_largest_module': 'Parameters',
     'params_active': 'Parameters',
+    'params_lora_layer': 'Post-training: parameters',
+    'params_adapter': 'Post-training: parameters',
+    'params_base': 'Post-training: parameters',
+    'params_trainable': 'Post-training: parameters',
+    'params_frozen': 'Post-training: parameters',
+    'params_quantised': 'Post-training: frozen weights',
+    'bytes_quantised': 'Post-training: frozen weights',
+    'bytes_frozen': 'Post-training: frozen weights',
+    'bytes_per_quantised_weight': 'Post-training: frozen weights',
+    'bytes_reference': 'Post-training: frozen weights',
     'matmul_weights': 'FLOPs',
     'attention_context': 'FLOPs',
     'flops_attention_per_token': 'FLOPs',
@@ -724,6 +862,7 @@ GROUPS = {
     'memory_gradients': 'Memory: model states',
     'memory_optimizer': 'Memory: model states',
     'memory_gathered': 'Memory: model states',
+    'memory_frozen': 'Memory: model states',
     'memory_model_states': 'Memory: model states',
     'act_norm': 'Memory: activations',
     'act_attention': 'Memory: activations',
@@ -733,6 +872,9 @@ GROUPS = {
     'act_mlp_split': 'Memory: activations',
     'act_layer_kept': 'Memory: activations',
     'act_layer_kept_split': 'Memory: activations',
+    'act_norm_frozen': 'Memory: activations',
+    'act_layer_kept_frozen': 'Memory: activations',
+    'act_first_layer_kept_frozen': 'Memory: activations',
     'act_embedding': 'Memory: activations',
     'act_head': 'Memory: activations',
     'act_tables': 'Memory: activations',

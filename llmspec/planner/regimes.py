@@ -29,7 +29,8 @@ class Regime:
     name: str
     summary: str
     mixed: tuple[Piece, ...]  # bf16/fp16 training; the optimizer's per-state bytes are added at run time
-    master_bytes: int = 4
+    master_bytes: int = 4  # 0: no fp32 master copy
+    state_bytes: int = 4  # per optimizer state element
 
 
 REGIMES: dict[str, Regime] = {
@@ -54,6 +55,13 @@ REGIMES: dict[str, Regime] = {
         "its distributed optimizer, 6 + 12/d)",
         (Piece("16-bit weights", "weights", 2, 3), Piece("fp32 gradients", "gradients", 4, 2)),
     ),
+    "pure16": Regime(
+        "pure16",
+        "8 B/param: 16-bit weights 2 + 16-bit grads 2 + 16-bit Adam 4, no fp32 master (litgpt's bf16-true, "
+        "torchtune's default): the optimizer updates the 16-bit weights in place",
+        (Piece("16-bit weights", "weights", 2, 3), Piece("16-bit gradients", "gradients", 2, 2)),
+        master_bytes=0, state_bytes=2,
+    ),
 }
 
 FP32_PIECES = (Piece("fp32 weights", "weights", 4, 3), Piece("fp32 gradients", "gradients", 4, 2))
@@ -61,11 +69,13 @@ FP32_PIECES = (Piece("fp32 weights", "weights", 4, 3), Piece("fp32 gradients", "
 
 def pieces(regime: str, precision: str, n_states: int) -> tuple[Piece, ...]:
     """Every per-parameter piece of the model states, optimizer included."""
-    states = Piece(f"optimizer states ({n_states} × fp32)", "optimizer", 4 * n_states, 1)
     if precision == "fp32":
-        return (*FP32_PIECES, states)
+        return (*FP32_PIECES, Piece(f"optimizer states ({n_states} × fp32)", "optimizer", 4 * n_states, 1))
     chosen = REGIMES[regime]
-    return (*chosen.mixed, Piece("fp32 master weights", "optimizer", chosen.master_bytes, 1), states)
+    width = "fp32" if chosen.state_bytes == 4 else "16-bit"
+    states = Piece(f"optimizer states ({n_states} × {width})", "optimizer", chosen.state_bytes * n_states, 1)
+    master = (Piece("fp32 master weights", "optimizer", chosen.master_bytes, 1),) if chosen.master_bytes else ()
+    return (*chosen.mixed, *master, states)
 
 
 def bytes_per_param(regime: str, precision: str, n_states: int) -> dict[str, float]:

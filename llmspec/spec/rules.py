@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from llmspec.errors import Problem
 from llmspec.spec import catalogue
+from llmspec.spec.post_training import QUANTISED, RL_METHODS, WITH_REFERENCE, linear_names
 
 # The optimizers DeepSpeed runs on the CPU under optimizer offload (ds_config.json names them).
 OFFLOADABLE_OPTIMIZERS = ("adamw", "adam")
@@ -102,6 +103,11 @@ def consistency_problems(spec: Spec) -> list[Problem]:
                                              f"{tr.optimizer.name} cannot be offloaded")
     if par.offload_optimizer != "none" and par.zero_stage == 0:
         bad("parallelism.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3")
+    if par.byte_regime == "pure16" and tr.precision == "fp32":
+        bad("parallelism.byte_regime", "pure16 keeps weights, gradients and optimizer states in 16 bits: it needs "
+                                       "training.precision bf16 or fp16")
+    if spec.post_training is not None:
+        _post_training_problems(spec, bad)
     if cl.hosts is not None and len(cl.hosts) != cl.nodes:
         bad("cluster.hosts", f"{len(cl.hosts)} host(s) for cluster.nodes {cl.nodes}: name one host per node")
     elif cl.hosts is not None and len(set(cl.hosts)) != len(cl.hosts):
@@ -127,3 +133,56 @@ def consistency_problems(spec: Spec) -> list[Problem]:
             bad("training.gradient_accumulation_steps",
                 f"derived as global / (micro × data_parallel) = {tr.global_batch_size // per_step}; remove it")
     return problems
+
+
+def _post_training_problems(spec: Spec, bad) -> None:
+    m, par, post = spec.model, spec.parallelism, spec.post_training
+    adapter, method = post.adapter, post.method
+    where = "post_training.adapter"
+    if adapter.type == "none":
+        knobs = sorted(adapter.model_fields_set - {"type"})
+        if knobs:
+            bad(f"{where}.{knobs[0]}", f"{knobs[0]} is set but {where}.type is none (full fine-tuning): set the type "
+                                       "to lora or prefix, or remove it")
+    if adapter.type == "lora" and adapter.targets != "all-linear":
+        known = linear_names(m.fused_qkv, m.gated, m.moe is not None)
+        unknown = [name for name in adapter.targets if name not in known]
+        if unknown or not adapter.targets:
+            bad(f"{where}.targets", f"{unknown[0] if unknown else 'an empty list'} is not a linear of this model "
+                                    f"(its linears: {', '.join(known)}; or all-linear)")
+        elif len(set(adapter.targets)) != len(adapter.targets):
+            bad(f"{where}.targets", "a target is listed twice")
+    if adapter.type == "prefix" and m.sliding_window is not None:
+        bad(f"{where}.type", "prefix key/values sit before the first position: a sliding window would drop them "
+                             "from every later query (model.sliding_window)")
+    if post.base_precision in QUANTISED and adapter.type == "none":
+        bad("post_training.base_precision", f"{post.base_precision} stores the frozen weights quantised, which "
+                                            "cannot be trained: set post_training.adapter.type to lora or prefix")
+    if post.double_quant and post.base_precision != "nf4":
+        bad("post_training.double_quant", "double quantisation applies to nf4's absmax constants: it needs "
+                                          "post_training.base_precision nf4")
+    if method not in WITH_REFERENCE and "reference" in post.model_fields_set and post.reference is not None:
+        bad("post_training.reference", f"{method} has no reference model (dpo, ppo and grpo have)")
+    elif post.reference == "adapter_off" and adapter.type == "none":
+        bad("post_training.reference", "adapter_off uses the base under the adapter as the reference: it needs "
+                                       "post_training.adapter.type lora or prefix")
+    elif post.reference == "precomputed" and method != "dpo":
+        bad("post_training.reference", f"{method} scores fresh samples: only dpo can read precomputed reference "
+                                       "log-probs")
+    for field in ("reward_model", "critic_model"):
+        allowed = ("ppo",) if field == "critic_model" else RL_METHODS
+        if getattr(post, field) is not None and method not in allowed:
+            bad(f"post_training.{field}", f"{field} is used by {' and '.join(allowed)}, not {method}")
+    if method in RL_METHODS:
+        length = post.prompt_len + post.response_len
+        if length > spec.training.seq_len:
+            bad("post_training.response_len", f"prompt_len {post.prompt_len} + response_len {post.response_len} "
+                                              f"exceeds training.seq_len {spec.training.seq_len}")
+        if method == "grpo" and post.rollouts_per_step % post.group_size:
+            bad("post_training.rollouts_per_step", f"rollouts_per_step {post.rollouts_per_step} is not a multiple "
+                                                   f"of group_size {post.group_size}")
+    split = [f"{name} {degree}" for name, degree in (("tensor", par.tensor), ("pipeline", par.pipeline),
+                                                     ("expert", par.expert)) if degree > 1]
+    if split:
+        bad(f"parallelism.{split[0].split()[0]}", f"post-training is planned over data parallelism (ZeRO 0-3, "
+                                                  f"offload); {split[0]} is not supported with post_training")

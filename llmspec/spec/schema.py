@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from llmspec.errors import ConsistencyError
 from llmspec.spec import catalogue
 from llmspec.spec.hostfile import HOST_PATTERN
+from llmspec.spec.post_training import PostTraining
 from llmspec.spec.rules import consistency_problems
 from llmspec.spec.units import COUNT_PATTERN, parse_count
 
@@ -184,8 +185,9 @@ class ParallelismSpec(_Section):
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
-    byte_regime: Literal["deepspeed", "zero_paper", "megatron"] = Field(
-        "deepspeed", description="bytes per parameter for mixed precision: 20, 16 or 18 (see docs/formulas.md)"
+    byte_regime: Literal["deepspeed", "zero_paper", "megatron", "pure16"] = Field(
+        "deepspeed", description="bytes per parameter for 16-bit training: 20, 16 or 18 with an fp32 master, or "
+        "pure16: 16-bit weights, gradients and optimizer states, no master (8 with Adam; see docs/formulas.md)"
     )
     data_parallel: Positive | None = Field(None, description="derived: gpus / (tensor · pipeline)")
     overlap_comm: bool = True
@@ -258,6 +260,7 @@ class Spec(_Section):
     parallelism: ParallelismSpec = ParallelismSpec()
     cluster: ClusterSpec = ClusterSpec()
     data: DataSpec = DataSpec()
+    post_training: PostTraining | None = Field(None, description="absent: pretraining")
 
     @property
     def stage_layers(self) -> list[int] | None:
@@ -274,6 +277,9 @@ class Spec(_Section):
 
     @model_validator(mode="after")
     def _check_and_derive(self) -> Spec:
+        if self.post_training is not None:
+            tr = self.training
+            self.post_training.derive(tr.seq_len, tr.precision, tr.global_batch_size, self.model.fused_qkv)
         problems = consistency_problems(self)
         if problems:
             raise ConsistencyError(problems)
