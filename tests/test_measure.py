@@ -13,7 +13,7 @@ from llmspec.spec.loading import load_spec, named_specs
 from tests.helpers import minimal
 
 # Big specs take seconds each on meta/fake tensors; measured in full all the same (these are the promise).
-SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b"}
+SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b", "llama3-70b-qlora"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -21,6 +21,9 @@ SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b"}
 def test_named_specs_match_the_compiled_model_exactly(name):
     result = measure(load_spec(name))
     assert result.params.measured == result.params.planned
+    if result.trainable is not None:  # post-training: what trains, and the frozen weights as stored
+        assert result.trainable.measured == result.trainable.planned
+        assert result.frozen_bytes.measured == result.frozen_bytes.planned
     for mode in ("none", "selective", "full"):
         assert result.flops[mode].measured == pytest.approx(result.flops[mode].planned, rel=1e-12), mode
         assert result.activations[mode].measured == result.activations[mode].planned, mode
@@ -65,6 +68,60 @@ def test_random_specs_match_the_compiled_model(spec):
         assert result.flops[mode].ratio == pytest.approx(1.0, abs=0.01), mode  # the issue's bound: 1%
         assert result.activations[mode].ratio == pytest.approx(1.0, abs=0.03), mode  # and 3%
         assert result.activations[mode].measured == result.activations[mode].planned, mode  # in fact: exact
+
+
+@st.composite
+def random_post_training_specs(draw):
+    """A random dense architecture under a random post-training setup: method, adapter, targets, storage."""
+    heads = draw(st.sampled_from([2, 4]))
+    position = draw(st.sampled_from(["rope", "learned"]))
+    mlp = draw(st.sampled_from(["gelu", "relu", "swiglu"]))
+    method = draw(st.sampled_from(["sft", "reward", "dpo"]))
+    adapter = draw(st.sampled_from(["none", "lora", "prefix"]))
+    sets = [
+        f"model.n_heads={heads}", f"model.n_kv_heads={draw(st.sampled_from([1, heads]))}",
+        f"model.d_model={heads * 16}", f"model.vocab_size={draw(st.integers(50, 200))}",
+        f"model.n_layers={draw(st.integers(1, 3))}", f"model.d_ff={draw(st.sampled_from([32, 48, 96]))}",
+        f"model.mlp={mlp}", f"model.norm={draw(st.sampled_from(['layernorm', 'rmsnorm']))}",
+        f"model.position={position}", f"model.tie_embeddings={draw(st.booleans())}",
+        f"model.bias={draw(st.booleans())}", f"model.dropout={draw(st.sampled_from([0.0, 0.1]))}",
+        "model.max_seq_len=32", "training.seq_len=32", f"training.micro_batch_size={draw(st.sampled_from([1, 2]))}",
+        f"training.precision={draw(st.sampled_from(['fp32', 'bf16']))}", "cluster.gpu=cpu",
+        "cluster.gpus_per_node=1", f"post_training.method={method}", f"post_training.adapter.type={adapter}",
+    ]
+    if adapter == "lora":
+        linears = (["qkv_proj"] if position == "learned" else ["q_proj", "k_proj", "v_proj"]) + ["o_proj"] + (
+            ["gate_proj"] if mlp == "swiglu" else []) + ["up_proj", "down_proj"]
+        targets = draw(st.lists(st.sampled_from(linears), min_size=1, max_size=3, unique=True))
+        sets += [f"post_training.adapter.targets=[{', '.join(targets)}]",
+                 f"post_training.adapter.r={draw(st.sampled_from([1, 4]))}",
+                 f"post_training.adapter.dropout={draw(st.sampled_from([0.0, 0.1]))}"]
+    if adapter == "prefix":
+        sets.append(f"post_training.adapter.n_virtual={draw(st.integers(1, 6))}")
+    if adapter != "none":
+        sets.append(f"post_training.base_precision={draw(st.sampled_from(['nf4', 'int8', 'same']))}")
+        if sets[-1].endswith("same"):
+            sets.pop()  # the training precision
+        elif draw(st.booleans()) and sets[-1].endswith("nf4"):
+            sets.append("post_training.double_quant=true")
+    if method == "dpo":
+        references = ["copy", "precomputed"] + (["adapter_off"] if adapter != "none" else [])
+        sets += [f"post_training.reference={draw(st.sampled_from(references))}",
+                 f"post_training.loss={draw(st.sampled_from(['sigmoid', 'ipo', 'hinge']))}"]
+    return minimal(*sets)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(random_post_training_specs())
+def test_random_post_training_specs_match_the_compiled_model(spec):
+    result = measure(spec)
+    assert result.params.measured == result.params.planned
+    assert result.trainable.measured == result.trainable.planned
+    assert result.frozen_bytes.measured == result.frozen_bytes.planned
+    for mode in ("none", "selective", "full"):
+        assert result.flops[mode].measured == pytest.approx(result.flops[mode].planned, rel=1e-12), mode
+        assert result.activations[mode].measured == result.activations[mode].planned, mode
 
 
 def test_measure_cli_json_and_errors():

@@ -8,12 +8,44 @@ from rich.console import Console
 from rich.table import Table
 
 from llmspec.planner.training import Plan
+from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_hours, fmt_money
 
 if TYPE_CHECKING:  # measuring imports torch; the plan path must not
     from llmspec.compile.measure import Measurement
 
 OK, NO = "[green]✓[/]", "[red]✗[/]"
+
+
+def _trained(spec: Spec) -> str:
+    post = spec.post_training
+    adapter = post.adapter
+    head = " + value head" if post.value_model else ""
+    if adapter.type == "lora":
+        targets = post.lora_targets(spec.model.fused_qkv, spec.model.gated, spec.model.moe is not None)
+        return f"{post.method}: LoRA r {adapter.r} on {', '.join(targets)}{head}"
+    if adapter.type == "prefix":
+        return f"{post.method}: prefix, {adapter.n_virtual} virtual tokens{head}"
+    return f"{post.method}: every weight{head}"
+
+
+def _training_flops_note(spec: Spec) -> str:
+    post = spec.post_training
+    if post is None or (post.adapter.type == "none" and post.method != "dpo"):
+        return "3 × forward (model FLOPs, for MFU)"
+    parts = ["forward + input gradients + adapter" if post.adapter.type != "none" else "3 × forward"]
+    if post.method == "dpo" and post.reference != "precomputed":
+        parts.append("reference forward")
+    return " + ".join(parts)
+
+
+def _frozen_note(spec: Spec) -> str:
+    post, par = spec.post_training, spec.parallelism
+    what = [f"{post.base_precision} base" if post.adapter.type != "none" else ""]
+    if post.reference == "copy":
+        what.append("reference copy")
+    where = "partitioned (ZeRO-3)" if par.zero_stage == 3 else "replicated (ZeRO shards what trains)"
+    return f"{' + '.join(w for w in what if w)}, {where}"
 
 
 def render_plan(plan: Plan, console: Console) -> None:
@@ -32,12 +64,18 @@ def render_plan(plan: Plan, console: Console) -> None:
     table.add_row("active per token", f"{p['active']:,}", "MoE: top-k experts" if spec.model.moe else "dense")
     table.add_row("per block", f"{p['per_layer']:,}",
                   f"attention {fmt_count(p['attention_per_layer'])} + MLP {fmt_count(p['mlp_per_layer'])}")
+    post = spec.post_training
+    if post is not None:
+        table.add_row("trainable", f"{p['trainable']:,}", _trained(spec))
+        if p["frozen"]:
+            table.add_row("frozen", f"{p['frozen']:,}", f"the base, stored {post.base_precision}"
+                          + (" (double quant)" if post.double_quant else ""))
     console.print(table)
 
     table = _table("Compute", "FLOPs", "note")
     table.add_row("forward / token", fmt_flops(f["per_token_forward"]),
                   f"attention {fmt_flops(f['attention_per_token'])} (causal)")
-    table.add_row("training / token", fmt_flops(f["per_token_train"]), "3 × forward (model FLOPs, for MFU)")
+    table.add_row("training / token", fmt_flops(f["per_token_train"]), _training_flops_note(spec))
     table.add_row("executed / token", fmt_flops(f["per_token_hardware"]),
                   f"with {par.activation_checkpointing} recompute (for HFU)")
     table.add_row("per step", fmt_flops(f["per_step"]), f"{fmt_count(tr.tokens_per_step)} tokens")
@@ -47,9 +85,13 @@ def render_plan(plan: Plan, console: Console) -> None:
     table = _table(f"Memory per GPU ({par.byte_regime} regime, peak stage: {plan.stage})", "bytes", "")
     table.add_row("weights", fmt_bytes(mem["weights"]), "")
     table.add_row("gradients", fmt_bytes(mem["gradients"]), "")
-    table.add_row("optimizer", fmt_bytes(mem["optimizer"]), f"{tr.optimizer.name}, fp32 states + master")
+    states = "16-bit states, no master" if par.byte_regime == "pure16" and tr.precision != "fp32" else \
+        "fp32 states" + ("" if tr.precision == "fp32" else " + master")
+    table.add_row("optimizer", fmt_bytes(mem["optimizer"]), f"{tr.optimizer.name}, {states}")
     if mem["gathered"]:
         table.add_row("ZeRO-3 gathered module", fmt_bytes(mem["gathered"]), "16-bit params + grads")
+    if mem["frozen"]:
+        table.add_row("frozen weights", fmt_bytes(mem["frozen"]), _frozen_note(spec))
     table.add_row("[bold]model states[/]", fmt_bytes(mem["model_states"]), f"ZeRO-{par.zero_stage}")
     table.add_row("activations", fmt_bytes(mem["activations"]), f"checkpointing {par.activation_checkpointing}")
     table.add_row("buffers", fmt_bytes(mem["buffers"]), "logits / recompute / buckets")
@@ -122,6 +164,11 @@ def measurement_table(result: Measurement) -> Table:
         table.add_column(column, justify="right" if column else "left", style=None if column else "cyan")
     table.add_row("parameters", f"{int(result.params.measured):,}", f"{int(result.params.planned):,}",
                   f"{result.params.ratio:.4f}")
+    if result.trainable is not None:
+        c = result.trainable
+        table.add_row("  trainable", f"{int(c.measured):,}", f"{int(c.planned):,}", f"{c.ratio:.4f}")
+        c = result.frozen_bytes
+        table.add_row("frozen weights", fmt_bytes(c.measured), fmt_bytes(c.planned), f"{c.ratio:.4f}")
     for mode, c in result.flops.items():
         table.add_row(f"FLOPs · {mode}", fmt_flops(c.measured), fmt_flops(c.planned), f"{c.ratio:.4f}")
     for mode, c in result.activations.items():

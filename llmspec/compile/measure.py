@@ -51,12 +51,16 @@ class Measurement:
     flops: dict[str, Comparison] = field(default_factory=dict)  # per checkpointing mode, one micro-batch
     activations: dict[str, Comparison] = field(default_factory=dict)  # bytes, per checkpointing mode
     notes: list[str] = field(default_factory=list)
+    trainable: Comparison | None = None  # post-training: parameters with gradients
+    frozen_bytes: Comparison | None = None  # post-training: the frozen weights as stored
 
     def to_json(self) -> dict[str, Any]:
         tr = self.spec.training
+        extra = {} if self.trainable is None else {"trainable": self.trainable.to_json(),
+                                                   "frozen_bytes": self.frozen_bytes.to_json()}
         return {
             "name": self.spec.name, "micro_batch": {"sequences": tr.micro_batch_size, "seq_len": tr.seq_len},
-            "params": self.params.to_json(),
+            "params": self.params.to_json(), **extra,
             "flops": {mode: c.to_json() for mode, c in self.flops.items()},
             "activations": {mode: c.to_json() for mode, c in self.activations.items()},
             "notes": self.notes,
@@ -135,7 +139,8 @@ def _reference_logprobs(spec: Spec, model: torch.nn.Module, module: Any, idx: to
                 return module.sequence_logprobs(model(idx)[0], targets)
             finally:
                 model.set_adapters(True)
-        frozen = _build(spec).eval()  # copy: a second model, frozen (its weights do not matter to the count)
+        with torch.device(idx.device):  # copy: a second model, frozen (its weights do not matter to the count)
+            frozen = _build(spec).eval()
         return module.sequence_logprobs(frozen(idx)[0], targets)
 
 
@@ -153,6 +158,8 @@ def _build(spec: Spec) -> torch.nn.Module:
     finally:
         torch.set_default_dtype(default)
     for module in model.modules():  # RoPE tables are computed in fp32; training casts them with the model
+        if hasattr(module, "dequantised"):
+            continue  # a quantised linear keeps its constants in fp32 (its _apply)
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.is_floating_point():
                 module._buffers[name] = buffer.to(dtype)
@@ -208,26 +215,28 @@ def count_saved_bytes(spec: Spec) -> int:
     return sum(saved.values())
 
 
-def planned_flops_full_attention(env: dict[str, Any], checkpointing: str) -> float:
-    """The planner's executed FLOPs per token with attention counted in full, as FlopCounterMode counts it."""
-    full_attention = 4 * env["L"] * env["a"] * env["d_h"] * env["s"]
-    passes = 3 + (checkpointing == "full")  # forward, backward (2×), and the forward again under full recompute
-    return env["flops_per_token_hardware"] + passes * (full_attention - env["flops_attention_per_token"])
-
-
 def measure(spec: Spec, modes: tuple[str, ...] = CHECKPOINTING) -> Measurement:
     """Measure the compiled model of ``spec`` for each checkpointing mode and compare with the planner."""
-    tokens = spec.training.micro_batch_size * spec.training.seq_len
-    result = Measurement(spec, Comparison(count_params(spec), plan(spec, alternatives=False).params["total"]))
+    planned = plan(spec, alternatives=False)
+    trainable, frozen = count_params(spec)
+    result = Measurement(spec, Comparison(trainable + frozen, planned.params["trainable"] + planned.params["frozen"]))
+    if spec.post_training is not None:
+        result.trainable = Comparison(trainable, planned.params["trainable"])
+        result.frozen_bytes = Comparison(frozen_bytes(spec), planned.env["bytes_frozen"])
     for mode in modes:
         variant = _with_checkpointing(spec, mode)
-        env = single_device_env(spec, mode, cpu_kernels=True)  # fake tensors follow the CPU kernels
-        result.flops[mode] = Comparison(count_flops(variant), planned_flops_full_attention(env, mode) * tokens)
+        # fake tensors follow the CPU kernels; FlopCounterMode counts every key of SDPA
+        env = single_device_env(spec, mode, cpu_kernels=True, full_attention=True)
+        tokens = env["b"] * env["s"]
+        result.flops[mode] = Comparison(count_flops(variant), env["flops_per_token_hardware"] * tokens)
         result.activations[mode] = Comparison(count_saved_bytes(variant), float(env["memory_activations"]))
     result.notes.append("FLOPs: one micro-batch forward + backward (+ recompute); attention counted in full "
                         "(FlopCounterMode's convention) on both sides")
     result.notes.append("activations: one micro-batch on one device (no tensor/pipeline split), planned as CPU kernels "
                         "save them (LayerNorm keeps mean/rstd in the input dtype there, fp32 on GPUs)")
+    if spec.post_training is not None:
+        result.notes.append(f"{spec.post_training.method}: its objective's step (pairs run as 2 sequences each); "
+                            "frozen weights as stored (quantisation codes and constants)")
     if spec.model.moe:
         result.notes.append("MoE: balanced routing (each expert gets tokens × top_k / n_experts)")
     return result

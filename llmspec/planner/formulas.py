@@ -46,8 +46,33 @@ adapter, rank, l_drop, prefix, n_v, vh, dpo = _s("adapter r lora_dropout prefix 
                                                  nonnegative=True)
 lq, lk, lv, lqkv, lo, lg, lu, ldn = _s("lora_q lora_k lora_v lora_qkv lora_o lora_gate lora_up lora_down",
                                        nonnegative=True)
-q_nf4, q_int8, dq, w_frozen, ref_copy, loss_saved = _s("nf4 int8 double_quant w_frozen reference_copy loss_saved",
-                                                       nonnegative=True)
+q_nf4, q_int8, dq, w_frozen, ref_copy, ref_fwd, loss_saved = _s(
+    "nf4 int8 double_quant w_frozen reference_copy reference_forward loss_saved", nonnegative=True)
+
+causal = sp.Symbol("causal", nonnegative=True)
+
+
+def _any(*flags: sp.Expr) -> sp.Expr:
+    """1 if any 0/1 flag is 1."""
+    return 1 - sp.Mul(*(1 - flag for flag in flags))
+
+
+def _grads(grad_in: sp.Expr) -> dict[str, sp.Expr]:
+    """Which tensors of a frozen block need a gradient, given its input's (1 or 0): what an adapted linear or
+    prefix makes trainable downstream. Keys: sdpa (attention's q/k/v/output), mlp (the MLP's input), gate, up
+    (their outputs), hidden (down_proj's input)."""
+    sdpa = _any(grad_in, lq, lk, lv, lqkv, prefix)
+    mlp = _any(sdpa, lo)
+    gate, up = _any(mlp, lg), _any(mlp, lu)
+    return {"in": grad_in, "sdpa": sdpa, "mlp": mlp, "gate": gate, "up": up,
+            "hidden": gated * _any(gate, up) + (1 - gated) * up}
+
+
+# (LoRA flag, d_in, d_out, which input's gradient) of each linear LoRA can adapt in a block
+_ADAPTABLE = ((lq, h, a * d_h, "in"), (lk, h, k * d_h, "in"), (lv, h, k * d_h, "in"),
+              (lqkv, h, (a + 2 * k) * d_h, "in"), (lo, a * d_h, h, "sdpa"), (lg, h, f, "mlp"), (lu, h, f, "mlp"),
+              (ldn, f, h, "hidden"))
+
 
 INPUT_DOCS: dict[str, str] = {
     "V": "vocabulary size", "h": "d_model", "L": "layers", "a": "attention heads", "k": "key/value heads",
@@ -106,6 +131,9 @@ INPUT_DOCS: dict[str, str] = {
     "double_quant": "1 with NF4 double quantisation",
     "w_frozen": "bytes per frozen weight element that is not quantised",
     "reference_copy": "1 when DPO/PPO keep a frozen copy of the starting model as the reference",
+    "causal": "1 to count causal attention (the keys each query sees); 0 to count every key, as FlopCounterMode "
+    "does (llmspec measure)",
+    "reference_forward": "1 when DPO runs its reference model (not precomputed)",
     "loss_saved": "bytes the objective saves per micro-batch after the last position-wise tensor (cross-entropy's "
     "fp32 total weight; the pairwise losses' per-pair terms)",
 }
@@ -227,21 +255,48 @@ reference_bytes = define("bytes_reference",
 # ---- FLOPs -------------------------------------------------------------------------------------------------
 group("FLOPs", "Kaplan et al. 2020 (2N per token forward, backward 2× forward); causal attention counts the "
       "lower triangle only (Megatron-LM); sliding windows and MoE top_k counted as run")
-matmul = define("matmul_weights", L * (h * (a + 2 * k) * d_h + a * d_h * h + K * (2 + gated) * h * f + moe * h * E)
-                + V * h, "weights multiplied per token (the LM head even when tied; embeddings are lookups)",
-                "params")
+block_matmul = L * (h * (a + 2 * k) * d_h + a * d_h * h + K * (2 + gated) * h * f + moe * h * E)
+matmul = define("matmul_weights", block_matmul + (1 - vh) * V * h + vh * h,
+                "weights multiplied per token (the LM head even when tied, or a value head's one output; "
+                "embeddings are lookups)", "params")
 w_eff = sp.Min(window, s)
-ctx = define("attention_context", (w_eff * (w_eff + 1) / 2 + (s - w_eff) * w_eff) / s,
+ctx = define("attention_context", causal * (w_eff * (w_eff + 1) / 2 + (s - w_eff) * w_eff) / s + (1 - causal) * s,
              "keys each query attends to, averaged over positions (causal, windowed)", "tokens")
-fwd_attn = define("flops_attention_per_token", 4 * L * a * d_h * ctx, "QKᵀ and AV, forward", "FLOP")
-fwd = define("flops_per_token_forward", 2 * matmul + fwd_attn, "forward FLOPs per token", "FLOP")
-train = define("flops_per_token_train", 3 * fwd, "model FLOPs per token (forward + backward = 3×; for MFU)", "FLOP")
-# Non-reentrant checkpointing stops recomputing once every saved tensor is back: a dense MLP's down projection
-# (the region's last matmul, whose output nothing saves) is skipped unless dropout follows it.
-skipped = (1 - moe) * (1 - drop) * 2 * L * h * f
+attn_layer = 4 * a * d_h * (ctx + prefix * n_v)
+fwd_attn = define("flops_attention_per_token", L * attn_layer, "QKᵀ and AV, forward (+ prefix keys)", "FLOP")
+fwd = define("flops_per_token_forward", 2 * matmul + fwd_attn + 2 * L * lora_layer,
+             "forward FLOPs per token (+ LoRA branches)", "FLOP")
+
+
+def _frozen_backward(grad_in: int) -> sp.Expr:
+    """Per token, one frozen block's backward: input gradients where needed (no weight gradients), LoRA's."""
+    g = _grads(grad_in)
+    inputs = (2 * grad_in * h * (a + 2 * k) * d_h + 2 * g["sdpa"] * a * d_h * h
+              + 2 * h * f * (gated * g["mlp"] + g["mlp"]) + 2 * f * h * g["hidden"])
+    lora = sum(flag * rank * (4 * d_out + 2 * d_in + 2 * d_in * g[which]) for flag, d_in, d_out, which in _ADAPTABLE)
+    # SDPA's backward: dV (if v needs a gradient), dP (if q or k does), dQ and dK, each a quarter of 2× forward
+    q_grad, k_grad, v_grad = _any(grad_in, lq, lqkv), _any(grad_in, lk, lqkv, prefix), _any(grad_in, lv, lqkv, prefix)
+    return inputs + lora + attn_layer / 2 * (q_grad + k_grad + v_grad + _any(q_grad, k_grad))
+
+
+frozen_bwd = define("flops_backward_frozen_per_token",
+                    (L - 1) * _frozen_backward(1) + _frozen_backward(0) + (1 - vh) * 2 * V * h + vh * 4 * h,
+                    "backward of a frozen base under an adapter: input gradients (the first block's only where an "
+                    "adapter needs them), LoRA's weight and input gradients, the head's input gradient", "FLOP")
+ref_flops = define("flops_reference_per_token",
+                   ref_fwd * (2 * (block_matmul + V * h) + L * 4 * a * d_h * ctx
+                              + ref_copy * (2 * L * lora_layer + L * 4 * a * d_h * prefix * n_v)),
+                   "DPO's reference forward (the base alone under adapter_off; the whole start under copy)", "FLOP")
+train = define("flops_per_token_train", (1 - adapter) * 3 * fwd + adapter * (fwd + frozen_bwd) + ref_flops,
+               "model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) "
+               "+ a reference forward (for MFU)", "FLOP")
+# Non-reentrant checkpointing stops recomputing once every saved tensor is back: a dense MLP's last matmul, whose
+# output nothing saves, is skipped unless dropout follows it (the down projection, or under LoRA its B).
+skipped = (1 - moe) * (1 - drop) * 2 * L * (ldn * rank * h + (1 - ldn) * h * f)
 recompute = define("flops_recompute_per_token",
-                   ck_full * (fwd - 2 * V * h - skipped)
-                   + ck_sel * (2 * L * (K * (2 + gated) * h * f + moe * h * E) - skipped),
+                   ck_full * (fwd - 2 * (1 - vh) * V * h - 2 * vh * h - skipped)
+                   + ck_sel * (2 * L * (K * (2 + gated) * h * f + moe * h * E + rank * (lg + lu + ldn) * (h + f))
+                               - skipped),
                    "forward recomputed in backward: every block (full) or the MLPs (selective), less the dense "
                    "down projection that early-stopping recompute skips", "FLOP")
 hw = define("flops_per_token_hardware", train + recompute, "FLOPs executed per token (for HFU)", "FLOP")
@@ -293,11 +348,6 @@ act_kept_split = define("act_layer_kept_split", ck_none * (act_attn_split + act_
                         "of act_layer_kept, the part split across tensor-parallel ranks", "B")
 
 
-def _any(*flags: sp.Expr) -> sp.Expr:
-    """1 if any 0/1 flag is 1."""
-    return 1 - sp.Mul(*(1 - flag for flag in flags))
-
-
 # Under an adapter the base is frozen: a frozen linear keeps nothing for a weight gradient, the LoRA branch keeps
 # its input and its rank-r hidden; and the first block's input (a frozen embedding) needs no gradient, so nothing
 # before its first adapted linear keeps anything.
@@ -315,17 +365,18 @@ def _lora_inputs(flags: tuple[sp.Expr, ...], width: sp.Expr, grad: sp.Expr) -> s
 def _frozen_block(grad_in: int) -> tuple[sp.Expr, sp.Expr]:
     """Per token, the attention and MLP halves of a frozen block whose input does (1) or does not (0) need a
     gradient."""
-    sdpa_grad = _any(grad_in, lq, lk, lv, lqkv, prefix)
+    g = _grads(grad_in)
+    sdpa_grad, mlp_grad, gate_grad, up_grad = g["sdpa"], g["mlp"], g["gate"], g["up"]
     attn = (grad_in * norm_frozen + _lora_inputs((lq, lk, lv, lqkv), h, grad_in)
             + sdpa_grad * ((a + 2 * k) * d_h * e + a * d_h * e + 4 * a)
+            # a fused projection's q is a view of the whole q/k/v output, which stays alive when the prefix
+            # concatenation gives k and v storages of their own
+            + prefix * fused * sdpa_grad * 2 * k * d_h * e
             + lo * ((1 - l_drop) * (1 - sdpa_grad) * a * d_h * e + l_drop * a * d_h * (e + sdpa_grad * e_mask))
             + rank * e * (lq + lk + lv + lqkv + lo) + drop * _any(sdpa_grad, lo) * h * e_mask)
-    mlp_grad = _any(sdpa_grad, lo)
-    gate_grad, up_grad = _any(mlp_grad, lg), _any(mlp_grad, lu)
-    hidden_grad = gated * _any(gate_grad, up_grad) + (1 - gated) * up_grad
     mlp = (mlp_grad * norm_frozen + _lora_inputs((lg, lu), h, mlp_grad)
            + f * e * (gated * (2 * gate_grad + up_grad) + (1 - gated) * up_grad)
-           + ldn * ((1 - l_drop) * f * e * (1 - relu * up_grad) + l_drop * f * (e + hidden_grad * e_mask))
+           + ldn * ((1 - l_drop) * f * e * (1 - relu * up_grad) + l_drop * f * (e + g["hidden"] * e_mask))
            + rank * e * (lg + lu + ldn) + drop * _any(mlp_grad, lg, lu, ldn) * h * e_mask)
     return attn, mlp
 

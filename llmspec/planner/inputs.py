@@ -26,7 +26,8 @@ DEFAULT_EFFICIENCY = 0.50
 CHECKPOINTING: tuple[str, ...] = typing.get_args(ParallelismSpec.model_fields["activation_checkpointing"].annotation)
 OFFLOAD_MODES: tuple[str, ...] = typing.get_args(ParallelismSpec.model_fields["offload_optimizer"].annotation)
 
-PARAMETER_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group == "Parameters")
+PARAMETER_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items()
+                               if group in ("Parameters", "Post-training: parameters", "Post-training: frozen weights"))
 # Inference and compute-optimal sizing have inputs of their own (context, batch, compute); training plans skip them.
 OTHER_GROUPS = ("Inference", "Compute-optimal sizing")
 TRAINING_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group not in OTHER_GROUPS)
@@ -69,7 +70,7 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
         "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
         "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
-        "overlap_comm": int(par.overlap_comm), "reduce_bucket": par.reduce_bucket_size,
+        "overlap_comm": int(par.overlap_comm), "causal": 1, "reduce_bucket": par.reduce_bucket_size,
         "prefetch_bucket": par.prefetch_bucket_size,
     }
 
@@ -100,6 +101,7 @@ def post_training_inputs(spec: Spec, e: int) -> dict[str, Any]:
         "nf4": int(base == "nf4"), "int8": int(base == "int8"), "double_quant": int(bool(post and post.double_quant)),
         "w_frozen": {"fp32": 4, "bf16": 2, "fp16": 2}.get(base, e),
         "reference_copy": int(post is not None and post.reference == "copy"),
+        "reference_forward": int(method == "dpo" and post.reference != "precomputed"),
         "loss_saved": loss_saved,
     }
 

@@ -155,34 +155,44 @@ def bytes_reference(adapter, bytes_frozen, params_adapter, params_base, referenc
     return reference_copy*(adapter*(bytes_frozen + params_adapter*w_bytes) + params_base*w_bytes*(1 - adapter))
 
 
-def matmul_weights(E, K, L, V, a, d_h, f, gated, h, k, moe):
-    """weights multiplied per token (the LM head even when tied; embeddings are lookups) [params]"""
-    return L*(E*h*moe + K*f*h*(gated + 2) + a*d_h*h + d_h*h*(a + 2*k)) + V*h
+def matmul_weights(E, K, L, V, a, d_h, f, gated, h, k, moe, value_head):
+    """weights multiplied per token (the LM head even when tied, or a value head's one output; embeddings are lookups) [params]"""
+    return L*(E*h*moe + K*f*h*(gated + 2) + a*d_h*h + d_h*h*(a + 2*k)) + V*h*(1 - value_head) + h*value_head
 
 
-def attention_context(s, window):
+def attention_context(causal, s, window):
     """keys each query attends to, averaged over positions (causal, windowed) [tokens]"""
-    return ((s - _min(s, window))*_min(s, window) + (1/2)*(_min(s, window) + 1)*_min(s, window))/s
+    return causal*((s - _min(s, window))*_min(s, window) + (1/2)*(_min(s, window) + 1)*_min(s, window))/s + s*(1 - causal)
 
 
-def flops_attention_per_token(L, a, attention_context, d_h):
-    """QKᵀ and AV, forward [FLOP]"""
-    return 4*L*a*attention_context*d_h
+def flops_attention_per_token(L, a, attention_context, d_h, n_virtual, prefix):
+    """QKᵀ and AV, forward (+ prefix keys) [FLOP]"""
+    return 4*L*a*d_h*(attention_context + n_virtual*prefix)
 
 
-def flops_per_token_forward(flops_attention_per_token, matmul_weights):
-    """forward FLOPs per token [FLOP]"""
-    return flops_attention_per_token + 2*matmul_weights
+def flops_per_token_forward(L, flops_attention_per_token, matmul_weights, params_lora_layer):
+    """forward FLOPs per token (+ LoRA branches) [FLOP]"""
+    return 2*L*params_lora_layer + flops_attention_per_token + 2*matmul_weights
 
 
-def flops_per_token_train(flops_per_token_forward):
-    """model FLOPs per token (forward + backward = 3×; for MFU) [FLOP]"""
-    return 3*flops_per_token_forward
+def flops_backward_frozen_per_token(L, V, a, attention_context, d_h, f, gated, h, k, lora_down, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, n_virtual, prefix, r, value_head):
+    """backward of a frozen base under an adapter: input gradients (the first block's only where an adapter needs them), LoRA's weight and input gradients, the head's input gradient [FLOP]"""
+    return V*h*(2 - 2*value_head) + a*d_h*h*(-2*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 2) + 2*a*d_h*(attention_context + n_virtual*prefix)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)**2*(1 - prefix) - (1 - lora_k)*(1 - lora_qkv)*(1 - prefix) - (1 - lora_q)*(1 - lora_qkv) - (1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 4) + 2*f*h*(gated*(-(1 - lora_gate)*(1 - lora_k)**2*(1 - lora_o)**2*(1 - lora_q)**2*(1 - lora_qkv)**2*(1 - lora_up)*(1 - lora_v)**2*(1 - prefix)**2 + 1) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)) + 2*f*h*(gated*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) - (1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 4*h*value_head + lora_down*r*(2*f*(gated*(-(1 - lora_gate)*(1 - lora_k)**2*(1 - lora_o)**2*(1 - lora_q)**2*(1 - lora_qkv)**2*(1 - lora_up)*(1 - lora_v)**2*(1 - prefix)**2 + 1) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)) + 2*f + 4*h) + lora_gate*r*(4*f + 2*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 2*h) + lora_k*r*(4*d_h*k + 2*h) + lora_o*r*(2*a*d_h*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 2*a*d_h + 4*h) + lora_q*r*(4*a*d_h + 2*h) + lora_qkv*r*(4*d_h*(a + 2*k) + 2*h) + lora_up*r*(4*f + 2*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 2*h) + lora_v*r*(4*d_h*k + 2*h) + (L - 1)*(2*a*d_h*h + 8*a*d_h*(attention_context + n_virtual*prefix) + 2*d_h*h*(a + 2*k) + 2*f*h*(gated + 1) + 2*f*h + lora_down*r*(4*f + 4*h) + lora_gate*r*(4*f + 4*h) + lora_k*r*(4*d_h*k + 4*h) + lora_o*r*(4*a*d_h + 4*h) + lora_q*r*(4*a*d_h + 4*h) + lora_qkv*r*(4*d_h*(a + 2*k) + 4*h) + lora_up*r*(4*f + 4*h) + lora_v*r*(4*d_h*k + 4*h))
 
 
-def flops_recompute_per_token(E, K, L, V, ck_full, ck_selective, dropout, f, flops_per_token_forward, gated, h, moe):
+def flops_reference_per_token(E, K, L, V, a, attention_context, d_h, f, gated, h, k, moe, n_virtual, params_lora_layer, prefix, reference_copy, reference_forward):
+    """DPO's reference forward (the base alone under adapter_off; the whole start under copy) [FLOP]"""
+    return reference_forward*(4*L*a*attention_context*d_h + 2*L*(E*h*moe + K*f*h*(gated + 2) + a*d_h*h + d_h*h*(a + 2*k)) + 2*V*h + reference_copy*(4*L*a*d_h*n_virtual*prefix + 2*L*params_lora_layer))
+
+
+def flops_per_token_train(adapter, flops_backward_frozen_per_token, flops_per_token_forward, flops_reference_per_token):
+    """model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) + a reference forward (for MFU) [FLOP]"""
+    return adapter*(flops_backward_frozen_per_token + flops_per_token_forward) + flops_per_token_forward*(3 - 3*adapter) + flops_reference_per_token
+
+
+def flops_recompute_per_token(E, K, L, V, ck_full, ck_selective, dropout, f, flops_per_token_forward, gated, h, lora_down, lora_gate, lora_up, moe, r, value_head):
     """forward recomputed in backward: every block (full) or the MLPs (selective), less the dense down projection that early-stopping recompute skips [FLOP]"""
-    return ck_full*(-2*L*f*h*(1 - dropout)*(1 - moe) - 2*V*h + flops_per_token_forward) + ck_selective*(-2*L*f*h*(1 - dropout)*(1 - moe) + 2*L*(E*h*moe + K*f*h*(gated + 2)))
+    return ck_full*(-2*L*(1 - dropout)*(1 - moe)*(f*h*(1 - lora_down) + h*lora_down*r) - V*h*(2 - 2*value_head) + flops_per_token_forward - 2*h*value_head) + ck_selective*(-2*L*(1 - dropout)*(1 - moe)*(f*h*(1 - lora_down) + h*lora_down*r) + 2*L*(E*h*moe + K*f*h*(gated + 2) + r*(f + h)*(lora_down + lora_gate + lora_up)))
 
 
 def flops_per_token_hardware(flops_per_token_train, flops_recompute_per_token):
@@ -280,14 +290,14 @@ def act_norm_frozen(e, e_stat, h, layernorm):
     return layernorm*(e*h + 2*e_stat) + (1 - layernorm)*(4*h + 4)
 
 
-def act_layer_kept_frozen(a, act_norm_frozen, ck_full, ck_none, ck_selective, d_h, dropout, e, e_mask, f, gated, h, k, lora_down, lora_dropout, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, r, relu):
+def act_layer_kept_frozen(a, act_norm_frozen, ck_full, ck_none, ck_selective, d_h, dropout, e, e_mask, f, fused_qkv, gated, h, k, lora_down, lora_dropout, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, prefix, r, relu):
     """per token, one block of a frozen base (not the first), as kept for backward [B]"""
-    return ck_full*e*h + ck_none*(a*d_h*e + a*d_h*lora_dropout*lora_o*(e + e_mask) + 4*a + 2*act_norm_frozen + d_h*e*(a + 2*k) + 2*dropout*e_mask*h + e*f*(2*gated + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_gate)*(1 - lora_up) + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*r*(lora_down + lora_gate + lora_up) + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask)*(lora_gate + lora_up) + h*lora_dropout*(e + e_mask)*(lora_k + lora_q + lora_qkv + lora_v) + lora_down*(e*f*(1 - lora_dropout)*(1 - relu) + f*lora_dropout*(e + e_mask))) + ck_selective*(a*d_h*e + a*d_h*lora_dropout*lora_o*(e + e_mask) + 4*a + act_norm_frozen + d_h*e*(a + 2*k) + dropout*e_mask*h + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*h + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask)*(lora_k + lora_q + lora_qkv + lora_v))
+    return ck_full*e*h + ck_none*(a*d_h*e + a*d_h*lora_dropout*lora_o*(e + e_mask) + 4*a + 2*act_norm_frozen + 2*d_h*e*fused_qkv*k*prefix + d_h*e*(a + 2*k) + 2*dropout*e_mask*h + e*f*(2*gated + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_gate)*(1 - lora_up) + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*r*(lora_down + lora_gate + lora_up) + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask)*(lora_gate + lora_up) + h*lora_dropout*(e + e_mask)*(lora_k + lora_q + lora_qkv + lora_v) + lora_down*(e*f*(1 - lora_dropout)*(1 - relu) + f*lora_dropout*(e + e_mask))) + ck_selective*(a*d_h*e + a*d_h*lora_dropout*lora_o*(e + e_mask) + 4*a + act_norm_frozen + 2*d_h*e*fused_qkv*k*prefix + d_h*e*(a + 2*k) + dropout*e_mask*h + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*h + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask)*(lora_k + lora_q + lora_qkv + lora_v))
 
 
-def act_first_layer_kept_frozen(a, act_norm_frozen, ck_full, ck_none, ck_selective, d_h, dropout, e, e_mask, f, gated, h, k, lora_down, lora_dropout, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, prefix, r, relu):
+def act_first_layer_kept_frozen(a, act_norm_frozen, ck_full, ck_none, ck_selective, d_h, dropout, e, e_mask, f, fused_qkv, gated, h, k, lora_down, lora_dropout, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, prefix, r, relu):
     """per token, the first block of a frozen base, whose input needs no gradient [B]"""
-    return ck_full*e*h + ck_none*(act_norm_frozen*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + dropout*e_mask*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + dropout*e_mask*h*(-(1 - lora_down)*(1 - lora_gate)*(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1) + e*f*(gated*(-2*(1 - lora_gate)*(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) - (1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 3) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)) + e*h*lora_dropout*(lora_k + lora_q + lora_qkv + lora_v) + e*h*(1 - lora_dropout)*(-(1 - lora_gate)*(1 - lora_up) + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*r*(lora_down + lora_gate + lora_up) + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))*(lora_gate + lora_up) + lora_down*(e*f*(1 - lora_dropout)*(-relu*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1) + 1) + f*lora_dropout*(e + e_mask*(gated*(-(1 - lora_gate)*(1 - lora_k)**2*(1 - lora_o)**2*(1 - lora_q)**2*(1 - lora_qkv)**2*(1 - lora_up)*(1 - lora_v)**2*(1 - prefix)**2 + 1) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)))) + lora_o*(a*d_h*e*(1 - lora_dropout)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + a*d_h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))) + (-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1)*(a*d_h*e + 4*a + d_h*e*(a + 2*k))) + ck_selective*(dropout*e_mask*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + e*h*lora_dropout*(lora_k + lora_q + lora_qkv + lora_v) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*h + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + lora_o*(a*d_h*e*(1 - lora_dropout)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + a*d_h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))) + (-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1)*(a*d_h*e + 4*a + d_h*e*(a + 2*k)))
+    return ck_full*e*h + ck_none*(act_norm_frozen*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 2*d_h*e*fused_qkv*k*prefix*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + dropout*e_mask*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + dropout*e_mask*h*(-(1 - lora_down)*(1 - lora_gate)*(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1) + e*f*(gated*(-2*(1 - lora_gate)*(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) - (1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 3) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)) + e*h*lora_dropout*(lora_k + lora_q + lora_qkv + lora_v) + e*h*(1 - lora_dropout)*(-(1 - lora_gate)*(1 - lora_up) + 1) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*r*(lora_down + lora_gate + lora_up) + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))*(lora_gate + lora_up) + lora_down*(e*f*(1 - lora_dropout)*(-relu*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1) + 1) + f*lora_dropout*(e + e_mask*(gated*(-(1 - lora_gate)*(1 - lora_k)**2*(1 - lora_o)**2*(1 - lora_q)**2*(1 - lora_qkv)**2*(1 - lora_up)*(1 - lora_v)**2*(1 - prefix)**2 + 1) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)))) + lora_o*(a*d_h*e*(1 - lora_dropout)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + a*d_h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))) + (-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1)*(a*d_h*e + 4*a + d_h*e*(a + 2*k))) + ck_selective*(2*d_h*e*fused_qkv*k*prefix*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + dropout*e_mask*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + e*h*lora_dropout*(lora_k + lora_q + lora_qkv + lora_v) + e*h*(1 - lora_dropout)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v) + 1) + e*h + e*r*(lora_k + lora_o + lora_q + lora_qkv + lora_v) + lora_o*(a*d_h*e*(1 - lora_dropout)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + a*d_h*lora_dropout*(e + e_mask*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1))) + (-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1)*(a*d_h*e + 4*a + d_h*e*(a + 2*k)))
 
 
 def act_embedding(adapter, dropout, e_mask, h):
@@ -545,12 +555,14 @@ ARGUMENTS = {
     'bytes_frozen': ('adapter', 'bytes_quantised', 'int8', 'nf4', 'params_base', 'params_quantised', 'w_frozen'),
     'bytes_per_quantised_weight': ('double_quant',),
     'bytes_reference': ('adapter', 'bytes_frozen', 'params_adapter', 'params_base', 'reference_copy', 'w_bytes'),
-    'matmul_weights': ('E', 'K', 'L', 'V', 'a', 'd_h', 'f', 'gated', 'h', 'k', 'moe'),
-    'attention_context': ('s', 'window'),
-    'flops_attention_per_token': ('L', 'a', 'attention_context', 'd_h'),
-    'flops_per_token_forward': ('flops_attention_per_token', 'matmul_weights'),
-    'flops_per_token_train': ('flops_per_token_forward',),
-    'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_per_token_forward', 'gated', 'h', 'moe'),
+    'matmul_weights': ('E', 'K', 'L', 'V', 'a', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'value_head'),
+    'attention_context': ('causal', 's', 'window'),
+    'flops_attention_per_token': ('L', 'a', 'attention_context', 'd_h', 'n_virtual', 'prefix'),
+    'flops_per_token_forward': ('L', 'flops_attention_per_token', 'matmul_weights', 'params_lora_layer'),
+    'flops_backward_frozen_per_token': ('L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'n_virtual', 'prefix', 'r', 'value_head'),
+    'flops_reference_per_token': ('E', 'K', 'L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'n_virtual', 'params_lora_layer', 'prefix', 'reference_copy', 'reference_forward'),
+    'flops_per_token_train': ('adapter', 'flops_backward_frozen_per_token', 'flops_per_token_forward', 'flops_reference_per_token'),
+    'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_per_token_forward', 'gated', 'h', 'lora_down', 'lora_gate', 'lora_up', 'moe', 'r', 'value_head'),
     'flops_per_token_hardware': ('flops_per_token_train', 'flops_recompute_per_token'),
     'flops_per_step': ('B', 'flops_per_token_train', 's'),
     'flops_total': ('D', 'flops_per_token_train'),
@@ -570,8 +582,8 @@ ARGUMENTS = {
     'act_layer_kept': ('act_attention', 'act_layer', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
     'act_layer_kept_split': ('act_attention_split', 'act_mlp_split', 'ck_none', 'ck_selective'),
     'act_norm_frozen': ('e', 'e_stat', 'h', 'layernorm'),
-    'act_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'r', 'relu'),
-    'act_first_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
+    'act_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'fused_qkv', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
+    'act_first_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'fused_qkv', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
     'act_embedding': ('adapter', 'dropout', 'e_mask', 'h'),
     'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'dpo', 'e', 'h', 'value_head'),
     'act_tables': ('L', 'P', 'adapter', 'ck_full', 'd_h', 'e', 'learned', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 's'),
@@ -643,6 +655,7 @@ Name = Literal[
     'bw_host',
     'bw_pp',
     'bw_tp',
+    'causal',
     'ck_full',
     'ck_none',
     'ck_selective',
@@ -704,6 +717,7 @@ Name = Literal[
     'r',
     'reduce_bucket',
     'reference_copy',
+    'reference_forward',
     'relu',
     'rope',
     's',
@@ -750,6 +764,8 @@ Name = Literal[
     'attention_context',
     'flops_attention_per_token',
     'flops_per_token_forward',
+    'flops_backward_frozen_per_token',
+    'flops_reference_per_token',
     'flops_per_token_train',
     'flops_recompute_per_token',
     'flops_per_token_hardware',
@@ -820,7 +836,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'psi', 'qkv_bias', 'r', 'reduce_bucket', 'reference_copy', 'relu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'psi', 'qkv_bias', 'r', 'reduce_bucket', 'reference_copy', 'reference_forward', 'relu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -852,6 +868,8 @@ GROUPS = {
     'attention_context': 'FLOPs',
     'flops_attention_per_token': 'FLOPs',
     'flops_per_token_forward': 'FLOPs',
+    'flops_backward_frozen_per_token': 'FLOPs',
+    'flops_reference_per_token': 'FLOPs',
     'flops_per_token_train': 'FLOPs',
     'flops_recompute_per_token': 'FLOPs',
     'flops_per_token_hardware': 'FLOPs',

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from llmspec.errors import LLMSpecError
 from llmspec.planner import numeric
 from llmspec.planner.inputs import (
     CHECKPOINTING,
@@ -25,6 +26,7 @@ from llmspec.planner.inputs import (
     usable_memory,
 )
 from llmspec.planner.regimes import bytes_per_param
+from llmspec.spec.post_training import RL_METHODS
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
 
@@ -99,6 +101,8 @@ class Plan:
             # on one GPU of the peak stage, before ZeRO shards its states: a fraction when the vocabulary does
             # not divide by the tensor-parallel degree
             "per_gpu": float(e["psi"]) if e["psi"] != int(e["psi"]) else int(e["psi"]),
+            # what trains (everything, or an adapter + value head) and what stays frozen
+            "trainable": int(e["params_trainable"]), "frozen": int(e["params_frozen"]),
         }
 
     @property
@@ -130,9 +134,28 @@ class Plan:
     def fits(self) -> bool:
         return self.memory["peak"] <= self.usable_memory
 
+    @property
+    def models(self) -> list[dict[str, Any]]:
+        """One entry per model the run holds (post-training): role, parameters, trainable ones, bytes per GPU."""
+        post, e = self.spec.post_training, self.env
+        if post is None:
+            return []
+        sharded = 1 + e["zero3"] * (e["dp"] - 1)  # frozen weights are partitioned only under ZeRO-3
+        trained = {"role": "reward" if post.value_model else "policy",
+                   "params": int(e["params_trainable"] + e["params_frozen"]),
+                   "trainable": int(e["params_trainable"]),
+                   "bytes_per_gpu": _bytes(e["memory_weights"] + e["memory_gradients"] + e["memory_optimizer"]
+                                           + e["bytes_frozen"] / sharded)}
+        out = [trained]
+        if post.reference == "copy":
+            out.append({"role": "reference", "params": trained["params"], "trainable": 0,
+                        "bytes_per_gpu": _bytes(e["bytes_reference"] / sharded)})
+        return out
+
     def to_json(self) -> dict[str, Any]:
         spec = self.spec
-        return {
+        post = {} if spec.post_training is None else {"models": self.models}
+        return {**post,
             "name": spec.name,
             "params": self.params,
             "flops": self.flops,
@@ -170,6 +193,7 @@ def memory_breakdown(env: dict[str, Any]) -> dict[str, int]:
     return {
         "weights": _bytes(env["memory_weights"]), "gradients": _bytes(env["memory_gradients"]),
         "optimizer": _bytes(env["memory_optimizer"]), "gathered": _bytes(env["memory_gathered"]),
+        "frozen": _bytes(env["memory_frozen"]),
         "model_states": int(env["memory_model_states"]), "activations": _bytes(env["memory_activations"]),
         "buffers": _bytes(env["memory_buffers"]), "peak": _bytes(env["memory_peak"]),
     }
@@ -186,7 +210,8 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     codes = (strategy.zero_stage, CHECKPOINTING.index(strategy.activation_checkpointing),
              OFFLOAD_MODES.index(strategy.offload_optimizer), OFFLOAD_MODES.index(strategy.offload_params))
     env.update(strategy_inputs(spec, *codes, par.data_parallel))
-    psi = stage_params(env, first, last, layers, t)
+    # post-training (data parallelism only): ZeRO shards what trains; frozen weights are counted apart
+    psi = env["params_trainable"] if spec.post_training is not None else stage_params(env, first, last, layers, t)
     if par.expert > 1:
         # ZeRO shards an expert's states over the ranks holding the same experts (data_parallel / expert), the
         # rest over all data_parallel: bytes per parameter are the two regimes weighted by their parameters
@@ -237,6 +262,10 @@ def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[i
 
 def plan(spec: Spec, alternatives: bool = True) -> Plan:
     """Plan a spec: the chosen strategy in full, and (by default) every alternative strategy's peak and time."""
+    post = spec.post_training
+    if post is not None and post.method in RL_METHODS:
+        raise LLMSpecError(f"post_training.method {post.method}: its phases (generation, scoring, training) are not "
+                           "planned yet; sft, reward and dpo are")
     par = spec.parallelism
     base = numeric.evaluate({**architecture_inputs(spec), **device_inputs(spec)}, PARAMETER_FORMULAS)
     chosen = Strategy(par.zero_stage, par.activation_checkpointing, par.offload_optimizer, par.offload_params)
@@ -255,15 +284,19 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
     return result
 
 
-def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False) -> dict[str, Any]:
+def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False,
+                      full_attention: bool = False) -> dict[str, Any]:
     """Every formula for one micro-batch of the whole model on one device (no tensor or pipeline split):
-    what ``llmspec measure`` compares with the compiled model (``cpu_kernels``: as CPU kernels save tensors)."""
+    what ``llmspec measure`` compares with the compiled model (``cpu_kernels``: as CPU kernels save tensors;
+    ``full_attention``: every key counted, as FlopCounterMode counts SDPA)."""
     par = spec.parallelism.model_copy(update={"tensor": 1, "pipeline": 1, "expert": 1, "first_stage_layers": None,
                                               "last_stage_layers": None, "activation_checkpointing": checkpointing})
     single = spec.model_copy(update={"parallelism": par})
     inputs = {**architecture_inputs(single), **device_inputs(single)}
     if cpu_kernels:
         inputs["e_stat"] = inputs["e_mask"] = inputs["e"]
+    if full_attention:
+        inputs["causal"] = 0
     base = numeric.evaluate(inputs, PARAMETER_FORMULAS)
     strategy = Strategy(par.zero_stage, checkpointing, par.offload_optimizer, par.offload_params)
     return _evaluate(single, base, strategy, "only")

@@ -40,8 +40,8 @@ class Adapter(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on each LoRA branch's input")
     targets: list[str] | Literal["all-linear"] | None = Field(
         None, description="derived: the attention's query and value projections ([q_proj, v_proj], or [qkv_proj] "
-        "where q, k and v are one linear, as PEFT's defaults); the compiled model's linear names (q_proj, k_proj, v_proj, qkv_proj, "
-        "o_proj, gate_proj, up_proj, down_proj, router), or all-linear: every linear in the blocks")
+        "where q, k and v are one linear, as PEFT's defaults); the compiled model's linear names (q_proj, k_proj, "
+        "v_proj, qkv_proj, o_proj, gate_proj, up_proj, down_proj, router), or all-linear: every linear in the blocks")
     rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)")
     n_virtual: Positive = Field(20, description="prefix tuning: virtual tokens per layer")
 

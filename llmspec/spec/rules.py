@@ -152,12 +152,19 @@ def _post_training_problems(spec: Spec, bad) -> None:
                                     f"(its linears: {', '.join(known)}; or all-linear)")
         elif len(set(adapter.targets)) != len(adapter.targets):
             bad(f"{where}.targets", "a target is listed twice")
+    if adapter.type != "none" and m.moe is not None:
+        bad(f"{where}.type", "adapters on a mixture of experts are not planned yet (a frozen MoE's saved tensors "
+                             "depend on routing): fine-tune it fully (type none)")
     if adapter.type == "prefix" and m.sliding_window is not None:
         bad(f"{where}.type", "prefix key/values sit before the first position: a sliding window would drop them "
                              "from every later query (model.sliding_window)")
     if post.base_precision in QUANTISED and adapter.type == "none":
         bad("post_training.base_precision", f"{post.base_precision} stores the frozen weights quantised, which "
                                             "cannot be trained: set post_training.adapter.type to lora or prefix")
+    if post.base_precision not in (*QUANTISED, spec.training.precision):
+        bad("post_training.base_precision", f"a {post.base_precision} base in a {spec.training.precision} run: "
+                                            "unquantised frozen weights are stored in training.precision (set "
+                                            f"{spec.training.precision}, or quantise: int8, nf4)")
     if post.double_quant and post.base_precision != "nf4":
         bad("post_training.double_quant", "double quantisation applies to nf4's absmax constants: it needs "
                                           "post_training.base_precision nf4")

@@ -12,6 +12,12 @@ from llmspec.spec.units import fmt_bytes
 def check_runnable(spec: Spec) -> None:
     """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
     par, cl = spec.parallelism, spec.cluster
+    if spec.post_training is not None:
+        raise LLMSpecError(f"post_training.method {spec.post_training.method}: planned (`llmspec plan`, `measure`), "
+                           "not yet run; remove post_training to pretrain")
+    if par.byte_regime == "pure16":
+        raise LLMSpecError("parallelism.byte_regime pure16: planned, not run (the engines keep an fp32 master); "
+                           "use deepspeed, zero_paper or megatron to run")
     if cl.nodes > 1 and not cl.hosts:
         raise LLMSpecError(f"cluster.nodes {cl.nodes}: name the hosts, --hostfile PATH (DeepSpeed's format, "
                            f"slots={cl.gpus_per_node} each) or cluster.hosts; no host is ever guessed")
