@@ -71,6 +71,7 @@ CONSUMERS: dict[str, set[str]] = {
     "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
     "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts
     "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes
+    "post_training": {"compile", "plan"},  # run refuses it up front: planned, not yet run
     "parallelism.first_stage_layers": {"plan", "run"},  # run partitions DeepSpeed's pipeline as given
     "parallelism.last_stage_layers": {"plan", "run"},
     "parallelism.expert": {"compile", "plan", "run"},  # ds_config's expert_parallel (AutoEP)
@@ -100,7 +101,7 @@ GPT2_FAMILY = ["model.norm=layernorm", "model.position=learned", "model.bias=tru
 # A change that shows; a list is a set of --set changes made together (the HF family ties them).
 CHANGE = {
     "training.init_from": "runs/tiny", "parallelism.first_stage_layers": "1", "parallelism.last_stage_layers": "1",
-    "cluster.hosts": "[node-a, node-b]",
+    "cluster.hosts": "[node-a, node-b]", "post_training": "{method: dpo, adapter: {type: lora}}",
     "model.norm": GPT2_FAMILY, "model.position": GPT2_FAMILY, "model.mlp": "geglu",
     "model.rope_scaling": "{type: linear, factor: 2.0}", "model.moe": "{n_experts: 4, top_k: 2}",
     "model.sliding_window": "64", "model.dropout": "0.1", "model.head_dim": "64",

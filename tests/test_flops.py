@@ -19,7 +19,9 @@ def test_gpt2_124m_forward_hand_worked():
 
 
 def test_attention_context_causal_and_windowed():
-    ctx = numeric.attention_context
+    def ctx(s, window):  # causal (measure's full-attention count sets causal to 0)
+        return numeric.attention_context(causal=1, s=s, window=window)
+
     assert ctx(4096, 4096) == (4096 + 1) / 2
     # window 2 over 4 positions: keys per query 1, 2, 2, 2 -> mean 7/4
     assert ctx(4, 2) == 7 / 4

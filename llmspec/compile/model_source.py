@@ -83,6 +83,10 @@ def values(spec: Spec) -> dict[str, str]:
     # Title and summary are docstring prose; every other value becomes a Python literal.
     rendered = {key: value if key in ("title", "summary") else repr(value) for key, value in out.items()}
     if post is not None:
+        # validated names only (targets are checked against the model's linears): double-quoted, as ruff formats
+        targets = [f'"{name}"' for name in out["lora_targets"]]
+        rendered["lora_targets"] = f"({', '.join(targets)}{',' if len(targets) == 1 else ''})"
+        rendered["quantise"], rendered["dpo_loss"] = f'"{post.base_precision}"', f'"{post.loss}"'
         alpha, r = post.adapter.alpha, post.adapter.r
         rendered["lora_scale_text"] = f"alpha / sqrt(r) = {alpha:g} / sqrt({r})" if post.adapter.rslora else \
             f"alpha / r = {alpha:g} / {r}"
