@@ -19,9 +19,14 @@ SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b", "llama3-70b-q
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
                                   for n in sorted(named_specs())])
 def test_named_specs_match_the_compiled_model_exactly(name):
-    result = measure(load_spec(name))
+    _assert_exact(measure(load_spec(name)))
+
+
+def _assert_exact(result):
+    """Parameters, FLOPs and saved bytes as planned, in every checkpointing mode (post-training: what trains, and
+    the frozen weights as stored)."""
     assert result.params.measured == result.params.planned
-    if result.trainable is not None:  # post-training: what trains, and the frozen weights as stored
+    if result.trainable is not None:
         assert result.trainable.measured == result.trainable.planned
         assert result.frozen_bytes.measured == result.frozen_bytes.planned
     for mode in ("none", "selective", "full"):
@@ -116,12 +121,8 @@ def random_post_training_specs(draw):
 @given(random_post_training_specs())
 def test_random_post_training_specs_match_the_compiled_model(spec):
     result = measure(spec)
-    assert result.params.measured == result.params.planned
-    assert result.trainable.measured == result.trainable.planned
-    assert result.frozen_bytes.measured == result.frozen_bytes.planned
-    for mode in ("none", "selective", "full"):
-        assert result.flops[mode].measured == pytest.approx(result.flops[mode].planned, rel=1e-12), mode
-        assert result.activations[mode].measured == result.activations[mode].planned, mode
+    assert result.trainable is not None and result.frozen_bytes is not None
+    _assert_exact(result)
 
 
 def test_measure_cli_json_and_errors():

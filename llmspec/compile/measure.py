@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llmspec.compile.loading import model_module
 from llmspec.planner.training import CHECKPOINTING, plan, single_device_env
+from llmspec.spec.post_training import sequences_per_example
 from llmspec.spec.schema import Spec
 
 
@@ -94,16 +95,10 @@ def _routing(spec: Spec):
     return BalancedRouting(spec.model.moe.n_experts) if spec.model.moe else nullcontext()
 
 
-def sequences_per_example(spec: Spec) -> int:
-    """Reward models and DPO train on pairs: each example is a chosen and a rejected sequence."""
-    post = spec.post_training
-    return 2 if post is not None and post.method in ("reward", "dpo") else 1
-
-
 def _batch(spec: Spec, device: str) -> torch.Tensor:
     tr = spec.training
-    return torch.zeros((tr.micro_batch_size * sequences_per_example(spec), tr.seq_len), dtype=torch.long,
-                       device=device)
+    return torch.zeros((tr.micro_batch_size * sequences_per_example(spec.post_training), tr.seq_len),
+                       dtype=torch.long, device=device)
 
 
 def _train_step(spec: Spec, model: torch.nn.Module, module: Any, device: str, backward: bool = True) -> None:
@@ -157,13 +152,19 @@ def _build(spec: Spec) -> torch.nn.Module:
         model = model_module(spec).Model()
     finally:
         torch.set_default_dtype(default)
+    quantised = set(_quantised(model))  # they keep their constants in fp32 (their _apply)
     for module in model.modules():  # RoPE tables are computed in fp32; training casts them with the model
-        if hasattr(module, "dequantised"):
-            continue  # a quantised linear keeps its constants in fp32 (its _apply)
+        if module in quantised:
+            continue
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.is_floating_point():
                 module._buffers[name] = buffer.to(dtype)
     return model.train()
+
+
+def _quantised(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The compiled model's quantised linears (their weights are buffers of codes and fp32 constants)."""
+    return [module for module in model.modules() if hasattr(module, "dequantised")]
 
 
 def count_params(spec: Spec) -> tuple[int, int]:
@@ -173,7 +174,7 @@ def count_params(spec: Spec) -> tuple[int, int]:
         model = model_module(spec).Model()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a tied tensor counts once
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    frozen += sum(m.in_features * m.out_features for m in model.modules() if hasattr(m, "dequantised"))
+    frozen += sum(m.in_features * m.out_features for m in _quantised(model))
     return trainable, frozen
 
 
@@ -183,8 +184,7 @@ def frozen_bytes(spec: Spec) -> int:
     with torch.device("meta"):
         model = _build(spec)
     held = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
-    return held + sum(b.numel() * b.element_size() for m in model.modules() if hasattr(m, "dequantised")
-                      for b in m.buffers(recurse=False))
+    return held + sum(b.numel() * b.element_size() for m in _quantised(model) for b in m.buffers(recurse=False))
 
 
 def count_flops(spec: Spec) -> int:

@@ -312,9 +312,14 @@ mem_g = define("memory_gradients", psi * g_bpp, "gradients on this GPU", "B")
 mem_o = define("memory_optimizer", psi * o_bpp, "optimizer states (+ fp32 master) on this GPU", "B")
 gathered = define("memory_gathered", z3 * 2 * w_bytes * P_L,
                   "ZeRO-3: the largest module gathered, 16-bit params + grads (DeepSpeed's 4·P_largest)", "B")
-mem_frozen = define("memory_frozen", (frozen_bytes + reference_bytes) / (1 + z3 * (dp - 1)),
-                    "frozen weights (the base under an adapter, a reference copy): replicated on every GPU under "
-                    "ZeRO 0-2, which shard only what trains; partitioned under ZeRO-3", "B")
+# ZeRO 0-2 shard only what trains: frozen weights are replicated on every GPU; ZeRO-3 partitions them too
+frozen_held = 1 + z3 * (dp - 1)
+mem_frozen_base = define("memory_frozen_base", frozen_bytes / frozen_held,
+                         "the frozen base under an adapter on this GPU (partitioned only under ZeRO-3)", "B")
+mem_reference = define("memory_reference", reference_bytes / frozen_held,
+                       "a frozen reference copy on this GPU (partitioned only under ZeRO-3)", "B")
+mem_frozen = define("memory_frozen", mem_frozen_base + mem_reference,
+                    "frozen weights on this GPU: the base under an adapter and a reference copy", "B")
 states = define("memory_model_states", sp.floor(mem_w + mem_g + mem_o + gathered + mem_frozen),
                 "weights + gradients + optimizer (+ ZeRO-3 gathered module) + frozen weights", "B")
 

@@ -13,6 +13,7 @@ from typing import Any
 from llmspec.planner import numeric
 from llmspec.planner.regimes import KINDS, split_bytes_per_param
 from llmspec.spec import catalogue
+from llmspec.spec.post_training import sequences_per_example
 from llmspec.spec.schema import ParallelismSpec, Spec
 
 # Achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
@@ -48,7 +49,7 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
     mo, tr, par = spec.model, spec.training, spec.parallelism
     moe = mo.moe
     e = 4 if tr.precision == "fp32" else 2
-    pairs = 2 if spec.post_training is not None and spec.post_training.method in ("reward", "dpo") else 1
+    pairs = sequences_per_example(spec.post_training)
     return {**post_training_inputs(spec, e),
         "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
         "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,

@@ -235,9 +235,19 @@ def memory_gathered(P_L, w_bytes, zero3):
     return 2*P_L*w_bytes*zero3
 
 
-def memory_frozen(bytes_frozen, bytes_reference, dp, zero3):
-    """frozen weights (the base under an adapter, a reference copy): replicated on every GPU under ZeRO 0-2, which shard only what trains; partitioned under ZeRO-3 [B]"""
-    return (bytes_frozen + bytes_reference)/(zero3*(dp - 1) + 1)
+def memory_frozen_base(bytes_frozen, dp, zero3):
+    """the frozen base under an adapter on this GPU (partitioned only under ZeRO-3) [B]"""
+    return bytes_frozen/(zero3*(dp - 1) + 1)
+
+
+def memory_reference(bytes_reference, dp, zero3):
+    """a frozen reference copy on this GPU (partitioned only under ZeRO-3) [B]"""
+    return bytes_reference/(zero3*(dp - 1) + 1)
+
+
+def memory_frozen(memory_frozen_base, memory_reference):
+    """frozen weights on this GPU: the base under an adapter and a reference copy [B]"""
+    return memory_frozen_base + memory_reference
 
 
 def memory_model_states(memory_frozen, memory_gathered, memory_gradients, memory_optimizer, memory_weights):
@@ -571,7 +581,9 @@ ARGUMENTS = {
     'memory_gradients': ('g_bpp', 'psi'),
     'memory_optimizer': ('o_bpp', 'psi'),
     'memory_gathered': ('P_L', 'w_bytes', 'zero3'),
-    'memory_frozen': ('bytes_frozen', 'bytes_reference', 'dp', 'zero3'),
+    'memory_frozen_base': ('bytes_frozen', 'dp', 'zero3'),
+    'memory_reference': ('bytes_reference', 'dp', 'zero3'),
+    'memory_frozen': ('memory_frozen_base', 'memory_reference'),
     'memory_model_states': ('memory_frozen', 'memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
     'act_norm': ('e', 'e_stat', 'h', 'layernorm'),
     'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'h', 'k'),
@@ -776,6 +788,8 @@ Name = Literal[
     'memory_gradients',
     'memory_optimizer',
     'memory_gathered',
+    'memory_frozen_base',
+    'memory_reference',
     'memory_frozen',
     'memory_model_states',
     'act_norm',
@@ -880,6 +894,8 @@ GROUPS = {
     'memory_gradients': 'Memory: model states',
     'memory_optimizer': 'Memory: model states',
     'memory_gathered': 'Memory: model states',
+    'memory_frozen_base': 'Memory: model states',
+    'memory_reference': 'Memory: model states',
     'memory_frozen': 'Memory: model states',
     'memory_model_states': 'Memory: model states',
     'act_norm': 'Memory: activations',

@@ -140,16 +140,15 @@ class Plan:
         post, e = self.spec.post_training, self.env
         if post is None:
             return []
-        sharded = 1 + e["zero3"] * (e["dp"] - 1)  # frozen weights are partitioned only under ZeRO-3
         trained = {"role": "reward" if post.value_model else "policy",
                    "params": int(e["params_trainable"] + e["params_frozen"]),
                    "trainable": int(e["params_trainable"]),
                    "bytes_per_gpu": _bytes(e["memory_weights"] + e["memory_gradients"] + e["memory_optimizer"]
-                                           + e["bytes_frozen"] / sharded)}
+                                           + e["memory_frozen_base"])}
         out = [trained]
         if post.reference == "copy":
             out.append({"role": "reference", "params": trained["params"], "trainable": 0,
-                        "bytes_per_gpu": _bytes(e["bytes_reference"] / sharded)})
+                        "bytes_per_gpu": _bytes(e["memory_reference"])})
         return out
 
     def to_json(self) -> dict[str, Any]:

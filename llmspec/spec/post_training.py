@@ -18,6 +18,8 @@ Fraction01 = Annotated[float, Field(ge=0, le=1)]
 METHODS = ("sft", "reward", "dpo", "ppo", "grpo")
 # methods that compare the policy with a frozen reference (a KL term or DPO's log-ratio)
 WITH_REFERENCE = ("dpo", "ppo", "grpo")
+# methods that train on pairs: a chosen and a rejected sequence per example
+PAIRWISE = ("reward", "dpo")
 # methods that generate rollouts, then score and train on them
 RL_METHODS = ("ppo", "grpo")
 # the frozen weights' storage: 16/32-bit as trained, or quantised (only under an adapter: quantised weights
@@ -118,6 +120,11 @@ class PostTraining(_Section):
                 self.response_len = max(1, seq_len - self.prompt_len)
             if self.rollouts_per_step is None:
                 self.rollouts_per_step = global_batch
+
+
+def sequences_per_example(post: PostTraining | None) -> int:
+    """Sequences the model runs per example: 2 for pairwise objectives (reward, dpo), else 1."""
+    return 2 if post is not None and post.method in PAIRWISE else 1
 
 
 def linear_names(fused_qkv: bool, gated: bool, moe: bool) -> list[str]:
