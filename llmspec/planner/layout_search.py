@@ -158,6 +158,10 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
            budget: float | None = None, objective: str = "time") -> SizeResult:
     if objective not in ("time", "cost"):
         raise LLMSpecError(f"--objective {objective}: expected time or cost")
+    if spec.post_training is not None:
+        # the search scores every parameter as trainable and one sequence per example: wrong for a fine-tune
+        raise LLMSpecError(f"{spec.name}: post_training specs are not searched yet (frozen weights, pairs); "
+                           "`llmspec plan` plans them and lists each ZeRO/checkpointing/offload alternative")
     names = gpus or list(DEFAULT_GPUS)
     devices = []
     for name in names:
