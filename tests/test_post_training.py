@@ -125,11 +125,6 @@ def test_lora_default_targets_follow_the_architecture():
     assert load_spec("tiny-gpt2", sets=[LORA]).post_training.adapter.targets == ["qkv_proj"]
 
 
-def test_rl_methods_are_refused_by_the_planner_until_planned():
-    with pytest.raises(LLMSpecError, match="post_training.method ppo"):
-        plan(load_spec("tiny", sets=["post_training.method=ppo"]))
-
-
 # ---- the compiled modules -----------------------------------------------------------------------------------
 
 def _model(*sets: str):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from llmspec.planner.inputs import sequence_length
 from llmspec.planner.training import Plan
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_hours, fmt_money
@@ -15,6 +16,9 @@ if TYPE_CHECKING:  # measuring imports torch; the plan path must not
     from llmspec.compile.measure import Measurement
 
 OK, NO = "[green]✓[/]", "[red]✗[/]"
+# what the transient buffers are in the phase that sets the peak (PPO/GRPO have three phases; other runs one)
+_BUFFERS = {"training": "logits / recompute / buckets", "generation": "KV cache, gathered policy, logits",
+            "scoring": "a micro-batch's logits + log-softmax"}
 
 
 def _trained(spec: Spec) -> str:
@@ -39,11 +43,14 @@ def _training_flops_note(spec: Spec) -> str:
     return " + ".join(parts)
 
 
-def _frozen_note(spec: Spec) -> str:
+def _frozen_note(plan: Plan) -> str:
+    spec = plan.spec
     post, par = spec.post_training, spec.parallelism
     what = [f"{post.base_precision} base" if post.adapter.type != "none" else ""]
     if post.reference == "copy":
         what.append("reference copy")
+    if any(model["role"] == "reward" for model in plan.models[1:]):
+        what.append("reward model")
     where = "partitioned (ZeRO-3)" if par.zero_stage == 3 else "replicated (ZeRO shards what trains)"
     return f"{' + '.join(w for w in what if w)}, {where}"
 
@@ -52,7 +59,7 @@ def render_plan(plan: Plan, console: Console) -> None:
     spec, p, f, mem, t = plan.spec, plan.params, plan.flops, plan.memory, plan.time
     par, tr, cl = spec.parallelism, spec.training, spec.cluster
     console.print(
-        f"[bold]{spec.name}[/] · {fmt_count(p['total'])} params · {fmt_count(tr.total_tokens)} tokens · "
+        f"[bold]{spec.name}[/] · {fmt_count(p['total'])} params · {fmt_count(plan.total_tokens)} tokens · "
         f"{cl.gpus} × {plan.gpu_name} ({cl.nodes} node{'s' if cl.nodes > 1 else ''}) · {tr.precision} · "
         f"DP {par.data_parallel} × TP {par.tensor} × PP {par.pipeline} · "
         f"micro-batch {tr.micro_batch_size} × {tr.gradient_accumulation_steps} accumulation")
@@ -78,7 +85,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     table.add_row("training / token", fmt_flops(f["per_token_train"]), _training_flops_note(spec))
     table.add_row("executed / token", fmt_flops(f["per_token_hardware"]),
                   f"with {par.activation_checkpointing} recompute (for HFU)")
-    table.add_row("per step", fmt_flops(f["per_step"]), f"{fmt_count(tr.tokens_per_step)} tokens")
+    table.add_row("per step", fmt_flops(f["per_step"]), f"{fmt_count(plan.tokens_per_step)} tokens"
+                  + (": generate, score, train" if plan.phases else ""))
     table.add_row("total", fmt_flops(f["total"]), f"6ND = {fmt_flops(f['six_nd'])}")
     console.print(table)
 
@@ -91,10 +99,12 @@ def render_plan(plan: Plan, console: Console) -> None:
     if mem["gathered"]:
         table.add_row("ZeRO-3 gathered module", fmt_bytes(mem["gathered"]), "16-bit params + grads")
     if mem["frozen"]:
-        table.add_row("frozen weights", fmt_bytes(mem["frozen"]), _frozen_note(spec))
+        table.add_row("frozen weights", fmt_bytes(mem["frozen"]), _frozen_note(plan))
     table.add_row("[bold]model states[/]", fmt_bytes(mem["model_states"]), f"ZeRO-{par.zero_stage}")
-    table.add_row("activations", fmt_bytes(mem["activations"]), f"checkpointing {par.activation_checkpointing}")
-    table.add_row("buffers", fmt_bytes(mem["buffers"]), "logits / recompute / buckets")
+    peak_phase = plan.env.get("rl_peak_phase", "training")
+    table.add_row("activations", fmt_bytes(mem["activations"]), f"checkpointing {par.activation_checkpointing}"
+                  + ("" if peak_phase == "training" else f" (none saved in {peak_phase})"))
+    table.add_row("buffers", fmt_bytes(mem["buffers"]), _BUFFERS[peak_phase])
     verdict = OK if plan.fits else NO
     table.add_row("[bold]peak[/]", f"[bold]{fmt_bytes(mem['peak'])}[/]",
                   f"{verdict} of {fmt_bytes(plan.usable_memory)} usable ({fmt_bytes(plan.gpu_memory)} GPU)")
@@ -111,7 +121,10 @@ def render_plan(plan: Plan, console: Console) -> None:
 
     table = _table("Time and cost", "value", "note")
     table.add_row("step", fmt_duration(t["step_seconds"]), "the sum of the rows below")
-    for key, label in (("compute_seconds", "  compute"), ("bubble_seconds", "  pipeline bubble"),
+    for name, phase in plan.phases.items():
+        table.add_row(f"  {name}", fmt_duration(phase["seconds"]),
+                      f"peak {fmt_bytes(phase['memory'])}" + (" ◀" if name == peak_phase else ""))
+    for key, label in () if plan.phases else (("compute_seconds", "  compute"), ("bubble_seconds", "  pipeline bubble"),
                        ("dp_exposed_seconds", "  data-parallel comm"), ("tp_seconds", "  tensor-parallel comm"),
                        ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload"),
                        ("ep_seconds", "  expert all-to-all")):
@@ -158,7 +171,8 @@ def measurement_table(result: Measurement) -> Table:
     """Measured beside planned, one row per quantity, with the ratio planned / measured."""
     tr = result.spec.training
     table = Table(title=f"{result.spec.name}: the compiled model measured vs the plan, one micro-batch of "
-                        f"{tr.micro_batch_size} × {tr.seq_len} tokens, by checkpointing mode", title_justify="left",
+                        f"{tr.micro_batch_size} × {sequence_length(result.spec)} tokens, by checkpointing mode",
+                  title_justify="left",
                   show_edge=False)
     for column in ("", "measured", "planned", "planned/measured"):
         table.add_column(column, justify="right" if column else "left", style=None if column else "cyan")

@@ -26,8 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmspec.compile.loading import model_module
+from llmspec.planner.inputs import sequence_length
 from llmspec.planner.training import CHECKPOINTING, plan, single_device_env
-from llmspec.spec.post_training import sequences_per_example
+from llmspec.spec.post_training import RL_METHODS, sequences_per_example
 from llmspec.spec.schema import Spec
 
 
@@ -60,7 +61,8 @@ class Measurement:
         extra = {} if self.trainable is None else {"trainable": self.trainable.to_json(),
                                                    "frozen_bytes": self.frozen_bytes.to_json()}
         return {
-            "name": self.spec.name, "micro_batch": {"sequences": tr.micro_batch_size, "seq_len": tr.seq_len},
+            "name": self.spec.name,
+            "micro_batch": {"sequences": tr.micro_batch_size, "seq_len": sequence_length(self.spec)},
             "params": self.params.to_json(), **extra,
             "flops": {mode: c.to_json() for mode, c in self.flops.items()},
             "activations": {mode: c.to_json() for mode, c in self.activations.items()},
@@ -97,7 +99,7 @@ def _routing(spec: Spec):
 
 def _batch(spec: Spec, device: str) -> torch.Tensor:
     tr = spec.training
-    return torch.zeros((tr.micro_batch_size * sequences_per_example(spec.post_training), tr.seq_len),
+    return torch.zeros((tr.micro_batch_size * sequences_per_example(spec.post_training), sequence_length(spec)),
                        dtype=torch.long, device=device)
 
 
@@ -237,6 +239,10 @@ def measure(spec: Spec, modes: tuple[str, ...] = CHECKPOINTING) -> Measurement:
     if spec.post_training is not None:
         result.notes.append(f"{spec.post_training.method}: its objective's step (pairs run as 2 sequences each); "
                             "frozen weights as stored (quantisation codes and constants)")
+    if spec.post_training is not None and spec.post_training.method in RL_METHODS:
+        result.notes.append(f"{spec.post_training.method}: the policy's training step on rollout-length sequences, "
+                            "next-token cross-entropy standing in for the clipped objective (the RL phases are "
+                            "planned, not measured here)")
     if spec.model.moe:
         result.notes.append("MoE: balanced routing (each expert gets tokens × top_k / n_experts)")
     return result

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from llmspec.errors import LLMSpecError
 from llmspec.planner.formula_text import FORMULAS
-from llmspec.planner.inputs import TRAINING_FORMULAS
+from llmspec.planner.inputs import RL_FORMULAS, TRAINING_FORMULAS
 from llmspec.planner.numeric import ARGUMENTS
 from llmspec.planner.training import Plan
 
@@ -26,9 +26,12 @@ class Explanation:
 
 
 def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
-    """The training plan's formulas (inference and sizing ones have inputs a training plan does not hold)."""
-    names = [n for n in FORMULAS if n in TRAINING_FORMULAS] if quantity is None else [_resolve(quantity)]
-    if names[0] not in TRAINING_FORMULAS:
+    """The training plan's formulas (inference and sizing ones have inputs a training plan does not hold). A PPO or
+    GRPO plan explains its policy's training step by the training formulas, then the RL phases' own."""
+    rl = "rl_policy" in plan.env
+    allowed = TRAINING_FORMULAS | RL_FORMULAS if rl else TRAINING_FORMULAS
+    names = [n for n in FORMULAS if n in allowed] if quantity is None else [_resolve(quantity)]
+    if names[0] not in allowed:
         group = FORMULAS[names[0]][2]
         command = "plan SPEC --inference" if group == "Inference" else "size --compute FLOPS"
         raise LLMSpecError(f"{names[0]} belongs to the {group!r} formulas, not to a training "
@@ -36,8 +39,11 @@ def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
     out = []
     for name in names:
         doc, unit, group, source, formula, expanded = FORMULAS[name]
+        env = plan.env if name in RL_FORMULAS or not rl else plan.env["rl_policy"]
+        if rl and name not in RL_FORMULAS:
+            doc += " (the policy's training step; the RL step's totals are in `plan`)"
         out.append(Explanation(name, doc, unit, group, source, formula, expanded if quantity else "",
-                               {arg: float(plan.env[arg]) for arg in ARGUMENTS[name]}, float(plan.env[name])))
+                               {arg: float(env[arg]) for arg in ARGUMENTS[name]}, float(env[name])))
     return out
 
 

@@ -133,7 +133,9 @@ INPUT_DOCS: dict[str, str] = {
     "reference_copy": "1 when DPO/PPO keep a frozen copy of the starting model as the reference",
     "causal": "1 to count causal attention (the keys each query sees); 0 to count every key, as FlopCounterMode "
     "does (llmspec measure)",
-    "reference_forward": "1 when DPO runs its reference model (not precomputed)",
+    "reference_forward": "1 when DPO, PPO or GRPO run a reference model (not precomputed log-probs)",
+    "rollouts_per_gpu": "PPO/GRPO: sequences this GPU generates per step (rollouts_per_step / dp)",
+    "prompt_len": "PPO/GRPO: prompt tokens per rollout", "response_len": "PPO/GRPO: generated tokens per rollout",
     "loss_saved": "bytes the objective saves per micro-batch after the last position-wise tensor (cross-entropy's "
     "fp32 total weight; the pairwise losses' per-pair terms)",
 }
@@ -238,17 +240,21 @@ quantised_bytes = define("bytes_quantised",
                          L * sum(n * (q_nf4 * _nf4_bytes(d_in * d_out) + q_int8 * (d_in * d_out + 4 * d_out))
                                  for n, d_in, d_out in _LINEARS),
                          "the quantised block linears as stored: codes and constants", "B")
-frozen_bytes = define("bytes_frozen",
-                      adapter * ((q_nf4 + q_int8) * quantised_bytes
-                                 + (base_params - (q_nf4 + q_int8) * quantised) * w_frozen),
-                      "the frozen base as stored: quantised block linears + the rest at w_frozen bytes", "B")
+stored_base = define("bytes_base_stored",
+                     (q_nf4 + q_int8) * quantised_bytes + (base_params - (q_nf4 + q_int8) * quantised) * w_frozen,
+                     "the base as a frozen model stores it: quantised block linears + the rest at w_frozen bytes",
+                     "B")
+frozen_bytes = define("bytes_frozen", adapter * stored_base,
+                      "the frozen base under an adapter (none when everything trains)", "B")
 define("bytes_per_quantised_weight", sp.Rational(1, 2) + (1 - dq) * sp.Rational(4, 64)
        + dq * (sp.Rational(1, 64) + sp.Rational(4, 64 * 256)),
        "NF4 storage per weight in bytes, the last block and per-tensor constants aside (×8: 4.5 or 4.127 bits)",
        "B")
-reference_bytes = define("bytes_reference",
-                         ref_copy * (adapter * (frozen_bytes + adapter_params * w_bytes)
-                                     + (1 - adapter) * base_params * w_bytes),
+policy_bytes = define("bytes_policy",
+                      adapter * (stored_base + adapter_params * w_bytes) + (1 - adapter) * base_params * w_bytes,
+                      "the trained model's weights as a forward reads them (the frozen base as stored + the "
+                      "adapter, or every weight at w_bytes): what generation reads per token", "B")
+reference_bytes = define("bytes_reference", ref_copy * policy_bytes,
                          "a frozen copy of the starting model as the reference (DPO, PPO, GRPO with reference: "
                          "copy)", "B")
 
@@ -286,8 +292,9 @@ frozen_bwd = define("flops_backward_frozen_per_token",
 ref_flops = define("flops_reference_per_token",
                    ref_fwd * (2 * (block_matmul + V * h) + L * 4 * a * d_h * ctx
                               + ref_copy * (2 * L * lora_layer + L * 4 * a * d_h * prefix * n_v)),
-                   "DPO's reference forward (the base alone under adapter_off; the whole start under copy)", "FLOP")
-train = define("flops_per_token_train", (1 - adapter) * 3 * fwd + adapter * (fwd + frozen_bwd) + ref_flops,
+                   "the reference's forward (the base alone under adapter_off; the whole start under copy): per "
+                   "training token for DPO, in scoring for PPO/GRPO", "FLOP")
+train = define("flops_per_token_train", (1 - adapter) * 3 * fwd + adapter * (fwd + frozen_bwd) + dpo * ref_flops,
                "model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) "
                "+ a reference forward (for MFU)", "FLOP")
 # Non-reentrant checkpointing stops recomputing once every saved tensor is back: a dense MLP's last matmul, whose
@@ -499,6 +506,34 @@ decode = define("decode_step", (inf_w + kv_all) / bw_hbm, "one decode step: read
 define("decode_tokens_per_second", bsz / decode, "generated tokens/s for the batch (bandwidth bound)", "tokens/s")
 define("prefill_seconds", bsz * ctx * fwd_ctx / (t * F_peak * eff),
        "process the prompts: forward FLOPs at this context over the GPUs' achieved peak", "s")
+
+# ---- post-training: RL phases -------------------------------------------------------------------------------
+group("Post-training: RL phases", "one PPO/GRPO step (Ouyang et al. 2022; Shao et al. 2024) generates the rollouts "
+      "(prefill compute-bound; each decoded token reads every weight and the KV cache so far, Pope et al. 2022), "
+      "then scores them and trains on them (the training formulas, per model); per GPU of data parallelism")
+n_roll, s_p, s_r = _s("rollouts_per_gpu prompt_len response_len", positive=True)
+kv_token_rl = 2 * L * k * d_h * e
+kv_rl = define("rl_kv_cache", n_roll * (s_p + s_r + prefix * n_v) * kv_token_rl,
+               "the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized; prefix "
+               "keys too), in the activation dtype", "B")
+rl_gather = define("rl_gathered_policy", z3 * (1 - 1 / dp) * policy_bytes,
+                   "ZeRO-3: the rest of the policy gathered whole for generation", "B")
+rl_logits = n_roll * V * 4
+define("rl_generation_buffers", kv_rl + rl_gather + rl_logits,
+       "generation's transients: KV cache, gathered weights, the next token's fp32 logits", "B")
+per_token = 2 * matmul + 2 * L * lora_layer
+prefill = define("rl_prefill_flops", n_roll * s_p * (per_token + 4 * a * d_h * L * ((s_p + 1) / 2 + prefix * n_v)),
+                 "the prompts' forward (each query sees the keys before it)", "FLOP")
+decode_flops = define("rl_decode_flops",
+                      n_roll * s_r * (per_token + 4 * a * d_h * L * (s_p + prefix * n_v + (s_r + 1) / 2)),
+                      "one token at a time for every rollout: token i attends to s_p + i keys", "FLOP")
+decode_bytes = define("rl_decode_bytes",
+                      s_r * policy_bytes + n_roll * kv_token_rl * (s_r * (s_p + prefix * n_v) + s_r * (s_r + 1) / 2),
+                      "bytes decode reads: every weight once per token, and the KV cache so far", "B")
+define("time_generation", prefill / (F_peak * eff) + sp.Max(decode_bytes / bw_hbm, decode_flops / (F_peak * eff))
+       + rl_gather / bw_dp,
+       "prefill at the achieved FLOP rate + decode at the slower of memory bandwidth and FLOPs (+ the ZeRO-3 "
+       "gather)", "s")
 
 # ---- compute-optimal sizing --------------------------------------------------------------------------------
 group("Compute-optimal sizing", "Hoffmann et al. 2022 (Chinchilla): C = 6ND, D ≈ 20N, and the approach-3 fit "

@@ -13,7 +13,7 @@ from typing import Any
 from llmspec.planner import numeric
 from llmspec.planner.regimes import KINDS, split_bytes_per_param
 from llmspec.spec import catalogue
-from llmspec.spec.post_training import sequences_per_example
+from llmspec.spec.post_training import RL_METHODS, WITH_REFERENCE, sequences_per_example
 from llmspec.spec.schema import ParallelismSpec, Spec
 
 # Achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
@@ -29,9 +29,13 @@ OFFLOAD_MODES: tuple[str, ...] = typing.get_args(ParallelismSpec.model_fields["o
 
 PARAMETER_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items()
                                if group in ("Parameters", "Post-training: parameters", "Post-training: frozen weights"))
-# Inference and compute-optimal sizing have inputs of their own (context, batch, compute); training plans skip them.
-OTHER_GROUPS = ("Inference", "Compute-optimal sizing")
+# Inference, compute-optimal sizing and RL phases have inputs of their own (context, batch, compute, rollouts);
+# training plans skip them.
+OTHER_GROUPS = ("Inference", "Compute-optimal sizing", "Post-training: RL phases")
 TRAINING_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group not in OTHER_GROUPS)
+RL_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group == "Post-training: RL phases")
+# the models of a post-training run that the planner evaluates apart: the trained one, and PPO's critic and reward
+ROLES = ("policy", "critic", "reward")
 
 
 def choose(condition: Any, yes: Any, no: Any) -> Any:
@@ -44,13 +48,15 @@ def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:
     return gpu.memory_bytes - int(spec.cluster.memory_reserve_gib * 2**30)
 
 
-def architecture_inputs(spec: Spec) -> dict[str, Any]:
-    """Formula inputs that describe the model and the batch (everything but the strategy and the stage)."""
+def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
+    """Formula inputs that describe the model and the batch (everything but the strategy and the stage); ``role``:
+    which model of a PPO run (ROLES) they describe."""
     mo, tr, par = spec.model, spec.training, spec.parallelism
     moe = mo.moe
     e = 4 if tr.precision == "fp32" else 2
     pairs = sequences_per_example(spec.post_training)
-    return {**post_training_inputs(spec, e),
+    seq = sequence_length(spec)
+    return {**post_training_inputs(spec, e, role),
         "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
         "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,
         "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
@@ -59,14 +65,14 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
         "fused_qkv": int(mo.fused_qkv), "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"),
         "dropout": int(mo.dropout > 0),
         # pairwise objectives (reward, dpo) run a chosen and a rejected sequence per example
-        "b": tr.micro_batch_size * pairs, "s": tr.seq_len, "B": tr.global_batch_size * pairs,
+        "b": tr.micro_batch_size * pairs, "s": seq, "B": tr.global_batch_size * pairs,
         "D": tr.total_tokens * pairs,
-        "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or tr.seq_len,
+        "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or seq,
         # CPU kernels keep LayerNorm statistics and dropout masks in the activation dtype; GPU kernels in
         # fp32 and bool.
         "e_stat": e if spec.cluster.device.name == "cpu" else 4,
         "e_mask": e if spec.cluster.device.name == "cpu" else 1,
-        "masked": int(mo.sliding_window is not None and mo.sliding_window < tr.seq_len),
+        "masked": int(mo.sliding_window is not None and mo.sliding_window < seq),
         "t": par.tensor, "sequence_parallel": int(par.sequence_parallel), "p": par.pipeline, "ep": par.expert,
         "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
         "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
@@ -82,8 +88,18 @@ def architecture_inputs(spec: Spec) -> dict[str, Any]:
 LOSS_SAVED_PER_PAIR = {"reward": 8, "sigmoid": 8, "ipo": 4, "hinge": 4}
 
 
-def post_training_inputs(spec: Spec, e: int) -> dict[str, Any]:
-    """Formula inputs of the post_training section (all zero for pretraining: nothing frozen, an LM head)."""
+def sequence_length(spec: Spec) -> int:
+    """Tokens per sequence: training.seq_len, or an RL run's prompt + response (what it generates and trains on)."""
+    post = spec.post_training
+    if post is not None and post.method in RL_METHODS:
+        return post.prompt_len + post.response_len
+    return spec.training.seq_len
+
+
+def post_training_inputs(spec: Spec, e: int, role: str = "policy") -> dict[str, Any]:
+    """Formula inputs of the post_training section (all zero for pretraining: nothing frozen, an LM head). PPO's
+    critic is trained as the policy is (same adapter and base storage) under a value head, without a reference;
+    its reward model is evaluated as a value-head model (only its stored bytes and forward are used)."""
     post, mo = spec.post_training, spec.model
     method = post.method if post is not None else "pretrain"
     adapter = post.adapter if post is not None else None
@@ -98,11 +114,11 @@ def post_training_inputs(spec: Spec, e: int) -> dict[str, Any]:
         "n_virtual": adapter.n_virtual if kind == "prefix" else 0,
         **{f"lora_{name.removesuffix('_proj')}": int(name in targets)
            for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")},
-        "value_head": int(method == "reward"), "dpo": int(method == "dpo"),
+        "value_head": int(method == "reward" or role != "policy"), "dpo": int(method == "dpo"),
         "nf4": int(base == "nf4"), "int8": int(base == "int8"), "double_quant": int(bool(post and post.double_quant)),
         "w_frozen": {"fp32": 4, "bf16": 2, "fp16": 2}.get(base, e),
-        "reference_copy": int(post is not None and post.reference == "copy"),
-        "reference_forward": int(method == "dpo" and post.reference != "precomputed"),
+        "reference_copy": int(post is not None and post.reference == "copy" and role == "policy"),
+        "reference_forward": int(method in WITH_REFERENCE and post.reference != "precomputed" and role == "policy"),
         "loss_saved": loss_saved,
     }
 

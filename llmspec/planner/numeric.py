@@ -140,9 +140,14 @@ def bytes_quantised(L, a, d_h, double_quant, f, fused_qkv, gated, h, int8, k, nf
     return L*(fused_qkv*(int8*(d_h*h*(a + 2*k) + 4*d_h*(a + 2*k)) + nf4*(double_quant*(_ceiling((1/64)*d_h*h*(a + 2*k)) + 4*_ceiling((1/256)*_ceiling((1/64)*d_h*h*(a + 2*k))) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*d_h*h*(a + 2*k)) + 32*_ceiling((1/64)*d_h*h*(a + 2*k)))) + gated*(int8*(f*h + 4*f) + nf4*(double_quant*(_ceiling((1/64)*f*h) + 4*_ceiling((1/256)*_ceiling((1/64)*f*h)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*f*h) + 32*_ceiling((1/64)*f*h))) + int8*(f*h + 4*f) + int8*(f*h + 4*h) + int8*(a*d_h*h + 4*h) + 2*nf4*(double_quant*(_ceiling((1/64)*f*h) + 4*_ceiling((1/256)*_ceiling((1/64)*f*h)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*f*h) + 32*_ceiling((1/64)*f*h)) + nf4*(double_quant*(_ceiling((1/64)*a*d_h*h) + 4*_ceiling((1/256)*_ceiling((1/64)*a*d_h*h)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*a*d_h*h) + 32*_ceiling((1/64)*a*d_h*h)) + (1 - fused_qkv)*(int8*(a*d_h*h + 4*a*d_h) + nf4*(double_quant*(_ceiling((1/64)*a*d_h*h) + 4*_ceiling((1/256)*_ceiling((1/64)*a*d_h*h)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*a*d_h*h) + 32*_ceiling((1/64)*a*d_h*h))) + (2 - 2*fused_qkv)*(int8*(d_h*h*k + 4*d_h*k) + nf4*(double_quant*(_ceiling((1/64)*d_h*h*k) + 4*_ceiling((1/256)*_ceiling((1/64)*d_h*h*k)) + 4) + (4 - 4*double_quant)*_ceiling((1/64)*d_h*h*k) + 32*_ceiling((1/64)*d_h*h*k))))
 
 
-def bytes_frozen(adapter, bytes_quantised, int8, nf4, params_base, params_quantised, w_frozen):
-    """the frozen base as stored: quantised block linears + the rest at w_frozen bytes [B]"""
-    return adapter*(bytes_quantised*(int8 + nf4) + w_frozen*(params_base - params_quantised*(int8 + nf4)))
+def bytes_base_stored(bytes_quantised, int8, nf4, params_base, params_quantised, w_frozen):
+    """the base as a frozen model stores it: quantised block linears + the rest at w_frozen bytes [B]"""
+    return bytes_quantised*(int8 + nf4) + w_frozen*(params_base - params_quantised*(int8 + nf4))
+
+
+def bytes_frozen(adapter, bytes_base_stored):
+    """the frozen base under an adapter (none when everything trains) [B]"""
+    return adapter*bytes_base_stored
 
 
 def bytes_per_quantised_weight(double_quant):
@@ -150,9 +155,14 @@ def bytes_per_quantised_weight(double_quant):
     return 9/16 - 191/4096*double_quant
 
 
-def bytes_reference(adapter, bytes_frozen, params_adapter, params_base, reference_copy, w_bytes):
+def bytes_policy(adapter, bytes_base_stored, params_adapter, params_base, w_bytes):
+    """the trained model's weights as a forward reads them (the frozen base as stored + the adapter, or every weight at w_bytes): what generation reads per token [B]"""
+    return adapter*(bytes_base_stored + params_adapter*w_bytes) + params_base*w_bytes*(1 - adapter)
+
+
+def bytes_reference(bytes_policy, reference_copy):
     """a frozen copy of the starting model as the reference (DPO, PPO, GRPO with reference: copy) [B]"""
-    return reference_copy*(adapter*(bytes_frozen + params_adapter*w_bytes) + params_base*w_bytes*(1 - adapter))
+    return bytes_policy*reference_copy
 
 
 def matmul_weights(E, K, L, V, a, d_h, f, gated, h, k, moe, value_head):
@@ -181,13 +191,13 @@ def flops_backward_frozen_per_token(L, V, a, attention_context, d_h, f, gated, h
 
 
 def flops_reference_per_token(E, K, L, V, a, attention_context, d_h, f, gated, h, k, moe, n_virtual, params_lora_layer, prefix, reference_copy, reference_forward):
-    """DPO's reference forward (the base alone under adapter_off; the whole start under copy) [FLOP]"""
+    """the reference's forward (the base alone under adapter_off; the whole start under copy): per training token for DPO, in scoring for PPO/GRPO [FLOP]"""
     return reference_forward*(4*L*a*attention_context*d_h + 2*L*(E*h*moe + K*f*h*(gated + 2) + a*d_h*h + d_h*h*(a + 2*k)) + 2*V*h + reference_copy*(4*L*a*d_h*n_virtual*prefix + 2*L*params_lora_layer))
 
 
-def flops_per_token_train(adapter, flops_backward_frozen_per_token, flops_per_token_forward, flops_reference_per_token):
+def flops_per_token_train(adapter, dpo, flops_backward_frozen_per_token, flops_per_token_forward, flops_reference_per_token):
     """model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) + a reference forward (for MFU) [FLOP]"""
-    return adapter*(flops_backward_frozen_per_token + flops_per_token_forward) + flops_per_token_forward*(3 - 3*adapter) + flops_reference_per_token
+    return adapter*(flops_backward_frozen_per_token + flops_per_token_forward) + dpo*flops_reference_per_token + flops_per_token_forward*(3 - 3*adapter)
 
 
 def flops_recompute_per_token(E, K, L, V, ck_full, ck_selective, dropout, f, flops_per_token_forward, gated, h, lora_down, lora_gate, lora_up, moe, r, value_head):
@@ -500,6 +510,41 @@ def prefill_seconds(F_fwd, F_peak, batch, context, eff, t):
     return F_fwd*batch*context/(F_peak*eff*t)
 
 
+def rl_kv_cache(L, d_h, e, k, n_virtual, prefix, prompt_len, response_len, rollouts_per_gpu):
+    """the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized; prefix keys too), in the activation dtype [B]"""
+    return 2*L*d_h*e*k*rollouts_per_gpu*(n_virtual*prefix + prompt_len + response_len)
+
+
+def rl_gathered_policy(bytes_policy, dp, zero3):
+    """ZeRO-3: the rest of the policy gathered whole for generation [B]"""
+    return bytes_policy*zero3*(1 - 1/dp)
+
+
+def rl_generation_buffers(V, rl_gathered_policy, rl_kv_cache, rollouts_per_gpu):
+    """generation's transients: KV cache, gathered weights, the next token's fp32 logits [B]"""
+    return 4*V*rollouts_per_gpu + rl_gathered_policy + rl_kv_cache
+
+
+def rl_prefill_flops(L, a, d_h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, rollouts_per_gpu):
+    """the prompts' forward (each query sees the keys before it) [FLOP]"""
+    return prompt_len*rollouts_per_gpu*(4*L*a*d_h*(n_virtual*prefix + (1/2)*prompt_len + 1/2) + 2*L*params_lora_layer + 2*matmul_weights)
+
+
+def rl_decode_flops(L, a, d_h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, response_len, rollouts_per_gpu):
+    """one token at a time for every rollout: token i attends to s_p + i keys [FLOP]"""
+    return response_len*rollouts_per_gpu*(4*L*a*d_h*(n_virtual*prefix + prompt_len + (1/2)*response_len + 1/2) + 2*L*params_lora_layer + 2*matmul_weights)
+
+
+def rl_decode_bytes(L, bytes_policy, d_h, e, k, n_virtual, prefix, prompt_len, response_len, rollouts_per_gpu):
+    """bytes decode reads: every weight once per token, and the KV cache so far [B]"""
+    return 2*L*d_h*e*k*rollouts_per_gpu*((1/2)*response_len*(response_len + 1) + response_len*(n_virtual*prefix + prompt_len)) + bytes_policy*response_len
+
+
+def time_generation(F_peak, bw_dp, eff, hbm_bandwidth, rl_decode_bytes, rl_decode_flops, rl_gathered_policy, rl_prefill_flops):
+    """prefill at the achieved FLOP rate + decode at the slower of memory bandwidth and FLOPs (+ the ZeRO-3 gather) [s]"""
+    return _max(rl_decode_bytes/hbm_bandwidth, rl_decode_flops/(F_peak*eff)) + rl_gathered_policy/bw_dp + rl_prefill_flops/(F_peak*eff)
+
+
 def optimal_params_20x(compute):
     """parameters with D = 20 N and C = 6 N D [params]"""
     return (1/60)*(30)**0.5*(compute)**0.5
@@ -562,16 +607,18 @@ ARGUMENTS = {
     'params_frozen': ('adapter', 'params_base'),
     'params_quantised': ('L', 'a', 'd_h', 'f', 'fused_qkv', 'gated', 'h', 'k'),
     'bytes_quantised': ('L', 'a', 'd_h', 'double_quant', 'f', 'fused_qkv', 'gated', 'h', 'int8', 'k', 'nf4'),
-    'bytes_frozen': ('adapter', 'bytes_quantised', 'int8', 'nf4', 'params_base', 'params_quantised', 'w_frozen'),
+    'bytes_base_stored': ('bytes_quantised', 'int8', 'nf4', 'params_base', 'params_quantised', 'w_frozen'),
+    'bytes_frozen': ('adapter', 'bytes_base_stored'),
     'bytes_per_quantised_weight': ('double_quant',),
-    'bytes_reference': ('adapter', 'bytes_frozen', 'params_adapter', 'params_base', 'reference_copy', 'w_bytes'),
+    'bytes_policy': ('adapter', 'bytes_base_stored', 'params_adapter', 'params_base', 'w_bytes'),
+    'bytes_reference': ('bytes_policy', 'reference_copy'),
     'matmul_weights': ('E', 'K', 'L', 'V', 'a', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'value_head'),
     'attention_context': ('causal', 's', 'window'),
     'flops_attention_per_token': ('L', 'a', 'attention_context', 'd_h', 'n_virtual', 'prefix'),
     'flops_per_token_forward': ('L', 'flops_attention_per_token', 'matmul_weights', 'params_lora_layer'),
     'flops_backward_frozen_per_token': ('L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'n_virtual', 'prefix', 'r', 'value_head'),
     'flops_reference_per_token': ('E', 'K', 'L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'n_virtual', 'params_lora_layer', 'prefix', 'reference_copy', 'reference_forward'),
-    'flops_per_token_train': ('adapter', 'flops_backward_frozen_per_token', 'flops_per_token_forward', 'flops_reference_per_token'),
+    'flops_per_token_train': ('adapter', 'dpo', 'flops_backward_frozen_per_token', 'flops_per_token_forward', 'flops_reference_per_token'),
     'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_per_token_forward', 'gated', 'h', 'lora_down', 'lora_gate', 'lora_up', 'moe', 'r', 'value_head'),
     'flops_per_token_hardware': ('flops_per_token_train', 'flops_recompute_per_token'),
     'flops_per_step': ('B', 'flops_per_token_train', 's'),
@@ -634,6 +681,13 @@ ARGUMENTS = {
     'decode_step': ('hbm_bandwidth', 'inference_weights', 'kv_cache'),
     'decode_tokens_per_second': ('batch', 'decode_step'),
     'prefill_seconds': ('F_fwd', 'F_peak', 'batch', 'context', 'eff', 't'),
+    'rl_kv_cache': ('L', 'd_h', 'e', 'k', 'n_virtual', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu'),
+    'rl_gathered_policy': ('bytes_policy', 'dp', 'zero3'),
+    'rl_generation_buffers': ('V', 'rl_gathered_policy', 'rl_kv_cache', 'rollouts_per_gpu'),
+    'rl_prefill_flops': ('L', 'a', 'd_h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'rollouts_per_gpu'),
+    'rl_decode_flops': ('L', 'a', 'd_h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu'),
+    'rl_decode_bytes': ('L', 'bytes_policy', 'd_h', 'e', 'k', 'n_virtual', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu'),
+    'time_generation': ('F_peak', 'bw_dp', 'eff', 'hbm_bandwidth', 'rl_decode_bytes', 'rl_decode_flops', 'rl_gathered_policy', 'rl_prefill_flops'),
     'optimal_params_20x': ('compute',),
     'optimal_tokens_20x': ('optimal_params_20x',),
     'optimal_params_chinchilla': ('compute',),
@@ -724,6 +778,7 @@ Name = Literal[
     'prefetch_bucket',
     'prefix',
     'price',
+    'prompt_len',
     'psi',
     'qkv_bias',
     'r',
@@ -731,6 +786,8 @@ Name = Literal[
     'reference_copy',
     'reference_forward',
     'relu',
+    'response_len',
+    'rollouts_per_gpu',
     'rope',
     's',
     'sequence_parallel',
@@ -769,8 +826,10 @@ Name = Literal[
     'params_frozen',
     'params_quantised',
     'bytes_quantised',
+    'bytes_base_stored',
     'bytes_frozen',
     'bytes_per_quantised_weight',
+    'bytes_policy',
     'bytes_reference',
     'matmul_weights',
     'attention_context',
@@ -841,6 +900,13 @@ Name = Literal[
     'decode_step',
     'decode_tokens_per_second',
     'prefill_seconds',
+    'rl_kv_cache',
+    'rl_gathered_policy',
+    'rl_generation_buffers',
+    'rl_prefill_flops',
+    'rl_decode_flops',
+    'rl_decode_bytes',
+    'time_generation',
     'optimal_params_20x',
     'optimal_tokens_20x',
     'optimal_params_chinchilla',
@@ -850,7 +916,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'psi', 'qkv_bias', 'r', 'reduce_bucket', 'reference_copy', 'reference_forward', 'relu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'reduce_bucket', 'reference_copy', 'reference_forward', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -875,8 +941,10 @@ GROUPS = {
     'params_frozen': 'Post-training: parameters',
     'params_quantised': 'Post-training: frozen weights',
     'bytes_quantised': 'Post-training: frozen weights',
+    'bytes_base_stored': 'Post-training: frozen weights',
     'bytes_frozen': 'Post-training: frozen weights',
     'bytes_per_quantised_weight': 'Post-training: frozen weights',
+    'bytes_policy': 'Post-training: frozen weights',
     'bytes_reference': 'Post-training: frozen weights',
     'matmul_weights': 'FLOPs',
     'attention_context': 'FLOPs',
@@ -947,6 +1015,13 @@ GROUPS = {
     'decode_step': 'Inference',
     'decode_tokens_per_second': 'Inference',
     'prefill_seconds': 'Inference',
+    'rl_kv_cache': 'Post-training: RL phases',
+    'rl_gathered_policy': 'Post-training: RL phases',
+    'rl_generation_buffers': 'Post-training: RL phases',
+    'rl_prefill_flops': 'Post-training: RL phases',
+    'rl_decode_flops': 'Post-training: RL phases',
+    'rl_decode_bytes': 'Post-training: RL phases',
+    'time_generation': 'Post-training: RL phases',
     'optimal_params_20x': 'Compute-optimal sizing',
     'optimal_tokens_20x': 'Compute-optimal sizing',
     'optimal_params_chinchilla': 'Compute-optimal sizing',

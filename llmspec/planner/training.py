@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from llmspec.errors import LLMSpecError
-from llmspec.planner import numeric
+from llmspec.planner import numeric, rl_phases
 from llmspec.planner.inputs import (
     CHECKPOINTING,
     DEFAULT_EFFICIENCY,
@@ -26,6 +25,7 @@ from llmspec.planner.inputs import (
     usable_memory,
 )
 from llmspec.planner.regimes import bytes_per_param
+from llmspec.spec.loading import auxiliary_model
 from llmspec.spec.post_training import RL_METHODS
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
@@ -131,6 +131,18 @@ class Plan:
         }
 
     @property
+    def tokens_per_step(self) -> int:
+        """Tokens a step trains on: the global batch, or a PPO/GRPO step's rollouts (prompt + response)."""
+        post = self.spec.post_training
+        if self.phases:
+            return post.rollouts_per_step * (post.prompt_len + post.response_len)
+        return self.spec.training.tokens_per_step
+
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens_per_step * self.spec.training.steps if self.phases else self.spec.training.total_tokens
+
+    @property
     def fits(self) -> bool:
         return self.memory["peak"] <= self.usable_memory
 
@@ -140,20 +152,27 @@ class Plan:
         post, e = self.spec.post_training, self.env
         if post is None:
             return []
-        trained = {"role": "reward" if post.value_model else "policy",
-                   "params": int(e["params_trainable"] + e["params_frozen"]),
-                   "trainable": int(e["params_trainable"]),
-                   "bytes_per_gpu": _bytes(e["memory_weights"] + e["memory_gradients"] + e["memory_optimizer"]
-                                           + e["memory_frozen_base"])}
+        if "rl_models" in e:  # policy, critic, reward: each model's own bytes
+            trained, *others = e["rl_models"]
+        else:
+            trained, others = rl_phases.model_entry("reward" if post.value_model else "policy", e), []
         out = [trained]
         if post.reference == "copy":
             out.append({"role": "reference", "params": trained["params"], "trainable": 0,
                         "bytes_per_gpu": _bytes(e["memory_reference"])})
-        return out
+        return out + others
+
+    @property
+    def phases(self) -> dict[str, dict[str, float]]:
+        """PPO/GRPO: memory per GPU (bytes) and seconds of each phase of a step; empty for other runs."""
+        return {name: {"memory": _bytes(phase["memory"]), "seconds": float(phase["seconds"])}
+                for name, phase in self.env.get("rl_phases", {}).items()}
 
     def to_json(self) -> dict[str, Any]:
         spec = self.spec
         post = {} if spec.post_training is None else {"models": self.models}
+        if self.phases:
+            post["phases"] = self.phases
         return {**post,
             "name": spec.name,
             "params": self.params,
@@ -228,7 +247,33 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     return numeric.evaluate(env, TRAINING_FORMULAS)
 
 
-def _peak_stage(spec: Spec, base: dict[str, Any], strategy: Strategy) -> tuple[str, dict[str, Any]]:
+def _rl_models(spec: Spec) -> dict[str, tuple[Spec, dict[str, Any]]]:
+    """PPO/GRPO: the other models of a step by role (critic, reward), each as a spec with that architecture and
+    its parameter formulas; empty for every other run."""
+    post = spec.post_training
+    if post is None or post.method not in RL_METHODS:
+        return {}
+    out = {}
+    for role, name, needed in (("critic", "critic_model", post.method == "ppo"),
+                               ("reward", "reward_model", post.method == "ppo" or post.reward_model is not None)):
+        if not needed:
+            continue
+        source = getattr(post, name)
+        model = spec.model if source is None else auxiliary_model(source, f"post_training.{name}")
+        role_spec = spec.model_copy(update={"model": model})
+        inputs = {**architecture_inputs(role_spec, role), **device_inputs(role_spec)}
+        out[role] = (role_spec, numeric.evaluate(inputs, PARAMETER_FORMULAS))
+    return out
+
+
+def _peak_stage(spec: Spec, base: dict[str, Any], strategy: Strategy,
+                others: dict[str, tuple[Spec, dict[str, Any]]] | None = None) -> tuple[str, dict[str, Any]]:
+    if spec.post_training is not None and spec.post_training.method in RL_METHODS:
+        envs = {role: _evaluate(role_spec, role_base, strategy, "only")
+                for role, (role_spec, role_base) in (others or {}).items()}
+        policy = _evaluate(spec, base, strategy, "only")
+        return "only", rl_phases.step(spec, policy, envs.get("critic"), envs.get("reward"),
+                                      spec.cluster.device.hbm_bandwidth)
     if spec.parallelism.pipeline == 1:
         return "only", _evaluate(spec, base, strategy, "only")
     # an uneven split can make the second stage (the first without the embedding) the fullest
@@ -261,14 +306,11 @@ def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[i
 
 def plan(spec: Spec, alternatives: bool = True) -> Plan:
     """Plan a spec: the chosen strategy in full, and (by default) every alternative strategy's peak and time."""
-    post = spec.post_training
-    if post is not None and post.method in RL_METHODS:
-        raise LLMSpecError(f"post_training.method {post.method}: its phases (generation, scoring, training) are not "
-                           "planned yet; sft, reward and dpo are")
     par = spec.parallelism
     base = numeric.evaluate({**architecture_inputs(spec), **device_inputs(spec)}, PARAMETER_FORMULAS)
+    others = _rl_models(spec)
     chosen = Strategy(par.zero_stage, par.activation_checkpointing, par.offload_optimizer, par.offload_params)
-    stage, env = _peak_stage(spec, base, chosen)
+    stage, env = _peak_stage(spec, base, chosen, others)
     host, nvme, host_deepspeed = _host_memory(spec, env, chosen)
     gpu = spec.cluster.device
     usable = usable_memory(gpu, spec)
@@ -276,7 +318,7 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
                   base["eff"])
     if alternatives:
         for strategy in strategies(spec):
-            _, alt = _peak_stage(spec, base, strategy) if strategy != chosen else (stage, env)
+            _, alt = _peak_stage(spec, base, strategy, others) if strategy != chosen else (stage, env)
             memory = memory_breakdown(alt)
             result.alternatives.append(Alternative(strategy, memory, memory["peak"] <= usable, alt["time_step"],
                                                    alt["time_total"], alt["cost"], strategy == chosen))

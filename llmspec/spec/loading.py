@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmspec.errors import ConsistencyError, Problem, SpecError
-from llmspec.spec.schema import Spec
+from llmspec.spec.schema import ModelSpec, Spec
 
 SET_SOURCE = "--set"
 
@@ -238,3 +238,18 @@ def dump_spec(spec: Spec, editable: bool = False) -> str:
         data["parallelism"].pop("data_parallel", None)
         data["training"].pop("gradient_accumulation_steps", None)
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def auxiliary_model(source: str, where: str) -> ModelSpec:
+    """The architecture a spec field names (``post_training.reward_model`` or ``critic_model``): a run directory
+    (its spec.yaml), a spec path or a named spec. A problem is reported against ``where``."""
+    run_spec = Path(source) / "spec.yaml"
+    try:
+        if run_spec.is_file():
+            return parse_spec(run_spec.read_text(encoding="utf-8"), source=str(run_spec)).model
+        return load_spec(source).model
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError([Problem(where, f"cannot read {run_spec}: {err}")]) from None
+    except SpecError as err:
+        first = err.problems[0]
+        raise SpecError([Problem(where, f"{source}: {first.message}")]) from None

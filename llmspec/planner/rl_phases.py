@@ -1,0 +1,112 @@
+"""A PPO or GRPO step by phase: generation, scoring, training — per-GPU memory and seconds of each, and the peak.
+
+A step of an RL run is one batch of ``post_training.rollouts_per_step`` sequences (prompt + response), split over
+the data-parallel GPUs. Every model stays resident for the whole step, as TRL and DeepSpeed-Chat hold them: the
+policy (and its reference copy), PPO's critic (trained as the policy is, under a value head) and the reward model
+(frozen; PPO's default is the policy's architecture, GRPO's a verifier with no model). Then:
+
+- generation: the policy decodes every rollout (the "Post-training: RL phases" formulas: KV cache, decode reading
+  every weight per token, ZeRO-3 gathering the policy whole);
+- scoring: no-grad forwards of policy (old log-probs), reference, reward model and critic over every rollout token,
+  ``micro_batch_size`` sequences at a time (their logits and fp32 log-softmax are the transient);
+- training: ``epochs`` passes of ``rollouts_per_step / global_batch_size`` optimizer steps of the policy, then the
+  critic — each the training formulas' step, so ZeRO, checkpointing and offload apply as for any training run.
+
+The peak over the phases is ``memory.peak``; the step's seconds are the phases' sum.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from llmspec.planner import numeric
+from llmspec.planner.inputs import RL_FORMULAS
+from llmspec.spec.schema import Spec
+
+PHASES = ("generation", "scoring", "training")
+
+
+def step(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None, reward: dict[str, Any] | None,
+         hbm_bandwidth: float) -> dict[str, Any]:
+    """The policy's env with the step's memory, FLOPs and time replaced by the RL step's, and ``phases`` added.
+
+    ``policy``, ``critic`` and ``reward`` are the training formulas evaluated for each model (critic and reward
+    absent where the method has none)."""
+    post, tr, dp = spec.post_training, spec.training, spec.parallelism.data_parallel
+    assert post is not None and post.rollouts_per_step is not None and post.epochs is not None
+    env = numeric.evaluate({**policy, "rollouts_per_gpu": Fraction(post.rollouts_per_step, dp),
+                            "prompt_len": post.prompt_len, "response_len": post.response_len,
+                            "hbm_bandwidth": hbm_bandwidth}, RL_FORMULAS)
+    trained = [m for m in (policy, critic) if m is not None]
+    # a frozen model is replicated under ZeRO 0-2 and partitioned under ZeRO-3, like the policy's frozen base
+    held = 1 + policy["zero3"] * (dp - 1)
+    reward_bytes = Fraction(0) if reward is None else (
+        reward["bytes_base_stored"] + reward["h"] * reward["w_frozen"]) / held
+    states = {kind: sum(m[f"memory_{kind}"] for m in trained) for kind in ("weights", "gradients", "optimizer",
+                                                                           "gathered", "frozen")}
+    states["frozen"] += reward_bytes
+    resident = sum(m["memory_model_states"] for m in trained) + reward_bytes
+
+    tokens_per_gpu = Fraction(post.rollouts_per_step, dp) * policy["s"]
+    rate = policy["F_peak"] * policy["eff"]
+    forwards = [policy["flops_per_token_forward"], policy["flops_reference_per_token"]] + [
+        m["flops_per_token_forward"] for m in (critic, reward) if m is not None]
+    scoring_flops = tokens_per_gpu * sum(forwards)
+    # micro-batches of no-grad forwards: an LM's logits and their fp32 log-softmax are the largest transient
+    scoring_buffer = tr.micro_batch_size * policy["s"] * policy["V"] * (policy["e"] + 4)
+
+    optimizer_steps = Fraction(post.rollouts_per_step, tr.global_batch_size) * post.epochs
+    training_seconds = optimizer_steps * sum(m["time_step"] for m in trained)
+    busiest = max(trained, key=lambda m: m["memory_activations"] + m["memory_buffers"])
+    phases = {
+        "generation": (resident + env["rl_generation_buffers"], env["time_generation"], 0,
+                       env["rl_generation_buffers"]),
+        "scoring": (resident + scoring_buffer, scoring_flops / rate, 0, scoring_buffer),
+        "training": (resident + busiest["memory_activations"] + busiest["memory_buffers"], training_seconds,
+                     busiest["memory_activations"], busiest["memory_buffers"]),
+    }
+    peak_phase = max(PHASES, key=lambda name: phases[name][0])
+    seconds = sum(phases[name][1] for name in PHASES)
+    flops = (dp * (env["rl_prefill_flops"] + env["rl_decode_flops"]) + dp * scoring_flops
+             + optimizer_steps * sum(m["flops_per_step"] for m in trained))
+    hardware = flops + optimizer_steps * sum(
+        (m["flops_per_token_hardware"] - m["flops_per_token_train"]) * m["B"] * m["s"] for m in trained)
+    n_gpu, steps = policy["n_gpu"], policy["steps"]
+    env.update({f"memory_{kind}": value for kind, value in states.items()})
+    env.update({
+        "memory_model_states": int(resident), "memory_activations": phases[peak_phase][2],
+        "memory_buffers": phases[peak_phase][3], "memory_peak": phases[peak_phase][0],
+        "flops_per_step": flops, "flops_total": flops * steps,
+        "time_step": seconds, "tokens_per_second": post.rollouts_per_step * policy["s"] / seconds,
+        "time_total": steps * seconds, "gpu_hours": steps * seconds * n_gpu / 3600,
+        "mfu": flops / (seconds * n_gpu * policy["F_peak"]),
+        "hfu": hardware / (seconds * n_gpu * policy["F_peak"]),
+        "rl_phases": {name: {"memory": phases[name][0], "seconds": phases[name][1]} for name in PHASES},
+        "rl_peak_phase": peak_phase, "rl_policy": policy,
+        "rl_models": _other_models(policy, critic, reward, reward_bytes),
+    })
+    env["cost"] = env["gpu_hours"] * policy["price"]
+    return env
+
+
+def model_entry(role: str, env: dict[str, Any]) -> dict[str, Any]:
+    """plan --json ``models`` entry of a trained model: parameters, trainable ones, its bytes on one GPU."""
+    return {"role": role, "params": int(env["params_trainable"] + env["params_frozen"]),
+            "trainable": int(env["params_trainable"]),
+            "bytes_per_gpu": _ceil(env["memory_weights"] + env["memory_gradients"] + env["memory_optimizer"]
+                                   + env["memory_frozen_base"])}
+
+
+def _other_models(policy: dict[str, Any], critic: dict[str, Any] | None, reward: dict[str, Any] | None,
+                  reward_bytes: Fraction) -> list[dict[str, Any]]:
+    """plan --json ``models`` entries of the policy, the critic and the reward model (the reference apart)."""
+    out = [model_entry("policy", policy)] + ([model_entry("critic", critic)] if critic is not None else [])
+    if reward is not None:
+        out.append({"role": "reward", "params": int(reward["params_base"] + reward["h"]), "trainable": 0,
+                    "bytes_per_gpu": _ceil(reward_bytes)})
+    return out
+
+
+def _ceil(value: Any) -> int:
+    return -int(-value // 1)
