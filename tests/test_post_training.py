@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmspec.compile.loading import model_module
-from llmspec.errors import LLMSpecError, SpecError
+from llmspec.errors import SpecError
 from llmspec.planner.regimes import bytes_per_param
 from llmspec.planner.training import plan
 from llmspec.spec.loading import load_spec
@@ -209,10 +209,3 @@ def test_dpo_loss_equals_the_published_formula():
     assert torch.allclose(module.dpo_loss(pc, pr, rc, rr, beta=0.1), -torch.log(torch.sigmoid(0.1 * margin)))
     assert torch.allclose(module.dpo_loss(pc, pr, rc, rr, beta=0.1, kind="ipo"), (margin - 5.0) ** 2)
     assert torch.allclose(module.dpo_loss(pc, pr, rc, rr, beta=0.1, kind="hinge"), torch.relu(1 - 0.1 * margin))
-
-
-def test_size_refuses_a_fine_tune_it_would_misplan():
-    from llmspec.planner.layout_search import search
-
-    with pytest.raises(LLMSpecError, match="post_training specs are not searched yet"):
-        search(load_spec("llama2-7b-lora"))

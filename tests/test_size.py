@@ -174,3 +174,36 @@ def test_compute_optimal_write_gives_a_spec_that_fits(tmp_path, compute):
     result = CliRunner().invoke(app, ["size", "--compute", compute, "--write", str(out)])
     assert result.exit_code == 0, result.output
     assert plan(load_spec(out), alternatives=False).fits
+
+
+# ---- fine-tunes: the frozen base, pairs and the base's storage are searched as plan plans them ----------------
+
+BF16_BASE = ["post_training.base_precision=bf16", "post_training.double_quant=false"]
+
+
+@pytest.mark.parametrize("name, sets", [
+    ("llama3-70b-qlora", BF16_BASE),  # which storage and GPU does a 70B LoRA need?
+    ("llama2-7b-dpo", []),  # pairs: two sequences per example
+    ("llama2-7b", ["post_training.method=sft", "training.global_batch_size=64", "cluster.nodes=1"]),  # full fine-tuning
+])
+def test_every_fine_tune_frontier_layout_replans_identically(name, sets):
+    result = search(load_spec(name, sets), max_gpus=16)
+    assert result.frontier
+    for item in result.frontier:
+        planned = plan(load_spec(name, [*sets, *item.sets()]), alternatives=False)
+        assert planned.fits
+        assert planned.memory["peak"] == pytest.approx(item.peak_memory, rel=1e-9)
+        assert planned.time["total_seconds"] == pytest.approx(item.seconds, rel=1e-9)
+        assert planned.spec.post_training.base_precision == item.base_precision
+
+
+def test_a_70b_lora_fits_one_small_gpu_only_quantised():
+    result = search(load_spec("llama3-70b-qlora", BF16_BASE), ["A100-80GB"], max_gpus=1)
+    assert result.frontier and {item.base_precision for item in result.frontier} == {"nf4"}  # 131 GiB in bf16
+    assert search(load_spec("llama3-70b-qlora", BF16_BASE), ["A100-80GB"],
+                  max_gpus=8).best.base_precision == "bf16"  # on a node, ZeRO-3 shards the bf16 base: no need
+
+
+def test_rl_specs_are_refused_by_the_search_with_the_reason():
+    with pytest.raises(LLMSpecError, match="ppo specs are not searched yet"):
+        search(load_spec("llama2-7b-ppo"))

@@ -216,12 +216,15 @@ def render_size(result, spec, console: Console) -> None:
                       "GPU types with --gpu")
         return
     # 80 columns: compact cells, one space between columns; the command to reproduce is one --set per line
+    # a fine-tune is data-parallel only: its column says how the frozen base is stored instead of the split
+    fine_tune = spec.post_training is not None
     table = Table(box=None, padding=(0, 1, 0, 0), header_style="bold")
-    for column in ("GPU", "GPUs", "TP×PP×DP", "ZeRO", "micro", "ckpt", "offload", "peak", "days", "GPU-h", "cost"):
+    for column in ("GPU", "GPUs", "base" if fine_tune else "TP×PP×DP", "ZeRO", "micro", "ckpt", "offload", "peak",
+                   "days", "GPU-h", "cost"):
         table.add_column(column, justify="left" if column in ("GPU", "ckpt", "offload") else "right", no_wrap=True)
     for x in result.frontier:
         offload = "opt+par" if x.offload_params != "none" else ("opt" if x.offload_optimizer != "none" else "-")
-        layout = f"{x.tensor}×{x.pipeline}×{x.gpus // (x.tensor * x.pipeline)}"
+        layout = x.base_precision if fine_tune else f"{x.tensor}×{x.pipeline}×{x.gpus // (x.tensor * x.pipeline)}"
         table.add_row(x.gpu, f"{x.gpus:,}", layout, str(x.zero_stage), str(x.micro_batch_size),
                       x.activation_checkpointing, offload, f"{x.peak_memory / 2**30:.1f} GiB",
                       f"{x.seconds / 86400:,.1f}", fmt_count(x.gpu_hours), fmt_money(x.cost) +

@@ -29,6 +29,7 @@ from llmspec.planner.inputs import (
     usable_memory,
 )
 from llmspec.spec import catalogue
+from llmspec.spec.post_training import RL_METHODS, sequences_per_example
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
 
@@ -36,6 +37,8 @@ from llmspec.spec.schema import Spec
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_GPUS = ("H100-SXM", "A100-80GB", "H200")
+# a fine-tune asks "which GPU do I need": consumer and inference cards too
+FINE_TUNE_GPUS = ("RTX-4090", "L4", "A100-40GB", "A100-80GB", "H100-SXM", "H200")
 NODE = 8  # GPUs per node in searched clusters; tensor parallelism stays within a node
 
 
@@ -50,6 +53,7 @@ class Layout:
     activation_checkpointing: str
     offload_optimizer: str
     offload_params: str
+    base_precision: str | None  # post-training: how the frozen base is stored (None: pretraining)
     peak_memory: float
     seconds: float
     gpu_hours: float
@@ -70,7 +74,8 @@ class Layout:
                 f"parallelism.activation_checkpointing={self.activation_checkpointing}",
                 f"parallelism.offload_optimizer={self.offload_optimizer}",
                 f"parallelism.offload_params={self.offload_params}",
-                f"training.micro_batch_size={self.micro_batch_size}"]
+                f"training.micro_batch_size={self.micro_batch_size}"] + (
+            [f"post_training.base_precision={self.base_precision}"] if self.base_precision else [])
 
     def to_json(self) -> dict[str, Any]:
         return {"sets": self.sets(), "gpu": self.gpu, "gpus": self.gpus, "tensor": self.tensor,
@@ -78,7 +83,8 @@ class Layout:
                 "zero_stage": self.zero_stage, "micro_batch_size": self.micro_batch_size,
                 "activation_checkpointing": self.activation_checkpointing,
                 "offload_optimizer": self.offload_optimizer, "offload_params": self.offload_params,
-                "days": self.seconds / 86400, "gpu_hours": self.gpu_hours, "cost": self.cost,
+                "base_precision": self.base_precision, "days": self.seconds / 86400, "gpu_hours": self.gpu_hours,
+                "cost": self.cost,
                 "peak_memory": self.peak_memory}
 
 
@@ -109,8 +115,11 @@ def gpu_counts(max_gpus: int) -> list[int]:
 def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     """Every combination that passes the divisibility rules of llmspec/spec/rules.py, as columns (numpy masks)."""
     mo, tr = spec.model, spec.training
-    pipelines = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= mo.n_layers]
-    axes = (gpu_counts(max_gpus), (1, 2, 4, 8), pipelines, range(4), MICRO_BATCHES, range(len(CHECKPOINTING)),
+    # post-training is planned over data parallelism only (llmspec/spec/rules.py)
+    fine_tune = spec.post_training is not None
+    pipelines = [1] if fine_tune else [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= mo.n_layers]
+    tensors = (1,) if fine_tune else (1, 2, 4, 8)
+    axes = (gpu_counts(max_gpus), tensors, pipelines, range(4), MICRO_BATCHES, range(len(CHECKPOINTING)),
             range(len(OFFLOADS)))
     n, t, p, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes], indexing="ij"))
     ok = (n % (t * p) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, NODE))
@@ -138,12 +147,15 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
     cpu = OFFLOAD_MODES.index("cpu")
     common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p),
               **strategy_inputs(spec, z, ck, (off >= 1) * cpu, (off == 2) * cpu, dp),
-              "b": mb, "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n, "nodes": nodes, "gpus_per_node": per_node,
+              "b": mb * sequences_per_example(spec.post_training), "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n,
+              "nodes": nodes, "gpus_per_node": per_node,
               "L_here": layers, "P_L": largest_module(base, t)}
     single = p == 1
 
     def stage(first: np.ndarray, last: np.ndarray, inflight: np.ndarray) -> dict[str, np.ndarray]:
-        held = stage_params(base, first, last, layers, t)
+        # a fine-tune shards what trains; its frozen weights are formulas of their own (memory_frozen)
+        held = base["params_trainable"] * np.ones_like(p) if spec.post_training is not None else \
+            stage_params(base, first, last, layers, t)
         env = {**common, "first_stage": first, "last_stage": last, "inflight": inflight, "psi": held}
         return numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
 
@@ -158,11 +170,11 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
            budget: float | None = None, objective: str = "time") -> SizeResult:
     if objective not in ("time", "cost"):
         raise LLMSpecError(f"--objective {objective}: expected time or cost")
-    if spec.post_training is not None:
-        # the search scores every parameter as trainable and one sequence per example: wrong for a fine-tune
-        raise LLMSpecError(f"{spec.name}: post_training specs are not searched yet (frozen weights, pairs); "
+    post = spec.post_training
+    if post is not None and post.method in RL_METHODS:
+        raise LLMSpecError(f"{spec.name}: {post.method} specs are not searched yet (a step has three phases); "
                            "`llmspec plan` plans them and lists each ZeRO/checkpointing/offload alternative")
-    names = gpus or list(DEFAULT_GPUS)
+    names = gpus or list(FINE_TUNE_GPUS if post is not None else DEFAULT_GPUS)
     devices = []
     for name in names:
         gpu = catalogue.lookup(name)
@@ -174,25 +186,40 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
         raise LLMSpecError(f"--gpu: none of {', '.join(names)} supports {spec.training.precision}")
     grid = _grid(spec, max_gpus)
     evaluated, tables = 0, []
-    for gpu in devices:
-        scores = evaluate_layouts(spec, gpu, grid)
-        usable = usable_memory(gpu, spec)
-        ok = scores["memory_peak"] <= usable
-        if deadline_days is not None:
-            ok &= scores["time_total"] <= deadline_days * 86400
-        if budget is not None:
-            ok &= scores["cost"] <= budget
-        evaluated += len(ok)
-        tables.append((gpu, {k: v[ok] for k, v in grid.items()}, {k: v[ok] for k, v in scores.items()}))
-    layouts = [_layout(gpu, g, s, i) for gpu, g, s in tables for i in _pareto(s["time_total"], s["cost"])]
+    for variant, storage in _storages(spec):
+        for gpu in devices:
+            scores = evaluate_layouts(variant, gpu, grid)
+            usable = usable_memory(gpu, spec)
+            ok = scores["memory_peak"] <= usable
+            if deadline_days is not None:
+                ok &= scores["time_total"] <= deadline_days * 86400
+            if budget is not None:
+                ok &= scores["cost"] <= budget
+            evaluated += len(ok)
+            tables.append((gpu, storage, {k: v[ok] for k, v in grid.items()}, {k: v[ok] for k, v in scores.items()}))
+    layouts = [_layout(gpu, storage, g, s, i) for gpu, storage, g, s in tables
+               for i in _pareto(s["time_total"], s["cost"])]
     frontier = [layouts[i] for i in _pareto(np.array([x.seconds for x in layouts]),
                                             np.array([x.cost for x in layouts]))] if layouts else []
     frontier.sort(key=lambda x: (x.seconds, x.cost))
     key = (lambda x: (x.seconds, x.cost)) if objective == "time" else (lambda x: (x.cost, x.seconds))
-    points = {"days": np.concatenate([s["time_total"] / 86400 for _, _, s in tables]),
-              "cost": np.concatenate([s["cost"] for _, _, s in tables])}
-    return SizeResult(evaluated, int(sum(len(s["cost"]) for _, _, s in tables)), frontier,
+    points = {"days": np.concatenate([s["time_total"] / 86400 for *_, s in tables]),
+              "cost": np.concatenate([s["cost"] for *_, s in tables])}
+    return SizeResult(evaluated, int(sum(len(s["cost"]) for *_, s in tables)), frontier,
                       min(frontier, key=key) if frontier else None, objective, points)
+
+
+def _storages(spec: Spec) -> list[tuple[Spec, str | None]]:
+    """The spec, and for a fine-tune under an adapter each smaller storage of its frozen base (int8, nf4): the
+    search shows which storage a GPU needs. The spec's own comes first, so it wins ties. The adapter's rank is the
+    user's modelling choice (it changes quality, barely memory) and is not searched."""
+    post = spec.post_training
+    if post is None:
+        return [(spec, None)]
+    order = [spec.training.precision, "int8", "nf4"]
+    storages = order[order.index(post.base_precision):] if post.trains_adapter else [post.base_precision]
+    return [(spec.model_copy(update={"post_training": post.model_copy(update={"base_precision": storage})}),
+             storage) for storage in storages]
 
 
 def _pareto(seconds: np.ndarray, cost: np.ndarray) -> list[int]:
@@ -206,9 +233,10 @@ def _pareto(seconds: np.ndarray, cost: np.ndarray) -> list[int]:
     return keep
 
 
-def _layout(gpu: catalogue.GPU, grid: dict[str, np.ndarray], scores: dict[str, np.ndarray], i: int) -> Layout:
+def _layout(gpu: catalogue.GPU, storage: str | None, grid: dict[str, np.ndarray], scores: dict[str, np.ndarray],
+            i: int) -> Layout:
     off = OFFLOADS[int(grid["off"][i])]
     return Layout(gpu.name, int(grid["n"][i]), int(grid["t"][i]), int(grid["p"][i]), int(grid["z"][i]),
-                  int(grid["mb"][i]), CHECKPOINTING[int(grid["ck"][i])], off[0], off[1],
+                  int(grid["mb"][i]), CHECKPOINTING[int(grid["ck"][i])], off[0], off[1], storage,
                   float(scores["memory_peak"][i]), float(scores["time_total"][i]), float(scores["gpu_hours"][i]),
                   float(scores["cost"][i]))
