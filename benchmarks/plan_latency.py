@@ -1,4 +1,5 @@
-"""Cold wall time of `llmspec plan llama2-7b --json` beside `python -c pass` (same machine, same run).
+"""Cold wall time of `llmspec plan` (llama2-7b, llama3-405b and every post-training named spec) beside
+`python -c pass` (same machine, same run).
 
 Each command runs in a fresh interpreter (cold imports) N times; prints the median of each and their ratio.
 Target: plan under 0.5 s on the 2-core CI machine class.
@@ -33,7 +34,8 @@ def main() -> None:
         ("llmspec plan llama2-7b --json --no-alternatives", [llmspec, "plan", "llama2-7b", "--json",
                                                               "--no-alternatives"]),
         ("llmspec plan llama3-405b (tables)", [llmspec, "plan", "llama3-405b"]),
-    ]
+    ] + [(f"llmspec plan {name} --json", [llmspec, "plan", name, "--json"])  # every post-training named spec
+         for name in ("llama2-7b-lora", "llama3-8b-qlora", "llama3-70b-qlora", "llama2-7b-dpo", "llama2-7b-ppo")]
     base = None
     print(f"{'command':48s} {'median':>9s} {'× python':>9s}   ({RUNS} cold runs each)")
     for label, cmd in rows:

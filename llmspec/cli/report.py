@@ -206,7 +206,7 @@ def render_plan_summary(spec, console: Console) -> None:
                   f"about {fmt_duration(t['total_seconds'])} at {p.efficiency:.0%} of peak")
 
 
-def render_size(result, spec, console: Console) -> None:
+def render_size(result, spec, console: Console, sets: list[str] | None = None) -> None:
     """The Pareto frontier of ``llmspec size`` as a table, best layout marked."""
     console.print(f"[bold]{spec.name}[/] · {fmt_count(spec.training.total_tokens)} tokens · scored "
                   f"{result.evaluated:,} layouts, {result.feasible:,} feasible · frontier of time vs cost "
@@ -232,7 +232,9 @@ def render_size(result, spec, console: Console) -> None:
     console.print(table)
     if result.best:
         console.print("reproduce the best:")
-        console.print(reproduce_command(spec.name, result.best.sets()), soft_wrap=True, highlight=False)
+        # the user's own --set first: the best layout's replace them where they overlap
+        console.print(reproduce_command(spec.name, [*(sets or []), *result.best.sets()]), soft_wrap=True,
+                      highlight=False)
 
 
 def reproduce_command(name: str, sets: list[str]) -> str:

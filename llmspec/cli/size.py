@@ -70,4 +70,4 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
         return
     from llmspec.cli.report import render_size
 
-    render_size(result, loaded, new_console())
+    render_size(result, loaded, new_console(), set_)
