@@ -244,6 +244,9 @@ def auxiliary_model(source: str, where: str) -> ModelSpec:
     """The architecture a spec field names (``post_training.reward_model`` or ``critic_model``): a run directory
     (its spec.yaml), a spec path or a named spec. A problem is reported against ``where``."""
     run_spec = Path(source) / "spec.yaml"
+    if not run_spec.is_file() and not Path(source).is_file() and source.removesuffix(".yaml") not in named_specs():
+        raise SpecError([Problem(where, f"{source}: not a run directory (with spec.yaml), a spec file or a named "
+                                        "spec (llmspec specs lists them)")])
     try:
         if run_spec.is_file():
             return parse_spec(run_spec.read_text(encoding="utf-8"), source=str(run_spec)).model
