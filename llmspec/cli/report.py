@@ -101,7 +101,7 @@ def render_plan(plan: Plan, console: Console) -> None:
     if mem["frozen"]:
         table.add_row("frozen weights", fmt_bytes(mem["frozen"]), _frozen_note(plan))
     table.add_row("[bold]model states[/]", fmt_bytes(mem["model_states"]), f"ZeRO-{par.zero_stage}")
-    peak_phase = plan.env.get("rl_peak_phase", "training")
+    peak_phase = plan.peak_phase
     table.add_row("activations", fmt_bytes(mem["activations"]), f"checkpointing {par.activation_checkpointing}"
                   + ("" if peak_phase == "training" else f" (none saved in {peak_phase})"))
     table.add_row("buffers", fmt_bytes(mem["buffers"]), _BUFFERS[peak_phase])

@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass
 
 from llmspec.errors import LLMSpecError
+from llmspec.planner import rl_phases
 from llmspec.planner.formula_text import FORMULAS
 from llmspec.planner.inputs import RL_FORMULAS, TRAINING_FORMULAS
 from llmspec.planner.numeric import ARGUMENTS
@@ -28,7 +29,7 @@ class Explanation:
 def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
     """The training plan's formulas (inference and sizing ones have inputs a training plan does not hold). A PPO or
     GRPO plan explains its policy's training step by the training formulas, then the RL phases' own."""
-    rl = "rl_policy" in plan.env
+    rl = rl_phases.POLICY_KEY in plan.env
     allowed = TRAINING_FORMULAS | RL_FORMULAS if rl else TRAINING_FORMULAS
     names = [n for n in FORMULAS if n in allowed] if quantity is None else [_resolve(quantity)]
     if names[0] not in allowed:
@@ -39,7 +40,7 @@ def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
     out = []
     for name in names:
         doc, unit, group, source, formula, expanded = FORMULAS[name]
-        env = plan.env if name in RL_FORMULAS or not rl else plan.env["rl_policy"]
+        env = plan.env if name in RL_FORMULAS or not rl else plan.env[rl_phases.POLICY_KEY]
         if rl and name not in RL_FORMULAS:
             doc += " (the policy's training step; the RL step's totals are in `plan`)"
         out.append(Explanation(name, doc, unit, group, source, formula, expanded if quantity else "",

@@ -25,6 +25,8 @@ from llmspec.planner.inputs import RL_FORMULAS
 from llmspec.spec.schema import Spec
 
 PHASES = ("generation", "scoring", "training")
+# what an RL step adds to the policy's env beside formula results (not formulas: named here once)
+PHASES_KEY, PEAK_PHASE_KEY, POLICY_KEY, MODELS_KEY = "rl_phases", "rl_peak_phase", "rl_policy", "rl_models"
 
 
 def step(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None, reward: dict[str, Any] | None,
@@ -82,9 +84,9 @@ def step(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None, rewa
         "time_total": steps * seconds, "gpu_hours": steps * seconds * n_gpu / 3600,
         "mfu": flops / (seconds * n_gpu * policy["F_peak"]),
         "hfu": hardware / (seconds * n_gpu * policy["F_peak"]),
-        "rl_phases": {name: {"memory": phases[name][0], "seconds": phases[name][1]} for name in PHASES},
-        "rl_peak_phase": peak_phase, "rl_policy": policy,
-        "rl_models": _other_models(policy, critic, reward, reward_bytes),
+        PHASES_KEY: {name: {"memory": phases[name][0], "seconds": phases[name][1]} for name in PHASES},
+        PEAK_PHASE_KEY: peak_phase, POLICY_KEY: policy,
+        MODELS_KEY: _other_models(policy, critic, reward, reward_bytes),
     })
     env["cost"] = env["gpu_hours"] * policy["price"]
     return env

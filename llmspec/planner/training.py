@@ -143,6 +143,11 @@ class Plan:
         return self.tokens_per_step * self.spec.training.steps if self.phases else self.spec.training.total_tokens
 
     @property
+    def peak_phase(self) -> str:
+        """The phase that sets the peak: generation, scoring or training (PPO/GRPO); training for other runs."""
+        return self.env.get(rl_phases.PEAK_PHASE_KEY, "training")
+
+    @property
     def fits(self) -> bool:
         return self.memory["peak"] <= self.usable_memory
 
@@ -152,8 +157,8 @@ class Plan:
         post, e = self.spec.post_training, self.env
         if post is None:
             return []
-        if "rl_models" in e:  # policy, critic, reward: each model's own bytes
-            trained, *others = e["rl_models"]
+        if rl_phases.MODELS_KEY in e:  # policy, critic, reward: each model's own bytes
+            trained, *others = e[rl_phases.MODELS_KEY]
         else:
             trained, others = rl_phases.model_entry("reward" if post.value_model else "policy", e), []
         out = [trained]
@@ -166,7 +171,7 @@ class Plan:
     def phases(self) -> dict[str, dict[str, float]]:
         """PPO/GRPO: memory per GPU (bytes) and seconds of each phase of a step; empty for other runs."""
         return {name: {"memory": _bytes(phase["memory"]), "seconds": float(phase["seconds"])}
-                for name, phase in self.env.get("rl_phases", {}).items()}
+                for name, phase in self.env.get(rl_phases.PHASES_KEY, {}).items()}
 
     def to_json(self) -> dict[str, Any]:
         spec = self.spec
