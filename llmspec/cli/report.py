@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # measuring imports torch; the plan path must not
 
 OK, NO = "[green]✓[/]", "[red]✗[/]"
 # what the transient buffers are in the phase that sets the peak (PPO/GRPO have three phases; other runs one)
+_TIME_ROWS = (("compute_seconds", "  compute"), ("bubble_seconds", "  pipeline bubble"),
+              ("dp_exposed_seconds", "  data-parallel comm"), ("tp_seconds", "  tensor-parallel comm"),
+              ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload"),
+              ("ep_seconds", "  expert all-to-all"))
 _BUFFERS = {"training": "logits / recompute / buckets", "generation": "KV cache, gathered policy, logits",
             "scoring": "a micro-batch's logits + log-softmax"}
 
@@ -124,10 +128,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     for name, phase in plan.phases.items():
         table.add_row(f"  {name}", fmt_duration(phase["seconds"]),
                       f"peak {fmt_bytes(phase['memory'])}" + (" ◀" if name == peak_phase else ""))
-    for key, label in () if plan.phases else (("compute_seconds", "  compute"), ("bubble_seconds", "  pipeline bubble"),
-                       ("dp_exposed_seconds", "  data-parallel comm"), ("tp_seconds", "  tensor-parallel comm"),
-                       ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload"),
-                       ("ep_seconds", "  expert all-to-all")):
+    # an RL step's rows are its phases; any other step's, compute and what is exposed beside it
+    for key, label in () if plan.phases else _TIME_ROWS:
         if t[key] > 0 or key == "compute_seconds":
             table.add_row(label, fmt_duration(t[key]), "exposed, not hidden behind compute" if "comm" in label else "")
     table.add_row("throughput", f"{fmt_count(t['tokens_per_second'])} tokens/s",

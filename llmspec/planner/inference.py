@@ -7,8 +7,7 @@ from typing import Any
 from llmspec.errors import LLMSpecError
 from llmspec.planner import numeric
 from llmspec.planner.inputs import (
-    PARAMETER_FORMULAS,
-    TRAINING_FORMULAS,
+    FORWARD_FORMULAS,
     architecture_inputs,
     device_inputs,
     usable_memory,
@@ -25,8 +24,7 @@ def inference_plan(spec: Spec, context: int | None = None, batch: int = 1) -> di
     at_context = spec.model_copy(update={"training": training})
     gpu = spec.cluster.device
     inputs = {**architecture_inputs(at_context), **device_inputs(at_context)}
-    env = numeric.evaluate(inputs, TRAINING_FORMULAS & {*PARAMETER_FORMULAS, "matmul_weights", "attention_context",
-                                                         "flops_attention_per_token", "flops_per_token_forward"})
+    env = numeric.evaluate(inputs, FORWARD_FORMULAS)
     t = spec.parallelism.tensor
     env.update({"context": context, "batch": batch, "kv_bytes": inputs["e"], "psi": env["params_total"] / t,
                 "usable": usable_memory(gpu, spec),

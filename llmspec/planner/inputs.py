@@ -34,8 +34,10 @@ PARAMETER_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items()
 OTHER_GROUPS = ("Inference", "Compute-optimal sizing", "Post-training: RL phases")
 TRAINING_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group not in OTHER_GROUPS)
 RL_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group == "Post-training: RL phases")
-# the models of a post-training run that the planner evaluates apart: the trained one, and PPO's critic and reward
-ROLES = ("policy", "critic", "reward")
+# what a forward pass needs, with no strategy: the parameters and the forward FLOPs per token (serving, a frozen
+# reward model)
+FORWARD_FORMULAS = PARAMETER_FORMULAS | {"matmul_weights", "attention_context", "flops_attention_per_token",
+                                         "flops_per_token_forward"}
 
 
 def choose(condition: Any, yes: Any, no: Any) -> Any:
@@ -50,7 +52,7 @@ def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:
 
 def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
     """Formula inputs that describe the model and the batch (everything but the strategy and the stage); ``role``:
-    which model of a PPO run (ROLES) they describe."""
+    which model of a PPO run they describe: policy, critic or reward."""
     mo, tr, par = spec.model, spec.training, spec.parallelism
     moe = mo.moe
     e = 4 if tr.precision == "fp32" else 2

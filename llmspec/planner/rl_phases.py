@@ -33,8 +33,9 @@ def step(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None, rewa
          hbm_bandwidth: float) -> dict[str, Any]:
     """The policy's env with the step's memory, FLOPs and time replaced by the RL step's, and ``phases`` added.
 
-    ``policy``, ``critic`` and ``reward`` are the training formulas evaluated for each model (critic and reward
-    absent where the method has none)."""
+    ``policy`` and ``critic`` are the training formulas evaluated for each trained model, ``reward`` the frozen
+    reward model's parameters and forward (FORWARD_FORMULAS); critic and reward are None where the method has
+    none."""
     post, tr, dp = spec.post_training, spec.training, spec.parallelism.data_parallel
     assert post is not None and post.rollouts_per_step is not None and post.epochs is not None
     env = numeric.evaluate({**policy, "rollouts_per_gpu": Fraction(post.rollouts_per_step, dp),
@@ -86,29 +87,7 @@ def step(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None, rewa
         "hfu": hardware / (seconds * n_gpu * policy["F_peak"]),
         PHASES_KEY: {name: {"memory": phases[name][0], "seconds": phases[name][1]} for name in PHASES},
         PEAK_PHASE_KEY: peak_phase, POLICY_KEY: policy,
-        MODELS_KEY: _other_models(policy, critic, reward, reward_bytes),
+        MODELS_KEY: {"critic": critic, "reward": reward, "reward_bytes": reward_bytes},
     })
     env["cost"] = env["gpu_hours"] * policy["price"]
     return env
-
-
-def model_entry(role: str, env: dict[str, Any]) -> dict[str, Any]:
-    """plan --json ``models`` entry of a trained model: parameters, trainable ones, its bytes on one GPU."""
-    return {"role": role, "params": int(env["params_trainable"] + env["params_frozen"]),
-            "trainable": int(env["params_trainable"]),
-            "bytes_per_gpu": _ceil(env["memory_weights"] + env["memory_gradients"] + env["memory_optimizer"]
-                                   + env["memory_frozen_base"])}
-
-
-def _other_models(policy: dict[str, Any], critic: dict[str, Any] | None, reward: dict[str, Any] | None,
-                  reward_bytes: Fraction) -> list[dict[str, Any]]:
-    """plan --json ``models`` entries of the policy, the critic and the reward model (the reference apart)."""
-    out = [model_entry("policy", policy)] + ([model_entry("critic", critic)] if critic is not None else [])
-    if reward is not None:
-        out.append({"role": "reward", "params": int(reward["params_base"] + reward["h"]), "trainable": 0,
-                    "bytes_per_gpu": _ceil(reward_bytes)})
-    return out
-
-
-def _ceil(value: Any) -> int:
-    return -int(-value // 1)

@@ -14,6 +14,7 @@ from llmspec.planner import numeric, rl_phases
 from llmspec.planner.inputs import (
     CHECKPOINTING,
     DEFAULT_EFFICIENCY,
+    FORWARD_FORMULAS,
     OFFLOAD_MODES,
     PARAMETER_FORMULAS,
     TRAINING_FORMULAS,
@@ -157,10 +158,16 @@ class Plan:
         post, e = self.spec.post_training, self.env
         if post is None:
             return []
-        if rl_phases.MODELS_KEY in e:  # policy, critic, reward: each model's own bytes
-            trained, *others = e[rl_phases.MODELS_KEY]
+        if rl_phases.MODELS_KEY in e:  # PPO/GRPO: the policy's own env, the critic's, the reward model's bytes
+            models = e[rl_phases.MODELS_KEY]
+            trained = _trained_entry("policy", e[rl_phases.POLICY_KEY])
+            others = [_trained_entry("critic", models["critic"])] if models["critic"] is not None else []
+            if models["reward"] is not None:
+                reward = models["reward"]
+                others.append({"role": "reward", "params": int(reward["params_base"] + reward["h"]),
+                               "trainable": 0, "bytes_per_gpu": _bytes(models["reward_bytes"])})
         else:
-            trained, others = rl_phases.model_entry("reward" if post.value_model else "policy", e), []
+            trained, others = _trained_entry("reward" if post.value_model else "policy", e), []
         out = [trained]
         if post.reference == "copy":
             out.append({"role": "reference", "params": trained["params"], "trainable": 0,
@@ -209,6 +216,14 @@ class Plan:
 
 def _bytes(value: Any) -> int:
     return int(math.ceil(value))
+
+
+def _trained_entry(role: str, env: dict[str, Any]) -> dict[str, Any]:
+    """plan --json ``models`` entry of a trained model: parameters, trainable ones, its bytes on one GPU."""
+    return {"role": role, "params": int(env["params_trainable"] + env["params_frozen"]),
+            "trainable": int(env["params_trainable"]),
+            "bytes_per_gpu": _bytes(env["memory_weights"] + env["memory_gradients"] + env["memory_optimizer"]
+                                    + env["memory_frozen_base"])}
 
 
 def memory_breakdown(env: dict[str, Any]) -> dict[str, int]:
@@ -267,18 +282,19 @@ def _rl_models(spec: Spec) -> dict[str, tuple[Spec, dict[str, Any]]]:
         model = spec.model if source is None else auxiliary_model(source, f"post_training.{name}")
         role_spec = spec.model_copy(update={"model": model})
         inputs = {**architecture_inputs(role_spec, role), **device_inputs(role_spec)}
-        out[role] = (role_spec, numeric.evaluate(inputs, PARAMETER_FORMULAS))
+        # the frozen reward model needs its stored bytes and forward only, the same under every strategy
+        out[role] = (role_spec, numeric.evaluate(inputs, FORWARD_FORMULAS if role == "reward" else PARAMETER_FORMULAS))
     return out
 
 
 def _peak_stage(spec: Spec, base: dict[str, Any], strategy: Strategy,
                 others: dict[str, tuple[Spec, dict[str, Any]]] | None = None) -> tuple[str, dict[str, Any]]:
     if spec.post_training is not None and spec.post_training.method in RL_METHODS:
-        envs = {role: _evaluate(role_spec, role_base, strategy, "only")
-                for role, (role_spec, role_base) in (others or {}).items()}
+        others = others or {}
+        critic = _evaluate(*others["critic"], strategy, "only") if "critic" in others else None
+        reward = others["reward"][1] if "reward" in others else None
         policy = _evaluate(spec, base, strategy, "only")
-        return "only", rl_phases.step(spec, policy, envs.get("critic"), envs.get("reward"),
-                                      spec.cluster.device.hbm_bandwidth)
+        return "only", rl_phases.step(spec, policy, critic, reward, spec.cluster.device.hbm_bandwidth)
     if spec.parallelism.pipeline == 1:
         return "only", _evaluate(spec, base, strategy, "only")
     # an uneven split can make the second stage (the first without the embedding) the fullest
