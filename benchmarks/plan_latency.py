@@ -35,7 +35,8 @@ def main() -> None:
                                                               "--no-alternatives"]),
         ("llmspec plan llama3-405b (tables)", [llmspec, "plan", "llama3-405b"]),
     ] + [(f"llmspec plan {name} --json", [llmspec, "plan", name, "--json"])  # every post-training named spec
-         for name in ("llama2-7b-lora", "llama3-8b-qlora", "llama3-70b-qlora", "llama2-7b-dpo", "llama2-7b-ppo")]
+         for name in ("llama2-7b-lora", "llama3-8b-qlora", "llama3-70b-qlora", "llama2-7b-dpo", "llama2-7b-ppo",
+                      "stablelm-3b-lora")]
     base = None
     print(f"{'command':48s} {'median':>9s} {'× python':>9s}   ({RUNS} cold runs each)")
     for label, cmd in rows:

@@ -186,6 +186,14 @@ FORMULAS = {
         '                             9    191⋅double_quant\nbytes_per_quantised_weight = ── - ────────────────\n                             16         4096      ',
         '9    191⋅double_quant\n── - ────────────────\n16         4096      ',
     ),
+    'bytes_autocast_copies': (
+        "16-bit copies of every linear's weight and bias that torch autocast holds over fp32 parameters (the embedding lookup is not cast; a tied head multiplies by it): the cost of mixed precision on top of fp32 storage, which 16-bit storage does not pay",
+        'B',
+        'Post-training: frozen weights',
+        'QLoRA (Dettmers et al. 2023, §3): NF4 codes, 4 bits each, in blocks of 64 sharing an fp32 absmax; double quantisation stores the absmaxes as int8 around their fp32 mean with one fp32 scale per 256 (4.127 bits per weight); int8: one fp32 scale per output row (LLM.int8, Dettmers et al. 2022). Only the block linears are quantised; the last block is zero-padded',
+        'bytes_autocast_copies = 2⋅V⋅h⋅tied - 2⋅params_embedding - 2⋅params_norm⋅(2⋅L + ↪\n\n↪  1) + 2⋅params_total',
+        '2⋅L⋅(E⋅h⋅moe + E⋅(bias⋅(f⋅(gated + 1) + h) + f⋅h⋅(gated + 2)) + a⋅d_h⋅h + bias ↪\n\n↪ ⋅h + d_h⋅h⋅(a + 2⋅k) + d_h⋅qkv_bias⋅(a + 2⋅k) + 2⋅h⋅(bias⋅layernorm + 1)) +  ↪\n\n↪ 2⋅V⋅h⋅tied + 2⋅V⋅h⋅(1 - tied) - 2⋅h⋅(2⋅L + 1)⋅(bias⋅layernorm + 1) + 2⋅h⋅(bi ↪\n\n↪ as⋅layernorm + 1)',
+    ),
     'bytes_policy': (
         "the trained model's weights as a forward reads them (the frozen base as stored + the adapter, or every weight at w_bytes): what generation reads per token",
         'B',

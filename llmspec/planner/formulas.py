@@ -250,6 +250,15 @@ define("bytes_per_quantised_weight", sp.Rational(1, 2) + (1 - dq) * sp.Rational(
        + dq * (sp.Rational(1, 64) + sp.Rational(4, 64 * 256)),
        "NF4 storage per weight in bytes, the last block and per-tensor constants aside (×8: 4.5 or 4.127 bits)",
        "B")
+# Why "bf16-mixed" fine-tuning needs so much more memory than pure bf16 (litgpt measured 26.92 vs 9.69 GB for a
+# StableLM-3B LoRA): torch autocast keeps fp32 parameters and casts each linear's weight and bias to 16-bit on use;
+# the casts of trainable leaves are cached for the forward, and a frozen linear's cast is kept for backward
+# wherever its input needs a gradient. llmspec's bf16 stores the weights in 16-bit instead (DeepSpeed's bf16 mode;
+# a quantised base dequantises per product and keeps nothing).
+define("bytes_autocast_copies", 2 * (total - emb - (2 * L + 1) * norm + tied * V * h),
+       "16-bit copies of every linear's weight and bias that torch autocast holds over fp32 parameters (the "
+       "embedding lookup is not cast; a tied head multiplies by it): the cost of mixed precision on top of fp32 "
+       "storage, which 16-bit storage does not pay", "B")
 policy_bytes = define("bytes_policy",
                       adapter * (stored_base + adapter_params * w_bytes) + (1 - adapter) * base_params * w_bytes,
                       "the trained model's weights as a forward reads them (the frozen base as stored + the "

@@ -155,6 +155,11 @@ def bytes_per_quantised_weight(double_quant):
     return 9/16 - 191/4096*double_quant
 
 
+def bytes_autocast_copies(L, V, h, params_embedding, params_norm, params_total, tied):
+    """16-bit copies of every linear's weight and bias that torch autocast holds over fp32 parameters (the embedding lookup is not cast; a tied head multiplies by it): the cost of mixed precision on top of fp32 storage, which 16-bit storage does not pay [B]"""
+    return 2*V*h*tied - 2*params_embedding - 2*params_norm*(2*L + 1) + 2*params_total
+
+
 def bytes_policy(adapter, bytes_base_stored, params_adapter, params_base, w_bytes):
     """the trained model's weights as a forward reads them (the frozen base as stored + the adapter, or every weight at w_bytes): what generation reads per token [B]"""
     return adapter*(bytes_base_stored + params_adapter*w_bytes) + params_base*w_bytes*(1 - adapter)
@@ -610,6 +615,7 @@ ARGUMENTS = {
     'bytes_base_stored': ('bytes_quantised', 'int8', 'nf4', 'params_base', 'params_quantised', 'w_frozen'),
     'bytes_frozen': ('adapter', 'bytes_base_stored'),
     'bytes_per_quantised_weight': ('double_quant',),
+    'bytes_autocast_copies': ('L', 'V', 'h', 'params_embedding', 'params_norm', 'params_total', 'tied'),
     'bytes_policy': ('adapter', 'bytes_base_stored', 'params_adapter', 'params_base', 'w_bytes'),
     'bytes_reference': ('bytes_policy', 'reference_copy'),
     'matmul_weights': ('E', 'K', 'L', 'V', 'a', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'value_head'),
@@ -829,6 +835,7 @@ Name = Literal[
     'bytes_base_stored',
     'bytes_frozen',
     'bytes_per_quantised_weight',
+    'bytes_autocast_copies',
     'bytes_policy',
     'bytes_reference',
     'matmul_weights',
@@ -944,6 +951,7 @@ GROUPS = {
     'bytes_base_stored': 'Post-training: frozen weights',
     'bytes_frozen': 'Post-training: frozen weights',
     'bytes_per_quantised_weight': 'Post-training: frozen weights',
+    'bytes_autocast_copies': 'Post-training: frozen weights',
     'bytes_policy': 'Post-training: frozen weights',
     'bytes_reference': 'Post-training: frozen weights',
     'matmul_weights': 'FLOPs',
