@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test wheel-check lint docs bench clean
+.PHONY: setup run post-train test wheel-check lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/llmspec run
+
+# The post-training chain on the built-in task set, from the `tiny` run (trained first when runs/tiny is missing).
+post-train: $(STAMP)
+	@test -d runs/tiny/checkpoints || $(BIN)/llmspec run
+	$(BIN)/llmspec run tiny-sft
+	$(BIN)/llmspec run tiny-lora
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests

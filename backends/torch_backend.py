@@ -16,6 +16,7 @@ from llmspec.train.engine import Batch, Engine
 from llmspec.train.init_from import initial_model
 from llmspec.train.job import Job
 from llmspec.train.loop import FitResult, fit
+from llmspec.train.losses import loss_for
 from llmspec.train.optim import make_optimizer
 from llmspec.train.precision import autocast
 
@@ -34,6 +35,7 @@ class TorchEngine(Engine):
         spec, tr = job.spec, job.spec.training
         self.device, self.precision, self.grad_clip = device, tr.precision, tr.grad_clip
         self.model = initial_model(job).to(device)
+        self.loss = loss_for(spec, self.model)  # the method's loss (DPO's reference copy is taken here)
         # torch.compile: the compiled callable shares the module's parameters; checkpoints keep the plain names
         self.forward = torch.compile(self.model) if compile else self.model
         self.optimizer = make_optimizer(spec, self.model, device)
@@ -52,7 +54,8 @@ class TorchEngine(Engine):
         total = torch.zeros((), device=self.device)
         for x, y in batches:
             with autocast(self.precision, self.device):
-                _, loss = self.forward(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                loss = self.loss(self.forward, x, y)
             self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
@@ -67,7 +70,7 @@ class TorchEngine(Engine):
     def eval_loss(self, batch: Batch) -> float:
         x, y = batch
         with autocast(self.precision, self.device):
-            return self.model(x.to(self.device), y.to(self.device))[1].item()
+            return self.loss(self.model, x.to(self.device), y.to(self.device)).item()
 
     def train_mode(self, training: bool) -> None:
         self.model.train(training)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llmspec.backends.cpu_shm import remove_allreduce_buffers
 from llmspec.backends.torch_backend import train
+from llmspec.data.instructions import prompt_text
 from llmspec.errors import LLMSpecError
 from llmspec.spec import Spec, parse_spec
 from llmspec.spec.compare import changed_fields
@@ -35,8 +36,9 @@ class RunSummary:
     steps: int
     loss: float | None
     val_loss: float | None
-    unigram_entropy: float
+    unigram_entropy: float | None  # pretraining: the loss of a model that ignores context
     samples: list[str]
+    task_accuracy: tuple[float, float] | None = None  # post-training: (at step 0, at the end) on held-out prompts
 
 
 def run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto", announce=print,
@@ -50,7 +52,9 @@ def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: 
                 dry_run: bool = False) -> Job | None:
     """Everything before training: refusals (fit, backend, resume), build, tokenizer and token shards
     (``dry_run``: the refusals only; nothing is written)."""
-    resolve_backend(spec, backend)
+    if resolve_backend(spec, backend) == "deepspeed" and spec.post_training is not None:
+        raise LLMSpecError(f"post_training.method {spec.post_training.method}: runs on the torch backend (one "
+                           "process) for now; set cluster.gpus_per_node=1 and cluster.nodes=1, or --backend torch")
     return prepare(spec, Path(run_dir), resume, dry_run)
 
 
@@ -64,8 +68,20 @@ def train_job(job: Job, backend: str = "auto", announce=print, progress=None, co
             announce("--compile applies to the torch backend; DeepSpeed runs the model uncompiled")
         loss, val_loss = _launch_deepspeed(job, announce, progress)
     plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
-    samples = write_samples(run_dir, PROMPTS)
-    return RunSummary(run_dir, spec.training.steps, loss, val_loss, job.shards.unigram_entropy, samples)
+    samples = write_samples(run_dir, _sample_prompts(job))
+    entropy = job.shards.unigram_entropy if job.shards is not None else None
+    accuracy = [r["task_accuracy"] for r in read_metrics(job.metrics_file) if "task_accuracy" in r]
+    return RunSummary(run_dir, spec.training.steps, loss, val_loss, entropy, samples,
+                      (accuracy[0], accuracy[-1]) if accuracy else None)
+
+
+def _sample_prompts(job: Job) -> list[str]:
+    """Pretraining: PROMPTS; a fine-tune: three held-out prompts in its template (or its validation prompts)."""
+    if job.spec.post_training is None:
+        return PROMPTS
+    held_out = job.run_dir / "data" / "held_out.json"
+    records = json.loads(held_out.read_text()) if held_out.is_file() else []
+    return [prompt_text(r["prompt"]) for r in records[:3]] or [prompt_text("Hello")]
 
 
 def default_run_dir(spec: Spec, resume: bool = False, root: Path = Path("runs")) -> tuple[Path, bool]:

@@ -59,9 +59,13 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
     if summary.val_loss is not None:
         import math
 
+        about = (f"; the corpus's unigram entropy is {summary.unigram_entropy:.3f}"
+                 if summary.unigram_entropy is not None else "")
         console.print(f"validation loss {summary.val_loss:.3f} nats/token (perplexity "
-                      f"{math.exp(summary.val_loss):.1f}) after {summary.steps} steps; the corpus's unigram "
-                      f"entropy is {summary.unigram_entropy:.3f}")
+                      f"{math.exp(summary.val_loss):.1f}) after {summary.steps} steps{about}")
+    if summary.task_accuracy is not None:
+        start, end = summary.task_accuracy
+        console.print(f"task accuracy on held-out prompts: {start:.1%} at step 0 → {end:.1%}")
     console.print(f"run directory: {run_dir} (metrics.jsonl, loss.png, samples.txt, checkpoints/)")
     for text in summary.samples:
         console.print(f"[dim]---[/]\n{text}")

@@ -45,10 +45,13 @@ def load_spec(source: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Spe
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError([Problem("", f"cannot read spec: {err}", source=str(path))]) from None
-    return parse_spec(text, source=str(path), sets=sets, base_dir=path.parent, check_warmup=True)
+    # a named spec's paths (the post-training chain's runs/tiny) are relative to where the command runs
+    named = path.resolve() in {p.resolve() for p in named_specs().values()}
+    return parse_spec(text, source=str(path), sets=sets, base_dir=None if named else path.parent, check_warmup=True)
 
 
-# Paths a spec file names, resolved against the file's folder (a --set value is relative to the current one).
+# Paths a spec file names, resolved against the file's folder (a --set value, and a named spec's paths, are
+# relative to the current one).
 FILE_PATHS = (("data", "corpus"), ("data", "tokenizer", "path"), ("training", "init_from"))
 
 

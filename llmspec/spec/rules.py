@@ -140,7 +140,9 @@ def _post_training_problems(spec: Spec, bad) -> None:
     adapter, method = post.adapter, post.method
     where = "post_training.adapter"
     if adapter.type == "none":
-        knobs = sorted(adapter.model_fields_set - {"type"})
+        # a knob at its default is harmless (a dumped spec.yaml writes every field)
+        knobs = sorted(name for name in adapter.model_fields_set - {"type"}
+                       if getattr(adapter, name) != type(adapter).model_fields[name].default)
         if knobs:
             bad(f"{where}.{knobs[0]}", f"{knobs[0]} is set but {where}.type is none (full fine-tuning): set the type "
                                        "to lora or prefix, or remove it")

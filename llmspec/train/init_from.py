@@ -37,7 +37,10 @@ def resolve(path: str | Path) -> InitSource:
             raise LLMSpecError(f"{label}: expected a run directory, an import-hf output or a .safetensors/.pt file")
         return InitSource(path, None)
     if not path.is_dir():
-        raise LLMSpecError(f"{label}: no such file or directory")
+        from llmspec.spec.loading import named_specs
+
+        first = f" (train the base first: `llmspec run {path.name}`)" if path.name in named_specs() else ""
+        raise LLMSpecError(f"{label}: no such file or directory{first}")
     tokenizer = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else None
     if (path / "model.safetensors").is_file():
         return InitSource(path / "model.safetensors", tokenizer)
@@ -88,10 +91,13 @@ def _fmt(shape: tuple[int, ...]) -> str:
 
 
 def expected_shapes(spec: Spec) -> dict[str, tuple[int, ...]]:
+    """The tensors the source must hold: the model's own, or for post-training the base's (the pretrained model
+    the adapters, value head and quantisation are added to)."""
     from llmspec.compile.loading import model_module
 
+    base = spec if spec.post_training is None else spec.model_copy(update={"post_training": None})
     with torch.device("meta"):
-        return {name: tuple(t.shape) for name, t in model_module(spec).Model().state_dict().items()}
+        return {name: tuple(t.shape) for name, t in model_module(base).Model().state_dict().items()}
 
 
 def check_init_from(spec: Spec) -> InitSource | None:
@@ -116,5 +122,28 @@ def initial_model(job, module=None) -> torch.nn.Module:
 
 
 def load_initial_weights(model: torch.nn.Module, weights: Path) -> None:
-    """Copy the weights into ``model`` (every tensor; the shapes were checked when the run was prepared)."""
-    model.load_state_dict(load_weights(weights), strict=True)
+    """Copy the weights into ``model`` (the shapes were checked when the run was prepared). A post-training
+    model takes a base's tensors: an adapted linear's under ``base_layer`` (PEFT's names), a quantised one's
+    quantised as it loads; only what the run trains from scratch (adapters) may be left out."""
+    modules = dict(model.named_modules())
+    state = {}
+    for name, tensor in load_weights(weights).items():
+        path, _, leaf = name.rpartition(".")
+        state[f"{path}.base_layer.{leaf}" if hasattr(modules.get(path), "base_layer") else name] = tensor
+    fresh = {name for name, p in model.named_parameters() if p.requires_grad and _is_new(name)}
+    fresh |= {f"{path}.{buffer}" for path, module in modules.items() if hasattr(module, "dequantised")
+              for buffer, _ in module.named_buffers(recurse=False)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [name for name in result.missing_keys if name not in fresh]
+    # a reward model or critic replaces the base's LM head with a value head
+    unexpected = [name for name in result.unexpected_keys
+                  if not (name.startswith("lm_head.") and hasattr(model, "value_head"))]
+    if missing or unexpected:
+        raise LLMSpecError(f"training.init_from {weights}: "
+                           + (f"has no tensor {missing[0]}" if missing else
+                              f"{unexpected[0]} is not a tensor of this spec's model"))
+
+
+def _is_new(name: str) -> bool:
+    """Tensors a post-training model adds to its base (its adapters, prefix and value head)."""
+    return any(part in name for part in ("lora_A", "lora_B", "prefix_key", "prefix_value", "value_head"))

@@ -15,16 +15,19 @@ from pathlib import Path
 
 from llmspec.compile.build import build, check_output_dir, write_atomic
 from llmspec.data.corpus import BUILTIN, builtin_documents, read_documents
+from llmspec.data.instructions import read_records, save_examples, tokenise, tokenise_pairs
 from llmspec.data.shards import Shards, write_shards
+from llmspec.data.tasks import task_records
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
 from llmspec.errors import DoesNotFitError, LLMSpecError
 from llmspec.planner.training import plan
 from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
 from llmspec.spec.loading import dump_spec, parse_spec
+from llmspec.spec.post_training import PAIRWISE
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
 from llmspec.train.checkpoint import latest_checkpoint
-from llmspec.train.init_from import check_init_from
+from llmspec.train.init_from import InitSource, check_init_from
 from llmspec.train.preflight import check_runnable
 
 
@@ -32,7 +35,7 @@ from llmspec.train.preflight import check_runnable
 class Job:
     spec: Spec
     run_dir: Path
-    shards: Shards
+    shards: Shards | None  # pretraining's token stream (post-training reads run_dir/data/ instead)
     resume: bool
     init_weights: Path | None = None  # training.init_from's weights file (absolute), loaded before step 0
 
@@ -53,9 +56,10 @@ class Job:
         return self.run_dir / "metrics.jsonl"
 
     def to_json(self) -> dict:
-        return {"train": str(self.shards.train.resolve()), "val": str(self.shards.val.resolve()),
-                "dtype": self.shards.dtype, "unigram_entropy": self.shards.unigram_entropy, "resume": self.resume,
-                "init_weights": str(self.init_weights) if self.init_weights else None}
+        shards = {} if self.shards is None else {
+            "train": str(self.shards.train.resolve()), "val": str(self.shards.val.resolve()),
+            "dtype": self.shards.dtype, "unigram_entropy": self.shards.unigram_entropy}
+        return {**shards, "resume": self.resume, "init_weights": str(self.init_weights) if self.init_weights else None}
 
 
 def cache_dir() -> Path:
@@ -113,6 +117,8 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
     if dry_run:
         return None
 
+    if spec.post_training is not None:
+        return _prepare_post_training(spec, run_dir, resume, init)
     documents = _documents(spec)
     vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
     if vocab > spec.model.vocab_size:
@@ -140,10 +146,52 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
     return job
 
 
+def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None) -> Job:
+    """RUN_DIR for a fine-tune: the base's tokenizer (its ids are the ones the weights learned), and the
+    instruction examples tokenised into run_dir/data/ (train, val; held_out answers for the built-in task set)."""
+    if resume:
+        tokenizer_path = run_dir / "tokenizer.json"
+    elif spec.data.tokenizer.path:
+        tokenizer_path = Path(spec.data.tokenizer.path).expanduser()
+    elif init is not None and init.tokenizer is not None:
+        tokenizer_path = init.tokenizer
+    else:
+        raise LLMSpecError("data.tokenizer.path: a fine-tune needs the tokenizer its base learned; "
+                           "training.init_from has none (set data.tokenizer.path)")
+    tokenizer = load_tokenizer(tokenizer_path, spec.model.vocab_size)
+    seq_len, corpus, pairs = spec.training.seq_len, spec.data.corpus, spec.post_training.method in PAIRWISE
+    if corpus == BUILTIN:
+        train, val = task_records("train"), task_records("held_out")
+        # the reward model scores; the policies answer, checked against the task's answer
+        held_out = [] if spec.post_training.method == "reward" else [
+            {"prompt": r["prompt"], "answer": r["answer"]} for r in val]
+        source = "the built-in task set"
+    else:
+        paths = [corpus] if isinstance(corpus, str) else corpus
+        records = [r for path in paths for r in read_records(Path(path), pairs)]
+        split = len(records) - max(1, int(len(records) * spec.data.val_fraction))
+        train, val, held_out, source = records[:split], records[split:], [], "data.corpus"
+    data = run_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    encode = tokenise_pairs if pairs else tokenise
+    for name, records in (("train", train), ("val", val)):
+        save_examples(encode(records, tokenizer, seq_len, f"{source} ({name})"), data / f"{name}.json")
+    if held_out:
+        write_atomic(data / "held_out.json", json.dumps(held_out))
+    build(spec, run_dir / "build", keep_edited=resume)
+    write_atomic(run_dir / "spec.yaml", dump_spec(spec))
+    if not resume:
+        shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
+    job = Job(spec, run_dir, None, resume, init.weights.resolve() if init else None)
+    write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))
+    return job
+
+
 def load_job(run_dir: Path) -> Job:
     """The job ``prepare`` laid out in ``run_dir`` (for processes started by a launcher)."""
     data = json.loads((run_dir / "job.json").read_text())
     spec = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
-    shards = Shards(Path(data["train"]), Path(data["val"]), data["dtype"], data["unigram_entropy"])
+    shards = Shards(Path(data["train"]), Path(data["val"]), data["dtype"], data["unigram_entropy"]) if (
+        "train" in data) else None
     init = data.get("init_weights")
     return Job(spec, run_dir, shards, data["resume"], Path(init) if init else None)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from llmspec.data.shards import Batches
 from llmspec.errors import LLMSpecError
 from llmspec.spec import dump_spec
 from llmspec.train.checkpoint import latest_checkpoint
 from llmspec.train.engine import Engine
 from llmspec.train.job import Job
 from llmspec.train.metrics import StepLog
+from llmspec.train.objectives import BatchSource, Objective, objective
 from llmspec.train.schedule import lr_at
 
 EVAL_BATCHES = 8
@@ -53,11 +53,21 @@ def due(interval: int, done: int, steps: int) -> bool:
     return done % interval == 0 or done == steps
 
 
-def evaluate(engine: Engine, batches: Batches) -> float:
+def evaluate(engine: Engine, batches: BatchSource) -> float:
     """Mean loss over a fixed set of validation batches (the same every evaluation, on every rank)."""
     engine.train_mode(False)
     try:
         return sum(engine.eval_loss(batches.get(0, i)) for i in range(EVAL_BATCHES)) / EVAL_BATCHES
+    finally:
+        engine.train_mode(True)
+
+
+def _evaluate_all(engine: Engine, task: Objective) -> tuple[float, dict]:
+    """val_loss and what the objective adds (task accuracy), with dropout off."""
+    val_loss = evaluate(engine, task.val)
+    engine.train_mode(False)
+    try:
+        return val_loss, task.metrics(engine)
     finally:
         engine.train_mode(True)
 
@@ -70,18 +80,21 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
         start, source = engine.load(job.checkpoints)
         if engine.is_main:
             announce(f"resumed from {source} at step {start}")
-    train_batches = Batches(job.shards.load("train"), tr.seq_len, tr.micro_batch_size, tr.seed, "train")
-    val_batches = Batches(job.shards.load("val"), tr.seq_len, tr.micro_batch_size, tr.seed, "val")
+    task = objective(job)
     log = StepLog(spec, job.metrics_file, engine.device, start, job.resume) if engine.is_main else None
     slots = engine.batch_slots()
     pending: list[torch.Tensor] = []  # this process's losses since the last host read, still on the device
     loss = val_loss = None
     engine.train_mode(True)
     try:
+        if task.eval_at_start and start == 0:  # the starting point, so the gain is visible
+            val_loss, extra = _evaluate_all(engine, task)
+            if log:
+                log.eval(0, val_loss, **extra)
         for step in range(start, tr.steps):
             lr = lr_at(spec, step)
             engine.set_lr(lr)
-            pending.append(engine.train_step([train_batches.get(step, micro, replica) for micro, replica in slots]))
+            pending.append(engine.train_step([task.train.get(step, micro, replica) for micro, replica in slots]))
             done = step + 1
             if due(tr.log_interval, done, tr.steps) or due(tr.checkpoint_interval, done, tr.steps):
                 losses = engine.global_mean(torch.stack(pending)).tolist()  # the one host sync per log
@@ -95,9 +108,9 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
                     log.step(done, loss, lr)
             paused = time.perf_counter()
             if due(tr.eval_interval, done, tr.steps):
-                val_loss = evaluate(engine, val_batches)
+                val_loss, extra = _evaluate_all(engine, task)
                 if log:
-                    log.eval(done, val_loss)
+                    log.eval(done, val_loss, **extra)
             if due(tr.checkpoint_interval, done, tr.steps):
                 if not engine.weights_finite():
                     raise TrainingError(stopped_message(job, done, "the weights hold inf/nan"))

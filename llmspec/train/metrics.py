@@ -69,8 +69,10 @@ class StepLog:
         self.metrics.write(record)
         self.mark, self.mark_step, self.excluded = time.perf_counter(), done, 0.0
 
-    def eval(self, done: int, val_loss: float) -> None:
-        self.metrics.write({"step": done, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))})
+    def eval(self, done: int, val_loss: float, **extra: float) -> None:
+        """An eval line: val_loss, and what the objective adds (task_accuracy for post-training)."""
+        self.metrics.write({"step": done, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)),
+                            **extra})
 
     def close(self) -> None:
         self.metrics.close()

@@ -12,9 +12,10 @@ from llmspec.spec.units import fmt_bytes
 def check_runnable(spec: Spec) -> None:
     """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
     par, cl = spec.parallelism, spec.cluster
-    if spec.post_training is not None:
-        raise LLMSpecError(f"post_training.method {spec.post_training.method}: planned (`llmspec plan`, `measure`), "
-                           "not yet run; remove post_training to pretrain")
+    post = spec.post_training
+    if post is not None and post.method != "sft":
+        raise LLMSpecError(f"post_training.method {post.method}: planned (`llmspec plan`, `measure`), not yet run "
+                           "(`llmspec run` runs sft, fully or under an adapter)")
     if par.byte_regime == "pure16":
         raise LLMSpecError("parallelism.byte_regime pure16: planned, not run (the engines keep an fp32 master); "
                            "use deepspeed, zero_paper or megatron to run")

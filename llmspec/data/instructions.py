@@ -1,0 +1,194 @@
+"""Instruction data for supervised fine-tuning: records read and checked, rendered with the chat template,
+tokenised, and packed into (input, target) windows with the prompt's targets masked.
+
+The default template (used when the base has no chat template of its own) is plain text, so any tokenizer holds
+it; the end-of-text token ends each response, which teaches the model to stop:
+
+    Question: {prompt}
+    Answer: {response}<|endoftext|>
+
+Records are JSON Lines. Instruction data: ``prompt`` and ``response``, or ``messages`` (a list of {role, content}:
+the last assistant message is the response, the messages before it the prompt). Preference data (reward models,
+DPO): ``prompt``, ``chosen`` and ``rejected``. A bad record is reported with its file and line; a file with too few
+good records is refused. Pairs run as one batch of 2b sequences: the b chosen, then the b rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from llmspec.data.corpus import DataError
+from llmspec.data.tokenizer import END_OF_TEXT
+
+IGNORE = -100  # the target value cross-entropy leaves out (the compiled model's convention)
+MIN_RECORDS = 8
+
+
+def prompt_text(prompt: str) -> str:
+    return f"Question: {prompt}\nAnswer:"
+
+
+def response_text(response: str) -> str:
+    return f" {response}{END_OF_TEXT}"
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: list[int]
+    response: list[int]
+
+
+def read_records(path: Path, pairs: bool = False) -> list[dict[str, str]]:
+    """Instruction records of a JSON Lines file as {prompt, response}, or (``pairs``) preference records as
+    {prompt, chosen, rejected}; one line naming the first bad record."""
+    if not path.is_file():
+        raise DataError(f"data.corpus: {path} does not exist")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: not JSON ({error.msg})") from None
+            records.append(_preference(record, where) if pairs else _instruction(record, where))
+    if len(records) < MIN_RECORDS:
+        raise DataError(f"data.corpus: {path} holds {len(records)} records; fine-tuning needs at least {MIN_RECORDS}")
+    return records
+
+
+def _instruction(record: object, where: str) -> dict[str, str]:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object with prompt and response (or messages)")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
+        if messages[-1].get("role") != "assistant":
+            raise DataError(f"{where}: the last message must be the assistant's (the response to learn)")
+        prompt = "\n".join(m["content"] for m in messages[:-1])
+        record = {"prompt": prompt, "response": messages[-1]["content"]}
+    for field in ("prompt", "response"):
+        if not isinstance(record.get(field), str):
+            raise DataError(f"{where}: missing {field} (a string)")
+    if not record["response"].strip():
+        raise DataError(f"{where}: empty response")
+    return {"prompt": record["prompt"], "response": record["response"]}
+
+
+def _preference(record: object, where: str) -> dict[str, str]:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object with prompt, chosen and rejected")
+    for field in ("prompt", "chosen", "rejected"):
+        if not isinstance(record.get(field), str):
+            raise DataError(f"{where}: missing {field} (a string)")
+        if field != "prompt" and not record[field].strip():
+            raise DataError(f"{where}: empty {field}")
+    return {"prompt": record["prompt"], "chosen": record["chosen"], "rejected": record["rejected"]}
+
+
+def tokenise_pairs(records: list[dict[str, str]], tokenizer: Tokenizer, seq_len: int,
+                   source: str) -> list[tuple[Example, Example]]:
+    """(chosen, rejected) examples of each preference record."""
+    chosen = tokenise([{"prompt": r["prompt"], "response": r["chosen"]} for r in records], tokenizer, seq_len, source)
+    rejected = tokenise([{"prompt": r["prompt"], "response": r["rejected"]} for r in records], tokenizer, seq_len,
+                        source)
+    return list(zip(chosen, rejected, strict=True))
+
+
+def tokenise(records: list[dict[str, str]], tokenizer: Tokenizer, seq_len: int, source: str) -> list[Example]:
+    """Each record's prompt and response ids under the template; a prompt that leaves no room for a response in
+    ``seq_len`` tokens is refused (naming the record), a long response is cut at ``seq_len``."""
+    prompts = tokenizer.encode_batch([prompt_text(r["prompt"]) for r in records], add_special_tokens=False)
+    responses = tokenizer.encode_batch([response_text(r["response"]) for r in records], add_special_tokens=False)
+    examples = []
+    for index, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        if len(prompt.ids) >= seq_len:
+            raise DataError(f"{source}: record {index + 1}: its prompt is {len(prompt.ids)} tokens, training.seq_len "
+                            f"{seq_len} leaves no room for the response")
+        examples.append(Example(prompt.ids, response.ids[: seq_len + 1 - len(prompt.ids)]))
+    return examples
+
+
+def save_examples(examples: list[Example] | list[tuple[Example, Example]], path: Path) -> None:
+    """Instruction examples, or (chosen, rejected) pairs, as JSON."""
+    def plain(item):
+        return [plain(e) for e in item] if isinstance(item, tuple) else [item.prompt, item.response]
+
+    path.write_text(json.dumps([plain(item) for item in examples]))
+
+
+def load_examples(path: Path) -> list[Example] | list[tuple[Example, Example]]:
+    def typed(item):
+        return tuple(typed(e) for e in item) if isinstance(item[0][0], list) else Example(*item)
+
+    return [typed(item) for item in json.loads(path.read_text())]
+
+
+class ExampleBatches:
+    """Windows of ``seq_len + 1`` tokens packed with whole examples (TRL's packing): inputs are the first
+    ``seq_len``, targets the last, with every target inside a prompt set to -100 (``loss_on: response``). The
+    examples of a window are a pure function of (seed, split, step, micro-batch, rank), as pretraining's are."""
+
+    def __init__(self, examples: list[Example], seq_len: int, micro_batch_size: int, seed: int, split: str,
+                 loss_on: str = "response", pad: int = 0):
+        self.examples, self.seq_len, self.batch, self.seed = examples, seq_len, micro_batch_size, seed
+        self.split_code, self.loss_on, self.pad = 0 if split == "train" else 1, loss_on, pad
+
+    def get(self, step: int, micro: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.split_code, step, micro, rank])
+        rows = [self._window(rng) for _ in range(self.batch)]
+        tokens = torch.tensor([r[0] for r in rows], dtype=torch.int64)
+        learn = torch.tensor([r[1] for r in rows], dtype=torch.bool)
+        targets = tokens[:, 1:].masked_fill(~learn[:, 1:], IGNORE)
+        return tokens[:, :-1], targets
+
+    def _window(self, rng: np.random.Generator) -> tuple[list[int], list[bool]]:
+        tokens: list[int] = []
+        learn: list[bool] = []
+        length = self.seq_len + 1
+        while len(tokens) < length:
+            example = self.examples[int(rng.integers(len(self.examples)))]
+            if tokens and len(tokens) + len(example.prompt) + len(example.response) > length:
+                break  # no partial example after the first: pad the rest
+            tokens += example.prompt + example.response
+            learn += [self.loss_on == "all"] * len(example.prompt) + [True] * len(example.response)
+        tokens, learn = tokens[:length], learn[:length]
+        pad = length - len(tokens)
+        return tokens + [self.pad] * pad, learn + [False] * pad
+
+
+class PairBatches:
+    """Preference pairs, one per row (no packing: a sequence's log-probability or score is its own): ``get``
+    returns 2b rows, the b chosen then the b rejected, each padded to ``seq_len`` with its prompt's targets
+    masked. Deterministic in (seed, split, step, micro-batch, rank)."""
+
+    def __init__(self, pairs: list[tuple[Example, Example]], seq_len: int, micro_batch_size: int, seed: int,
+                 split: str, pad: int = 0):
+        self.pairs, self.seq_len, self.batch, self.seed = pairs, seq_len, micro_batch_size, seed
+        self.split_code, self.pad = 0 if split == "train" else 1, pad
+
+    def get(self, step: int, micro: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.split_code, step, micro, rank])
+        chosen = [self.pairs[int(i)] for i in rng.integers(len(self.pairs), size=self.batch)]
+        return self.rows([c for c, _ in chosen] + [r for _, r in chosen])
+
+    def rows(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = self.seq_len + 1
+        tokens, learn = [], []
+        for example in examples:
+            ids = (example.prompt + example.response)[:length]
+            keep = ([False] * len(example.prompt) + [True] * len(example.response))[:length]
+            tokens.append(ids + [self.pad] * (length - len(ids)))
+            learn.append(keep + [False] * (length - len(ids)))
+        tokens_t, learn_t = torch.tensor(tokens, dtype=torch.int64), torch.tensor(learn, dtype=torch.bool)
+        return tokens_t[:, :-1], tokens_t[:, 1:].masked_fill(~learn_t[:, 1:], IGNORE)

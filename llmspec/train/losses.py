@@ -1,0 +1,81 @@
+"""Each method's loss on one micro-batch, as an engine computes it: ``loss(forward, inputs, targets)``.
+
+The formulas are the compiled model's own (``model.py``: ``cross_entropy``, ``reward_loss``, ``sequence_logprobs``,
+``dpo_loss``), so what ``measure`` counts is what trains. Pairwise batches hold the b chosen sequences, then the
+b rejected (``llmspec.data.instructions.PairBatches``).
+
+- pretraining, sft: next-token cross-entropy (the prompt's targets are -100 under ``loss_on: response``);
+- reward: Bradley-Terry on the value head's score after each sequence's last response token;
+- dpo: the policy's and the reference's summed response log-probabilities; the reference is the base with the
+  adapters off (``adapter_off``) or a frozen copy of the starting model (``copy``).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable
+
+import torch
+
+from llmspec.data.instructions import IGNORE
+from llmspec.spec.schema import Spec
+
+Loss = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def last_positions(targets: torch.Tensor) -> torch.Tensor:
+    """Each row's last position with a target: where the score after its last response token is read."""
+    positions = torch.arange(targets.shape[1], device=targets.device).expand_as(targets)
+    return torch.where(targets != IGNORE, positions, -1).amax(dim=1)
+
+
+def sequence_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A value head's (B, T) scores → one per sequence."""
+    return scores.gather(1, last_positions(targets)[:, None]).squeeze(1)
+
+
+class Reference:
+    """DPO's reference log-probabilities, without gradients: the model with its adapters off, or a frozen copy of
+    the model as it starts (taken when the engine is built, after the base's weights are loaded)."""
+
+    def __init__(self, kind: str, model: torch.nn.Module):
+        self.kind, self.model = kind, model
+        self.frozen = copy.deepcopy(model).eval().requires_grad_(False) if kind == "copy" else None
+
+    @torch.no_grad()
+    def logprobs(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        module = sys.modules[type(self.model).__module__]
+        if self.frozen is not None:
+            return module.sequence_logprobs(self.frozen(inputs)[0], targets)
+        self.model.set_adapters(False)
+        try:
+            return module.sequence_logprobs(self.model(inputs)[0], targets)
+        finally:
+            self.model.set_adapters(True)
+
+
+def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
+    """The loss of ``spec``'s method for ``model`` (the engine's module; ``forward`` may be its compiled or
+    DeepSpeed-wrapped callable)."""
+    post = spec.post_training
+    method = post.method if post is not None else "pretrain"
+    module = sys.modules[type(model).__module__]  # the compiled model.py
+    if method in ("pretrain", "sft"):
+        return lambda forward, inputs, targets: forward(inputs, targets)[1]
+    if method == "reward":
+        def reward(forward, inputs, targets):
+            chosen, rejected = sequence_scores(forward(inputs)[0], targets).chunk(2)
+            return module.reward_loss(chosen, rejected)
+        return reward
+    if method == "dpo":
+        reference = Reference(post.reference, model)
+
+        def dpo(forward, inputs, targets):
+            policy = module.sequence_logprobs(forward(inputs)[0], targets)
+            ref = reference.logprobs(inputs, targets)
+            (policy_chosen, policy_rejected), (ref_chosen, ref_rejected) = policy.chunk(2), ref.chunk(2)
+            return module.dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+        dpo.reference = reference  # the metrics read the same reference
+        return dpo
+    raise ValueError(f"post_training.method {method}: no loss here (RL methods step by phase)")

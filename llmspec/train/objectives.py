@@ -1,0 +1,115 @@
+"""What a run optimises, as the one loop sees it: where its batches come from and what its evaluations add.
+
+Pretraining samples windows of the token stream. Post-training evaluates from step 0 (so the gain is visible):
+- sft packs instruction examples with the prompt's targets masked; on the built-in task set it adds
+  ``task_accuracy``, the share of held-out prompts whose greedy answer is exactly right;
+- reward and dpo run preference pairs (the b chosen, then the b rejected); the reward model adds
+  ``reward_accuracy`` (held-out pairs it scores the right way round), DPO ``preference_accuracy`` (held-out pairs
+  whose implicit reward β·(log π − log π_ref) prefers the chosen), ``reward_margin`` (its mean margin) and
+  ``task_accuracy``.
+A batch is still (inputs, targets); each method's loss is ``llmspec.train.losses``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from llmspec.data.instructions import ExampleBatches, PairBatches, load_examples, prompt_text
+from llmspec.data.shards import Batches
+from llmspec.data.tokenizer import END_OF_TEXT
+from llmspec.spec.post_training import PAIRWISE
+from llmspec.train.engine import Batch, Engine
+from llmspec.train.losses import sequence_scores
+
+ACCURACY_PROMPTS = 64  # held-out prompts answered at each evaluation
+HELD_OUT_PAIRS = 64  # held-out preference pairs scored at each evaluation
+
+
+class BatchSource(Protocol):
+    def get(self, step: int, micro: int, rank: int = 0) -> Batch: ...
+
+
+@dataclass
+class Objective:
+    train: BatchSource
+    val: BatchSource
+    eval_at_start: bool = False  # post-training: an eval line at step 0, before any update
+    held_out: list[dict[str, str]] = field(default_factory=list)  # {prompt, answer} for task_accuracy
+    tokenizer_file: Path | None = None
+    method: str = "pretrain"
+    beta: float = 0.0  # dpo
+
+    def metrics(self, engine: Engine) -> dict[str, Any]:
+        """What an evaluation adds to val_loss."""
+        found: dict[str, Any] = {}
+        if self.method in ("reward", "dpo"):
+            found.update(pair_metrics(engine, self.val, self.method, self.beta))
+        if self.held_out:
+            found["task_accuracy"] = task_accuracy(engine, self.held_out[:ACCURACY_PROMPTS], self.tokenizer_file)
+        return found
+
+
+def objective(job) -> Objective:
+    tr, post = job.spec.training, job.spec.post_training
+    if post is None:
+        return Objective(*(Batches(job.shards.load(split), tr.seq_len, tr.micro_batch_size, tr.seed, split)
+                           for split in ("train", "val")))
+    data = job.run_dir / "data"
+    if post.method in PAIRWISE:
+        batches = [PairBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
+                               split) for split in ("train", "val")]
+    else:
+        batches = [ExampleBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
+                                  split, post.loss_on) for split in ("train", "val")]
+    answers = data / "held_out.json"
+    held_out = json.loads(answers.read_text()) if answers.is_file() else []
+    return Objective(*batches, eval_at_start=True, held_out=held_out, tokenizer_file=job.tokenizer_file,
+                     method=post.method, beta=post.beta)
+
+
+@torch.no_grad()
+def pair_metrics(engine: Engine, pairs: PairBatches, method: str, beta: float) -> dict[str, float]:
+    """Held-out preference pairs (the same ones every evaluation): how often the chosen wins, and DPO's margin."""
+    held_out = pairs.pairs[:HELD_OUT_PAIRS]
+    inputs, targets = pairs.rows([c for c, _ in held_out] + [r for _, r in held_out])
+    inputs, targets = inputs.to(engine.device), targets.to(engine.device)
+    model = engine.model
+    module = sys.modules[type(model).__module__]
+    if method == "reward":
+        chosen, rejected = sequence_scores(model(inputs)[0], targets).float().chunk(2)
+        return {"reward_accuracy": (chosen > rejected).float().mean().item()}
+    policy = module.sequence_logprobs(model(inputs)[0], targets)
+    margin = beta * (policy - engine.loss.reference.logprobs(inputs, targets))
+    chosen, rejected = margin.chunk(2)
+    return {"preference_accuracy": (chosen > rejected).float().mean().item(),
+            "reward_margin": (chosen - rejected).mean().item()}
+
+
+@torch.no_grad()
+def task_accuracy(engine: Engine, records: list[dict[str, str]], tokenizer_file: Path) -> float:
+    """Greedy answers to held-out prompts, exactly right (up to surrounding spaces) or not."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    end = tokenizer.token_to_id(END_OF_TEXT)
+    model = engine.model
+    longest = max(len(tokenizer.encode(r["answer"]).ids) for r in records) + 2
+    right = 0
+    for record in records:
+        ids = tokenizer.encode(prompt_text(record["prompt"]), add_special_tokens=False).ids
+        idx = torch.tensor([ids], device=engine.device)
+        out = []
+        for _ in range(longest):
+            token = int(model(idx[:, -model.config.max_seq_len:])[0][0, -1].argmax())
+            if token == end:
+                break
+            out.append(token)
+            idx = torch.cat((idx, torch.tensor([[token]], device=engine.device)), dim=1)
+        right += tokenizer.decode(out).strip() == record["answer"].strip()
+    return right / len(records)

@@ -1,0 +1,179 @@
+"""Supervised fine-tuning: the built-in task set, instruction records and their checks, packed batches with the
+prompt masked, a base's weights under LoRA, the loss against its formula, and `llmspec run` on sft end to end.
+
+The base is tests/fixtures/tiny-hf: the `tiny` run (600 steps on the built-in corpus) exported with `export-hf`,
+imported here as a user would (`import-hf`), so the end-to-end tests need no 4-minute pretraining run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from llmspec.compile.loading import model_module
+from llmspec.data.corpus import DataError
+from llmspec.data.instructions import IGNORE, Example, ExampleBatches, prompt_text, read_records, tokenise
+from llmspec.data.tasks import task_records
+from llmspec.errors import LLMSpecError
+from llmspec.runner import run
+from llmspec.spec.loading import load_spec
+from llmspec.train.init_from import load_initial_weights
+from llmspec.train.metrics import read_metrics
+
+TINY_HF = Path(__file__).parent / "fixtures" / "tiny-hf"
+
+LORA = ["post_training.adapter.type=lora", "post_training.adapter.r=16", "post_training.adapter.alpha=32",
+        "post_training.adapter.targets=all-linear"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    from llmspec.interop.hf import import_hf
+
+    out = tmp_path_factory.mktemp("base") / "tiny"
+    import_hf(TINY_HF, out)
+    return out
+
+
+def _sft(base: Path, *sets: str):
+    return load_spec("tiny-sft", [f"training.init_from={base}", *sets])
+
+
+# ---- the built-in task set ------------------------------------------------------------------------------------
+
+def test_task_set_is_seeded_checkable_and_held_out_prompts_are_unseen():
+    train, held_out = task_records("train"), task_records("held_out")
+    assert train == task_records("train") and len(train) > 10 * len(held_out)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
+    for record in train[:200]:
+        kind, _, rest = record["prompt"].partition(": ")
+        words = rest.split()
+        if kind == "Larger":
+            expected = str(max(int(words[0]), int(words[-1])))
+        else:
+            expected = {"Repeat": rest, "First word": words[0], "Last word": words[-1]}[kind]
+        assert record["answer"] == record["response"] == record["chosen"] == expected
+        assert record["rejected"] != expected
+
+
+# ---- records, template, batches -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, needle", [
+    ("not json", "not JSON"),
+    ('{"prompt": "a"}', "missing response"),
+    ('{"prompt": "a", "response": "  "}', "empty response"),
+    ('{"messages": [{"role": "user", "content": "a"}]}', "the last message must be the assistant's"),
+    ('[1, 2]', "expected an object"),
+])
+def test_a_bad_record_is_named_by_file_and_line(tmp_path, line, needle):
+    path = tmp_path / "sft.jsonl"
+    good = json.dumps({"prompt": "p", "response": "r"})
+    path.write_text("\n".join([good] * 9 + [line]) + "\n")
+    with pytest.raises(DataError, match=f"{path}:10: {needle}"):
+        read_records(path)
+
+
+def test_messages_become_prompt_and_response_and_too_few_records_are_refused(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello"}]}
+    path.write_text("\n".join(json.dumps(chat) for _ in range(8)))
+    assert read_records(path)[0] == {"prompt": "Be brief.\nHi", "response": "Hello"}
+    path.write_text(json.dumps(chat))
+    with pytest.raises(DataError, match="holds 1 records; fine-tuning needs at least 8"):
+        read_records(path)
+
+
+def _tokenizer(run_dir: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(run_dir / "tokenizer.json"))
+
+
+def test_packed_batches_mask_exactly_the_prompt_and_pad(base):
+    tokenizer = _tokenizer(base)
+    examples = tokenise(task_records("train")[:50], tokenizer, 64, "test")
+    x, y = ExampleBatches(examples, 64, 4, seed=0, split="train").get(step=3, micro=1)
+    assert x.shape == y.shape == (4, 64)
+    assert torch.equal(x, ExampleBatches(examples, 64, 4, seed=0, split="train").get(step=3, micro=1)[0])
+    by_tokens = {tuple(e.prompt + e.response): e for e in examples}
+    row, targets = [int(t) for t in x[0]], [int(t) for t in y[0]]
+    window = row + [None]
+    position = 0
+    while position < 64:  # walk the packed examples: prompt targets masked, response targets kept
+        example = next((e for key, e in by_tokens.items() if list(key) == window[position:position + len(key)]),
+                       None)
+        if example is None:
+            assert all(t == IGNORE for t in targets[position:])  # the padded tail learns nothing
+            break
+        for offset in range(len(example.prompt) + len(example.response)):
+            at = position + offset - 1  # the target at `at` predicts this token
+            if at >= 0:
+                assert (targets[at] == IGNORE) == (offset < len(example.prompt))
+        position += len(example.prompt) + len(example.response)
+
+
+def test_a_prompt_longer_than_the_sequence_is_refused(base):
+    records = [{"prompt": "word " * 200, "response": "x"}]
+    with pytest.raises(DataError, match="record 1: its prompt is .* tokens, training.seq_len 64"):
+        tokenise(records, _tokenizer(base), 64, "data.corpus")
+
+
+def test_sft_loss_is_the_mean_nll_of_the_response_tokens():
+    torch.manual_seed(0)
+    spec = load_spec("tiny", ["post_training.method=sft", "model.n_layers=1"])
+    model = model_module(spec).Model()
+    example = Example(prompt=[5, 6, 7], response=[8, 9, 0])
+    x, y = ExampleBatches([example], 8, 1, seed=0, split="train").get(0, 0)
+    logits, loss = model(x, y)
+    logp = F.log_softmax(logits[0].double(), dim=-1)
+    # the window is [5 6 7 8 9 0 | 5 6 7 ...]: the targets 8, 9, 0 of the first example (and of no prompt) count
+    by_hand = -(logp[2, 8] + logp[3, 9] + logp[4, 0]) / 3
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+# ---- a base under LoRA ----------------------------------------------------------------------------------------
+
+def test_a_base_loads_under_lora_and_the_adapted_model_starts_as_the_base(base):
+    plain, adapted = load_spec("tiny"), _sft(base, *LORA)
+    base_model, lora_model = model_module(plain).Model(), model_module(adapted).Model()
+    load_initial_weights(base_model, base / "model.safetensors")
+    load_initial_weights(lora_model, base / "model.safetensors")
+    idx = torch.randint(0, 2048, (2, 16))
+    assert torch.equal(base_model.eval()(idx)[0], lora_model.eval()(idx)[0])  # B = 0: the update starts at zero
+    trained = {n for n, p in lora_model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+
+
+# ---- end to end -----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sft_raises_held_out_task_accuracy_and_lora_gets_most_of_the_gain(base, tmp_path):
+    gains = {}
+    for name in ("tiny-sft", "tiny-lora"):  # each at its own learning rate (LoRA's is 3x, as is usual)
+        spec = load_spec(name, [f"training.init_from={base}", "training.max_steps=200", "training.eval_interval=50"])
+        summary = run(spec, tmp_path / name, announce=lambda *a: None)
+        evals = [r for r in read_metrics(tmp_path / name / "metrics.jsonl") if "task_accuracy" in r]
+        assert [r["step"] for r in evals] == [0, 50, 100, 150, 200]  # the first eval line precedes any update
+        assert summary.task_accuracy == (evals[0]["task_accuracy"], evals[-1]["task_accuracy"])
+        gains[name] = evals[-1]["task_accuracy"] - evals[0]["task_accuracy"]
+        assert (tmp_path / name / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+        assert "Answer:" in (tmp_path / name / "samples.txt").read_text()
+    assert gains["tiny-sft"] >= 0.5  # a wide margin over the base, which answers none
+    assert gains["tiny-lora"] >= 0.8 * gains["tiny-sft"]
+
+
+def test_a_missing_base_names_the_command_that_trains_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/tiny here
+    with pytest.raises(LLMSpecError, match=r"training.init_from runs/tiny: .*`llmspec run tiny`"):
+        run(load_spec("tiny-sft"), tmp_path / "out", announce=lambda *a: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_methods_not_yet_run_are_refused_up_front(tmp_path):
+    with pytest.raises(LLMSpecError, match="post_training.method dpo: planned"):
+        run(load_spec("tiny-sft", ["post_training.method=dpo"]), tmp_path / "out", announce=lambda *a: None)
+    prompt = prompt_text("Repeat: a b")
+    assert prompt.endswith("Answer:")
