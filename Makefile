@@ -24,6 +24,8 @@ post-train: $(STAMP)
 	@test -d runs/tiny/checkpoints || $(BIN)/llmspec run
 	$(BIN)/llmspec run tiny-sft
 	$(BIN)/llmspec run tiny-lora
+	$(BIN)/llmspec run tiny-reward
+	$(BIN)/llmspec run tiny-dpo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests

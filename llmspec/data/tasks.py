@@ -11,9 +11,9 @@ CPU cores — each needs only copying and comparing, which small transformers pi
 
 Words are ones the tiny run's tokenizer (trained on the standard library's docstrings) holds as single tokens.
 Each record comes in the three forms post-training reads: instruction (``prompt``, ``response``), preference
-(``prompt``, ``chosen``, ``rejected`` — rejected is a plausible wrong answer: the other end word, the smaller number,
-the words out of order) and prompt set (``prompt``, ``answer``, for a verifier). Train and held-out records never
-share a prompt.
+(``prompt``, ``chosen``, ``rejected`` — rejected is a plausible wrong answer: the smaller number, or a word the
+prompt does not hold in place of the last one) and prompt set (``prompt``, ``answer``, for a verifier). Train and
+held-out records never share a prompt.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ def _record(rng: random.Random) -> dict[str, str]:
         return {"prompt": f"Larger: {a} or {b}", "answer": str(max(a, b)), "wrong": str(min(a, b))}
     words = rng.sample(WORDS, rng.randint(2, 4))
     text = " ".join(words)
+    stranger = rng.choice([w for w in WORDS if w not in words])  # a word the prompt does not hold
     if kind == 0:
-        shuffled = words[1:] + words[:1]  # the same words, out of order
-        return {"prompt": f"Repeat: {text}", "answer": text, "wrong": " ".join(shuffled)}
+        wrong = " ".join([*words[:-1], stranger])  # right until its last word
+        return {"prompt": f"Repeat: {text}", "answer": text, "wrong": wrong}
     if kind == 1:
-        return {"prompt": f"First word: {text}", "answer": words[0], "wrong": words[-1]}
-    return {"prompt": f"Last word: {text}", "answer": words[-1], "wrong": words[0]}
+        return {"prompt": f"First word: {text}", "answer": words[0], "wrong": stranger}
+    return {"prompt": f"Last word: {text}", "answer": words[-1], "wrong": stranger}
 
 
 def task_records(split: str) -> list[dict[str, str]]:

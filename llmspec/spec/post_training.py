@@ -68,6 +68,8 @@ class PostTraining(_Section):
         None, description="ppo: the critic's architecture, a named spec or a spec path; default: the policy's")
     beta: float = Field(0.1, gt=0, description="dpo: strength of the implicit KL constraint")
     loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="dpo: the preference loss")
+    rpo_alpha: float = Field(0.0, ge=0, description="dpo: weight of the chosen responses' NLL per token added to "
+                                                    "the preference loss (RPO, Pang et al. 2024; TRL's rpo_alpha)")
     kl_coef: float = Field(0.05, ge=0, description="ppo/grpo: per-token KL penalty to the reference")
     clip: float = Field(0.2, gt=0, description="ppo/grpo: policy ratio clip")
     value_clip: float = Field(0.2, gt=0, description="ppo: value clip")

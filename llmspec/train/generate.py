@@ -56,9 +56,22 @@ def _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k
 
 def write_samples(run_dir: Path, prompts: list[str]) -> list[str]:
     spec, model, tokenizer = load_run(run_dir)
+    if hasattr(model, "value_head"):
+        return _write_scores(run_dir, model, tokenizer, prompts)
     texts = [_complete(spec, model, tokenizer, p, 80, 0.8, 50, 0.95, seed=i) for i, p in enumerate(prompts)]
     (run_dir / "samples.txt").write_text("".join(f"--- {p!r}\n{t}\n\n" for p, t in zip(prompts, texts, strict=True)))
     return texts
+
+
+def _write_scores(run_dir: Path, model: torch.nn.Module, tokenizer, texts: list[str]) -> list[str]:
+    """A reward model scores instead of generating: each text's score after its last token."""
+    lines = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer.encode(text).ids[-model.config.max_seq_len:]
+            lines.append(f"{model(torch.tensor([ids]))[0][0, -1].item():+.3f}  {text!r}")
+    (run_dir / "samples.txt").write_text("scores of the reward model:\n" + "\n".join(lines) + "\n")
+    return lines
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:

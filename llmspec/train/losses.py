@@ -7,7 +7,8 @@ b rejected (``llmspec.data.instructions.PairBatches``).
 - pretraining, sft: next-token cross-entropy (the prompt's targets are -100 under ``loss_on: response``);
 - reward: Bradley-Terry on the value head's score after each sequence's last response token;
 - dpo: the policy's and the reference's summed response log-probabilities; the reference is the base with the
-  adapters off (``adapter_off``) or a frozen copy of the starting model (``copy``).
+  adapters off (``adapter_off``) or a frozen copy of the starting model (``copy``); with ``rpo_alpha`` the chosen
+  responses' NLL per token is added (RPO, Pang et al. 2024), which keeps DPO from unlearning how to stop.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
             policy = module.sequence_logprobs(forward(inputs)[0], targets)
             ref = reference.logprobs(inputs, targets)
             (policy_chosen, policy_rejected), (ref_chosen, ref_rejected) = policy.chunk(2), ref.chunk(2)
-            return module.dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+            loss = module.dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+            if post.rpo_alpha:  # + the chosen responses' NLL per token (RPO, Pang et al. 2024; TRL's rpo_alpha)
+                chosen_tokens = (targets.chunk(2)[0] != IGNORE).sum().clamp(min=1)
+                loss = loss - post.rpo_alpha * policy_chosen.sum() / chosen_tokens
+            return loss
         dpo.reference = reference  # the metrics read the same reference
         return dpo
     raise ValueError(f"post_training.method {method}: no loss here (RL methods step by phase)")

@@ -13,9 +13,12 @@ def check_runnable(spec: Spec) -> None:
     """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
     par, cl = spec.parallelism, spec.cluster
     post = spec.post_training
-    if post is not None and post.method != "sft":
+    if post is not None and post.method not in ("sft", "reward", "dpo"):
         raise LLMSpecError(f"post_training.method {post.method}: planned (`llmspec plan`, `measure`), not yet run "
-                           "(`llmspec run` runs sft, fully or under an adapter)")
+                           "(`llmspec run` runs sft, reward and dpo, fully or under an adapter)")
+    if post is not None and post.reference == "precomputed":
+        raise LLMSpecError("post_training.reference precomputed: planned, not run (the data has no reference "
+                           "log-probs field yet); use copy or adapter_off")
     if par.byte_regime == "pure16":
         raise LLMSpecError("parallelism.byte_regime pure16: planned, not run (the engines keep an fp32 master); "
                            "use deepspeed, zero_paper or megatron to run")
@@ -90,7 +93,9 @@ def local_gpus() -> list[tuple[str, int]]:
 
 
 def cpu_specs() -> list[str]:
-    """The named specs planned for this machine class (cluster.gpu: cpu)."""
+    """The named specs that pretrain on this machine class (cluster.gpu: cpu); the post-training chain on them
+    starts from a tiny run."""
     from llmspec.spec.loading import load_spec, named_specs
 
-    return [name for name in sorted(named_specs()) if load_spec(name).cluster.device.name == "cpu"]
+    specs = {name: load_spec(name) for name in sorted(named_specs())}
+    return [name for name, spec in specs.items() if spec.cluster.device.name == "cpu" and spec.post_training is None]
