@@ -38,6 +38,7 @@ from llmspec.train.engine import Batch, Engine
 from llmspec.train.init_from import initial_model
 from llmspec.train.job import Job, load_job
 from llmspec.train.loop import fit
+from llmspec.train.losses import loss_for
 from llmspec.train.optim import make_optimizer, param_groups
 
 # A rank that loses its peers gives up after this long instead of hanging (seconds; LLMSPEC_DIST_TIMEOUT).
@@ -144,6 +145,8 @@ class DeepSpeedEngine(Engine):
             reference, model = model.state_dict(), _pipeline_module(module, spec)
             n_layers = spec.model.n_layers
             model.load_state_dict({key: reference[_model_key(key, n_layers)] for key in model.state_dict()})
+        self.model = model  # the module (generation and held-out metrics run it; ZeRO-3 gathers on every rank)
+        self.loss = loss_for(spec, model)  # the method's loss (DPO's reference copy is taken before partitioning)
         offload = par.offload_optimizer != "none"
         # AutoEP's experts (ZeRO reduces them within their expert-data-parallel group, named as AutoEP names it)
         experts = f"ep_size_{par.expert}" if par.expert > 1 else None
@@ -184,7 +187,7 @@ class DeepSpeedEngine(Engine):
             return self.engine.train_batch(iter([self._to_device(b) for b in batches])).detach().float()
         total = torch.zeros((), device=self.device)
         for batch in batches:
-            _, loss = self.engine(*self._to_device(batch))
+            loss = self.loss(self.engine, *self._to_device(batch))
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
@@ -203,7 +206,7 @@ class DeepSpeedEngine(Engine):
         if self.pipelined:
             return self.engine.eval_batch(iter([self._to_device(batch)]), num_micro_batches=1).item()
         # every rank evaluates the same batches (those the torch engine uses); ZeRO-3 needs all ranks anyway
-        return self.engine(*self._to_device(batch))[1].item()
+        return self.loss(self.engine, *self._to_device(batch)).item()
 
     def train_mode(self, training: bool) -> None:
         self.engine.train(training)

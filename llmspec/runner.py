@@ -54,9 +54,7 @@ def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: 
                 dry_run: bool = False) -> Job | None:
     """Everything before training: refusals (fit, backend, resume), build, tokenizer and token shards
     (``dry_run``: the refusals only; nothing is written)."""
-    if resolve_backend(spec, backend) == "deepspeed" and spec.post_training is not None:
-        raise LLMSpecError(f"post_training.method {spec.post_training.method}: runs on the torch backend (one "
-                           "process) for now; set cluster.gpus_per_node=1 and cluster.nodes=1, or --backend torch")
+    resolve_backend(spec, backend)
     return prepare(spec, Path(run_dir), resume, dry_run)
 
 

@@ -223,3 +223,28 @@ def test_bf16_trains_under_deepspeed(layout, tmp_path):
     first = next(r[1] for r in ours if r[1] is not None)
     assert first == pytest.approx(next(r[1] for r in reference if r[1] is not None), rel=2e-2)
     assert all(value is None or value == value for row in ours for value in row[1:])  # no NaN
+
+
+POST = ["cluster.gpus_per_node=2", "training.micro_batch_size=4", "training.global_batch_size=16",
+        "training.max_steps=6", "training.log_interval=1", "training.eval_interval=3", "training.checkpoint_interval=3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from llmspec.interop.hf import import_hf
+    from tests.test_sft import TINY_HF
+
+    out = tmp_path_factory.mktemp("base") / "tiny"
+    import_hf(TINY_HF, out)
+    return out
+
+
+@pytest.mark.parametrize("name, layout", [
+    ("tiny-lora", ["parallelism.zero_stage=2"]),
+    ("tiny-dpo", ["parallelism.zero_stage=3", "post_training.adapter.type=lora"]),  # reference: adapters off
+], ids=["lora-sft-zero2", "dpo-adapter-off-zero3"])
+def test_post_training_under_deepspeed_tracks_the_single_process_run(name, layout, tiny_base, tmp_path):
+    spec = load_spec(name, [f"training.init_from={tiny_base}", *POST, *layout])
+    _tracks_one_process(spec, tmp_path)
+    evals = [r for r in read_metrics(tmp_path / "ds" / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6]  # the held-out metrics ran on every rank, logged by rank 0

@@ -16,11 +16,12 @@ from tokenizers import Tokenizer
 
 from llmspec.compile.loading import model_module
 from llmspec.data.corpus import DataError
-from llmspec.data.instructions import IGNORE, Example, ExampleBatches, prompt_text, read_records, tokenise
+from llmspec.data.instructions import IGNORE, Example, ExampleBatches, read_records, tokenise
 from llmspec.data.tasks import task_records
 from llmspec.errors import LLMSpecError
 from llmspec.runner import run
 from llmspec.spec.loading import load_spec
+from llmspec.train.checkpoint import list_checkpoints
 from llmspec.train.init_from import load_initial_weights
 from llmspec.train.metrics import read_metrics
 
@@ -179,3 +180,34 @@ def test_methods_not_yet_run_are_refused_up_front(tmp_path):
         run(load_spec("tiny-dpo", ["post_training.reference=precomputed"]), tmp_path / "out",
             announce=lambda *a: None)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_sft_run_resumes_bit_for_bit(base, tmp_path):
+    from llmspec.spec.loading import dump_spec
+    from tests.test_run import _cli, losses
+
+    spec = _sft(base, *LORA, "post_training.adapter.dropout=0.1", "training.max_steps=40",
+                "training.checkpoint_interval=10", "training.log_interval=1", "training.eval_interval=20")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(dump_spec(spec))
+    whole = _cli("run", str(spec_file), "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+    killed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), cwd=tmp_path)
+    import signal
+    import time
+
+    deadline = time.time() + 300
+    while not list_checkpoints(tmp_path / "killed" / "checkpoints") and time.time() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert len(losses(tmp_path / "killed")) < len(losses(tmp_path / "whole")), "killed too late"
+    resumed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), "--resume", cwd=tmp_path)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0 and "resumed from" in output, output
+    def records(run_dir):  # every logged number but the timings
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "mfu")}
+                for r in read_metrics(run_dir / "metrics.jsonl")]
+
+    assert records(tmp_path / "killed") == records(tmp_path / "whole")  # losses, task accuracy: every float

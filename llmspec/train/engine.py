@@ -24,6 +24,8 @@ class Engine(ABC):
     device: str
     #: the process that writes metrics.jsonl and the consolidated checkpoint (rank 0)
     is_main: bool = True
+    #: the model as a plain module: post-training's held-out metrics run it (every rank, as ZeRO-3 needs)
+    model: torch.nn.Module
 
     @abstractmethod
     def batch_slots(self) -> list[tuple[int, int]]:
