@@ -52,10 +52,9 @@ class TorchEngine(Engine):
 
     def train_step(self, batches: list[Batch]) -> torch.Tensor:
         total = torch.zeros((), device=self.device)
-        for x, y in batches:
+        for batch in batches:
             with autocast(self.precision, self.device):
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                loss = self.loss(self.forward, x, y)
+                loss = self.loss(self.forward, *(t.to(self.device, non_blocking=True) for t in batch))
             self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
@@ -68,9 +67,8 @@ class TorchEngine(Engine):
 
     @torch.no_grad()
     def eval_loss(self, batch: Batch) -> float:
-        x, y = batch
         with autocast(self.precision, self.device):
-            return self.loss(self.model, x.to(self.device), y.to(self.device)).item()
+            return self.loss(self.model, *(t.to(self.device) for t in batch)).item()
 
     def train_mode(self, training: bool) -> None:
         self.model.train(training)

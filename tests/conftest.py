@@ -9,3 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # DeepSpeed JIT-builds its CPU ops (shm comm, CPU Adam) on first use, 30-60 s each: keep them with the venv.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(_REPO, ".venv", "torch-extensions"))
+# Under pytest-xdist (`make test`: 2 workers on 2 cores) each worker computes on one thread: two workers of two
+# OpenMP threads each oversubscribe the cores, and spinning threads then slow every step many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -125,3 +125,46 @@ def test_reward_model_and_dpo_learn_the_held_out_preferences(base, tmp_path):  #
     assert evals[0]["step"] == 0 and evals[0]["reward_margin"] == 0  # the policy starts as its reference
     assert evals[-1]["preference_accuracy"] >= 0.8 and evals[-1]["reward_margin"] > 0
     assert {"task_accuracy", "val_loss"} <= set(evals[-1])
+
+
+# ---- GRPO -----------------------------------------------------------------------------------------------------
+
+def test_grpo_loss_is_the_clipped_objective_plus_k3_kl_per_sequence_token_mean():
+    from llmspec.train.losses import grpo_loss, kl_k3
+
+    policy = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
+    reference = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    advantages = torch.tensor([2.0, -1.0])
+    loss = grpo_loss(policy, reference, advantages, mask, clip=0.2, kl_coef=0.1)
+    k3 = torch.exp(reference - policy.detach()) - (reference - policy.detach()) - 1
+    by_hand = ((2 * -2.0 + 0.1 * (k3[0, 0] + k3[0, 1])) / 2 + (1.0 + 0.1 * k3[1, 0]) / 1) / 2
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert torch.all(kl_k3(policy.detach(), reference) >= 0)
+    loss.backward()  # the ratio's gradient is the policy gradient: -A/n per response token (+ the KL's)
+    kl_grad = 0.1 * (1 - torch.exp(reference - policy.detach()))
+    assert policy.grad[0, 0].item() == pytest.approx(((-2.0 + kl_grad[0, 0]) / 2 / 2).item(), rel=1e-5)
+    assert policy.grad[0, 2].item() == 0  # padding learns nothing
+
+
+def test_rollouts_are_verified_group_normalised_and_deterministic(base):  # noqa: F811
+    from tokenizers import Tokenizer
+
+    from llmspec.train.rollouts import RolloutBatches, verify
+
+    assert verify(" 52 ", "52") == 1.0 and verify("5", "52") == 0.0
+    spec = load_spec("tiny-grpo", [f"training.init_from={base}", "post_training.group_size=4",
+                                   "training.global_batch_size=8", "training.micro_batch_size=4"])
+    model = model_module(spec).Model()
+    load_initial_weights(model, base / "model.safetensors")
+    tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
+    records = [{"prompt": "Larger: 24 or 10", "answer": "24"}, {"prompt": "First word: list node", "answer": "list"}]
+    source = RolloutBatches(model, records, tokenizer, spec, dp=1)
+    x, y, advantages = source.get(step=3, micro=0)
+    again = RolloutBatches(model, records, tokenizer, spec, dp=1).get(step=3, micro=0)
+    assert torch.equal(x, again[0]) and torch.equal(advantages, again[2])
+    assert x.shape == (4, spec.post_training.prompt_len + spec.post_training.response_len)
+    _, _, all_advantages = source.cached[1]
+    for group in all_advantages.view(-1, 4):  # zero mean within each group (all zero when every answer agrees)
+        assert abs(group.sum().item()) < 1e-4
+    assert (y[:, :10] == IGNORE).all()  # the prompt learns nothing

@@ -211,3 +211,27 @@ def test_a_killed_sft_run_resumes_bit_for_bit(base, tmp_path):
                 for r in read_metrics(run_dir / "metrics.jsonl")]
 
     assert records(tmp_path / "killed") == records(tmp_path / "whole")  # losses, task accuracy: every float
+
+
+@pytest.mark.slow
+def test_a_lora_run_exports_merged_and_as_a_peft_adapter_with_equal_logits(base, tmp_path):
+    import transformers
+    from peft import PeftModel
+
+    from llmspec.train.generate import export_run
+
+    spec = load_spec("tiny-lora", [f"training.init_from={base}", "training.max_steps=4", "training.eval_interval=4",
+                                   "training.micro_batch_size=4", "training.global_batch_size=4"])
+    run(spec, tmp_path / "lora", announce=lambda *a: None)
+    export_run(tmp_path / "lora", tmp_path / "hf")
+    idx = torch.randint(0, 2048, (2, 24))
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    plain = transformers.AutoModelForCausalLM.from_pretrained(TINY_HF).eval()
+    adapted = PeftModel.from_pretrained(plain, tmp_path / "hf" / "adapter").eval()
+    with torch.no_grad():
+        ours, theirs = merged(idx).logits, adapted(idx).logits
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        with adapted.disable_adapter():
+            assert not torch.allclose(adapted(idx).logits, theirs, atol=1e-4)  # the adapter did learn something
+    config = json.loads((tmp_path / "hf" / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["target_modules"][0] == "q_proj"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), on the CPU; the engine moves them
+Batch = tuple[torch.Tensor, ...]  # (inputs, targets[, advantages]), on the CPU; the engine moves them
 
 
 class Engine(ABC):

@@ -75,15 +75,34 @@ def _write_scores(run_dir: Path, model: torch.nn.Module, tokenizer, texts: list[
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
-    """config.json + model.safetensors + the tokenizer, loadable with transformers' Auto classes."""
-    from llmspec.interop.hf import export_state
-
+    """config.json + model.safetensors + the tokenizer, loadable with transformers' Auto classes (a LoRA run: the
+    merged model, and its adapter for PEFT in ``out/adapter``)."""
     run_dir, out = Path(run_dir), Path(out)
     check_output_dir(out, (run_dir,))  # before the run is read: nothing is written into the run
     spec, model, _ = load_run(run_dir)
-    written = export_state(model.state_dict(), spec, out)
+    written = _export_weights(spec, model.state_dict(), out)
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
               "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": spec.model.max_seq_len}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return [*written, out / "tokenizer.json", out / "tokenizer_config.json"]
+
+
+def _export_weights(spec: Spec, state: dict[str, torch.Tensor], out: Path) -> list[Path]:
+    """The run's model for transformers; a LoRA run's merged into its base, plus its adapter in PEFT's format
+    (``out/adapter``)."""
+    from llmspec.interop.hf import export_state
+    from llmspec.interop.peft_adapter import base_spec, merged_state, write_adapter
+
+    post = spec.post_training
+    if post is None or post.adapter.type == "none" and not post.value_model:
+        return export_state(state, spec, out)
+    if post.value_model or post.adapter.type == "prefix" or post.base_precision in ("int8", "nf4"):
+        what = ("a reward model's value head" if post.value_model else "prefix key/values"
+                if post.adapter.type == "prefix" else f"a {post.base_precision} base")
+        raise LLMSpecError(f"export-hf: {what} has no transformers export yet (LoRA on a 16/32-bit base and full "
+                           "fine-tunes export)")
+    written = export_state(merged_state(state, spec), base_spec(spec), out)
+    if not spec.model.fused_qkv:
+        written += write_adapter(state, spec, out / "adapter")
+    return written

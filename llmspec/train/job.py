@@ -23,7 +23,7 @@ from llmspec.errors import DoesNotFitError, LLMSpecError
 from llmspec.planner.training import plan
 from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
 from llmspec.spec.loading import dump_spec, parse_spec
-from llmspec.spec.post_training import PAIRWISE
+from llmspec.spec.post_training import PAIRWISE, RL_METHODS
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
 from llmspec.train.checkpoint import latest_checkpoint
@@ -171,13 +171,27 @@ def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSo
         records = [r for path in paths for r in read_records(Path(path), pairs)]
         split = len(records) - max(1, int(len(records) * spec.data.val_fraction))
         train, val, held_out, source = records[:split], records[split:], [], "data.corpus"
+    if spec.post_training.method in RL_METHODS:  # prompts and answers: the rollouts are generated as it trains
+        return _finish(spec, run_dir, resume, init, tokenizer_path, {
+            "train.json": [{"prompt": r["prompt"], "answer": r["answer"]} for r in train],
+            "val.json": held_out, "held_out.json": held_out})
+    encode = tokenise_pairs if pairs else tokenise
+    examples = {name: encode(records, tokenizer, seq_len, f"{source} ({name})")
+                for name, records in (("train", train), ("val", val))}  # every refusal before anything is written
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
-    encode = tokenise_pairs if pairs else tokenise
-    for name, records in (("train", train), ("val", val)):
-        save_examples(encode(records, tokenizer, seq_len, f"{source} ({name})"), data / f"{name}.json")
-    if held_out:
-        write_atomic(data / "held_out.json", json.dumps(held_out))
+    for name, encoded in examples.items():
+        save_examples(encoded, data / f"{name}.json")
+    return _finish(spec, run_dir, resume, init, tokenizer_path, {"held_out.json": held_out} if held_out else {})
+
+
+def _finish(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, tokenizer_path: Path,
+            files: dict[str, list]) -> Job:
+    """The rest of a fine-tune's RUN_DIR: data files, build/, spec.yaml, the tokenizer and job.json."""
+    data = run_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        write_atomic(data / name, json.dumps(content))
     build(spec, run_dir / "build", keep_edited=resume)
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if not resume:

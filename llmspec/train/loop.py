@@ -53,18 +53,18 @@ def due(interval: int, done: int, steps: int) -> bool:
     return done % interval == 0 or done == steps
 
 
-def evaluate(engine: Engine, batches: BatchSource) -> float:
+def evaluate(engine: Engine, batches: BatchSource, count: int = EVAL_BATCHES) -> float:
     """Mean loss over a fixed set of validation batches (the same every evaluation, on every rank)."""
     engine.train_mode(False)
     try:
-        return sum(engine.eval_loss(batches.get(0, i)) for i in range(EVAL_BATCHES)) / EVAL_BATCHES
+        return sum(engine.eval_loss(batches.get(0, i)) for i in range(count)) / count
     finally:
         engine.train_mode(True)
 
 
 def _evaluate_all(engine: Engine, task: Objective) -> tuple[float, dict]:
     """val_loss and what the objective adds (task accuracy), with dropout off."""
-    val_loss = evaluate(engine, task.val)
+    val_loss = evaluate(engine, task.val, task.eval_batches)
     engine.train_mode(False)
     try:
         return val_loss, task.metrics(engine)
@@ -80,7 +80,7 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
         start, source = engine.load(job.checkpoints)
         if engine.is_main:
             announce(f"resumed from {source} at step {start}")
-    task = objective(job)
+    task = objective(job, engine)
     log = StepLog(spec, job.metrics_file, engine.device, start, job.resume) if engine.is_main else None
     slots = engine.batch_slots()
     pending: list[torch.Tensor] = []  # this process's losses since the last host read, still on the device

@@ -6,6 +6,8 @@ b rejected (``llmspec.data.instructions.PairBatches``).
 
 - pretraining, sft: next-token cross-entropy (the prompt's targets are -100 under ``loss_on: response``);
 - reward: Bradley-Terry on the value head's score after each sequence's last response token;
+- grpo: the clipped ratio objective on verifier-scored rollouts with group-normalised advantages, plus k3 KL to
+  the reference (batches: ``llmspec.train.rollouts``);
 - dpo: the policy's and the reference's summed response log-probabilities; the reference is the base with the
   adapters off (``adapter_off``) or a frozen copy of the starting model (``copy``); with ``rpo_alpha`` the chosen
   responses' NLL per token is added (RPO, Pang et al. 2024), which keeps DPO from unlearning how to stop.
@@ -46,14 +48,44 @@ class Reference:
 
     @torch.no_grad()
     def logprobs(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed response log-probabilities per sequence."""
         module = sys.modules[type(self.model).__module__]
+        return module.sequence_logprobs(self.logits(inputs), targets)
+
+    @torch.no_grad()
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.frozen is not None:
-            return module.sequence_logprobs(self.frozen(inputs)[0], targets)
+            return self.frozen(inputs)[0]
         self.model.set_adapters(False)
         try:
-            return module.sequence_logprobs(self.model(inputs)[0], targets)
+            return self.model(inputs)[0]
         finally:
             self.model.set_adapters(True)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position (0 where the target is masked)."""
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return logps * (targets != IGNORE)
+
+
+def kl_k3(policy: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π ‖ π_ref) estimated as e^(ref − π) − (ref − π) − 1 (Schulman's k3: unbiased, ≥ 0)."""
+    delta = reference - policy
+    return torch.exp(delta) - delta - 1
+
+
+def grpo_loss(policy: torch.Tensor, reference: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              clip: float, kl_coef: float) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): the clipped ratio objective with each sequence's advantage on every response
+    token, plus kl_coef · k3 KL to the reference, averaged over each sequence's tokens, then over sequences. One
+    pass per batch of rollouts (epochs 1): the old policy is this one, detached, so the ratio is 1 in value and
+    carries the policy gradient."""
+    ratio = torch.exp(policy - policy.detach())
+    a = advantages[:, None]
+    surrogate = torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
+    per_token = (-surrogate + kl_coef * kl_k3(policy, reference)) * mask
+    return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
 
 
 def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
@@ -83,4 +115,14 @@ def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
             return loss
         dpo.reference = reference  # the metrics read the same reference
         return dpo
-    raise ValueError(f"post_training.method {method}: no loss here (RL methods step by phase)")
+    if method == "grpo":
+        reference = Reference(post.reference, model)
+
+        def grpo(forward, inputs, targets, advantages):
+            mask = (targets != IGNORE).float()
+            policy = token_logprobs(forward(inputs)[0], targets)
+            ref = token_logprobs(reference.logits(inputs), targets)
+            return grpo_loss(policy, ref, advantages.to(policy.device), mask, post.clip, post.kl_coef)
+        grpo.reference = reference
+        return grpo
+    raise ValueError(f"post_training.method {method}: not run yet")

@@ -20,12 +20,13 @@ from typing import Any, Protocol
 
 import torch
 
-from llmspec.data.instructions import ExampleBatches, PairBatches, load_examples, prompt_text
+from llmspec.data.instructions import IGNORE, ExampleBatches, PairBatches, load_examples, prompt_text
 from llmspec.data.shards import Batches
 from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.spec.post_training import PAIRWISE
 from llmspec.train.engine import Batch, Engine
-from llmspec.train.losses import sequence_scores
+from llmspec.train.losses import kl_k3, sequence_scores, token_logprobs
+from llmspec.train.rollouts import RolloutBatches
 
 ACCURACY_PROMPTS = 64  # held-out prompts answered at each evaluation
 HELD_OUT_PAIRS = 64  # held-out preference pairs scored at each evaluation
@@ -44,31 +45,43 @@ class Objective:
     tokenizer_file: Path | None = None
     method: str = "pretrain"
     beta: float = 0.0  # dpo
+    eval_batches: int = 8  # validation micro-batches per val_loss
 
     def metrics(self, engine: Engine) -> dict[str, Any]:
         """What an evaluation adds to val_loss."""
         found: dict[str, Any] = {}
         if self.method in ("reward", "dpo"):
             found.update(pair_metrics(engine, self.val, self.method, self.beta))
+        if self.method == "grpo":
+            found.update(rollout_metrics(engine, self.val))
         if self.held_out:
             found["task_accuracy"] = task_accuracy(engine, self.held_out[:ACCURACY_PROMPTS], self.tokenizer_file)
         return found
 
 
-def objective(job) -> Objective:
+def objective(job, engine: Engine) -> Objective:
     tr, post = job.spec.training, job.spec.post_training
     if post is None:
         return Objective(*(Batches(job.shards.load(split), tr.seq_len, tr.micro_batch_size, tr.seed, split)
                            for split in ("train", "val")))
     data = job.run_dir / "data"
+    answers = data / "held_out.json"
+    held_out = json.loads(answers.read_text()) if answers.is_file() else []
+    if post.method == "grpo":
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(job.tokenizer_file))
+        dp = job.spec.parallelism.data_parallel
+        train, val = (RolloutBatches(engine.model, json.loads((data / f"{split}.json").read_text()), tokenizer,
+                                     job.spec, dp) for split in ("train", "val"))
+        return Objective(train, val, eval_at_start=True, held_out=held_out, tokenizer_file=job.tokenizer_file,
+                         method="grpo", eval_batches=max(1, train.per_rank // tr.micro_batch_size))
     if post.method in PAIRWISE:
         batches = [PairBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
                                split) for split in ("train", "val")]
     else:
         batches = [ExampleBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
                                   split, post.loss_on) for split in ("train", "val")]
-    answers = data / "held_out.json"
-    held_out = json.loads(answers.read_text()) if answers.is_file() else []
     return Objective(*batches, eval_at_start=True, held_out=held_out, tokenizer_file=job.tokenizer_file,
                      method=post.method, beta=post.beta)
 
@@ -113,3 +126,17 @@ def task_accuracy(engine: Engine, records: list[dict[str, str]], tokenizer_file:
             idx = torch.cat((idx, torch.tensor([[token]], device=engine.device)), dim=1)
         right += tokenizer.decode(out).strip() == record["answer"].strip()
     return right / len(records)
+
+
+@torch.no_grad()
+def rollout_metrics(engine: Engine, rollouts: RolloutBatches) -> dict[str, float]:
+    """On held-out prompts, one sampled response each (the same seed every evaluation): the verifier's mean reward,
+    and the policy's mean per-token KL to the reference on those responses."""
+    generator = torch.Generator().manual_seed(rollouts.seed)
+    inputs, targets, rewards = rollouts.scored(rollouts.records[:ACCURACY_PROMPTS], 1, generator)
+    inputs, targets = inputs.to(engine.device), targets.to(engine.device)
+    policy = token_logprobs(engine.model(inputs)[0], targets)
+    reference = token_logprobs(engine.loss.reference.logits(inputs), targets)
+    mask = targets != IGNORE
+    kl = (kl_k3(policy, reference) * mask).sum().item() / max(1, int(mask.sum()))
+    return {"reward_mean": rewards.mean().item(), "kl": kl}

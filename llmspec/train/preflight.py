@@ -13,9 +13,18 @@ def check_runnable(spec: Spec) -> None:
     """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
     par, cl = spec.parallelism, spec.cluster
     post = spec.post_training
-    if post is not None and post.method not in ("sft", "reward", "dpo"):
+    if post is not None and post.method not in ("sft", "reward", "dpo", "grpo"):
         raise LLMSpecError(f"post_training.method {post.method}: planned (`llmspec plan`, `measure`), not yet run "
-                           "(`llmspec run` runs sft, reward and dpo, fully or under an adapter)")
+                           "(`llmspec run` runs sft, reward, dpo and grpo, fully or under an adapter)")
+    if post is not None and post.method == "grpo":
+        if post.reward_model is not None:
+            raise LLMSpecError("post_training.reward_model: grpo runs with the built-in verifier for now (exact "
+                               "answers); remove reward_model to run, plan with it")
+        if spec.data.corpus != "builtin":
+            raise LLMSpecError("data.corpus: grpo runs on the built-in task set for now (its verifier checks "
+                               "answers); set data.corpus builtin")
+        if post.epochs != 1:
+            raise LLMSpecError(f"post_training.epochs {post.epochs}: grpo runs one pass per batch of rollouts")
     if post is not None and post.reference == "precomputed":
         raise LLMSpecError("post_training.reference precomputed: planned, not run (the data has no reference "
                            "log-probs field yet); use copy or adapter_off")
