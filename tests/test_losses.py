@@ -118,6 +118,14 @@ def test_reward_model_and_dpo_learn_the_held_out_preferences(base, tmp_path):  #
     evals = [r for r in read_metrics(tmp_path / "reward" / "metrics.jsonl") if "reward_accuracy" in r]
     assert evals[0]["step"] == 0 and evals[-1]["reward_accuracy"] >= 0.9
     assert "scores of the reward model" in (tmp_path / "reward" / "samples.txt").read_text()
+    from llmspec.data.tasks import task_records
+    from llmspec.train.generate import generate
+
+    def score(prompt: str, answer: str) -> float:  # a reward model's generate is its score of the text
+        return float(generate(tmp_path / "reward", f"Question: {prompt}\nAnswer: {answer}").split()[0])
+
+    records = task_records("held_out")[:8]
+    assert sum(score(r["prompt"], r["chosen"]) > score(r["prompt"], r["rejected"]) for r in records) >= 6
 
     run(load_spec("tiny-dpo", [f"training.init_from={sft}", "training.max_steps=100", "training.eval_interval=50"]),
         tmp_path / "dpo", announce=lambda *a: None)

@@ -37,6 +37,8 @@ def load_run(run_dir: str | Path) -> tuple[Spec, torch.nn.Module, object]:
 def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
              top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
     spec, model, tokenizer = load_run(run_dir)
+    if hasattr(model, "value_head"):  # a reward model scores the text instead of continuing it
+        return _score(model, tokenizer, prompt)
     return _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
 
 
@@ -65,13 +67,18 @@ def write_samples(run_dir: Path, prompts: list[str]) -> list[str]:
 
 def _write_scores(run_dir: Path, model: torch.nn.Module, tokenizer, texts: list[str]) -> list[str]:
     """A reward model scores instead of generating: each text's score after its last token."""
-    lines = []
-    with torch.no_grad():
-        for text in texts:
-            ids = tokenizer.encode(text).ids[-model.config.max_seq_len:]
-            lines.append(f"{model(torch.tensor([ids]))[0][0, -1].item():+.3f}  {text!r}")
+    lines = [_score(model, tokenizer, text) for text in texts]
     (run_dir / "samples.txt").write_text("scores of the reward model:\n" + "\n".join(lines) + "\n")
     return lines
+
+
+@torch.no_grad()
+def _score(model: torch.nn.Module, tokenizer, text: str) -> str:
+    """A reward model's score of ``text``, read after its last token."""
+    ids = tokenizer.encode(text).ids[-model.config.max_seq_len:]
+    if not ids:
+        raise LLMSpecError("the prompt is empty")
+    return f"{model(torch.tensor([ids]))[0][0, -1].item():+.3f}  {text!r}"
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
