@@ -26,6 +26,8 @@ post-train: $(STAMP)
 	$(BIN)/llmspec run tiny-lora
 	$(BIN)/llmspec run tiny-reward
 	$(BIN)/llmspec run tiny-dpo
+	$(BIN)/llmspec run tiny-grpo
+	$(BIN)/llmspec run tiny-ppo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests

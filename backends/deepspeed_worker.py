@@ -40,6 +40,7 @@ from llmspec.train.job import Job, load_job
 from llmspec.train.loop import fit
 from llmspec.train.losses import loss_for
 from llmspec.train.optim import make_optimizer, param_groups
+from llmspec.train.ppo import split_states
 
 # A rank that loses its peers gives up after this long instead of hanging (seconds; LLMSPEC_DIST_TIMEOUT).
 DIST_TIMEOUT = int(os.environ.get("LLMSPEC_DIST_TIMEOUT", "300"))
@@ -232,7 +233,7 @@ class DeepSpeedEngine(Engine):
         self.engine.save_checkpoint(str(ds_dir), tag=tag, client_state={"step": step})
         torch.save(torch.get_rng_state(), ds_dir / tag / f"rng-rank{self.rank}.pt")
         if self.is_main:
-            save_checkpoint(checkpoints, step, {"step": step, "model": state, "spec": spec_yaml,
+            save_checkpoint(checkpoints, step, {"step": step, **split_states(state), "spec": spec_yaml,
                                                 "backend": "deepspeed"})
         dist.barrier()
 

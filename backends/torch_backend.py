@@ -18,6 +18,7 @@ from llmspec.train.job import Job
 from llmspec.train.loop import FitResult, fit
 from llmspec.train.losses import loss_for
 from llmspec.train.optim import make_optimizer
+from llmspec.train.ppo import load_trained_states, trained_states
 from llmspec.train.precision import autocast
 
 
@@ -78,7 +79,7 @@ class TorchEngine(Engine):
 
     def save(self, checkpoints: Path, step: int, spec_yaml: str) -> None:
         save_checkpoint(checkpoints, step, {
-            "step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "step": step, **trained_states(self.model), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "spec": spec_yaml,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if self.device == "cuda" else None}})
@@ -86,7 +87,7 @@ class TorchEngine(Engine):
     def load(self, checkpoints: Path) -> tuple[int, str]:
         path = latest_checkpoint(checkpoints)
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        load_trained_states(self.model, state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])

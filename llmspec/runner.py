@@ -54,9 +54,7 @@ def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: 
                 dry_run: bool = False) -> Job | None:
     """Everything before training: refusals (fit, backend, resume), build, tokenizer and token shards
     (``dry_run``: the refusals only; nothing is written)."""
-    if resolve_backend(spec, backend) == "deepspeed" and spec.post_training and spec.post_training.method == "grpo":
-        raise LLMSpecError("post_training.method grpo: runs on the torch backend (one process) for now: its ranks "
-                           "would generate unequal numbers of tokens, which ZeRO-3's gathers cannot; --backend torch")
+    resolve_backend(spec, backend)
     return prepare(spec, Path(run_dir), resume, dry_run)
 
 

@@ -356,6 +356,57 @@ def test_the_file_generates_on_its_own(name):
     assert sampled.shape == (1, 8)
 
 
+CACHE_VARIANTS = [
+    ("tiny", []), ("tiny-gpt2", ["model.dropout=0.1"]), ("tiny-moe", []),
+    ("tiny", ["model.sliding_window=5"]),  # decoding past the window
+    ("tiny-lora", ["post_training.adapter.type=prefix", "post_training.adapter.n_virtual=3"]),
+    ("tiny-lora", []),
+]
+
+
+@pytest.mark.parametrize(("name", "sets"), CACHE_VARIANTS)
+def test_kv_cache_decoding_equals_the_full_forward(name, sets):
+    """The prompt once, then one token per call against the KV cache: the same logits at every position as one
+    forward over the whole sequence (RoPE/learned positions offset, sliding window, prefix keys, LoRA)."""
+    torch.manual_seed(0)
+    model = model_module(load_spec(name, sets)).Model().eval()
+    for parameter in model.parameters():  # adapters start at zero (LoRA B) or near it: make them count
+        if parameter.requires_grad and parameter.dim() > 1:
+            torch.nn.init.normal_(parameter, std=0.05)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        full = model(tokens)[0]
+        model.start_cache(tokens.shape[1])
+        steps = [model(tokens[:, :4])[0]] + [model(tokens[:, i : i + 1])[0] for i in range(4, tokens.shape[1])]
+        assert model.cached_tokens() == tokens.shape[1]
+        model.stop_cache()
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    assert model.cached_tokens() == 0
+    with pytest.raises(ValueError, match="one token per call"):
+        model.start_cache(12)
+        model(tokens[:, :4])
+        model(tokens[:, 4:6])
+    model.stop_cache()
+
+
+def test_kv_cache_sampling_equals_recomputing_the_window():
+    """The one sampler (llmspec.train.sampling) draws the same tokens with the cache as without it, batched, and
+    pads the rows that stopped with the stop token."""
+    from llmspec.train.sampling import sample
+
+    torch.manual_seed(0)
+    model = model_module(load_spec("tiny")).Model().train()
+    prompt = torch.randint(0, 2048, (3, 5))
+    with_cache = sample(model, prompt, 8, 256, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    without = sample(model, prompt, 8, 12, temperature=1.0, generator=torch.Generator().manual_seed(1))  # no room
+    assert model.training and model.cached_tokens() == 0  # mode restored, cache dropped
+    assert torch.equal(with_cache, without) and with_cache.shape == (3, 13)
+    stop = int(with_cache[0, 6])  # row 0's second new token: stop there
+    stopped = sample(model, prompt, 8, 256, temperature=1.0, generator=torch.Generator().manual_seed(1),
+                     stop_token=stop)
+    assert torch.equal(stopped[0, :7], with_cache[0, :7]) and (stopped[0, 7:] == stop).all()
+
+
 @pytest.mark.parametrize("name", ["tiny", "tiny-moe", "mistral-7b"])
 def test_16_bit_parameters_with_fp32_buffers_train(name):
     """DeepSpeed's bf16 mode casts parameters, not buffers: RoPE tables and masks must follow the activations."""

@@ -248,3 +248,28 @@ def test_post_training_under_deepspeed_tracks_the_single_process_run(name, layou
     _tracks_one_process(spec, tmp_path)
     evals = [r for r in read_metrics(tmp_path / "ds" / "metrics.jsonl") if "val_loss" in r]
     assert [r["step"] for r in evals] == [0, 3, 6]  # the held-out metrics ran on every rank, logged by rank 0
+
+
+@pytest.mark.parametrize("name, layout", [
+    ("tiny-grpo", ["parallelism.zero_stage=3"]),  # ranks sample in lockstep: ZeRO-3 gathers on every forward
+    ("tiny-ppo", ["parallelism.zero_stage=2", "post_training.epochs=2"]),
+], ids=["grpo-zero3", "ppo-zero2"])
+def test_rl_under_deepspeed_samples_what_one_process_samples(name, layout, tiny_base, tmp_path):
+    """Each rank generates its replica's rollouts (seeded by step and replica) as the torch engine does for every
+    replica in turn: the same rollout rewards exactly, the same losses and held-out metrics to 1e-4."""
+    short = ["training.max_steps=4", "training.eval_interval=2", "training.checkpoint_interval=2",
+             "post_training.response_len=8"]
+    spec = load_spec(name, [f"training.init_from={tiny_base}", *POST, *layout, *short])
+    run(spec, tmp_path / "torch", backend="torch", announce=quiet)
+    run(spec, tmp_path / "ds", backend="deepspeed", announce=quiet)
+    reference, ours = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("torch", "ds"))
+    assert [r["step"] for r in ours] == [r["step"] for r in reference]
+    for mine, theirs in zip(ours, reference, strict=True):
+        for key in ("loss", "val_loss", "reward_mean", "kl", "task_accuracy"):
+            if key in theirs:
+                assert mine[key] == pytest.approx(theirs[key], abs=1e-4), (mine["step"], key)
+    # rank 0's rollouts are the torch engine's replica 0 and 1 together: the logged mean covers this rank only
+    epochs = spec.post_training.epochs  # PPO generates every `epochs` steps, GRPO every step
+    assert [r["step"] for r in ours if "rollout_reward" in r] == list(range(1, 5, epochs))
+    state = load_checkpoint(list_checkpoints(tmp_path / "ds" / "checkpoints")[-1])
+    assert "embed.weight" in state["model"] and ("critic" in state) == (name == "tiny-ppo")

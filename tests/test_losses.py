@@ -172,7 +172,7 @@ def test_rollouts_are_verified_group_normalised_and_deterministic(base):  # noqa
     again = RolloutBatches(model, records, tokenizer, spec, dp=1).get(step=3, micro=0)
     assert torch.equal(x, again[0]) and torch.equal(advantages, again[2])
     assert x.shape == (4, spec.post_training.prompt_len + spec.post_training.response_len)
-    _, _, all_advantages = source.cached[1]
+    _, _, all_advantages = source.cached[0][1]
     for group in all_advantages.view(-1, 4):  # zero mean within each group (all zero when every answer agrees)
         assert abs(group.sum().item()) < 1e-4
     assert (y[:, :10] == IGNORE).all()  # the prompt learns nothing

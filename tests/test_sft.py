@@ -174,8 +174,6 @@ def test_a_missing_base_names_the_command_that_trains_it(tmp_path, monkeypatch):
 
 
 def test_methods_not_yet_run_are_refused_up_front(tmp_path):
-    with pytest.raises(LLMSpecError, match="post_training.method ppo: planned"):
-        run(load_spec("tiny-sft", ["post_training.method=ppo"]), tmp_path / "out", announce=lambda *a: None)
     with pytest.raises(LLMSpecError, match="post_training.reference precomputed: planned, not run"):
         run(load_spec("tiny-dpo", ["post_training.reference=precomputed"]), tmp_path / "out",
             announce=lambda *a: None)

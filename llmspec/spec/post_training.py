@@ -71,8 +71,12 @@ class PostTraining(_Section):
     rpo_alpha: float = Field(0.0, ge=0, description="dpo: weight of the chosen responses' NLL per token added to "
                                                     "the preference loss (RPO, Pang et al. 2024; TRL's rpo_alpha)")
     kl_coef: float = Field(0.05, ge=0, description="ppo/grpo: per-token KL penalty to the reference")
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k1", description="ppo: the per-token KL penalty's estimator from the sampled tokens: k1 = log π − log π_ref "
+        "(InstructGPT, TRL) or k3 (unbiased, ≥ 0; Schulman 2020); grpo's loss term is k3")
     clip: float = Field(0.2, gt=0, description="ppo/grpo: policy ratio clip")
     value_clip: float = Field(0.2, gt=0, description="ppo: value clip")
+    value_coef: float = Field(0.1, gt=0, description="ppo: weight of the critic's value loss (TRL's vf_coef)")
     gamma: Fraction01 = Field(1.0, description="ppo: discount")
     lam: Fraction01 = Field(0.95, description="ppo: GAE lambda")
     epochs: Positive | None = Field(None, description="derived: ppo 4, grpo 1; passes over each batch of rollouts")

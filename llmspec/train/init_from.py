@@ -17,6 +17,7 @@ from llmspec.errors import LLMSpecError
 from llmspec.interop.hf import load_weights
 from llmspec.spec.schema import Spec
 from llmspec.train.checkpoint import latest_checkpoint
+from llmspec.train.ppo import PolicyAndCritic, critic_spec
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt")
 
@@ -118,6 +119,9 @@ def initial_model(job, module=None) -> torch.nn.Module:
     model = (module or load_model_module(job.model_file)).Model()
     if job.init_weights is not None and not job.resume:
         load_initial_weights(model, job.init_weights)
+    post = job.spec.post_training
+    if post is not None and post.method == "ppo":  # PPO trains a critic beside the policy
+        return with_critic(job, model)
     return model
 
 
@@ -147,3 +151,15 @@ def load_initial_weights(model: torch.nn.Module, weights: Path) -> None:
 def _is_new(name: str) -> bool:
     """Tensors a post-training model adds to its base (its adapters, prefix and value head)."""
     return any(part in name for part in ("lora_A", "lora_B", "prefix_key", "prefix_value", "value_head"))
+
+
+def with_critic(job, policy: torch.nn.Module) -> PolicyAndCritic:
+    """The policy and a critic that starts as the policy's base under a new value head. (InstructGPT starts it
+    from the reward model instead; a small reward model's scores before the last token are noise, and so were
+    the first advantages: on the tiny chain the policy lost accuracy before the critic caught up.)"""
+    from llmspec.compile.loading import model_module
+
+    critic = model_module(critic_spec(job.spec)).Model()
+    if job.init_weights is not None and not job.resume:
+        load_initial_weights(critic, job.init_weights)
+    return PolicyAndCritic(policy, critic)

@@ -105,7 +105,7 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
                 pending.clear()
                 loss = losses[-1]
                 if log and due(tr.log_interval, done, tr.steps):
-                    log.step(done, loss, lr)
+                    log.step(done, loss, lr, **task.step_metrics())
             paused = time.perf_counter()
             if due(tr.eval_interval, done, tr.steps):
                 val_loss, extra = _evaluate_all(engine, task)

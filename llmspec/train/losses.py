@@ -8,6 +8,7 @@ b rejected (``llmspec.data.instructions.PairBatches``).
 - reward: Bradley-Terry on the value head's score after each sequence's last response token;
 - grpo: the clipped ratio objective on verifier-scored rollouts with group-normalised advantages, plus k3 KL to
   the reference (batches: ``llmspec.train.rollouts``);
+- ppo: the clipped policy and value losses on scored rollouts (``llmspec.train.ppo``);
 - dpo: the policy's and the reference's summed response log-probabilities; the reference is the base with the
   adapters off (``adapter_off``) or a frozen copy of the starting model (``copy``); with ``rpo_alpha`` the chosen
   responses' NLL per token is added (RPO, Pang et al. 2024), which keeps DPO from unlearning how to stop.
@@ -23,19 +24,11 @@ import torch
 
 from llmspec.data.instructions import IGNORE
 from llmspec.spec.schema import Spec
+from llmspec.train.logprobs import kl_k3, last_positions, sequence_scores, token_logprobs  # noqa: F401 - shared names
+from llmspec.train.ppo import ppo_loss
 
-Loss = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def last_positions(targets: torch.Tensor) -> torch.Tensor:
-    """Each row's last position with a target: where the score after its last response token is read."""
-    positions = torch.arange(targets.shape[1], device=targets.device).expand_as(targets)
-    return torch.where(targets != IGNORE, positions, -1).amax(dim=1)
-
-
-def sequence_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """A value head's (B, T) scores → one per sequence."""
-    return scores.gather(1, last_positions(targets)[:, None]).squeeze(1)
+# (forward, inputs, targets, *the method's per-row or per-token tensors) → the loss
+Loss = Callable[..., torch.Tensor]
 
 
 class Reference:
@@ -61,18 +54,6 @@ class Reference:
             return self.model(inputs)[0]
         finally:
             self.model.set_adapters(True)
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) at every position (0 where the target is masked)."""
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-    return logps * (targets != IGNORE)
-
-
-def kl_k3(policy: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(π ‖ π_ref) estimated as e^(ref − π) − (ref − π) − 1 (Schulman's k3: unbiased, ≥ 0)."""
-    delta = reference - policy
-    return torch.exp(delta) - delta - 1
 
 
 def grpo_loss(policy: torch.Tensor, reference: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -125,4 +106,13 @@ def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
             return grpo_loss(policy, ref, advantages.to(policy.device), mask, post.clip, post.kl_coef)
         grpo.reference = reference
         return grpo
+    if method == "ppo":
+        reference = Reference(post.reference, model.policy)  # model: the policy and its critic
+
+        def ppo(forward, inputs, targets, old_logprobs, old_values, advantages, returns):
+            logits, values = forward(inputs)
+            return ppo_loss(logits, values, targets, old_logprobs, old_values, advantages, returns, post.clip,
+                            post.value_clip, post.value_coef)
+        ppo.reference = reference
+        return ppo
     raise ValueError(f"post_training.method {method}: not run yet")

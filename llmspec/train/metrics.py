@@ -60,10 +60,10 @@ class StepLog:
         """Time since the last record that was not spent training (evaluation, checkpoints)."""
         self.excluded += seconds
 
-    def step(self, done: int, loss: float, lr: float) -> None:
+    def step(self, done: int, loss: float, lr: float, **extra: float) -> None:
         elapsed = time.perf_counter() - self.mark - self.excluded
         rate = self.tokens_per_step * (done - self.mark_step) / elapsed if elapsed else 0.0
-        record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": rate}
+        record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": rate, **extra}
         if self.peak:
             record["mfu"] = self.flops_per_token * rate / self.peak
         self.metrics.write(record)

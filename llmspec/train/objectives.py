@@ -6,8 +6,10 @@ Pretraining samples windows of the token stream. Post-training evaluates from st
 - reward and dpo run preference pairs (the b chosen, then the b rejected); the reward model adds
   ``reward_accuracy`` (held-out pairs it scores the right way round), DPO ``preference_accuracy`` (held-out pairs
   whose implicit reward β·(log π − log π_ref) prefers the chosen), ``reward_margin`` (its mean margin) and
-  ``task_accuracy``.
-A batch is still (inputs, targets); each method's loss is ``llmspec.train.losses``.
+  ``task_accuracy``;
+- ppo and grpo generate their batches (``llmspec.train.rollouts``, ``llmspec.train.ppo``); they add
+  ``reward_mean`` and ``kl`` on held-out prompts, and ``task_accuracy``; their step lines add ``rollout_reward``.
+A batch is (inputs, targets[, the method's tensors]); each method's loss is ``llmspec.train.losses``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import torch
 from llmspec.data.instructions import IGNORE, ExampleBatches, PairBatches, load_examples, prompt_text
 from llmspec.data.shards import Batches
 from llmspec.data.tokenizer import END_OF_TEXT
-from llmspec.spec.post_training import PAIRWISE
+from llmspec.spec.post_training import PAIRWISE, RL_METHODS
 from llmspec.train.engine import Batch, Engine
 from llmspec.train.losses import kl_k3, sequence_scores, token_logprobs
-from llmspec.train.rollouts import RolloutBatches
+from llmspec.train.ppo import PPORollouts, policy_of
+from llmspec.train.rollouts import Reward, RewardModel, RolloutBatches, sample_responses, verifier_reward
 
 ACCURACY_PROMPTS = 64  # held-out prompts answered at each evaluation
 HELD_OUT_PAIRS = 64  # held-out preference pairs scored at each evaluation
+EVAL_SAMPLES = 4  # sampled responses per held-out prompt for reward_mean and kl
 
 
 class BatchSource(Protocol):
@@ -47,12 +51,17 @@ class Objective:
     beta: float = 0.0  # dpo
     eval_batches: int = 8  # validation micro-batches per val_loss
 
+    def step_metrics(self) -> dict[str, float]:
+        """What a step line adds: the rollouts' mean reward since the previous step line (ppo, grpo)."""
+        take = getattr(self.train, "step_metrics", None)
+        return take() if take else {}
+
     def metrics(self, engine: Engine) -> dict[str, Any]:
         """What an evaluation adds to val_loss."""
         found: dict[str, Any] = {}
         if self.method in ("reward", "dpo"):
             found.update(pair_metrics(engine, self.val, self.method, self.beta))
-        if self.method == "grpo":
+        if self.method in RL_METHODS:
             found.update(rollout_metrics(engine, self.val))
         if self.held_out:
             found["task_accuracy"] = task_accuracy(engine, self.held_out[:ACCURACY_PROMPTS], self.tokenizer_file)
@@ -67,15 +76,12 @@ def objective(job, engine: Engine) -> Objective:
     data = job.run_dir / "data"
     answers = data / "held_out.json"
     held_out = json.loads(answers.read_text()) if answers.is_file() else []
-    if post.method == "grpo":
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(job.tokenizer_file))
-        dp = job.spec.parallelism.data_parallel
-        train, val = (RolloutBatches(engine.model, json.loads((data / f"{split}.json").read_text()), tokenizer,
-                                     job.spec, dp) for split in ("train", "val"))
+    if post.method in RL_METHODS:
+        reward = verifier_reward if post.reward_model is None else RewardModel(post.reward_model, engine.device)
+        train, val = (rollout_source(job, engine, json.loads((data / f"{split}.json").read_text()), reward)
+                      for split in ("train", "val"))
         return Objective(train, val, eval_at_start=True, held_out=held_out, tokenizer_file=job.tokenizer_file,
-                         method="grpo", eval_batches=max(1, train.per_rank // tr.micro_batch_size))
+                         method=post.method, eval_batches=max(1, train.per_rank // tr.micro_batch_size))
     if post.method in PAIRWISE:
         batches = [PairBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
                                split) for split in ("train", "val")]
@@ -84,6 +90,17 @@ def objective(job, engine: Engine) -> Objective:
                                   split, post.loss_on) for split in ("train", "val")]
     return Objective(*batches, eval_at_start=True, held_out=held_out, tokenizer_file=job.tokenizer_file,
                      method=post.method, beta=post.beta)
+
+
+def rollout_source(job, engine: Engine, records: list[dict[str, str]], reward: Reward) -> RolloutBatches:
+    """GRPO's or PPO's rollouts of ``records``' prompts."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(job.tokenizer_file))
+    dp = job.spec.parallelism.data_parallel
+    if job.spec.post_training.method == "ppo":
+        return PPORollouts(engine.model, engine.loss.reference, records, tokenizer, job.spec, dp, reward)
+    return RolloutBatches(engine.model, records, tokenizer, job.spec, dp, reward)
 
 
 @torch.no_grad()
@@ -111,31 +128,23 @@ def task_accuracy(engine: Engine, records: list[dict[str, str]], tokenizer_file:
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     end = tokenizer.token_to_id(END_OF_TEXT)
-    model = engine.model
     longest = max(len(tokenizer.encode(r["answer"]).ids) for r in records) + 2
     right = 0
     for record in records:
         ids = tokenizer.encode(prompt_text(record["prompt"]), add_special_tokens=False).ids
-        idx = torch.tensor([ids], device=engine.device)
-        out = []
-        for _ in range(longest):
-            token = int(model(idx[:, -model.config.max_seq_len:])[0][0, -1].argmax())
-            if token == end:
-                break
-            out.append(token)
-            idx = torch.cat((idx, torch.tensor([[token]], device=engine.device)), dim=1)
-        right += tokenizer.decode(out).strip() == record["answer"].strip()
+        answer = sample_responses(policy_of(engine.model), ids, 1, longest, end, generator=None, temperature=0)[0]
+        right += tokenizer.decode([t for t in answer if t != end]).strip() == record["answer"].strip()
     return right / len(records)
 
 
 @torch.no_grad()
 def rollout_metrics(engine: Engine, rollouts: RolloutBatches) -> dict[str, float]:
-    """On held-out prompts, one sampled response each (the same seed every evaluation): the verifier's mean reward,
-    and the policy's mean per-token KL to the reference on those responses."""
+    """On held-out prompts, EVAL_SAMPLES sampled responses each (the same seed every evaluation): their mean reward
+    (the verifier's or the reward model's), and the policy's mean per-token KL (k3) to the reference on them."""
     generator = torch.Generator().manual_seed(rollouts.seed)
-    inputs, targets, rewards = rollouts.scored(rollouts.records[:ACCURACY_PROMPTS], 1, generator)
+    inputs, targets, rewards = rollouts.scored(rollouts.records[:ACCURACY_PROMPTS], EVAL_SAMPLES, generator)
     inputs, targets = inputs.to(engine.device), targets.to(engine.device)
-    policy = token_logprobs(engine.model(inputs)[0], targets)
+    policy = token_logprobs(policy_of(engine.model)(inputs)[0], targets)
     reference = token_logprobs(engine.loss.reference.logits(inputs), targets)
     mask = targets != IGNORE
     kl = (kl_k3(policy, reference) * mask).sum().item() / max(1, int(mask.sum()))

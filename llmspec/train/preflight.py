@@ -3,8 +3,11 @@ GPUs this machine does not have (one line: what is missing, what was found)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llmspec.errors import DoesNotFitError, LLMSpecError
 from llmspec.planner.training import plan
+from llmspec.spec.post_training import RL_METHODS
 from llmspec.spec.schema import CustomGPU, Spec
 from llmspec.spec.units import fmt_bytes
 
@@ -13,18 +16,8 @@ def check_runnable(spec: Spec) -> None:
     """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine."""
     par, cl = spec.parallelism, spec.cluster
     post = spec.post_training
-    if post is not None and post.method not in ("sft", "reward", "dpo", "grpo"):
-        raise LLMSpecError(f"post_training.method {post.method}: planned (`llmspec plan`, `measure`), not yet run "
-                           "(`llmspec run` runs sft, reward, dpo and grpo, fully or under an adapter)")
-    if post is not None and post.method == "grpo":
-        if post.reward_model is not None:
-            raise LLMSpecError("post_training.reward_model: grpo runs with the built-in verifier for now (exact "
-                               "answers); remove reward_model to run, plan with it")
-        if spec.data.corpus != "builtin":
-            raise LLMSpecError("data.corpus: grpo runs on the built-in task set for now (its verifier checks "
-                               "answers); set data.corpus builtin")
-        if post.epochs != 1:
-            raise LLMSpecError(f"post_training.epochs {post.epochs}: grpo runs one pass per batch of rollouts")
+    if post is not None and post.method in RL_METHODS:
+        check_rl_runnable(spec)
     if post is not None and post.reference == "precomputed":
         raise LLMSpecError("post_training.reference precomputed: planned, not run (the data has no reference "
                            "log-probs field yet); use copy or adapter_off")
@@ -55,6 +48,49 @@ def check_runnable(spec: Spec) -> None:
                            "pipeline runs one stage per rank); set parallelism.virtual_stages=1 to run")
     if cl.device.name != "cpu":
         check_devices(spec, local_gpus())
+
+
+def check_rl_runnable(spec: Spec) -> None:
+    """PPO and GRPO run on the built-in task set (its prompts have answers), rewarded by its verifier or by a
+    trained reward model's run of the same tokenizer."""
+    post, tr = spec.post_training, spec.training
+    if spec.data.corpus != "builtin":
+        raise LLMSpecError(f"data.corpus: {post.method} runs on the built-in task set for now (its prompts have "
+                           "answers for task_accuracy); set data.corpus builtin")
+    if post.method == "grpo" and post.epochs != 1:
+        raise LLMSpecError(f"post_training.epochs {post.epochs}: grpo runs one pass per batch of rollouts")
+    if post.method == "ppo" and post.critic_model is not None:
+        raise LLMSpecError(f"post_training.critic_model {post.critic_model}: planned, not run (the run's critic is "
+                           "the policy's architecture under a value head); remove critic_model to run")
+    if post.method == "ppo" and tr.checkpoint_interval % post.epochs:
+        raise LLMSpecError(f"training.checkpoint_interval {tr.checkpoint_interval}: a multiple of "
+                           f"post_training.epochs {post.epochs} (a checkpoint falls between batches of rollouts, "
+                           "so a resumed run regenerates the same ones)")
+    if post.reward_model is not None:
+        check_reward_run(Path(post.reward_model).expanduser(), spec)
+
+
+def check_reward_run(run_dir: Path, spec: Spec) -> None:
+    """To run, ``reward_model`` names a trained reward model's run directory whose tokenizer is the policy's."""
+    from llmspec.spec.loading import named_specs
+    from llmspec.train.checkpoint import latest_checkpoint
+
+    label = f"post_training.reward_model {run_dir}"
+    hint = f" (train it first: `llmspec run {run_dir.name}`)" if run_dir.name in named_specs() else ""
+    if not (run_dir / "spec.yaml").is_file() or latest_checkpoint(run_dir / "checkpoints") is None:
+        raise LLMSpecError(f"{label}: not a run directory with a checkpoint{hint}; to run, name a trained reward "
+                           "model's run")
+    from llmspec.spec.loading import parse_spec
+
+    saved = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
+    if saved.post_training is None or saved.post_training.method != "reward":
+        raise LLMSpecError(f"{label}: that run is not a reward model (post_training.method reward)")
+    init = spec.training.init_from
+    ours = Path(init).expanduser() / "tokenizer.json" if init else None
+    if ours is not None and ours.is_file() and (run_dir / "tokenizer.json").is_file() and \
+            (run_dir / "tokenizer.json").read_bytes() != ours.read_bytes():
+        raise LLMSpecError(f"{label}: its tokenizer differs from training.init_from's; the reward model must read "
+                           "the policy's token ids")
 
 
 def check_devices(spec: Spec, found: list[tuple[str, int]]) -> None:

@@ -1,22 +1,33 @@
-"""GRPO's batches: rollouts the policy generates, scored by a verifier, with group-normalised advantages.
+"""RL batches: rollouts the policy generates, scored by a verifier or a trained reward model.
 
-Each optimizer step draws ``rollouts_per_step / group_size`` prompts, samples ``group_size`` responses to each
-(temperature 1, at most ``response_len`` tokens, ending at end-of-text), scores every response 1 if it is exactly
-the prompt's answer, else 0, and gives each response the advantage (r − mean) / (std + 1e-4) within its group
-(Shao et al. 2024). A micro-batch is (inputs, targets, advantages): the prompt and response padded to
-``prompt_len + response_len``, the targets masked outside the response. Prompts and samples are a pure function of
-(seed, step, data-parallel rank), so a resumed run generates what an uninterrupted one did.
+Each rollout batch draws prompts, samples responses (temperature 1, at most ``response_len`` tokens, ending at
+end-of-text, through the KV cache) and scores each one. A row is the prompt and response padded to
+``prompt_len + response_len``, its targets masked outside the response. Prompts and samples are a pure function of
+(seed, rollout batch, data-parallel rank), so a resumed run generates what an uninterrupted one did.
+
+- GRPO (Shao et al. 2024): ``group_size`` responses per prompt, each with the advantage (r − mean) / (std + 1e-4)
+  within its group; a micro-batch is (inputs, targets, advantages); one batch of rollouts per optimizer step.
+- PPO: ``llmspec.train.ppo.PPORollouts`` adds the scoring phase (old log-probs, values, the KL-penalised rewards
+  and GAE) and reuses a batch of rollouts for ``epochs`` optimizer steps.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmspec.data.instructions import IGNORE, prompt_text
 from llmspec.data.tokenizer import END_OF_TEXT
+from llmspec.train.logprobs import sequence_scores
+from llmspec.train.sampling import sample
 
 ADVANTAGE_EPS = 1e-4
+
+# (inputs, targets, response texts, records) → one reward per row
+Reward = Callable[[torch.Tensor, torch.Tensor, list[str], list[dict[str, str]]], torch.Tensor]
 
 
 def verify(response: str, answer: str) -> float:
@@ -24,83 +35,101 @@ def verify(response: str, answer: str) -> float:
     return float(response.strip() == answer.strip())
 
 
-@torch.no_grad()
+def verifier_reward(inputs: torch.Tensor, targets: torch.Tensor, texts: list[str],
+                    records: list[dict[str, str]]) -> torch.Tensor:
+    return torch.tensor([verify(text, record["answer"]) for text, record in zip(texts, records, strict=True)])
+
+
+class RewardModel:
+    """A trained reward model's run directory as the reward: its score after each response's last token (where
+    it was trained to read it). Frozen, in eval mode, on the policy's device."""
+
+    def __init__(self, run_dir: str | Path, device: str):
+        from llmspec.train.generate import load_run
+
+        _, self.model, _ = load_run(Path(run_dir))
+        self.model.requires_grad_(False).to(device)
+
+    @torch.no_grad()
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, texts: list[str],
+                 records: list[dict[str, str]]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return sequence_scores(self.model(inputs.to(device))[0], targets.to(device)).float().cpu()
+
+
 def sample_responses(model: torch.nn.Module, prompt: list[int], count: int, max_new_tokens: int, end: int,
-                     generator: torch.Generator, temperature: float = 1.0) -> list[list[int]]:
-    """``count`` responses to one prompt (a batch sharing it), each cut after its end-of-text; the model's
-    train/eval mode is left as it was (no dropout while sampling)."""
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        idx = torch.tensor([prompt] * count, device=device)
-        done = torch.zeros(count, dtype=torch.bool, device=device)
-        for _ in range(max_new_tokens):
-            logits = model(idx[:, -model.config.max_seq_len:])[0][:, -1].float()
-            if temperature == 0:
-                token = logits.argmax(dim=-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(device)
-            token = torch.where(done, torch.full_like(token, end), token)
-            idx = torch.cat([idx, token[:, None]], dim=1)
-            done |= token == end
-            if done.all():
-                break
-    finally:
-        model.train(was_training)
-    responses = []
-    for row in idx[:, len(prompt):].tolist():
-        responses.append(row[: row.index(end) + 1] if end in row else row)
-    return responses
+                     generator: torch.Generator | None, temperature: float = 1.0) -> list[list[int]]:
+    """``count`` responses to one prompt (a batch sharing it, through the KV cache), each cut after its
+    end-of-text."""
+    idx = torch.tensor([prompt] * count, device=next(model.parameters()).device)
+    out = sample(model, idx, max_new_tokens, model.config.max_seq_len, temperature, generator=generator,
+                 stop_token=end)
+    return [row[: row.index(end) + 1] if end in row else row for row in out[:, len(prompt):].tolist()]
 
 
 class RolloutBatches:
-    """GRPO's batch source: ``get(step, micro, rank)`` generates (once per step and rank) and slices."""
+    """GRPO's batch source: ``get(step, micro, rank)`` generates (once per rollout batch and rank) and slices."""
 
-    def __init__(self, model: torch.nn.Module, records: list[dict[str, str]], tokenizer, spec, dp: int):
+    steps_per_rollout = 1  # optimizer steps each batch of rollouts serves (PPO: epochs)
+
+    def __init__(self, policy: torch.nn.Module, records: list[dict[str, str]], tokenizer, spec, dp: int,
+                 reward: Reward = verifier_reward, group: int | None = None):
         post, tr = spec.post_training, spec.training
-        self.model, self.records, self.tokenizer = model, records, tokenizer
-        self.group, self.seed = post.group_size, tr.seed
+        self.policy, self.records, self.tokenizer, self.reward = policy, records, tokenizer, reward
+        self.group = post.group_size if group is None else group
+        self.seed = tr.seed
         self.prompt_len, self.response_len = post.prompt_len, post.response_len
-        self.per_rank = post.rollouts_per_step // dp  # rollouts each data-parallel rank generates per step
+        self.per_rank = post.rollouts_per_step // dp  # rollouts each data-parallel rank generates per batch
         self.micro = tr.micro_batch_size
         self.end = tokenizer.token_to_id(END_OF_TEXT)
-        self.cached: tuple[tuple[int, int], tuple[torch.Tensor, ...], dict[str, float]] | None = None
+        # per data-parallel rank, its latest batch of rollouts: (batch number, tensors); the torch engine computes
+        # every replica's micro-batches in one process, in turn
+        self.cached: dict[int, tuple[int, tuple[torch.Tensor, ...]]] = {}
+        self.rewards: list[float] = []  # each generated batch's mean reward, until the next step line reads them
 
-    def get(self, step: int, micro: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.cached is None or self.cached[0] != (step, rank):
-            self.cached = ((step, rank), *self._rollouts(step, rank))
-        inputs, targets, advantages = self.cached[1]
+    def step_metrics(self) -> dict[str, float]:
+        """For the step line: this process's mean rollout reward since the previous step line."""
+        rewards, self.rewards = self.rewards, []
+        return {"rollout_reward": sum(rewards) / len(rewards)} if rewards else {}
+
+    def get(self, step: int, micro: int, rank: int = 0) -> tuple[torch.Tensor, ...]:
+        batch = step // self.steps_per_rollout
+        if rank not in self.cached or self.cached[rank][0] != batch:
+            self.cached[rank] = (batch, self._rollouts(batch, rank))
         rows = slice(micro * self.micro, (micro + 1) * self.micro)
-        return inputs[rows], targets[rows], advantages[rows]
+        return tuple(tensor[rows] for tensor in self.cached[rank][1])
 
-    def _rollouts(self, step: int, rank: int) -> tuple[tuple[torch.Tensor, ...], dict[str, float]]:
-        rng = np.random.default_rng([self.seed, 2, step, rank])
+    def _rollouts(self, batch: int, rank: int) -> tuple[torch.Tensor, ...]:
+        rng = np.random.default_rng([self.seed, 2, batch, rank])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         records = [self.records[int(i)] for i in rng.integers(len(self.records), size=self.per_rank // self.group)]
         inputs, targets, rewards = self.scored(records, self.group, generator)
+        self.rewards.append(rewards.float().mean().item())
+        return self.finish(inputs, targets, rewards)
+
+    def finish(self, inputs: torch.Tensor, targets: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """GRPO: each response's advantage within its group."""
         grouped = rewards.view(-1, self.group)
         std = grouped.std(dim=1, keepdim=True) if self.group > 1 else torch.zeros_like(grouped)
         advantages = ((grouped - grouped.mean(dim=1, keepdim=True)) / (std + ADVANTAGE_EPS)).flatten()
-        return (inputs, targets, advantages), {"reward_mean": rewards.mean().item()}
+        return inputs, targets, advantages
 
     def scored(self, records: list[dict[str, str]], group: int, generator: torch.Generator,
                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``group`` sampled responses to each record's prompt as padded (inputs, targets) rows, and the
-        verifier's reward of each."""
-        rows, learn, rewards = [], [], []
+        """``group`` sampled responses to each record's prompt as padded (inputs, targets) rows, and the reward of
+        each."""
+        rows, learn, texts = [], [], []
         for record in records:
             prompt = self.tokenizer.encode(prompt_text(record["prompt"]), add_special_tokens=False).ids
             prompt = prompt[-self.prompt_len:]
-            for response in sample_responses(self.model, prompt, group, self.response_len, self.end, generator,
+            for response in sample_responses(self.policy, prompt, group, self.response_len, self.end, generator,
                                              temperature):
                 rows.append(prompt + response)
                 learn.append([False] * len(prompt) + [True] * len(response))
-                rewards.append(verify(self.tokenizer.decode([t for t in response if t != self.end]),
-                                      record["answer"]))
+                texts.append(self.tokenizer.decode([t for t in response if t != self.end]))
         length = self.prompt_len + self.response_len + 1
         tokens = torch.tensor([r + [self.end] * (length - len(r)) for r in rows])
         keep = torch.tensor([m + [False] * (length - len(m)) for m in learn])
-        targets = tokens[:, 1:].masked_fill(~keep[:, 1:], IGNORE)
-        return tokens[:, :-1], targets, torch.tensor(rewards)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:].masked_fill(~keep[:, 1:], IGNORE)
+        rewards = self.reward(inputs, targets, texts, [r for r in records for _ in range(group)])
+        return inputs, targets, rewards

@@ -1,0 +1,163 @@
+"""PPO for language models (Schulman et al. 2017; as RLHF runs it: Ziegler et al. 2019, Ouyang et al. 2022, and
+TRL's PPOTrainer), as steps on the one loop.
+
+Every ``epochs`` optimizer steps a batch of rollouts is generated (``rollouts_per_step`` prompts, one sampled
+response each) and scored, without gradients, by the models as they are then:
+- the policy's log-probability of each response token (the "old" policy of the ratio) and the critic's value
+  before each token;
+- the reference's log-probabilities; each token's reward is −kl_coef · KL (k1 = log π − log π_ref, or k3), and
+  the last response token adds the score (a verifier's 0/1 or a trained reward model's score);
+- advantages by GAE(γ, λ) over the response tokens, whitened over the batch; returns = advantages + values.
+Each of the ``epochs`` optimizer steps is then one pass over that batch: the clipped policy loss plus
+``value_coef`` × the clipped value loss. The policy and the critic train as one module under one optimizer
+(``PolicyAndCritic``; TRL does the same), so the engines, checkpoints and resume need nothing of their own; a
+checkpoint falls on a rollout boundary (``checkpoint_interval`` is a multiple of ``epochs``), so a resumed run
+regenerates the batch an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmspec.data.instructions import IGNORE
+from llmspec.spec.post_training import Adapter
+from llmspec.spec.schema import Spec
+from llmspec.train.logprobs import kl_k3, last_positions, token_logprobs
+from llmspec.train.rollouts import RolloutBatches
+
+WHITEN_EPS = 1e-8
+
+
+class PolicyAndCritic(nn.Module):
+    """The two models PPO trains, as one module: ``forward`` returns the policy's logits and the critic's values
+    (one per position: the value of the state before the next token)."""
+
+    def __init__(self, policy: nn.Module, critic: nn.Module):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy(idx)[0], self.critic(idx)[0]
+
+
+def critic_spec(spec: Spec) -> Spec:
+    """The critic's spec: the policy's architecture under a value head, every weight trained (as a reward model's
+    spec compiles)."""
+    post = spec.post_training
+    as_reward = post.model_copy(update={"method": "reward", "adapter": Adapter(),
+                                        "base_precision": spec.training.precision, "reference": None})
+    return spec.model_copy(update={"post_training": as_reward})
+
+
+def policy_of(module: nn.Module) -> nn.Module:
+    """The language model a trained module generates with: the policy of PPO's pair, else the module itself."""
+    return module.policy if isinstance(module, PolicyAndCritic) else module
+
+
+def trained_states(module: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """Checkpoint entries: ``model`` is always the policy (what generate, export-hf and init_from read); PPO's
+    critic is saved beside it."""
+    if isinstance(module, PolicyAndCritic):
+        return {"model": module.policy.state_dict(), "critic": module.critic.state_dict()}
+    return {"model": module.state_dict()}
+
+
+def split_states(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """A consolidated state dict (DeepSpeed's) → the checkpoint entries of ``trained_states``."""
+    if not any(key.startswith("policy.") for key in state):
+        return {"model": state}
+    return {role: {key.removeprefix(f"{prefix}."): value for key, value in state.items()
+                   if key.startswith(f"{prefix}.")} for role, prefix in (("model", "policy"), ("critic", "critic"))}
+
+
+def load_trained_states(module: nn.Module, state: dict) -> None:
+    if isinstance(module, PolicyAndCritic):
+        module.policy.load_state_dict(state["model"])
+        module.critic.load_state_dict(state["critic"])
+    else:
+        module.load_state_dict(state["model"])
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over each row's response positions (``mask``, one
+    contiguous run per row): δ_t = r_t + γ V_{t+1} − V_t, A_t = δ_t + γλ A_{t+1}, with V and A zero after the
+    last response token. Returns (advantages, returns = advantages + values), zero outside the response."""
+    mask = mask.float()
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        following = mask[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        next_value = values[:, t + 1] * following if t + 1 < rewards.shape[1] else following
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running * following
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over the masked positions (zero elsewhere)."""
+    mask = mask.float()
+    count = mask.sum().clamp(min=1)
+    mean = (values * mask).sum() / count
+    variance = (((values - mean) * mask) ** 2).sum() / count
+    return (values - mean) * torch.rsqrt(variance + WHITEN_EPS) * mask
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def ppo_loss(logits: torch.Tensor, values: torch.Tensor, targets: torch.Tensor, old_logprobs: torch.Tensor,
+             old_values: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, clip: float,
+             value_clip: float, value_coef: float) -> torch.Tensor:
+    """The clipped policy loss max(−A·ρ, −A·clip(ρ, 1 ± ε)), ρ = π/π_old, plus value_coef × the clipped value loss
+    ½·max((V − R)², (V_old + clip(V − V_old, ± value_clip) − R)²), each a mean over the response tokens."""
+    mask = (targets != IGNORE).float()
+    ratio = torch.exp(token_logprobs(logits, targets) - old_logprobs)
+    policy = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
+    values = values.float()
+    clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
+    value = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return masked_mean(policy, mask) + value_coef * masked_mean(value, mask)
+
+
+def token_kl(policy: torch.Tensor, reference: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token KL(π ‖ π_ref) from the sampled tokens' log-probabilities: k1 = log π − log π_ref (InstructGPT,
+    TRL), or k3 (unbiased and ≥ 0)."""
+    return policy - reference if estimator == "k1" else kl_k3(policy, reference)
+
+
+class PPORollouts(RolloutBatches):
+    """PPO's batch source: rollouts (one response per prompt), scored by the policy, critic and reference as they
+    are when generated. A micro-batch is (inputs, targets, old log-probs, old values, advantages, returns)."""
+
+    def __init__(self, trained: PolicyAndCritic, reference, records, tokenizer, spec, dp: int, reward):
+        super().__init__(trained.policy, records, tokenizer, spec, dp, reward, group=1)
+        post = spec.post_training
+        self.trained, self.reference, self.post = trained, reference, post
+        self.steps_per_rollout = post.epochs
+
+    @torch.no_grad()
+    def finish(self, inputs: torch.Tensor, targets: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        post = self.post
+        device = next(self.trained.parameters()).device
+        was_training = self.trained.training
+        self.trained.eval()  # the old policy and values as sampled: no dropout
+        try:
+            logits, values = self.trained(inputs.to(device))
+            reference = self.reference.logits(inputs.to(device))
+        finally:
+            self.trained.train(was_training)
+        targets = targets.to(device)
+        mask = targets != IGNORE
+        old_logprobs = token_logprobs(logits, targets)
+        values = values.float() * mask
+        rewards = -post.kl_coef * token_kl(old_logprobs, token_logprobs(reference, targets), post.kl_estimator)
+        rewards = rewards * mask
+        rows = torch.arange(len(targets), device=device)
+        rewards[rows, last_positions(targets)] += scores.to(device).float()
+        advantages, returns = gae(rewards, values, mask, post.gamma, post.lam)
+        return tuple(t.cpu() for t in (inputs, targets, old_logprobs, values, whiten(advantages, mask), returns))

@@ -1,0 +1,161 @@
+"""PPO (llmspec/train/ppo.py): GAE, the clipped policy and value losses against their formulas by hand, rollouts
+scored and reused for `epochs` steps, the refusals, and a killed PPO run resuming bit for bit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from llmspec.compile.loading import model_module
+from llmspec.data.instructions import IGNORE
+from llmspec.errors import LLMSpecError
+from llmspec.runner import run
+from llmspec.spec.loading import dump_spec, load_spec
+from llmspec.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from llmspec.train.init_from import load_initial_weights
+from llmspec.train.losses import Reference, token_logprobs
+from llmspec.train.metrics import read_metrics
+from llmspec.train.ppo import PolicyAndCritic, PPORollouts, critic_spec, gae, ppo_loss, whiten
+from llmspec.train.rollouts import verifier_reward
+from tests.test_sft import base  # noqa: F401 - the imported tiny base, a module fixture
+
+VERIFIED = ["post_training.reward_model=null"]
+
+
+def test_gae_is_the_backward_recursion_over_the_response():
+    rewards = torch.tensor([[9.0, 0.1, -0.2, 1.0, 7.0]])  # the prompt's and the padding's rewards are ignored
+    values = torch.tensor([[5.0, 0.5, 0.4, 0.3, 6.0]])
+    mask = torch.tensor([[False, True, True, True, False]])
+    gamma, lam = 0.9, 0.8
+    d3 = 1.0 - 0.3  # the last response token: nothing follows
+    d2 = -0.2 + gamma * 0.3 - 0.4
+    d1 = 0.1 + gamma * 0.4 - 0.5
+    a3, a2 = d3, d2 + gamma * lam * d3
+    a1 = d1 + gamma * lam * a2
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    torch.testing.assert_close(advantages, torch.tensor([[0.0, a1, a2, a3, 0.0]]))
+    torch.testing.assert_close(returns, torch.tensor([[0.0, a1 + 0.5, a2 + 0.4, a3 + 0.3, 0.0]]))
+    # γ = λ = 1 with a zero critic: every response token's advantage is the reward still to come
+    plain, _ = gae(rewards, torch.zeros_like(values), mask, 1.0, 1.0)
+    torch.testing.assert_close(plain[0, 1:4], torch.tensor([0.9, 0.8, 1.0]))
+    white = whiten(advantages, mask)
+    assert white[mask].mean().abs() < 1e-6 and white[~mask].eq(0).all()
+
+
+def test_ppo_loss_is_the_clipped_policy_and_value_losses_by_hand():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    targets = torch.tensor([[IGNORE, 2, 4]])
+    new = token_logprobs(logits.detach(), targets)
+    old = new + torch.tensor([[0.0, 0.5, -0.05]])  # ratio e^-0.5 (clipped for a negative advantage), e^0.05
+    advantages = torch.tensor([[0.0, -1.0, 2.0]])
+    values = torch.tensor([[0.0, 1.0, 3.0]], requires_grad=True)
+    old_values = torch.tensor([[0.0, 0.5, 2.95]])
+    returns = torch.tensor([[0.0, 0.0, 3.5]])
+    loss = ppo_loss(logits, values, targets, old, old_values, advantages, returns, clip=0.2, value_clip=0.2,
+                    value_coef=0.1)
+    r1, r2 = torch.exp(torch.tensor(-0.5)), torch.exp(torch.tensor(0.05))
+    policy = (max(1.0 * r1, 1.0 * 0.8) + max(-2.0 * r2, -2.0 * r2.clamp(0.8, 1.2))) / 2
+    value = (0.5 * max(1.0**2, 0.7**2) + 0.5 * max(0.5**2, (3.0 - 3.5) ** 2)) / 2
+    assert loss.item() == pytest.approx(float(policy) + 0.1 * value, rel=1e-5)
+    loss.backward()
+    # token 1: ratio below 1 − ε with A < 0: the clipped term wins, no policy gradient through it
+    assert values.grad[0, 0] == 0 and values.grad[0, 1].item() == pytest.approx(0.1 * (1.0 - 0.0) / 2)
+
+
+def _ppo_parts(base, *sets):  # noqa: F811
+    spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.global_batch_size=8",
+                                  "training.micro_batch_size=4", "post_training.epochs=2", *sets])
+    torch.manual_seed(0)  # the critic's new value head
+    policy, critic = model_module(spec).Model(), model_module(critic_spec(spec)).Model()
+    for model in (policy, critic):
+        load_initial_weights(model, base / "model.safetensors")
+    trained = PolicyAndCritic(policy, critic)
+    tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
+    records = [{"prompt": "Larger: 24 or 10", "answer": "24"}, {"prompt": "First word: list node", "answer": "list"}]
+    reference = Reference("copy", policy)
+    return spec, trained, PPORollouts(trained, reference, records, tokenizer, spec, 1, verifier_reward)
+
+
+def test_ppo_rollouts_are_scored_as_sampled_and_serve_epochs_steps(base):  # noqa: F811
+    spec, trained, source = _ppo_parts(base)
+    first = source.get(step=0, micro=0)
+    inputs, targets, old_logprobs, old_values, advantages, returns = first
+    assert inputs.shape == (4, spec.post_training.prompt_len + spec.post_training.response_len)
+    assert all(torch.equal(a, b) for a, b in zip(first, source.get(step=1, micro=0), strict=True))  # epochs 2
+    assert len(source.rewards) == 1  # generated once for both steps
+    source.get(step=2, micro=0)
+    assert len(source.rewards) == 2  # step 2: the next batch of rollouts
+    with torch.no_grad():  # the old log-probs and values are the models' own as they sampled
+        logits, values = trained(inputs)
+    mask = targets != IGNORE
+    torch.testing.assert_close(token_logprobs(logits, targets), old_logprobs)
+    torch.testing.assert_close(values * mask, old_values)
+    assert advantages[~mask].eq(0).all() and returns[~mask].eq(0).all() and mask.any(dim=1).all()
+    again = _ppo_parts(base)[2].get(step=0, micro=0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # deterministic per (seed, batch)
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["post_training.critic_model=tiny"], "post_training.critic_model tiny: planned, not run"),
+    (["training.checkpoint_interval=10"], "training.checkpoint_interval 10: a multiple of post_training.epochs 4"),
+    (["post_training.reward_model=tiny-sft"], "post_training.reward_model tiny-sft: not a run directory"),
+    (["data.corpus=x.jsonl"], "data.corpus: ppo runs on the built-in task set"),
+])
+def test_what_ppo_cannot_run_is_refused_up_front(base, tmp_path, sets, message):  # noqa: F811
+    spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, *sets])
+    with pytest.raises(LLMSpecError, match=message):
+        run(spec, tmp_path / "out", announce=lambda *a: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reward_model_must_be_a_trained_reward_run(base, tmp_path):  # noqa: F811
+    (tmp_path / "sft" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "sft" / "spec.yaml").write_text(dump_spec(load_spec("tiny-sft")))
+    torch.save({"model": {}}, tmp_path / "sft" / "checkpoints" / "step-00000001.pt")
+    spec = load_spec("tiny-ppo", [f"training.init_from={base}", f"post_training.reward_model={tmp_path / 'sft'}"])
+    with pytest.raises(LLMSpecError, match="that run is not a reward model"):
+        run(spec, tmp_path / "out", announce=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_a_killed_ppo_run_resumes_bit_for_bit(base, tmp_path):  # noqa: F811
+    from tests.test_run import _cli, losses
+
+    spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.max_steps=12",
+                                  "training.global_batch_size=16", "post_training.epochs=2",
+                                  "training.checkpoint_interval=4", "training.log_interval=1",
+                                  "training.eval_interval=6"])
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(dump_spec(spec))
+    whole = _cli("run", str(spec_file), "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+    killed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), cwd=tmp_path)
+    deadline = time.time() + 300
+    while not list_checkpoints(tmp_path / "killed" / "checkpoints") and time.time() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert len(losses(tmp_path / "killed")) < len(losses(tmp_path / "whole")), "killed too late"
+    resumed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), "--resume", cwd=tmp_path)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0 and "resumed from" in output, output
+
+    def records(run_dir):  # every logged number but the timings
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "mfu")}
+                for r in read_metrics(run_dir / "metrics.jsonl")]
+
+    assert records(tmp_path / "killed") == records(tmp_path / "whole")  # losses, rewards, KL, accuracy
+    evals = [r for r in records(tmp_path / "whole") if "reward_mean" in r]
+    assert [r["step"] for r in evals] == [0, 6, 12] and all(r["kl"] >= 0 for r in evals)
+    generated = [r["step"] for r in records(tmp_path / "whole") if "rollout_reward" in r]
+    assert generated == [1, 3, 5, 7, 9, 11]  # a batch of rollouts serves epochs (2) steps
+    state = load_checkpoint(latest_checkpoint(tmp_path / "whole" / "checkpoints"))
+    assert "value_head.weight" in state["critic"] and "lm_head.weight" in state["model"]  # the policy is "model"
+    assert "Answer:" in (tmp_path / "whole" / "samples.txt").read_text()  # generate reads the policy
+    assert json.loads((tmp_path / "whole" / "data" / "train.json").read_text())[0]["answer"]
