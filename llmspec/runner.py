@@ -41,6 +41,8 @@ class RunSummary:
     unigram_entropy: float | None  # pretraining: the loss of a model that ignores context
     samples: list[str]
     task_accuracy: tuple[float, float] | None = None  # post-training: (at step 0, at the end) on held-out prompts
+    throughput: tuple[float, float] | None = None  # (measured, planned) tokens/s
+    phases: dict[str, tuple[float, float]] | None = None  # ppo/grpo: phase → (measured, planned) seconds per step
 
 
 def run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto", announce=print,
@@ -70,9 +72,26 @@ def train_job(job: Job, backend: str = "auto", announce=print, progress=None, co
     plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
     samples = write_samples(run_dir, _sample_prompts(job))
     entropy = job.shards.unigram_entropy if job.shards is not None else None
-    accuracy = [r["task_accuracy"] for r in read_metrics(job.metrics_file) if "task_accuracy" in r]
+    records = read_metrics(job.metrics_file)
+    accuracy = [r["task_accuracy"] for r in records if "task_accuracy" in r]
     return RunSummary(run_dir, spec.training.steps, loss, val_loss, entropy, samples,
-                      (accuracy[0], accuracy[-1]) if accuracy else None)
+                      (accuracy[0], accuracy[-1]) if accuracy else None, *planned_and_measured(records))
+
+
+def planned_and_measured(records: list[dict]) -> tuple[tuple[float, float] | None, dict | None]:
+    """Median measured tokens/s beside the plan's, and an RL run's median seconds per step by phase beside the
+    plan's, over the step lines after the first (which holds start-up: building, the first batches)."""
+    import statistics
+
+    lines = [r for r in records if "planned_tokens_per_second" in r]
+    lines = lines[1:] or lines
+    if not lines:
+        return None, None
+    throughput = (statistics.median(r["tokens_per_second"] for r in lines), lines[-1]["planned_tokens_per_second"])
+    timed = [r for r in lines if "phase_seconds" in r]
+    phases = {name: (statistics.median(r["phase_seconds"][name] for r in timed), planned)
+              for name, planned in timed[-1]["planned_phase_seconds"].items()} if timed else None
+    return throughput, phases
 
 
 def _sample_prompts(job: Job) -> list[str]:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from llmspec.cli.app import app
 from llmspec.compile.build import build
-from llmspec.compile.loading import load_model_module
+from llmspec.compile.loading import load_model_module, model_module
 from llmspec.errors import LLMSpecError
 from llmspec.interop.hf import export_hf, import_hf
 from llmspec.spec.loading import load_spec
@@ -219,3 +219,23 @@ def test_import_keeps_the_tokenizer_dropout_and_file_modes(tmp_path):
     assert tmp_path / "imported" / "tokenizer_config.json" in written
     assert load_spec(tmp_path / "imported" / "spec.yaml").model.dropout == CONFIGS["gpt2"].resid_pdrop == 0.1
     assert (tmp_path / "imported" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(("name", "sets"), [("tiny-reward", []), ("tiny-gpt2", ["post_training.method=reward"])])
+def test_a_reward_model_exports_as_a_sequence_classifier_with_its_scores(name, sets, tmp_path):
+    """transformers' *ForSequenceClassification (one label) reads the score where llmspec does: after the last
+    token; the base's tensors keep their names."""
+    import transformers
+
+    from llmspec.interop.hf import export_reward_state
+
+    spec = load_spec(name, sets)
+    torch.manual_seed(0)
+    model = model_module(spec).Model().eval()
+    export_reward_state(model.state_dict(), spec, tmp_path / "hf")
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert theirs.config.num_labels == 1 and type(theirs).__name__.endswith("ForSequenceClassification")
+    idx = torch.randint(0, spec.model.vocab_size, (1, 17))
+    with torch.no_grad():
+        ours = model(idx)[0][0, -1]
+        assert theirs(idx).logits[0, 0].item() == pytest.approx(ours.item(), abs=1e-5)

@@ -1,11 +1,9 @@
 """PPO (llmspec/train/ppo.py): GAE, the clipped policy and value losses against their formulas by hand, rollouts
-scored and reused for `epochs` steps, the refusals, and a killed PPO run resuming bit for bit."""
+scored as sampled, the refusals, and a killed PPO run resuming bit for bit."""
 
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import pytest
 import torch
@@ -16,12 +14,13 @@ from llmspec.data.instructions import IGNORE
 from llmspec.errors import LLMSpecError
 from llmspec.runner import run
 from llmspec.spec.loading import dump_spec, load_spec
-from llmspec.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint
 from llmspec.train.init_from import load_initial_weights
 from llmspec.train.losses import Reference, token_logprobs
 from llmspec.train.metrics import read_metrics
 from llmspec.train.ppo import PolicyAndCritic, PPORollouts, critic_spec, gae, ppo_loss, whiten
 from llmspec.train.rollouts import verifier_reward
+from tests.helpers import killed_and_resumed
 from tests.test_sft import base  # noqa: F401 - the imported tiny base, a module fixture
 
 VERIFIED = ["post_training.reward_model=null"]
@@ -82,15 +81,15 @@ def _ppo_parts(base, *sets):  # noqa: F811
     return spec, trained, PPORollouts(trained, reference, records, tokenizer, spec, 1, verifier_reward)
 
 
-def test_ppo_rollouts_are_scored_as_sampled_and_serve_epochs_steps(base):  # noqa: F811
+def test_ppo_rollouts_are_scored_as_sampled_once_per_step(base):  # noqa: F811
     spec, trained, source = _ppo_parts(base)
     first = source.get(step=0, micro=0)
     inputs, targets, old_logprobs, old_values, advantages, returns = first
     assert inputs.shape == (4, spec.post_training.prompt_len + spec.post_training.response_len)
-    assert all(torch.equal(a, b) for a, b in zip(first, source.get(step=1, micro=0), strict=True))  # epochs 2
-    assert len(source.rewards) == 1  # generated once for both steps
-    source.get(step=2, micro=0)
-    assert len(source.rewards) == 2  # step 2: the next batch of rollouts
+    assert not torch.equal(inputs, source.get(step=0, micro=1)[0])  # the batch's next micro-batch
+    assert len(source.rewards) == 1  # generated once for the step's micro-batches
+    source.get(step=1, micro=0)
+    assert len(source.rewards) == 2  # step 1: the next batch of rollouts
     with torch.no_grad():  # the old log-probs and values are the models' own as they sampled
         logits, values = trained(inputs)
     mask = targets != IGNORE
@@ -103,7 +102,7 @@ def test_ppo_rollouts_are_scored_as_sampled_and_serve_epochs_steps(base):  # noq
 
 @pytest.mark.parametrize(("sets", "message"), [
     (["post_training.critic_model=tiny"], "post_training.critic_model tiny: planned, not run"),
-    (["training.checkpoint_interval=10"], "training.checkpoint_interval 10: a multiple of post_training.epochs 4"),
+    (["post_training.rollouts_per_step=128"], "post_training.rollouts_per_step 128: planned, not run"),
     (["post_training.reward_model=tiny-sft"], "post_training.reward_model tiny-sft: not a run directory"),
     (["data.corpus=x.jsonl"], "data.corpus: ppo runs on the built-in task set"),
 ])
@@ -125,37 +124,34 @@ def test_a_reward_model_must_be_a_trained_reward_run(base, tmp_path):  # noqa: F
 
 @pytest.mark.slow
 def test_a_killed_ppo_run_resumes_bit_for_bit(base, tmp_path):  # noqa: F811
-    from tests.test_run import _cli, losses
-
-    spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.max_steps=12",
+    spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.max_steps=6",
                                   "training.global_batch_size=16", "post_training.epochs=2",
-                                  "training.checkpoint_interval=4", "training.log_interval=1",
-                                  "training.eval_interval=6"])
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(dump_spec(spec))
-    whole = _cli("run", str(spec_file), "--out", str(tmp_path / "whole"), cwd=tmp_path)
-    assert whole.wait(timeout=600) == 0, whole.stdout.read()
-    killed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), cwd=tmp_path)
-    deadline = time.time() + 300
-    while not list_checkpoints(tmp_path / "killed" / "checkpoints") and time.time() < deadline:
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert len(losses(tmp_path / "killed")) < len(losses(tmp_path / "whole")), "killed too late"
-    resumed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), "--resume", cwd=tmp_path)
-    output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0 and "resumed from" in output, output
-
-    def records(run_dir):  # every logged number but the timings
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "mfu")}
-                for r in read_metrics(run_dir / "metrics.jsonl")]
-
-    assert records(tmp_path / "killed") == records(tmp_path / "whole")  # losses, rewards, KL, accuracy
-    evals = [r for r in records(tmp_path / "whole") if "reward_mean" in r]
-    assert [r["step"] for r in evals] == [0, 6, 12] and all(r["kl"] >= 0 for r in evals)
-    generated = [r["step"] for r in records(tmp_path / "whole") if "rollout_reward" in r]
-    assert generated == [1, 3, 5, 7, 9, 11]  # a batch of rollouts serves epochs (2) steps
+                                  "training.checkpoint_interval=2", "training.log_interval=1",
+                                  "training.eval_interval=3"])
+    whole = killed_and_resumed(spec, tmp_path)  # losses, rewards, KL, accuracy: every float
+    evals = [r for r in whole if "reward_mean" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6] and all(r["kl"] >= 0 for r in evals)
+    assert [r["step"] for r in whole if "rollout_reward" in r] == [1, 2, 3, 4, 5, 6]
+    for line in (r for r in whole if "loss" in r):  # planned beside measured (timings left out of `whole`)
+        assert line["planned_tokens_per_second"] > 0
+        assert set(line["planned_phase_seconds"]) == {"generation", "scoring", "training"}
+    timed = read_metrics(tmp_path / "whole" / "metrics.jsonl")[1]
+    assert all(seconds > 0 for seconds in timed["phase_seconds"].values()), timed
     state = load_checkpoint(latest_checkpoint(tmp_path / "whole" / "checkpoints"))
     assert "value_head.weight" in state["critic"] and "lm_head.weight" in state["model"]  # the policy is "model"
     assert "Answer:" in (tmp_path / "whole" / "samples.txt").read_text()  # generate reads the policy
     assert json.loads((tmp_path / "whole" / "data" / "train.json").read_text())[0]["answer"]
+
+
+def test_the_summary_sets_measured_throughput_and_phases_beside_the_plan():
+    from llmspec.runner import planned_and_measured
+
+    planned = {"generation": 0.1, "scoring": 0.3, "training": 1.9}
+    records = [{"step": 0, "val_loss": 1.0}] + [
+        {"step": s, "loss": 0.1, "tokens_per_second": rate, "planned_tokens_per_second": 1800.0,
+         "phase_seconds": {"generation": g, "scoring": 0.05, "training": 1.0}, "planned_phase_seconds": planned}
+        for s, rate, g in ((1, 10.0, 9.0), (2, 3000.0, 0.2), (3, 3200.0, 0.4), (4, 3100.0, 0.3))]
+    throughput, phases = planned_and_measured(records)
+    assert throughput == (3100.0, 1800.0)  # the median after the first line (start-up)
+    assert phases == {"generation": (0.3, 0.1), "scoring": (0.05, 0.3), "training": (1.0, 1.9)}
+    assert planned_and_measured([{"step": 0, "val_loss": 1.0}]) == (None, None)

@@ -21,9 +21,9 @@ from llmspec.data.tasks import task_records
 from llmspec.errors import LLMSpecError
 from llmspec.runner import run
 from llmspec.spec.loading import load_spec
-from llmspec.train.checkpoint import list_checkpoints
 from llmspec.train.init_from import load_initial_weights
 from llmspec.train.metrics import read_metrics
+from tests.helpers import killed_and_resumed
 
 TINY_HF = Path(__file__).parent / "fixtures" / "tiny-hf"
 
@@ -87,6 +87,31 @@ def test_messages_become_prompt_and_response_and_too_few_records_are_refused(tmp
     path.write_text(json.dumps(chat))
     with pytest.raises(DataError, match="holds 1 records; fine-tuning needs at least 8"):
         read_records(path)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "arrow", "json"])
+def test_parquet_arrow_and_json_arrays_are_read_with_datasets_and_bad_rows_named(tmp_path, kind):
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "chosen": "yes", "rejected": "no"} for i in range(9)]
+    table = datasets.Dataset.from_list(rows)
+    if kind == "parquet":
+        path = tmp_path / "pairs.parquet"
+        table.to_parquet(str(path))
+    elif kind == "arrow":
+        table.save_to_disk(str(tmp_path / "saved"))
+        path = next((tmp_path / "saved").glob("*.arrow"))
+    else:
+        path = tmp_path / "pairs.json"
+        path.write_text(json.dumps(rows))
+    assert read_records(path, pairs=True) == rows
+    bad = tmp_path / "bad.parquet"
+    datasets.Dataset.from_list([*rows, {"prompt": "p", "chosen": None, "rejected": "no"}]).to_parquet(str(bad))
+    with pytest.raises(DataError, match=f"{bad} row 10: missing chosen"):
+        read_records(bad, pairs=True)
+    (tmp_path / "junk.parquet").write_text("not a table")
+    with pytest.raises(DataError, match="cannot read it as parquet"):
+        read_records(tmp_path / "junk.parquet", pairs=True)
 
 
 def _tokenizer(run_dir: Path) -> Tokenizer:
@@ -182,33 +207,10 @@ def test_methods_not_yet_run_are_refused_up_front(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_sft_run_resumes_bit_for_bit(base, tmp_path):
-    from llmspec.spec.loading import dump_spec
-    from tests.test_run import _cli, losses
-
     spec = _sft(base, *LORA, "post_training.adapter.dropout=0.1", "training.max_steps=40",
                 "training.checkpoint_interval=10", "training.log_interval=1", "training.eval_interval=20")
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(dump_spec(spec))
-    whole = _cli("run", str(spec_file), "--out", str(tmp_path / "whole"), cwd=tmp_path)
-    assert whole.wait(timeout=600) == 0, whole.stdout.read()
-    killed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), cwd=tmp_path)
-    import signal
-    import time
-
-    deadline = time.time() + 300
-    while not list_checkpoints(tmp_path / "killed" / "checkpoints") and time.time() < deadline:
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert len(losses(tmp_path / "killed")) < len(losses(tmp_path / "whole")), "killed too late"
-    resumed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), "--resume", cwd=tmp_path)
-    output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0 and "resumed from" in output, output
-    def records(run_dir):  # every logged number but the timings
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "mfu")}
-                for r in read_metrics(run_dir / "metrics.jsonl")]
-
-    assert records(tmp_path / "killed") == records(tmp_path / "whole")  # losses, task accuracy: every float
+    records = killed_and_resumed(spec, tmp_path)  # losses, task accuracy: every float
+    assert [r["step"] for r in records if "task_accuracy" in r] == [0, 20, 40]
 
 
 @pytest.mark.slow

@@ -63,6 +63,12 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
                  if summary.unigram_entropy is not None else "")
         console.print(f"validation loss {summary.val_loss:.3f} nats/token (perplexity "
                       f"{math.exp(summary.val_loss):.1f}) after {summary.steps} steps{about}")
+    if summary.throughput is not None:
+        measured, planned = summary.throughput
+        console.print(f"throughput: {measured:,.0f} tokens/s measured, {planned:,.0f} planned")
+    if summary.phases:
+        parts = [f"{name} {measured:.2f} s ({planned:.2f})" for name, (measured, planned) in summary.phases.items()]
+        console.print("seconds per step, measured (planned): " + ", ".join(parts))
     if summary.task_accuracy is not None:
         start, end = summary.task_accuracy
         console.print(f"task accuracy on held-out prompts: {start:.1%} at step 0 → {end:.1%}")

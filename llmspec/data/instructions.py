@@ -7,15 +7,18 @@ it; the end-of-text token ends each response, which teaches the model to stop:
     Question: {prompt}
     Answer: {response}<|endoftext|>
 
-Records are JSON Lines. Instruction data: ``prompt`` and ``response``, or ``messages`` (a list of {role, content}:
-the last assistant message is the response, the messages before it the prompt). Preference data (reward models,
-DPO): ``prompt``, ``chosen`` and ``rejected``. A bad record is reported with its file and line; a file with too few
-good records is refused. Pairs run as one batch of 2b sequences: the b chosen, then the b rejected.
+Records are JSON Lines (read here: errors name file:line), or Parquet, Arrow or a JSON array (read with Hugging
+Face ``datasets``: errors name the row). Instruction data: ``prompt`` and ``response``, or ``messages`` (a list of
+{role, content}: the last assistant message is the response, the messages before it the prompt). Preference data
+(reward models, DPO): ``prompt``, ``chosen`` and ``rejected``. A bad record is reported with its file and line (or
+row); a file with too few good records is refused. Pairs run as one batch of 2b sequences: the b chosen, then the
+b rejected.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from llmspec.data.tokenizer import END_OF_TEXT
 
 IGNORE = -100  # the target value cross-entropy leaves out (the compiled model's convention)
 MIN_RECORDS = 8
+# local table formats read with Hugging Face datasets (JSON Lines are read here: errors name the line)
+TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
 
 
 def prompt_text(prompt: str) -> str:
@@ -45,24 +50,54 @@ class Example:
 
 
 def read_records(path: Path, pairs: bool = False) -> list[dict[str, str]]:
-    """Instruction records of a JSON Lines file as {prompt, response}, or (``pairs``) preference records as
-    {prompt, chosen, rejected}; one line naming the first bad record."""
+    """Instruction records as {prompt, response}, or (``pairs``) preference records as {prompt, chosen, rejected},
+    from JSON Lines (errors name file:line), or Parquet, Arrow or a JSON array read with Hugging Face ``datasets``
+    (errors name the row); one line naming the first bad record."""
     if not path.is_file():
         raise DataError(f"data.corpus: {path} does not exist")
-    records = []
+    rows = _table_rows(path) if path.suffix in TABLE_SUFFIXES or _json_array(path) else _json_lines(path)
+    check = _preference if pairs else _instruction
+    records = [check(record, where) for where, record in rows]
+    if len(records) < MIN_RECORDS:
+        raise DataError(f"data.corpus: {path} holds {len(records)} records; fine-tuning needs at least {MIN_RECORDS}")
+    return records
+
+
+def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
-                record = json.loads(line)
+                yield f"{path}:{number}", json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not JSON ({error.msg})") from None
-            records.append(_preference(record, where) if pairs else _instruction(record, where))
-    if len(records) < MIN_RECORDS:
-        raise DataError(f"data.corpus: {path} holds {len(records)} records; fine-tuning needs at least {MIN_RECORDS}")
-    return records
+                raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
+
+
+def _json_array(path: Path) -> bool:
+    """A .json file holding one array of records (not JSON Lines)."""
+    if path.suffix != ".json":
+        return False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read(4096).lstrip().startswith("[")
+
+
+def _table_rows(path: Path) -> Iterator[tuple[str, object]]:
+    """Rows of a local Parquet, Arrow or JSON-array file, through Hugging Face ``datasets`` (nothing is
+    downloaded; its cache lies under HF_DATASETS_CACHE as usual)."""
+    import datasets
+
+    kind = TABLE_SUFFIXES.get(path.suffix, "json")
+    try:
+        if kind == "arrow":
+            table = datasets.Dataset.from_file(str(path))
+        else:
+            table = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign file is the user's input error
+        raise DataError(f"data.corpus: {path}: cannot read it as {kind} ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    for number, row in enumerate(table, start=1):
+        yield f"{path} row {number}", row
 
 
 def _instruction(record: object, where: str) -> dict[str, str]:

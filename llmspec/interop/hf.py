@@ -170,6 +170,27 @@ def export_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str | Path
             _save_atomic(tensors, out / "model.safetensors", {"format": "pt"})]
 
 
+def export_reward_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str | Path) -> list[Path]:
+    """A reward model (the compiled model under a value head) for transformers' ``*ForSequenceClassification``
+    with one label: the base's tensors, the value head as ``score``. transformers reads the score at the last
+    position that is not padding; ``pad_token_id`` is left unset (the tokenizer pads with end-of-text, which ends
+    every scored response), so it reads the last position: one sequence, or unpadded batches of equal length."""
+    family = hf_family(spec)
+    if set(state) != set(_expected_state(spec)):
+        raise LLMSpecError(f"weights: do not match the reward model of spec {spec.name!r}")
+    body = {name: tensor for name, tensor in state.items() if name != "value_head.weight"}
+    tensors = {**to_hf(body, family, tied=True), "score.weight": state["value_head.weight"].detach().contiguous()}
+    config = hf_config(spec.model_copy(update={"post_training": None}), str(tensors["score.weight"].dtype)[6:])
+    head = "GPT2LMHeadModel" if family == "gpt2" else config["architectures"][0]
+    config.update(architectures=[head.replace("LMHeadModel", "ForSequenceClassification")
+                                 .replace("ForCausalLM", "ForSequenceClassification")],
+                  num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    out = check_output_dir(Path(out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    return [write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n"),
+            _save_atomic(tensors, out / "model.safetensors", {"format": "pt"})]
+
+
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -83,7 +83,7 @@ def _score(model: torch.nn.Module, tokenizer, text: str) -> str:
 
 def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
     """config.json + model.safetensors + the tokenizer, loadable with transformers' Auto classes (a LoRA run: the
-    merged model, and its adapter for PEFT in ``out/adapter``)."""
+    merged model, and its adapter for PEFT in ``out/adapter``; a reward model: a sequence classifier)."""
     run_dir, out = Path(run_dir), Path(out)
     check_output_dir(out, (run_dir,))  # before the run is read: nothing is written into the run
     spec, model, _ = load_run(run_dir)
@@ -98,17 +98,20 @@ def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
 def _export_weights(spec: Spec, state: dict[str, torch.Tensor], out: Path) -> list[Path]:
     """The run's model for transformers; a LoRA run's merged into its base, plus its adapter in PEFT's format
     (``out/adapter``)."""
-    from llmspec.interop.hf import export_state
+    from llmspec.interop.hf import export_reward_state, export_state
     from llmspec.interop.peft_adapter import base_spec, merged_state, write_adapter
 
     post = spec.post_training
     if post is None or post.adapter.type == "none" and not post.value_model:
         return export_state(state, spec, out)
-    if post.value_model or post.adapter.type == "prefix" or post.base_precision in ("int8", "nf4"):
-        what = ("a reward model's value head" if post.value_model else "prefix key/values"
+    if post.adapter.type == "prefix" or post.base_precision in ("int8", "nf4") or (
+            post.value_model and post.adapter.type != "none"):
+        what = ("an adapted reward model" if post.value_model else "prefix key/values"
                 if post.adapter.type == "prefix" else f"a {post.base_precision} base")
-        raise LLMSpecError(f"export-hf: {what} has no transformers export yet (LoRA on a 16/32-bit base and full "
-                           "fine-tunes export)")
+        raise LLMSpecError(f"export-hf: {what} has no transformers export yet (LoRA on a 16/32-bit base, full "
+                           "fine-tunes and fully trained reward models export)")
+    if post.value_model:  # a sequence-classification model with one label
+        return export_reward_state(state, spec, out)
     written = export_state(merged_state(state, spec), base_spec(spec), out)
     if not spec.model.fused_qkv:
         written += write_adapter(state, spec, out / "adapter")

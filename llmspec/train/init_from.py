@@ -112,12 +112,13 @@ def check_init_from(spec: Spec) -> InitSource | None:
 
 def initial_model(job, module=None) -> torch.nn.Module:
     """The job's model before step 0: built from model.py under the training seed, then given the init_from
-    weights (unless the run resumes, which loads its own checkpoint)."""
+    weights (a resumed run's checkpoint is loaded over them; the job has them only where a reference copy needs
+    the start)."""
     from llmspec.compile.loading import load_model_module
 
     torch.manual_seed(job.spec.training.seed)
     model = (module or load_model_module(job.model_file)).Model()
-    if job.init_weights is not None and not job.resume:
+    if job.init_weights is not None:  # resuming too: a reference copy is taken of the start (the checkpoint follows)
         load_initial_weights(model, job.init_weights)
     post = job.spec.post_training
     if post is not None and post.method == "ppo":  # PPO trains a critic beside the policy
@@ -160,6 +161,6 @@ def with_critic(job, policy: torch.nn.Module) -> PolicyAndCritic:
     from llmspec.compile.loading import model_module
 
     critic = model_module(critic_spec(job.spec)).Model()
-    if job.init_weights is not None and not job.resume:
+    if job.init_weights is not None:
         load_initial_weights(critic, job.init_weights)
     return PolicyAndCritic(policy, critic)

@@ -113,7 +113,9 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
         if changed:
             raise LLMSpecError(f"{run_dir}/spec.yaml: --resume with changed {', '.join(changed)}; a resumed run keeps "
                                f"its model, data and optimizer (only {', '.join(RESUME_SAFE)} may change)")
-    init = None if resume else check_init_from(spec)  # a resumed run continues from its own checkpoint
+    # A resumed run continues from its own checkpoint; its frozen reference copy is still the starting model's.
+    post = spec.post_training
+    init = check_init_from(spec) if not resume or (post is not None and post.reference == "copy") else None
     if dry_run:
         return None
 

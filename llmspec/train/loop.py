@@ -54,7 +54,10 @@ def due(interval: int, done: int, steps: int) -> bool:
 
 
 def evaluate(engine: Engine, batches: BatchSource, count: int = EVAL_BATCHES) -> float:
-    """Mean loss over a fixed set of validation batches (the same every evaluation, on every rank)."""
+    """Mean loss over a fixed set of validation batches (the same every evaluation, on every rank; generated ones,
+    from the same prompts and seed, are generated anew by the model as it is now)."""
+    if hasattr(batches, "reset"):
+        batches.reset()
     engine.train_mode(False)
     try:
         return sum(engine.eval_loss(batches.get(0, i)) for i in range(count)) / count
@@ -94,7 +97,9 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
         for step in range(start, tr.steps):
             lr = lr_at(spec, step)
             engine.set_lr(lr)
-            pending.append(engine.train_step([task.train.get(step, micro, replica) for micro, replica in slots]))
+            batches = [task.train.get(step, micro, replica) for micro, replica in slots]
+            # one optimizer step; PPO's `epochs` over one batch of rollouts, the step's loss their mean
+            pending.append(torch.stack([engine.train_step(batches) for _ in range(task.passes)]).mean())
             done = step + 1
             if due(tr.log_interval, done, tr.steps) or due(tr.checkpoint_interval, done, tr.steps):
                 losses = engine.global_mean(torch.stack(pending)).tolist()  # the one host sync per log

@@ -52,7 +52,10 @@ class StepLog:
     def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool):
         self.tokens_per_step = spec.training.tokens_per_step
         self.metrics = MetricsLog(path, start if resume else None)
-        self.flops_per_token = plan(spec, alternatives=False).flops["per_token_train"]
+        planned = plan(spec, alternatives=False)
+        self.flops_per_token = planned.flops["per_token_train"]
+        self.planned_rate = planned.time["tokens_per_second"]
+        self.planned_phases = {name: phase["seconds"] for name, phase in planned.phases.items()}
         self.peak = peak_flops(spec, device.split(":")[0])
         self.mark, self.mark_step, self.excluded = time.perf_counter(), start, 0.0
 
@@ -61,9 +64,18 @@ class StepLog:
         self.excluded += seconds
 
     def step(self, done: int, loss: float, lr: float, **extra: float) -> None:
+        """A step line: measured tokens/s beside the plan's; an RL run's seconds per step by phase beside the
+        plan's (``extra`` carries the generation and scoring seconds since the previous line)."""
         elapsed = time.perf_counter() - self.mark - self.excluded
-        rate = self.tokens_per_step * (done - self.mark_step) / elapsed if elapsed else 0.0
-        record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": rate, **extra}
+        steps = done - self.mark_step
+        rate = self.tokens_per_step * steps / elapsed if elapsed else 0.0
+        record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": rate,
+                  "planned_tokens_per_second": self.planned_rate}
+        if "generation_seconds" in extra and steps:
+            phases = {name: extra.pop(f"{name}_seconds") / steps for name in ("generation", "scoring")}
+            phases["training"] = elapsed / steps - sum(phases.values())
+            record.update(phase_seconds=phases, planned_phase_seconds=self.planned_phases)
+        record.update(extra)
         if self.peak:
             record["mfu"] = self.flops_per_token * rate / self.peak
         self.metrics.write(record)

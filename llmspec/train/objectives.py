@@ -50,6 +50,7 @@ class Objective:
     method: str = "pretrain"
     beta: float = 0.0  # dpo
     eval_batches: int = 8  # validation micro-batches per val_loss
+    passes: int = 1  # optimizer steps over each step's batches (PPO: epochs)
 
     def step_metrics(self) -> dict[str, float]:
         """What a step line adds: the rollouts' mean reward since the previous step line (ppo, grpo)."""
@@ -81,7 +82,8 @@ def objective(job, engine: Engine) -> Objective:
         train, val = (rollout_source(job, engine, json.loads((data / f"{split}.json").read_text()), reward)
                       for split in ("train", "val"))
         return Objective(train, val, eval_at_start=True, held_out=held_out, tokenizer_file=job.tokenizer_file,
-                         method=post.method, eval_batches=max(1, train.per_rank // tr.micro_batch_size))
+                         method=post.method, eval_batches=max(1, train.per_rank // tr.micro_batch_size),
+                         passes=post.epochs)
     if post.method in PAIRWISE:
         batches = [PairBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
                                split) for split in ("train", "val")]

@@ -1,18 +1,17 @@
 """PPO for language models (Schulman et al. 2017; as RLHF runs it: Ziegler et al. 2019, Ouyang et al. 2022, and
 TRL's PPOTrainer), as steps on the one loop.
 
-Every ``epochs`` optimizer steps a batch of rollouts is generated (``rollouts_per_step`` prompts, one sampled
-response each) and scored, without gradients, by the models as they are then:
+Every step generates a batch of rollouts (``rollouts_per_step`` prompts, one sampled response each) and scores it,
+without gradients, by the models as they are then:
 - the policy's log-probability of each response token (the "old" policy of the ratio) and the critic's value
   before each token;
 - the reference's log-probabilities; each token's reward is −kl_coef · KL (k1 = log π − log π_ref, or k3), and
   the last response token adds the score (a verifier's 0/1 or a trained reward model's score);
 - advantages by GAE(γ, λ) over the response tokens, whitened over the batch; returns = advantages + values.
-Each of the ``epochs`` optimizer steps is then one pass over that batch: the clipped policy loss plus
-``value_coef`` × the clipped value loss. The policy and the critic train as one module under one optimizer
-(``PolicyAndCritic``; TRL does the same), so the engines, checkpoints and resume need nothing of their own; a
-checkpoint falls on a rollout boundary (``checkpoint_interval`` is a multiple of ``epochs``), so a resumed run
-regenerates the batch an uninterrupted one would have.
+The loop then runs ``epochs`` optimizer steps over that batch (the planner's step: generation, scoring, ``epochs``
+passes), each the clipped policy loss plus ``value_coef`` × the clipped value loss. The policy and the critic
+train as one module under one optimizer (``PolicyAndCritic``; TRL does the same), so the engines, checkpoints and
+resume need nothing of their own.
 """
 
 from __future__ import annotations
@@ -138,7 +137,6 @@ class PPORollouts(RolloutBatches):
         super().__init__(trained.policy, records, tokenizer, spec, dp, reward, group=1)
         post = spec.post_training
         self.trained, self.reference, self.post = trained, reference, post
-        self.steps_per_rollout = post.epochs
 
     @torch.no_grad()
     def finish(self, inputs: torch.Tensor, targets: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -62,10 +62,10 @@ def check_rl_runnable(spec: Spec) -> None:
     if post.method == "ppo" and post.critic_model is not None:
         raise LLMSpecError(f"post_training.critic_model {post.critic_model}: planned, not run (the run's critic is "
                            "the policy's architecture under a value head); remove critic_model to run")
-    if post.method == "ppo" and tr.checkpoint_interval % post.epochs:
-        raise LLMSpecError(f"training.checkpoint_interval {tr.checkpoint_interval}: a multiple of "
-                           f"post_training.epochs {post.epochs} (a checkpoint falls between batches of rollouts, "
-                           "so a resumed run regenerates the same ones)")
+    if post.rollouts_per_step != tr.global_batch_size:
+        raise LLMSpecError(f"post_training.rollouts_per_step {post.rollouts_per_step}: planned, not run (a step "
+                           f"trains on its rollouts as one batch: set it to training.global_batch_size "
+                           f"{tr.global_batch_size})")
     if post.reward_model is not None:
         check_reward_run(Path(post.reward_model).expanduser(), spec)
 

@@ -3,16 +3,18 @@
 Each rollout batch draws prompts, samples responses (temperature 1, at most ``response_len`` tokens, ending at
 end-of-text, through the KV cache) and scores each one. A row is the prompt and response padded to
 ``prompt_len + response_len``, its targets masked outside the response. Prompts and samples are a pure function of
-(seed, rollout batch, data-parallel rank), so a resumed run generates what an uninterrupted one did.
+(seed, step, data-parallel rank), so a resumed run generates what an uninterrupted one did.
 
 - GRPO (Shao et al. 2024): ``group_size`` responses per prompt, each with the advantage (r − mean) / (std + 1e-4)
-  within its group; a micro-batch is (inputs, targets, advantages); one batch of rollouts per optimizer step.
+  within its group; a micro-batch is (inputs, targets, advantages).
 - PPO: ``llmspec.train.ppo.PPORollouts`` adds the scoring phase (old log-probs, values, the KL-penalised rewards
-  and GAE) and reuses a batch of rollouts for ``epochs`` optimizer steps.
+  and GAE).
+One batch of rollouts per step, as the planner counts it; the loop runs ``epochs`` optimizer steps over it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from llmspec.train.logprobs import sequence_scores
 from llmspec.train.sampling import sample
 
 ADVANTAGE_EPS = 1e-4
+PHASES = ("generation", "scoring")  # timed here; the rest of a step is training (the planner's three phases)
 
 # (inputs, targets, response texts, records) → one reward per row
 Reward = Callable[[torch.Tensor, torch.Tensor, list[str], list[dict[str, str]]], torch.Tensor]
@@ -70,8 +73,6 @@ def sample_responses(model: torch.nn.Module, prompt: list[int], count: int, max_
 class RolloutBatches:
     """GRPO's batch source: ``get(step, micro, rank)`` generates (once per rollout batch and rank) and slices."""
 
-    steps_per_rollout = 1  # optimizer steps each batch of rollouts serves (PPO: epochs)
-
     def __init__(self, policy: torch.nn.Module, records: list[dict[str, str]], tokenizer, spec, dp: int,
                  reward: Reward = verifier_reward, group: int | None = None):
         post, tr = spec.post_training, spec.training
@@ -86,26 +87,38 @@ class RolloutBatches:
         # every replica's micro-batches in one process, in turn
         self.cached: dict[int, tuple[int, tuple[torch.Tensor, ...]]] = {}
         self.rewards: list[float] = []  # each generated batch's mean reward, until the next step line reads them
+        self.seconds = dict.fromkeys(PHASES, 0.0)  # generating and scoring, until the next step line reads them
 
     def step_metrics(self) -> dict[str, float]:
-        """For the step line: this process's mean rollout reward since the previous step line."""
+        """For the step line: this process's mean rollout reward, and its seconds generating and scoring, since
+        the previous step line."""
         rewards, self.rewards = self.rewards, []
-        return {"rollout_reward": sum(rewards) / len(rewards)} if rewards else {}
+        seconds, self.seconds = self.seconds, dict.fromkeys(PHASES, 0.0)
+        if not rewards:
+            return {}
+        return {"rollout_reward": sum(rewards) / len(rewards), **{f"{k}_seconds": v for k, v in seconds.items()}}
+
+    def reset(self) -> None:
+        """Forget the generated batches (a new evaluation samples from the policy as it is now)."""
+        self.cached.clear()
 
     def get(self, step: int, micro: int, rank: int = 0) -> tuple[torch.Tensor, ...]:
-        batch = step // self.steps_per_rollout
-        if rank not in self.cached or self.cached[rank][0] != batch:
-            self.cached[rank] = (batch, self._rollouts(batch, rank))
+        if rank not in self.cached or self.cached[rank][0] != step:
+            self.cached[rank] = (step, self._rollouts(step, rank))
         rows = slice(micro * self.micro, (micro + 1) * self.micro)
         return tuple(tensor[rows] for tensor in self.cached[rank][1])
 
-    def _rollouts(self, batch: int, rank: int) -> tuple[torch.Tensor, ...]:
-        rng = np.random.default_rng([self.seed, 2, batch, rank])
+    def _rollouts(self, step: int, rank: int) -> tuple[torch.Tensor, ...]:
+        rng = np.random.default_rng([self.seed, 2, step, rank])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         records = [self.records[int(i)] for i in rng.integers(len(self.records), size=self.per_rank // self.group)]
         inputs, targets, rewards = self.scored(records, self.group, generator)
         self.rewards.append(rewards.float().mean().item())
-        return self.finish(inputs, targets, rewards)
+        start = time.perf_counter()
+        try:
+            return self.finish(inputs, targets, rewards)
+        finally:
+            self.seconds["scoring"] += time.perf_counter() - start
 
     def finish(self, inputs: torch.Tensor, targets: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """GRPO: each response's advantage within its group."""
@@ -119,6 +132,7 @@ class RolloutBatches:
         """``group`` sampled responses to each record's prompt as padded (inputs, targets) rows, and the reward of
         each."""
         rows, learn, texts = [], [], []
+        start = time.perf_counter()
         for record in records:
             prompt = self.tokenizer.encode(prompt_text(record["prompt"]), add_special_tokens=False).ids
             prompt = prompt[-self.prompt_len:]
@@ -131,5 +145,8 @@ class RolloutBatches:
         tokens = torch.tensor([r + [self.end] * (length - len(r)) for r in rows])
         keep = torch.tensor([m + [False] * (length - len(m)) for m in learn])
         inputs, targets = tokens[:, :-1], tokens[:, 1:].masked_fill(~keep[:, 1:], IGNORE)
+        scoring = time.perf_counter()
         rewards = self.reward(inputs, targets, texts, [r for r in records for _ in range(group)])
+        self.seconds["generation"] += scoring - start
+        self.seconds["scoring"] += time.perf_counter() - scoring
         return inputs, targets, rewards
