@@ -62,8 +62,9 @@ class PostTraining(_Section):
         "else copy (a frozen copy of the start); precomputed: dpo reads the reference log-probs from the data")
     loss_on: Literal["response", "all"] = Field("response", description="sft: tokens the loss is computed on")
     reward_model: str | None = Field(
-        None, description="ppo (and grpo, instead of a verifier): the reward model, a run directory, a named spec "
-        "or a spec path (its architecture is planned); default for ppo: the policy's architecture")
+        None, description="ppo/grpo: the reward model, a run directory, a named spec or a spec path (its "
+        "architecture is planned; default for planning ppo: the policy's); `llmspec run` needs a trained reward "
+        "model's run directory, and without one rewards with the built-in task set's verifier")
     critic_model: str | None = Field(
         None, description="ppo: the critic's architecture, a named spec or a spec path; default: the policy's")
     beta: float = Field(0.1, gt=0, description="dpo: strength of the implicit KL constraint")
@@ -83,7 +84,8 @@ class PostTraining(_Section):
     prompt_len: Positive | None = Field(None, description="derived (ppo/grpo): half of training.seq_len")
     response_len: Positive | None = Field(None, description="derived (ppo/grpo): seq_len - prompt_len")
     rollouts_per_step: Positive | None = Field(
-        None, description="derived (ppo/grpo): training.global_batch_size; sequences generated per step")
+        None, description="derived (ppo/grpo): training.global_batch_size; sequences generated per step (a step: "
+        "generation, scoring, then epochs optimizer steps over them)")
     group_size: Positive = Field(8, description="grpo: samples per prompt, advantages normalised within a group")
 
     @property
