@@ -18,7 +18,7 @@ from llmspec.train.job import Job
 from llmspec.train.loop import FitResult, fit
 from llmspec.train.losses import loss_for
 from llmspec.train.optim import make_optimizer
-from llmspec.train.ppo import load_trained_states, trained_states
+from llmspec.train.ppo import load_trained_states, split_states
 from llmspec.train.precision import autocast
 
 
@@ -79,7 +79,7 @@ class TorchEngine(Engine):
 
     def save(self, checkpoints: Path, step: int, spec_yaml: str) -> None:
         save_checkpoint(checkpoints, step, {
-            "step": step, **trained_states(self.model), "optimizer": self.optimizer.state_dict(),
+            "step": step, **split_states(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "spec": spec_yaml,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if self.device == "cuda" else None}})

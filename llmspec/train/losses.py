@@ -36,7 +36,7 @@ class Reference:
     the model as it starts (taken when the engine is built, after the base's weights are loaded)."""
 
     def __init__(self, kind: str, model: torch.nn.Module):
-        self.kind, self.model = kind, model
+        self.model = model
         self.frozen = copy.deepcopy(model).eval().requires_grad_(False) if kind == "copy" else None
 
     @torch.no_grad()

@@ -28,7 +28,7 @@ from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.spec.post_training import PAIRWISE, RL_METHODS
 from llmspec.train.engine import Batch, Engine
 from llmspec.train.losses import kl_k3, sequence_scores, token_logprobs
-from llmspec.train.ppo import PPORollouts, policy_of
+from llmspec.train.ppo import PPORollouts, masked_mean, policy_of
 from llmspec.train.rollouts import Reward, RewardModel, RolloutBatches, sample_responses, verifier_reward
 
 ACCURACY_PROMPTS = 64  # held-out prompts answered at each evaluation
@@ -148,6 +148,5 @@ def rollout_metrics(engine: Engine, rollouts: RolloutBatches) -> dict[str, float
     inputs, targets = inputs.to(engine.device), targets.to(engine.device)
     policy = token_logprobs(policy_of(engine.model)(inputs)[0], targets)
     reference = token_logprobs(engine.loss.reference.logits(inputs), targets)
-    mask = targets != IGNORE
-    kl = (kl_k3(policy, reference) * mask).sum().item() / max(1, int(mask.sum()))
+    kl = masked_mean(kl_k3(policy, reference), (targets != IGNORE).float()).item()
     return {"reward_mean": rewards.mean().item(), "kl": kl}

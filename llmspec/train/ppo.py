@@ -17,6 +17,7 @@ resume need nothing of their own.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmspec.data.instructions import IGNORE
@@ -54,16 +55,9 @@ def policy_of(module: nn.Module) -> nn.Module:
     return module.policy if isinstance(module, PolicyAndCritic) else module
 
 
-def trained_states(module: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """Checkpoint entries: ``model`` is always the policy (what generate, export-hf and init_from read); PPO's
-    critic is saved beside it."""
-    if isinstance(module, PolicyAndCritic):
-        return {"model": module.policy.state_dict(), "critic": module.critic.state_dict()}
-    return {"model": module.state_dict()}
-
-
 def split_states(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """A consolidated state dict (DeepSpeed's) → the checkpoint entries of ``trained_states``."""
+    """A trained module's state dict (the torch engine's, or DeepSpeed's consolidated one) → checkpoint entries:
+    ``model`` is always the policy (what generate, export-hf and init_from read); PPO's critic is saved beside it."""
     if not any(key.startswith("policy.") for key in state):
         return {"model": state}
     return {role: {key.removeprefix(f"{prefix}."): value for key, value in state.items()
@@ -84,13 +78,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     contiguous run per row): δ_t = r_t + γ V_{t+1} − V_t, A_t = δ_t + γλ A_{t+1}, with V and A zero after the
     last response token. Returns (advantages, returns = advantages + values), zero outside the response."""
     mask = mask.float()
+    following = F.pad(mask[:, 1:], (0, 1))  # whether a response token follows position t
+    deltas = rewards + gamma * F.pad(values[:, 1:], (0, 1)) * following - values
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
-        following = mask[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
-        next_value = values[:, t + 1] * following if t + 1 < rewards.shape[1] else following
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running * following
+        running = deltas[:, t] + gamma * lam * running * following[:, t]
         advantages[:, t] = running
     advantages = advantages * mask
     return advantages, (advantages + values) * mask

@@ -72,7 +72,7 @@ def check_rl_runnable(spec: Spec) -> None:
 
 def check_reward_run(run_dir: Path, spec: Spec) -> None:
     """To run, ``reward_model`` names a trained reward model's run directory whose tokenizer is the policy's."""
-    from llmspec.spec.loading import named_specs
+    from llmspec.spec.loading import named_specs, parse_spec
     from llmspec.train.checkpoint import latest_checkpoint
 
     label = f"post_training.reward_model {run_dir}"
@@ -80,8 +80,6 @@ def check_reward_run(run_dir: Path, spec: Spec) -> None:
     if not (run_dir / "spec.yaml").is_file() or latest_checkpoint(run_dir / "checkpoints") is None:
         raise LLMSpecError(f"{label}: not a run directory with a checkpoint{hint}; to run, name a trained reward "
                            "model's run")
-    from llmspec.spec.loading import parse_spec
-
     saved = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
     if saved.post_training is None or saved.post_training.method != "reward":
         raise LLMSpecError(f"{label}: that run is not a reward model (post_training.method reward)")
