@@ -177,6 +177,8 @@ def test_cli_round_trip_and_errors(tmp_path):
     result = runner.invoke(app, ["export-hf", str(tmp_path / "ours" / "model.safetensors"), "--spec", "tiny",
                                  "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "does not match spec 'tiny'" in result.output
+    result = runner.invoke(app, ["export-hf", str(tmp_path / "nope"), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2 and f"{tmp_path / 'nope'}: no such file or directory" in result.output
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{not json")
     result = runner.invoke(app, ["import-hf", str(tmp_path / "bad"), "-o", str(tmp_path / "y")])

@@ -31,6 +31,8 @@ def export_hf(weights: Annotated[Path, typer.Argument(
     from llmspec.interop.hf import export_hf as run_export
     from llmspec.spec.loading import load_spec
 
+    if not weights.exists():
+        raise LLMSpecError(f"{weights}: no such file or directory")
     if weights.is_dir() and (weights / "checkpoints").is_dir():
         from llmspec.train.generate import export_run
 
