@@ -155,3 +155,20 @@ def test_the_summary_sets_measured_throughput_and_phases_beside_the_plan():
     assert throughput == (3100.0, 1800.0)  # the median after the first line (start-up)
     assert phases == {"generation": (0.3, 0.1), "scoring": (0.05, 0.3), "training": (1.0, 1.9)}
     assert planned_and_measured([{"step": 0, "val_loss": 1.0}]) == (None, None)
+
+
+def test_ppo_steps_in_bf16_as_gpu_users_train(base):  # noqa: F811
+    """Sampling, scoring and the loss under bf16 autocast (the torch engine's bf16): finite, with gradients for
+    the policy and the critic; old log-probs and values are kept in fp32."""
+    from llmspec.train.precision import autocast
+
+    spec, trained, source = _ppo_parts(base, "training.precision=bf16", "post_training.response_len=6")
+    with autocast("bf16", "cpu"):
+        inputs, targets, old_logprobs, old_values, advantages, returns = source.get(step=0, micro=0)
+        logits, values = trained(inputs)
+        loss = ppo_loss(logits, values, targets, old_logprobs, old_values, advantages, returns, 0.2, 0.2, 0.1)
+    assert old_logprobs.dtype == old_values.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    for model in (trained.policy, trained.critic):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
