@@ -15,7 +15,8 @@ from llmspec.data.instructions import IGNORE, Example, PairBatches, read_records
 from llmspec.runner import run
 from llmspec.spec.loading import load_spec
 from llmspec.train.init_from import load_initial_weights
-from llmspec.train.losses import last_positions, loss_for
+from llmspec.train.logprobs import last_positions
+from llmspec.train.losses import loss_for
 from llmspec.train.metrics import read_metrics
 from tests.test_sft import base  # noqa: F401 - the module fixture (the tiny base, imported)
 
@@ -138,8 +139,8 @@ def test_reward_model_and_dpo_learn_the_held_out_preferences(base, tmp_path):  #
 # ---- GRPO -----------------------------------------------------------------------------------------------------
 
 def test_grpo_loss_is_the_clipped_objective_plus_k3_kl_per_sequence_token_mean():
-    from llmspec.train.losses import grpo_loss, kl_k3
-
+    module = model_module(load_spec("tiny-grpo"))  # the compiled model.py's loss, as runs and measure use it
+    grpo_loss, kl_k3 = module.grpo_loss, module.kl_k3
     policy = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
     reference = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])

@@ -13,7 +13,8 @@ from llmspec.spec.loading import load_spec, named_specs
 from tests.helpers import minimal
 
 # Big specs take seconds each on meta/fake tensors; measured in full all the same (these are the promise).
-SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b", "llama3-70b-qlora"}
+SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b", "llama3-70b-qlora",
+        "llama2-7b-ppo"}  # (decoding 16 rollouts × 256 tokens through 32 layers on meta tensors: 70 s)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -32,6 +33,8 @@ def _assert_exact(result):
     for mode in ("none", "selective", "full"):
         assert result.flops[mode].measured == pytest.approx(result.flops[mode].planned, rel=1e-12), mode
         assert result.activations[mode].measured == result.activations[mode].planned, mode
+    for name, phase in result.phases.items():  # ppo/grpo: generation FLOPs and KV cache, scoring FLOPs
+        assert phase.measured == pytest.approx(phase.planned, rel=1e-12), name
 
 
 @st.composite
@@ -81,7 +84,7 @@ def random_post_training_specs(draw):
     heads = draw(st.sampled_from([2, 4]))
     position = draw(st.sampled_from(["rope", "learned"]))
     mlp = draw(st.sampled_from(["gelu", "relu", "swiglu"]))
-    method = draw(st.sampled_from(["sft", "reward", "dpo"]))
+    method = draw(st.sampled_from(["sft", "reward", "dpo", "ppo", "grpo"]))
     adapter = draw(st.sampled_from(["none", "lora", "prefix"]))
     sets = [
         f"model.n_heads={heads}", f"model.n_kv_heads={draw(st.sampled_from([1, heads]))}",
@@ -109,6 +112,17 @@ def random_post_training_specs(draw):
             sets.pop()  # the training precision
         elif draw(st.booleans()) and sets[-1].endswith("nf4"):
             sets.append("post_training.double_quant=true")
+    if adapter != "prefix" and draw(st.booleans()):  # (prefix tuning refuses a window)
+        sets.append(f"model.sliding_window={draw(st.integers(1, 40))}")
+    if method in ("ppo", "grpo"):  # rollouts of prompt + response within the model's 32 positions
+        prompt = draw(st.integers(1, 24))
+        references = ["copy", "adapter_off"] if adapter != "none" else ["copy"]
+        sets += [f"post_training.prompt_len={prompt}", f"post_training.response_len={draw(st.integers(1, 32 - prompt))}",
+                 f"post_training.reference={draw(st.sampled_from(references))}"]
+        if method == "grpo":
+            sets.append("post_training.group_size=2")
+        if draw(st.booleans()):  # a reward model of another architecture (else the verifier)
+            sets.append("post_training.reward_model=tiny-gpt2")
     if method == "dpo":
         references = ["copy", "precomputed"] + (["adapter_off"] if adapter != "none" else [])
         sets += [f"post_training.reference={draw(st.sampled_from(references))}",
@@ -122,6 +136,8 @@ def random_post_training_specs(draw):
 def test_random_post_training_specs_match_the_compiled_model(spec):
     result = measure(spec)
     assert result.trainable is not None and result.frozen_bytes is not None
+    rl = spec.post_training.method in ("ppo", "grpo")
+    assert set(result.phases) == ({"generation_flops", "kv_cache_bytes", "scoring_flops"} if rl else set())
     _assert_exact(result)
 
 

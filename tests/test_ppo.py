@@ -13,17 +13,19 @@ from llmspec.compile.loading import model_module
 from llmspec.data.instructions import IGNORE
 from llmspec.errors import LLMSpecError
 from llmspec.runner import run
-from llmspec.spec.loading import dump_spec, load_spec
+from llmspec.spec.loading import dump_spec, load_spec, value_model_spec
 from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint
 from llmspec.train.init_from import load_initial_weights
-from llmspec.train.losses import Reference, token_logprobs
+from llmspec.train.losses import Reference
 from llmspec.train.metrics import read_metrics
-from llmspec.train.ppo import PolicyAndCritic, PPORollouts, critic_spec, gae, ppo_loss, whiten
+from llmspec.train.ppo import PolicyAndCritic, PPORollouts, gae, whiten
 from llmspec.train.rollouts import verifier_reward
 from tests.helpers import killed_and_resumed
 from tests.test_sft import base  # noqa: F401 - the imported tiny base, a module fixture
 
 VERIFIED = ["post_training.reward_model=null"]
+PPO = model_module(load_spec("tiny-ppo"))  # the compiled model.py: its token_logprobs and ppo_loss
+token_logprobs, ppo_loss = PPO.token_logprobs, PPO.ppo_loss
 
 
 def test_gae_is_the_backward_recursion_over_the_response():
@@ -71,7 +73,7 @@ def _ppo_parts(base, *sets):  # noqa: F811
     spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.global_batch_size=8",
                                   "training.micro_batch_size=4", "post_training.epochs=2", *sets])
     torch.manual_seed(0)  # the critic's new value head
-    policy, critic = model_module(spec).Model(), model_module(critic_spec(spec)).Model()
+    policy, critic = model_module(spec).Model(), model_module(value_model_spec(spec)).Model()
     for model in (policy, critic):
         load_initial_weights(model, base / "model.safetensors")
     trained = PolicyAndCritic(policy, critic)

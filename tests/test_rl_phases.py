@@ -87,14 +87,26 @@ def test_training_phase_is_epochs_of_policy_and_critic_steps():
     assert critic_step == pytest.approx(policy_step - head / (env["n_gpu"] * env["F_peak"] * env["eff"]))
 
 
-def test_scoring_runs_four_forwards_over_every_rollout_token():
-    result = _plan("tiny", PPO)
-    post, env = result.spec.post_training, result.env["rl_policy"]
-    tokens = post.rollouts_per_step * (post.prompt_len + post.response_len)
-    head = 2 * env["V"] * env["h"] - 2 * env["h"]  # a value head instead of the LM head
-    forwards = 2 * env["flops_per_token_forward"] + 2 * (env["flops_per_token_forward"] - head)
-    assert env["flops_reference_per_token"] == env["flops_per_token_forward"]  # a copy of the start
-    assert result.phases["scoring"]["seconds"] == pytest.approx(tokens * forwards / (env["F_peak"] * env["eff"]))
+def test_ppo_scoring_runs_policy_reference_critic_and_reward_forwards_over_every_rollout_token():
+    for reward, models in (([], 3), (["post_training.reward_model=tiny"], 4)):  # the verifier: no model
+        result = _plan("tiny", PPO, *reward)
+        post, env = result.spec.post_training, result.env["rl_policy"]
+        tokens = post.rollouts_per_step * (post.prompt_len + post.response_len)
+        head = 2 * env["V"] * env["h"] - 2 * env["h"]  # a value head instead of the LM head
+        forwards = 2 * env["flops_per_token_forward"] + (models - 2) * (env["flops_per_token_forward"] - head)
+        assert env["flops_reference_per_token"] == env["flops_per_token_forward"]  # a copy of the start
+        assert result.phases["scoring"]["flops"] == tokens * forwards
+        assert result.phases["scoring"]["seconds"] == pytest.approx(tokens * forwards / (env["F_peak"] * env["eff"]))
+
+
+def test_grpo_runs_its_reference_in_the_training_step_and_scores_with_the_verifier_alone():
+    grpo = ["post_training.method=grpo", "post_training.group_size=4"]
+    result = _plan("tiny", *grpo)
+    env = result.env["rl_policy"]
+    assert result.phases["scoring"]["flops"] == 0 and result.phases["scoring"]["seconds"] == 0
+    assert env["flops_per_token_train"] == 3 * env["flops_per_token_forward"] + env["flops_reference_per_token"]
+    ppo = _plan("tiny", PPO).env["rl_policy"]
+    assert ppo["flops_per_token_train"] == 3 * ppo["flops_per_token_forward"]  # PPO's reference runs in scoring
 
 
 def test_an_auxiliary_model_that_cannot_be_found_names_the_field():

@@ -169,6 +169,11 @@ def _table(title: str, *columns: str) -> Table:
     return table
 
 
+def _ratio(c) -> str:
+    """planned / measured, or "none" where both are nothing (no frozen weights, no scoring model)."""
+    return "none" if c.measured == c.planned == 0 else f"{c.ratio:.4f}"
+
+
 def measurement_table(result: Measurement) -> Table:
     """Measured beside planned, one row per quantity, with the ratio planned / measured."""
     tr = result.spec.training
@@ -184,11 +189,15 @@ def measurement_table(result: Measurement) -> Table:
         c = result.trainable
         table.add_row("  trainable", f"{int(c.measured):,}", f"{int(c.planned):,}", f"{c.ratio:.4f}")
         c = result.frozen_bytes
-        table.add_row("frozen weights", fmt_bytes(c.measured), fmt_bytes(c.planned), f"{c.ratio:.4f}")
+        table.add_row("frozen weights", fmt_bytes(c.measured), fmt_bytes(c.planned), _ratio(c))
     for mode, c in result.flops.items():
         table.add_row(f"FLOPs · {mode}", fmt_flops(c.measured), fmt_flops(c.planned), f"{c.ratio:.4f}")
     for mode, c in result.activations.items():
         table.add_row(f"activations · {mode}", fmt_bytes(c.measured), fmt_bytes(c.planned), f"{c.ratio:.4f}")
+    for name, c in result.phases.items():  # ppo/grpo, per GPU per step
+        label, show = {"generation_flops": ("generation FLOPs", fmt_flops), "kv_cache_bytes": ("KV cache", fmt_bytes),
+                       "scoring_flops": ("scoring FLOPs", fmt_flops)}[name]
+        table.add_row(label, show(c.measured), show(c.planned), _ratio(c))
     table.caption = "\n".join(f"· {note}" for note in result.notes)
     table.caption_justify = "left"
     return table

@@ -35,6 +35,8 @@ def features(spec: Spec) -> dict[str, bool]:
         "prefix": adapter == "prefix", "value_head": post is not None and post.value_model,
         "nf4": base == "nf4", "int8": base == "int8", "quantised": base in ("nf4", "int8"),
         "reward": post is not None and post.method == "reward", "dpo": post is not None and post.method == "dpo",
+        "ppo": post is not None and post.method == "ppo", "grpo": post is not None and post.method == "grpo",
+        "rl": post is not None and post.method in ("ppo", "grpo"),
         "rope": mo.position == "rope", "learned": mo.position == "learned",
         "rope_scaling": scaling is not None,
         "rope_llama3": scaling is not None and scaling.type == "llama3",
@@ -79,6 +81,8 @@ def values(spec: Spec) -> dict[str, str]:
             "lora_dropout": float(post.adapter.dropout), "n_prefix": post.adapter.n_virtual,
             "quantise": post.base_precision, "double_quant": post.double_quant,
             "dpo_beta": float(post.beta), "dpo_loss": post.loss,
+            "rl_clip": float(post.clip), "value_clip": float(post.value_clip), "value_coef": float(post.value_coef),
+            "kl_coef": float(post.kl_coef),
         })
     # Title and summary are docstring prose; every other value becomes a Python literal.
     rendered = {key: value if key in ("title", "summary") else repr(value) for key, value in out.items()}

@@ -46,8 +46,8 @@ adapter, rank, l_drop, prefix, n_v, vh, dpo = _s("adapter r lora_dropout prefix 
                                                  nonnegative=True)
 lq, lk, lv, lqkv, lo, lg, lu, ldn = _s("lora_q lora_k lora_v lora_qkv lora_o lora_gate lora_up lora_down",
                                        nonnegative=True)
-q_nf4, q_int8, dq, w_frozen, ref_copy, ref_fwd, loss_saved = _s(
-    "nf4 int8 double_quant w_frozen reference_copy reference_forward loss_saved", nonnegative=True)
+q_nf4, q_int8, dq, w_frozen, ref_copy, ref_fwd, ref_step, loss_saved = _s(
+    "nf4 int8 double_quant w_frozen reference_copy reference_forward reference_in_step loss_saved", nonnegative=True)
 
 causal = sp.Symbol("causal", nonnegative=True)
 
@@ -134,6 +134,8 @@ INPUT_DOCS: dict[str, str] = {
     "causal": "1 to count causal attention (the keys each query sees); 0 to count every key, as FlopCounterMode "
     "does (llmspec measure)",
     "reference_forward": "1 when DPO, PPO or GRPO run a reference model (not precomputed log-probs)",
+    "reference_in_step": "1 when the reference's forward runs in each training step (DPO, GRPO); PPO's runs in "
+    "scoring",
     "rollouts_per_gpu": "PPO/GRPO: sequences this GPU generates per step (rollouts_per_step / dp)",
     "prompt_len": "PPO/GRPO: prompt tokens per rollout", "response_len": "PPO/GRPO: generated tokens per rollout",
     "loss_saved": "bytes the objective saves per micro-batch after the last position-wise tensor (cross-entropy's "
@@ -274,8 +276,15 @@ block_matmul = L * (h * (a + 2 * k) * d_h + a * d_h * h + K * (2 + gated) * h * 
 matmul = define("matmul_weights", block_matmul + (1 - vh) * V * h + vh * h,
                 "weights multiplied per token (the LM head even when tied, or a value head's one output; "
                 "embeddings are lookups)", "params")
-w_eff = sp.Min(window, s)
-ctx = define("attention_context", causal * (w_eff * (w_eff + 1) / 2 + (s - w_eff) * w_eff) / s + (1 - causal) * s,
+
+
+def _keys_seen(n: sp.Expr) -> sp.Expr:
+    """Keys that the queries at positions 1..n see in all, each the keys up to it within the window."""
+    w = sp.Min(window, n)
+    return w * (w + 1) / 2 + (n - w) * w
+
+
+ctx = define("attention_context", causal * _keys_seen(s) / s + (1 - causal) * s,
              "keys each query attends to, averaged over positions (causal, windowed)", "tokens")
 attn_layer = 4 * a * d_h * (ctx + prefix * n_v)
 fwd_attn = define("flops_attention_per_token", L * attn_layer, "QKᵀ and AV, forward (+ prefix keys)", "FLOP")
@@ -303,9 +312,10 @@ ref_flops = define("flops_reference_per_token",
                               + ref_copy * (2 * L * lora_layer + L * 4 * a * d_h * prefix * n_v)),
                    "the reference's forward (the base alone under adapter_off; the whole start under copy): per "
                    "training token for DPO, in scoring for PPO/GRPO", "FLOP")
-train = define("flops_per_token_train", (1 - adapter) * 3 * fwd + adapter * (fwd + frozen_bwd) + dpo * ref_flops,
+train = define("flops_per_token_train",
+               (1 - adapter) * 3 * fwd + adapter * (fwd + frozen_bwd) + ref_step * ref_flops,
                "model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) "
-               "+ a reference forward (for MFU)", "FLOP")
+               "+ a reference forward where the step runs one (DPO, GRPO; for MFU)", "FLOP")
 # Non-reentrant checkpointing stops recomputing once every saved tensor is back: a dense MLP's last matmul, whose
 # output nothing saves, is skipped unless dropout follows it (the down projection, or under LoRA its B).
 skipped = (1 - moe) * (1 - drop) * 2 * L * (ldn * rank * h + (1 - ldn) * h * f)
@@ -522,23 +532,26 @@ group("Post-training: RL phases", "one PPO/GRPO step (Ouyang et al. 2022; Shao e
       "then scores them and trains on them (the training formulas, per model); per GPU of data parallelism")
 n_roll, s_p, s_r = _s("rollouts_per_gpu prompt_len response_len", positive=True)
 kv_token_rl = 2 * L * k * d_h * e
-kv_rl = define("rl_kv_cache", n_roll * (s_p + s_r + prefix * n_v) * kv_token_rl,
-               "the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized; prefix "
-               "keys too), in the activation dtype", "B")
+kv_rl = define("rl_kv_cache", n_roll * (s_p + s_r) * kv_token_rl,
+               "the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized), in the "
+               "activation dtype", "B")
 rl_gather = define("rl_gathered_policy", z3 * (1 - 1 / dp) * policy_bytes,
                    "ZeRO-3: the rest of the policy gathered whole for generation", "B")
 rl_logits = n_roll * V * 4
 define("rl_generation_buffers", kv_rl + rl_gather + rl_logits,
        "generation's transients: KV cache, gathered weights, the next token's fp32 logits", "B")
 per_token = 2 * matmul + 2 * L * lora_layer
-prefill = define("rl_prefill_flops", n_roll * s_p * (per_token + 4 * a * d_h * L * ((s_p + 1) / 2 + prefix * n_v)),
-                 "the prompts' forward (each query sees the keys before it)", "FLOP")
-decode_flops = define("rl_decode_flops",
-                      n_roll * s_r * (per_token + 4 * a * d_h * L * (s_p + prefix * n_v + (s_r + 1) / 2)),
-                      "one token at a time for every rollout: token i attends to s_p + i keys", "FLOP")
-decode_bytes = define("rl_decode_bytes",
-                      s_r * policy_bytes + n_roll * kv_token_rl * (s_r * (s_p + prefix * n_v) + s_r * (s_r + 1) / 2),
-                      "bytes decode reads: every weight once per token, and the KV cache so far", "B")
+head = 2 * V * h
+prefill_keys = causal * _keys_seen(s_p) + (1 - causal) * s_p * s_p + s_p * prefix * n_v
+prefill = define("rl_prefill_flops", n_roll * (s_p * (per_token - head) + head + 4 * a * d_h * L * prefill_keys),
+                 "the prompts' forward (each query sees the keys before it, within the window; prefix keys too), "
+                 "logits at the last position only", "FLOP")
+decode_keys = _keys_seen(s_p + s_r - 1) - _keys_seen(s_p) + (s_r - 1) * prefix * n_v
+decode_flops = define("rl_decode_flops", n_roll * ((s_r - 1) * per_token + 4 * a * d_h * L * decode_keys),
+                      "the other s_r - 1 tokens (prefill gave the first) one at a time for every rollout: the token "
+                      "at position n attends to n keys (at most the window) and the prefix", "FLOP")
+decode_bytes = define("rl_decode_bytes", s_r * policy_bytes + n_roll * kv_token_rl * decode_keys,
+                      "bytes generation reads: every weight once per forward, and the KV cache so far", "B")
 define("time_generation", prefill / (F_peak * eff) + sp.Max(decode_bytes / bw_hbm, decode_flops / (F_peak * eff))
        + rl_gather / bw_dp,
        "prefill at the achieved FLOP rate + decode at the slower of memory bandwidth and FLOPs (+ the ZeRO-3 "

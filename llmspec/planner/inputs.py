@@ -88,6 +88,12 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
 # total weight, once per micro-batch; per pair, what the pairwise loss keeps of its fp32 margin (log-sigmoid: its
 # input and a buffer; IPO's square and the hinge's ReLU: one).
 LOSS_SAVED_PER_PAIR = {"reward": 8, "sigmoid": 8, "ipo": 4, "hinge": 4}
+# The RL losses on per-token log-probabilities, as measured on the compiled model (the same in fp32 and bf16):
+# bytes per token beyond cross-entropy's per-token tensors (the gathered targets' indices and response mask, the
+# ratio, its clamp's mask and the chosen side of min/max, GRPO's k3 exponent, PPO's value-clip terms), per
+# sequence (GRPO's per-sequence token counts and sums) and per micro-batch (PPO's masked means; GRPO's mean over
+# sequences saves nothing).
+RL_LOSS_SAVED = {"grpo": (21, 8, 0), "ppo": (45, 0, 4)}  # (per token, per sequence, per micro-batch)
 
 
 def sequence_length(spec: Spec) -> int:
@@ -109,7 +115,17 @@ def post_training_inputs(spec: Spec, e: int, role: str = "policy") -> dict[str, 
     targets = post.lora_targets(mo.fused_qkv, mo.gated, mo.moe is not None) if post is not None else []
     base = post.base_precision if post is not None else None
     pair_loss = {"reward": "reward", "dpo": post.loss if post is not None else ""}.get(method)
-    loss_saved = LOSS_SAVED_PER_PAIR[pair_loss] * spec.training.micro_batch_size if pair_loss else 4
+    b = spec.training.micro_batch_size
+    if pair_loss:
+        loss_saved = LOSS_SAVED_PER_PAIR[pair_loss] * b
+    elif method in RL_LOSS_SAVED and role == "policy":
+        per_token, per_sequence, per_batch = RL_LOSS_SAVED[method]
+        loss_saved = per_token * b * sequence_length(spec) + per_sequence * b + per_batch
+    elif method == "ppo" and role == "critic" and kind == "none":
+        # the critic embeds the policy's input ids: where embeddings train, both keep that one int64 tensor
+        loss_saved = 4 - 8 * b * sequence_length(spec)
+    else:
+        loss_saved = 4
     return {
         "adapter": int(kind != "none"), "r": adapter.r if kind == "lora" else 0,
         "lora_dropout": int(kind == "lora" and adapter.dropout > 0), "prefix": int(kind == "prefix"),
@@ -121,6 +137,7 @@ def post_training_inputs(spec: Spec, e: int, role: str = "policy") -> dict[str, 
         "w_frozen": {"fp32": 4, "bf16": 2, "fp16": 2}.get(base, e),
         "reference_copy": int(post is not None and post.reference == "copy" and role == "policy"),
         "reference_forward": int(method in WITH_REFERENCE and post.reference != "precomputed" and role == "policy"),
+        "reference_in_step": int(method in ("dpo", "grpo") and post.reference != "precomputed" and role == "policy"),
         "loss_saved": loss_saved,
     }
 

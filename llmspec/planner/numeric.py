@@ -200,9 +200,9 @@ def flops_reference_per_token(E, K, L, V, a, attention_context, d_h, f, gated, h
     return reference_forward*(4*L*a*attention_context*d_h + 2*L*(E*h*moe + K*f*h*(gated + 2) + a*d_h*h + d_h*h*(a + 2*k)) + 2*V*h + reference_copy*(4*L*a*d_h*n_virtual*prefix + 2*L*params_lora_layer))
 
 
-def flops_per_token_train(adapter, dpo, flops_backward_frozen_per_token, flops_per_token_forward, flops_reference_per_token):
-    """model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) + a reference forward (for MFU) [FLOP]"""
-    return adapter*(flops_backward_frozen_per_token + flops_per_token_forward) + dpo*flops_reference_per_token + flops_per_token_forward*(3 - 3*adapter)
+def flops_per_token_train(adapter, flops_backward_frozen_per_token, flops_per_token_forward, flops_reference_per_token, reference_in_step):
+    """model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) + a reference forward where the step runs one (DPO, GRPO; for MFU) [FLOP]"""
+    return adapter*(flops_backward_frozen_per_token + flops_per_token_forward) + flops_per_token_forward*(3 - 3*adapter) + flops_reference_per_token*reference_in_step
 
 
 def flops_recompute_per_token(E, K, L, V, ck_full, ck_selective, dropout, f, flops_per_token_forward, gated, h, lora_down, lora_gate, lora_up, moe, r, value_head):
@@ -515,9 +515,9 @@ def prefill_seconds(F_fwd, F_peak, batch, context, eff, t):
     return F_fwd*batch*context/(F_peak*eff*t)
 
 
-def rl_kv_cache(L, d_h, e, k, n_virtual, prefix, prompt_len, response_len, rollouts_per_gpu):
-    """the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized; prefix keys too), in the activation dtype [B]"""
-    return 2*L*d_h*e*k*rollouts_per_gpu*(n_virtual*prefix + prompt_len + response_len)
+def rl_kv_cache(L, d_h, e, k, prompt_len, response_len, rollouts_per_gpu):
+    """the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized), in the activation dtype [B]"""
+    return 2*L*d_h*e*k*rollouts_per_gpu*(prompt_len + response_len)
 
 
 def rl_gathered_policy(bytes_policy, dp, zero3):
@@ -530,19 +530,19 @@ def rl_generation_buffers(V, rl_gathered_policy, rl_kv_cache, rollouts_per_gpu):
     return 4*V*rollouts_per_gpu + rl_gathered_policy + rl_kv_cache
 
 
-def rl_prefill_flops(L, a, d_h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, rollouts_per_gpu):
-    """the prompts' forward (each query sees the keys before it) [FLOP]"""
-    return prompt_len*rollouts_per_gpu*(4*L*a*d_h*(n_virtual*prefix + (1/2)*prompt_len + 1/2) + 2*L*params_lora_layer + 2*matmul_weights)
+def rl_prefill_flops(L, V, a, causal, d_h, h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, rollouts_per_gpu, window):
+    """the prompts' forward (each query sees the keys before it, within the window; prefix keys too), logits at the last position only [FLOP]"""
+    return rollouts_per_gpu*(4*L*a*d_h*(causal*((prompt_len - _min(prompt_len, window))*_min(prompt_len, window) + (1/2)*(_min(prompt_len, window) + 1)*_min(prompt_len, window)) + n_virtual*prefix*prompt_len + prompt_len**2*(1 - causal)) + 2*V*h + prompt_len*(2*L*params_lora_layer - 2*V*h + 2*matmul_weights))
 
 
-def rl_decode_flops(L, a, d_h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, response_len, rollouts_per_gpu):
-    """one token at a time for every rollout: token i attends to s_p + i keys [FLOP]"""
-    return response_len*rollouts_per_gpu*(4*L*a*d_h*(n_virtual*prefix + prompt_len + (1/2)*response_len + 1/2) + 2*L*params_lora_layer + 2*matmul_weights)
+def rl_decode_flops(L, a, d_h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, response_len, rollouts_per_gpu, window):
+    """the other s_r - 1 tokens (prefill gave the first) one at a time for every rollout: the token at position n attends to n keys (at most the window) and the prefix [FLOP]"""
+    return rollouts_per_gpu*(4*L*a*d_h*(n_virtual*prefix*(response_len - 1) - (prompt_len - _min(prompt_len, window))*_min(prompt_len, window) - 1/2*(_min(prompt_len, window) + 1)*_min(prompt_len, window) + (1/2)*(_min(window, prompt_len + response_len - 1) + 1)*_min(window, prompt_len + response_len - 1) + (prompt_len + response_len - _min(window, prompt_len + response_len - 1) - 1)*_min(window, prompt_len + response_len - 1)) + (response_len - 1)*(2*L*params_lora_layer + 2*matmul_weights))
 
 
-def rl_decode_bytes(L, bytes_policy, d_h, e, k, n_virtual, prefix, prompt_len, response_len, rollouts_per_gpu):
-    """bytes decode reads: every weight once per token, and the KV cache so far [B]"""
-    return 2*L*d_h*e*k*rollouts_per_gpu*((1/2)*response_len*(response_len + 1) + response_len*(n_virtual*prefix + prompt_len)) + bytes_policy*response_len
+def rl_decode_bytes(L, bytes_policy, d_h, e, k, n_virtual, prefix, prompt_len, response_len, rollouts_per_gpu, window):
+    """bytes generation reads: every weight once per forward, and the KV cache so far [B]"""
+    return 2*L*d_h*e*k*rollouts_per_gpu*(n_virtual*prefix*(response_len - 1) - (prompt_len - _min(prompt_len, window))*_min(prompt_len, window) - 1/2*(_min(prompt_len, window) + 1)*_min(prompt_len, window) + (1/2)*(_min(window, prompt_len + response_len - 1) + 1)*_min(window, prompt_len + response_len - 1) + (prompt_len + response_len - _min(window, prompt_len + response_len - 1) - 1)*_min(window, prompt_len + response_len - 1)) + bytes_policy*response_len
 
 
 def time_generation(F_peak, bw_dp, eff, hbm_bandwidth, rl_decode_bytes, rl_decode_flops, rl_gathered_policy, rl_prefill_flops):
@@ -624,7 +624,7 @@ ARGUMENTS = {
     'flops_per_token_forward': ('L', 'flops_attention_per_token', 'matmul_weights', 'params_lora_layer'),
     'flops_backward_frozen_per_token': ('L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'n_virtual', 'prefix', 'r', 'value_head'),
     'flops_reference_per_token': ('E', 'K', 'L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'n_virtual', 'params_lora_layer', 'prefix', 'reference_copy', 'reference_forward'),
-    'flops_per_token_train': ('adapter', 'dpo', 'flops_backward_frozen_per_token', 'flops_per_token_forward', 'flops_reference_per_token'),
+    'flops_per_token_train': ('adapter', 'flops_backward_frozen_per_token', 'flops_per_token_forward', 'flops_reference_per_token', 'reference_in_step'),
     'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_per_token_forward', 'gated', 'h', 'lora_down', 'lora_gate', 'lora_up', 'moe', 'r', 'value_head'),
     'flops_per_token_hardware': ('flops_per_token_train', 'flops_recompute_per_token'),
     'flops_per_step': ('B', 'flops_per_token_train', 's'),
@@ -687,12 +687,12 @@ ARGUMENTS = {
     'decode_step': ('hbm_bandwidth', 'inference_weights', 'kv_cache'),
     'decode_tokens_per_second': ('batch', 'decode_step'),
     'prefill_seconds': ('F_fwd', 'F_peak', 'batch', 'context', 'eff', 't'),
-    'rl_kv_cache': ('L', 'd_h', 'e', 'k', 'n_virtual', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu'),
+    'rl_kv_cache': ('L', 'd_h', 'e', 'k', 'prompt_len', 'response_len', 'rollouts_per_gpu'),
     'rl_gathered_policy': ('bytes_policy', 'dp', 'zero3'),
     'rl_generation_buffers': ('V', 'rl_gathered_policy', 'rl_kv_cache', 'rollouts_per_gpu'),
-    'rl_prefill_flops': ('L', 'a', 'd_h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'rollouts_per_gpu'),
-    'rl_decode_flops': ('L', 'a', 'd_h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu'),
-    'rl_decode_bytes': ('L', 'bytes_policy', 'd_h', 'e', 'k', 'n_virtual', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu'),
+    'rl_prefill_flops': ('L', 'V', 'a', 'causal', 'd_h', 'h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'rollouts_per_gpu', 'window'),
+    'rl_decode_flops': ('L', 'a', 'd_h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu', 'window'),
+    'rl_decode_bytes': ('L', 'bytes_policy', 'd_h', 'e', 'k', 'n_virtual', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu', 'window'),
     'time_generation': ('F_peak', 'bw_dp', 'eff', 'hbm_bandwidth', 'rl_decode_bytes', 'rl_decode_flops', 'rl_gathered_policy', 'rl_prefill_flops'),
     'optimal_params_20x': ('compute',),
     'optimal_tokens_20x': ('optimal_params_20x',),
@@ -791,6 +791,7 @@ Name = Literal[
     'reduce_bucket',
     'reference_copy',
     'reference_forward',
+    'reference_in_step',
     'relu',
     'response_len',
     'rollouts_per_gpu',
@@ -923,7 +924,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'reduce_bucket', 'reference_copy', 'reference_forward', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.

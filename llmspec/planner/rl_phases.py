@@ -7,10 +7,13 @@ policy (and its reference copy), PPO's critic (trained as the policy is, under a
 
 - generation: the policy decodes every rollout (the "Post-training: RL phases" formulas: KV cache, decode reading
   every weight per token, ZeRO-3 gathering the policy whole);
-- scoring: no-grad forwards of policy (old log-probs), reference, reward model and critic over every rollout token,
-  ``micro_batch_size`` sequences at a time (their logits and fp32 log-softmax are the transient);
-- training: ``epochs`` passes of ``rollouts_per_step / global_batch_size`` optimizer steps of the policy, then the
-  critic — each the training formulas' step, so ZeRO, checkpointing and offload apply as for any training run.
+- scoring: no-grad forwards over every rollout token, ``micro_batch_size`` sequences at a time (their logits and
+  fp32 log-softmax are the transient): PPO's policy (old log-probs), reference, critic and reward model; GRPO's
+  reward model only (one pass per batch: its old policy is the policy itself, and its reference runs in the
+  training step, as ``reference_in_step`` counts);
+- training: ``epochs`` passes of ``rollouts_per_step / global_batch_size`` optimizer steps — each the training
+  formulas' step, so ZeRO, checkpointing and offload apply as for any training run. PPO's policy and critic
+  train as one module with one loss (as TRL's), so both models' activations are saved at once.
 
 The peak over the phases is ``memory.peak``; the step's seconds are the phases' sum.
 """
@@ -53,26 +56,29 @@ def step(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None, rewa
 
     tokens_per_gpu = Fraction(post.rollouts_per_step, dp) * policy["s"]
     rate = policy["F_peak"] * policy["eff"]
-    forwards = [policy["flops_per_token_forward"], policy["flops_reference_per_token"]] + [
-        m["flops_per_token_forward"] for m in (critic, reward) if m is not None]
+    forwards = [m["flops_per_token_forward"] for m in (critic, reward) if m is not None]
+    if post.method == "ppo":
+        forwards += [policy["flops_per_token_forward"], policy["flops_reference_per_token"]]
     scoring_flops = tokens_per_gpu * sum(forwards)
     # micro-batches of no-grad forwards: an LM's logits and their fp32 log-softmax are the largest transient
     scoring_buffer = tr.micro_batch_size * policy["s"] * policy["V"] * (policy["e"] + 4)
 
     optimizer_steps = Fraction(post.rollouts_per_step, tr.global_batch_size) * post.epochs
     training_seconds = optimizer_steps * sum(m["time_step"] for m in trained)
-    busiest = max(trained, key=lambda m: m["memory_activations"] + m["memory_buffers"])
+    activations = sum(m["memory_activations"] for m in trained)
+    buffers = max(m["memory_buffers"] for m in trained)
+    generation_flops = env["rl_prefill_flops"] + env["rl_decode_flops"]
+    training_flops = optimizer_steps * sum(m["flops_per_step"] for m in trained) / dp
+    # (memory, seconds, activations, buffers, FLOPs), per GPU
     phases = {
         "generation": (resident + env["rl_generation_buffers"], env["time_generation"], 0,
-                       env["rl_generation_buffers"]),
-        "scoring": (resident + scoring_buffer, scoring_flops / rate, 0, scoring_buffer),
-        "training": (resident + busiest["memory_activations"] + busiest["memory_buffers"], training_seconds,
-                     busiest["memory_activations"], busiest["memory_buffers"]),
+                       env["rl_generation_buffers"], generation_flops),
+        "scoring": (resident + scoring_buffer, scoring_flops / rate, 0, scoring_buffer, scoring_flops),
+        "training": (resident + activations + buffers, training_seconds, activations, buffers, training_flops),
     }
     peak_phase = max(PHASES, key=lambda name: phases[name][0])
     seconds = sum(phases[name][1] for name in PHASES)
-    flops = (dp * (env["rl_prefill_flops"] + env["rl_decode_flops"]) + dp * scoring_flops
-             + optimizer_steps * sum(m["flops_per_step"] for m in trained))
+    flops = dp * sum(phases[name][4] for name in PHASES)
     hardware = flops + optimizer_steps * sum(
         (m["flops_per_token_hardware"] - m["flops_per_token_train"]) * m["B"] * m["s"] for m in trained)
     n_gpu, steps = policy["n_gpu"], policy["steps"]
@@ -85,7 +91,8 @@ def step(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None, rewa
         "time_total": steps * seconds, "gpu_hours": steps * seconds * n_gpu / 3600,
         "mfu": flops / (seconds * n_gpu * policy["F_peak"]),
         "hfu": hardware / (seconds * n_gpu * policy["F_peak"]),
-        PHASES_KEY: {name: {"memory": phases[name][0], "seconds": phases[name][1]} for name in PHASES},
+        PHASES_KEY: {name: {"memory": phases[name][0], "seconds": phases[name][1], "flops": phases[name][4]}
+                     for name in PHASES},
         PEAK_PHASE_KEY: peak_phase, POLICY_KEY: policy,
         MODELS_KEY: {"critic": critic, "reward": reward, "reward_bytes": reward_bytes},
     })

@@ -26,7 +26,7 @@ from llmspec.planner.inputs import (
     usable_memory,
 )
 from llmspec.planner.regimes import bytes_per_param
-from llmspec.spec.loading import auxiliary_model
+from llmspec.spec.loading import role_model
 from llmspec.spec.post_training import RL_METHODS
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
@@ -176,8 +176,9 @@ class Plan:
 
     @property
     def phases(self) -> dict[str, dict[str, float]]:
-        """PPO/GRPO: memory per GPU (bytes) and seconds of each phase of a step; empty for other runs."""
-        return {name: {"memory": _bytes(phase["memory"]), "seconds": float(phase["seconds"])}
+        """PPO/GRPO: memory (bytes), seconds and FLOPs per GPU of each phase of a step; empty for other runs."""
+        return {name: {"memory": _bytes(phase["memory"]), "seconds": float(phase["seconds"]),
+                       "flops": float(phase["flops"])}
                 for name, phase in self.env.get(rl_phases.PHASES_KEY, {}).items()}
 
     def to_json(self) -> dict[str, Any]:
@@ -267,23 +268,28 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     return numeric.evaluate(env, TRAINING_FORMULAS)
 
 
-def _rl_models(spec: Spec) -> dict[str, tuple[Spec, dict[str, Any]]]:
-    """PPO/GRPO: the other models of a step by role (critic, reward), each as a spec with that architecture and
-    its parameter formulas; empty for every other run."""
+def role_spec(spec: Spec, role: str) -> Spec:
+    """The spec with PPO/GRPO's ``role`` model (critic or reward) in place of the policy."""
+    return spec.model_copy(update={"model": role_model(spec, role)})
+
+
+def _rl_roles(spec: Spec) -> list[str]:
+    """The models a PPO/GRPO step holds beside the policy: PPO's critic, and a reward model when one is named (else
+    the verifier rewards); none for every other run."""
     post = spec.post_training
     if post is None or post.method not in RL_METHODS:
-        return {}
+        return []
+    return ["critic"] * (post.method == "ppo") + ["reward"] * (post.reward_model is not None)
+
+
+def _rl_models(spec: Spec) -> dict[str, tuple[Spec, dict[str, Any]]]:
+    """PPO/GRPO: the other models of a step by role, each as a spec with that architecture and its parameter
+    formulas (the frozen reward model needs its stored bytes and forward only, the same under every strategy)."""
     out = {}
-    for role, name, needed in (("critic", "critic_model", post.method == "ppo"),
-                               ("reward", "reward_model", post.method == "ppo" or post.reward_model is not None)):
-        if not needed:
-            continue
-        source = getattr(post, name)
-        model = spec.model if source is None else auxiliary_model(source, f"post_training.{name}")
-        role_spec = spec.model_copy(update={"model": model})
-        inputs = {**architecture_inputs(role_spec, role), **device_inputs(role_spec)}
-        # the frozen reward model needs its stored bytes and forward only, the same under every strategy
-        out[role] = (role_spec, numeric.evaluate(inputs, FORWARD_FORMULAS if role == "reward" else PARAMETER_FORMULAS))
+    for role in _rl_roles(spec):
+        role_model = role_spec(spec, role)
+        inputs = {**architecture_inputs(role_model, role), **device_inputs(role_model)}
+        out[role] = (role_model, numeric.evaluate(inputs, FORWARD_FORMULAS if role == "reward" else PARAMETER_FORMULAS))
     return out
 
 
@@ -347,14 +353,17 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
 
 
 def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False,
-                      full_attention: bool = False) -> dict[str, Any]:
+                      full_attention: bool = False, role: str = "policy") -> dict[str, Any]:
     """Every formula for one micro-batch of the whole model on one device (no tensor or pipeline split):
     what ``llmspec measure`` compares with the compiled model (``cpu_kernels``: as CPU kernels save tensors;
-    ``full_attention``: every key counted, as FlopCounterMode counts SDPA)."""
+    ``full_attention``: every key counted, as FlopCounterMode counts SDPA); ``role``: which model of a PPO/GRPO
+    step (policy, critic or reward)."""
     par = spec.parallelism.model_copy(update={"tensor": 1, "pipeline": 1, "expert": 1, "first_stage_layers": None,
                                               "last_stage_layers": None, "activation_checkpointing": checkpointing})
     single = spec.model_copy(update={"parallelism": par})
-    inputs = {**architecture_inputs(single), **device_inputs(single)}
+    if role != "policy":
+        single = role_spec(single, role)
+    inputs = {**architecture_inputs(single, role), **device_inputs(single)}
     if cpu_kernels:
         inputs["e_stat"] = inputs["e_mask"] = inputs["e"]
     if full_attention:
@@ -362,6 +371,16 @@ def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False,
     base = numeric.evaluate(inputs, PARAMETER_FORMULAS)
     strategy = Strategy(par.zero_stage, checkpointing, par.offload_optimizer, par.offload_params)
     return _evaluate(single, base, strategy, "only")
+
+
+def single_device_rl_step(spec: Spec, checkpointing: str, cpu_kernels: bool = False,
+                          full_attention: bool = False) -> dict[str, Any]:
+    """A PPO/GRPO step of ``single_device_env``'s models: its phases as one GPU of the data-parallel group runs
+    them (``rollouts_per_step / data_parallel`` rollouts)."""
+    envs = {role: single_device_env(spec, checkpointing, cpu_kernels, full_attention, role)
+            for role in ["policy", *_rl_roles(spec)]}
+    return rl_phases.step(spec, envs["policy"], envs.get("critic"), envs.get("reward"),
+                          spec.cluster.device.hbm_bandwidth)
 
 
 def strategies(spec: Spec) -> list[Strategy]:

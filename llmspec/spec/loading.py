@@ -259,3 +259,18 @@ def auxiliary_model(source: str, where: str) -> ModelSpec:
     except SpecError as err:
         first = err.problems[0]
         raise SpecError([Problem(where, f"{source}: {first.message}")]) from None
+
+
+def role_model(spec: Spec, role: str) -> ModelSpec:
+    """The architecture of a PPO/GRPO step's ``role`` model (critic or reward): what
+    ``post_training.<role>_model`` names, else the policy's."""
+    source = getattr(spec.post_training, f"{role}_model")
+    return spec.model if source is None else auxiliary_model(source, f"post_training.{role}_model")
+
+
+def value_model_spec(spec: Spec, role: str = "critic") -> Spec:
+    """PPO's critic (or, for measurement, a step's reward model) as a spec of its own, what model.py compiles for
+    it: the role's architecture under a value head, adapted and stored as the policy is (as the planner counts
+    it), with no reference of its own."""
+    as_value = spec.post_training.model_copy(update={"method": "reward", "reference": None})
+    return spec.model_copy(update={"model": role_model(spec, role), "post_training": as_value})

@@ -63,8 +63,8 @@ class PostTraining(_Section):
     loss_on: Literal["response", "all"] = Field("response", description="sft: tokens the loss is computed on")
     reward_model: str | None = Field(
         None, description="ppo/grpo: the reward model, a run directory, a named spec or a spec path (its "
-        "architecture is planned; default for planning ppo: the policy's); `llmspec run` needs a trained reward "
-        "model's run directory, and without one rewards with the built-in task set's verifier")
+        "architecture is planned); `llmspec run` needs a trained reward model's run directory; none: the built-in "
+        "task set's verifier rewards (no model, in the plan as in the run)")
     critic_model: str | None = Field(
         None, description="ppo: the critic's architecture, a named spec or a spec path; default: the policy's")
     beta: float = Field(0.1, gt=0, description="dpo: strength of the implicit KL constraint")

@@ -15,9 +15,10 @@ import torch
 
 from llmspec.errors import LLMSpecError
 from llmspec.interop.hf import load_weights
+from llmspec.spec.loading import value_model_spec
 from llmspec.spec.schema import Spec
 from llmspec.train.checkpoint import latest_checkpoint
-from llmspec.train.ppo import PolicyAndCritic, critic_spec
+from llmspec.train.ppo import PolicyAndCritic
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt")
 
@@ -160,7 +161,7 @@ def with_critic(job, policy: torch.nn.Module) -> PolicyAndCritic:
     the first advantages: on the tiny chain the policy lost accuracy before the critic caught up.)"""
     from llmspec.compile.loading import model_module
 
-    critic = model_module(critic_spec(job.spec)).Model()
+    critic = model_module(value_model_spec(job.spec)).Model()
     if job.init_weights is not None:
         load_initial_weights(critic, job.init_weights)
     return PolicyAndCritic(policy, critic)

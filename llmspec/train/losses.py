@@ -1,8 +1,8 @@
 """Each method's loss on one micro-batch, as an engine computes it: ``loss(forward, inputs, targets)``.
 
 The formulas are the compiled model's own (``model.py``: ``cross_entropy``, ``reward_loss``, ``sequence_logprobs``,
-``dpo_loss``), so what ``measure`` counts is what trains. Pairwise batches hold the b chosen sequences, then the
-b rejected (``llmspec.data.instructions.PairBatches``).
+``dpo_loss``, ``token_logprobs``, ``grpo_loss``, ``ppo_loss``), so what ``measure`` counts is what trains.
+Pairwise batches hold the b chosen sequences, then the b rejected (``llmspec.data.instructions.PairBatches``).
 
 - pretraining, sft: next-token cross-entropy (the prompt's targets are -100 under ``loss_on: response``);
 - reward: Bradley-Terry on the value head's score after each sequence's last response token;
@@ -17,15 +17,14 @@ b rejected (``llmspec.data.instructions.PairBatches``).
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable
 
 import torch
 
 from llmspec.data.instructions import IGNORE
 from llmspec.spec.schema import Spec
-from llmspec.train.logprobs import kl_k3, last_positions, sequence_scores, token_logprobs  # noqa: F401 - shared names
-from llmspec.train.ppo import ppo_loss
+from llmspec.train.logprobs import compiled, sequence_scores
+from llmspec.train.ppo import policy_of
 
 # (forward, inputs, targets, *the method's per-row or per-token tensors) → the loss
 Loss = Callable[..., torch.Tensor]
@@ -42,8 +41,7 @@ class Reference:
     @torch.no_grad()
     def logprobs(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed response log-probabilities per sequence."""
-        module = sys.modules[type(self.model).__module__]
-        return module.sequence_logprobs(self.logits(inputs), targets)
+        return compiled(self.model).sequence_logprobs(self.logits(inputs), targets)
 
     @torch.no_grad()
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -56,25 +54,12 @@ class Reference:
             self.model.set_adapters(True)
 
 
-def grpo_loss(policy: torch.Tensor, reference: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-              clip: float, kl_coef: float) -> torch.Tensor:
-    """GRPO (Shao et al. 2024): the clipped ratio objective with each sequence's advantage on every response
-    token, plus kl_coef · k3 KL to the reference, averaged over each sequence's tokens, then over sequences. One
-    pass per batch of rollouts (epochs 1): the old policy is this one, detached, so the ratio is 1 in value and
-    carries the policy gradient."""
-    ratio = torch.exp(policy - policy.detach())
-    a = advantages[:, None]
-    surrogate = torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
-    per_token = (-surrogate + kl_coef * kl_k3(policy, reference)) * mask
-    return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-
-
 def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
     """The loss of ``spec``'s method for ``model`` (the engine's module; ``forward`` may be its compiled or
     DeepSpeed-wrapped callable)."""
     post = spec.post_training
     method = post.method if post is not None else "pretrain"
-    module = sys.modules[type(model).__module__]  # the compiled model.py
+    module = compiled(policy_of(model))  # the compiled model.py (PPO's: its policy's)
     if method in ("pretrain", "sft"):
         return lambda forward, inputs, targets: forward(inputs, targets)[1]
     if method == "reward":
@@ -101,9 +86,9 @@ def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
 
         def grpo(forward, inputs, targets, advantages):
             mask = (targets != IGNORE).float()
-            policy = token_logprobs(forward(inputs)[0], targets)
-            ref = token_logprobs(reference.logits(inputs), targets)
-            return grpo_loss(policy, ref, advantages.to(policy.device), mask, post.clip, post.kl_coef)
+            policy = module.token_logprobs(forward(inputs)[0], targets)
+            ref = module.token_logprobs(reference.logits(inputs), targets)
+            return module.grpo_loss(policy, ref, advantages.to(policy.device), mask, post.clip, post.kl_coef)
         grpo.reference = reference
         return grpo
     if method == "ppo":
@@ -111,8 +96,8 @@ def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
 
         def ppo(forward, inputs, targets, old_logprobs, old_values, advantages, returns):
             logits, values = forward(inputs)
-            return ppo_loss(logits, values, targets, old_logprobs, old_values, advantages, returns, post.clip,
-                            post.value_clip, post.value_coef)
+            return module.ppo_loss(logits, values, targets, old_logprobs, old_values, advantages, returns, post.clip,
+                                   post.value_clip, post.value_coef)
         ppo.reference = reference
         return ppo
     raise ValueError(f"post_training.method {method}: not run yet")

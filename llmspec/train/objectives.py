@@ -15,7 +15,6 @@ A batch is (inputs, targets[, the method's tensors]); each method's loss is ``ll
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,8 +26,8 @@ from llmspec.data.shards import Batches
 from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.spec.post_training import PAIRWISE, RL_METHODS
 from llmspec.train.engine import Batch, Engine
-from llmspec.train.losses import kl_k3, sequence_scores, token_logprobs
-from llmspec.train.ppo import PPORollouts, masked_mean, policy_of
+from llmspec.train.logprobs import compiled, sequence_scores
+from llmspec.train.ppo import PPORollouts, policy_of
 from llmspec.train.rollouts import Reward, RewardModel, RolloutBatches, sample_responses, verifier_reward
 
 ACCURACY_PROMPTS = 64  # held-out prompts answered at each evaluation
@@ -112,7 +111,7 @@ def pair_metrics(engine: Engine, pairs: PairBatches, method: str, beta: float) -
     inputs, targets = pairs.rows([c for c, _ in held_out] + [r for _, r in held_out])
     inputs, targets = inputs.to(engine.device), targets.to(engine.device)
     model = engine.model
-    module = sys.modules[type(model).__module__]
+    module = compiled(model)
     if method == "reward":
         chosen, rejected = sequence_scores(model(inputs)[0], targets).float().chunk(2)
         return {"reward_accuracy": (chosen > rejected).float().mean().item()}
@@ -146,7 +145,9 @@ def rollout_metrics(engine: Engine, rollouts: RolloutBatches) -> dict[str, float
     generator = torch.Generator().manual_seed(rollouts.seed)
     inputs, targets, rewards = rollouts.scored(rollouts.records[:ACCURACY_PROMPTS], EVAL_SAMPLES, generator)
     inputs, targets = inputs.to(engine.device), targets.to(engine.device)
-    policy = token_logprobs(policy_of(engine.model)(inputs)[0], targets)
-    reference = token_logprobs(engine.loss.reference.logits(inputs), targets)
-    kl = masked_mean(kl_k3(policy, reference), (targets != IGNORE).float()).item()
+    policy = policy_of(engine.model)
+    module = compiled(policy)
+    logprobs = module.token_logprobs(policy(inputs)[0], targets)
+    reference = module.token_logprobs(engine.loss.reference.logits(inputs), targets)
+    kl = module.masked_mean(module.kl_k3(logprobs, reference), (targets != IGNORE).float()).item()
     return {"reward_mean": rewards.mean().item(), "kl": kl}

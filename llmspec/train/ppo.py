@@ -9,9 +9,10 @@ without gradients, by the models as they are then:
   the last response token adds the score (a verifier's 0/1 or a trained reward model's score);
 - advantages by GAE(γ, λ) over the response tokens, whitened over the batch; returns = advantages + values.
 The loop then runs ``epochs`` optimizer steps over that batch (the planner's step: generation, scoring, ``epochs``
-passes), each the clipped policy loss plus ``value_coef`` × the clipped value loss. The policy and the critic
-train as one module under one optimizer (``PolicyAndCritic``; TRL does the same), so the engines, checkpoints and
-resume need nothing of their own.
+passes), each the clipped policy loss plus ``value_coef`` × the clipped value loss (model.py's ``ppo_loss``). The
+critic is the policy's base under a value head, trained as the policy is (``spec.loading.value_model_spec``). The
+policy and the critic train as one module under one optimizer (``PolicyAndCritic``; TRL does the same), so the
+engines, checkpoints and resume need nothing of their own.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmspec.data.instructions import IGNORE
-from llmspec.spec.post_training import Adapter
-from llmspec.spec.schema import Spec
-from llmspec.train.logprobs import kl_k3, last_positions, token_logprobs
+from llmspec.train.logprobs import compiled, last_positions
 from llmspec.train.rollouts import RolloutBatches
 
 WHITEN_EPS = 1e-8
@@ -39,15 +38,6 @@ class PolicyAndCritic(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.policy(idx)[0], self.critic(idx)[0]
-
-
-def critic_spec(spec: Spec) -> Spec:
-    """The critic's spec: the policy's architecture under a value head, every weight trained (as a reward model's
-    spec compiles)."""
-    post = spec.post_training
-    as_reward = post.model_copy(update={"method": "reward", "adapter": Adapter(),
-                                        "base_precision": spec.training.precision, "reference": None})
-    return spec.model_copy(update={"post_training": as_reward})
 
 
 def policy_of(module: nn.Module) -> nn.Module:
@@ -98,28 +88,10 @@ def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values - mean) * torch.rsqrt(variance + WHITEN_EPS) * mask
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def ppo_loss(logits: torch.Tensor, values: torch.Tensor, targets: torch.Tensor, old_logprobs: torch.Tensor,
-             old_values: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, clip: float,
-             value_clip: float, value_coef: float) -> torch.Tensor:
-    """The clipped policy loss max(−A·ρ, −A·clip(ρ, 1 ± ε)), ρ = π/π_old, plus value_coef × the clipped value loss
-    ½·max((V − R)², (V_old + clip(V − V_old, ± value_clip) − R)²), each a mean over the response tokens."""
-    mask = (targets != IGNORE).float()
-    ratio = torch.exp(token_logprobs(logits, targets) - old_logprobs)
-    policy = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
-    values = values.float()
-    clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
-    value = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
-    return masked_mean(policy, mask) + value_coef * masked_mean(value, mask)
-
-
-def token_kl(policy: torch.Tensor, reference: torch.Tensor, estimator: str) -> torch.Tensor:
+def token_kl(policy: torch.Tensor, reference: torch.Tensor, estimator: str, module) -> torch.Tensor:
     """Per-token KL(π ‖ π_ref) from the sampled tokens' log-probabilities: k1 = log π − log π_ref (InstructGPT,
-    TRL), or k3 (unbiased and ≥ 0)."""
-    return policy - reference if estimator == "k1" else kl_k3(policy, reference)
+    TRL), or k3 (unbiased and ≥ 0; ``module``: the compiled model.py)."""
+    return policy - reference if estimator == "k1" else module.kl_k3(policy, reference)
 
 
 class PPORollouts(RolloutBatches):
@@ -144,9 +116,11 @@ class PPORollouts(RolloutBatches):
             self.trained.train(was_training)
         targets = targets.to(device)
         mask = targets != IGNORE
-        old_logprobs = token_logprobs(logits, targets)
+        module = compiled(self.trained.policy)
+        old_logprobs = module.token_logprobs(logits, targets)
         values = values.float() * mask
-        rewards = -post.kl_coef * token_kl(old_logprobs, token_logprobs(reference, targets), post.kl_estimator)
+        rewards = -post.kl_coef * token_kl(old_logprobs, module.token_logprobs(reference, targets),
+                                           post.kl_estimator, module)
         rewards = rewards * mask
         rows = torch.arange(len(targets), device=device)
         rewards[rows, last_positions(targets)] += scores.to(device).float()

@@ -1,0 +1,65 @@
+"""``llmspec measure`` for PPO and GRPO: the phases of an RL step that are not a training step, measured on the
+compiled models (meta device, FlopCounterMode) beside the planner's "Post-training: RL phases".
+
+- generation: one GPU's rollouts (``rollouts_per_step / data_parallel``) decoded as the sampler runs them through
+  the KV cache — the prompts at once (``prompt_len`` tokens; logits at the last position only), then one token per
+  call, ``response_len`` tokens in all (no rollout stopping early: the planner's worst case) — and the bytes of
+  the cache it allocates;
+- scoring: the no-grad forwards over those rollouts at full length: PPO's policy (old log-probs), reference,
+  critic and reward model; GRPO's reward model (its reference runs in the training step, which ``measure``
+  measures as every method's).
+Rows do not change what the counter sees per row, so all of a GPU's rollouts run as one batch (the sampler runs
+each prompt's group in turn, the scorer ``micro_batch_size`` rows at a time: the same FLOPs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from llmspec.compile.measured_models import build, routing
+from llmspec.spec.loading import value_model_spec
+from llmspec.spec.schema import Spec
+
+
+def rollouts_per_gpu(spec: Spec) -> int:
+    return spec.post_training.rollouts_per_step // spec.parallelism.data_parallel
+
+
+def count_generation(spec: Spec) -> tuple[int, int]:
+    """(FLOPs, KV-cache bytes) of generating one GPU's rollouts."""
+    post = spec.post_training
+    with torch.device("meta"):
+        policy = build(spec).eval()
+        prompts = torch.zeros((rollouts_per_gpu(spec), post.prompt_len), dtype=torch.long)
+        tokens = torch.zeros((rollouts_per_gpu(spec), 1), dtype=torch.long)
+    policy.start_cache(post.prompt_len + post.response_len)
+    try:
+        with torch.no_grad(), routing(spec), FlopCounterMode(display=False) as counter:
+            policy(prompts)  # the prompts, and the first response token's logits
+            for _ in range(post.response_len - 1):
+                policy(tokens)
+        cache = sum(tensor.nbytes for block in policy.blocks
+                    for tensor in (block.attn.kv_cache.keys, block.attn.kv_cache.values))
+    finally:
+        policy.stop_cache()
+    return counter.get_total_flops(), cache
+
+
+def count_scoring(spec: Spec) -> int:
+    """FLOPs of the no-grad forwards that score one GPU's rollouts."""
+    post = spec.post_training
+    models = []
+    with torch.device("meta"):
+        if post.method == "ppo":  # the old log-probs, the reference's (a copy, or the policy without adapters)
+            models += [build(spec), build(spec), build(value_model_spec(spec))]
+            if post.reference == "adapter_off":
+                models[1].set_adapters(False)
+        if post.reward_model is not None:  # else the verifier: no model
+            models.append(build(value_model_spec(spec, "reward")))
+        rows = torch.zeros((rollouts_per_gpu(spec), post.prompt_len + post.response_len), dtype=torch.long)
+    with torch.no_grad(), routing(spec), FlopCounterMode(display=False) as counter:
+        for model in models:
+            model.eval()(rows)
+    return counter.get_total_flops()
+

@@ -1,0 +1,67 @@
+"""The compiled models as ``llmspec measure`` runs them: built without memory (meta device or fake mode) in the
+training precision, with MoE routing made data-independent.
+
+MoE routing depends on data, which meta and fake tensors do not have: measurement gives every expert an equal
+share of the routed tokens (their total, tokens × top_k, is exact), so FLOPs and bytes are those of balanced routing.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from llmspec.compile.loading import model_module
+from llmspec.spec.schema import Spec
+
+
+class BalancedRouting(TorchDispatchMode):
+    """Stand-in for data-dependent routing on meta/fake tensors: ``nonzero`` of the i-th expert's mask returns an
+    equal share (± 1) of the mask's elements, so the shares over all experts sum to tokens × top_k exactly."""
+
+    def __init__(self, n_experts: int):
+        super().__init__()
+        self.n_experts, self.calls = n_experts, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.nonzero.default:
+            mask = args[0]
+            share, extra = divmod(mask.numel(), self.n_experts)
+            count = share + (self.calls % self.n_experts < extra)
+            self.calls += 1
+            return torch.zeros((count, mask.dim()), dtype=torch.long, device=mask.device)
+        return func(*args, **(kwargs or {}))
+
+
+def routing(spec: Spec):
+    """Balanced routing for a MoE model; nothing to do for a dense one."""
+    return BalancedRouting(spec.model.moe.n_experts) if spec.model.moe else nullcontext()
+
+
+def dtype_of(spec: Spec) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.training.precision]
+
+
+def build(spec: Spec) -> torch.nn.Module:
+    """The compiled model in the training precision, on the current device or fake mode (no ``.to()``, which
+    fake parameters refuse), in training mode."""
+    dtype, default = dtype_of(spec), torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = model_module(spec).Model()
+    finally:
+        torch.set_default_dtype(default)
+    frozen_codes = set(quantised(model))  # they keep their constants in fp32 (their _apply)
+    for module in model.modules():  # RoPE tables are computed in fp32; training casts them with the model
+        if module in frozen_codes:
+            continue
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_floating_point():
+                module._buffers[name] = buffer.to(dtype)
+    return model.train()
+
+
+def quantised(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The compiled model's quantised linears (their weights are buffers of codes and fp32 constants)."""
+    return [module for module in model.modules() if hasattr(module, "dequantised")]
