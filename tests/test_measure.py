@@ -117,7 +117,8 @@ def random_post_training_specs(draw):
     if method in ("ppo", "grpo"):  # rollouts of prompt + response within the model's 32 positions
         prompt = draw(st.integers(1, 24))
         references = ["copy", "adapter_off"] if adapter != "none" else ["copy"]
-        sets += [f"post_training.prompt_len={prompt}", f"post_training.response_len={draw(st.integers(1, 32 - prompt))}",
+        response = draw(st.integers(1, 32 - prompt))
+        sets += [f"post_training.prompt_len={prompt}", f"post_training.response_len={response}",
                  f"post_training.reference={draw(st.sampled_from(references))}"]
         if method == "grpo":
             sets.append("post_training.group_size=2")
