@@ -163,13 +163,37 @@ class DeepSpeedEngine(Engine):
         else:
             self.dp_rank = self.rank
         self._consolidated: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.frozen_engines: list = []  # the frozen models partitioned under ZeRO-3 (ranks.json records them)
+        reference = getattr(self.loss, "reference", None)
+        if reference is not None and reference.frozen is not None:  # taken whole, before the engine partitioned
+            reference.frozen = self.frozen(reference.frozen)
         self._record_layout()
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Under ZeRO-3 a frozen model is an inference engine of its own, partitioned over the ranks as the planner
+        counts it (each holds 1/dp; a forward gathers it, on every rank together, as TRL prepares its reference
+        and reward models); under ZeRO 0-2 it stays whole on every rank (a stage-0 engine adds nothing)."""
+        if self.job.spec.parallelism.zero_stage != 3:
+            return model
+        import deepspeed
+
+        config = {key: value for key, value in _config(self.job.spec, offload=False).items()
+                  if key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16", "fp16",
+                             "zero_optimization")}
+        config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
+        engine, *_ = deepspeed.initialize(model=model.requires_grad_(False), config=config)
+        engine.eval()
+        self.frozen_engines.append(engine)
+        return engine
 
     def _record_layout(self) -> None:
         """RUN_DIR/ranks.json: the parameters each rank holds (its tensor/pipeline shard, before ZeRO partitions
         it), to set beside the plan's ``params.per_gpu``."""
         held = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
-        every = _on_rank0({"rank": self.rank, "data_parallel_rank": self.dp_rank, "parameters": held})
+        # a frozen model partitioned by ZeRO-3: the elements of its partition this rank holds
+        frozen = sum(p.ds_tensor.numel() for engine in self.frozen_engines for p in engine.module.parameters())
+        every = _on_rank0({"rank": self.rank, "data_parallel_rank": self.dp_rank, "parameters": held,
+                           "frozen_parameters_held": frozen})
         if self.is_main:
             write_atomic(self.job.run_dir / "ranks.json", json.dumps({"ranks": every}, indent=2))
 

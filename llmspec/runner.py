@@ -17,9 +17,8 @@ from pathlib import Path
 
 from llmspec.backends.cpu_shm import remove_allreduce_buffers
 from llmspec.backends.torch_backend import train
-from llmspec.data.instructions import prompt_text, response_text
+from llmspec.data.chat import ChatTemplate
 from llmspec.data.tasks import task_records
-from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.errors import LLMSpecError
 from llmspec.spec import Spec, parse_spec
 from llmspec.spec.compare import changed_fields
@@ -98,12 +97,15 @@ def _sample_prompts(job: Job) -> list[str]:
     """Pretraining: PROMPTS; a fine-tune: three held-out prompts in its template (or its validation prompts)."""
     if job.spec.post_training is None:
         return PROMPTS
+    template = ChatTemplate.beside(job.tokenizer_file)
     if job.spec.post_training.method == "reward":  # scored: a held-out prompt with its right and wrong answer
-        pairs = [(r["prompt"], r[answer]) for r in task_records("held_out")[:2] for answer in ("chosen", "rejected")]
-        return [prompt_text(prompt) + response_text(answer).removesuffix(END_OF_TEXT) for prompt, answer in pairs]
+        pairs = [({"prompt": r["prompt"]}, r[answer]) for r in task_records("held_out")[:2]
+                 for answer in ("chosen", "rejected")]
+        return [template.prompt(record) + template.response(record, answer).removesuffix(template.end)
+                for record, answer in pairs]
     held_out = job.run_dir / "data" / "held_out.json"
     records = json.loads(held_out.read_text()) if held_out.is_file() else []
-    return [prompt_text(r["prompt"]) for r in records[:3]] or [prompt_text("Hello")]
+    return [template.prompt(r) for r in records[:3]] or [template.prompt({"prompt": "Hello"})]
 
 
 def default_run_dir(spec: Spec, resume: bool = False, root: Path = Path("runs")) -> tuple[Path, bool]:

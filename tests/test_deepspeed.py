@@ -3,6 +3,7 @@ data; resume continues exactly; a dying rank ends the run with a clear error ins
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,7 +65,7 @@ def test_two_ranks_track_the_single_process_run(layout, tmp_path):
                          ids=["llama-untied-zero1", "gpt2-fused-qkv-zero3"])
 def test_tensor_parallel_tracks_the_single_process_run(model, tmp_path):
     """AutoTP on 2 ranks (tensor = 2): 20 steps within 1e-3 of one process; each rank holds what the plan says."""
-    import json
+
 
     from llmspec.planner.training import plan
 
@@ -84,7 +85,7 @@ def test_tensor_parallel_tracks_the_single_process_run(model, tmp_path):
 
 def test_an_uneven_pipeline_split_runs_as_given(tmp_path, monkeypatch):
     """first_stage_layers: 3 blocks as 1 + 2 over pipeline = 2 (DeepSpeed's own methods would balance 2 + 1)."""
-    import json
+
     import socket
     from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_an_uneven_pipeline_split_runs_as_given(tmp_path, monkeypatch):
 def test_expert_parallel_tracks_the_single_process_run(zero, tmp_path):
     """AutoEP on tiny-moe (4 experts, top-2): 2 ranks hold 2 experts each; losses track one process, and the
     consolidated checkpoint is the compiled model again (its loss is the run's validation loss)."""
-    import json
+
 
     from llmspec.compile.loading import load_model_module
     from llmspec.data.shards import Batches
@@ -272,3 +273,11 @@ def test_rl_under_deepspeed_samples_what_one_process_samples(name, layout, tiny_
     assert [r["step"] for r in ours if "rollout_reward" in r] == [1, 2, 3, 4]
     state = load_checkpoint(list_checkpoints(tmp_path / "ds" / "checkpoints")[-1])
     assert "embed.weight" in state["model"] and ("critic" in state) == (name == "tiny-ppo")
+    # the frozen reference copy: under ZeRO-3 an inference engine partitioned over the ranks (each holds about
+    # half, as the planner counts it), under ZeRO-2 whole on every rank (no partition)
+    held = [r["frozen_parameters_held"] for r in json.loads((tmp_path / "ds" / "ranks.json").read_text())["ranks"]]
+    total = sum(state["model"][key].numel() for key in state["model"] if key != "lm_head.weight")  # tied: once
+    if spec.parallelism.zero_stage == 3:
+        assert sum(held) >= total and all(abs(h - total / 2) < 0.01 * total for h in held), (held, total)
+    else:
+        assert held == [0, 0]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from llmspec.compile.loading import model_module
+from llmspec.data.chat import DEFAULT_TEMPLATE
 from llmspec.data.corpus import DataError
 from llmspec.data.instructions import IGNORE, Example, PairBatches, read_records
 from llmspec.runner import run
@@ -136,6 +137,23 @@ def test_reward_model_and_dpo_learn_the_held_out_preferences(base, tmp_path):  #
     assert {"task_accuracy", "val_loss"} <= set(evals[-1])
 
 
+@pytest.mark.slow
+def test_dpo_with_precomputed_reference_trains_as_with_a_copy(base, tmp_path):  # noqa: F811
+    """reference: precomputed scores every pair with the start once, before step 0 (TRL's precompute_ref_log_probs),
+    and holds no reference model: the same losses and held-out metrics as a frozen copy of the start."""
+    short = [f"training.init_from={base}", "training.max_steps=3", "training.eval_interval=3",
+             "training.checkpoint_interval=3"]
+    for reference in ("copy", "precomputed"):
+        run(load_spec("tiny-dpo", [*short, f"post_training.reference={reference}"]), tmp_path / reference,
+            announce=lambda *a: None)
+    copy, precomputed = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("copy", "precomputed"))
+    assert [r["step"] for r in precomputed] == [r["step"] for r in copy]
+    for mine, theirs in zip(precomputed, copy, strict=True):
+        for key in ("loss", "val_loss", "preference_accuracy", "reward_margin"):
+            if key in theirs:
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (mine["step"], key)
+
+
 # ---- GRPO -----------------------------------------------------------------------------------------------------
 
 def test_grpo_loss_is_the_clipped_objective_plus_k3_kl_per_sequence_token_mean():
@@ -168,9 +186,9 @@ def test_rollouts_are_verified_group_normalised_and_deterministic(base):  # noqa
     load_initial_weights(model, base / "model.safetensors")
     tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
     records = [{"prompt": "Larger: 24 or 10", "answer": "24"}, {"prompt": "First word: list node", "answer": "list"}]
-    source = RolloutBatches(model, records, tokenizer, spec, dp=1)
+    source = RolloutBatches(model, records, tokenizer, DEFAULT_TEMPLATE, spec, dp=1)
     x, y, advantages = source.get(step=3, micro=0)
-    again = RolloutBatches(model, records, tokenizer, spec, dp=1).get(step=3, micro=0)
+    again = RolloutBatches(model, records, tokenizer, DEFAULT_TEMPLATE, spec, dp=1).get(step=3, micro=0)
     assert torch.equal(x, again[0]) and torch.equal(advantages, again[2])
     assert x.shape == (4, spec.post_training.prompt_len + spec.post_training.response_len)
     _, _, all_advantages = source.cached[0][1]

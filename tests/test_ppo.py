@@ -10,6 +10,7 @@ import torch
 from tokenizers import Tokenizer
 
 from llmspec.compile.loading import model_module
+from llmspec.data.chat import DEFAULT_TEMPLATE
 from llmspec.data.instructions import IGNORE
 from llmspec.errors import LLMSpecError
 from llmspec.runner import run
@@ -80,7 +81,8 @@ def _ppo_parts(base, *sets):  # noqa: F811
     tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
     records = [{"prompt": "Larger: 24 or 10", "answer": "24"}, {"prompt": "First word: list node", "answer": "list"}]
     reference = Reference("copy", policy)
-    return spec, trained, PPORollouts(trained, reference, records, tokenizer, spec, 1, verifier_reward)
+    source = PPORollouts(trained, reference, records, tokenizer, DEFAULT_TEMPLATE, spec, 1, verifier_reward)
+    return spec, trained, source
 
 
 def test_ppo_rollouts_are_scored_as_sampled_once_per_step(base):  # noqa: F811

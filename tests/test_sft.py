@@ -83,7 +83,8 @@ def test_messages_become_prompt_and_response_and_too_few_records_are_refused(tmp
     chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                          {"role": "assistant", "content": "Hello"}]}
     path.write_text("\n".join(json.dumps(chat) for _ in range(8)))
-    assert read_records(path)[0] == {"prompt": "Be brief.\nHi", "response": "Hello"}
+    assert read_records(path)[0] == {"prompt": "Be brief.\nHi", "response": "Hello",
+                                     "messages": chat["messages"][:2]}  # the conversation the template renders
     path.write_text(json.dumps(chat))
     with pytest.raises(DataError, match="holds 1 records; fine-tuning needs at least 8"):
         read_records(path)
@@ -198,9 +199,9 @@ def test_a_missing_base_names_the_command_that_trains_it(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_methods_not_yet_run_are_refused_up_front(tmp_path):
-    with pytest.raises(LLMSpecError, match="post_training.reference precomputed: planned, not run"):
-        run(load_spec("tiny-dpo", ["post_training.reference=precomputed"]), tmp_path / "out",
+def test_layouts_planned_but_not_run_are_refused_up_front(tmp_path):
+    with pytest.raises(LLMSpecError, match="parallelism.byte_regime pure16: planned, not run"):
+        run(load_spec("tiny-dpo", ["parallelism.byte_regime=pure16", "training.precision=bf16"]), tmp_path / "out",
             announce=lambda *a: None)
     assert not (tmp_path / "out").exists()
 

@@ -14,8 +14,10 @@ def generate(run_dir: Annotated[Path, typer.Argument(help="a run directory (llms
              temperature: Annotated[float, typer.Option(help="0 is greedy")] = 0.8,
              top_k: Annotated[int | None, typer.Option(min=1)] = 50,
              top_p: Annotated[float | None, typer.Option()] = None,
-             seed: int = 0) -> None:
+             seed: int = 0,
+             chat: Annotated[bool, typer.Option(help="answer the prompt as a user message under the run's chat "
+                                                     "template; print the reply only")] = False) -> None:
     """Sample from the latest checkpoint of a run."""
     from llmspec.train.generate import generate as run_generate
 
-    print(run_generate(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed))
+    print(run_generate(run_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat))

@@ -1,15 +1,12 @@
-"""Instruction data for supervised fine-tuning: records read and checked, rendered with the chat template,
-tokenised, and packed into (input, target) windows with the prompt's targets masked.
-
-The default template (used when the base has no chat template of its own) is plain text, so any tokenizer holds
-it; the end-of-text token ends each response, which teaches the model to stop:
-
-    Question: {prompt}
-    Answer: {response}<|endoftext|>
+"""Instruction data for supervised fine-tuning: records read and checked, rendered with the chat template
+(``llmspec.data.chat``: the base's own, or the default "Question: … Answer: …<|endoftext|>"), tokenised, and
+packed into (input, target) windows with the prompt's targets masked. The token that ends each response teaches
+the model to stop.
 
 Records are JSON Lines (read here: errors name file:line), or Parquet, Arrow or a JSON array (read with Hugging
 Face ``datasets``: errors name the row). Instruction data: ``prompt`` and ``response``, or ``messages`` (a list of
-{role, content}: the last assistant message is the response, the messages before it the prompt). Preference data
+{role, content}: the last assistant message is the response, the messages before it the conversation the
+template renders as the prompt). Preference data
 (reward models, DPO): ``prompt``, ``chosen`` and ``rejected``. A bad record is reported with its file and line (or
 row); a file with too few good records is refused. Pairs run as one batch of 2b sequences: the b chosen, then the
 b rejected.
@@ -26,21 +23,13 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from llmspec.data.chat import DEFAULT_TEMPLATE, ChatTemplate
 from llmspec.data.corpus import DataError
-from llmspec.data.tokenizer import END_OF_TEXT
 
 IGNORE = -100  # the target value cross-entropy leaves out (the compiled model's convention)
 MIN_RECORDS = 8
 # local table formats read with Hugging Face datasets (JSON Lines are read here: errors name the line)
 TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
-
-
-def prompt_text(prompt: str) -> str:
-    return f"Question: {prompt}\nAnswer:"
-
-
-def response_text(response: str) -> str:
-    return f" {response}{END_OF_TEXT}"
 
 
 @dataclass(frozen=True)
@@ -106,18 +95,22 @@ def _instruction(record: object, where: str) -> dict[str, str]:
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
             raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
-        if messages[-1].get("role") != "assistant":
-            raise DataError(f"{where}: the last message must be the assistant's (the response to learn)")
-        prompt = "\n".join(m["content"] for m in messages[:-1])
-        record = {"prompt": prompt, "response": messages[-1]["content"]}
+        if messages[-1]["role"] != "assistant" or len(messages) < 2:
+            raise DataError(f"{where}: the last message must be the assistant's (the response to learn), after "
+                            "at least one other")
+        conversation = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+        record = {"prompt": "\n".join(m["content"] for m in conversation), "response": messages[-1]["content"],
+                  "messages": conversation}
     for field in ("prompt", "response"):
         if not isinstance(record.get(field), str):
             raise DataError(f"{where}: missing {field} (a string)")
     if not record["response"].strip():
         raise DataError(f"{where}: empty response")
-    return {"prompt": record["prompt"], "response": record["response"]}
+    kept = {"prompt": record["prompt"], "response": record["response"]}
+    return {**kept, "messages": record["messages"]} if "messages" in record else kept
 
 
 def _preference(record: object, where: str) -> dict[str, str]:
@@ -131,20 +124,21 @@ def _preference(record: object, where: str) -> dict[str, str]:
     return {"prompt": record["prompt"], "chosen": record["chosen"], "rejected": record["rejected"]}
 
 
-def tokenise_pairs(records: list[dict[str, str]], tokenizer: Tokenizer, seq_len: int,
-                   source: str) -> list[tuple[Example, Example]]:
+def tokenise_pairs(records: list[dict[str, str]], tokenizer: Tokenizer, seq_len: int, source: str,
+                   template: ChatTemplate = DEFAULT_TEMPLATE) -> list[tuple[Example, Example]]:
     """(chosen, rejected) examples of each preference record."""
-    chosen = tokenise([{"prompt": r["prompt"], "response": r["chosen"]} for r in records], tokenizer, seq_len, source)
-    rejected = tokenise([{"prompt": r["prompt"], "response": r["rejected"]} for r in records], tokenizer, seq_len,
-                        source)
+    chosen, rejected = (tokenise([{"prompt": r["prompt"], "response": r[side]} for r in records], tokenizer,
+                                 seq_len, source, template) for side in ("chosen", "rejected"))
     return list(zip(chosen, rejected, strict=True))
 
 
-def tokenise(records: list[dict[str, str]], tokenizer: Tokenizer, seq_len: int, source: str) -> list[Example]:
-    """Each record's prompt and response ids under the template; a prompt that leaves no room for a response in
-    ``seq_len`` tokens is refused (naming the record), a long response is cut at ``seq_len``."""
-    prompts = tokenizer.encode_batch([prompt_text(r["prompt"]) for r in records], add_special_tokens=False)
-    responses = tokenizer.encode_batch([response_text(r["response"]) for r in records], add_special_tokens=False)
+def tokenise(records: list[dict], tokenizer: Tokenizer, seq_len: int, source: str,
+             template: ChatTemplate = DEFAULT_TEMPLATE) -> list[Example]:
+    """Each record's prompt and response ids under the chat template; a prompt that leaves no room for a response
+    in ``seq_len`` tokens is refused (naming the record), a long response is cut at ``seq_len``."""
+    prompts = tokenizer.encode_batch([template.prompt(r) for r in records], add_special_tokens=False)
+    responses = tokenizer.encode_batch([template.response(r, r["response"]) for r in records],
+                                       add_special_tokens=False)
     examples = []
     for index, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         if len(prompt.ids) >= seq_len:
@@ -211,11 +205,15 @@ class PairBatches:
                  split: str, pad: int = 0):
         self.pairs, self.seq_len, self.batch, self.seed = pairs, seq_len, micro_batch_size, seed
         self.split_code, self.pad = 0 if split == "train" else 1, pad
+        # DPO's precomputed reference: each pair's (chosen, rejected) log-probabilities, (pairs, 2); the batches
+        # then carry them as a third tensor beside the rows
+        self.reference: torch.Tensor | None = None
 
-    def get(self, step: int, micro: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, step: int, micro: int, rank: int = 0) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.seed, self.split_code, step, micro, rank])
-        chosen = [self.pairs[int(i)] for i in rng.integers(len(self.pairs), size=self.batch)]
-        return self.rows([c for c, _ in chosen] + [r for _, r in chosen])
+        picked = [int(i) for i in rng.integers(len(self.pairs), size=self.batch)]
+        rows = self.rows([self.pairs[i][0] for i in picked] + [self.pairs[i][1] for i in picked])
+        return rows if self.reference is None else (*rows, self.reference[picked].T.flatten())
 
     def rows(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
         length = self.seq_len + 1

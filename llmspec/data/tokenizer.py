@@ -47,7 +47,9 @@ def tokenizer_for(documents: list[str], vocab_size: int, cache: Path) -> tuple[T
     return tokenizer, path
 
 
-def load_tokenizer(path: str | Path, model_vocab: int) -> Tokenizer:
+def load_tokenizer(path: str | Path, model_vocab: int, end: str | None = END_OF_TEXT) -> Tokenizer:
+    """A tokenizer.json that fits the model's vocabulary and holds ``end`` (the token documents or responses end
+    with; None: checked by the caller)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"data.tokenizer.path: {path} does not exist")
@@ -58,6 +60,6 @@ def load_tokenizer(path: str | Path, model_vocab: int) -> Tokenizer:
     if tokenizer.get_vocab_size() > model_vocab:
         raise DataError(f"data.tokenizer.path: {path} has {tokenizer.get_vocab_size()} tokens, more than "
                         f"model.vocab_size {model_vocab}")
-    if tokenizer.token_to_id(END_OF_TEXT) is None:
-        raise DataError(f"data.tokenizer.path: {path} has no {END_OF_TEXT} token")
+    if end is not None and tokenizer.token_to_id(end) is None:
+        raise DataError(f"data.tokenizer.path: {path} has no {end} token")
     return tokenizer

@@ -139,7 +139,7 @@ INPUT_DOCS: dict[str, str] = {
     "rollouts_per_gpu": "PPO/GRPO: sequences this GPU generates per step (rollouts_per_step / dp)",
     "prompt_len": "PPO/GRPO: prompt tokens per rollout", "response_len": "PPO/GRPO: generated tokens per rollout",
     "loss_saved": "bytes the objective saves per micro-batch after the last position-wise tensor (cross-entropy's "
-    "fp32 total weight; the pairwise losses' per-pair terms)",
+    "fp32 total weight; the pairwise losses' per-pair terms; the RL losses' per-token and per-sequence terms)",
 }
 
 

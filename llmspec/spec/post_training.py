@@ -59,7 +59,8 @@ class PostTraining(_Section):
     double_quant: bool = Field(False, description="nf4: quantise the absmax constants to 8 bits too (QLoRA §3)")
     reference: Literal["copy", "adapter_off", "precomputed"] | None = Field(
         None, description="derived for dpo/ppo/grpo: adapter_off under an adapter (the base is the reference), "
-        "else copy (a frozen copy of the start); precomputed: dpo reads the reference log-probs from the data")
+        "else copy (a frozen copy of the start); precomputed: dpo scores every pair with the start once, before step "
+        "0, and holds no reference while training")
     loss_on: Literal["response", "all"] = Field("response", description="sft: tokens the loss is computed on")
     reward_model: str | None = Field(
         None, description="ppo/grpo: the reward model, a run directory, a named spec or a spec path (its "

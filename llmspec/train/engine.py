@@ -64,3 +64,9 @@ class Engine(ABC):
     @abstractmethod
     def train_mode(self, training: bool) -> None:
         """Switch dropout and the like on (training) or off (evaluation)."""
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen model the step runs beside the trained one (DPO/GRPO/PPO's reference copy, a reward model),
+        held as the engine holds such models: here whole; DeepSpeed partitions it under ZeRO-3. Every rank then
+        calls its forward together."""
+        return model

@@ -10,6 +10,8 @@ import torch
 
 from llmspec.compile.build import check_output_dir
 from llmspec.compile.loading import load_model_module
+from llmspec.data.chat import DEFAULT_JINJA, ChatTemplate
+from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.errors import LLMSpecError
 from llmspec.spec.loading import parse_spec
 from llmspec.spec.schema import Spec
@@ -35,14 +37,22 @@ def load_run(run_dir: str | Path) -> tuple[Spec, torch.nn.Module, object]:
 
 
 def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
-             top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
+             top_k: int | None = 50, top_p: float | None = None, seed: int = 0, chat: bool = False) -> str:
+    """The prompt continued (the text and its continuation), or with ``chat`` the reply to it as a user message
+    under the run's chat template (``llmspec.data.chat``): the reply only, up to the token that ends it."""
     spec, model, tokenizer = load_run(run_dir)
+    template = ChatTemplate.beside(Path(run_dir) / "tokenizer.json")
+    if chat:
+        prompt = template.prompt({"prompt": prompt})
     if hasattr(model, "value_head"):  # a reward model scores the text instead of continuing it
         return _score(model, tokenizer, prompt)
-    return _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    return _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, template.end,
+                     reply_only=chat)
 
 
-def _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed) -> str:
+def _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed,
+              stop: str = END_OF_TEXT, reply_only: bool = False) -> str:
+    """The prompt and its continuation up to ``stop`` (or, ``reply_only``, the continuation alone)."""
     if temperature < 0:
         raise LLMSpecError(f"--temperature {temperature}: must be ≥ 0 (0 is greedy)")
     if top_p is not None and not 0 < top_p <= 1:
@@ -52,8 +62,9 @@ def _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k
         raise LLMSpecError("the prompt is empty")
     generator = torch.Generator().manual_seed(seed)
     out = sample(model, torch.tensor([ids]), max_new_tokens, spec.model.max_seq_len, temperature, top_k, top_p,
-                 generator, stop_token=tokenizer.token_to_id("<|endoftext|>"))
-    return tokenizer.decode(out[0].tolist())
+                 generator, stop_token=tokenizer.token_to_id(stop))
+    tokens = out[0].tolist()[len(ids) if reply_only else 0:]
+    return tokenizer.decode(tokens).strip() if reply_only else tokenizer.decode(tokens)
 
 
 def write_samples(run_dir: Path, prompts: list[str]) -> list[str]:
@@ -89,10 +100,24 @@ def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
     spec, model, _ = load_run(run_dir)
     written = _export_weights(spec, model.state_dict(), out)
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
-              "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": spec.model.max_seq_len}
+    written += [out / "tokenizer.json", _write_tokenizer_config(run_dir, spec, out)]
+    if (run_dir / "chat_template.jinja").is_file():
+        written.append(Path(shutil.copyfile(run_dir / "chat_template.jinja", out / "chat_template.jinja")))
+    return written
+
+
+def _write_tokenizer_config(run_dir: Path, spec: Spec, out: Path) -> Path:
+    """The base's tokenizer config (its chat template and special tokens) when it came from Hugging Face, else one
+    for the run's own tokenizer; a run under the default chat template gets it as Jinja (transformers'
+    ``apply_chat_template`` then renders the prompts the run was fine-tuned on)."""
+    base = run_dir / "tokenizer_config.json"
+    config = json.loads(base.read_text(encoding="utf-8")) if base.is_file() else {
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": END_OF_TEXT, "bos_token": END_OF_TEXT,
+        "unk_token": END_OF_TEXT, "model_max_length": spec.model.max_seq_len}
+    if ChatTemplate.beside(run_dir / "tokenizer.json").is_default:
+        config["chat_template"] = DEFAULT_JINJA
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return [*written, out / "tokenizer.json", out / "tokenizer_config.json"]
+    return out / "tokenizer_config.json"
 
 
 def _export_weights(spec: Spec, state: dict[str, torch.Tensor], out: Path) -> list[Path]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmspec.compile.build import build, check_output_dir, write_atomic
-from llmspec.data.corpus import BUILTIN, builtin_documents, read_documents
+from llmspec.data.chat import TEMPLATE_FILES, ChatTemplate
+from llmspec.data.corpus import BUILTIN, DataError, builtin_documents, read_documents
 from llmspec.data.instructions import read_records, save_examples, tokenise, tokenise_pairs
 from llmspec.data.shards import Shards, write_shards
 from llmspec.data.tasks import task_records
@@ -160,7 +161,9 @@ def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSo
     else:
         raise LLMSpecError("data.tokenizer.path: a fine-tune needs the tokenizer its base learned; "
                            "training.init_from has none (set data.tokenizer.path)")
-    tokenizer = load_tokenizer(tokenizer_path, spec.model.vocab_size)
+    tokenizer = load_tokenizer(tokenizer_path, spec.model.vocab_size, end=None)
+    template = ChatTemplate.beside(tokenizer_path)
+    added = with_end_token(tokenizer, template, tokenizer_path, spec.model.vocab_size)
     seq_len, corpus, pairs = spec.training.seq_len, spec.data.corpus, spec.post_training.method in PAIRWISE
     if corpus == BUILTIN:
         train, val = task_records("train"), task_records("held_out")
@@ -174,22 +177,39 @@ def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSo
         split = len(records) - max(1, int(len(records) * spec.data.val_fraction))
         train, val, held_out, source = records[:split], records[split:], [], "data.corpus"
     if spec.post_training.method in RL_METHODS:  # prompts and answers: the rollouts are generated as it trains
-        return _finish(spec, run_dir, resume, init, tokenizer_path, {
+        return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path), {
             "train.json": [{"prompt": r["prompt"], "answer": r["answer"]} for r in train],
             "val.json": held_out, "held_out.json": held_out})
     encode = tokenise_pairs if pairs else tokenise
-    examples = {name: encode(records, tokenizer, seq_len, f"{source} ({name})")
+    examples = {name: encode(records, tokenizer, seq_len, f"{source} ({name})", template)
                 for name, records in (("train", train), ("val", val))}  # every refusal before anything is written
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name, encoded in examples.items():
         save_examples(encoded, data / f"{name}.json")
-    return _finish(spec, run_dir, resume, init, tokenizer_path, {"held_out.json": held_out} if held_out else {})
+    return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path),
+                   {"held_out.json": held_out} if held_out else {})
 
 
-def _finish(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, tokenizer_path: Path,
+def with_end_token(tokenizer, template: ChatTemplate, source: Path, model_vocab: int) -> bool:
+    """Make sure the tokenizer holds the token that ends a response; whether it was added. A base's chat template
+    names its own (it must be there); the default template's <|endoftext|> is added as a special token when the
+    base lacks it (a new id the fine-tune learns, which the model's vocabulary must have room for)."""
+    if tokenizer.token_to_id(template.end) is not None:
+        return False
+    if not template.is_default:
+        raise DataError(f"data.tokenizer.path: {source} has no {template.end} token (its chat template's eos_token)")
+    if tokenizer.get_vocab_size() + 1 > model_vocab:
+        raise DataError(f"data.tokenizer.path: {source} has no {template.end} token and model.vocab_size "
+                        f"{model_vocab} leaves no room to add it")
+    tokenizer.add_special_tokens([template.end])
+    return True
+
+
+def _finish(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, tokenizer: tuple[object | None, Path],
             files: dict[str, list]) -> Job:
-    """The rest of a fine-tune's RUN_DIR: data files, build/, spec.yaml, the tokenizer and job.json."""
+    """The rest of a fine-tune's RUN_DIR: data files, build/, spec.yaml, the tokenizer (with the token its
+    template ends responses with) and its chat template files, and job.json."""
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
@@ -197,7 +217,14 @@ def _finish(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, to
     build(spec, run_dir / "build", keep_edited=resume)
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if not resume:
-        shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
+        changed, source = tokenizer  # the base's file as it is, unless a token was added
+        if changed is None:
+            shutil.copyfile(source, run_dir / "tokenizer.json")
+        else:
+            write_atomic(run_dir / "tokenizer.json", changed.to_str())
+        for name in TEMPLATE_FILES:  # the base's chat template travels with its tokenizer
+            if (source.parent / name).is_file() and source.parent.resolve() != run_dir.resolve():
+                shutil.copyfile(source.parent / name, run_dir / name)
     job = Job(spec, run_dir, None, resume, init.weights.resolve() if init else None)
     write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))
     return job

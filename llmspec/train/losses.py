@@ -32,7 +32,8 @@ Loss = Callable[..., torch.Tensor]
 
 class Reference:
     """DPO's reference log-probabilities, without gradients: the model with its adapters off, or a frozen copy of
-    the model as it starts (taken when the engine is built, after the base's weights are loaded)."""
+    the model as it starts (taken when the engine is built, after the base's weights are loaded); ``precomputed``
+    holds nothing (the batches carry the start's log-probabilities: ``precompute_reference``)."""
 
     def __init__(self, kind: str, model: torch.nn.Module):
         self.model = model
@@ -54,6 +55,22 @@ class Reference:
             self.model.set_adapters(True)
 
 
+@torch.no_grad()
+def precompute_reference(model: torch.nn.Module, pairs, device: str) -> torch.Tensor:
+    """DPO's ``reference: precomputed``: every pair's (chosen, rejected) summed response log-probabilities under
+    ``model`` (the run's start, in eval mode), computed once before step 0 so that no reference is held while
+    training (TRL's precompute_ref_log_probs)."""
+    module = compiled(model)
+    model = model.to(device).eval()
+    out = []
+    for start in range(0, len(pairs.pairs), pairs.batch):
+        chunk = pairs.pairs[start : start + pairs.batch]
+        inputs, targets = pairs.rows([c for c, _ in chunk] + [r for _, r in chunk])
+        scores = module.sequence_logprobs(model(inputs.to(device))[0], targets.to(device)).float().cpu()
+        out.append(scores.view(2, -1).T)  # (pairs in the chunk, [chosen, rejected])
+    return torch.cat(out)
+
+
 def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
     """The loss of ``spec``'s method for ``model`` (the engine's module; ``forward`` may be its compiled or
     DeepSpeed-wrapped callable)."""
@@ -70,9 +87,9 @@ def loss_for(spec: Spec, model: torch.nn.Module) -> Loss:
     if method == "dpo":
         reference = Reference(post.reference, model)
 
-        def dpo(forward, inputs, targets):
+        def dpo(forward, inputs, targets, precomputed=None):
             policy = module.sequence_logprobs(forward(inputs)[0], targets)
-            ref = reference.logprobs(inputs, targets)
+            ref = reference.logprobs(inputs, targets) if precomputed is None else precomputed.to(policy.device)
             (policy_chosen, policy_rejected), (ref_chosen, ref_rejected) = policy.chunk(2), ref.chunk(2)
             loss = module.dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
             if post.rpo_alpha:  # + the chosen responses' NLL per token (RPO, Pang et al. 2024; TRL's rpo_alpha)

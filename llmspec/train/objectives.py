@@ -21,12 +21,14 @@ from typing import Any, Protocol
 
 import torch
 
-from llmspec.data.instructions import IGNORE, ExampleBatches, PairBatches, load_examples, prompt_text
+from llmspec.data.chat import ChatTemplate
+from llmspec.data.instructions import IGNORE, ExampleBatches, PairBatches, load_examples
 from llmspec.data.shards import Batches
-from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.spec.post_training import PAIRWISE, RL_METHODS
 from llmspec.train.engine import Batch, Engine
+from llmspec.train.init_from import initial_model
 from llmspec.train.logprobs import compiled, sequence_scores
+from llmspec.train.losses import precompute_reference
 from llmspec.train.ppo import PPORollouts, policy_of
 from llmspec.train.rollouts import Reward, RewardModel, RolloutBatches, sample_responses, verifier_reward
 
@@ -77,7 +79,8 @@ def objective(job, engine: Engine) -> Objective:
     answers = data / "held_out.json"
     held_out = json.loads(answers.read_text()) if answers.is_file() else []
     if post.method in RL_METHODS:
-        reward = verifier_reward if post.reward_model is None else RewardModel(post.reward_model, engine.device)
+        reward = verifier_reward if post.reward_model is None else \
+            RewardModel(post.reward_model, engine.device, engine.frozen)
         train, val = (rollout_source(job, engine, json.loads((data / f"{split}.json").read_text()), reward)
                       for split in ("train", "val"))
         return Objective(train, val, eval_at_start=True, held_out=held_out, tokenizer_file=job.tokenizer_file,
@@ -86,6 +89,11 @@ def objective(job, engine: Engine) -> Objective:
     if post.method in PAIRWISE:
         batches = [PairBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
                                split) for split in ("train", "val")]
+        if post.reference == "precomputed":  # the start scores every pair once; no reference is held after
+            start = initial_model(job)
+            for pairs in batches:
+                pairs.reference = precompute_reference(start, pairs, engine.device)
+            del start
     else:
         batches = [ExampleBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
                                   split, post.loss_on) for split in ("train", "val")]
@@ -97,11 +105,11 @@ def rollout_source(job, engine: Engine, records: list[dict[str, str]], reward: R
     """GRPO's or PPO's rollouts of ``records``' prompts."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(job.tokenizer_file))
+    tokenizer, template = Tokenizer.from_file(str(job.tokenizer_file)), ChatTemplate.beside(job.tokenizer_file)
     dp = job.spec.parallelism.data_parallel
     if job.spec.post_training.method == "ppo":
-        return PPORollouts(engine.model, engine.loss.reference, records, tokenizer, job.spec, dp, reward)
-    return RolloutBatches(engine.model, records, tokenizer, job.spec, dp, reward)
+        return PPORollouts(engine.model, engine.loss.reference, records, tokenizer, template, job.spec, dp, reward)
+    return RolloutBatches(engine.model, records, tokenizer, template, job.spec, dp, reward)
 
 
 @torch.no_grad()
@@ -116,7 +124,11 @@ def pair_metrics(engine: Engine, pairs: PairBatches, method: str, beta: float) -
         chosen, rejected = sequence_scores(model(inputs)[0], targets).float().chunk(2)
         return {"reward_accuracy": (chosen > rejected).float().mean().item()}
     policy = module.sequence_logprobs(model(inputs)[0], targets)
-    margin = beta * (policy - engine.loss.reference.logprobs(inputs, targets))
+    if pairs.reference is not None:  # precomputed: the held-out pairs' (chosen, rejected) scores of the start
+        reference = pairs.reference[:HELD_OUT_PAIRS].T.flatten().to(policy.device)
+    else:
+        reference = engine.loss.reference.logprobs(inputs, targets)
+    margin = beta * (policy - reference)
     chosen, rejected = margin.chunk(2)
     return {"preference_accuracy": (chosen > rejected).float().mean().item(),
             "reward_margin": (chosen - rejected).mean().item()}
@@ -127,12 +139,12 @@ def task_accuracy(engine: Engine, records: list[dict[str, str]], tokenizer_file:
     """Greedy answers to held-out prompts, exactly right (up to surrounding spaces) or not."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    end = tokenizer.token_to_id(END_OF_TEXT)
+    tokenizer, template = Tokenizer.from_file(str(tokenizer_file)), ChatTemplate.beside(tokenizer_file)
+    end = tokenizer.token_to_id(template.end)
     longest = max(len(tokenizer.encode(r["answer"]).ids) for r in records) + 2
     right = 0
     for record in records:
-        ids = tokenizer.encode(prompt_text(record["prompt"]), add_special_tokens=False).ids
+        ids = tokenizer.encode(template.prompt(record), add_special_tokens=False).ids
         answer = sample_responses(policy_of(engine.model), ids, 1, longest, end, generator=None, temperature=0)[0]
         right += tokenizer.decode([t for t in answer if t != end]).strip() == record["answer"].strip()
     return right / len(records)

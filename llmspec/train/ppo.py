@@ -98,8 +98,8 @@ class PPORollouts(RolloutBatches):
     """PPO's batch source: rollouts (one response per prompt), scored by the policy, critic and reference as they
     are when generated. A micro-batch is (inputs, targets, old log-probs, old values, advantages, returns)."""
 
-    def __init__(self, trained: PolicyAndCritic, reference, records, tokenizer, spec, dp: int, reward):
-        super().__init__(trained.policy, records, tokenizer, spec, dp, reward, group=1)
+    def __init__(self, trained: PolicyAndCritic, reference, records, tokenizer, template, spec, dp: int, reward):
+        super().__init__(trained.policy, records, tokenizer, template, spec, dp, reward, group=1)
         post = spec.post_training
         self.trained, self.reference, self.post = trained, reference, post
 

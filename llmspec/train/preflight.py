@@ -18,9 +18,6 @@ def check_runnable(spec: Spec) -> None:
     post = spec.post_training
     if post is not None and post.method in RL_METHODS:
         check_rl_runnable(spec)
-    if post is not None and post.reference == "precomputed":
-        raise LLMSpecError("post_training.reference precomputed: planned, not run (the data has no reference "
-                           "log-probs field yet); use copy or adapter_off")
     if par.byte_regime == "pure16":
         raise LLMSpecError("parallelism.byte_regime pure16: planned, not run (the engines keep an fp32 master); "
                            "use deepspeed, zero_paper or megatron to run")

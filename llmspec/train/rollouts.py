@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmspec.data.instructions import IGNORE, prompt_text
-from llmspec.data.tokenizer import END_OF_TEXT
+from llmspec.data.instructions import IGNORE
 from llmspec.train.logprobs import sequence_scores
 from llmspec.train.sampling import sample
 
@@ -47,11 +46,12 @@ class RewardModel:
     """A trained reward model's run directory as the reward: its score after each response's last token (where
     it was trained to read it). Frozen, in eval mode, on the policy's device."""
 
-    def __init__(self, run_dir: str | Path, device: str):
+    def __init__(self, run_dir: str | Path, device: str, hold: Callable[[torch.nn.Module], torch.nn.Module] = None):
         from llmspec.train.generate import load_run
 
-        _, self.model, _ = load_run(Path(run_dir))
-        self.model.requires_grad_(False).to(device)
+        _, model, _ = load_run(Path(run_dir))
+        model = model.requires_grad_(False).to(device)
+        self.model = model if hold is None else hold(model)  # the engine's way of holding a frozen model
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, texts: list[str],
@@ -73,16 +73,17 @@ def sample_responses(model: torch.nn.Module, prompt: list[int], count: int, max_
 class RolloutBatches:
     """GRPO's batch source: ``get(step, micro, rank)`` generates (once per rollout batch and rank) and slices."""
 
-    def __init__(self, policy: torch.nn.Module, records: list[dict[str, str]], tokenizer, spec, dp: int,
+    def __init__(self, policy: torch.nn.Module, records: list[dict[str, str]], tokenizer, template, spec, dp: int,
                  reward: Reward = verifier_reward, group: int | None = None):
         post, tr = spec.post_training, spec.training
         self.policy, self.records, self.tokenizer, self.reward = policy, records, tokenizer, reward
+        self.template = template  # the chat template the prompts are rendered with (llmspec.data.chat)
         self.group = post.group_size if group is None else group
         self.seed = tr.seed
         self.prompt_len, self.response_len = post.prompt_len, post.response_len
         self.per_rank = post.rollouts_per_step // dp  # rollouts each data-parallel rank generates per batch
         self.micro = tr.micro_batch_size
-        self.end = tokenizer.token_to_id(END_OF_TEXT)
+        self.end = tokenizer.token_to_id(template.end)
         # per data-parallel rank, its latest batch of rollouts: (batch number, tensors); the torch engine computes
         # every replica's micro-batches in one process, in turn
         self.cached: dict[int, tuple[int, tuple[torch.Tensor, ...]]] = {}
@@ -134,7 +135,7 @@ class RolloutBatches:
         rows, learn, texts = [], [], []
         start = time.perf_counter()
         for record in records:
-            prompt = self.tokenizer.encode(prompt_text(record["prompt"]), add_special_tokens=False).ids
+            prompt = self.tokenizer.encode(self.template.prompt(record), add_special_tokens=False).ids
             prompt = prompt[-self.prompt_len:]
             for response in sample_responses(self.policy, prompt, group, self.response_len, self.end, generator,
                                              temperature):
