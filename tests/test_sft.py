@@ -236,3 +236,24 @@ def test_a_lora_run_exports_merged_and_as_a_peft_adapter_with_equal_logits(base,
             assert not torch.allclose(adapted(idx).logits, theirs, atol=1e-4)  # the adapter did learn something
     config = json.loads((tmp_path / "hf" / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["target_modules"][0] == "q_proj"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", [["post_training.base_precision=nf4", "post_training.double_quant=true"],
+                                     ["post_training.base_precision=int8"]], ids=["qlora-nf4", "int8"])
+def test_a_quantised_base_lora_run_exports_dequantised_and_merged_with_equal_logits(base, storage, tmp_path):
+    import transformers
+
+    from llmspec.train.generate import export_run, load_run
+
+    spec = load_spec("tiny-lora", [f"training.init_from={base}", "training.max_steps=2", "training.eval_interval=2",
+                                   "training.micro_batch_size=4", "training.global_batch_size=4", *storage])
+    run(spec, tmp_path / "qlora", announce=lambda *a: None)
+    export_run(tmp_path / "qlora", tmp_path / "hf")
+    idx = torch.randint(0, 2048, (2, 24))
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    _, ours, _ = load_run(tmp_path / "qlora")  # the run's model: its base dequantised in each product
+    with torch.no_grad():
+        torch.testing.assert_close(merged(idx).logits, ours(idx)[0], atol=1e-4, rtol=1e-4)
+        plain = transformers.AutoModelForCausalLM.from_pretrained(TINY_HF).eval()
+        assert not torch.allclose(plain(idx).logits, merged(idx).logits, atol=1e-3)  # quantised, and adapted

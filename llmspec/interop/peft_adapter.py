@@ -27,6 +27,19 @@ def base_spec(spec: Spec) -> Spec:
     return spec.model_copy(update={"post_training": None})
 
 
+def dequantised_state(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The model's state dict with each quantised linear's codes and constants (NF4 or int8) replaced by its
+    weight, dequantised as its forward dequantises it, in ``dtype``: the dense base a QLoRA run's adapters merge
+    into."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if hasattr(module, "dequantised"):  # the compiled model's quantised linear
+            for key in [k for k, _ in module.named_buffers(prefix=name, recurse=False)]:
+                del state[key]
+            state[f"{name}.weight"] = module.dequantised(dtype)
+    return state
+
+
 def merged_state(state: dict[str, torch.Tensor], spec: Spec) -> dict[str, torch.Tensor]:
     """The base's state dict with every LoRA update folded into the weight it adapts."""
     post = spec.post_training

@@ -98,7 +98,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
     run_dir, out = Path(run_dir), Path(out)
     check_output_dir(out, (run_dir,))  # before the run is read: nothing is written into the run
     spec, model, _ = load_run(run_dir)
-    written = _export_weights(spec, model.state_dict(), out)
+    written = _export_weights(spec, model, out)
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     written += [out / "tokenizer.json", _write_tokenizer_config(run_dir, spec, out)]
     if (run_dir / "chat_template.jinja").is_file():
@@ -120,21 +120,21 @@ def _write_tokenizer_config(run_dir: Path, spec: Spec, out: Path) -> Path:
     return out / "tokenizer_config.json"
 
 
-def _export_weights(spec: Spec, state: dict[str, torch.Tensor], out: Path) -> list[Path]:
-    """The run's model for transformers; a LoRA run's merged into its base, plus its adapter in PEFT's format
-    (``out/adapter``)."""
+def _export_weights(spec: Spec, model: torch.nn.Module, out: Path) -> list[Path]:
+    """The run's model for transformers; a LoRA run's merged into its base (a quantised base dequantised first, as
+    its forward does), plus its adapter in PEFT's format (``out/adapter``)."""
     from llmspec.interop.hf import export_reward_state, export_state
-    from llmspec.interop.peft_adapter import base_spec, merged_state, write_adapter
+    from llmspec.interop.peft_adapter import base_spec, dequantised_state, merged_state, write_adapter
 
     post = spec.post_training
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.training.precision]
+    state = dequantised_state(model, dtype)
     if post is None or post.adapter.type == "none" and not post.value_model:
         return export_state(state, spec, out)
-    if post.adapter.type == "prefix" or post.base_precision in ("int8", "nf4") or (
-            post.value_model and post.adapter.type != "none"):
-        what = ("an adapted reward model" if post.value_model else "prefix key/values"
-                if post.adapter.type == "prefix" else f"a {post.base_precision} base")
-        raise LLMSpecError(f"export-hf: {what} has no transformers export yet (LoRA on a 16/32-bit base, full "
-                           "fine-tunes and fully trained reward models export)")
+    if post.adapter.type == "prefix" or (post.value_model and post.adapter.type != "none"):
+        what = "an adapted reward model" if post.value_model else "prefix key/values"
+        raise LLMSpecError(f"export-hf: {what} has no transformers export yet (LoRA, full fine-tunes and fully "
+                           "trained reward models export)")
     if post.value_model:  # a sequence-classification model with one label
         return export_reward_state(state, spec, out)
     written = export_state(merged_state(state, spec), base_spec(spec), out)
