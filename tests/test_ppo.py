@@ -106,7 +106,7 @@ def test_ppo_rollouts_are_scored_as_sampled_once_per_step(base):  # noqa: F811
 
 @pytest.mark.parametrize(("sets", "message"), [
     (["post_training.critic_model=tiny"], "post_training.critic_model tiny: planned, not run"),
-    (["post_training.rollouts_per_step=128"], "post_training.rollouts_per_step 128: planned, not run"),
+    (["post_training.rollouts_per_step=96"], "rollouts_per_step 96: ppo trains on mini-batches of .* 64"),
     (["post_training.reward_model=tiny-sft"], "post_training.reward_model tiny-sft: not a run directory"),
     (["data.corpus=x.jsonl"], "data.corpus: ppo runs on the built-in task set"),
 ])
@@ -126,10 +126,33 @@ def test_a_reward_model_must_be_a_trained_reward_run(base, tmp_path):  # noqa: F
         run(spec, tmp_path / "out", announce=lambda *a: None)
 
 
+def test_a_ppo_step_trains_on_each_mini_batch_of_its_rollouts_every_epoch(base, tmp_path, monkeypatch):  # noqa: F811
+    spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.max_steps=1",
+                                  "training.global_batch_size=8", "training.micro_batch_size=4",
+                                  "post_training.rollouts_per_step=16", "post_training.epochs=2",
+                                  "post_training.response_len=4", "training.eval_interval=1000"])
+    trained_on = []
+    original = PPORollouts.get
+
+    def get(self, step, micro, rank=0):
+        if len(self.records) > 1000:  # the training prompts (the held-out set is 256)
+            trained_on.append((step, micro))
+        return original(self, step, micro, rank)
+
+    monkeypatch.setattr(PPORollouts, "get", get)
+    run(spec, tmp_path / "ppo", backend="torch", announce=lambda *a: None)
+    # 16 rollouts, mini-batches of 8 (2 micro-batches of 4): epoch 1 reads both mini-batches, then epoch 2
+    assert trained_on == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 0), (0, 1), (0, 2), (0, 3)]
+    state = load_checkpoint(latest_checkpoint(tmp_path / "ppo" / "checkpoints"))
+    assert next(iter(state["optimizer"]["state"].values()))["step"] == 2 * 2  # epochs × mini-batches
+
+
 @pytest.mark.slow
 def test_a_killed_ppo_run_resumes_bit_for_bit(base, tmp_path):  # noqa: F811
+    # 16 rollouts per step in mini-batches of 8: epochs × 2 optimizer steps per step, each on its own mini-batch
     spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.max_steps=6",
-                                  "training.global_batch_size=16", "post_training.epochs=2",
+                                  "training.global_batch_size=8", "training.micro_batch_size=4",
+                                  "post_training.rollouts_per_step=16", "post_training.epochs=2",
                                   "training.checkpoint_interval=2", "training.log_interval=1",
                                   "training.eval_interval=3"])
     whole = killed_and_resumed(spec, tmp_path)  # losses, rewards, KL, accuracy: every float
@@ -143,6 +166,7 @@ def test_a_killed_ppo_run_resumes_bit_for_bit(base, tmp_path):  # noqa: F811
     assert all(seconds > 0 for seconds in timed["phase_seconds"].values()), timed
     state = load_checkpoint(latest_checkpoint(tmp_path / "whole" / "checkpoints"))
     assert "value_head.weight" in state["critic"] and "lm_head.weight" in state["model"]  # the policy is "model"
+    assert next(iter(state["optimizer"]["state"].values()))["step"] == 6 * 2 * 2  # steps × epochs × mini-batches
     assert "Answer:" in (tmp_path / "whole" / "samples.txt").read_text()  # generate reads the policy
     assert json.loads((tmp_path / "whole" / "data" / "train.json").read_text())[0]["answer"]
 

@@ -86,7 +86,8 @@ class PostTraining(_Section):
     response_len: Positive | None = Field(None, description="derived (ppo/grpo): seq_len - prompt_len")
     rollouts_per_step: Positive | None = Field(
         None, description="derived (ppo/grpo): training.global_batch_size; sequences generated per step (a step: "
-        "generation, scoring, then epochs optimizer steps over them)")
+        "generation, scoring, then epochs passes over them, one optimizer step per mini-batch of "
+        "global_batch_size: ppo may generate a multiple of it, grpo exactly it)")
     group_size: Positive = Field(8, description="grpo: samples per prompt, advantages normalised within a group")
 
     @property

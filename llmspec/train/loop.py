@@ -97,9 +97,12 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
         for step in range(start, tr.steps):
             lr = lr_at(spec, step)
             engine.set_lr(lr)
-            batches = [task.train.get(step, micro, replica) for micro, replica in slots]
-            # one optimizer step; PPO's `epochs` over one batch of rollouts, the step's loss their mean
-            pending.append(torch.stack([engine.train_step(batches) for _ in range(task.passes)]).mean())
+            # one optimizer step per pass: PPO's `epochs` passes over its rollouts, one optimizer step per
+            # mini-batch of global_batch_size rollouts in turn; the step's loss is their mean
+            accumulation = tr.gradient_accumulation_steps
+            pending.append(torch.stack([
+                engine.train_step([task.train.get(step, (p % task.minibatches) * accumulation + micro, replica)
+                                   for micro, replica in slots]) for p in range(task.passes)]).mean())
             done = step + 1
             if due(tr.log_interval, done, tr.steps) or due(tr.checkpoint_interval, done, tr.steps):
                 losses = engine.global_mean(torch.stack(pending)).tolist()  # the one host sync per log

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from llmspec.planner import plan
+from llmspec.planner.inputs import sequence_length
 from llmspec.spec import Spec, catalogue
+from llmspec.spec.post_training import RL_METHODS
 
 
 class MetricsLog:
@@ -50,7 +52,9 @@ class StepLog:
     step record (time spent evaluating and checkpointing is excluded: it is not training throughput)."""
 
     def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool):
-        self.tokens_per_step = spec.training.tokens_per_step
+        post = spec.post_training  # an RL step trains on its rollouts (prompt + response), as the planner counts
+        self.tokens_per_step = post.rollouts_per_step * sequence_length(spec) if (
+            post is not None and post.method in RL_METHODS) else spec.training.tokens_per_step
         self.metrics = MetricsLog(path, start if resume else None)
         planned = plan(spec, alternatives=False)
         self.flops_per_token = planned.flops["per_token_train"]

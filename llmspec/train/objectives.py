@@ -51,7 +51,8 @@ class Objective:
     method: str = "pretrain"
     beta: float = 0.0  # dpo
     eval_batches: int = 8  # validation micro-batches per val_loss
-    passes: int = 1  # optimizer steps over each step's batches (PPO: epochs)
+    passes: int = 1  # optimizer steps per step (PPO: epochs × minibatches)
+    minibatches: int = 1  # PPO: a step's rollouts in mini-batches of global_batch_size, one optimizer step each
 
     def step_metrics(self) -> dict[str, float]:
         """What a step line adds: the rollouts' mean reward since the previous step line (ppo, grpo)."""
@@ -83,9 +84,10 @@ def objective(job, engine: Engine) -> Objective:
             RewardModel(post.reward_model, engine.device, engine.frozen)
         train, val = (rollout_source(job, engine, json.loads((data / f"{split}.json").read_text()), reward)
                       for split in ("train", "val"))
+        minibatches = post.rollouts_per_step // tr.global_batch_size
         return Objective(train, val, eval_at_start=True, held_out=held_out, tokenizer_file=job.tokenizer_file,
                          method=post.method, eval_batches=max(1, train.per_rank // tr.micro_batch_size),
-                         passes=post.epochs)
+                         passes=post.epochs * minibatches, minibatches=minibatches)
     if post.method in PAIRWISE:
         batches = [PairBatches(load_examples(data / f"{split}.json"), tr.seq_len, tr.micro_batch_size, tr.seed,
                                split) for split in ("train", "val")]

@@ -59,10 +59,13 @@ def check_rl_runnable(spec: Spec) -> None:
     if post.method == "ppo" and post.critic_model is not None:
         raise LLMSpecError(f"post_training.critic_model {post.critic_model}: planned, not run (the run's critic is "
                            "the policy's architecture under a value head); remove critic_model to run")
-    if post.rollouts_per_step != tr.global_batch_size:
-        raise LLMSpecError(f"post_training.rollouts_per_step {post.rollouts_per_step}: planned, not run (a step "
-                           f"trains on its rollouts as one batch: set it to training.global_batch_size "
-                           f"{tr.global_batch_size})")
+    if post.method == "grpo" and post.rollouts_per_step != tr.global_batch_size:
+        raise LLMSpecError(f"post_training.rollouts_per_step {post.rollouts_per_step}: grpo trains on its rollouts "
+                           f"as one batch (its old policy is the policy itself): set it to training.global_batch_size "
+                           f"{tr.global_batch_size}")
+    if post.rollouts_per_step % tr.global_batch_size:
+        raise LLMSpecError(f"post_training.rollouts_per_step {post.rollouts_per_step}: ppo trains on mini-batches of "
+                           f"training.global_batch_size {tr.global_batch_size}; make it a multiple")
     if post.reward_model is not None:
         check_reward_run(Path(post.reward_model).expanduser(), spec)
 
