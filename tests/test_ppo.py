@@ -108,9 +108,12 @@ def test_ppo_rollouts_are_scored_as_sampled_once_per_step(base):  # noqa: F811
     (["post_training.critic_model=tiny"], "post_training.critic_model tiny: planned, not run"),
     (["post_training.rollouts_per_step=96"], "rollouts_per_step 96: ppo trains on mini-batches of .* 64"),
     (["post_training.reward_model=tiny-sft"], "post_training.reward_model tiny-sft: not a run directory"),
-    (["data.corpus=x.jsonl"], "data.corpus: ppo runs on the built-in task set"),
+    (["data.corpus=PROMPTS"], "record 1 has no answer, which the verifier needs"),
 ])
 def test_what_ppo_cannot_run_is_refused_up_front(base, tmp_path, sets, message):  # noqa: F811
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Say {i}"}) for i in range(10)))
+    sets = [s.replace("PROMPTS", str(prompts)) for s in sets]
     spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, *sets])
     with pytest.raises(LLMSpecError, match=message):
         run(spec, tmp_path / "out", announce=lambda *a: None)
@@ -145,6 +148,24 @@ def test_a_ppo_step_trains_on_each_mini_batch_of_its_rollouts_every_epoch(base, 
     assert trained_on == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 0), (0, 1), (0, 2), (0, 3)]
     state = load_checkpoint(latest_checkpoint(tmp_path / "ppo" / "checkpoints"))
     assert next(iter(state["optimizer"]["state"].values()))["step"] == 2 * 2  # epochs × mini-batches
+
+
+def test_rl_runs_on_a_users_prompt_set(base, tmp_path):  # noqa: F811
+    """GRPO on a JSON Lines prompt set (a prompt, or messages, each with the verifier's answer): the rollouts are
+    that set's prompts under the chat template, and the held-out ones with answers give task_accuracy."""
+    records = [{"prompt": f"Repeat: w{i} v{i}", "answer": f"w{i} v{i}"} for i in range(18)] + [
+        {"messages": [{"role": "user", "content": "Repeat: a b"}], "answer": "a b"}] * 2
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    spec = load_spec("tiny-grpo", [f"training.init_from={base}", f"data.corpus={path}", "data.val_fraction=0.2",
+                                   "training.max_steps=1", "training.global_batch_size=16",
+                                   "post_training.group_size=4", "post_training.response_len=4"])
+    run(spec, tmp_path / "grpo", backend="torch", announce=lambda *a: None)
+    train = json.loads((tmp_path / "grpo" / "data" / "train.json").read_text())
+    assert [r["prompt"] for r in train] == [r["prompt"] for r in records[:16]]
+    evals = [r for r in read_metrics(tmp_path / "grpo" / "metrics.jsonl") if "reward_mean" in r]
+    assert [r["step"] for r in evals] == [0, 1] and "task_accuracy" in evals[0]
+    assert "Question: Repeat: a b\nAnswer:" in (tmp_path / "grpo" / "samples.txt").read_text()
 
 
 @pytest.mark.slow

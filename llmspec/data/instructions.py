@@ -38,14 +38,15 @@ class Example:
     response: list[int]
 
 
-def read_records(path: Path, pairs: bool = False) -> list[dict[str, str]]:
-    """Instruction records as {prompt, response}, or (``pairs``) preference records as {prompt, chosen, rejected},
-    from JSON Lines (errors name file:line), or Parquet, Arrow or a JSON array read with Hugging Face ``datasets``
-    (errors name the row); one line naming the first bad record."""
+def read_records(path: Path, pairs: bool = False, prompts: bool = False) -> list[dict[str, str]]:
+    """Instruction records as {prompt, response}, (``pairs``) preference records as {prompt, chosen, rejected}, or
+    (``prompts``) RL prompt records as {prompt[, answer]}, from JSON Lines (errors name file:line), or Parquet,
+    Arrow or a JSON array read with Hugging Face ``datasets`` (errors name the row); one line naming the first bad
+    record."""
     if not path.is_file():
         raise DataError(f"data.corpus: {path} does not exist")
     rows = _table_rows(path) if path.suffix in TABLE_SUFFIXES or _json_array(path) else _json_lines(path)
-    check = _preference if pairs else _instruction
+    check = _prompt if prompts else _preference if pairs else _instruction
     records = [check(record, where) for where, record in rows]
     if len(records) < MIN_RECORDS:
         raise DataError(f"data.corpus: {path} holds {len(records)} records; fine-tuning needs at least {MIN_RECORDS}")
@@ -111,6 +112,26 @@ def _instruction(record: object, where: str) -> dict[str, str]:
         raise DataError(f"{where}: empty response")
     kept = {"prompt": record["prompt"], "response": record["response"]}
     return {**kept, "messages": record["messages"]} if "messages" in record else kept
+
+
+def _prompt(record: object, where: str) -> dict[str, str]:
+    """An RL prompt: ``prompt`` (or ``messages``, the conversation before the reply) and an optional ``answer`` for
+    the verifier and task_accuracy."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object with a prompt (and an answer for the verifier)")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
+        record = {**record, "prompt": "\n".join(m["content"] for m in messages)}
+    if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+        raise DataError(f"{where}: missing prompt (a non-empty string)")
+    if "answer" in record and not isinstance(record["answer"], str):
+        raise DataError(f"{where}: answer must be a string")
+    kept = {key: record[key] for key in ("prompt", "answer", "messages") if key in record}
+    return kept
 
 
 def _preference(record: object, where: str) -> dict[str, str]:

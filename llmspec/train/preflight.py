@@ -48,12 +48,9 @@ def check_runnable(spec: Spec) -> None:
 
 
 def check_rl_runnable(spec: Spec) -> None:
-    """PPO and GRPO run on the built-in task set (its prompts have answers), rewarded by its verifier or by a
-    trained reward model's run of the same tokenizer."""
+    """PPO and GRPO run on prompts (the built-in task set's, or data.corpus's), rewarded by the verifier (prompts
+    with answers) or by a trained reward model's run of the same tokenizer."""
     post, tr = spec.post_training, spec.training
-    if spec.data.corpus != "builtin":
-        raise LLMSpecError(f"data.corpus: {post.method} runs on the built-in task set for now (its prompts have "
-                           "answers for task_accuracy); set data.corpus builtin")
     if post.method == "grpo" and post.epochs != 1:
         raise LLMSpecError(f"post_training.epochs {post.epochs}: grpo runs one pass per batch of rollouts")
     if post.method == "ppo" and post.critic_model is not None:
