@@ -105,6 +105,8 @@ def plot_loss(metrics: Path, out: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics)
+    if any("reward_mean" in r for r in records):
+        return _plot_rl(records, out, title, plt)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -117,6 +119,33 @@ def plot_loss(metrics: Path, out: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _plot_rl(records: list[dict[str, Any]], out: Path, title: str, plt) -> Path:
+    """PPO/GRPO: what the run is for — the rollouts' reward at each step line, the held-out sampled reward and task
+    accuracy at each evaluation — beside the KL to the reference that pays for it."""
+    def series(key: str) -> list[tuple[int, float]]:
+        return [(r["step"], r[key]) for r in records if key in r]
+
+    fig, (reward, kl) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for key, style, label in (("rollout_reward", "-", "rollout reward (training prompts)"),
+                              ("reward_mean", "o-", "reward, held-out prompts (sampled)"),
+                              ("task_accuracy", "s--", "task accuracy, held-out (greedy)")):
+        if series(key):
+            reward.plot(*zip(*series(key), strict=True), style, label=label, linewidth=1.3)
+    reward.set_xlabel("step")
+    reward.set_ylabel("reward / accuracy")
+    reward.legend(fontsize=8)
+    kl.plot(*zip(*series("kl"), strict=True), "o-", color="tab:red", linewidth=1.3)
+    kl.set_xlabel("step")
+    kl.set_ylabel("KL to the reference (k3, nats/token)")
+    for ax in (reward, kl):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
