@@ -243,7 +243,8 @@ def tiny_base(tmp_path_factory):
 @pytest.mark.parametrize("name, layout", [
     ("tiny-lora", ["parallelism.zero_stage=2"]),
     ("tiny-dpo", ["parallelism.zero_stage=3", "post_training.adapter.type=lora"]),  # reference: adapters off
-], ids=["lora-sft-zero2", "dpo-adapter-off-zero3"])
+    ("tiny-reward", ["parallelism.zero_stage=1"]),  # a value head on pairs
+], ids=["lora-sft-zero2", "dpo-adapter-off-zero3", "reward-zero1"])
 def test_post_training_under_deepspeed_tracks_the_single_process_run(name, layout, tiny_base, tmp_path):
     spec = load_spec(name, [f"training.init_from={tiny_base}", *POST, *layout])
     _tracks_one_process(spec, tmp_path)

@@ -41,6 +41,7 @@ class ChatTemplate:
     jinja: str | None = None  # None: the default template
     end: str = END_OF_TEXT  # the token that ends a response
     tokens: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token: what templates may refer to
+    source: str = "the default chat template"  # where it was read (errors name it)
 
     @classmethod
     def beside(cls, tokenizer_file: Path) -> ChatTemplate:
@@ -63,7 +64,8 @@ class ChatTemplate:
         tokens = {name: _token_text(config.get(name)) for name in ("bos_token", "eos_token")}
         if not tokens["eos_token"]:
             raise DataError(f"{config_file}: a chat template needs the eos_token that ends a response")
-        return cls(str(jinja), tokens["eos_token"], {k: v for k, v in tokens.items() if v})
+        where = jinja_file if jinja_file.is_file() else config_file
+        return cls(str(jinja), tokens["eos_token"], {k: v for k, v in tokens.items() if v}, f"{where}")
 
     @property
     def is_default(self) -> bool:
@@ -85,8 +87,8 @@ class ChatTemplate:
         prompt = self._render(conversation, generation_prompt=True)
         full = self._render([*conversation, {"role": "assistant", "content": reply}], generation_prompt=False)
         if not full.startswith(prompt):
-            raise DataError("the chat template renders a conversation's prompt differently once a reply follows it: "
-                            "the reply's tokens cannot be told apart")
+            raise DataError(f"{self.source}: the chat template renders a conversation's prompt differently once a "
+                            "reply follows it: the reply's tokens cannot be told apart")
         rest = full[len(prompt):]
         return rest if self.end in rest else rest + self.end
 
@@ -97,8 +99,8 @@ class ChatTemplate:
             rendered = render_jinja_template([conversation], chat_template=self.jinja,
                                              add_generation_prompt=generation_prompt, **self.tokens)
         except Exception as error:  # noqa: BLE001 - Jinja raises its own types (a template's raise_exception too)
-            raise DataError(f"the chat template cannot render this conversation ({type(error).__name__}: "
-                            f"{error})") from None
+            raise DataError(f"{self.source}: the chat template cannot render this conversation "
+                            f"({type(error).__name__}: {error})") from None
         return rendered[0][0] if isinstance(rendered, tuple) else rendered[0]
 
 
