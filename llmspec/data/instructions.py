@@ -38,16 +38,19 @@ class Example:
     response: list[int]
 
 
-def read_records(path: Path, pairs: bool = False, prompts: bool = False) -> list[dict[str, str]]:
+def read_records(path: Path, pairs: bool = False, prompts: bool = False, answers: bool = False
+                 ) -> list[dict[str, str]]:
     """Instruction records as {prompt, response}, (``pairs``) preference records as {prompt, chosen, rejected}, or
-    (``prompts``) RL prompt records as {prompt[, answer]}, from JSON Lines (errors name file:line), or Parquet,
-    Arrow or a JSON array read with Hugging Face ``datasets`` (errors name the row); one line naming the first bad
-    record."""
+    (``prompts``) RL prompt records as {prompt[, answer][, messages]} (``answers``: every one needs its answer),
+    from JSON Lines (errors name file:line), or Parquet, Arrow or a JSON array read with Hugging Face ``datasets``
+    (errors name the row); one line naming the first bad record."""
     if not path.is_file():
         raise DataError(f"data.corpus: {path} does not exist")
     rows = _table_rows(path) if path.suffix in TABLE_SUFFIXES or _json_array(path) else _json_lines(path)
     check = _prompt if prompts else _preference if pairs else _instruction
     records = [check(record, where) for where, record in rows]
+    if answers:
+        _every_answered(records, path)
     if len(records) < MIN_RECORDS:
         raise DataError(f"data.corpus: {path} holds {len(records)} records; fine-tuning needs at least {MIN_RECORDS}")
     return records
@@ -132,6 +135,13 @@ def _prompt(record: object, where: str) -> dict[str, str]:
         raise DataError(f"{where}: answer must be a string")
     kept = {key: record[key] for key in ("prompt", "answer", "messages") if key in record}
     return kept
+
+
+def _every_answered(records: list[dict[str, str]], path: Path) -> None:
+    for number, record in enumerate(records, start=1):
+        if "answer" not in record:
+            raise DataError(f"{path}: record {number} has no answer, which the verifier needs; give every prompt "
+                            "an answer or set post_training.reward_model")
 
 
 def _preference(record: object, where: str) -> dict[str, str]:

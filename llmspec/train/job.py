@@ -174,21 +174,18 @@ def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSo
     else:
         paths = [corpus] if isinstance(corpus, str) else corpus
         rl = spec.post_training.method in RL_METHODS
-        records = [r for path in paths for r in read_records(Path(path), pairs, prompts=rl)]
+        verified = rl and spec.post_training.reward_model is None  # the verifier needs every prompt's answer
+        records = [r for path in paths for r in read_records(Path(path), pairs, prompts=rl, answers=verified)]
         split = len(records) - max(1, int(len(records) * spec.data.val_fraction))
         train, val, source = records[:split], records[split:], "data.corpus"
         # task_accuracy: held-out prompts with answers (RL prompt sets may have none, under a reward model)
-        held_out = [{"prompt": r["prompt"], "answer": r["answer"]} for r in val if rl and "answer" in r]
-        unanswered = next((i for i, r in enumerate(records) if "answer" not in r), None)
-        if rl and spec.post_training.reward_model is None and unanswered is not None:
-            raise DataError(f"data.corpus: record {unanswered + 1} has no answer, which the verifier needs; give "
-                            "every prompt an answer or set post_training.reward_model")
+        held_out = [r for r in val if rl and "answer" in r]
     if spec.post_training.method in RL_METHODS:  # prompts (and answers): the rollouts are generated as it trains
-        prompts = [{key: r[key] for key in ("prompt", "answer", "messages") if key in r} for r in train]
-        evaluation = [{key: r[key] for key in ("prompt", "answer", "messages") if key in r} for r in val]
+        def prompt(record: dict) -> dict:
+            return {key: record[key] for key in ("prompt", "answer", "messages") if key in record}
         return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path), {
-            "train.json": prompts, "val.json": evaluation if corpus != BUILTIN else held_out,
-            "held_out.json": held_out})
+            "train.json": [prompt(r) for r in train], "val.json": [prompt(r) for r in val],
+            "held_out.json": [prompt(r) for r in held_out]})
     encode = tokenise_pairs if pairs else tokenise
     examples = {name: encode(records, tokenizer, seq_len, f"{source} ({name})", template)
                 for name, records in (("train", train), ("val", val))}  # every refusal before anything is written
