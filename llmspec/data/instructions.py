@@ -97,15 +97,11 @@ def _instruction(record: object, where: str) -> dict[str, str]:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object with prompt and response (or messages)")
     if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
+        messages = _messages(record, where)
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
             raise DataError(f"{where}: the last message must be the assistant's (the response to learn), after "
                             "at least one other")
-        conversation = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+        conversation = messages[:-1]
         record = {"prompt": "\n".join(m["content"] for m in conversation), "response": messages[-1]["content"],
                   "messages": conversation}
     for field in ("prompt", "response"):
@@ -117,24 +113,29 @@ def _instruction(record: object, where: str) -> dict[str, str]:
     return {**kept, "messages": record["messages"]} if "messages" in record else kept
 
 
+def _messages(record: dict, where: str) -> list[dict[str, str]]:
+    """A record's ``messages``, checked: a non-empty list of {role, content} strings (other keys dropped)."""
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 def _prompt(record: object, where: str) -> dict[str, str]:
     """An RL prompt: ``prompt`` (or ``messages``, the conversation before the reply) and an optional ``answer`` for
     the verifier and task_accuracy."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object with a prompt (and an answer for the verifier)")
     if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
-        record = {**record, "prompt": "\n".join(m["content"] for m in messages)}
+        messages = _messages(record, where)
+        record = {**record, "prompt": "\n".join(m["content"] for m in messages), "messages": messages}
     if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
         raise DataError(f"{where}: missing prompt (a non-empty string)")
     if "answer" in record and not isinstance(record["answer"], str):
         raise DataError(f"{where}: answer must be a string")
-    kept = {key: record[key] for key in ("prompt", "answer", "messages") if key in record}
-    return kept
+    return {key: record[key] for key in ("prompt", "answer", "messages") if key in record}
 
 
 def _every_answered(records: list[dict[str, str]], path: Path) -> None:
@@ -244,7 +245,12 @@ class PairBatches:
         rng = np.random.default_rng([self.seed, self.split_code, step, micro, rank])
         picked = [int(i) for i in rng.integers(len(self.pairs), size=self.batch)]
         rows = self.rows([self.pairs[i][0] for i in picked] + [self.pairs[i][1] for i in picked])
-        return rows if self.reference is None else (*rows, self.reference[picked].T.flatten())
+        return rows if self.reference is None else (*rows, self.reference_rows(picked))
+
+    def reference_rows(self, picked: list[int] | slice) -> torch.Tensor:
+        """The precomputed reference log-probabilities of the pairs ``picked``, laid out as ``rows`` lays out
+        their sequences: the chosen, then the rejected."""
+        return self.reference[picked].T.flatten()
 
     def rows(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
         length = self.seq_len + 1

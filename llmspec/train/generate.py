@@ -10,6 +10,7 @@ import torch
 
 from llmspec.compile.build import check_output_dir
 from llmspec.compile.loading import load_model_module
+from llmspec.compile.measured_models import dtype_of
 from llmspec.data.chat import DEFAULT_JINJA, ChatTemplate
 from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.errors import LLMSpecError
@@ -127,8 +128,7 @@ def _export_weights(spec: Spec, model: torch.nn.Module, out: Path) -> list[Path]
     from llmspec.interop.peft_adapter import base_spec, dequantised_state, merged_state, write_adapter
 
     post = spec.post_training
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.training.precision]
-    state = dequantised_state(model, dtype)
+    state = dequantised_state(model, dtype_of(spec))
     if post is None or post.adapter.type == "none" and not post.value_model:
         return export_state(state, spec, out)
     if post.adapter.type == "prefix" or (post.value_model and post.adapter.type != "none"):

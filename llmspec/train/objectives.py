@@ -127,7 +127,7 @@ def pair_metrics(engine: Engine, pairs: PairBatches, method: str, beta: float) -
         return {"reward_accuracy": (chosen > rejected).float().mean().item()}
     policy = module.sequence_logprobs(model(inputs)[0], targets)
     if pairs.reference is not None:  # precomputed: the held-out pairs' (chosen, rejected) scores of the start
-        reference = pairs.reference[:HELD_OUT_PAIRS].T.flatten().to(policy.device)
+        reference = pairs.reference_rows(slice(HELD_OUT_PAIRS)).to(policy.device)
     else:
         reference = engine.loss.reference.logprobs(inputs, targets)
     margin = beta * (policy - reference)

@@ -46,7 +46,8 @@ class RewardModel:
     """A trained reward model's run directory as the reward: its score after each response's last token (where
     it was trained to read it). Frozen, in eval mode, on the policy's device."""
 
-    def __init__(self, run_dir: str | Path, device: str, hold: Callable[[torch.nn.Module], torch.nn.Module] = None):
+    def __init__(self, run_dir: str | Path, device: str,
+                 hold: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
         from llmspec.train.generate import load_run
 
         _, model, _ = load_run(Path(run_dir))
