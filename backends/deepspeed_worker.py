@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from llmspec.backends.cpu_shm import remove_allreduce_buffers
-from llmspec.compile.build import write_atomic
 from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.loading import load_model_module
 from llmspec.errors import LLMSpecError
+from llmspec.files import write_atomic
 from llmspec.train.checkpoint import save_checkpoint
 from llmspec.train.engine import Batch, Engine
 from llmspec.train.init_from import initial_model

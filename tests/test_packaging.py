@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # where each top-level source folder lands in the installed package
 INSTALLED_AS = {"llmspec": "llmspec", "backends": "llmspec/backends", "specs": "llmspec/specs"}
 # the package's layers, lowest first: a module may import its own layer and the ones below, never above
-LAYERS = ["errors", "spec", "planner", "compile", "interop", "data", "train", "backends", "runner", "cli"]
+LAYERS = ["errors", "files", "spec", "planner", "compile", "interop", "data", "train", "backends", "runner", "cli"]
 
 
 def tracked_sources() -> list[str]:
@@ -113,7 +113,7 @@ def test_no_import_cycles():
 
 def test_few_modules_at_the_top():
     top = sorted(p.name for p in (ROOT / "llmspec").glob("*.py"))
-    assert top == ["__init__.py", "__main__.py", "errors.py", "runner.py"]
+    assert top == ["__init__.py", "__main__.py", "errors.py", "files.py", "runner.py"]
 
 
 def test_public_api_imports():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.launch import hostfile, launch_script
 from llmspec.compile.model_source import model_source
 from llmspec.errors import LLMSpecError
+from llmspec.files import write_atomic
 from llmspec.planner.training import plan
 from llmspec.spec.loading import dump_spec
 from llmspec.spec.schema import Spec
@@ -116,17 +116,3 @@ def build(spec: Spec, out_dir: str | Path, force: bool = False, keep_edited: boo
         return paths
     except OSError as error:
         raise LLMSpecError(f"{out}: cannot write the build ({error.strerror or error})") from None
-
-
-def write_atomic(path: Path, text: str, executable: bool = False) -> Path:
-    """Write through a temporary file in the same directory and rename: a crash leaves the old file or the new."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o755 if executable else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 from llmspec.compile.model_source import model_source
+from llmspec.files import write_atomic
 from llmspec.spec.schema import Spec
 
 
@@ -36,7 +37,5 @@ def model_module(spec: Spec) -> ModuleType:
     cache.mkdir(exist_ok=True)
     path = cache / f"model_{digest}.py"
     if not path.exists():
-        tmp = path.with_suffix(f".{digest}.tmp")
-        tmp.write_text(source)
-        tmp.replace(path)
+        write_atomic(path, source)
     return load_model_module(path)

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 
 from llmspec.data.corpus import DataError
 from llmspec.data.tokenizer import END_OF_TEXT
+from llmspec.files import replaced_atomically, write_atomic
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,13 @@ def write_shards(documents: list[str], tokenizer: Tokenizer, directory: Path, va
     split = len(tokens) - max(1, int(len(tokens) * val_fraction))
     directory.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", tokens[:split]), ("val", tokens[split:])):
-        tmp = directory / f"{name}.bin.tmp"
-        part.tofile(tmp)
-        tmp.replace(directory / f"{name}.bin")
+        with replaced_atomically(directory / f"{name}.bin") as tmp:
+            part.tofile(tmp)
     counts = np.bincount(tokens[:split], minlength=tokenizer.get_vocab_size())
     freq = counts[counts > 0] / split
     meta = {"dtype": dtype, "train_tokens": int(split), "val_tokens": int(len(tokens) - split),
             "unigram_entropy": float(-(freq * np.log(freq)).sum())}
-    meta_path.write_text(json.dumps(meta))
+    write_atomic(meta_path, json.dumps(meta))  # last: its presence says the shards are whole
     return Shards(directory / "train.bin", directory / "val.bin", dtype, meta["unigram_entropy"])
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llmspec.data.corpus import DataError
+from llmspec.files import replaced_atomically
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -41,9 +42,8 @@ def tokenizer_for(documents: list[str], vocab_size: int, cache: Path) -> tuple[T
         return Tokenizer.from_file(str(path)), path
     tokenizer = train_tokenizer(documents, vocab_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tokenizer.save(str(tmp))
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        tokenizer.save(str(tmp))
     return tokenizer, path
 
 

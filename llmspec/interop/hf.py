@@ -8,7 +8,6 @@ when the checkpoint has weights, ``model.safetensors`` in the compiled model's p
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,9 +18,10 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmspec.compile.build import check_output_dir, write_atomic
+from llmspec.compile.build import check_output_dir
 from llmspec.compile.loading import model_module
 from llmspec.errors import LLMSpecError
+from llmspec.files import replaced_atomically, write_atomic
 from llmspec.interop.hf_config import family_of, hf_config, hf_family, model_from_hf
 from llmspec.interop.hf_weights import from_hf, to_hf
 from llmspec.spec.loading import dump_spec, parse_spec
@@ -192,11 +192,6 @@ def export_reward_state(state: dict[str, torch.Tensor], spec: Spec, out_dir: str
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with replaced_atomically(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # readable like every other file we write (the temporary file was 0600)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from llmspec.compile.build import write_atomic
 from llmspec.errors import LLMSpecError
+from llmspec.files import write_atomic
 from llmspec.interop.hf_weights import hf_name
 from llmspec.spec.schema import Spec
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from llmspec.errors import LLMSpecError
+from llmspec.files import replaced_atomically
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
@@ -23,15 +24,12 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     """Write ``state`` atomically as the checkpoint of ``step``; keep the newest ``keep`` checkpoints."""
     directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, step)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as handle:
+        with replaced_atomically(path) as tmp, open(tmp, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise LLMSpecError(f"{path}: checkpoint not written ({error.strerror or error}); the previous checkpoint "
                            "is intact") from None
     for old in list_checkpoints(directory)[:-keep]:

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmspec.compile.build import build, check_output_dir, write_atomic
+from llmspec.compile.build import build, check_output_dir
 from llmspec.data.chat import TEMPLATE_FILES, ChatTemplate
 from llmspec.data.corpus import BUILTIN, DataError, builtin_documents, read_documents
 from llmspec.data.instructions import read_records, save_examples, tokenise, tokenise_pairs
@@ -21,6 +21,7 @@ from llmspec.data.shards import Shards, write_shards
 from llmspec.data.tasks import task_records
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
 from llmspec.errors import DoesNotFitError, LLMSpecError
+from llmspec.files import write_atomic
 from llmspec.planner.training import plan
 from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
 from llmspec.spec.loading import dump_spec, parse_spec
