@@ -257,3 +257,22 @@ def test_a_quantised_base_lora_run_exports_dequantised_and_merged_with_equal_log
         torch.testing.assert_close(merged(idx).logits, ours(idx)[0], atol=1e-4, rtol=1e-4)
         plain = transformers.AutoModelForCausalLM.from_pretrained(TINY_HF).eval()
         assert not torch.allclose(plain(idx).logits, merged(idx).logits, atol=1e-3)  # quantised, and adapted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", [[], ["post_training.base_precision=nf4"]], ids=["lora", "qlora-nf4"])
+def test_a_lora_reward_model_exports_merged_as_a_sequence_classifier_with_its_scores(base, storage, tmp_path):
+    import transformers
+
+    from llmspec.train.generate import export_run, load_run
+
+    spec = load_spec("tiny-reward", [f"training.init_from={base}", "training.max_steps=2", "training.eval_interval=2",
+                                     "training.micro_batch_size=4", "training.global_batch_size=4", *LORA, *storage])
+    run(spec, tmp_path / "reward", announce=lambda *a: None)
+    export_run(tmp_path / "reward", tmp_path / "hf")
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    _, ours, _ = load_run(tmp_path / "reward")  # the run's model: adapters beside a (dequantised) base
+    idx = torch.randint(0, 2048, (1, 24))
+    with torch.no_grad():
+        assert theirs(idx).logits[0, 0].item() == pytest.approx(ours(idx)[0][0, -1].item(), abs=1e-4)
+    assert not any("lora" in name for name in theirs.state_dict())

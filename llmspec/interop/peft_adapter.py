@@ -27,6 +27,15 @@ def base_spec(spec: Spec) -> Spec:
     return spec.model_copy(update={"post_training": None})
 
 
+def merged_spec(spec: Spec) -> Spec:
+    """The spec of a LoRA run's weights once merged: the same model and method (a reward model keeps its value
+    head), its base dense in the training precision, no adapter."""
+    post = spec.post_training
+    merged = post.model_copy(update={"adapter": post.adapter.model_copy(update={"type": "none"}),
+                                     "base_precision": spec.training.precision})
+    return spec.model_copy(update={"post_training": merged})
+
+
 def dequantised_state(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The model's state dict with each quantised linear's codes and constants (NF4 or int8) replaced by its
     weight, dequantised as its forward dequantises it, in ``dtype``: the dense base a QLoRA run's adapters merge

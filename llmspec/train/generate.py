@@ -125,17 +125,20 @@ def _export_weights(spec: Spec, model: torch.nn.Module, out: Path) -> list[Path]
     """The run's model for transformers; a LoRA run's merged into its base (a quantised base dequantised first, as
     its forward does), plus its adapter in PEFT's format (``out/adapter``)."""
     from llmspec.interop.hf import export_reward_state, export_state
-    from llmspec.interop.peft_adapter import base_spec, dequantised_state, merged_state, write_adapter
+    from llmspec.interop.peft_adapter import (base_spec, dequantised_state, merged_spec, merged_state,
+                                              write_adapter)
 
     post = spec.post_training
     state = dequantised_state(model, dtype_of(spec))
     if post is None or post.adapter.type == "none" and not post.value_model:
         return export_state(state, spec, out)
-    if post.adapter.type == "prefix" or (post.value_model and post.adapter.type != "none"):
-        what = "an adapted reward model" if post.value_model else "prefix key/values"
-        raise LLMSpecError(f"export-hf: {what} has no transformers export yet (LoRA, full fine-tunes and fully "
-                           "trained reward models export)")
-    if post.value_model:  # a sequence-classification model with one label
+    if post.adapter.type == "prefix":
+        raise LLMSpecError("export-hf: prefix key/values have no transformers export (a transformers model holds no "
+                           "per-layer prefix, and PEFT's prefix tuning shifts positions by the prefix length, which "
+                           "this model does not); LoRA runs and full fine-tunes export")
+    if post.value_model:  # a sequence-classification model with one label; LoRA merged into its base first
+        if post.adapter.type == "lora":
+            return export_reward_state(merged_state(state, spec), merged_spec(spec), out)
         return export_reward_state(state, spec, out)
     written = export_state(merged_state(state, spec), base_spec(spec), out)
     if not spec.model.fused_qkv:
