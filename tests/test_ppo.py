@@ -22,7 +22,7 @@ from llmspec.train.metrics import read_metrics
 from llmspec.train.ppo import PolicyAndCritic, PPORollouts, gae, whiten
 from llmspec.train.rollouts import verifier_reward
 from tests.helpers import killed_and_resumed
-from tests.test_sft import base  # noqa: F401 - the imported tiny base, a module fixture
+from tests.test_sft import LORA, base  # noqa: F401 - the imported tiny base, a module fixture
 
 VERIFIED = ["post_training.reward_model=null"]
 PPO = model_module(load_spec("tiny-ppo"))  # the compiled model.py: its token_logprobs and ppo_loss
@@ -105,7 +105,7 @@ def test_ppo_rollouts_are_scored_as_sampled_once_per_step(base):  # noqa: F811
 
 
 @pytest.mark.parametrize(("sets", "message"), [
-    (["post_training.critic_model=tiny"], "post_training.critic_model tiny: planned, not run"),
+    (["post_training.critic_model=tiny"], "post_training.critic_model tiny: names an architecture, not weights"),
     (["post_training.rollouts_per_step=96"], "rollouts_per_step 96: ppo trains on mini-batches of .* 64"),
     (["post_training.reward_model=tiny-sft"], "post_training.reward_model tiny-sft: not a run directory"),
     (["data.corpus=PROMPTS"], "record 1 has no answer, which the verifier needs"),
@@ -127,6 +127,36 @@ def test_a_reward_model_must_be_a_trained_reward_run(base, tmp_path):  # noqa: F
     spec = load_spec("tiny-ppo", [f"training.init_from={base}", f"post_training.reward_model={tmp_path / 'sft'}"])
     with pytest.raises(LLMSpecError, match="that run is not a reward model"):
         run(spec, tmp_path / "out", announce=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_a_critic_starts_from_the_reward_model_critic_model_names(base, tmp_path):  # noqa: F811
+    """InstructGPT's start for the critic: post_training.critic_model names a trained reward model's run, whose
+    weights (value head included) the critic takes; an adapted one is refused, and the run trains."""
+    from types import SimpleNamespace
+
+    from llmspec.train.init_from import with_critic
+
+    short = ["training.max_steps=1", "training.eval_interval=1", "training.checkpoint_interval=1",
+             "training.global_batch_size=8", "training.micro_batch_size=4"]
+    run(load_spec("tiny-reward", [f"training.init_from={base}", *short]), tmp_path / "reward",
+        announce=lambda *a: None)
+    spec = load_spec("tiny-ppo", [f"training.init_from={base}", *short,
+                                  f"post_training.critic_model={tmp_path / 'reward'}"])
+    policy = model_module(spec).Model()
+    critic = with_critic(SimpleNamespace(spec=spec, init_weights=base / "model.safetensors"), policy).critic
+    reward = load_checkpoint(latest_checkpoint(tmp_path / "reward" / "checkpoints"))["model"]
+    assert all(torch.equal(tensor, reward[name]) for name, tensor in critic.state_dict().items())
+    run(spec, tmp_path / "ppo", announce=lambda *a: None)
+    assert [r["step"] for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl") if "reward_mean" in r] == [0, 1]
+
+    run(load_spec("tiny-reward", [f"training.init_from={base}", *short, *LORA]), tmp_path / "lora-reward",
+        announce=lambda *a: None)
+    with pytest.raises(LLMSpecError, match="critic_model .*lora-reward: holds adapters, not a whole model"):
+        run(load_spec("tiny-ppo", [f"training.init_from={base}", *short,
+                                   f"post_training.critic_model={tmp_path / 'lora-reward'}"]),
+            tmp_path / "refused", announce=lambda *a: None)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_a_ppo_step_trains_on_each_mini_batch_of_its_rollouts_every_epoch(base, tmp_path, monkeypatch):  # noqa: F811

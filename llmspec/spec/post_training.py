@@ -67,7 +67,10 @@ class PostTraining(_Section):
         "architecture is planned); `llmspec run` needs a trained reward model's run directory; none: the built-in "
         "task set's verifier rewards (no model, in the plan as in the run)")
     critic_model: str | None = Field(
-        None, description="ppo: the critic's architecture, a named spec or a spec path; default: the policy's")
+        None, description="ppo: the critic, a run directory, an import-hf output, a named spec or a spec path (its "
+        "architecture is planned); `llmspec run` starts the critic from the weights a run directory or import-hf "
+        "output holds (a trained reward model's, as InstructGPT does); default: the policy's base under a new value "
+        "head")
     beta: float = Field(0.1, gt=0, description="dpo: strength of the implicit KL constraint")
     loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="dpo: the preference loss")
     rpo_alpha: float = Field(0.0, ge=0, description="dpo: weight of the chosen responses' NLL per token added to "

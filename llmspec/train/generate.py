@@ -125,8 +125,7 @@ def _export_weights(spec: Spec, model: torch.nn.Module, out: Path) -> list[Path]
     """The run's model for transformers; a LoRA run's merged into its base (a quantised base dequantised first, as
     its forward does), plus its adapter in PEFT's format (``out/adapter``)."""
     from llmspec.interop.hf import export_reward_state, export_state
-    from llmspec.interop.peft_adapter import (base_spec, dequantised_state, merged_spec, merged_state,
-                                              write_adapter)
+    from llmspec.interop.peft_adapter import base_spec, dequantised_state, merged_spec, merged_state, write_adapter
 
     post = spec.post_training
     state = dequantised_state(model, dtype_of(spec))

@@ -29,11 +29,11 @@ class InitSource:
     tokenizer: Path | None
 
 
-def resolve(path: str | Path) -> InitSource:
+def resolve(path: str | Path, field: str = "training.init_from") -> InitSource:
     """The weights file and tokenizer of a run directory (its latest checkpoint), an ``import-hf`` output
-    (model.safetensors) or a weights file."""
+    (model.safetensors) or a weights file (``field``: the spec field that named it)."""
     path = Path(path).expanduser()
-    label = f"training.init_from {path}"
+    label = f"{field} {path}"
     if path.is_file():
         if path.suffix not in WEIGHT_SUFFIXES:
             raise LLMSpecError(f"{label}: expected a run directory, an import-hf output or a .safetensors/.pt file")
@@ -53,9 +53,9 @@ def resolve(path: str | Path) -> InitSource:
                        "output)")
 
 
-def _shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+def _shapes(weights: Path, field: str = "training.init_from") -> dict[str, tuple[int, ...]]:
     """Each tensor's shape, read from the safetensors header or a memory-mapped PyTorch file (no tensor is read)."""
-    label = f"training.init_from {weights}"
+    label = f"{field} {weights}"
     if weights.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -67,16 +67,18 @@ def _shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     try:
         state = load_weights(weights, mmap=True)
     except LLMSpecError as error:
-        raise LLMSpecError(f"training.init_from {error}") from None
+        raise LLMSpecError(f"{field} {error}") from None
     if not isinstance(state, dict):
         raise LLMSpecError(f"{label}: holds no state dict")
     return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 
-def check_shapes(source: InitSource, expected: dict[str, tuple[int, ...]]) -> None:
-    """Refuse weights that are not the spec's model, naming the first tensor that differs."""
-    found = _shapes(source.weights)
-    label = f"training.init_from {source.weights}"
+def check_shapes(source: InitSource, expected: dict[str, tuple[int, ...]], field: str = "training.init_from",
+                 found: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Refuse weights that are not the spec's model (``field`` names the spec field they came from), naming the
+    first tensor that differs."""
+    found = _shapes(source.weights, field) if found is None else found
+    label = f"{field} {source.weights}"
     for name, shape in expected.items():
         if name not in found:
             raise LLMSpecError(f"{label}: has no tensor {name} (the spec's model needs {len(expected)} tensors)")
@@ -155,13 +157,39 @@ def _is_new(name: str) -> bool:
     return any(part in name for part in ("lora_A", "lora_B", "prefix_key", "prefix_value", "value_head"))
 
 
+def critic_source(spec: Spec) -> InitSource:
+    """The weights ``post_training.critic_model`` names for PPO's critic, checked against its architecture: a
+    base (its LM head left out) or a fully trained reward model (its value head kept)."""
+    label = f"post_training.critic_model {spec.post_training.critic_model}"
+    path = Path(spec.post_training.critic_model).expanduser()
+    if not path.is_dir() and not path.is_file():
+        raise LLMSpecError(f"{label}: names an architecture, not weights; to run, name a run directory or an "
+                           "import-hf output for the critic to start from (a trained reward model, as InstructGPT "
+                           "starts it), or leave it unset (the policy's base under a new value head)")
+    source = resolve(path, "post_training.critic_model")
+    found = _shapes(source.weights, "post_training.critic_model")
+    if any(_is_new(name) and "value_head" not in name for name in found):
+        raise LLMSpecError(f"{label}: holds adapters, not a whole model; name a fully trained run (or export-hf "
+                           "the adapted one, merged)")
+    expected = expected_shapes(value_model_spec(spec).model_copy(update={"post_training": None}))
+    expected.update({name: shape for name, shape in found.items() if name.startswith("value_head.")})
+    for name in [n for n in expected if n.startswith("lm_head.") and n not in found]:
+        del expected[name]  # a reward model's run: no LM head
+    check_shapes(source, expected, "post_training.critic_model", found)
+    return source
+
+
 def with_critic(job, policy: torch.nn.Module) -> PolicyAndCritic:
-    """The policy and a critic that starts as the policy's base under a new value head. (InstructGPT starts it
-    from the reward model instead; a small reward model's scores before the last token are noise, and so were
-    the first advantages: on the tiny chain the policy lost accuracy before the critic caught up.)"""
+    """The policy and its critic: by default the policy's base under a new value head (a small reward model's
+    scores before the last token are noise, and so were the first advantages: on the tiny chain the policy lost
+    accuracy before the critic caught up); with ``post_training.critic_model``, the weights it names (InstructGPT
+    starts the critic from the reward model)."""
     from llmspec.compile.loading import model_module
 
     critic = model_module(value_model_spec(job.spec)).Model()
-    if job.init_weights is not None:
-        load_initial_weights(critic, job.init_weights)
+    weights = job.init_weights
+    if job.spec.post_training.critic_model is not None:
+        weights = critic_source(job.spec).weights
+    if weights is not None:
+        load_initial_weights(critic, weights)
     return PolicyAndCritic(policy, critic)

@@ -54,8 +54,7 @@ def check_rl_runnable(spec: Spec) -> None:
     if post.method == "grpo" and post.epochs != 1:
         raise LLMSpecError(f"post_training.epochs {post.epochs}: grpo runs one pass per batch of rollouts")
     if post.method == "ppo" and post.critic_model is not None:
-        raise LLMSpecError(f"post_training.critic_model {post.critic_model}: planned, not run (the run's critic is "
-                           "the policy's architecture under a value head); remove critic_model to run")
+        check_critic_source(spec)
     if post.method == "grpo" and post.rollouts_per_step != tr.global_batch_size:
         raise LLMSpecError(f"post_training.rollouts_per_step {post.rollouts_per_step}: grpo trains on its rollouts "
                            f"as one batch (its old policy is the policy itself): set it to training.global_batch_size "
@@ -65,6 +64,26 @@ def check_rl_runnable(spec: Spec) -> None:
                            f"training.global_batch_size {tr.global_batch_size}; make it a multiple")
     if post.reward_model is not None:
         check_reward_run(Path(post.reward_model).expanduser(), spec)
+
+
+def check_critic_source(spec: Spec) -> None:
+    """To run, ``critic_model`` names weights the critic starts from (InstructGPT starts it from the reward model):
+    a run directory or an import-hf output of the critic's architecture, fully trained (no adapters), reading the
+    policy's token ids. A spec names an architecture only: enough to plan, not to run."""
+    from llmspec.train.init_from import critic_source
+
+    source = critic_source(spec)
+    _same_tokenizer(f"post_training.critic_model {spec.post_training.critic_model}", source.tokenizer, spec)
+
+
+def _same_tokenizer(label: str, theirs: Path | None, spec: Spec) -> None:
+    """A model beside the policy (reward model, critic) must read the policy's token ids."""
+    init = spec.training.init_from
+    ours = Path(init).expanduser() / "tokenizer.json" if init else None
+    if ours is not None and ours.is_file() and theirs is not None and theirs.is_file() and \
+            theirs.read_bytes() != ours.read_bytes():
+        raise LLMSpecError(f"{label}: its tokenizer differs from training.init_from's; it must read the policy's "
+                           "token ids")
 
 
 def check_reward_run(run_dir: Path, spec: Spec) -> None:
@@ -80,12 +99,7 @@ def check_reward_run(run_dir: Path, spec: Spec) -> None:
     saved = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
     if saved.post_training is None or saved.post_training.method != "reward":
         raise LLMSpecError(f"{label}: that run is not a reward model (post_training.method reward)")
-    init = spec.training.init_from
-    ours = Path(init).expanduser() / "tokenizer.json" if init else None
-    if ours is not None and ours.is_file() and (run_dir / "tokenizer.json").is_file() and \
-            (run_dir / "tokenizer.json").read_bytes() != ours.read_bytes():
-        raise LLMSpecError(f"{label}: its tokenizer differs from training.init_from's; the reward model must read "
-                           "the policy's token ids")
+    _same_tokenizer(label, run_dir / "tokenizer.json", spec)
 
 
 def check_devices(spec: Spec, found: list[tuple[str, int]]) -> None:
