@@ -136,7 +136,7 @@ def test_pipeline_first_stage_holds_p_microbatches():
     assert p4.stage == "first"
     # 4 micro-batches in flight × 8 layers each ≈ the 32 layers' activations of one micro-batch.
     per_layer_1 = p1.env["act_layer_kept"]
-    assert p4.env["inflight"] == 4 and p4.env["L_here"] == 8
+    assert p4.env["inflight"] == 4 and p4.env["rank"] == 0 and p4.env["L_here"] == 8
     assert p4.memory["activations"] == pytest.approx(4 * 4096 * (8 * per_layer_1 + 8) + 2 * 4096 * 128 * 2, rel=1e-12)
 
 

@@ -14,7 +14,7 @@ from llmspec.cli.app import app
 from llmspec.errors import ConsistencyError, LLMSpecError, SpecError
 from llmspec.planner.compute_optimal import compute_optimal_report, optimal
 from llmspec.planner.inference import inference_plan
-from llmspec.planner.layout_search import MICRO_BATCHES, OFFLOADS, gpu_counts, search
+from llmspec.planner.layout_search import MICRO_BATCHES, OFFLOADS, VIRTUAL_STAGES, gpu_counts, search
 from llmspec.planner.limits import max_fitting
 from llmspec.planner.training import plan
 from llmspec.spec.loading import load_spec
@@ -51,12 +51,13 @@ def test_search_agrees_with_a_brute_force_loop():
     result = search(spec, ["L4"], max_gpus=8)
     base = spec.model_dump(exclude={"training": {"gradient_accumulation_steps"}, "parallelism": {"data_parallel"}})
     feasible = {}
-    for n, t, p, z, mb, ck, off in itertools.product(gpu_counts(8), (1, 2, 4, 8), (1, 2, 4, 8, 16), range(4),
-                                                     MICRO_BATCHES, ("none", "selective", "full"), OFFLOADS):
+    for n, t, p, v, z, mb, ck, off in itertools.product(gpu_counts(8), (1, 2, 4, 8), (1, 2, 4, 8, 16),
+                                                        VIRTUAL_STAGES, range(4), MICRO_BATCHES,
+                                                        ("none", "selective", "full"), OFFLOADS):
         data = json.loads(json.dumps(base))
         data["cluster"].update(gpus_per_node=n, nodes=1)
-        data["parallelism"].update(tensor=t, pipeline=p, zero_stage=z, activation_checkpointing=ck,
-                                   offload_optimizer=off[0], offload_params=off[1])
+        data["parallelism"].update(tensor=t, pipeline=p, virtual_stages=v, zero_stage=z,
+                                   activation_checkpointing=ck, offload_optimizer=off[0], offload_params=off[1])
         data["training"]["micro_batch_size"] = mb
         try:
             candidate = Spec.model_validate(data)
@@ -66,11 +67,12 @@ def test_search_agrees_with_a_brute_force_loop():
             continue
         planned = plan(candidate, alternatives=False)
         if planned.fits:
-            feasible[(n, t, p, z, mb, ck, off)] = (planned.time["total_seconds"], planned.time["cost"])
+            feasible[(n, t, p, v, z, mb, ck, off)] = (planned.time["total_seconds"], planned.time["cost"])
     assert result.feasible == len(feasible) > 0
+    assert result.points["cost"].dtype == np.float64  # not an object array (exact Fractions): 75x slower
     assert result.points["cost"].size == len(feasible)
     for item in result.frontier:
-        key = (item.gpus, item.tensor, item.pipeline, item.zero_stage, item.micro_batch_size,
+        key = (item.gpus, item.tensor, item.pipeline, item.virtual_stages, item.zero_stage, item.micro_batch_size,
                item.activation_checkpointing, (item.offload_optimizer, item.offload_params))
         assert feasible[key] == pytest.approx((item.seconds, item.cost), rel=1e-9)
     cheapest = min(feasible.values(), key=lambda v: (v[1], v[0]))

@@ -11,14 +11,70 @@ def test_calibrated_on_llama2_model_card(name, gpu_hours):
     assert planned(name).time["gpu_hours"] == pytest.approx(gpu_hours, rel=0.20)
 
 
-def test_pipeline_bubble_is_p_minus_1_over_v_m():
-    base = ("cluster.nodes=4", "parallelism.zero_stage=1", "training.micro_batch_size=1",
-            "training.global_batch_size=64")
-    t = planned("llama2-7b", *base, "parallelism.pipeline=4").time
+PIPELINE = ("cluster.nodes=4", "parallelism.zero_stage=1", "training.micro_batch_size=1",
+            "training.global_batch_size=64", "parallelism.pipeline=4")
+
+
+def _slowest_stage_by_hand(plan, blocks: list[int]) -> float:
+    """The slowest stage's FLOPs over the mean stage's: blocks of equal FLOPs, and the LM head (6·V·h per token:
+    forward and backward, never recomputed) on the last stage."""
+    head = 6 * plan.spec.model.vocab_size * plan.spec.model.d_model
+    block = (plan.flops["per_token_hardware"] - head) / plan.spec.model.n_layers
+    stages = [n * block for n in blocks[:-1]] + [blocks[-1] * block + head]
+    return max(stages) / (sum(stages) / len(stages))
+
+
+def test_pipeline_bubble_is_p_minus_1_over_v_m_of_the_slowest_stage():
+    plan = planned("llama2-7b", *PIPELINE)
+    t = plan.time
     m = 64 // 8  # data parallel 32 / 4 = 8 replicas -> 8 micro-batches each
-    assert t["bubble_seconds"] == pytest.approx(3 / m * t["compute_seconds"])
-    tv = planned("llama2-7b", *base, "parallelism.pipeline=4", "parallelism.virtual_stages=2").time
+    slowest = _slowest_stage_by_hand(plan, [8, 8, 8, 8])  # the last stage also runs the LM head
+    assert slowest > 1.01
+    assert t["imbalance_seconds"] == pytest.approx((slowest - 1) * t["compute_seconds"])
+    assert t["bubble_seconds"] == pytest.approx(3 / m * slowest * t["compute_seconds"])
+    tv = planned("llama2-7b", *PIPELINE, "parallelism.virtual_stages=2").time
     assert tv["bubble_seconds"] == pytest.approx(t["bubble_seconds"] / 2)
+    assert tv["pp_seconds"] == pytest.approx(t["pp_seconds"] * (4 * 2 - 1) / (4 - 1))  # every chunk boundary
+    uneven = planned("llama2-7b", *PIPELINE, "parallelism.virtual_stages=3").time  # chunks of 3, 3 and 2 blocks
+    assert uneven["bubble_seconds"] == pytest.approx(t["bubble_seconds"] * 3 / 8)
+
+
+def test_an_uneven_split_runs_at_its_fullest_stage():
+    # Llama 3 405B's split: one block fewer on the first and last stages, which hold the embedding and the head
+    plan = planned("llama3-405b")
+    assert plan.spec.stage_blocks == [7] + [8] * 14 + [7]
+    slowest = _slowest_stage_by_hand(plan, plan.spec.stage_blocks)
+    assert plan.time["imbalance_seconds"] == pytest.approx((slowest - 1) * plan.time["compute_seconds"])
+    even = planned("llama3-405b", "parallelism.first_stage_layers=null", "parallelism.last_stage_layers=null",
+                   "model.n_layers=128")  # 8 blocks on every stage, the head on the last besides
+    assert even.time["imbalance_seconds"] > plan.time["imbalance_seconds"]
+
+
+def test_interleaving_holds_megatrons_warm_up_in_flight():
+    from llmspec.planner.numeric import inflight
+
+    def in_flight(p, m, v, rank):
+        return inflight(m=m, p=p, rank=rank, v=v)
+
+    # Korthikanti et al. 2022, §4.2.3: the first stage holds p(1 + (p − 1)/(p·v)) micro-batches' activations
+    for p, v in ((4, 2), (8, 4), (16, 7)):
+        assert in_flight(p, 10**6, v, 0) == pytest.approx(p * (1 + (p - 1) / (p * v)))
+    assert [in_flight(4, 100, 1, r) for r in range(4)] == [4, 3, 2, 1]  # 1F1B
+    assert in_flight(4, 3, 2, 0) == 3  # never more than the step's micro-batches
+    one, two = (planned("llama2-7b", *PIPELINE, "training.global_batch_size=1024", f"parallelism.virtual_stages={v}")
+                for v in (1, 2))
+    assert one.stage == two.stage == "first"  # blocks and the embedding, held per micro-batch; the tables once
+    held = [plan.env["memory_activations"] - plan.env["act_tables"] for plan in (one, two)]
+    assert held[1] / held[0] == pytest.approx((4 + 3 / 2) / 4)
+
+
+def test_auto_virtual_stages_picks_the_shortest_step_that_fits():
+    auto = planned("llama3-405b", "parallelism.virtual_stages=auto")
+    picked = auto.spec.parallelism.virtual_stages
+    steps = {v: planned("llama3-405b", f"parallelism.virtual_stages={v}").time["step_seconds"] for v in range(1, 8)}
+    assert picked == min(steps, key=steps.get) and 1 < picked <= 7
+    assert auto.time["step_seconds"] == steps[picked] < steps[1]
+    assert planned("llama2-7b", "parallelism.virtual_stages=auto").spec.parallelism.virtual_stages == 1  # no pipeline
 
 
 def test_step_time_is_sum_and_throughput_consistent():

@@ -17,10 +17,13 @@ if TYPE_CHECKING:  # measuring imports torch; the plan path must not
 
 OK, NO = "[green]✓[/]", "[red]✗[/]"
 # what the transient buffers are in the phase that sets the peak (PPO/GRPO have three phases; other runs one)
-_TIME_ROWS = (("compute_seconds", "  compute"), ("bubble_seconds", "  pipeline bubble"),
+_TIME_ROWS = (("compute_seconds", "  compute"), ("imbalance_seconds", "  slowest stage"),
+              ("bubble_seconds", "  pipeline bubble"),
               ("dp_exposed_seconds", "  data-parallel comm"), ("tp_seconds", "  tensor-parallel comm"),
               ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload"),
               ("ep_seconds", "  expert all-to-all"))
+_TIME_NOTES = {"imbalance_seconds": "uneven blocks, the LM head on the last stage",
+               "bubble_seconds": "fill and drain, (p − 1)/(v·m) of the slowest stage"}
 _BUFFERS = {"training": "logits / recompute / buckets", "generation": "KV cache, gathered policy, logits",
             "scoring": "a micro-batch's logits + log-softmax"}
 
@@ -65,7 +68,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     console.print(
         f"[bold]{spec.name}[/] · {fmt_count(p['total'])} params · {fmt_count(plan.total_tokens)} tokens · "
         f"{cl.gpus} × {plan.gpu_name} ({cl.nodes} node{'s' if cl.nodes > 1 else ''}) · {tr.precision} · "
-        f"DP {par.data_parallel} × TP {par.tensor} × PP {par.pipeline} · "
+        f"DP {par.data_parallel} × TP {par.tensor} × PP {par.pipeline}"
+        f"{f' ({par.virtual_stages} chunks each)' if par.virtual_stages != 1 else ''} · "
         f"micro-batch {tr.micro_batch_size} × {tr.gradient_accumulation_steps} accumulation")
 
     table = _table("Parameters", "count", "note")
@@ -131,7 +135,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     # an RL step's rows are its phases; any other step's, compute and what is exposed beside it
     for key, label in () if plan.phases else _TIME_ROWS:
         if t[key] > 0 or key == "compute_seconds":
-            table.add_row(label, fmt_duration(t[key]), "exposed, not hidden behind compute" if "comm" in label else "")
+            table.add_row(label, fmt_duration(t[key]), _TIME_NOTES.get(key, "exposed, not hidden behind compute"
+                                                                        if "comm" in label else ""))
     table.add_row("throughput", f"{fmt_count(t['tokens_per_second'])} tokens/s",
                   f"MFU {t['mfu']:.1%} · HFU {t['hfu']:.1%} (efficiency {plan.efficiency:.0%})")
     table.add_row("run", fmt_duration(t["total_seconds"]), f"{t['steps']:,} steps")
@@ -230,14 +235,16 @@ def render_size(result, spec, console: Console, sets: list[str] | None = None) -
     # a fine-tune is data-parallel only: its column says how the frozen base is stored instead of the split
     fine_tune = spec.post_training is not None
     table = Table(box=None, padding=(0, 1, 0, 0), header_style="bold")
-    for column in ("GPU", "GPUs", "base" if fine_tune else "TP×PP×DP", "ZeRO", "micro", "ckpt", "offload", "peak",
-                   "days", "GPU-h", "cost"):
+    for column in ("GPU", "GPUs", "base" if fine_tune else "TP×PP(v)×DP", "ZeRO", "micro", "ckpt", "offload",
+                   "GiB", "days", "GPU-h", "cost"):  # GiB: the peak per GPU
         table.add_column(column, justify="left" if column in ("GPU", "ckpt", "offload") else "right", no_wrap=True)
     for x in result.frontier:
         offload = "opt+par" if x.offload_params != "none" else ("opt" if x.offload_optimizer != "none" else "-")
-        layout = x.base_precision if fine_tune else f"{x.tensor}×{x.pipeline}×{x.gpus // (x.tensor * x.pipeline)}"
+        chunks = f"({x.virtual_stages})" if x.virtual_stages > 1 else ""  # interleaved 1F1B
+        layout = x.base_precision if fine_tune else \
+            f"{x.tensor}×{x.pipeline}{chunks}×{x.gpus // (x.tensor * x.pipeline)}"
         table.add_row(x.gpu, f"{x.gpus:,}", layout, str(x.zero_stage), str(x.micro_batch_size),
-                      x.activation_checkpointing, offload, f"{x.peak_memory / 2**30:.1f} GiB",
+                      x.activation_checkpointing, offload, f"{x.peak_memory / 2**30:.1f}",
                       f"{x.seconds / 86400:,.1f}", fmt_count(x.gpu_hours), fmt_money(x.cost) +
                       (" ◀" if x is result.best else ""), style="bold" if x is result.best else None)
     console.print(table)

@@ -32,7 +32,10 @@ t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
 sp_on = sp.Symbol("sequence_parallel", nonnegative=True)
 ep, bw_ep = _s("ep bw_ep", positive=True)
 ck_none, ck_sel, ck_full = _s("ck_none ck_selective ck_full", nonnegative=True)
-psi, P_L, L_here, inflight = _s("psi P_L L_here inflight", positive=True)
+psi, P_L, L_here = _s("psi P_L L_here", positive=True)
+rank_pp = sp.Symbol("rank", nonnegative=True)
+L_max, L_last = _s("L_max L_last", nonnegative=True)
+chunk = sp.Symbol("chunk_share", positive=True)
 first, last, z12, z3, overlap = _s("first_stage last_stage zero12 zero3 overlap_comm", nonnegative=True)
 w_bpp, g_bpp, o_bpp, g_bucket = _s("w_bpp g_bpp o_bpp g_bucket", nonnegative=True)
 reduce_bucket, prefetch_bucket = _s("reduce_bucket prefetch_bucket", positive=True)
@@ -95,7 +98,12 @@ INPUT_DOCS: dict[str, str] = {
     "v": "virtual pipeline stages", "n_gpu": "GPUs", "ck_none": "1 without activation checkpointing",
     "ck_selective": "1 for selective checkpointing (MLP recomputed)", "ck_full": "1 for full checkpointing",
     "psi": "parameters held by this GPU's model shard", "P_L": "parameters of the largest single module",
-    "L_here": "layers on this pipeline stage", "inflight": "micro-batches in flight on this stage (1F1B)",
+    "L_here": "layers on this pipeline stage",
+    "rank": "this pipeline stage's index (0: the first)",
+    "L_max": "blocks on the fullest pipeline stage other than the last (0 without a pipeline)",
+    "L_last": "blocks on the last pipeline stage (the whole model without a pipeline)",
+    "chunk_share": "the largest interleaved chunk's share of the fullest stage: ceil(blocks / v) / blocks (1/v "
+                   "when v divides the blocks)",
     "first_stage": "1 on the stage holding the embedding", "last_stage": "1 on the stage holding the LM head",
     "zero01": "1 for ZeRO stage 0 or 1", "zero2": "1 for ZeRO stage 2", "zero12": "1 for ZeRO stage 1 or 2",
     "zero3": "1 for ZeRO stage 3", "overlap_comm": "1 if DeepSpeed overlaps reduction with backward",
@@ -439,14 +447,23 @@ act_tables = define("act_tables", rope * rope_kept * 2 * P * d_h * e + (1 - adap
 t_whole = 1 + sp_on * (t - 1)
 layers_kept = ((1 - adapter) * L_here * ((act_kept - act_kept_split) / t_whole + act_kept_split / t)
                + adapter * ((L_here - 1) * frozen_kept + first_kept))
+# 1F1B holds p − rank micro-batches until the stage's first backward; interleaved 1F1B warms up
+# 2(p − rank − 1) + (v − 1)·p chunk micro-batches and holds one more in steady state (Megatron-LM's schedule; the
+# first stage's p + (p − 1)/v is Korthikanti et al. 2022, §4.2.3). In whole-stage units, never more than m.
+interleaved = sp.Min(v - 1, 1)
+inflight = define("inflight", sp.Min(m, (1 - interleaved) * (p - rank_pp)
+                                     + interleaved * (2 * (p - rank_pp - 1) + (v - 1) * p + 1) / v),
+                  "micro-batches whose block activations this stage holds at once", "")
+# The head's (and the loss's) micro-batches go backward as soon as they are forward: one in flight on the last
+# stage (its last chunk, interleaved), whatever the blocks before it hold.
 acts = define("memory_activations",
-              inflight * b * s * (layers_kept + first * act_embed / t_whole
-                                  + last * ((act_head - 4 * V) / t_whole + 4 * V / t))
+              inflight * b * s * (layers_kept + first * act_embed / t_whole)
+              + last * b * s * ((act_head - 4 * V) / t_whole + 4 * V / t)
               + inflight * prefix * (ck_none + ck_sel) * L_here * b * n_v * 2 * k * d_h * e
-              + first * act_tables + last * inflight * loss_saved,
-              "saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 "
-              "total weight); heads, MLP width and vocabulary split t ways, the rest too under sequence "
-              "parallelism", "B")
+              + first * act_tables + last * loss_saved,
+              "saved for backward by the micro-batches in flight (1F1B: p on the first stage; the head and the "
+              "loss's fp32 total weight: one); heads, MLP width and vocabulary split t ways, the rest too under "
+              "sequence parallelism", "B")
 
 # ---- memory: buffers and peak ------------------------------------------------------------------------------
 group("Memory: transient buffers and peak", "peak is a timeline: states + saved activations + the largest "
@@ -476,9 +493,20 @@ define("host_zero3", P_L * 4 * gpn * sp.Rational(3, 2), "ZeRO-3 without offload"
 
 # ---- time and cost -----------------------------------------------------------------------------------------
 group("Time and cost", "compute at a calibrated fraction of peak + exposed communication (ring collectives: "
-      "(d-1)/d of the bytes each way) + pipeline bubble (p-1)/(v·m) (Narayanan et al. 2021)")
+      "(d-1)/d of the bytes each way) + pipeline bubble (p-1)/(v·m) of the slowest stage's time (Narayanan et al. "
+      "2021)")
 t_compute = define("time_compute", hw * B * s / (n_gpu * F_peak * eff), "seconds of math per step", "s")
-t_bubble = define("time_bubble", (p - 1) / (v * m) * t_compute, "pipeline fill and drain", "s")
+# A pipeline runs at its slowest stage's pace: blocks split unevenly, and the LM head (forward and backward, never
+# recomputed) rides on the last stage. Pipelines train from scratch, so the head is the LM head.
+head_hw = 6 * V * h
+block_hw = (hw - head_hw) / L
+imbalance = define("pipeline_imbalance", sp.Max(L_max * block_hw, L_last * block_hw + head_hw) * p / hw,
+                   "the slowest pipeline stage's FLOPs over the mean stage's (1 without a pipeline)", "")
+t_imbalance = define("time_imbalance", (imbalance - 1) * t_compute,
+                     "stages waiting for the slowest one (uneven blocks, the LM head on the last stage)", "s")
+t_bubble = define("time_bubble", (p - 1) / m * chunk * imbalance * t_compute,
+                  "pipeline fill and drain: p − 1 of the largest chunk's forward and backward, at the slowest "
+                  "stage's pace ((p − 1)/(v·m) of a step's compute when v divides the blocks)", "s")
 dp_bytes = define("comm_dp_bytes", (dp - 1) / dp * psi * (z01 * 2 * g_bucket + z2 * (m * g_bucket + 2)
                                                            + z3 * m * (4 + g_bucket)),
                   "bytes each GPU sends per step for data parallelism: all-reduce (ZeRO-0/1), reduce-scatter per "
@@ -489,8 +517,8 @@ t_dp = define("time_dp_exposed", sp.Max(0, dp_bytes / bw_dp - window_dp),
               "data-parallel traffic not hidden behind backward compute", "s")
 t_tp = define("time_tp", (8 + 4 * ck_full) * L_here * (t - 1) / t * b * s * h * e * m / bw_tp,
               "tensor-parallel collectives: 4 per block forward, 4 backward (+4 when recomputing)", "s")
-t_pp = define("time_pp", (1 - 1 / p) * 2 * m * b * s * h * e / t / bw_pp,
-              "activations and their gradients sent between stages", "s")
+t_pp = define("time_pp", (p * v - 1) / p * 2 * m * b * s * h * e / t / bw_pp,
+              "activations and their gradients sent between stages (p·v − 1 chunk boundaries interleaved)", "s")
 t_off = define("time_offload", offload * psi / shard * ((g_bucket + w_bytes) / bw_host + gpn / adam_rate),
                "optimizer offload: gradients down and weights back over PCIe, then the CPU optimizer step "
                "(ZeRO-Offload, Ren et al. 2021; not overlapped)", "s")
@@ -500,8 +528,8 @@ ep_bytes = define("comm_ep_bytes", moe * (4 + 2 * (ck_full + ck_sel)) * m * L_he
                   "experts' ranks and back (all-to-all dispatch and combine), forward, backward and recompute",
                   "B")
 t_ep = define("time_ep", ep_bytes / bw_ep, "expert-parallel all-to-all (not overlapped)", "s")
-step = define("time_step", t_compute + t_bubble + t_dp + t_tp + t_pp + t_off + t_ep, "seconds per optimizer step",
-              "s")
+step = define("time_step", t_compute + t_imbalance + t_bubble + t_dp + t_tp + t_pp + t_off + t_ep,
+              "seconds per optimizer step", "s")
 tps = define("tokens_per_second", B * s / step, "training throughput", "tokens/s")
 secs = define("time_total", steps * step, "wall-clock for the run", "s")
 gpuh = define("gpu_hours", secs * n_gpu / 3600, "GPU-hours", "GPU·h")

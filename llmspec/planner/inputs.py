@@ -77,7 +77,11 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "masked": int(mo.sliding_window is not None and mo.sliding_window < seq),
         "t": par.tensor, "sequence_parallel": int(par.sequence_parallel), "p": par.pipeline, "ep": par.expert,
         "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
-        "v": par.virtual_stages, "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
+        # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1)
+        "v": (v := 1 if par.virtual_stages == "auto" else par.virtual_stages),
+        "chunk_share": Fraction(-(-max(spec.stage_blocks) // v), max(spec.stage_blocks)),
+        "L_last": spec.stage_blocks[-1], "L_max": max(spec.stage_blocks[:-1], default=0),
+        "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
         "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
         "overlap_comm": int(par.overlap_comm), "causal": 1, "reduce_bucket": par.reduce_bucket_size,
         "prefetch_bucket": par.prefetch_bucket_size,
@@ -164,8 +168,12 @@ def largest_module(env: dict[str, Any], tensor: Any = 1) -> Any:
 
 
 def _divide(value: Any, divisor: Any) -> Any:
-    """value / divisor, exact for Python ints (a Fraction), elementwise for numpy arrays."""
-    return Fraction(value, divisor) if isinstance(divisor, int) and not hasattr(value, "shape") else value / divisor
+    """value / divisor, exact for Python ints (an int when it divides, else a Fraction: a Fraction times a numpy
+    array would make an object array, 75× slower to evaluate), elementwise for numpy arrays."""
+    if isinstance(divisor, int) and not hasattr(value, "shape"):
+        exact = Fraction(value, divisor)
+        return exact.numerator if exact.denominator == 1 else exact
+    return value / divisor
 
 
 def strategy_inputs(spec: Spec, zero_stage: Any, checkpointing: Any, offload_optimizer: Any, offload_params: Any,

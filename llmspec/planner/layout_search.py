@@ -1,10 +1,10 @@
 """``llmspec size``: every parallel layout of a spec on every GPU type, scored at once, and the Pareto frontier.
 
 The search evaluates the same generated formulas the planner uses, on numpy arrays: one column per
-configuration (GPU count × tensor × pipeline × ZeRO stage × micro-batch × checkpointing × CPU offload, per GPU
-type). Divisibility rules are applied as masks before scoring; what does not fit, misses the deadline or exceeds
-the budget is dropped after. The frontier is the set of feasible layouts no other layout beats on both time and
-cost. Every frontier item carries the ``--set`` overrides that make ``llmspec plan`` reproduce it.
+configuration (GPU count × tensor × pipeline × interleaved chunks × ZeRO stage × micro-batch × checkpointing ×
+CPU offload, per GPU type). Divisibility rules are applied as masks before scoring; what does not fit, misses the
+deadline or exceeds the budget is dropped after. The frontier is the set of feasible layouts no other layout beats
+on both time and cost. Every frontier item carries the ``--set`` overrides that make ``llmspec plan`` reproduce it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from llmspec.spec.schema import Spec
 # (optimizer, parameter) offload of each searched code: none; the optimizer to the CPU; both to the CPU
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
+VIRTUAL_STAGES = (1, 2, 4, 8)  # interleaved 1F1B chunks per pipeline stage
 DEFAULT_GPUS = ("H100-SXM", "A100-80GB", "H200")
 # a fine-tune asks "which GPU do I need": consumer and inference cards too
 FINE_TUNE_GPUS = ("RTX-4090", "L4", "A100-40GB", "A100-80GB", "H100-SXM", "H200")
@@ -48,6 +49,7 @@ class Layout:
     gpus: int
     tensor: int
     pipeline: int
+    virtual_stages: int
     zero_stage: int
     micro_batch_size: int
     activation_checkpointing: str
@@ -70,7 +72,8 @@ class Layout:
     def sets(self) -> list[str]:
         return [f"cluster.gpu={self.gpu}", f"cluster.gpus_per_node={self.gpus_per_node}",
                 f"cluster.nodes={self.nodes}", f"parallelism.tensor={self.tensor}",
-                f"parallelism.pipeline={self.pipeline}", f"parallelism.zero_stage={self.zero_stage}",
+                f"parallelism.pipeline={self.pipeline}", f"parallelism.virtual_stages={self.virtual_stages}",
+                f"parallelism.zero_stage={self.zero_stage}",
                 f"parallelism.activation_checkpointing={self.activation_checkpointing}",
                 f"parallelism.offload_optimizer={self.offload_optimizer}",
                 f"parallelism.offload_params={self.offload_params}",
@@ -79,7 +82,8 @@ class Layout:
 
     def to_json(self) -> dict[str, Any]:
         return {"sets": self.sets(), "gpu": self.gpu, "gpus": self.gpus, "tensor": self.tensor,
-                "pipeline": self.pipeline, "data_parallel": self.gpus // (self.tensor * self.pipeline),
+                "pipeline": self.pipeline, "virtual_stages": self.virtual_stages,
+                "data_parallel": self.gpus // (self.tensor * self.pipeline),
                 "zero_stage": self.zero_stage, "micro_batch_size": self.micro_batch_size,
                 "activation_checkpointing": self.activation_checkpointing,
                 "offload_optimizer": self.offload_optimizer, "offload_params": self.offload_params,
@@ -119,10 +123,11 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     fine_tune = spec.post_training is not None
     pipelines = [1] if fine_tune else [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= mo.n_layers]
     tensors = (1,) if fine_tune else (1, 2, 4, 8)
-    axes = (gpu_counts(max_gpus), tensors, pipelines, range(4), MICRO_BATCHES, range(len(CHECKPOINTING)),
-            range(len(OFFLOADS)))
-    n, t, p, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes], indexing="ij"))
+    axes = (gpu_counts(max_gpus), tensors, pipelines, VIRTUAL_STAGES, range(4), MICRO_BATCHES,
+            range(len(CHECKPOINTING)), range(len(OFFLOADS)))
+    n, t, p, v, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes], indexing="ij"))
     ok = (n % (t * p) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, NODE))
+    ok &= (v == 1) | ((p > 1) & (v <= mo.n_layers // p))  # at least one block per chunk
     dp = np.maximum(n // (t * p), 1)
     ok &= (tr.global_batch_size % (mb * dp) == 0) & ~((p > 1) & (z > 1))  # DeepSpeed pipelines: ZeRO ≤ 1
     ok &= ~((off >= 1) & (z == 0)) & ~((off == 2) & (z != 3))  # offload needs ZeRO ≥ 1; params need ZeRO-3
@@ -131,36 +136,38 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     if not ok.any():
         raise LLMSpecError(f"{spec.name}: no layout up to {max_gpus} GPUs divides the global batch "
                            f"{tr.global_batch_size} and the heads")
-    return {"n": n[ok], "t": t[ok], "p": p[ok], "z": z[ok], "mb": mb[ok], "ck": ck[ok], "off": off[ok]}
+    return {"n": n[ok], "t": t[ok], "p": p[ok], "v": v[ok], "z": z[ok], "mb": mb[ok], "ck": ck[ok], "off": off[ok]}
 
 
 def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Peak memory, step and run time, GPU-hours and cost of every layout in ``grid`` on ``gpu``."""
     arch = architecture_inputs(spec)
     base = numeric.evaluate(arch, PARAMETER_FORMULAS)
-    n, t, p, z, mb, ck, off = (grid[k] for k in ("n", "t", "p", "z", "mb", "ck", "off"))
+    n, t, p, v, z, mb, ck, off = (grid[k] for k in ("n", "t", "p", "v", "z", "mb", "ck", "off"))
     dp = n // (t * p)
     m = spec.training.global_batch_size // (mb * dp)
     nodes = np.maximum(1, n // NODE)
     per_node = n // nodes
     layers = -(-spec.model.n_layers // p)
+    fuller = spec.model.n_layers % p  # stages with one block more (Spec.stage_blocks: the last ones)
     cpu = OFFLOAD_MODES.index("cpu")
     common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p),
               **strategy_inputs(spec, z, ck, (off >= 1) * cpu, (off == 2) * cpu, dp),
               "b": mb * sequences_per_example(spec.post_training), "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n,
               "nodes": nodes, "gpus_per_node": per_node,
-              "L_here": layers, "P_L": largest_module(base, t)}
+              "L_here": layers, "P_L": largest_module(base, t), "v": v, "chunk_share": -(-layers // v) / layers,
+              "L_last": layers, "L_max": np.where(p > 1, spec.model.n_layers // p + (fuller > 1), 0)}
     single = p == 1
 
-    def stage(first: np.ndarray, last: np.ndarray, inflight: np.ndarray) -> dict[str, np.ndarray]:
+    def stage(first: np.ndarray, last: np.ndarray, rank: np.ndarray) -> dict[str, np.ndarray]:
         # a fine-tune shards what trains; its frozen weights are formulas of their own (memory_frozen)
         held = base["params_trainable"] * np.ones_like(p) if spec.post_training is not None else \
             stage_params(base, first, last, layers, t)
-        env = {**common, "first_stage": first, "last_stage": last, "inflight": inflight, "psi": held}
+        env = {**common, "first_stage": first, "last_stage": last, "rank": rank, "psi": held}
         return numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
 
-    head = stage(np.ones_like(p), single * 1, np.where(single, 1, np.minimum(p, m)))
-    tail = stage(single * 1, np.ones_like(p), np.ones_like(p))
+    head = stage(np.ones_like(p), single * 1, np.zeros_like(p))
+    tail = stage(single * 1, np.ones_like(p), p - 1)
     use_head = head["memory_peak"] >= tail["memory_peak"]
     return {key: np.where(use_head, head[key], tail[key]) for key in
             ("memory_peak", "time_step", "time_total", "gpu_hours", "cost")}
@@ -236,7 +243,7 @@ def _pareto(seconds: np.ndarray, cost: np.ndarray) -> list[int]:
 def _layout(gpu: catalogue.GPU, storage: str | None, grid: dict[str, np.ndarray], scores: dict[str, np.ndarray],
             i: int) -> Layout:
     off = OFFLOADS[int(grid["off"][i])]
-    return Layout(gpu.name, int(grid["n"][i]), int(grid["t"][i]), int(grid["p"][i]), int(grid["z"][i]),
-                  int(grid["mb"][i]), CHECKPOINTING[int(grid["ck"][i])], off[0], off[1], storage,
+    return Layout(gpu.name, int(grid["n"][i]), int(grid["t"][i]), int(grid["p"][i]), int(grid["v"][i]),
+                  int(grid["z"][i]), int(grid["mb"][i]), CHECKPOINTING[int(grid["ck"][i])], off[0], off[1], storage,
                   float(scores["memory_peak"][i]), float(scores["time_total"][i]), float(scores["gpu_hours"][i]),
                   float(scores["cost"][i]))

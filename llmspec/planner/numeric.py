@@ -340,9 +340,14 @@ def act_tables(L, P, adapter, ck_full, d_h, e, learned, lora_k, lora_q, lora_qkv
     return 2*P*d_h*e*rope*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - _min(1, L - 1)) + 1) + e*masked*s**2*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix)*(1 - _min(1, L - 1)) + 1) + e*prefix*s*(n_virtual + s) + 8*learned*s*(1 - adapter)
 
 
+def inflight(m, p, rank, v):
+    """micro-batches whose block activations this stage holds at once []"""
+    return _min(m, (1 - _min(1, v - 1))*(p - rank) + (p*(v - 1) + 2*p - 2*rank - 1)*_min(1, v - 1)/v)
+
+
 def memory_activations(L_here, V, act_embedding, act_first_layer_kept_frozen, act_head, act_layer_kept, act_layer_kept_frozen, act_layer_kept_split, act_tables, adapter, b, ck_none, ck_selective, d_h, e, first_stage, inflight, k, last_stage, loss_saved, n_virtual, prefix, s, sequence_parallel, t):
-    """saved for backward by the micro-batches in flight (1F1B: p on the first stage; + the loss's fp32 total weight); heads, MLP width and vocabulary split t ways, the rest too under sequence parallelism [B]"""
-    return 2*L_here*b*d_h*e*inflight*k*n_virtual*prefix*(ck_none + ck_selective) + act_tables*first_stage + b*inflight*s*(L_here*(1 - adapter)*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + adapter*(act_first_layer_kept_frozen + act_layer_kept_frozen*(L_here - 1)) + last_stage*(4*V/t + (-4*V + act_head)/(sequence_parallel*(t - 1) + 1))) + inflight*last_stage*loss_saved
+    """saved for backward by the micro-batches in flight (1F1B: p on the first stage; the head and the loss's fp32 total weight: one); heads, MLP width and vocabulary split t ways, the rest too under sequence parallelism [B]"""
+    return 2*L_here*b*d_h*e*inflight*k*n_virtual*prefix*(ck_none + ck_selective) + act_tables*first_stage + b*inflight*s*(L_here*(1 - adapter)*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + adapter*(act_first_layer_kept_frozen + act_layer_kept_frozen*(L_here - 1))) + b*last_stage*s*(4*V/t + (-4*V + act_head)/(sequence_parallel*(t - 1) + 1)) + last_stage*loss_saved
 
 
 def buffer_logits(V, b, e, last_stage, s, t):
@@ -400,9 +405,19 @@ def time_compute(B, F_peak, eff, flops_per_token_hardware, n_gpu, s):
     return B*flops_per_token_hardware*s/(F_peak*eff*n_gpu)
 
 
-def time_bubble(m, p, time_compute, v):
-    """pipeline fill and drain [s]"""
-    return time_compute*(p - 1)/(m*v)
+def pipeline_imbalance(L, L_last, L_max, V, flops_per_token_hardware, h, p):
+    """the slowest pipeline stage's FLOPs over the mean stage's (1 without a pipeline) []"""
+    return p*_max(L_max*(-6*V*h + flops_per_token_hardware)/L, 6*V*h + L_last*(-6*V*h + flops_per_token_hardware)/L)/flops_per_token_hardware
+
+
+def time_imbalance(pipeline_imbalance, time_compute):
+    """stages waiting for the slowest one (uneven blocks, the LM head on the last stage) [s]"""
+    return time_compute*(pipeline_imbalance - 1)
+
+
+def time_bubble(chunk_share, m, p, pipeline_imbalance, time_compute):
+    """pipeline fill and drain: p − 1 of the largest chunk's forward and backward, at the slowest stage's pace ((p − 1)/(v·m) of a step's compute when v divides the blocks) [s]"""
+    return chunk_share*pipeline_imbalance*time_compute*(p - 1)/m
 
 
 def comm_dp_bytes(dp, g_bucket, m, psi, zero01, zero2, zero3):
@@ -420,9 +435,9 @@ def time_tp(L_here, b, bw_tp, ck_full, e, h, m, s, t):
     return L_here*b*e*h*m*s*(4*ck_full + 8)*(t - 1)/(bw_tp*t)
 
 
-def time_pp(b, bw_pp, e, h, m, p, s, t):
-    """activations and their gradients sent between stages [s]"""
-    return b*e*h*m*s*(2 - 2/p)/(bw_pp*t)
+def time_pp(b, bw_pp, e, h, m, p, s, t, v):
+    """activations and their gradients sent between stages (p·v − 1 chunk boundaries interleaved) [s]"""
+    return 2*b*e*h*m*s*(p*v - 1)/(bw_pp*p*t)
 
 
 def time_offload(bw_host, cpu_adam_rate, g_bucket, gpus_per_node, offload, psi, shard, w_bytes):
@@ -440,9 +455,9 @@ def time_ep(bw_ep, comm_ep_bytes):
     return comm_ep_bytes/bw_ep
 
 
-def time_step(time_bubble, time_compute, time_dp_exposed, time_ep, time_offload, time_pp, time_tp):
+def time_step(time_bubble, time_compute, time_dp_exposed, time_ep, time_imbalance, time_offload, time_pp, time_tp):
     """seconds per optimizer step [s]"""
-    return time_bubble + time_compute + time_dp_exposed + time_ep + time_offload + time_pp + time_tp
+    return time_bubble + time_compute + time_dp_exposed + time_ep + time_imbalance + time_offload + time_pp + time_tp
 
 
 def tokens_per_second(B, s, time_step):
@@ -652,6 +667,7 @@ ARGUMENTS = {
     'act_embedding': ('adapter', 'dropout', 'e_mask', 'h'),
     'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'dpo', 'e', 'h', 'value_head'),
     'act_tables': ('L', 'P', 'adapter', 'ck_full', 'd_h', 'e', 'learned', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 's'),
+    'inflight': ('m', 'p', 'rank', 'v'),
     'memory_activations': ('L_here', 'V', 'act_embedding', 'act_first_layer_kept_frozen', 'act_head', 'act_layer_kept', 'act_layer_kept_frozen', 'act_layer_kept_split', 'act_tables', 'adapter', 'b', 'ck_none', 'ck_selective', 'd_h', 'e', 'first_stage', 'inflight', 'k', 'last_stage', 'loss_saved', 'n_virtual', 'prefix', 's', 'sequence_parallel', 't'),
     'buffer_logits': ('V', 'b', 'e', 'last_stage', 's', 't'),
     'buffer_recompute': ('act_attention_split', 'act_layer', 'act_mlp', 'act_mlp_split', 'act_norm', 'b', 'ck_full', 'ck_selective', 's', 'sequence_parallel', 't'),
@@ -664,15 +680,17 @@ ARGUMENTS = {
     'host_zero3_offload': ('nodes', 'psi'),
     'host_zero3': ('P_L', 'gpus_per_node'),
     'time_compute': ('B', 'F_peak', 'eff', 'flops_per_token_hardware', 'n_gpu', 's'),
-    'time_bubble': ('m', 'p', 'time_compute', 'v'),
+    'pipeline_imbalance': ('L', 'L_last', 'L_max', 'V', 'flops_per_token_hardware', 'h', 'p'),
+    'time_imbalance': ('pipeline_imbalance', 'time_compute'),
+    'time_bubble': ('chunk_share', 'm', 'p', 'pipeline_imbalance', 'time_compute'),
     'comm_dp_bytes': ('dp', 'g_bucket', 'm', 'psi', 'zero01', 'zero2', 'zero3'),
     'time_dp_exposed': ('bw_dp', 'comm_dp_bytes', 'm', 'overlap_comm', 'time_compute', 'zero01', 'zero2', 'zero3'),
     'time_tp': ('L_here', 'b', 'bw_tp', 'ck_full', 'e', 'h', 'm', 's', 't'),
-    'time_pp': ('b', 'bw_pp', 'e', 'h', 'm', 'p', 's', 't'),
+    'time_pp': ('b', 'bw_pp', 'e', 'h', 'm', 'p', 's', 't', 'v'),
     'time_offload': ('bw_host', 'cpu_adam_rate', 'g_bucket', 'gpus_per_node', 'offload', 'psi', 'shard', 'w_bytes'),
     'comm_ep_bytes': ('K', 'L_here', 'b', 'ck_full', 'ck_selective', 'e', 'ep', 'h', 'm', 'moe', 's', 't'),
     'time_ep': ('bw_ep', 'comm_ep_bytes'),
-    'time_step': ('time_bubble', 'time_compute', 'time_dp_exposed', 'time_ep', 'time_offload', 'time_pp', 'time_tp'),
+    'time_step': ('time_bubble', 'time_compute', 'time_dp_exposed', 'time_ep', 'time_imbalance', 'time_offload', 'time_pp', 'time_tp'),
     'tokens_per_second': ('B', 's', 'time_step'),
     'time_total': ('steps', 'time_step'),
     'gpu_hours': ('n_gpu', 'time_total'),
@@ -714,6 +732,8 @@ Name = Literal[
     'K',
     'L',
     'L_here',
+    'L_last',
+    'L_max',
     'P',
     'P_L',
     'V',
@@ -728,6 +748,7 @@ Name = Literal[
     'bw_pp',
     'bw_tp',
     'causal',
+    'chunk_share',
     'ck_full',
     'ck_none',
     'ck_selective',
@@ -753,7 +774,6 @@ Name = Literal[
     'gpus_per_node',
     'h',
     'hbm_bandwidth',
-    'inflight',
     'int8',
     'k',
     'kv_bytes',
@@ -788,6 +808,7 @@ Name = Literal[
     'psi',
     'qkv_bias',
     'r',
+    'rank',
     'reduce_bucket',
     'reference_copy',
     'reference_forward',
@@ -873,6 +894,7 @@ Name = Literal[
     'act_embedding',
     'act_head',
     'act_tables',
+    'inflight',
     'memory_activations',
     'buffer_logits',
     'buffer_recompute',
@@ -885,6 +907,8 @@ Name = Literal[
     'host_zero3_offload',
     'host_zero3',
     'time_compute',
+    'pipeline_imbalance',
+    'time_imbalance',
     'time_bubble',
     'comm_dp_bytes',
     'time_dp_exposed',
@@ -924,7 +948,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'inflight', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'chunk_share', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -989,6 +1013,7 @@ GROUPS = {
     'act_embedding': 'Memory: activations',
     'act_head': 'Memory: activations',
     'act_tables': 'Memory: activations',
+    'inflight': 'Memory: activations',
     'memory_activations': 'Memory: activations',
     'buffer_logits': 'Memory: transient buffers and peak',
     'buffer_recompute': 'Memory: transient buffers and peak',
@@ -1001,6 +1026,8 @@ GROUPS = {
     'host_zero3_offload': 'Host memory per node',
     'host_zero3': 'Host memory per node',
     'time_compute': 'Time and cost',
+    'pipeline_imbalance': 'Time and cost',
+    'time_imbalance': 'Time and cost',
     'time_bubble': 'Time and cost',
     'comm_dp_bytes': 'Time and cost',
     'time_dp_exposed': 'Time and cost',

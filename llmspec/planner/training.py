@@ -125,7 +125,8 @@ class Plan:
         return {
             "step_seconds": e["time_step"], "tokens_per_second": e["tokens_per_second"],
             "total_seconds": e["time_total"], "days": e["time_total"] / 86400, "gpu_hours": e["gpu_hours"],
-            "cost": e["cost"], "compute_seconds": e["time_compute"], "bubble_seconds": e["time_bubble"],
+            "cost": e["cost"], "compute_seconds": e["time_compute"], "imbalance_seconds": e["time_imbalance"],
+            "bubble_seconds": e["time_bubble"],
             "dp_exposed_seconds": e["time_dp_exposed"], "tp_seconds": e["time_tp"], "pp_seconds": e["time_pp"],
             "offload_seconds": e["time_offload"], "ep_seconds": e["time_ep"],
             "mfu": e["mfu"], "hfu": e["hfu"], "steps": e["steps"],
@@ -199,7 +200,8 @@ class Plan:
             "gpu": {"name": self.gpu_name, "memory": self.gpu_memory, "usable": self.usable_memory,
                     "count": spec.cluster.gpus, "efficiency": self.efficiency},
             "layout": {"data_parallel": spec.parallelism.data_parallel, "tensor": spec.parallelism.tensor,
-                       "pipeline": spec.parallelism.pipeline,
+                       "pipeline": spec.parallelism.pipeline, "virtual_stages": spec.parallelism.virtual_stages,
+                       "stage_blocks": spec.stage_blocks,
                        "gradient_accumulation_steps": spec.training.gradient_accumulation_steps,
                        "peak_stage": self.stage},
             "regime": {"name": spec.parallelism.byte_regime, "precision": spec.training.precision,
@@ -239,7 +241,7 @@ def memory_breakdown(env: dict[str, Any]) -> dict[str, int]:
 
 
 def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) -> dict[str, Any]:
-    par, tr = spec.parallelism, spec.training
+    par = spec.parallelism
     p, t = par.pipeline, par.tensor
     first, last = stage in ("only", "first"), stage in ("only", "last")
     split = spec.stage_layers
@@ -258,11 +260,11 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
         sharded_like_experts = strategy_inputs(spec, *codes, par.data_parallel // par.expert)
         for kind in ("w_bpp", "g_bpp", "o_bpp"):
             env[kind] = (env[kind] * (psi - experts) + sharded_like_experts[kind] * experts) / psi
+    rank = {"only": 0, "first": 0, "middle": 1}.get(stage, p - 1)
     env.update({
         "psi": psi,
         "first_stage": int(first), "last_stage": int(last), "L_here": layers,
-        # 1F1B: stage i holds p - i micro-batches (at most the step's) until its first backward
-        "inflight": min({"first": p, "middle": p - 1}.get(stage, 1), tr.gradient_accumulation_steps),
+        "rank": rank,
     })
     env["P_L"] = largest_module(env, t)
     return numeric.evaluate(env, TRAINING_FORMULAS)
@@ -332,12 +334,13 @@ def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[i
 
 
 def plan(spec: Spec, alternatives: bool = True) -> Plan:
-    """Plan a spec: the chosen strategy in full, and (by default) every alternative strategy's peak and time."""
+    """Plan a spec: the chosen strategy in full, and (by default) every alternative strategy's peak and time.
+    ``virtual_stages: auto`` is resolved first; the plan's spec carries the count picked."""
     par = spec.parallelism
-    base = numeric.evaluate({**architecture_inputs(spec), **device_inputs(spec)}, PARAMETER_FORMULAS)
     others = _rl_models(spec)
     chosen = Strategy(par.zero_stage, par.activation_checkpointing, par.offload_optimizer, par.offload_params)
-    stage, env = _peak_stage(spec, base, chosen, others)
+    spec, base, (stage, env) = _with_virtual_stages(spec, chosen, others)
+    par = spec.parallelism
     host, nvme, host_deepspeed = _host_memory(spec, env, chosen)
     gpu = spec.cluster.device
     usable = usable_memory(gpu, spec)
@@ -350,6 +353,30 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
             result.alternatives.append(Alternative(strategy, memory, memory["peak"] <= usable, alt["time_step"],
                                                    alt["time_total"], alt["cost"], strategy == chosen))
     return result
+
+
+def with_chunks(spec: Spec, v: int) -> Spec:
+    return spec.model_copy(update={"parallelism": spec.parallelism.model_copy(update={"virtual_stages": v})})
+
+
+def _with_virtual_stages(spec: Spec, chosen: Strategy, others) -> tuple[Spec, dict[str, Any], tuple[str, dict]]:
+    """The spec with its virtual stages resolved, its base inputs, and its peak stage under ``chosen``. ``auto``
+    tries every count a stage's blocks allow (1 … the fewest blocks on a stage) and keeps the shortest step that
+    fits, or the smallest peak when none fits."""
+    counts = [spec.parallelism.virtual_stages]
+    if counts[0] == "auto":
+        counts = list(range(1, min(spec.stage_blocks) + 1)) if spec.parallelism.pipeline > 1 else [1]
+    usable = usable_memory(spec.cluster.device, spec)
+    best = None
+    for v in counts:
+        candidate = with_chunks(spec, v)
+        base = numeric.evaluate({**architecture_inputs(candidate), **device_inputs(candidate)}, PARAMETER_FORMULAS)
+        peak = _peak_stage(candidate, base, chosen, others)
+        env = peak[1]
+        score = (0, env["time_step"]) if env["memory_peak"] <= usable else (1, env["memory_peak"])
+        if best is None or score < best[0]:
+            best = (score, candidate, base, peak)
+    return best[1:]
 
 
 def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False,

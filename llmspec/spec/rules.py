@@ -78,18 +78,23 @@ def consistency_problems(spec: Spec) -> list[Problem]:
                                              "parallelism.tensor > 1")
     if p > m.n_layers:
         bad("parallelism.pipeline", f"pipeline degree {p} exceeds n_layers {m.n_layers}")
-    if par.virtual_stages > 1 and (p == 1 or m.n_layers % (p * par.virtual_stages)):
-        bad("parallelism.virtual_stages",
-            f"virtual_stages {par.virtual_stages} needs pipeline > 1 and n_layers divisible by pipeline × stages")
     given = [n for n in (par.first_stage_layers, par.last_stage_layers) if n is not None]
+    split_ok = p <= m.n_layers
     if given and p == 1:
         bad("parallelism.first_stage_layers", "first/last_stage_layers split a pipeline: they need pipeline > 1")
     elif given:
         rest, stages = m.n_layers - sum(given), p - len(given)
         if (stages == 0 and rest != 0) or (stages and (rest < stages or rest % stages)):
+            split_ok = False
             bad("parallelism.first_stage_layers",
                 f"n_layers {m.n_layers} less first/last_stage_layers ({' + '.join(map(str, given))}) leaves {rest} "
                 f"for the other {stages} stage(s): they must divide evenly, at least one each")
+    v = par.virtual_stages
+    if v != "auto" and v > 1 and p == 1:
+        bad("parallelism.virtual_stages", f"virtual_stages {v} interleaves a pipeline: it needs pipeline > 1")
+    elif v != "auto" and v > 1 and split_ok and (fewest := min(spec.stage_blocks)) < v:
+        bad("parallelism.virtual_stages", f"virtual_stages {v}: a stage of {fewest} block{'s' * (fewest != 1)} "
+                                          f"cannot run {v} chunks (at least one block each)")
     if par.expert > 1 and m.moe is None:
         bad("parallelism.expert", f"expert degree {par.expert} splits experts: the model has none (model.moe)")
     elif par.expert > 1 and m.moe.n_experts % par.expert:

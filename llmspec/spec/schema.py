@@ -172,7 +172,10 @@ class ParallelismSpec(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 0
     tensor: Positive = 1
     pipeline: Positive = 1
-    virtual_stages: Positive = Field(1, description="interleaved pipeline chunks per GPU")
+    virtual_stages: Positive | Literal["auto"] = Field(
+        1, description="interleaved 1F1B: model chunks per pipeline stage (Narayanan et al. 2021), each stage's "
+        "blocks split into this many as evenly as they go; auto: the planner picks the count with the shortest step "
+        "that fits (`run` trains 1: DeepSpeed's pipeline runs one chunk per rank)")
     expert: Positive = Field(1, description="expert-parallel degree: each MoE layer's experts split over this many "
                              "data-parallel ranks (DeepSpeed AutoEP)")
     first_stage_layers: Positive | None = Field(
@@ -274,6 +277,17 @@ class Spec(_Section):
         middle = p - len(given)
         each = (self.model.n_layers - sum(given)) // middle if middle else 0
         return [first or each, *([each] * (p - 2)), last or each]
+
+    @property
+    def stage_blocks(self) -> list[int]:
+        """Blocks on each pipeline stage: the uneven split as given, else DeepSpeed's balance (counts differ by at
+        most one; the fuller stages are taken to be the last ones, which hold the LM head: the slower case)."""
+        split = self.stage_layers
+        if split is not None:
+            return split
+        p, n = self.parallelism.pipeline, self.model.n_layers
+        fuller = n % p
+        return [n // p] * (p - fuller) + [n // p + 1] * fuller
 
     @model_validator(mode="after")
     def _check_and_derive(self) -> Spec:

@@ -40,9 +40,12 @@ def check_runnable(spec: Spec) -> None:
         raise LLMSpecError("parallelism.sequence_parallel: planned, not run (DeepSpeed's AutoTP holds the "
                            "activations outside the split layers whole); set it to false to run, and the plan "
                            "counts them whole too")
-    if par.virtual_stages > 1:
-        raise LLMSpecError(f"parallelism.virtual_stages {par.virtual_stages}: planned, not yet trained (DeepSpeed's "
-                           "pipeline runs one stage per rank); set parallelism.virtual_stages=1 to run")
+    chunks = plan(spec, alternatives=False).spec.parallelism.virtual_stages if par.pipeline > 1 else 1
+    if chunks > 1:  # `auto` runs when the plan picks 1
+        picked = f" (the plan picks {chunks})" if par.virtual_stages == "auto" else ""
+        raise LLMSpecError(f"parallelism.virtual_stages {par.virtual_stages}{picked}: planned, not trained "
+                           "(DeepSpeed's pipeline runs one chunk per rank, 1F1B); set parallelism.virtual_stages=1 "
+                           "to run")
     if cl.device.name != "cpu":
         check_devices(spec, local_gpus())
 
