@@ -107,6 +107,8 @@ def test_set_override_errors_are_attributed():
     (["training.schedule={min_lr: 1.0}"], "training.schedule.min_lr", "exceeds optimizer.lr"),
     (["training.max_steps=null"], "training", "training.tokens"),
     (["parallelism.virtual_stages=2"], "parallelism.virtual_stages", "needs pipeline > 1"),
+    (["parallelism.context=3", "cluster.gpus_per_node=3"], "parallelism.context", "must divide by 6"),
+    (["parallelism.context=16"], "parallelism.tensor", "tensor × pipeline × context = 16"),
     (["parallelism.pipeline=2", "parallelism.virtual_stages=2"], "parallelism.virtual_stages",
      "a stage of 1 block cannot run 2 chunks"),
     (["name=../etc"], "name", "pattern"),

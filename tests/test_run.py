@@ -299,6 +299,10 @@ def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
       "training.global_batch_size=32"], 2, "parallelism.sequence_parallel: planned, not run"),
     (["parallelism.pipeline=2", "parallelism.virtual_stages=2", "cluster.gpus_per_node=2",
       "training.global_batch_size=32"], 2, "parallelism.virtual_stages 2"),
+    (["parallelism.pipeline=2", "parallelism.virtual_stages=auto", "cluster.gpus_per_node=2",
+      "training.global_batch_size=32"], 2, "parallelism.virtual_stages auto (the plan picks 2)"),
+    (["parallelism.context=2", "cluster.gpus_per_node=2", "training.global_batch_size=32"], 2,
+     "parallelism.context 2: planned, not trained"),
 ])
 def test_what_run_cannot_execute_is_refused_before_anything_starts(tmp_path, sets, code, needle):
     args = ["run", "tiny", "--out", str(tmp_path / "r"), "--dry-run"]

@@ -107,3 +107,37 @@ def test_slower_network_exposes_data_parallel_traffic():
     fast = planned("llama2-7b", "training.micro_batch_size=1").time
     slow = planned("llama2-7b", "training.micro_batch_size=1", "cluster.inter_node_bandwidth=1").time
     assert slow["dp_exposed_seconds"] > fast["dp_exposed_seconds"]
+
+
+CONTEXT = ("training.seq_len=32768", "model.max_seq_len=32768", "cluster.nodes=4", "parallelism.zero_stage=1",
+           "training.global_batch_size=64")
+
+
+def test_context_parallelism_splits_each_sequence_and_hides_its_ring_behind_attention():
+    one, ring = planned("llama2-7b", *CONTEXT), planned("llama2-7b", *CONTEXT, "parallelism.context=8")
+    assert (one.spec.parallelism.data_parallel, ring.spec.parallelism.data_parallel) == (32, 4)
+    # the same FLOPs on the same GPUs; every per-position activation, and the logits, split 8 ways
+    assert ring.time["compute_seconds"] == pytest.approx(one.time["compute_seconds"])
+    held = [plan.env["memory_activations"] - plan.env["act_tables"] for plan in (one, ring)]
+    assert held[1] == pytest.approx(held[0] / 8)
+    assert ring.env["buffer_logits"] == pytest.approx(one.env["buffer_logits"] / 8)
+    # ZeRO shards over every rank holding the weights: 32 either way
+    assert ring.memory["model_states"] == one.memory["model_states"]
+    # each layer passes every GPU's keys and values to the 7 others: forward, backward (with gradients), by hand
+    tr, k, d_h = ring.spec.training, 32, 128
+    recompute = ring.spec.parallelism.activation_checkpointing == "full"
+    sent = (3 + recompute) * 7 * 32 * tr.gradient_accumulation_steps * tr.micro_batch_size * (32768 // 8) * 2 * k \
+        * d_h * 2
+    assert ring.env["comm_cp_bytes"] == pytest.approx(sent)
+    assert ring.time["cp_seconds"] == 0 < ring.env["time_attention"]  # at 32K, attention outlasts the exchange
+    slow = planned("llama2-7b", *CONTEXT, "parallelism.context=8", "cluster.intra_node_bandwidth=1")  # 1 GB/s
+    assert slow.time["cp_seconds"] == pytest.approx(sent / 1e9 - slow.env["time_attention"])
+
+
+def test_llama3_405b_at_131k_tokens_plans_with_context_parallelism():
+    # Llama 3 405B's long-context stage (Grattafiori et al. 2024, Table 4): CP 16 at 131,072 tokens
+    long = ("training.seq_len=131072", "training.global_batch_size=128")
+    without, ring = planned("llama3-405b", *long), planned("llama3-405b", *long, "parallelism.context=16")
+    # 8 data-parallel replicas instead of 128: 16 micro-batches each instead of 1, which fill the pipeline
+    assert (ring.spec.training.gradient_accumulation_steps, without.spec.training.gradient_accumulation_steps) == (16, 1)
+    assert ring.fits and ring.time["step_seconds"] < without.time["step_seconds"] / 3

@@ -21,7 +21,7 @@ _TIME_ROWS = (("compute_seconds", "  compute"), ("imbalance_seconds", "  slowest
               ("bubble_seconds", "  pipeline bubble"),
               ("dp_exposed_seconds", "  data-parallel comm"), ("tp_seconds", "  tensor-parallel comm"),
               ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload"),
-              ("ep_seconds", "  expert all-to-all"))
+              ("ep_seconds", "  expert all-to-all"), ("cp_seconds", "  context-parallel comm"))
 _TIME_NOTES = {"imbalance_seconds": "uneven blocks, the LM head on the last stage",
                "bubble_seconds": "fill and drain, (p − 1)/(v·m) of the slowest stage"}
 _BUFFERS = {"training": "logits / recompute / buckets", "generation": "KV cache, gathered policy, logits",
@@ -69,6 +69,7 @@ def render_plan(plan: Plan, console: Console) -> None:
         f"[bold]{spec.name}[/] · {fmt_count(p['total'])} params · {fmt_count(plan.total_tokens)} tokens · "
         f"{cl.gpus} × {plan.gpu_name} ({cl.nodes} node{'s' if cl.nodes > 1 else ''}) · {tr.precision} · "
         f"DP {par.data_parallel} × TP {par.tensor} × PP {par.pipeline}"
+        f"{f' × CP {par.context}' if par.context > 1 else ''}"
         f"{f' ({par.virtual_stages} chunks each)' if par.virtual_stages != 1 else ''} · "
         f"micro-batch {tr.micro_batch_size} × {tr.gradient_accumulation_steps} accumulation")
 

@@ -31,6 +31,8 @@ e_stat, e_mask = _s("e_stat e_mask", positive=True)
 t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
 sp_on = sp.Symbol("sequence_parallel", nonnegative=True)
 ep, bw_ep = _s("ep bw_ep", positive=True)
+cp, bw_cp = _s("cp bw_cp", positive=True)
+s_local = s / cp  # a micro-batch's positions on this GPU: context parallelism splits every sequence
 ck_none, ck_sel, ck_full = _s("ck_none ck_selective ck_full", nonnegative=True)
 psi, P_L, L_here = _s("psi P_L L_here", positive=True)
 rank_pp = sp.Symbol("rank", nonnegative=True)
@@ -94,7 +96,9 @@ INPUT_DOCS: dict[str, str] = {
     "e_stat": "bytes per LayerNorm mean/rstd element: 4 (fp32) on GPUs; the activation dtype's on CPU",
     "e_mask": "bytes per dropout-mask element: 1 (bool, fused kernel) on GPUs; the activation dtype's on CPU",
     "masked": "1 if the sliding window is shorter than the sequence (an explicit attention mask)",
-    "p": "pipeline-parallel degree", "dp": "data-parallel degree", "m": "micro-batches per step per replica",
+    "p": "pipeline-parallel degree", "cp": "context-parallel degree (GPUs sharing each sequence)",
+    "bw_cp": "bandwidth of the context-parallel ring [B/s]",
+    "dp": "ranks holding the same weights, over which ZeRO shards and gradients reduce: data × context parallel", "m": "micro-batches per step per replica",
     "v": "virtual pipeline stages", "n_gpu": "GPUs", "ck_none": "1 without activation checkpointing",
     "ck_selective": "1 for selective checkpointing (MLP recomputed)", "ck_full": "1 for full checkpointing",
     "psi": "parameters held by this GPU's model shard", "P_L": "parameters of the largest single module",
@@ -439,8 +443,8 @@ act_head = define("act_head", (1 - adapter) * norm_saved + adapter * norm_frozen
                   + h * e * (1 - adapter * (1 - vh)) + (1 - vh) * (4 * V + 8) + dpo,
                   "per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 "
                   "log-softmax and int64 targets (+ DPO's bool response mask)", "B")
-act_tables = define("act_tables", rope * rope_kept * 2 * P * d_h * e + (1 - adapter) * learned * 8 * s
-                    + mask_kept * masked * s * s * e + prefix * s * (s + n_v) * e,
+act_tables = define("act_tables", rope * rope_kept * 2 * P * d_h * e + (1 - adapter) * learned * 8 * s_local
+                    + mask_kept * masked * s_local * s * e + prefix * s * (s + n_v) * e,
                     "once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window or prefix "
                     "mask", "B")
 # Without sequence parallelism, tensor-parallel ranks hold the activations outside the split matmuls whole.
@@ -457,29 +461,33 @@ inflight = define("inflight", sp.Min(m, (1 - interleaved) * (p - rank_pp)
 # The head's (and the loss's) micro-batches go backward as soon as they are forward: one in flight on the last
 # stage (its last chunk, interleaved), whatever the blocks before it hold.
 acts = define("memory_activations",
-              inflight * b * s * (layers_kept + first * act_embed / t_whole)
-              + last * b * s * ((act_head - 4 * V) / t_whole + 4 * V / t)
+              inflight * b * s_local * (layers_kept + first * act_embed / t_whole)
+              + last * b * s_local * ((act_head - 4 * V) / t_whole + 4 * V / t)
               + inflight * prefix * (ck_none + ck_sel) * L_here * b * n_v * 2 * k * d_h * e
               + first * act_tables + last * loss_saved,
               "saved for backward by the micro-batches in flight (1F1B: p on the first stage; the head and the "
               "loss's fp32 total weight: one); heads, MLP width and vocabulary split t ways, the rest too under "
-              "sequence parallelism", "B")
+              "sequence parallelism; a GPU holds its 1/cp of each sequence's positions", "B")
 
 # ---- memory: buffers and peak ------------------------------------------------------------------------------
 group("Memory: transient buffers and peak", "peak is a timeline: states + saved activations + the largest "
       "transient (logits or a recomputed block) + communication buckets")
-buf_logits = define("buffer_logits", last * b * s * V * (2 * e + 4) / t,
+buf_logits = define("buffer_logits", last * b * s_local * V * (2 * e + 4) / t,
                     "logits alive with their fp32 and output-dtype gradients", "B")
 rebuilt_split = ck_full * (act_attn_split + act_mlp_split) + ck_sel * act_mlp_split
 buf_recompute = define("buffer_recompute",
-                       b * s * ((ck_full * act_layer + ck_sel * (act_mlp - norm_saved) - rebuilt_split) / t_whole
+                       b * s_local * ((ck_full * act_layer + ck_sel * (act_mlp - norm_saved) - rebuilt_split) / t_whole
                                 + rebuilt_split / t),
                        "one block's activations rebuilt during backward", "B")
 buf_zero = define("buffer_zero", z12 * sp.Min(reduce_bucket, psi) * g_bucket * (1 + overlap)
                   + z3 * (sp.Min(prefetch_bucket, psi) * w_bytes
                           + sp.Min(reduce_bucket, psi) * g_bucket),
                   "DeepSpeed reduce buckets (ZeRO-1/2, doubled with overlap_comm); ZeRO-3 prefetch + reduce", "B")
-bufs = define("memory_buffers", sp.Max(buf_logits, buf_recompute) + buf_zero, "transients at the peak", "B")
+buf_cp = define("buffer_context", sp.Min(cp - 1, 1) * 2 * 2 * b * s_local * k * d_h * e / t,
+                "ring attention: the next chunk's keys and values arriving while the current ones are used (double "
+                "buffered)", "B")
+bufs = define("memory_buffers", sp.Max(buf_logits, buf_recompute) + buf_zero + buf_cp, "transients at the peak",
+              "B")
 define("memory_peak", states + acts + bufs, "peak allocated bytes on this GPU", "B")
 
 # ---- host memory (DeepSpeed's estimators, per node, with their 1.5 buffer factor) ---------------------------
@@ -515,20 +523,31 @@ dp_bytes = define("comm_dp_bytes", (dp - 1) / dp * psi * (z01 * 2 * g_bucket + z
 window_dp = (z01 * sp.Rational(2, 3) / m + z2 * sp.Rational(2, 3) + z3) * t_compute * overlap
 t_dp = define("time_dp_exposed", sp.Max(0, dp_bytes / bw_dp - window_dp),
               "data-parallel traffic not hidden behind backward compute", "s")
-t_tp = define("time_tp", (8 + 4 * ck_full) * L_here * (t - 1) / t * b * s * h * e * m / bw_tp,
+t_tp = define("time_tp", (8 + 4 * ck_full) * L_here * (t - 1) / t * b * s_local * h * e * m / bw_tp,
               "tensor-parallel collectives: 4 per block forward, 4 backward (+4 when recomputing)", "s")
-t_pp = define("time_pp", (p * v - 1) / p * 2 * m * b * s * h * e / t / bw_pp,
+t_pp = define("time_pp", (p * v - 1) / p * 2 * m * b * s_local * h * e / t / bw_pp,
               "activations and their gradients sent between stages (p·v − 1 chunk boundaries interleaved)", "s")
 t_off = define("time_offload", offload * psi / shard * ((g_bucket + w_bytes) / bw_host + gpn / adam_rate),
                "optimizer offload: gradients down and weights back over PCIe, then the CPU optimizer step "
                "(ZeRO-Offload, Ren et al. 2021; not overlapped)", "s")
-ep_bytes = define("comm_ep_bytes", moe * (4 + 2 * (ck_full + ck_sel)) * m * L_here * b * s * K * h * e
+ep_bytes = define("comm_ep_bytes", moe * (4 + 2 * (ck_full + ck_sel)) * m * L_here * b * s_local * K * h * e
                   * (ep - 1) / ep / t,
                   "bytes each GPU sends per step for expert parallelism: every routed token's hidden state to its "
                   "experts' ranks and back (all-to-all dispatch and combine), forward, backward and recompute",
                   "B")
 t_ep = define("time_ep", ep_bytes / bw_ep, "expert-parallel all-to-all (not overlapped)", "s")
-step = define("time_step", t_compute + t_imbalance + t_bubble + t_dp + t_tp + t_pp + t_off + t_ep,
+# Ring attention (Liu et al. 2023; Megatron-LM's context parallelism): every layer passes each GPU's keys and values
+# around the ring of cp GPUs, forward, backward (again, with their gradients back) and recompute, while the
+# attention of the chunk in hand computes: only the part of the exchange longer than that math is exposed.
+cp_bytes = define("comm_cp_bytes", (3 + ck_full) * (cp - 1) * L_here * m * b * s_local * 2 * k * d_h * e / t,
+                  "bytes each GPU sends per step around the context-parallel ring: its keys and values (and their "
+                  "gradients) to the cp − 1 others, per layer and micro-batch", "B")
+t_attention = define("time_attention", (3 + ck_full) * fwd_attn / L * L_here * m * b * s_local / (t * F_peak * eff),
+                     "seconds of attention math (QKᵀ, AV) per step on this GPU, which the ring exchange hides "
+                     "behind", "s")
+t_cp = define("time_cp", sp.Max(0, cp_bytes / bw_cp - t_attention),
+              "context-parallel key/value exchange not hidden behind attention", "s")
+step = define("time_step", t_compute + t_imbalance + t_bubble + t_dp + t_tp + t_pp + t_off + t_ep + t_cp,
               "seconds per optimizer step", "s")
 tps = define("tokens_per_second", B * s / step, "training throughput", "tokens/s")
 secs = define("time_total", steps * step, "wall-clock for the run", "s")

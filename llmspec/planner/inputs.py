@@ -76,7 +76,8 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "e_mask": e if spec.cluster.device.name == "cpu" else 1,
         "masked": int(mo.sliding_window is not None and mo.sliding_window < seq),
         "t": par.tensor, "sequence_parallel": int(par.sequence_parallel), "p": par.pipeline, "ep": par.expert,
-        "dp": par.data_parallel, "m": tr.gradient_accumulation_steps,
+        # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
+        "dp": par.data_parallel * par.context, "cp": par.context, "m": tr.gradient_accumulation_steps,
         # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1)
         "v": (v := 1 if par.virtual_stages == "auto" else par.virtual_stages),
         "chunk_share": Fraction(-(-max(spec.stage_blocks) // v), max(spec.stage_blocks)),
@@ -227,6 +228,7 @@ def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = Non
         "bw_tp": choose(t <= within, intra, inter),
         "bw_ep": choose(t * par.expert <= within, intra, inter),  # expert groups are consecutive ranks
         "bw_pp": choose(t * p <= within, intra, inter),
+        "bw_cp": choose(t * par.context <= within, intra, inter),  # context groups: consecutive ranks after tensor
         "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
         "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,
     }

@@ -335,9 +335,9 @@ def act_head(V, act_norm, act_norm_frozen, adapter, dpo, e, h, value_head):
     return act_norm*(1 - adapter) + act_norm_frozen*adapter + dpo + e*h*(-adapter*(1 - value_head) + 1) + (1 - value_head)*(4*V + 8)
 
 
-def act_tables(L, P, adapter, ck_full, d_h, e, learned, lora_k, lora_q, lora_qkv, lora_v, masked, n_virtual, prefix, rope, s):
+def act_tables(L, P, adapter, ck_full, cp, d_h, e, learned, lora_k, lora_q, lora_qkv, lora_v, masked, n_virtual, prefix, rope, s):
     """once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window or prefix mask [B]"""
-    return 2*P*d_h*e*rope*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - _min(1, L - 1)) + 1) + e*masked*s**2*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix)*(1 - _min(1, L - 1)) + 1) + e*prefix*s*(n_virtual + s) + 8*learned*s*(1 - adapter)
+    return 2*P*d_h*e*rope*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - _min(1, L - 1)) + 1) + e*prefix*s*(n_virtual + s) + e*masked*s**2*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix)*(1 - _min(1, L - 1)) + 1)/cp + 8*learned*s*(1 - adapter)/cp
 
 
 def inflight(m, p, rank, v):
@@ -345,19 +345,19 @@ def inflight(m, p, rank, v):
     return _min(m, (1 - _min(1, v - 1))*(p - rank) + (p*(v - 1) + 2*p - 2*rank - 1)*_min(1, v - 1)/v)
 
 
-def memory_activations(L_here, V, act_embedding, act_first_layer_kept_frozen, act_head, act_layer_kept, act_layer_kept_frozen, act_layer_kept_split, act_tables, adapter, b, ck_none, ck_selective, d_h, e, first_stage, inflight, k, last_stage, loss_saved, n_virtual, prefix, s, sequence_parallel, t):
-    """saved for backward by the micro-batches in flight (1F1B: p on the first stage; the head and the loss's fp32 total weight: one); heads, MLP width and vocabulary split t ways, the rest too under sequence parallelism [B]"""
-    return 2*L_here*b*d_h*e*inflight*k*n_virtual*prefix*(ck_none + ck_selective) + act_tables*first_stage + b*inflight*s*(L_here*(1 - adapter)*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + adapter*(act_first_layer_kept_frozen + act_layer_kept_frozen*(L_here - 1))) + b*last_stage*s*(4*V/t + (-4*V + act_head)/(sequence_parallel*(t - 1) + 1)) + last_stage*loss_saved
+def memory_activations(L_here, V, act_embedding, act_first_layer_kept_frozen, act_head, act_layer_kept, act_layer_kept_frozen, act_layer_kept_split, act_tables, adapter, b, ck_none, ck_selective, cp, d_h, e, first_stage, inflight, k, last_stage, loss_saved, n_virtual, prefix, s, sequence_parallel, t):
+    """saved for backward by the micro-batches in flight (1F1B: p on the first stage; the head and the loss's fp32 total weight: one); heads, MLP width and vocabulary split t ways, the rest too under sequence parallelism; a GPU holds its 1/cp of each sequence's positions [B]"""
+    return 2*L_here*b*d_h*e*inflight*k*n_virtual*prefix*(ck_none + ck_selective) + act_tables*first_stage + b*inflight*s*(L_here*(1 - adapter)*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + adapter*(act_first_layer_kept_frozen + act_layer_kept_frozen*(L_here - 1)))/cp + b*last_stage*s*(4*V/t + (-4*V + act_head)/(sequence_parallel*(t - 1) + 1))/cp + last_stage*loss_saved
 
 
-def buffer_logits(V, b, e, last_stage, s, t):
+def buffer_logits(V, b, cp, e, last_stage, s, t):
     """logits alive with their fp32 and output-dtype gradients [B]"""
-    return V*b*last_stage*s*(2*e + 4)/t
+    return V*b*last_stage*s*(2*e + 4)/(cp*t)
 
 
-def buffer_recompute(act_attention_split, act_layer, act_mlp, act_mlp_split, act_norm, b, ck_full, ck_selective, s, sequence_parallel, t):
+def buffer_recompute(act_attention_split, act_layer, act_mlp, act_mlp_split, act_norm, b, ck_full, ck_selective, cp, s, sequence_parallel, t):
     """one block's activations rebuilt during backward [B]"""
-    return b*s*((act_layer*ck_full - act_mlp_split*ck_selective - ck_full*(act_attention_split + act_mlp_split) + ck_selective*(act_mlp - act_norm))/(sequence_parallel*(t - 1) + 1) + (act_mlp_split*ck_selective + ck_full*(act_attention_split + act_mlp_split))/t)
+    return b*s*((act_layer*ck_full - act_mlp_split*ck_selective - ck_full*(act_attention_split + act_mlp_split) + ck_selective*(act_mlp - act_norm))/(sequence_parallel*(t - 1) + 1) + (act_mlp_split*ck_selective + ck_full*(act_attention_split + act_mlp_split))/t)/cp
 
 
 def buffer_zero(g_bucket, overlap_comm, prefetch_bucket, psi, reduce_bucket, w_bytes, zero12, zero3):
@@ -365,9 +365,14 @@ def buffer_zero(g_bucket, overlap_comm, prefetch_bucket, psi, reduce_bucket, w_b
     return g_bucket*zero12*(overlap_comm + 1)*_min(psi, reduce_bucket) + zero3*(g_bucket*_min(psi, reduce_bucket) + w_bytes*_min(prefetch_bucket, psi))
 
 
-def memory_buffers(buffer_logits, buffer_recompute, buffer_zero):
+def buffer_context(b, cp, d_h, e, k, s, t):
+    """ring attention: the next chunk's keys and values arriving while the current ones are used (double buffered) [B]"""
+    return 4*b*d_h*e*k*s*_min(1, cp - 1)/(cp*t)
+
+
+def memory_buffers(buffer_context, buffer_logits, buffer_recompute, buffer_zero):
     """transients at the peak [B]"""
-    return buffer_zero + _max(buffer_logits, buffer_recompute)
+    return buffer_context + buffer_zero + _max(buffer_logits, buffer_recompute)
 
 
 def memory_peak(memory_activations, memory_buffers, memory_model_states):
@@ -430,14 +435,14 @@ def time_dp_exposed(bw_dp, comm_dp_bytes, m, overlap_comm, time_compute, zero01,
     return _max(0, -overlap_comm*time_compute*((2/3)*zero2 + zero3 + (2/3)*zero01/m) + comm_dp_bytes/bw_dp)
 
 
-def time_tp(L_here, b, bw_tp, ck_full, e, h, m, s, t):
+def time_tp(L_here, b, bw_tp, ck_full, cp, e, h, m, s, t):
     """tensor-parallel collectives: 4 per block forward, 4 backward (+4 when recomputing) [s]"""
-    return L_here*b*e*h*m*s*(4*ck_full + 8)*(t - 1)/(bw_tp*t)
+    return L_here*b*e*h*m*s*(4*ck_full + 8)*(t - 1)/(bw_tp*cp*t)
 
 
-def time_pp(b, bw_pp, e, h, m, p, s, t, v):
+def time_pp(b, bw_pp, cp, e, h, m, p, s, t, v):
     """activations and their gradients sent between stages (p·v − 1 chunk boundaries interleaved) [s]"""
-    return 2*b*e*h*m*s*(p*v - 1)/(bw_pp*p*t)
+    return 2*b*e*h*m*s*(p*v - 1)/(bw_pp*cp*p*t)
 
 
 def time_offload(bw_host, cpu_adam_rate, g_bucket, gpus_per_node, offload, psi, shard, w_bytes):
@@ -445,9 +450,9 @@ def time_offload(bw_host, cpu_adam_rate, g_bucket, gpus_per_node, offload, psi, 
     return offload*psi*(gpus_per_node/cpu_adam_rate + (g_bucket + w_bytes)/bw_host)/shard
 
 
-def comm_ep_bytes(K, L_here, b, ck_full, ck_selective, e, ep, h, m, moe, s, t):
+def comm_ep_bytes(K, L_here, b, ck_full, ck_selective, cp, e, ep, h, m, moe, s, t):
     """bytes each GPU sends per step for expert parallelism: every routed token's hidden state to its experts' ranks and back (all-to-all dispatch and combine), forward, backward and recompute [B]"""
-    return K*L_here*b*e*h*m*moe*s*(ep - 1)*(2*ck_full + 2*ck_selective + 4)/(ep*t)
+    return K*L_here*b*e*h*m*moe*s*(ep - 1)*(2*ck_full + 2*ck_selective + 4)/(cp*ep*t)
 
 
 def time_ep(bw_ep, comm_ep_bytes):
@@ -455,9 +460,24 @@ def time_ep(bw_ep, comm_ep_bytes):
     return comm_ep_bytes/bw_ep
 
 
-def time_step(time_bubble, time_compute, time_dp_exposed, time_ep, time_imbalance, time_offload, time_pp, time_tp):
+def comm_cp_bytes(L_here, b, ck_full, cp, d_h, e, k, m, s, t):
+    """bytes each GPU sends per step around the context-parallel ring: its keys and values (and their gradients) to the cp − 1 others, per layer and micro-batch [B]"""
+    return 2*L_here*b*d_h*e*k*m*s*(ck_full + 3)*(cp - 1)/(cp*t)
+
+
+def time_attention(F_peak, L, L_here, b, ck_full, cp, eff, flops_attention_per_token, m, s, t):
+    """seconds of attention math (QKᵀ, AV) per step on this GPU, which the ring exchange hides behind [s]"""
+    return L_here*b*flops_attention_per_token*m*s*(ck_full + 3)/(F_peak*L*cp*eff*t)
+
+
+def time_cp(bw_cp, comm_cp_bytes, time_attention):
+    """context-parallel key/value exchange not hidden behind attention [s]"""
+    return _max(0, -time_attention + comm_cp_bytes/bw_cp)
+
+
+def time_step(time_bubble, time_compute, time_cp, time_dp_exposed, time_ep, time_imbalance, time_offload, time_pp, time_tp):
     """seconds per optimizer step [s]"""
-    return time_bubble + time_compute + time_dp_exposed + time_ep + time_imbalance + time_offload + time_pp + time_tp
+    return time_bubble + time_compute + time_cp + time_dp_exposed + time_ep + time_imbalance + time_offload + time_pp + time_tp
 
 
 def tokens_per_second(B, s, time_step):
@@ -666,13 +686,14 @@ ARGUMENTS = {
     'act_first_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'fused_qkv', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
     'act_embedding': ('adapter', 'dropout', 'e_mask', 'h'),
     'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'dpo', 'e', 'h', 'value_head'),
-    'act_tables': ('L', 'P', 'adapter', 'ck_full', 'd_h', 'e', 'learned', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 's'),
+    'act_tables': ('L', 'P', 'adapter', 'ck_full', 'cp', 'd_h', 'e', 'learned', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 's'),
     'inflight': ('m', 'p', 'rank', 'v'),
-    'memory_activations': ('L_here', 'V', 'act_embedding', 'act_first_layer_kept_frozen', 'act_head', 'act_layer_kept', 'act_layer_kept_frozen', 'act_layer_kept_split', 'act_tables', 'adapter', 'b', 'ck_none', 'ck_selective', 'd_h', 'e', 'first_stage', 'inflight', 'k', 'last_stage', 'loss_saved', 'n_virtual', 'prefix', 's', 'sequence_parallel', 't'),
-    'buffer_logits': ('V', 'b', 'e', 'last_stage', 's', 't'),
-    'buffer_recompute': ('act_attention_split', 'act_layer', 'act_mlp', 'act_mlp_split', 'act_norm', 'b', 'ck_full', 'ck_selective', 's', 'sequence_parallel', 't'),
+    'memory_activations': ('L_here', 'V', 'act_embedding', 'act_first_layer_kept_frozen', 'act_head', 'act_layer_kept', 'act_layer_kept_frozen', 'act_layer_kept_split', 'act_tables', 'adapter', 'b', 'ck_none', 'ck_selective', 'cp', 'd_h', 'e', 'first_stage', 'inflight', 'k', 'last_stage', 'loss_saved', 'n_virtual', 'prefix', 's', 'sequence_parallel', 't'),
+    'buffer_logits': ('V', 'b', 'cp', 'e', 'last_stage', 's', 't'),
+    'buffer_recompute': ('act_attention_split', 'act_layer', 'act_mlp', 'act_mlp_split', 'act_norm', 'b', 'ck_full', 'ck_selective', 'cp', 's', 'sequence_parallel', 't'),
     'buffer_zero': ('g_bucket', 'overlap_comm', 'prefetch_bucket', 'psi', 'reduce_bucket', 'w_bytes', 'zero12', 'zero3'),
-    'memory_buffers': ('buffer_logits', 'buffer_recompute', 'buffer_zero'),
+    'buffer_context': ('b', 'cp', 'd_h', 'e', 'k', 's', 't'),
+    'memory_buffers': ('buffer_context', 'buffer_logits', 'buffer_recompute', 'buffer_zero'),
     'memory_peak': ('memory_activations', 'memory_buffers', 'memory_model_states'),
     'host_zero2_offload': ('n_gpu', 'psi'),
     'host_zero2': ('gpus_per_node', 'psi'),
@@ -685,12 +706,15 @@ ARGUMENTS = {
     'time_bubble': ('chunk_share', 'm', 'p', 'pipeline_imbalance', 'time_compute'),
     'comm_dp_bytes': ('dp', 'g_bucket', 'm', 'psi', 'zero01', 'zero2', 'zero3'),
     'time_dp_exposed': ('bw_dp', 'comm_dp_bytes', 'm', 'overlap_comm', 'time_compute', 'zero01', 'zero2', 'zero3'),
-    'time_tp': ('L_here', 'b', 'bw_tp', 'ck_full', 'e', 'h', 'm', 's', 't'),
-    'time_pp': ('b', 'bw_pp', 'e', 'h', 'm', 'p', 's', 't', 'v'),
+    'time_tp': ('L_here', 'b', 'bw_tp', 'ck_full', 'cp', 'e', 'h', 'm', 's', 't'),
+    'time_pp': ('b', 'bw_pp', 'cp', 'e', 'h', 'm', 'p', 's', 't', 'v'),
     'time_offload': ('bw_host', 'cpu_adam_rate', 'g_bucket', 'gpus_per_node', 'offload', 'psi', 'shard', 'w_bytes'),
-    'comm_ep_bytes': ('K', 'L_here', 'b', 'ck_full', 'ck_selective', 'e', 'ep', 'h', 'm', 'moe', 's', 't'),
+    'comm_ep_bytes': ('K', 'L_here', 'b', 'ck_full', 'ck_selective', 'cp', 'e', 'ep', 'h', 'm', 'moe', 's', 't'),
     'time_ep': ('bw_ep', 'comm_ep_bytes'),
-    'time_step': ('time_bubble', 'time_compute', 'time_dp_exposed', 'time_ep', 'time_imbalance', 'time_offload', 'time_pp', 'time_tp'),
+    'comm_cp_bytes': ('L_here', 'b', 'ck_full', 'cp', 'd_h', 'e', 'k', 'm', 's', 't'),
+    'time_attention': ('F_peak', 'L', 'L_here', 'b', 'ck_full', 'cp', 'eff', 'flops_attention_per_token', 'm', 's', 't'),
+    'time_cp': ('bw_cp', 'comm_cp_bytes', 'time_attention'),
+    'time_step': ('time_bubble', 'time_compute', 'time_cp', 'time_dp_exposed', 'time_ep', 'time_imbalance', 'time_offload', 'time_pp', 'time_tp'),
     'tokens_per_second': ('B', 's', 'time_step'),
     'time_total': ('steps', 'time_step'),
     'gpu_hours': ('n_gpu', 'time_total'),
@@ -742,6 +766,7 @@ Name = Literal[
     'b',
     'batch',
     'bias',
+    'bw_cp',
     'bw_dp',
     'bw_ep',
     'bw_host',
@@ -754,6 +779,7 @@ Name = Literal[
     'ck_selective',
     'compute',
     'context',
+    'cp',
     'cpu_adam_rate',
     'd_h',
     'double_quant',
@@ -899,6 +925,7 @@ Name = Literal[
     'buffer_logits',
     'buffer_recompute',
     'buffer_zero',
+    'buffer_context',
     'memory_buffers',
     'memory_peak',
     'host_zero2_offload',
@@ -917,6 +944,9 @@ Name = Literal[
     'time_offload',
     'comm_ep_bytes',
     'time_ep',
+    'comm_cp_bytes',
+    'time_attention',
+    'time_cp',
     'time_step',
     'tokens_per_second',
     'time_total',
@@ -948,7 +978,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'chunk_share', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'chunk_share', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1018,6 +1048,7 @@ GROUPS = {
     'buffer_logits': 'Memory: transient buffers and peak',
     'buffer_recompute': 'Memory: transient buffers and peak',
     'buffer_zero': 'Memory: transient buffers and peak',
+    'buffer_context': 'Memory: transient buffers and peak',
     'memory_buffers': 'Memory: transient buffers and peak',
     'memory_peak': 'Memory: transient buffers and peak',
     'host_zero2_offload': 'Host memory per node',
@@ -1036,6 +1067,9 @@ GROUPS = {
     'time_offload': 'Time and cost',
     'comm_ep_bytes': 'Time and cost',
     'time_ep': 'Time and cost',
+    'comm_cp_bytes': 'Time and cost',
+    'time_attention': 'Time and cost',
+    'time_cp': 'Time and cost',
     'time_step': 'Time and cost',
     'tokens_per_second': 'Time and cost',
     'time_total': 'Time and cost',

@@ -128,7 +128,7 @@ class Plan:
             "cost": e["cost"], "compute_seconds": e["time_compute"], "imbalance_seconds": e["time_imbalance"],
             "bubble_seconds": e["time_bubble"],
             "dp_exposed_seconds": e["time_dp_exposed"], "tp_seconds": e["time_tp"], "pp_seconds": e["time_pp"],
-            "offload_seconds": e["time_offload"], "ep_seconds": e["time_ep"],
+            "offload_seconds": e["time_offload"], "ep_seconds": e["time_ep"], "cp_seconds": e["time_cp"],
             "mfu": e["mfu"], "hfu": e["hfu"], "steps": e["steps"],
         }
 
@@ -200,6 +200,7 @@ class Plan:
             "gpu": {"name": self.gpu_name, "memory": self.gpu_memory, "usable": self.usable_memory,
                     "count": spec.cluster.gpus, "efficiency": self.efficiency},
             "layout": {"data_parallel": spec.parallelism.data_parallel, "tensor": spec.parallelism.tensor,
+                       "context": spec.parallelism.context,
                        "pipeline": spec.parallelism.pipeline, "virtual_stages": spec.parallelism.virtual_stages,
                        "stage_blocks": spec.stage_blocks,
                        "gradient_accumulation_steps": spec.training.gradient_accumulation_steps,
@@ -250,14 +251,14 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     env = dict(base)
     codes = (strategy.zero_stage, CHECKPOINTING.index(strategy.activation_checkpointing),
              OFFLOAD_MODES.index(strategy.offload_optimizer), OFFLOAD_MODES.index(strategy.offload_params))
-    env.update(strategy_inputs(spec, *codes, par.data_parallel))
+    env.update(strategy_inputs(spec, *codes, par.data_parallel * par.context))
     # post-training (data parallelism only): ZeRO shards what trains; frozen weights are counted apart
     psi = env["params_trainable"] if spec.post_training is not None else stage_params(env, first, last, layers, t)
     if par.expert > 1:
         # ZeRO shards an expert's states over the ranks holding the same experts (data_parallel / expert), the
         # rest over all data_parallel: bytes per parameter are the two regimes weighted by their parameters
         experts = Fraction(layers * env["E"] * env["params_mlp"], par.expert * t)
-        sharded_like_experts = strategy_inputs(spec, *codes, par.data_parallel // par.expert)
+        sharded_like_experts = strategy_inputs(spec, *codes, par.data_parallel * par.context // par.expert)
         for kind in ("w_bpp", "g_bpp", "o_bpp"):
             env[kind] = (env[kind] * (psi - experts) + sharded_like_experts[kind] * experts) / psi
     rank = {"only": 0, "first": 0, "middle": 1}.get(stage, p - 1)
@@ -326,7 +327,7 @@ def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[i
         name = "host_zero2_offload" if opt == "cpu" else "host_zero2"
     full = bytes_per_param(spec.parallelism.byte_regime, spec.training.precision, spec.training.optimizer.n_states)
     moved = full["optimizer"] + full["gradients"]
-    per_node = env["psi"] / spec.parallelism.data_parallel * spec.cluster.gpus_per_node
+    per_node = env["psi"] / (spec.parallelism.data_parallel * spec.parallelism.context) * spec.cluster.gpus_per_node
     deepspeed = int(env[name])
     host = int(per_node * moved * Fraction(3, 2)) if name == "host_zero2_offload" else deepspeed
     nvme = int(per_node * (moved + (full["weights"] if prm == "nvme" else 0))) if "nvme" in (opt, prm) else 0
@@ -385,7 +386,8 @@ def single_device_env(spec: Spec, checkpointing: str, cpu_kernels: bool = False,
     what ``llmspec measure`` compares with the compiled model (``cpu_kernels``: as CPU kernels save tensors;
     ``full_attention``: every key counted, as FlopCounterMode counts SDPA); ``role``: which model of a PPO/GRPO
     step (policy, critic or reward)."""
-    par = spec.parallelism.model_copy(update={"tensor": 1, "pipeline": 1, "expert": 1, "first_stage_layers": None,
+    par = spec.parallelism.model_copy(update={"tensor": 1, "pipeline": 1, "expert": 1, "context": 1,
+                                              "virtual_stages": 1, "first_stage_layers": None,
                                               "last_stage_layers": None, "activation_checkpointing": checkpointing})
     single = spec.model_copy(update={"parallelism": par})
     if role != "policy":

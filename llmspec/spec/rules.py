@@ -117,18 +117,24 @@ def consistency_problems(spec: Spec) -> list[Problem]:
         bad("cluster.hosts", f"{len(cl.hosts)} host(s) for cluster.nodes {cl.nodes}: name one host per node")
     elif cl.hosts is not None and len(set(cl.hosts)) != len(cl.hosts):
         bad("cluster.hosts", "a host is listed twice")
-    gpus = cl.gpus
-    if gpus % (t * p):
+    cp = par.context
+    if cp > 1 and tr.seq_len % (2 * cp):
+        bad("parallelism.context", f"context degree {cp} splits each sequence into 2 × {cp} chunks (two per GPU, "
+                                   f"balancing causal attention): training.seq_len {tr.seq_len} must divide by "
+                                   f"{2 * cp}")
+    gpus, split = cl.gpus, t * p * cp
+    degrees = "tensor × pipeline" + " × context" * (cp > 1)
+    if gpus % split:
         bad("parallelism.tensor", f"{gpus} GPUs (cluster.gpus_per_node × nodes) are not divisible by "
-                                  f"tensor × pipeline = {t * p}")
-    elif par.data_parallel is not None and par.data_parallel != gpus // (t * p):
-        bad("parallelism.data_parallel", f"data_parallel is derived as gpus / (tensor × pipeline) = "
-                                         f"{gpus // (t * p)}; remove it or set it to that value")
-    elif (gpus // (t * p)) % par.expert:
+                                  f"{degrees} = {split}")
+    elif par.data_parallel is not None and par.data_parallel != gpus // split:
+        bad("parallelism.data_parallel", f"data_parallel is derived as gpus / ({degrees}) = "
+                                         f"{gpus // split}; remove it or set it to that value")
+    elif (gpus // split) % par.expert:
         bad("parallelism.expert", f"expert groups are carved from the data-parallel ranks: expert degree "
-                                  f"{par.expert} must divide data_parallel {gpus // (t * p)}")
+                                  f"{par.expert} must divide data_parallel {gpus // split}")
     else:
-        dp = gpus // (t * p)
+        dp = gpus // split
         per_step = tr.micro_batch_size * dp
         if tr.global_batch_size % per_step:
             bad("training.global_batch_size",
@@ -196,7 +202,8 @@ def _post_training_problems(spec: Spec, bad) -> None:
             bad("post_training.rollouts_per_step", f"rollouts_per_step {post.rollouts_per_step} is not a multiple "
                                                    f"of group_size {post.group_size}")
     split = [f"{name} {degree}" for name, degree in (("tensor", par.tensor), ("pipeline", par.pipeline),
-                                                     ("expert", par.expert)) if degree > 1]
+                                                     ("context", par.context), ("expert", par.expert))
+             if degree > 1]
     if split:
         bad(f"parallelism.{split[0].split()[0]}", f"post-training is planned over data parallelism (ZeRO 0-3, "
                                                   f"offload); {split[0]} is not supported with post_training")

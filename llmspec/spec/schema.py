@@ -176,6 +176,10 @@ class ParallelismSpec(_Section):
         1, description="interleaved 1F1B: model chunks per pipeline stage (Narayanan et al. 2021), each stage's "
         "blocks split into this many as evenly as they go; auto: the planner picks the count with the shortest step "
         "that fits (`run` trains 1: DeepSpeed's pipeline runs one chunk per rank)")
+    context: Positive = Field(
+        1, description="context-parallel degree: each sequence split over this many GPUs, which exchange keys and "
+        "values around a ring inside attention (ring attention as Megatron-LM's context parallelism runs it; the "
+        "chunks load-balanced for causal attention); planned, not trained")
     expert: Positive = Field(1, description="expert-parallel degree: each MoE layer's experts split over this many "
                              "data-parallel ranks (DeepSpeed AutoEP)")
     first_stage_layers: Positive | None = Field(
@@ -192,7 +196,7 @@ class ParallelismSpec(_Section):
         "deepspeed", description="bytes per parameter for 16-bit training: 20, 16 or 18 with an fp32 master, or "
         "pure16: 16-bit weights, gradients and optimizer states, no master (8 with Adam; see docs/formulas.md)"
     )
-    data_parallel: Positive | None = Field(None, description="derived: gpus / (tensor · pipeline)")
+    data_parallel: Positive | None = Field(None, description="derived: gpus / (tensor · pipeline · context)")
     overlap_comm: bool = True
     reduce_bucket_size: Positive = 500_000_000
     allgather_bucket_size: Positive = 500_000_000
@@ -298,6 +302,6 @@ class Spec(_Section):
         if problems:
             raise ConsistencyError(problems)
         par, train = self.parallelism, self.training
-        par.data_parallel = self.cluster.gpus // (par.tensor * par.pipeline)
+        par.data_parallel = self.cluster.gpus // (par.tensor * par.pipeline * par.context)
         train.gradient_accumulation_steps = train.global_batch_size // (train.micro_batch_size * par.data_parallel)
         return self

@@ -40,6 +40,9 @@ def check_runnable(spec: Spec) -> None:
         raise LLMSpecError("parallelism.sequence_parallel: planned, not run (DeepSpeed's AutoTP holds the "
                            "activations outside the split layers whole); set it to false to run, and the plan "
                            "counts them whole too")
+    if par.context > 1:
+        raise LLMSpecError(f"parallelism.context {par.context}: planned, not trained (the compiled model's attention "
+                           "exchanges no keys and values between GPUs); set parallelism.context=1 to run")
     chunks = plan(spec, alternatives=False).spec.parallelism.virtual_stages if par.pipeline > 1 else 1
     if chunks > 1:  # `auto` runs when the plan picks 1
         picked = f" (the plan picks {chunks})" if par.virtual_stages == "auto" else ""
