@@ -68,6 +68,9 @@ CONSUMERS: dict[str, set[str]] = {
     "parallelism.max_live_parameters": {"compile"},  # a ZeRO-3 cap the planner's gather term stays under
     # plan-only: what-if inputs the engine does not (yet) execute: interleaving, other byte regimes
     "parallelism.virtual_stages": {"plan"},
+    # run refuses it (the compiled attention exchanges no keys and values); the build's batch split follows the
+    # data-parallel degree it derives
+    "parallelism.context": {"compile", "plan"},
     "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
     "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts
     "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes
@@ -120,6 +123,7 @@ TWO_GPUS = ["cluster.gpus_per_node=2", "training.global_batch_size=32"]
 CONTEXT = {
     "parallelism.pipeline": TWO_GPUS, "parallelism.tensor": TWO_GPUS, "cluster.gpus_per_node": TWO_GPUS[1:],
     "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"],
+    "parallelism.context": TWO_GPUS,
     "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
     "cluster.hosts": ["cluster.nodes=2", *TWO_GPUS[1:]],
     "parallelism.first_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"],
