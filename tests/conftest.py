@@ -14,8 +14,3 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(_REPO, ".venv", "torc
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-
-def pytest_collection_modifyitems(config, items):
-    """The long end-to-end tests (marked slow) first, each module's in their order: under pytest-xdist the two
-    workers then finish together instead of one running a two-minute test at the end while the other idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
