@@ -37,7 +37,6 @@ ck_none, ck_sel, ck_full = _s("ck_none ck_selective ck_full", nonnegative=True)
 psi, P_L, L_here = _s("psi P_L L_here", positive=True)
 rank_pp = sp.Symbol("rank", nonnegative=True)
 L_max, L_last = _s("L_max L_last", nonnegative=True)
-chunk = sp.Symbol("chunk_share", positive=True)
 first, last, z12, z3, overlap = _s("first_stage last_stage zero12 zero3 overlap_comm", nonnegative=True)
 w_bpp, g_bpp, o_bpp, g_bucket = _s("w_bpp g_bpp o_bpp g_bucket", nonnegative=True)
 reduce_bucket, prefetch_bucket = _s("reduce_bucket prefetch_bucket", positive=True)
@@ -107,8 +106,6 @@ INPUT_DOCS: dict[str, str] = {
     "rank": "this pipeline stage's index (0: the first)",
     "L_max": "blocks on the fullest pipeline stage other than the last (0 without a pipeline)",
     "L_last": "blocks on the last pipeline stage (the whole model without a pipeline)",
-    "chunk_share": "the largest interleaved chunk's share of the fullest stage: ceil(blocks / v) / blocks (1/v "
-                   "when v divides the blocks)",
     "first_stage": "1 on the stage holding the embedding", "last_stage": "1 on the stage holding the LM head",
     "zero01": "1 for ZeRO stage 0 or 1", "zero2": "1 for ZeRO stage 2", "zero12": "1 for ZeRO stage 1 or 2",
     "zero3": "1 for ZeRO stage 3", "overlap_comm": "1 if DeepSpeed overlaps reduction with backward",
@@ -513,6 +510,9 @@ imbalance = define("pipeline_imbalance", sp.Max(L_max * block_hw, L_last * block
                    "the slowest pipeline stage's FLOPs over the mean stage's (1 without a pipeline)", "")
 t_imbalance = define("time_imbalance", (imbalance - 1) * t_compute,
                      "stages waiting for the slowest one (uneven blocks, the LM head on the last stage)", "s")
+fullest = sp.Max(L_max, L_last)
+chunk = define("chunk_share", sp.ceiling(fullest / v) / fullest,
+               "the largest interleaved chunk's share of the fullest stage (1/v when v divides its blocks)", "")
 t_bubble = define("time_bubble", (p - 1) / m * chunk * imbalance * t_compute,
                   "pipeline fill and drain: p − 1 of the largest chunk's forward and backward, at the slowest "
                   "stage's pace ((p − 1)/(v·m) of a step's compute when v divides the blocks)", "s")

@@ -79,8 +79,7 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
         "dp": par.data_parallel * par.context, "cp": par.context, "m": tr.gradient_accumulation_steps,
         # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1)
-        "v": (v := 1 if par.virtual_stages == "auto" else par.virtual_stages),
-        "chunk_share": Fraction(-(-max(spec.stage_blocks) // v), max(spec.stage_blocks)),
+        "v": 1 if par.virtual_stages == "auto" else par.virtual_stages,
         "L_last": spec.stage_blocks[-1], "L_max": max(spec.stage_blocks[:-1], default=0),
         "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
         "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,

@@ -156,7 +156,7 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
               "b": mb * sequences_per_example(spec.post_training), "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n,
               "nodes": nodes, "gpus_per_node": per_node,
               "L_here": layers, "P_L": largest_module(base, t), "cp": 1,  # context parallelism: not searched yet
-              "v": v, "chunk_share": -(-layers // v) / layers,
+              "v": v,
               "L_last": layers, "L_max": np.where(p > 1, spec.model.n_layers // p + (fuller > 1), 0)}
     single = p == 1
 

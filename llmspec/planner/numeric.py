@@ -420,6 +420,11 @@ def time_imbalance(pipeline_imbalance, time_compute):
     return time_compute*(pipeline_imbalance - 1)
 
 
+def chunk_share(L_last, L_max, v):
+    """the largest interleaved chunk's share of the fullest stage (1/v when v divides its blocks) []"""
+    return _ceiling(_max(L_last, L_max)/v)/_max(L_last, L_max)
+
+
 def time_bubble(chunk_share, m, p, pipeline_imbalance, time_compute):
     """pipeline fill and drain: p − 1 of the largest chunk's forward and backward, at the slowest stage's pace ((p − 1)/(v·m) of a step's compute when v divides the blocks) [s]"""
     return chunk_share*pipeline_imbalance*time_compute*(p - 1)/m
@@ -703,6 +708,7 @@ ARGUMENTS = {
     'time_compute': ('B', 'F_peak', 'eff', 'flops_per_token_hardware', 'n_gpu', 's'),
     'pipeline_imbalance': ('L', 'L_last', 'L_max', 'V', 'flops_per_token_hardware', 'h', 'p'),
     'time_imbalance': ('pipeline_imbalance', 'time_compute'),
+    'chunk_share': ('L_last', 'L_max', 'v'),
     'time_bubble': ('chunk_share', 'm', 'p', 'pipeline_imbalance', 'time_compute'),
     'comm_dp_bytes': ('dp', 'g_bucket', 'm', 'psi', 'zero01', 'zero2', 'zero3'),
     'time_dp_exposed': ('bw_dp', 'comm_dp_bytes', 'm', 'overlap_comm', 'time_compute', 'zero01', 'zero2', 'zero3'),
@@ -773,7 +779,6 @@ Name = Literal[
     'bw_pp',
     'bw_tp',
     'causal',
-    'chunk_share',
     'ck_full',
     'ck_none',
     'ck_selective',
@@ -936,6 +941,7 @@ Name = Literal[
     'time_compute',
     'pipeline_imbalance',
     'time_imbalance',
+    'chunk_share',
     'time_bubble',
     'comm_dp_bytes',
     'time_dp_exposed',
@@ -978,7 +984,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'chunk_share', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1059,6 +1065,7 @@ GROUPS = {
     'time_compute': 'Time and cost',
     'pipeline_imbalance': 'Time and cost',
     'time_imbalance': 'Time and cost',
+    'chunk_share': 'Time and cost',
     'time_bubble': 'Time and cost',
     'comm_dp_bytes': 'Time and cost',
     'time_dp_exposed': 'Time and cost',

@@ -356,10 +356,6 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
     return result
 
 
-def with_chunks(spec: Spec, v: int) -> Spec:
-    return spec.model_copy(update={"parallelism": spec.parallelism.model_copy(update={"virtual_stages": v})})
-
-
 def _with_virtual_stages(spec: Spec, chosen: Strategy, others) -> tuple[Spec, dict[str, Any], tuple[str, dict]]:
     """The spec with its virtual stages resolved, its base inputs, and its peak stage under ``chosen``. ``auto``
     tries every count a stage's blocks allow (1 … the fewest blocks on a stage) and keeps the shortest step that
@@ -370,7 +366,7 @@ def _with_virtual_stages(spec: Spec, chosen: Strategy, others) -> tuple[Spec, di
     usable = usable_memory(spec.cluster.device, spec)
     best = None
     for v in counts:
-        candidate = with_chunks(spec, v)
+        candidate = spec.model_copy(update={"parallelism": spec.parallelism.model_copy(update={"virtual_stages": v})})
         base = numeric.evaluate({**architecture_inputs(candidate), **device_inputs(candidate)}, PARAMETER_FORMULAS)
         peak = _peak_stage(candidate, base, chosen, others)
         env = peak[1]

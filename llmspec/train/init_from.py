@@ -171,7 +171,7 @@ def critic_source(spec: Spec) -> InitSource:
     if any(_is_new(name) and "value_head" not in name for name in found):
         raise LLMSpecError(f"{label}: holds adapters, not a whole model; name a fully trained run (or export-hf "
                            "the adapted one, merged)")
-    expected = expected_shapes(value_model_spec(spec).model_copy(update={"post_training": None}))
+    expected = expected_shapes(value_model_spec(spec))  # the critic's base: its architecture, no value head
     expected.update({name: shape for name, shape in found.items() if name.startswith("value_head.")})
     for name in [n for n in expected if n.startswith("lm_head.") and n not in found]:
         del expected[name]  # a reward model's run: no LM head

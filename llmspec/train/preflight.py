@@ -43,7 +43,9 @@ def check_runnable(spec: Spec) -> None:
     if par.context > 1:
         raise LLMSpecError(f"parallelism.context {par.context}: planned, not trained (the compiled model's attention "
                            "exchanges no keys and values between GPUs); set parallelism.context=1 to run")
-    chunks = plan(spec, alternatives=False).spec.parallelism.virtual_stages if par.pipeline > 1 else 1
+    # only a pipeline that asks to interleave is planned here (`auto` resolves to the plan's pick)
+    chunks = 1 if par.virtual_stages == 1 or par.pipeline == 1 else \
+        plan(spec, alternatives=False).spec.parallelism.virtual_stages
     if chunks > 1:  # `auto` runs when the plan picks 1
         picked = f" (the plan picks {chunks})" if par.virtual_stages == "auto" else ""
         raise LLMSpecError(f"parallelism.virtual_stages {par.virtual_stages}{picked}: planned, not trained "
