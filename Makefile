@@ -52,6 +52,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m llmspec.planner.codegen
 	$(BIN)/python -m llmspec.cli.docs
+	$(BIN)/python benchmarks/calibrate.py --write > /dev/null
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/plan_latency.py

@@ -72,6 +72,8 @@ CONSUMERS: dict[str, set[str]] = {
     # data-parallel degree it derives
     "parallelism.context": {"compile", "plan"},
     "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
+    "parallelism.tp_comm_overlap": {"plan", "run"},  # run refuses it: AutoTP waits for each collective
+    "published": {"plan"},  # shown beside the plan's own figure
     "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts
     "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes
     "post_training": {"compile", "plan"},  # run refuses it up front: planned, not yet run
@@ -117,6 +119,7 @@ CHANGE = {
     "parallelism.allgather_bucket_size": "1000", "parallelism.max_live_parameters": "1000",
     "cluster.gpu": "A100-80GB", "cluster.intra_node_bandwidth": "0.01", "cluster.inter_node_bandwidth": "0.01",
     "cluster.price_per_gpu_hour": "3.0", "cluster.efficiency": "0.3",
+    "published": "{source: a paper, tflops_per_gpu: 1.0}",
     "data.corpus": "notes.txt", "data.tokenizer.path": "tokenizer.json", "data.tokenizer.vocab_size": "1024",
 }
 TWO_GPUS = ["cluster.gpus_per_node=2", "training.global_batch_size=32"]
@@ -125,6 +128,7 @@ CONTEXT = {
     "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"],
     "parallelism.context": TWO_GPUS,
     "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
+    "parallelism.tp_comm_overlap": [*TWO_GPUS, "parallelism.tensor=2"],
     "cluster.hosts": ["cluster.nodes=2", *TWO_GPUS[1:]],
     "parallelism.first_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"],
     "parallelism.expert": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}"],

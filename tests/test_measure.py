@@ -14,11 +14,16 @@ from tests.helpers import minimal
 
 # Big specs take seconds each on meta/fake tensors; measured in full all the same (these are the promise).
 SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b", "llama3-70b-qlora",
-        "llama2-7b-ppo"}  # (decoding 16 rollouts × 256 tokens through 32 layers on meta tensors: 70 s)
+        "llama2-7b-ppo",  # (decoding 16 rollouts × 256 tokens through 32 layers on meta tensors: 70 s)
+        "published/llama3-405b-131k", "published/megatron-1t", "published/megatron-530b",
+        "published/megatron-310b", "published/megatron-145b"}
+# Published layouts that differ from a measured named spec only in what measure does not read (the number of
+# nodes, the global batch, the overlap of communication): tests/test_published.py asserts that they do.
+MEASURED_AS = {"published/llama3-405b-8k": "llama3-405b", "published/llama3-405b-16k": "llama3-405b"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
-                                  for n in sorted(named_specs())])
+                                  for n in sorted(set(named_specs()) - set(MEASURED_AS))])
 def test_named_specs_match_the_compiled_model_exactly(name):
     _assert_exact(measure(load_spec(name)))
 

@@ -10,7 +10,6 @@ import sympy as sp
 from pydantic import BaseModel
 
 from llmspec.planner.formulas import FORMULAS, INPUT_DOCS
-from llmspec.planner.inputs import DEFAULT_EFFICIENCY
 from llmspec.planner.regimes import REGIMES, pieces
 from llmspec.spec import catalogue
 from llmspec.spec.compare import RESUME_SAFE
@@ -45,20 +44,19 @@ def render_formulas() -> str:
             note = "" if piece.on_gpu_at_stage3 else " (not kept under ZeRO-3)"
             lines.append(f"| {regime.name} | {piece.name} | {piece.bytes} | {piece.sharded_from}{note} |\n")
     lines.append("\n" + "\n".join(f"- **{r.name}**: {r.summary}" for r in REGIMES.values()) + "\n")
-    lines.append(f"\n## Calibration\n\nThe default `cluster.efficiency` is {DEFAULT_EFFICIENCY}: the achieved "
-                 "fraction of peak for executed FLOPs (recompute included) before exposed communication and "
-                 "bubbles, which the time model adds. Megatron-LM (2021) reports 44-52% of A100 peak measured "
-                 "the same way. With it, `specs/llama2-7b.yaml` and `specs/llama2-70b.yaml` reproduce the Llama 2 "
-                 "model card's 184,320 and 1,720,320 A100-80GB GPU-hours within 4% (`tests/test_time.py` pins "
-                 "±20%).\n")
+    lines.append("\n## Calibration\n\nWithout `cluster.efficiency`, a block's FLOPs run at the GPU family's fitted "
+                 "matmul efficiency, lowered by the memory-bound kernels between the matmuls (`ELEMENTWISE`); links "
+                 "at what NCCL achieves of their peak. The constants are the least-squares fit of the published "
+                 "runs in `specs/published/` and the Llama 2 model card: docs/calibration.md shows the fit, every "
+                 "run predicted against published, and the residuals.\n")
     lines.append("\n## GPU catalogue\n\nPrices as of " + catalogue.PRICES_AS_OF + " (override with "
                  "`cluster.price_per_gpu_hour`).\n\n| GPU | memory | dense TFLOP/s | HBM | intra-node | "
-                 "inter-node | $/h |\n|---|---|---|---|---|---|---|\n")
+                 "inter-node | matmul efficiency | $/h |\n|---|---|---|---|---|---|---|---|\n")
     for gpu in catalogue.CATALOGUE:
         peaks = ", ".join(f"{k} {v / 1e12:g}" for k, v in gpu.peak_flops.items())
         lines.append(f"| {gpu.name} | {gpu.memory_bytes / 2**30:g} GiB | {peaks} | {gpu.hbm_bandwidth / 1e12:g} TB/s"
                      f" | {gpu.intra_node_bandwidth / 1e9:g} GB/s | {gpu.inter_node_bandwidth / 1e9:g} GB/s | "
-                     f"{gpu.price_per_hour:.2f} |\n")
+                     f"{gpu.efficiency:.2f} | {gpu.price_per_hour:.2f} |\n")
     return "".join(lines)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from llmspec.errors import LLMSpecError
 from llmspec.planner import numeric
-from llmspec.planner.inputs import DEFAULT_EFFICIENCY, PARAMETER_FORMULAS, architecture_inputs
+from llmspec.planner.inputs import PARAMETER_FORMULAS, architecture_inputs
 from llmspec.spec import catalogue
 from llmspec.spec.loading import load_spec
 from llmspec.spec.schema import Spec
@@ -100,7 +100,9 @@ def compute_optimal_report(source: str | None, sets: list[str], compute: str | N
             raise LLMSpecError(f"--budget {budget:g}: buys {affordable:.1f} {device.name} for {days:g} days; "
                                "at least one node of 8 is needed")
         gpus = 1 << (int(affordable).bit_length() - 1)  # whole nodes, a power of two: batch layouts divide
-        efficiency = template.cluster.efficiency or DEFAULT_EFFICIENCY
+        # the model is not sized yet: its matmuls at the generation's fitted rate (a model that fills this
+        # budget is wide enough that the memory-bound kernels cost little)
+        efficiency = template.cluster.efficiency or device.efficiency
         flops = gpus * device.peak_flops[template.training.precision] * efficiency * days * 86400
     rules = optimal(flops)
     shaped = shape_for(rules["20_tokens_per_param"]["params"], template)

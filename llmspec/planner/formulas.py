@@ -30,6 +30,7 @@ masked = sp.Symbol("masked", nonnegative=True)
 e_stat, e_mask = _s("e_stat e_mask", positive=True)
 t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
 sp_on = sp.Symbol("sequence_parallel", nonnegative=True)
+tp_ov = sp.Symbol("tp_comm_overlap", nonnegative=True)
 ep, bw_ep = _s("ep bw_ep", positive=True)
 cp, bw_cp = _s("cp bw_cp", positive=True)
 s_local = s / cp  # a micro-batch's positions on this GPU: context parallelism splits every sequence
@@ -38,7 +39,7 @@ psi, P_L, L_here = _s("psi P_L L_here", positive=True)
 rank_pp = sp.Symbol("rank", nonnegative=True)
 L_max, L_last = _s("L_max L_last", nonnegative=True)
 first, last, z12, z3, overlap = _s("first_stage last_stage zero12 zero3 overlap_comm", nonnegative=True)
-w_bpp, g_bpp, o_bpp, g_bucket = _s("w_bpp g_bpp o_bpp g_bucket", nonnegative=True)
+w_bpp, g_bpp, o_bpp, g_bucket, g_comm = _s("w_bpp g_bpp o_bpp g_bucket g_comm", nonnegative=True)
 reduce_bucket, prefetch_bucket = _s("reduce_bucket prefetch_bucket", positive=True)
 F_peak, eff, bw_dp, bw_tp, bw_pp, steps, price = _s("F_peak eff bw_dp bw_tp bw_pp steps price", positive=True)
 z01, z2 = _s("zero01 zero2", nonnegative=True)
@@ -92,6 +93,8 @@ INPUT_DOCS: dict[str, str] = {
     "window": "attention window (sliding_window, else s)", "t": "tensor-parallel degree",
     "sequence_parallel": "1 if tensor-parallel ranks also split the sequence outside attention and the MLP "
     "(Megatron's sequence parallelism), 0 if they hold those activations whole",
+    "tp_comm_overlap": "1 if tensor-parallel collectives are split into chunks pipelined with the matmuls they "
+    "feed (Transformer Engine's userbuffers, Megatron-LM's --tp-comm-overlap)",
     "e_stat": "bytes per LayerNorm mean/rstd element: 4 (fp32) on GPUs; the activation dtype's on CPU",
     "e_mask": "bytes per dropout-mask element: 1 (bool, fused kernel) on GPUs; the activation dtype's on CPU",
     "masked": "1 if the sliding window is shorter than the sequence (an explicit attention mask)",
@@ -112,6 +115,8 @@ INPUT_DOCS: dict[str, str] = {
     "w_bpp": "weight bytes per parameter on this GPU (regime, ZeRO, offload)",
     "g_bpp": "gradient bytes per parameter on this GPU", "o_bpp": "optimizer bytes per parameter on this GPU",
     "g_bucket": "bytes per gradient element in communication buckets",
+    "g_comm": "bytes per gradient element the data-parallel reduction sends (4 where gradients are fp32: the "
+    "megatron regime)",
     "reduce_bucket": "reduce_bucket_size (elements)", "prefetch_bucket": "stage3_prefetch_bucket_size (elements)",
     "F_peak": "dense peak FLOP/s of one GPU at the training precision", "eff": "achieved fraction of peak",
     "bw_dp": "bytes/s per GPU on the data-parallel links", "bw_tp": "bytes/s per GPU on tensor-parallel links",
@@ -516,16 +521,24 @@ chunk = define("chunk_share", sp.ceiling(fullest / v) / fullest,
 t_bubble = define("time_bubble", (p - 1) / m * chunk * imbalance * t_compute,
                   "pipeline fill and drain: p − 1 of the largest chunk's forward and backward, at the slowest "
                   "stage's pace ((p − 1)/(v·m) of a step's compute when v divides the blocks)", "s")
-dp_bytes = define("comm_dp_bytes", (dp - 1) / dp * psi * (z01 * 2 * g_bucket + z2 * (m * g_bucket + 2)
-                                                           + z3 * m * (4 + g_bucket)),
+dp_bytes = define("comm_dp_bytes", (dp - 1) / dp * psi * (z01 * 2 * g_comm + z2 * (m * g_comm + 2)
+                                                           + z3 * m * (4 + g_comm)),
                   "bytes each GPU sends per step for data parallelism: all-reduce (ZeRO-0/1), reduce-scatter per "
                   "micro-batch + weight all-gather (ZeRO-2), two all-gathers + reduce-scatter per micro-batch "
                   "(ZeRO-3)", "B")
 window_dp = (z01 * sp.Rational(2, 3) / m + z2 * sp.Rational(2, 3) + z3) * t_compute * overlap
 t_dp = define("time_dp_exposed", sp.Max(0, dp_bytes / bw_dp - window_dp),
               "data-parallel traffic not hidden behind backward compute", "s")
-t_tp = define("time_tp", (8 + 4 * ck_full) * L_here * (t - 1) / t * b * s_local * h * e * m / bw_tp,
-              "tensor-parallel collectives: 4 per block forward, 4 backward (+4 when recomputing)", "s")
+t_tp_all = define("time_tp_collectives",
+                  (8 + 4 * ck_full) * L_here * (t - 1) / t * b * s_local * h * e * m / bw_tp,
+                  "tensor-parallel collectives: 4 per block forward, 4 backward (+4 when recomputing)", "s")
+# Overlapped (Wang et al. 2023, "Overlap communication with dependent computation via decomposition"; Transformer
+# Engine): each collective is split into t chunks around the ring, and each chunk's transfer runs under the
+# previous chunk's matmul: the first of the t chunks has nothing to hide behind, and whatever outlasts the
+# matmuls stays exposed. Without overlap (DeepSpeed AutoTP, Megatron-LM 2021) every collective waits.
+t_tp = define("time_tp", (1 - tp_ov) * t_tp_all
+              + tp_ov * (t_tp_all / t + sp.Max(0, t_tp_all * (t - 1) / t - t_compute)),
+              "tensor-parallel collectives not hidden behind the matmuls (all of them without overlap)", "s")
 t_pp = define("time_pp", (p * v - 1) / p * 2 * m * b * s_local * h * e / t / bw_pp,
               "activations and their gradients sent between stages (p·v − 1 chunk boundaries interleaved)", "s")
 t_off = define("time_offload", offload * psi / shard * ((g_bucket + w_bytes) / bw_host + gpn / adam_rate),

@@ -16,11 +16,16 @@ from llmspec.spec import catalogue
 from llmspec.spec.post_training import RL_METHODS, WITH_REFERENCE, sequences_per_example
 from llmspec.spec.schema import ParallelismSpec, Spec
 
-# Achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
-# and pipeline bubbles, which the time model adds separately. Megatron-LM reports 44-52% of A100 peak this way.
-# Calibrated on the Llama 2 model card (7B: 184,320 and 70B: 1,720,320 A100-80GB GPU-hours for 2T tokens)
-# with specs/llama2-7b.yaml and llama2-70b.yaml: 0.940x and 1.035x (tests/test_time.py pins +-20%).
-DEFAULT_EFFICIENCY = 0.50
+# The achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
+# and pipeline bubbles, which the time model adds separately: the GPU generation's fitted matmul efficiency,
+# lowered by the memory-bound kernels (norms, activations, residual adds, dropout) that run between the matmuls.
+# Their time per token grows with the width they sweep (h, or h/t under sequence parallelism), the matmuls' with h²/t;
+# so their share of a block's time is ELEMENTWISE·R/w, with w = h/t (h under sequence parallelism: both split) and R
+# the GPU's ridge point in FLOPs per HBM byte. ELEMENTWISE (bytes those kernels move per unit of matmul work) is
+# fitted with the generations' efficiencies by benchmarks/calibrate.py; docs/calibration.md has the fit and its
+# residuals. Megatron-LM 2021 saw exactly this: "GPU utilization improves as the models get larger (larger matrix
+# multiplications)".
+ELEMENTWISE = 0.05
 
 
 # The strategy choices, in the spec's own order: codes into these tuples are what the search's columns hold.
@@ -43,6 +48,13 @@ FORWARD_FORMULAS = PARAMETER_FORMULAS | {"matmul_weights", "attention_context", 
 def choose(condition: Any, yes: Any, no: Any) -> Any:
     """``yes if condition else no``, also elementwise over numpy arrays (the layout search); exact for both."""
     return yes * condition + no * (1 - condition)
+
+
+def achieved_efficiency(gpu: catalogue.GPU, spec: Spec, tensor: Any) -> Any:
+    """The fraction of peak a block's FLOPs run at on ``gpu`` (``tensor`` may be a numpy column: the search)."""
+    width = spec.model.d_model / (1 if spec.parallelism.sequence_parallel else tensor)
+    ridge = gpu.ridge[spec.training.precision]
+    return gpu.efficiency * width / (width + ELEMENTWISE * ridge)
 
 
 def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:
@@ -69,13 +81,15 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         # pairwise objectives (reward, dpo) run a chosen and a rejected sequence per example
         "b": tr.micro_batch_size * pairs, "s": seq, "B": tr.global_batch_size * pairs,
         "D": tr.total_tokens * pairs,
-        "e": e, "w_bytes": e, "g_bucket": e, "window": mo.sliding_window or seq,
+        "e": e, "w_bytes": e, "g_bucket": e,
+        "g_comm": 4 if par.byte_regime == "megatron" else e, "window": mo.sliding_window or seq,
         # CPU kernels keep LayerNorm statistics and dropout masks in the activation dtype; GPU kernels in
         # fp32 and bool.
         "e_stat": e if spec.cluster.device.name == "cpu" else 4,
         "e_mask": e if spec.cluster.device.name == "cpu" else 1,
         "masked": int(mo.sliding_window is not None and mo.sliding_window < seq),
-        "t": par.tensor, "sequence_parallel": int(par.sequence_parallel), "p": par.pipeline, "ep": par.expert,
+        "t": par.tensor, "sequence_parallel": int(par.sequence_parallel),
+        "tp_comm_overlap": int(par.tp_comm_overlap), "p": par.pipeline, "ep": par.expert,
         # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
         "dp": par.data_parallel * par.context, "cp": par.context, "m": tr.gradient_accumulation_steps,
         # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1)
@@ -218,11 +232,14 @@ def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = Non
     within = cl.gpus_per_node if gpus_per_node is None else gpus_per_node
     t = par.tensor if tensor is None else tensor
     p = par.pipeline if pipeline is None else pipeline
-    intra = cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth
-    inter = cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth
+    # links at what collectives achieve of their peak (catalogue.NVLINK_ACHIEVED, NETWORK_ACHIEVED)
+    intra = (cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth) \
+        * catalogue.NVLINK_ACHIEVED
+    inter = (cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth) \
+        * catalogue.NETWORK_ACHIEVED
     return {
         "F_peak": gpu.peak_flops[spec.training.precision],
-        "eff": cl.efficiency or DEFAULT_EFFICIENCY,
+        "eff": cl.efficiency or achieved_efficiency(gpu, spec, t),
         "bw_dp": choose(nodes == 1, intra, inter),
         "bw_tp": choose(t <= within, intra, inter),
         "bw_ep": choose(t * par.expert <= within, intra, inter),  # expert groups are consecutive ranks

@@ -56,6 +56,7 @@ class Layout:
     offload_optimizer: str
     offload_params: str
     base_precision: str | None  # post-training: how the frozen base is stored (None: pretraining)
+    sequence_parallel: bool  # the spec's, where tensor parallelism leaves anything to split
     peak_memory: float
     seconds: float
     gpu_hours: float
@@ -73,6 +74,7 @@ class Layout:
         return [f"cluster.gpu={self.gpu}", f"cluster.gpus_per_node={self.gpus_per_node}",
                 f"cluster.nodes={self.nodes}", f"parallelism.tensor={self.tensor}",
                 f"parallelism.pipeline={self.pipeline}", f"parallelism.virtual_stages={self.virtual_stages}",
+                f"parallelism.sequence_parallel={str(self.sequence_parallel).lower()}",
                 f"parallelism.zero_stage={self.zero_stage}",
                 f"parallelism.activation_checkpointing={self.activation_checkpointing}",
                 f"parallelism.offload_optimizer={self.offload_optimizer}",
@@ -205,7 +207,7 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
                 ok &= scores["cost"] <= budget
             evaluated += len(ok)
             tables.append((gpu, storage, {k: v[ok] for k, v in grid.items()}, {k: v[ok] for k, v in scores.items()}))
-    layouts = [_layout(gpu, storage, g, s, i) for gpu, storage, g, s in tables
+    layouts = [_layout(spec, gpu, storage, g, s, i) for gpu, storage, g, s in tables
                for i in _pareto(s["time_total"], s["cost"])]
     frontier = [layouts[i] for i in _pareto(np.array([x.seconds for x in layouts]),
                                             np.array([x.cost for x in layouts]))] if layouts else []
@@ -241,10 +243,12 @@ def _pareto(seconds: np.ndarray, cost: np.ndarray) -> list[int]:
     return keep
 
 
-def _layout(gpu: catalogue.GPU, storage: str | None, grid: dict[str, np.ndarray], scores: dict[str, np.ndarray],
-            i: int) -> Layout:
+def _layout(spec: Spec, gpu: catalogue.GPU, storage: str | None, grid: dict[str, np.ndarray],
+            scores: dict[str, np.ndarray], i: int) -> Layout:
     off = OFFLOADS[int(grid["off"][i])]
-    return Layout(gpu.name, int(grid["n"][i]), int(grid["t"][i]), int(grid["p"][i]), int(grid["v"][i]),
+    tensor = int(grid["t"][i])
+    return Layout(gpu.name, int(grid["n"][i]), tensor, int(grid["p"][i]), int(grid["v"][i]),
                   int(grid["z"][i]), int(grid["mb"][i]), CHECKPOINTING[int(grid["ck"][i])], off[0], off[1], storage,
+                  spec.parallelism.sequence_parallel and tensor > 1,
                   float(scores["memory_peak"][i]), float(scores["time_total"][i]), float(scores["gpu_hours"][i]),
                   float(scores["cost"][i]))

@@ -430,9 +430,9 @@ def time_bubble(chunk_share, m, p, pipeline_imbalance, time_compute):
     return chunk_share*pipeline_imbalance*time_compute*(p - 1)/m
 
 
-def comm_dp_bytes(dp, g_bucket, m, psi, zero01, zero2, zero3):
+def comm_dp_bytes(dp, g_comm, m, psi, zero01, zero2, zero3):
     """bytes each GPU sends per step for data parallelism: all-reduce (ZeRO-0/1), reduce-scatter per micro-batch + weight all-gather (ZeRO-2), two all-gathers + reduce-scatter per micro-batch (ZeRO-3) [B]"""
-    return psi*(dp - 1)*(2*g_bucket*zero01 + m*zero3*(g_bucket + 4) + zero2*(g_bucket*m + 2))/dp
+    return psi*(dp - 1)*(2*g_comm*zero01 + m*zero3*(g_comm + 4) + zero2*(g_comm*m + 2))/dp
 
 
 def time_dp_exposed(bw_dp, comm_dp_bytes, m, overlap_comm, time_compute, zero01, zero2, zero3):
@@ -440,9 +440,14 @@ def time_dp_exposed(bw_dp, comm_dp_bytes, m, overlap_comm, time_compute, zero01,
     return _max(0, -overlap_comm*time_compute*((2/3)*zero2 + zero3 + (2/3)*zero01/m) + comm_dp_bytes/bw_dp)
 
 
-def time_tp(L_here, b, bw_tp, ck_full, cp, e, h, m, s, t):
+def time_tp_collectives(L_here, b, bw_tp, ck_full, cp, e, h, m, s, t):
     """tensor-parallel collectives: 4 per block forward, 4 backward (+4 when recomputing) [s]"""
     return L_here*b*e*h*m*s*(4*ck_full + 8)*(t - 1)/(bw_tp*cp*t)
+
+
+def time_tp(t, time_compute, time_tp_collectives, tp_comm_overlap):
+    """tensor-parallel collectives not hidden behind the matmuls (all of them without overlap) [s]"""
+    return time_tp_collectives*(1 - tp_comm_overlap) + tp_comm_overlap*(_max(0, -time_compute + time_tp_collectives*(t - 1)/t) + time_tp_collectives/t)
 
 
 def time_pp(b, bw_pp, cp, e, h, m, p, s, t, v):
@@ -710,9 +715,10 @@ ARGUMENTS = {
     'time_imbalance': ('pipeline_imbalance', 'time_compute'),
     'chunk_share': ('L_last', 'L_max', 'v'),
     'time_bubble': ('chunk_share', 'm', 'p', 'pipeline_imbalance', 'time_compute'),
-    'comm_dp_bytes': ('dp', 'g_bucket', 'm', 'psi', 'zero01', 'zero2', 'zero3'),
+    'comm_dp_bytes': ('dp', 'g_comm', 'm', 'psi', 'zero01', 'zero2', 'zero3'),
     'time_dp_exposed': ('bw_dp', 'comm_dp_bytes', 'm', 'overlap_comm', 'time_compute', 'zero01', 'zero2', 'zero3'),
-    'time_tp': ('L_here', 'b', 'bw_tp', 'ck_full', 'cp', 'e', 'h', 'm', 's', 't'),
+    'time_tp_collectives': ('L_here', 'b', 'bw_tp', 'ck_full', 'cp', 'e', 'h', 'm', 's', 't'),
+    'time_tp': ('t', 'time_compute', 'time_tp_collectives', 'tp_comm_overlap'),
     'time_pp': ('b', 'bw_pp', 'cp', 'e', 'h', 'm', 'p', 's', 't', 'v'),
     'time_offload': ('bw_host', 'cpu_adam_rate', 'g_bucket', 'gpus_per_node', 'offload', 'psi', 'shard', 'w_bytes'),
     'comm_ep_bytes': ('K', 'L_here', 'b', 'ck_full', 'ck_selective', 'cp', 'e', 'ep', 'h', 'm', 'moe', 's', 't'),
@@ -801,6 +807,7 @@ Name = Literal[
     'fused_qkv',
     'g_bpp',
     'g_bucket',
+    'g_comm',
     'gated',
     'gpus_per_node',
     'h',
@@ -854,6 +861,7 @@ Name = Literal[
     'steps',
     't',
     'tied',
+    'tp_comm_overlap',
     'usable',
     'v',
     'value_head',
@@ -945,6 +953,7 @@ Name = Literal[
     'time_bubble',
     'comm_dp_bytes',
     'time_dp_exposed',
+    'time_tp_collectives',
     'time_tp',
     'time_pp',
     'time_offload',
@@ -984,7 +993,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1069,6 +1078,7 @@ GROUPS = {
     'time_bubble': 'Time and cost',
     'comm_dp_bytes': 'Time and cost',
     'time_dp_exposed': 'Time and cost',
+    'time_tp_collectives': 'Time and cost',
     'time_tp': 'Time and cost',
     'time_pp': 'Time and cost',
     'time_offload': 'Time and cost',

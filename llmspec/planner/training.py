@@ -13,7 +13,6 @@ from typing import Any
 from llmspec.planner import numeric, rl_phases
 from llmspec.planner.inputs import (
     CHECKPOINTING,
-    DEFAULT_EFFICIENCY,
     FORWARD_FORMULAS,
     OFFLOAD_MODES,
     PARAMETER_FORMULAS,
@@ -25,13 +24,14 @@ from llmspec.planner.inputs import (
     strategy_inputs,
     usable_memory,
 )
+from llmspec.planner.published import tflops_per_gpu
 from llmspec.planner.regimes import bytes_per_param
 from llmspec.spec.loading import role_model
 from llmspec.spec.post_training import RL_METHODS
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
 
-__all__ = ["CHECKPOINTING", "DEFAULT_EFFICIENCY", "Alternative", "Plan", "Strategy", "plan", "single_device_env",
+__all__ = ["CHECKPOINTING", "Alternative", "Plan", "Strategy", "plan", "single_device_env",
            "strategies"]
 
 
@@ -182,6 +182,16 @@ class Plan:
                        "flops": float(phase["flops"])}
                 for name, phase in self.env.get(rl_phases.PHASES_KEY, {}).items()}
 
+    @property
+    def published(self) -> dict[str, Any] | None:
+        """A published run's figure beside the plan's, counted as the publication counts (spec.published)."""
+        reported = self.spec.published
+        if reported is None:
+            return None
+        planned = tflops_per_gpu(self.spec, self.env)
+        return {"source": reported.source, "counted": reported.counted, "tflops_per_gpu": reported.tflops_per_gpu,
+                "planned_tflops_per_gpu": planned, "ratio": planned / reported.tflops_per_gpu}
+
     def to_json(self) -> dict[str, Any]:
         spec = self.spec
         post = {} if spec.post_training is None else {"models": self.models}
@@ -196,6 +206,7 @@ class Plan:
             "nvme_memory": self.nvme_memory,
             "host_memory_deepspeed": self.host_memory_deepspeed,
             "time": self.time,
+            **({"published": self.published} if self.published else {}),
             "fits": self.fits,
             "gpu": {"name": self.gpu_name, "memory": self.gpu_memory, "usable": self.usable_memory,
                     "count": spec.cluster.gpus, "efficiency": self.efficiency},

@@ -17,6 +17,17 @@ NVME_BANDWIDTH = 3e9
 CPU_ADAM_RATE = 1.5e9
 TERA = 1e12
 GIGA = 1e9
+# What collectives achieve of a link's one-direction peak (NCCL's bus bandwidth, the figure nccl-tests prints):
+# NVLink: 8 x A100-SXM4-80GB all-reduce about 200 GB/s of 300 (NVIDIA/nccl-tests issues #149 and #178: 200-208);
+# InfiniBand: three A100 nodes over 4 x HDR 200 Gb/s each, 84.8 GB/s average of 100 (NVIDIA/nccl-tests issue
+# #119; 96 at its largest sizes). The spec's bandwidth overrides are peaks too, and take the same factors.
+NVLINK_ACHIEVED = 0.67
+NETWORK_ACHIEVED = 0.85
+# Achieved fraction of peak on a transformer's large matmuls, per GPU family, fitted on published runs by
+# benchmarks/calibrate.py (fit and residuals: docs/calibration.md): Ampere on Megatron-LM 2021's weak scaling and
+# the Llama 2 model card, Hopper on Llama 3 405B. A GPU without a published run takes the nearest fitted family's
+# (its efficiency_source says so); this machine's CPU keeps half its measured matmul rate.
+EFFICIENCY = {"ampere": 0.53, "hopper": 0.65, "cpu": 0.5}
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,18 @@ class GPU:
     inter_node_bandwidth: float = 50 * GIGA  # bytes/s per GPU: 400 Gb/s InfiniBand/RoCE NIC per GPU
     price_per_hour: float = 0.0  # USD per GPU-hour
     aliases: tuple[str, ...] = field(default=())
+    family: str = "ampere"  # whose fitted matmul efficiency it runs at (EFFICIENCY)
+    efficiency_source: str = "Ampere's (a custom GPU)"
+
+    @property
+    def efficiency(self) -> float:
+        """Achieved fraction of peak on large matmuls (EFFICIENCY)."""
+        return EFFICIENCY[self.family]
+
+    @property
+    def ridge(self) -> dict[str, float]:
+        """FLOPs per byte of HBM traffic at which each dtype's matmuls stop being memory-bound."""
+        return {dtype: peak / self.hbm_bandwidth for dtype, peak in self.peak_flops.items()}
 
 
 def _gib(n: float) -> int:
@@ -41,27 +64,38 @@ def _gb(n: float) -> int:
 
 CATALOGUE: tuple[GPU, ...] = (
     GPU("V100-32GB", _gib(32), {"fp16": 125 * TERA, "fp32": 15.7 * TERA}, 0.9e12, 150 * GIGA, 12.5 * GIGA, 1.50,
-        ("v100", "v100-sxm2-32gb")),
+        ("v100", "v100-sxm2-32gb"),
+        family="ampere", efficiency_source="Ampere's (no published run)"),
     GPU("A100-40GB", _gib(40), {"bf16": 312 * TERA, "fp16": 312 * TERA, "fp32": 19.5 * TERA}, 1.555e12,
-        300 * GIGA, 25 * GIGA, 1.30, ("a100-40g", "a100-sxm4-40gb")),
+        300 * GIGA, 25 * GIGA, 1.30, ("a100-40g", "a100-sxm4-40gb"),
+        family="ampere", efficiency_source="fitted: Megatron-LM 2021, Llama 2"),
     GPU("A100-80GB", _gib(80), {"bf16": 312 * TERA, "fp16": 312 * TERA, "fp32": 19.5 * TERA}, 2.039e12,
-        300 * GIGA, 25 * GIGA, 1.80, ("a100", "a100-80g", "a100-sxm4-80gb")),
+        300 * GIGA, 25 * GIGA, 1.80, ("a100", "a100-80g", "a100-sxm4-80gb"),
+        family="ampere", efficiency_source="fitted: Megatron-LM 2021, Llama 2"),
     GPU("H100-SXM", _gib(80), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp32": 67 * TERA}, 3.35e12, 450 * GIGA,
-        50 * GIGA, 3.00, ("h100", "h100-80gb", "h100-sxm5")),
+        50 * GIGA, 3.00, ("h100", "h100-80gb", "h100-sxm5"),
+        family="hopper", efficiency_source="fitted: Llama 3 405B"),
     GPU("H100-PCIe", _gib(80), {"bf16": 756 * TERA, "fp16": 756 * TERA, "fp32": 51 * TERA}, 2.0e12, 64 * GIGA,
-        25 * GIGA, 2.50, ("h100pcie",)),
+        25 * GIGA, 2.50, ("h100pcie",),
+        family="hopper", efficiency_source="Hopper's (no published run)"),
     GPU("H200", _gib(141), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp32": 67 * TERA}, 4.8e12, 450 * GIGA,
-        50 * GIGA, 3.80, ("h200-sxm", "h200-141gb")),
+        50 * GIGA, 3.80, ("h200-sxm", "h200-141gb"),
+        family="hopper", efficiency_source="Hopper's (no published run)"),
     GPU("B200", _gib(180), {"bf16": 2250 * TERA, "fp16": 2250 * TERA, "fp32": 80 * TERA}, 8.0e12, 900 * GIGA,
-        50 * GIGA, 6.00, ("b200-sxm",)),
+        50 * GIGA, 6.00, ("b200-sxm",),
+        family="hopper", efficiency_source="Hopper's (no published run)"),
     GPU("MI300X", _gib(192), {"bf16": 1307 * TERA, "fp16": 1307 * TERA, "fp32": 163 * TERA}, 5.3e12, 448 * GIGA,
-        50 * GIGA, 3.50, ("mi300",)),
+        50 * GIGA, 3.50, ("mi300",),
+        family="hopper", efficiency_source="Hopper's (no published run)"),
     GPU("L4", _gib(24), {"bf16": 121 * TERA, "fp16": 121 * TERA, "fp32": 30 * TERA}, 0.3e12, 32 * GIGA,
-        12.5 * GIGA, 0.80, ()),
+        12.5 * GIGA, 0.80, (),
+        family="ampere", efficiency_source="Ampere's (no published run)"),
     GPU("RTX-4090", _gib(24), {"bf16": 165 * TERA, "fp16": 165 * TERA, "fp32": 82.6 * TERA}, 1.0e12, 32 * GIGA,
-        12.5 * GIGA, 0.70, ("4090", "rtx4090", "geforce-rtx-4090")),
+        12.5 * GIGA, 0.70, ("4090", "rtx4090", "geforce-rtx-4090"),
+        family="ampere", efficiency_source="Ampere's (no published run)"),
     # This machine class: 2 cores, fp32 matmul ~188 GFLOP/s measured; no native bf16; DeepSpeed refuses fp16.
-    GPU("cpu", _gib(24), {"fp32": 188 * GIGA, "bf16": 10 * GIGA}, 20e9, 10 * GIGA, 1 * GIGA, 0.0, ("host",)),
+    GPU("cpu", _gib(24), {"fp32": 188 * GIGA, "bf16": 10 * GIGA}, 20e9, 10 * GIGA, 1 * GIGA, 0.0, ("host",),
+        family="cpu", efficiency_source="half the measured matmul rate (no published run)"),
 )
 
 

@@ -18,10 +18,17 @@ from llmspec.spec.schema import ModelSpec, Spec
 SET_SOURCE = "--set"
 
 
+PUBLISHED = "published"
+
+
 def named_specs() -> dict[str, Path]:
-    """Named example specs shipped in ``specs/`` (installed as the ``llmspec.specs`` package)."""
+    """Named example specs shipped in ``specs/`` (installed as the ``llmspec.specs`` package), and the published
+    runs' layouts in ``specs/published/`` as ``published/NAME``."""
     folder = resources.files("llmspec.specs")
-    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+    found = {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+    found |= {f"{PUBLISHED}/{Path(f.name).stem}": Path(str(f))
+              for f in folder.joinpath(PUBLISHED).iterdir() if f.name.endswith(".yaml")}
+    return found
 
 
 def resolve(source: str | Path) -> Path:

@@ -189,6 +189,10 @@ class ParallelismSpec(_Section):
     sequence_parallel: bool = Field(
         False, description="tensor-parallel ranks split the sequence outside attention and the MLP (Megatron); "
         "`run`'s engine (DeepSpeed AutoTP) does not, so it plans only")
+    tp_comm_overlap: bool = Field(
+        False, description="tensor-parallel collectives pipelined in chunks under the matmuls they feed "
+        "(Transformer Engine, Megatron-LM's --tp-comm-overlap): the time model counts 1/tensor of them and what "
+        "outlasts the matmuls; `run`'s engine (DeepSpeed AutoTP) does not overlap, so it plans only")
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
@@ -197,7 +201,8 @@ class ParallelismSpec(_Section):
         "pure16: 16-bit weights, gradients and optimizer states, no master (8 with Adam; see docs/formulas.md)"
     )
     data_parallel: Positive | None = Field(None, description="derived: gpus / (tensor · pipeline · context)")
-    overlap_comm: bool = True
+    overlap_comm: bool = Field(True, description="data-parallel gradient reduction overlapped with backward "
+                               "(DeepSpeed's overlap_comm, what other engines call dp_comm_overlap)")
     reduce_bucket_size: Positive = 500_000_000
     allgather_bucket_size: Positive = 500_000_000
     prefetch_bucket_size: Positive = 50_000_000
@@ -258,6 +263,17 @@ class DataSpec(_Section):
     val_fraction: float = Field(0.05, gt=0, lt=1)
 
 
+class Published(_Section):
+    """What a run with this spec's layout reported, for the planner's published-run tests and calibration."""
+
+    source: str = Field(min_length=1, description="citation: paper, table")
+    tflops_per_gpu: float = Field(gt=0, description="reported throughput per GPU")
+    counted: Literal["model", "megatron"] = Field(
+        "model", description="how the report counts FLOPs: model (6N per token + causal attention, no recompute: "
+        "the plan's MFU) or megatron (Narayanan et al. 2021's 96·B·s·L·h²(1 + s/6h + V/16Lh) per step: full "
+        "recompute, attention counted whole)")
+
+
 class Spec(_Section):
     """An LLM training job."""
 
@@ -268,6 +284,7 @@ class Spec(_Section):
     cluster: ClusterSpec = ClusterSpec()
     data: DataSpec = DataSpec()
     post_training: PostTraining | None = Field(None, description="absent: pretraining")
+    published: Published | None = Field(None, description="a published run's reported throughput at this layout")
 
     @property
     def stage_layers(self) -> list[int] | None:

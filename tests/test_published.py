@@ -1,0 +1,139 @@
+"""Published runs as tests: every layout in specs/published/ (and the Llama 2 model card's GPU-hours) planned within
+15% of what was reported, at constants that are the least-squares fit of those same points, documented in
+docs/calibration.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from helpers import planned
+
+from llmspec.planner.calibration import Calibration, fit, loss, published_specs, report
+from llmspec.planner.inputs import ELEMENTWISE
+from llmspec.planner.published import megatron_flops_per_step
+from llmspec.spec import catalogue
+from llmspec.spec.loading import named_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = sorted(name for name in named_specs() if name.startswith("published/"))
+
+
+@pytest.fixture(scope="module")
+def calibration() -> Calibration:
+    return Calibration(published_specs())
+
+
+@pytest.fixture(scope="module")
+def points(calibration):
+    return {point.name: point for point in calibration.points(catalogue.EFFICIENCY, ELEMENTWISE)}
+
+
+def test_every_published_layout_is_a_valid_spec_with_its_source():
+    assert len(PUBLISHED) == 13  # Megatron-LM 2021's ten weak-scaling runs, Llama 3 405B's three layouts
+    for name in PUBLISHED:
+        spec = planned(name).spec
+        assert spec.published is not None and "arXiv" in spec.published.source, name
+
+
+def test_layouts_measured_as_another_spec_differ_only_in_what_measure_does_not_read():
+    from tests.test_measure import MEASURED_AS
+
+    per_gpu = {"data_parallel", "tp_comm_overlap"}  # a replica's count, and a time-only field
+    for name, measured in MEASURED_AS.items():
+        spec, same = planned(name).spec, planned(measured).spec
+        assert spec.model == same.model, name
+        for field in ("seq_len", "micro_batch_size", "precision"):
+            assert getattr(spec.training, field) == getattr(same.training, field), (name, field)
+        assert spec.parallelism.model_dump(exclude=per_gpu) == same.parallelism.model_dump(exclude=per_gpu), name
+        assert spec.cluster.gpu == same.cluster.gpu, name
+
+
+@pytest.mark.parametrize("name", PUBLISHED + ["llama2-7b", "llama2-70b"])
+def test_planned_within_15_percent_of_published(points, name):
+    point = points[name]
+    assert 0.85 <= point.ratio <= 1.15, f"{name}: predicted {point.predicted:.4g} against {point.published:.4g}"
+
+
+def test_a_point_is_the_plan_itself(points):
+    # the calibration re-times plan inputs; at the catalogue's constants it must be the plan's own number
+    plan = planned("published/megatron-18b")
+    expected = megatron_flops_per_step(plan.spec) / plan.time["step_seconds"] / 256 / 1e12
+    assert points["published/megatron-18b"].predicted == pytest.approx(expected)
+    llama = planned("published/llama3-405b-8k")
+    assert points["published/llama3-405b-8k"].predicted == pytest.approx(llama.time["mfu"] * 989)
+    assert points["llama2-7b"].predicted == pytest.approx(planned("llama2-7b").time["gpu_hours"])
+
+
+def test_megatron_counts_flops_as_narayanan_et_al():
+    # their eq. (3) for GPT-3 175B (h 12288, 96 layers, vocab 51,200, seq 2048), per sequence: 96·s·L·h²·(…)
+    spec = planned("published/megatron-1t").spec
+    per_sequence = megatron_flops_per_step(spec) / spec.training.global_batch_size
+    h, L, s, V = 25600, 128, 2048, 51200
+    assert per_sequence == pytest.approx(96 * s * L * h * h * (1 + s / (6 * h) + V / (16 * L * h)))
+    # 72·B·s·L·h² without recompute: 4/3 of the model's 6N-per-token count, within the attention and head terms
+    six_n = 6 * planned("published/megatron-1t").params["total"] * s
+    assert per_sequence / six_n == pytest.approx(4 / 3, rel=0.03)
+
+
+def test_throughput_rises_with_model_size_as_published(points):
+    # Megatron-LM's TP-8 runs (18B … 1T): larger matmuls, a smaller bubble per block; published 135 → 163
+    tp8 = ["18b", "39b", "76b", "145b", "310b", "530b", "1t"]
+    predicted = [points[f"published/megatron-{n}"].predicted for n in tp8]
+    published = [points[f"published/megatron-{n}"].published for n in tp8]
+    assert predicted[-1] / predicted[0] > 1.08 and published[-1] / published[0] > 1.08
+    slope = _slope([math.log(p) for p in predicted])
+    assert slope > 0 and _slope([math.log(p) for p in published]) > 0
+
+
+def _slope(values: list[float]) -> float:
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    return sum((i - mean_x) * (y - mean_y) for i, y in enumerate(values)) / sum((i - mean_x) ** 2 for i in range(n))
+
+
+def test_catalogue_constants_are_the_least_squares_fit(calibration):
+    efficiency, elementwise = fit(calibration)
+    for family, value in efficiency.items():
+        assert catalogue.EFFICIENCY[family] == pytest.approx(value, abs=0.01), family
+    assert ELEMENTWISE == pytest.approx(elementwise, abs=0.02)
+    at_catalogue = loss(calibration.points(catalogue.EFFICIENCY, ELEMENTWISE))
+    assert at_catalogue <= loss(calibration.points(efficiency, elementwise)) * 1.02
+    for family in efficiency:  # and moving any family's efficiency 5% either way fits worse
+        for factor in (0.95, 1.05):
+            moved = {**catalogue.EFFICIENCY, family: catalogue.EFFICIENCY[family] * factor}
+            assert loss(calibration.points(moved, ELEMENTWISE)) > at_catalogue
+
+
+def test_docs_calibration_is_current(calibration):
+    written = (ROOT / "docs" / "calibration.md").read_text(encoding="utf-8")
+    assert written == report(calibration), "run: python benchmarks/calibrate.py --write"
+
+
+def test_tensor_parallel_overlap_hides_all_but_one_chunk():
+    sets = ("cluster.nodes=4", "parallelism.tensor=8", "parallelism.zero_stage=1")
+    plain, overlapped = planned("llama2-7b", *sets), planned("llama2-7b", *sets, "parallelism.tp_comm_overlap=true")
+    collectives = plain.env["time_tp_collectives"]
+    assert collectives > 0 and plain.time["tp_seconds"] == pytest.approx(collectives)
+    assert overlapped.time["tp_seconds"] == pytest.approx(collectives / 8)  # far shorter than the matmuls
+    slow = planned("llama2-7b", *sets, "parallelism.tp_comm_overlap=true", "cluster.intra_node_bandwidth=0.5")
+    exposed = slow.env["time_tp_collectives"]
+    assert slow.time["tp_seconds"] == pytest.approx(exposed / 8 + exposed * 7 / 8 - slow.time["compute_seconds"])
+
+
+def test_links_run_at_what_collectives_achieve():
+    plan = planned("llama2-7b", "cluster.nodes=4", "cluster.intra_node_bandwidth=100",
+                   "cluster.inter_node_bandwidth=10")
+    assert plan.env["bw_tp"] == pytest.approx(100e9 * catalogue.NVLINK_ACHIEVED)
+    assert plan.env["bw_dp"] == pytest.approx(10e9 * catalogue.NETWORK_ACHIEVED)
+
+
+def test_efficiency_grows_with_the_width_the_memory_bound_kernels_sweep():
+    narrow, wide = planned("llama2-7b", "parallelism.tensor=8"), planned("llama2-7b")
+    assert narrow.efficiency < wide.efficiency < catalogue.EFFICIENCY["ampere"]
+    ridge = 312e12 / 2.039e12
+    assert wide.efficiency == pytest.approx(0.53 * 4096 / (4096 + ELEMENTWISE * ridge))
+    split = planned("llama2-7b", "parallelism.tensor=8", "parallelism.sequence_parallel=true")
+    assert split.efficiency == pytest.approx(wide.efficiency)  # sequence parallelism splits those kernels too
+    assert planned("llama2-7b", "cluster.efficiency=0.4").efficiency == 0.4  # the spec's override wins
