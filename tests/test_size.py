@@ -14,7 +14,7 @@ from llmspec.cli.app import app
 from llmspec.errors import ConsistencyError, LLMSpecError, SpecError
 from llmspec.planner.compute_optimal import compute_optimal_report, optimal
 from llmspec.planner.inference import inference_plan
-from llmspec.planner.layout_search import MICRO_BATCHES, OFFLOADS, VIRTUAL_STAGES, gpu_counts, search
+from llmspec.planner.layout_search import MICRO_BATCHES, OFFLOADS, VIRTUAL_STAGES, SizeResult, gpu_counts, search
 from llmspec.planner.limits import max_fitting
 from llmspec.planner.training import plan
 from llmspec.spec.loading import load_spec
@@ -44,6 +44,25 @@ def test_every_frontier_layout_replans_as_fitting(llama70b):
         assert result.time["total_seconds"] == pytest.approx(item.seconds, rel=1e-9)
         assert result.time["cost"] == pytest.approx(item.cost, rel=1e-9)
         assert result.memory["peak"] == pytest.approx(item.peak_memory, rel=1e-9)
+
+
+def test_explain_says_which_term_decides_between_the_best_and_the_runner_up(llama70b):
+    from llmspec.planner.size_explain import TERMS, explain
+
+    why = explain(load_spec("llama3-70b"), llama70b)
+    ranked = sorted(llama70b.frontier, key=lambda x: (x.seconds, x.cost))
+    assert why.best is ranked[0] and why.runner_up is ranked[1]
+    # the terms are the plan's, and they add up to each layout's run
+    for layout, side in ((why.best, 0), (why.runner_up, 1)):
+        assert sum(days[side] for days in why.days.values()) == pytest.approx(layout.seconds / 86400)
+    assert set(why.days) <= set(TERMS)
+    gains = {term: best - other for term, (best, other) in why.days.items()}
+    assert why.deciding == min(gains, key=gains.get) and gains[why.deciding] < 0
+    alone = explain(load_spec("llama3-70b"), SizeResult(1, 1, [why.best], why.best, "time"))
+    assert alone.runner_up is None and alone.deciding is None
+    by_cost = explain(load_spec("llama3-70b"), search(load_spec("llama3-70b"), ["H100-SXM", "H200"], 4096,
+                                                      objective="cost"))
+    assert by_cost.best.cost <= by_cost.runner_up.cost
 
 
 def test_search_agrees_with_a_brute_force_loop():
@@ -96,12 +115,14 @@ def test_size_cli_json_write_and_plot(tmp_path):
     runner = CliRunner()
     out = tmp_path / "best.yaml"
     result = runner.invoke(app, ["size", "llama2-7b", "--gpu", "H100-SXM,A100-80GB", "--max-gpus", "512",
-                                 "--deadline", "60d", "--json", "--write", str(out), "--plot",
+                                 "--deadline", "60d", "--json", "--explain", "--write", str(out), "--plot",
                                  str(tmp_path / "size.png")])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert {"evaluated", "feasible", "frontier"} <= set(data) and data["evaluated"] >= data["feasible"] > 0
     assert {"sets", "gpu", "gpus", "days", "gpu_hours", "cost", "peak_memory"} <= set(data["frontier"][0])
+    why = data["explain"]
+    assert why["best"]["sets"] == data["best"]["sets"] and why["deciding"] in why["days"]
     written = load_spec(out)
     assert plan(written, alternatives=False).fits and (tmp_path / "size.png").stat().st_size > 1000
     bad = runner.invoke(app, ["size", "llama2-7b", "--deadline", "soon"])

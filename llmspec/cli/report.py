@@ -260,6 +260,37 @@ def render_size(result, spec, console: Console, sets: list[str] | None = None) -
                       highlight=False)
 
 
+def render_size_explanation(why, console: Console) -> None:
+    """``size --explain``: the best layout's run against the runner-up's, term by term (days of the run)."""
+    from llmspec.planner.size_explain import TERMS
+
+    best, other = why.best, why.runner_up
+    if other is None:
+        console.print("the best is the only layout on the frontier: nothing feasible is faster or cheaper")
+        return
+    console.print(f"why the best beats the runner-up ({other.gpus:,} × {other.gpu}, "
+                  f"{other.tensor}×{other.pipeline}×{other.gpus // (other.tensor * other.pipeline)}, ZeRO "
+                  f"{other.zero_stage}, {other.activation_checkpointing}): the run's time per term")
+    table = Table(box=None, padding=(0, 1, 0, 0), header_style="bold")
+    for column in ("term", "best", "runner-up", "difference"):
+        table.add_column(column, justify="left" if column == "term" else "right", no_wrap=True)
+    def signed(days: float) -> str:
+        return ("+" if days >= 0 else "−") + fmt_duration(abs(days) * 86400)
+
+    for term, (mine, theirs) in why.days.items():
+        table.add_row(TERMS[term], fmt_duration(mine * 86400), fmt_duration(theirs * 86400), signed(mine - theirs),
+                      style="bold" if term == why.deciding else None)
+    table.add_row("run", fmt_duration(best.seconds), fmt_duration(other.seconds),
+                  signed((best.seconds - other.seconds) / 86400))
+    console.print(table)
+    mine, theirs = (best.seconds, other.seconds) if why.objective == "time" else (best.cost, other.cost)
+    if theirs - mine <= 1e-3 * theirs:  # the search's order, not the time model, separates them
+        console.print(f"a tie on {why.objective} (within 0.1%): the runner-up, at {fmt_money(other.cost)} against "
+                      f"{fmt_money(best.cost)}, is as good a choice")
+        return
+    console.print(f"deciding: {TERMS[why.deciding]}; cost {fmt_money(best.cost)} against {fmt_money(other.cost)}")
+
+
 def reproduce_command(name: str, sets: list[str]) -> str:
     """A shell command that pastes whole: one --set per line, continued with backslashes (never wrapped)."""
     return " \\\n".join([f"  llmspec plan {name}", *(f"    --set {item}" for item in sets)])

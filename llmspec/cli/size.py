@@ -20,6 +20,8 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
          objective: Annotated[str, typer.Option(help="time or cost: which frontier point is best")] = "time",
          write: Annotated[Path | None, typer.Option(help="write the best layout as a spec (YAML)")] = None,
          plot: Annotated[Path | None, typer.Option(help="time vs cost scatter with the frontier (PNG)")] = None,
+         explain: Annotated[bool, typer.Option(help="why the best layout beats the runner-up, term by term")]
+         = False,
          compute: Annotated[str | None, typer.Option(help="compute-optimal sizing for this many FLOPs, e.g. 5.8e23")]
          = None, days: Annotated[float | None, typer.Option(help="with --budget and one --gpu: the run's length")]
          = None) -> None:
@@ -65,9 +67,16 @@ def size(spec: Annotated[str | None, typer.Argument(help="a spec file or named s
         from llmspec.cli.plots import plot_size
 
         plot_size(result, plot, loaded.name)
+    why = None
+    if explain:
+        from llmspec.planner.size_explain import explain as explain_best
+
+        why = explain_best(loaded, result)
     if json_:
-        print_json(result.to_json())
+        print_json({**result.to_json(), **({"explain": why.to_json() if why else None} if explain else {})})
         return
-    from llmspec.cli.report import render_size
+    from llmspec.cli.report import render_size, render_size_explanation
 
     render_size(result, loaded, new_console(), set_)
+    if why is not None:
+        render_size_explanation(why, new_console())

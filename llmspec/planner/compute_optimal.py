@@ -123,9 +123,8 @@ def compute_optimal_report(source: str | None, sets: list[str], compute: str | N
 def _a_layout_that_fits(spec: Spec) -> Spec:
     """The template's layout when the sized model fits it; else the fastest layout of the layout search on the
     same GPU type and at most as many GPUs (so that --write never writes a spec that does not fit)."""
-    from llmspec.planner.layout_search import search
+    from llmspec.planner.layout_search import search, with_layout
     from llmspec.planner.training import plan
-    from llmspec.spec.loading import apply_sets
 
     if plan(spec, alternatives=False).fits:
         return spec
@@ -133,6 +132,4 @@ def _a_layout_that_fits(spec: Spec) -> Spec:
     if found.best is None:
         raise LLMSpecError(f"{spec.name}: no layout of up to {spec.cluster.gpus} {spec.cluster.device.name} fits "
                            "the compute-optimal model; give more GPUs (--budget) or another --gpu")
-    data = spec.model_dump(exclude={"training": {"gradient_accumulation_steps"}, "parallelism": {"data_parallel"}})
-    apply_sets(data, found.best.sets())
-    return Spec.model_validate(data)
+    return with_layout(spec, found.best)

@@ -29,6 +29,7 @@ from llmspec.planner.inputs import (
     usable_memory,
 )
 from llmspec.spec import catalogue
+from llmspec.spec.loading import apply_sets
 from llmspec.spec.post_training import RL_METHODS, sequences_per_example
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
@@ -174,6 +175,13 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
     use_head = head["memory_peak"] >= tail["memory_peak"]
     return {key: np.where(use_head, head[key], tail[key]) for key in
             ("memory_peak", "time_step", "time_total", "gpu_hours", "cost")}
+
+
+def with_layout(spec: Spec, layout: Layout) -> Spec:
+    """The spec with a searched layout's overrides applied, validated as a user's --set would be."""
+    data = spec.model_dump(exclude={"training": {"gradient_accumulation_steps"}, "parallelism": {"data_parallel"}})
+    apply_sets(data, layout.sets())
+    return Spec.model_validate(data)
 
 
 def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, deadline_days: float | None = None,
