@@ -65,6 +65,23 @@ def test_explain_says_which_term_decides_between_the_best_and_the_runner_up(llam
     assert by_cost.best.cost <= by_cost.runner_up.cost
 
 
+LONG_CONTEXT = ["training.seq_len=32768", "model.max_seq_len=32768", "training.global_batch_size=128"]
+
+
+@pytest.mark.parametrize("name,sets,split", [("llama3-70b", LONG_CONTEXT, "context"), ("mixtral-8x7b", [], "expert")])
+def test_context_and_expert_degrees_are_searched_and_replan_identically(name, sets, split):
+    result = search(load_spec(name, sets), ["H100-SXM"], 512)
+    assert any(getattr(item, split) > 1 for item in result.frontier), split  # long sequences split; experts too
+    for item in result.frontier:
+        planned = plan(load_spec(name, [*sets, *item.sets()]), alternatives=False)
+        assert planned.spec.parallelism.data_parallel == item.data_parallel
+        assert planned.time["total_seconds"] == pytest.approx(item.seconds, rel=1e-9)
+        assert planned.time["cost"] == pytest.approx(item.cost, rel=1e-9)
+        assert planned.env["memory_peak"] == pytest.approx(item.peak_memory, rel=1e-9)
+    short = search(load_spec("llama3-70b", ["training.seq_len=4096"]), ["H100-SXM"], 64)
+    assert short.frontier and all(item.context == 1 for item in short.frontier)  # 4,096 positions: nothing to split
+
+
 def test_search_agrees_with_a_brute_force_loop():
     spec = load_spec("gpt2-124m", ["cluster.gpu=L4", "training.global_batch_size=32", "training.micro_batch_size=1"])
     result = search(spec, ["L4"], max_gpus=8)

@@ -247,7 +247,7 @@ def render_size(result, spec, console: Console, sets: list[str] | None = None) -
         offload = "opt+par" if x.offload_params != "none" else ("opt" if x.offload_optimizer != "none" else "-")
         chunks = f"({x.virtual_stages})" if x.virtual_stages > 1 else ""  # interleaved 1F1B
         layout = x.base_precision if fine_tune else \
-            f"{x.tensor}×{x.pipeline}{chunks}×{x.gpus // (x.tensor * x.pipeline)}"
+            f"{x.tensor}×{x.pipeline}{chunks}×{x.data_parallel}" + _split_suffix(x)
         table.add_row(x.gpu, f"{x.gpus:,}", layout, str(x.zero_stage), str(x.micro_batch_size),
                       x.activation_checkpointing, offload, f"{x.peak_memory / 2**30:.1f}",
                       f"{x.seconds / 86400:,.1f}", fmt_count(x.gpu_hours), fmt_money(x.cost) +
@@ -260,6 +260,12 @@ def render_size(result, spec, console: Console, sets: list[str] | None = None) -
                       highlight=False)
 
 
+def _split_suffix(layout) -> str:
+    """Context and expert degrees beside TP×PP(v)×DP, where the layout uses them (c: context, e: expert)."""
+    return "".join(f"{letter}{degree}" for letter, degree in (("c", layout.context), ("e", layout.expert))
+                   if degree > 1)
+
+
 def render_size_explanation(why, console: Console) -> None:
     """``size --explain``: the best layout's run against the runner-up's, term by term (days of the run)."""
     from llmspec.planner.size_explain import TERMS
@@ -269,7 +275,7 @@ def render_size_explanation(why, console: Console) -> None:
         console.print("the best is the only layout on the frontier: nothing feasible is faster or cheaper")
         return
     console.print(f"why the best beats the runner-up ({other.gpus:,} × {other.gpu}, "
-                  f"{other.tensor}×{other.pipeline}×{other.gpus // (other.tensor * other.pipeline)}, ZeRO "
+                  f"{other.tensor}×{other.pipeline}×{other.data_parallel}{_split_suffix(other)}, ZeRO "
                   f"{other.zero_stage}, {other.activation_checkpointing}): the run's time per term")
     table = Table(box=None, padding=(0, 1, 0, 0), header_style="bold")
     for column in ("term", "best", "runner-up", "difference"):

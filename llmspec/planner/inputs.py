@@ -222,8 +222,20 @@ def strategy_inputs(spec: Spec, zero_stage: Any, checkpointing: Any, offload_opt
     }
 
 
+def shard_experts(spec: Spec, held: dict[str, Any], codes: tuple, psi: Any, layers: Any, tensor: Any,
+                  replicas: Any, expert: Any) -> dict[str, Any]:
+    """Bytes per parameter once ZeRO shards each expert's states over the ranks holding the same experts
+    (``replicas`` / ``expert``) and the rest over all ``replicas``: the two regimes weighted by their parameters.
+    ``held`` has the per-replica bytes (strategy_inputs); ``codes`` are strategy_inputs' strategy arguments. Numbers
+    or numpy columns."""
+    experts = _divide(layers * held["E"] * held["params_mlp"] * held["moe"], expert * tensor)
+    like_experts = strategy_inputs(spec, *codes, replicas // expert)
+    return {kind: (held[kind] * (psi - experts) + like_experts[kind] * experts) / psi
+            for kind in ("w_bpp", "g_bpp", "o_bpp")}
+
+
 def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = None, gpus_per_node: Any = None,
-                  tensor: Any = None, pipeline: Any = None) -> dict[str, Any]:
+                  tensor: Any = None, pipeline: Any = None, context: Any = None, expert: Any = None) -> dict[str, Any]:
     """Device, link and price inputs: the spec's cluster, or (the layout search) another GPU and numpy columns of
     node counts and degrees. Bandwidth overrides in the spec apply to any GPU."""
     cl, par = spec.cluster, spec.parallelism
@@ -232,6 +244,8 @@ def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = Non
     within = cl.gpus_per_node if gpus_per_node is None else gpus_per_node
     t = par.tensor if tensor is None else tensor
     p = par.pipeline if pipeline is None else pipeline
+    c = par.context if context is None else context
+    ep = par.expert if expert is None else expert
     # links at what collectives achieve of their peak (catalogue.NVLINK_ACHIEVED, NETWORK_ACHIEVED)
     intra = (cl.intra_node_bandwidth * 1e9 if cl.intra_node_bandwidth else gpu.intra_node_bandwidth) \
         * catalogue.NVLINK_ACHIEVED
@@ -242,9 +256,9 @@ def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = Non
         "eff": cl.efficiency or achieved_efficiency(gpu, spec, t),
         "bw_dp": choose(nodes == 1, intra, inter),
         "bw_tp": choose(t <= within, intra, inter),
-        "bw_ep": choose(t * par.expert <= within, intra, inter),  # expert groups are consecutive ranks
+        "bw_ep": choose(t * ep <= within, intra, inter),  # expert groups are consecutive ranks
         "bw_pp": choose(t * p <= within, intra, inter),
-        "bw_cp": choose(t * par.context <= within, intra, inter),  # context groups: consecutive ranks after tensor
+        "bw_cp": choose(t * c <= within, intra, inter),  # context groups: consecutive ranks after tensor
         "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
         "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,
     }

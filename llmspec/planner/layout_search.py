@@ -1,8 +1,10 @@
 """``llmspec size``: every parallel layout of a spec on every GPU type, scored at once, and the Pareto frontier.
 
 The search evaluates the same generated formulas the planner uses, on numpy arrays: one column per
-configuration (GPU count × tensor × pipeline × interleaved chunks × ZeRO stage × micro-batch × checkpointing ×
-CPU offload, per GPU type). Divisibility rules are applied as masks before scoring; what does not fit, misses the
+configuration (GPU count × tensor × context × pipeline × interleaved chunks × expert × ZeRO stage × micro-batch ×
+checkpointing × CPU offload, per GPU type). NVMe offload is not searched: on the GPU it holds what CPU offload holds,
+more slowly, so it never reaches the frontier (what it saves is host memory, which `plan` reports).
+Divisibility rules are applied as masks before scoring; what does not fit, misses the
 deadline or exceeds the budget is dropped after. The frontier is the set of feasible layouts no other layout beats
 on both time and cost. Every frontier item carries the ``--set`` overrides that make ``llmspec plan`` reproduce it.
 """
@@ -24,6 +26,7 @@ from llmspec.planner.inputs import (
     architecture_inputs,
     device_inputs,
     largest_module,
+    shard_experts,
     stage_params,
     strategy_inputs,
     usable_memory,
@@ -38,6 +41,10 @@ from llmspec.spec.schema import Spec
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 VIRTUAL_STAGES = (1, 2, 4, 8)  # interleaved 1F1B chunks per pipeline stage
+# Context-parallel degrees, each leaving every GPU at least CONTEXT_CHUNK positions of a sequence: shorter chunks
+# are not where ring attention pays (Llama 3 ran CP 16 at 131,072 tokens, 8,192 per GPU).
+CONTEXTS = (1, 2, 4, 8, 16)
+CONTEXT_CHUNK = 4096
 DEFAULT_GPUS = ("H100-SXM", "A100-80GB", "H200")
 # a fine-tune asks "which GPU do I need": consumer and inference cards too
 FINE_TUNE_GPUS = ("RTX-4090", "L4", "A100-40GB", "A100-80GB", "H100-SXM", "H200")
@@ -51,6 +58,8 @@ class Layout:
     tensor: int
     pipeline: int
     virtual_stages: int
+    context: int
+    expert: int
     zero_stage: int
     micro_batch_size: int
     activation_checkpointing: str
@@ -71,11 +80,16 @@ class Layout:
     def gpus_per_node(self) -> int:
         return self.gpus // self.nodes
 
+    @property
+    def data_parallel(self) -> int:
+        return self.gpus // (self.tensor * self.pipeline * self.context)
+
     def sets(self) -> list[str]:
         return [f"cluster.gpu={self.gpu}", f"cluster.gpus_per_node={self.gpus_per_node}",
                 f"cluster.nodes={self.nodes}", f"parallelism.tensor={self.tensor}",
                 f"parallelism.pipeline={self.pipeline}", f"parallelism.virtual_stages={self.virtual_stages}",
                 f"parallelism.sequence_parallel={str(self.sequence_parallel).lower()}",
+                f"parallelism.context={self.context}", f"parallelism.expert={self.expert}",
                 f"parallelism.zero_stage={self.zero_stage}",
                 f"parallelism.activation_checkpointing={self.activation_checkpointing}",
                 f"parallelism.offload_optimizer={self.offload_optimizer}",
@@ -85,8 +99,8 @@ class Layout:
 
     def to_json(self) -> dict[str, Any]:
         return {"sets": self.sets(), "gpu": self.gpu, "gpus": self.gpus, "tensor": self.tensor,
-                "pipeline": self.pipeline, "virtual_stages": self.virtual_stages,
-                "data_parallel": self.gpus // (self.tensor * self.pipeline),
+                "pipeline": self.pipeline, "virtual_stages": self.virtual_stages, "context": self.context,
+                "expert": self.expert, "data_parallel": self.data_parallel,
                 "zero_stage": self.zero_stage, "micro_batch_size": self.micro_batch_size,
                 "activation_checkpointing": self.activation_checkpointing,
                 "offload_optimizer": self.offload_optimizer, "offload_params": self.offload_params,
@@ -126,12 +140,18 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     fine_tune = spec.post_training is not None
     pipelines = [1] if fine_tune else [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= mo.n_layers]
     tensors = (1,) if fine_tune else (1, 2, 4, 8)
-    axes = (gpu_counts(max_gpus), tensors, pipelines, VIRTUAL_STAGES, range(4), MICRO_BATCHES,
+    contexts = [1] if fine_tune else [c for c in CONTEXTS if tr.seq_len % (2 * c) == 0
+                                      and tr.seq_len // c >= min(CONTEXT_CHUNK, tr.seq_len)]
+    experts = [1] if fine_tune or mo.moe is None else [e for e in (1, 2, 4, 8, 16, 32, 64)
+                                                       if mo.moe.n_experts % e == 0]
+    axes = (gpu_counts(max_gpus), tensors, contexts, pipelines, VIRTUAL_STAGES, experts, range(4), MICRO_BATCHES,
             range(len(CHECKPOINTING)), range(len(OFFLOADS)))
-    n, t, p, v, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes], indexing="ij"))
-    ok = (n % (t * p) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, NODE))
+    n, t, c, p, v, ep, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes],
+                                                                         indexing="ij"))
+    ok = (n % (t * p * c) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, NODE))
     ok &= (v == 1) | ((p > 1) & (v <= mo.n_layers // p))  # at least one block per chunk
-    dp = np.maximum(n // (t * p), 1)
+    dp = np.maximum(n // (t * p * c), 1)
+    ok &= dp % ep == 0  # expert groups are carved from the data-parallel ranks
     ok &= (tr.global_batch_size % (mb * dp) == 0) & ~((p > 1) & (z > 1))  # DeepSpeed pipelines: ZeRO ≤ 1
     ok &= ~((off >= 1) & (z == 0)) & ~((off == 2) & (z != 3))  # offload needs ZeRO ≥ 1; params need ZeRO-3
     if tr.optimizer.name not in OFFLOADABLE_OPTIMIZERS:
@@ -139,35 +159,39 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     if not ok.any():
         raise LLMSpecError(f"{spec.name}: no layout up to {max_gpus} GPUs divides the global batch "
                            f"{tr.global_batch_size} and the heads")
-    return {"n": n[ok], "t": t[ok], "p": p[ok], "v": v[ok], "z": z[ok], "mb": mb[ok], "ck": ck[ok], "off": off[ok]}
+    return {"n": n[ok], "t": t[ok], "c": c[ok], "p": p[ok], "v": v[ok], "ep": ep[ok], "z": z[ok], "mb": mb[ok],
+            "ck": ck[ok], "off": off[ok]}
 
 
 def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Peak memory, step and run time, GPU-hours and cost of every layout in ``grid`` on ``gpu``."""
     arch = architecture_inputs(spec)
     base = numeric.evaluate(arch, PARAMETER_FORMULAS)
-    n, t, p, v, z, mb, ck, off = (grid[k] for k in ("n", "t", "p", "v", "z", "mb", "ck", "off"))
-    dp = n // (t * p)
+    n, t, c, p, v, ep, z, mb, ck, off = (grid[k] for k in ("n", "t", "c", "p", "v", "ep", "z", "mb", "ck", "off"))
+    dp = n // (t * p * c)
     m = spec.training.global_batch_size // (mb * dp)
     nodes = np.maximum(1, n // NODE)
     per_node = n // nodes
     layers = -(-spec.model.n_layers // p)
     fuller = spec.model.n_layers % p  # stages with one block more (Spec.stage_blocks: the last ones)
     cpu = OFFLOAD_MODES.index("cpu")
-    common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p),
-              **strategy_inputs(spec, z, ck, (off >= 1) * cpu, (off == 2) * cpu, dp),
-              "b": mb * sequences_per_example(spec.post_training), "t": t, "p": p, "dp": dp, "m": m, "n_gpu": n,
-              "nodes": nodes, "gpus_per_node": per_node,
-              "L_here": layers, "P_L": largest_module(base, t), "cp": 1,  # context parallelism: not searched yet
-              "v": v,
+    codes = (z, ck, (off >= 1) * cpu, (off == 2) * cpu)
+    # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
+    common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p, c, ep),
+              **strategy_inputs(spec, *codes, dp * c),
+              "b": mb * sequences_per_example(spec.post_training), "t": t, "p": p, "dp": dp * c, "m": m,
+              "n_gpu": n, "nodes": nodes, "gpus_per_node": per_node, "ep": ep,
+              "L_here": layers, "P_L": largest_module(base, t), "cp": c, "v": v,
               "L_last": layers, "L_max": np.where(p > 1, spec.model.n_layers // p + (fuller > 1), 0)}
     single = p == 1
 
     def stage(first: np.ndarray, last: np.ndarray, rank: np.ndarray) -> dict[str, np.ndarray]:
         # a fine-tune shards what trains; its frozen weights are formulas of their own (memory_frozen)
         held = base["params_trainable"] * np.ones_like(p) if spec.post_training is not None else \
-            stage_params(base, first, last, layers, t)
+            stage_params(common, first, last, layers, t)
         env = {**common, "first_stage": first, "last_stage": last, "rank": rank, "psi": held}
+        if spec.model.moe is not None:
+            env.update(shard_experts(spec, common, codes, held, layers, t, dp * c, ep))
         return numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
 
     head = stage(np.ones_like(p), single * 1, np.zeros_like(p))
@@ -255,8 +279,9 @@ def _layout(spec: Spec, gpu: catalogue.GPU, storage: str | None, grid: dict[str,
             scores: dict[str, np.ndarray], i: int) -> Layout:
     off = OFFLOADS[int(grid["off"][i])]
     tensor = int(grid["t"][i])
-    return Layout(gpu.name, int(grid["n"][i]), tensor, int(grid["p"][i]), int(grid["v"][i]),
-                  int(grid["z"][i]), int(grid["mb"][i]), CHECKPOINTING[int(grid["ck"][i])], off[0], off[1], storage,
+    return Layout(gpu.name, int(grid["n"][i]), tensor, int(grid["p"][i]), int(grid["v"][i]), int(grid["c"][i]),
+                  int(grid["ep"][i]), int(grid["z"][i]), int(grid["mb"][i]), CHECKPOINTING[int(grid["ck"][i])],
+                  off[0], off[1], storage,
                   spec.parallelism.sequence_parallel and tensor > 1,
                   float(scores["memory_peak"][i]), float(scores["time_total"][i]), float(scores["gpu_hours"][i]),
                   float(scores["cost"][i]))

@@ -20,6 +20,7 @@ from llmspec.planner.inputs import (
     architecture_inputs,
     device_inputs,
     largest_module,
+    shard_experts,
     stage_params,
     strategy_inputs,
     usable_memory,
@@ -266,12 +267,7 @@ def _evaluate(spec: Spec, base: dict[str, Any], strategy: Strategy, stage: str) 
     # post-training (data parallelism only): ZeRO shards what trains; frozen weights are counted apart
     psi = env["params_trainable"] if spec.post_training is not None else stage_params(env, first, last, layers, t)
     if par.expert > 1:
-        # ZeRO shards an expert's states over the ranks holding the same experts (data_parallel / expert), the
-        # rest over all data_parallel: bytes per parameter are the two regimes weighted by their parameters
-        experts = Fraction(layers * env["E"] * env["params_mlp"], par.expert * t)
-        sharded_like_experts = strategy_inputs(spec, *codes, par.data_parallel * par.context // par.expert)
-        for kind in ("w_bpp", "g_bpp", "o_bpp"):
-            env[kind] = (env[kind] * (psi - experts) + sharded_like_experts[kind] * experts) / psi
+        env.update(shard_experts(spec, env, codes, psi, layers, t, par.data_parallel * par.context, par.expert))
     rank = {"only": 0, "first": 0, "middle": 1}.get(stage, p - 1)
     env.update({
         "psi": psi,
