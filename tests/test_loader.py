@@ -222,3 +222,12 @@ def test_relative_data_paths_are_relative_to_the_spec_file(tmp_path, monkeypatch
     assert spec.data.tokenizer.path == str(Path("project") / "tok" / "tokenizer.json")
     # a --set value is relative to where the command runs
     assert load_spec("project/spec.yaml", ["data.corpus=here.txt"]).data.corpus == "here.txt"
+
+
+@pytest.mark.parametrize("value,said", [("banana", "Input should be a valid integer or 'auto' (got 'banana')"),
+                                        ("0", "Input should be greater than 0 or 'auto' (got 0)")])
+def test_a_value_no_union_member_accepts_is_one_line(value, said):
+    with pytest.raises(SpecError) as caught:
+        load_spec("tiny", [f"parallelism.virtual_stages={value}"])
+    assert [str(p.path) for p in caught.value.problems] == ["parallelism.virtual_stages"]
+    assert caught.value.problems[0].message == said

@@ -88,7 +88,7 @@ def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str,
         if not problems:
             return spec
     except ValidationError as err:
-        problems = [_from_pydantic(e) for e in err.errors()]
+        problems = _merge_union_members([_from_pydantic(e) for e in err.errors()])
     except ConsistencyError as err:
         problems = list(err.problems)
     raise SpecError([_locate(p, node, source, overridden) for p in problems]) from None
@@ -187,7 +187,24 @@ def _from_pydantic(error: dict[str, Any]) -> Problem:
     return Problem(path, message)
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "CustomGPU", "RopeScaling", "MoE"}
+def _merge_union_members(problems: list[Problem]) -> list[Problem]:
+    """One line per field: a value no member of a union accepts gets one problem per member from pydantic ("Input
+    should be a valid integer", "Input should be 'auto'"); say them together."""
+    merged: dict[str, Problem] = {}
+    for problem in problems:
+        first = merged.get(problem.path)
+        if first is None:
+            merged[problem.path] = problem
+            continue
+        got = problem.message.rfind(" (got ")
+        said, suffix = (problem.message[:got], problem.message[got:]) if got >= 0 else (problem.message, "")
+        head = first.message.removesuffix(suffix)
+        merged[problem.path] = Problem(problem.path, f"{head} or {said.removeprefix('Input should be ')}{suffix}")
+    return list(merged.values())
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "CustomGPU", "RopeScaling", "MoE",
+               "constrained-int"}
 
 
 def _is_union_tag(part: str) -> bool:
