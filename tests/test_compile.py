@@ -188,6 +188,7 @@ DS_VARIANTS = [(n, []) for n in sorted(named_specs())] + [
     ("llama2-7b", ["parallelism.offload_optimizer=cpu", "parallelism.offload_params=cpu"]),
     ("gpt2-124m", ["training.precision=fp16", "parallelism.zero_stage=2", "parallelism.offload_optimizer=nvme"]),
     ("tiny", ["parallelism.activation_checkpointing=full", "training.schedule.warmup_steps=0"]),
+    ("llama3-8b", ["training.precision=fp8", "cluster.gpu=H100-SXM"]),  # the bf16 engine: DeepSpeed has no FP8
 ]
 
 
@@ -220,7 +221,7 @@ def test_ds_config_parses_with_deepspeeds_own_class(deepspeed_config, monkeypatc
         assert config.zero_optimization_stage == par.zero_stage
         assert (config.train_batch_size, config.train_micro_batch_size_per_gpu, config.gradient_accumulation_steps) \
             == (tr.global_batch_size, tr.micro_batch_size, tr.gradient_accumulation_steps)
-        assert config.bfloat16_config.enabled == (tr.precision == "bf16")
+        assert config.bfloat16_config.enabled == (tr.precision in ("bf16", "fp8"))
         assert config.float16_config.enabled == (tr.precision == "fp16")
         assert config.gradient_clipping == tr.grad_clip
         assert config.scheduler_name == "WarmupCosineLR"

@@ -303,6 +303,9 @@ def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
       "training.global_batch_size=32"], 2, "parallelism.virtual_stages auto (the plan picks 2)"),
     (["parallelism.context=2", "cluster.gpus_per_node=2", "training.global_batch_size=32"], 2,
      "parallelism.context 2: planned, not trained"),
+    (["parallelism.tensor=2", "parallelism.tp_comm_overlap=true", "cluster.gpus_per_node=2",
+      "training.global_batch_size=32"], 2, "parallelism.tp_comm_overlap: planned, not run"),
+    (["cluster.gpu=H100-SXM", "training.precision=fp8"], 2, "training.precision fp8: planned, not run"),
 ])
 def test_what_run_cannot_execute_is_refused_before_anything_starts(tmp_path, sets, code, needle):
     args = ["run", "tiny", "--out", str(tmp_path / "r"), "--dry-run"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import planned
 
+from llmspec.errors import SpecError
 from llmspec.planner.inputs import ELEMENTWISE
 from llmspec.spec import catalogue
 
@@ -149,3 +150,34 @@ def test_llama3_405b_at_131k_tokens_plans_with_context_parallelism():
     accumulation = [plan.spec.training.gradient_accumulation_steps for plan in (ring, without)]
     assert accumulation == [16, 1]
     assert ring.fits and ring.time["step_seconds"] < without.time["step_seconds"] / 3
+
+
+def test_fp8_runs_the_matmuls_at_the_fp8_rate_and_keeps_everything_else():
+    bf16, fp8 = planned("llama3-70b"), planned("llama3-70b", "training.precision=fp8")
+    env = fp8.env
+    assert (env["F_matmul"], env["F_peak"]) == (1979e12, 989e12)
+    # attention (forward, backward, recomputed under full checkpointing) at the 16-bit rate; the rest at FP8's
+    attention = 4 * env["flops_attention_per_token"]
+    per_token = (env["flops_per_token_hardware"] - attention) / 1979e12 + attention / 989e12
+    tr = fp8.spec.training
+    assert fp8.time["compute_seconds"] == pytest.approx(
+        per_token * tr.global_batch_size * tr.seq_len / (fp8.spec.cluster.gpus * env["eff"]))
+    assert 1.3 < bf16.time["compute_seconds"] / fp8.time["compute_seconds"] < 2
+    # bytes: the same states and activations (bf16; TE's FP8-saved linear inputs not counted), plus an FP8 copy of
+    # every block weight on the stage
+    for kind in ("model_states", "activations", "buffers"):
+        assert fp8.memory[kind] == bf16.memory[kind], kind
+    blocks = fp8.env["L_here"] * fp8.env["params_layer"] / 8
+    assert fp8.memory["fp8_weights"] == pytest.approx(blocks, abs=1) and bf16.memory["fp8_weights"] == 0
+    assert fp8.memory["peak"] == pytest.approx(bf16.memory["peak"] + blocks, abs=2)
+    zero3 = planned("llama3-70b", "training.precision=fp8", "parallelism.pipeline=1", "parallelism.zero_stage=3")
+    assert zero3.memory["fp8_weights"] == 0  # the gathered layer is cast, nothing kept
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (("cluster.gpu=A100-80GB", "training.precision=fp8"), "A100-80GB does not support fp8"),
+    (("training.precision=fp8", "post_training={method: sft}"), "fp8 is planned for pretraining"),
+])
+def test_fp8_needs_a_gpu_with_fp8_and_pretraining(sets, needle):
+    with pytest.raises(SpecError, match=needle):
+        planned("llama3-70b", *sets)

@@ -114,6 +114,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     table.add_row("activations", fmt_bytes(mem["activations"]), f"checkpointing {par.activation_checkpointing}"
                   + ("" if peak_phase == "training" else f" (none saved in {peak_phase})"))
     table.add_row("buffers", fmt_bytes(mem["buffers"]), _BUFFERS[peak_phase])
+    if mem["fp8_weights"]:
+        table.add_row("FP8 weights", fmt_bytes(mem["fp8_weights"]), "block weights cast for FP8 matmuls")
     verdict = OK if plan.fits else NO
     table.add_row("[bold]peak[/]", f"[bold]{fmt_bytes(mem['peak'])}[/]",
                   f"{verdict} of {fmt_bytes(plan.usable_memory)} usable ({fmt_bytes(plan.gpu_memory)} GPU)")

@@ -192,7 +192,7 @@ def ds_config(spec: Spec, nvme_path: str = "/local_nvme") -> DeepSpeedConfig:
             stage3_max_live_parameters=par.max_live_parameters if zero3 else None,
             stage3_gather_16bit_weights_on_model_save=True if zero3 else None,
         ),
-        bf16=Precision(enabled=tr.precision == "bf16"),
+        bf16=Precision(enabled=tr.precision in ("bf16", "fp8")),  # DeepSpeed has no FP8 matmuls: the bf16 engine
         fp16=FP16(enabled=tr.precision == "fp16"),
         optimizer=optimizer,
         scheduler=Scheduler(params=WarmupCosineParams(

@@ -42,6 +42,7 @@ first, last, z12, z3, overlap = _s("first_stage last_stage zero12 zero3 overlap_
 w_bpp, g_bpp, o_bpp, g_bucket, g_comm = _s("w_bpp g_bpp o_bpp g_bucket g_comm", nonnegative=True)
 reduce_bucket, prefetch_bucket = _s("reduce_bucket prefetch_bucket", positive=True)
 F_peak, eff, bw_dp, bw_tp, bw_pp, steps, price = _s("F_peak eff bw_dp bw_tp bw_pp steps price", positive=True)
+F_mm, fp8 = sp.Symbol("F_matmul", positive=True), sp.Symbol("fp8", nonnegative=True)
 z01, z2 = _s("zero01 zero2", nonnegative=True)
 n_nodes, gpn = _s("nodes gpus_per_node", positive=True)
 offload, bw_host, adam_rate, shard = _s("offload bw_host cpu_adam_rate shard", positive=True)
@@ -118,7 +119,10 @@ INPUT_DOCS: dict[str, str] = {
     "g_comm": "bytes per gradient element the data-parallel reduction sends (4 where gradients are fp32: the "
     "megatron regime)",
     "reduce_bucket": "reduce_bucket_size (elements)", "prefetch_bucket": "stage3_prefetch_bucket_size (elements)",
-    "F_peak": "dense peak FLOP/s of one GPU at the training precision", "eff": "achieved fraction of peak",
+    "F_peak": "dense peak FLOP/s of one GPU at the training precision (16-bit under fp8)",
+    "eff": "achieved fraction of peak",
+    "F_matmul": "dense peak FLOP/s of the matmuls: F_peak, or the GPU's FP8 peak under training.precision fp8",
+    "fp8": "1 when the matmuls run in FP8 (Transformer Engine's recipe), everything else in bf16",
     "bw_dp": "bytes/s per GPU on the data-parallel links", "bw_tp": "bytes/s per GPU on tensor-parallel links",
     "ep": "expert-parallel degree (experts of each MoE layer split over ep data-parallel ranks)",
     "bw_ep": "bytes/s per GPU on expert-parallel links (all-to-all)",
@@ -491,7 +495,12 @@ buf_cp = define("buffer_context", sp.Min(cp - 1, 1) * 2 * 2 * b * s_local * k * 
                 "buffered)", "B")
 bufs = define("memory_buffers", sp.Max(buf_logits, buf_recompute) + buf_zero + buf_cp, "transients at the peak",
               "B")
-define("memory_peak", states + acts + bufs, "peak allocated bytes on this GPU", "B")
+# FP8 (Transformer Engine): the 16-bit weights, fp32 master and optimizer stay; each block's weights are also kept
+# cast to FP8 between micro-batches (1 byte each; ZeRO-3 casts the gathered layer instead). TE also saves the
+# linear layers' inputs in FP8, which this plan does not count (activations as bf16: an upper bound).
+fp8_weights = define("memory_fp8_weights", fp8 * (1 - z3) * L_here * layer / t,
+                     "FP8 copies of this stage's block weights (1 byte per parameter)", "B")
+define("memory_peak", states + acts + bufs + fp8_weights, "peak allocated bytes on this GPU", "B")
 
 # ---- host memory (DeepSpeed's estimators, per node, with their 1.5 buffer factor) ---------------------------
 group("Host memory per node", "deepspeed.runtime.zero.stage_1_and_2 / stage3 estimators (zero_init=True)")
@@ -506,7 +515,11 @@ define("host_zero3", P_L * 4 * gpn * sp.Rational(3, 2), "ZeRO-3 without offload"
 group("Time and cost", "compute at a calibrated fraction of peak + exposed communication (ring collectives: "
       "(d-1)/d of the bytes each way) + pipeline bubble (p-1)/(v·m) of the slowest stage's time (Narayanan et al. "
       "2021)")
-t_compute = define("time_compute", hw * B * s / (n_gpu * F_peak * eff), "seconds of math per step", "s")
+# attention (QKᵀ, AV: forward, backward 2×, recomputed under full checkpointing) runs at the 16-bit rate; the rest
+# is matmuls, at F_matmul (the FP8 rate under fp8)
+att_exec = (3 + ck_full) * fwd_attn
+t_compute = define("time_compute", ((hw - att_exec) / F_mm + att_exec / F_peak) * B * s / (n_gpu * eff),
+                   "seconds of math per step", "s")
 # A pipeline runs at its slowest stage's pace: blocks split unevenly, and the LM head (forward and backward, never
 # recomputed) rides on the last stage. Pipelines train from scratch, so the head is the LM head.
 head_hw = 6 * V * h

@@ -50,6 +50,11 @@ def choose(condition: Any, yes: Any, no: Any) -> Any:
     return yes * condition + no * (1 - condition)
 
 
+def sixteen_bit(precision: str) -> str:
+    """The dtype of everything but the matmuls: FP8 training keeps activations, attention and weights in bf16."""
+    return "bf16" if precision == "fp8" else precision
+
+
 def achieved_efficiency(gpu: catalogue.GPU, spec: Spec, tensor: Any) -> Any:
     """The fraction of peak a block's FLOPs run at on ``gpu`` (``tensor`` may be a numpy column: the search)."""
     width = spec.model.d_model / (1 if spec.parallelism.sequence_parallel else tensor)
@@ -77,7 +82,7 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
         "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
         "fused_qkv": int(mo.fused_qkv), "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"),
-        "dropout": int(mo.dropout > 0),
+        "dropout": int(mo.dropout > 0), "fp8": int(tr.precision == "fp8"),
         # pairwise objectives (reward, dpo) run a chosen and a rejected sequence per example
         "b": tr.micro_batch_size * pairs, "s": seq, "B": tr.global_batch_size * pairs,
         "D": tr.total_tokens * pairs,
@@ -252,7 +257,8 @@ def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = Non
     inter = (cl.inter_node_bandwidth * 1e9 if cl.inter_node_bandwidth else gpu.inter_node_bandwidth) \
         * catalogue.NETWORK_ACHIEVED
     return {
-        "F_peak": gpu.peak_flops[spec.training.precision],
+        "F_peak": gpu.peak_flops[sixteen_bit(spec.training.precision)],
+        "F_matmul": gpu.peak_flops[spec.training.precision],
         "eff": cl.efficiency or achieved_efficiency(gpu, spec, t),
         "bw_dp": choose(nodes == 1, intra, inter),
         "bw_tp": choose(t <= within, intra, inter),

@@ -375,9 +375,14 @@ def memory_buffers(buffer_context, buffer_logits, buffer_recompute, buffer_zero)
     return buffer_context + buffer_zero + _max(buffer_logits, buffer_recompute)
 
 
-def memory_peak(memory_activations, memory_buffers, memory_model_states):
+def memory_fp8_weights(L_here, fp8, params_layer, t, zero3):
+    """FP8 copies of this stage's block weights (1 byte per parameter) [B]"""
+    return L_here*fp8*params_layer*(1 - zero3)/t
+
+
+def memory_peak(memory_activations, memory_buffers, memory_fp8_weights, memory_model_states):
     """peak allocated bytes on this GPU [B]"""
-    return memory_activations + memory_buffers + memory_model_states
+    return memory_activations + memory_buffers + memory_fp8_weights + memory_model_states
 
 
 def host_zero2_offload(n_gpu, psi):
@@ -405,9 +410,9 @@ def host_zero3(P_L, gpus_per_node):
     return 6*P_L*gpus_per_node
 
 
-def time_compute(B, F_peak, eff, flops_per_token_hardware, n_gpu, s):
+def time_compute(B, F_matmul, F_peak, ck_full, eff, flops_attention_per_token, flops_per_token_hardware, n_gpu, s):
     """seconds of math per step [s]"""
-    return B*flops_per_token_hardware*s/(F_peak*eff*n_gpu)
+    return B*s*(flops_attention_per_token*(ck_full + 3)/F_peak + (-flops_attention_per_token*(ck_full + 3) + flops_per_token_hardware)/F_matmul)/(eff*n_gpu)
 
 
 def pipeline_imbalance(L, L_last, L_max, V, flops_per_token_hardware, h, p):
@@ -704,13 +709,14 @@ ARGUMENTS = {
     'buffer_zero': ('g_bucket', 'overlap_comm', 'prefetch_bucket', 'psi', 'reduce_bucket', 'w_bytes', 'zero12', 'zero3'),
     'buffer_context': ('b', 'cp', 'd_h', 'e', 'k', 's', 't'),
     'memory_buffers': ('buffer_context', 'buffer_logits', 'buffer_recompute', 'buffer_zero'),
-    'memory_peak': ('memory_activations', 'memory_buffers', 'memory_model_states'),
+    'memory_fp8_weights': ('L_here', 'fp8', 'params_layer', 't', 'zero3'),
+    'memory_peak': ('memory_activations', 'memory_buffers', 'memory_fp8_weights', 'memory_model_states'),
     'host_zero2_offload': ('n_gpu', 'psi'),
     'host_zero2': ('gpus_per_node', 'psi'),
     'host_zero3_offload_all': ('nodes', 'psi'),
     'host_zero3_offload': ('nodes', 'psi'),
     'host_zero3': ('P_L', 'gpus_per_node'),
-    'time_compute': ('B', 'F_peak', 'eff', 'flops_per_token_hardware', 'n_gpu', 's'),
+    'time_compute': ('B', 'F_matmul', 'F_peak', 'ck_full', 'eff', 'flops_attention_per_token', 'flops_per_token_hardware', 'n_gpu', 's'),
     'pipeline_imbalance': ('L', 'L_last', 'L_max', 'V', 'flops_per_token_hardware', 'h', 'p'),
     'time_imbalance': ('pipeline_imbalance', 'time_compute'),
     'chunk_share': ('L_last', 'L_max', 'v'),
@@ -764,6 +770,7 @@ Name = Literal[
     'D',
     'E',
     'F_fwd',
+    'F_matmul',
     'F_peak',
     'K',
     'L',
@@ -804,6 +811,7 @@ Name = Literal[
     'ep',
     'f',
     'first_stage',
+    'fp8',
     'fused_qkv',
     'g_bpp',
     'g_bucket',
@@ -940,6 +948,7 @@ Name = Literal[
     'buffer_zero',
     'buffer_context',
     'memory_buffers',
+    'memory_fp8_weights',
     'memory_peak',
     'host_zero2_offload',
     'host_zero2',
@@ -993,7 +1002,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fp8', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1065,6 +1074,7 @@ GROUPS = {
     'buffer_zero': 'Memory: transient buffers and peak',
     'buffer_context': 'Memory: transient buffers and peak',
     'memory_buffers': 'Memory: transient buffers and peak',
+    'memory_fp8_weights': 'Memory: transient buffers and peak',
     'memory_peak': 'Memory: transient buffers and peak',
     'host_zero2_offload': 'Host memory per node',
     'host_zero2': 'Host memory per node',

@@ -249,7 +249,8 @@ def memory_breakdown(env: dict[str, Any]) -> dict[str, int]:
         "optimizer": _bytes(env["memory_optimizer"]), "gathered": _bytes(env["memory_gathered"]),
         "frozen": _bytes(env["memory_frozen"]),
         "model_states": int(env["memory_model_states"]), "activations": _bytes(env["memory_activations"]),
-        "buffers": _bytes(env["memory_buffers"]), "peak": _bytes(env["memory_peak"]),
+        "buffers": _bytes(env["memory_buffers"]), "fp8_weights": _bytes(env["memory_fp8_weights"]),
+        "peak": _bytes(env["memory_peak"]),
     }
 
 

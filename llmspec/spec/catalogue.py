@@ -1,6 +1,7 @@
 """Built-in accelerator catalogue: memory, dense peak FLOP/s per dtype, bandwidths and a dated default price.
 
-Peaks are dense (no 2:4 sparsity) tensor-core numbers from the vendors' data sheets (see shared references).
+Peaks are dense (no 2:4 sparsity) tensor-core numbers from the vendors' data sheets (see shared references); FP8
+is twice the 16-bit rate on every GPU that has it (Hopper, Ada, Blackwell, CDNA 3).
 Prices are on-demand cloud list prices as of the date below; they change monthly, so every one is a default that
 ``cluster.price_per_gpu_hour`` overrides.
 """
@@ -72,26 +73,26 @@ CATALOGUE: tuple[GPU, ...] = (
     GPU("A100-80GB", _gib(80), {"bf16": 312 * TERA, "fp16": 312 * TERA, "fp32": 19.5 * TERA}, 2.039e12,
         300 * GIGA, 25 * GIGA, 1.80, ("a100", "a100-80g", "a100-sxm4-80gb"),
         family="ampere", efficiency_source="fitted: Megatron-LM 2021, Llama 2"),
-    GPU("H100-SXM", _gib(80), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp32": 67 * TERA}, 3.35e12, 450 * GIGA,
-        50 * GIGA, 3.00, ("h100", "h100-80gb", "h100-sxm5"),
+    GPU("H100-SXM", _gib(80), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp8": 1979 * TERA, "fp32": 67 * TERA},
+        3.35e12, 450 * GIGA, 50 * GIGA, 3.00, ("h100", "h100-80gb", "h100-sxm5"),
         family="hopper", efficiency_source="fitted: Llama 3 405B"),
-    GPU("H100-PCIe", _gib(80), {"bf16": 756 * TERA, "fp16": 756 * TERA, "fp32": 51 * TERA}, 2.0e12, 64 * GIGA,
-        25 * GIGA, 2.50, ("h100pcie",),
+    GPU("H100-PCIe", _gib(80), {"bf16": 756 * TERA, "fp16": 756 * TERA, "fp8": 1513 * TERA, "fp32": 51 * TERA},
+        2.0e12, 64 * GIGA, 25 * GIGA, 2.50, ("h100pcie",),
         family="hopper", efficiency_source="Hopper's (no published run)"),
-    GPU("H200", _gib(141), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp32": 67 * TERA}, 4.8e12, 450 * GIGA,
-        50 * GIGA, 3.80, ("h200-sxm", "h200-141gb"),
+    GPU("H200", _gib(141), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp8": 1979 * TERA, "fp32": 67 * TERA},
+        4.8e12, 450 * GIGA, 50 * GIGA, 3.80, ("h200-sxm", "h200-141gb"),
         family="hopper", efficiency_source="Hopper's (no published run)"),
-    GPU("B200", _gib(180), {"bf16": 2250 * TERA, "fp16": 2250 * TERA, "fp32": 80 * TERA}, 8.0e12, 900 * GIGA,
-        50 * GIGA, 6.00, ("b200-sxm",),
+    GPU("B200", _gib(180), {"bf16": 2250 * TERA, "fp16": 2250 * TERA, "fp8": 4500 * TERA, "fp32": 80 * TERA},
+        8.0e12, 900 * GIGA, 50 * GIGA, 6.00, ("b200-sxm",),
         family="hopper", efficiency_source="Hopper's (no published run)"),
-    GPU("MI300X", _gib(192), {"bf16": 1307 * TERA, "fp16": 1307 * TERA, "fp32": 163 * TERA}, 5.3e12, 448 * GIGA,
-        50 * GIGA, 3.50, ("mi300",),
+    GPU("MI300X", _gib(192), {"bf16": 1307 * TERA, "fp16": 1307 * TERA, "fp8": 2615 * TERA, "fp32": 163 * TERA},
+        5.3e12, 448 * GIGA, 50 * GIGA, 3.50, ("mi300",),
         family="hopper", efficiency_source="Hopper's (no published run)"),
-    GPU("L4", _gib(24), {"bf16": 121 * TERA, "fp16": 121 * TERA, "fp32": 30 * TERA}, 0.3e12, 32 * GIGA,
-        12.5 * GIGA, 0.80, (),
+    GPU("L4", _gib(24), {"bf16": 121 * TERA, "fp16": 121 * TERA, "fp8": 242 * TERA, "fp32": 30 * TERA},
+        0.3e12, 32 * GIGA, 12.5 * GIGA, 0.80, (),
         family="ampere", efficiency_source="Ampere's (no published run)"),
-    GPU("RTX-4090", _gib(24), {"bf16": 165 * TERA, "fp16": 165 * TERA, "fp32": 82.6 * TERA}, 1.0e12, 32 * GIGA,
-        12.5 * GIGA, 0.70, ("4090", "rtx4090", "geforce-rtx-4090"),
+    GPU("RTX-4090", _gib(24), {"bf16": 165 * TERA, "fp16": 165 * TERA, "fp8": 330 * TERA, "fp32": 82.6 * TERA},
+        1.0e12, 32 * GIGA, 12.5 * GIGA, 0.70, ("4090", "rtx4090", "geforce-rtx-4090"),
         family="ampere", efficiency_source="Ampere's (no published run)"),
     # This machine class: 2 cores, fp32 matmul ~188 GFLOP/s measured; no native bf16; DeepSpeed refuses fp16.
     GPU("cpu", _gib(24), {"fp32": 188 * GIGA, "bf16": 10 * GIGA}, 20e9, 10 * GIGA, 1 * GIGA, 0.0, ("host",),

@@ -108,6 +108,9 @@ def consistency_problems(spec: Spec) -> list[Problem]:
                                              f"{tr.optimizer.name} cannot be offloaded")
     if par.offload_optimizer != "none" and par.zero_stage == 0:
         bad("parallelism.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3")
+    if tr.precision == "fp8" and spec.post_training is not None:
+        bad("training.precision", "fp8 is planned for pretraining (a frozen or quantised base under FP8 matmuls is "
+                                  "not modelled): use bf16 for post-training")
     if par.byte_regime == "pure16" and tr.precision == "fp32":
         bad("parallelism.byte_regime", "pure16 keeps weights, gradients and optimizer states in 16 bits: it needs "
                                        "training.precision bf16 or fp16")

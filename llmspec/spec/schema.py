@@ -126,7 +126,10 @@ class TrainingSpec(_Section):
     global_batch_size: Positive = Field(description="sequences per optimizer step")
     tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS, strict=True), WithJsonSchema(COUNT_SCHEMA)] | None = Field(
         None, description="total training tokens; accepts 300B, 2T, 1.5e12")
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    precision: Literal["fp32", "bf16", "fp16", "fp8"] = Field(
+        "bf16", description="fp8: the matmuls in FP8 as Transformer Engine runs them (E4M3 forward, E5M2 gradients), "
+        "everything else in bf16, on GPUs with FP8 tensor cores; planned, not run (`build` writes the bf16 engine "
+        "config)")
     optimizer: Optimizer = Optimizer()
     schedule: Schedule = Schedule()
     grad_clip: float | None = Field(1.0, gt=0)

@@ -18,6 +18,9 @@ def check_runnable(spec: Spec) -> None:
     post = spec.post_training
     if post is not None and post.method in RL_METHODS:
         check_rl_runnable(spec)
+    if spec.training.precision == "fp8":
+        raise LLMSpecError("training.precision fp8: planned, not run (the compiled model's matmuls have no FP8 "
+                           "path; Transformer Engine would add one); set bf16 to run")
     if par.byte_regime == "pure16":
         raise LLMSpecError("parallelism.byte_regime pure16: planned, not run (the engines keep an fp32 master); "
                            "use deepspeed, zero_paper or megatron to run")
