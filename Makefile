@@ -30,7 +30,7 @@ post-train: $(STAMP)
 	$(BIN)/llmspec run tiny-ppo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=20 tests
 	$(MAKE) --no-print-directory wheel-check
 
 # The package as a user gets it: a wheel, installed into a fresh environment, run from outside the checkout.

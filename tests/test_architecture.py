@@ -73,6 +73,7 @@ CONSUMERS: dict[str, set[str]] = {
     "parallelism.context": {"compile", "plan"},
     "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
     "parallelism.tp_comm_overlap": {"plan", "run"},  # run refuses it: AutoTP waits for each collective
+    "parallelism.ep_comm_overlap": {"plan", "run"},  # run refuses it: AutoEP waits for each all-to-all
     "published": {"plan"},  # shown beside the plan's own figure
     "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts
     "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes
@@ -129,6 +130,8 @@ CONTEXT = {
     "parallelism.context": TWO_GPUS,
     "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
     "parallelism.tp_comm_overlap": [*TWO_GPUS, "parallelism.tensor=2"],
+    "parallelism.ep_comm_overlap": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}", "parallelism.expert=2",
+                                    "training.micro_batch_size=4"],  # two micro-batches: one hides the other
     "cluster.hosts": ["cluster.nodes=2", *TWO_GPUS[1:]],
     "parallelism.first_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"],
     "parallelism.expert": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}"],

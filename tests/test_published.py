@@ -137,3 +137,18 @@ def test_efficiency_grows_with_the_width_the_memory_bound_kernels_sweep():
     split = planned("llama2-7b", "parallelism.tensor=8", "parallelism.sequence_parallel=true")
     assert split.efficiency == pytest.approx(wide.efficiency)  # sequence parallelism splits those kernels too
     assert planned("llama2-7b", "cluster.efficiency=0.4").efficiency == 0.4  # the spec's override wins
+
+
+def test_expert_all_to_all_overlaps_only_with_another_micro_batch():
+    sets = ("parallelism.expert=8", "parallelism.zero_stage=1", "cluster.nodes=8")  # 64 GPUs, 16 micro-batches
+    plain = planned("mixtral-8x7b", *sets)
+    overlapped = planned("mixtral-8x7b", *sets, "parallelism.ep_comm_overlap=true")
+    all_to_all = plain.env["time_ep_all_to_all"]
+    assert all_to_all > 0 and plain.time["ep_seconds"] == pytest.approx(all_to_all)
+    assert overlapped.env["m"] > 1
+    assert overlapped.time["ep_seconds"] == pytest.approx(max(0, all_to_all - overlapped.time["compute_seconds"]))
+    slow = planned("mixtral-8x7b", *sets, "parallelism.ep_comm_overlap=true", "cluster.intra_node_bandwidth=1")
+    assert slow.time["ep_seconds"] == pytest.approx(slow.env["time_ep_all_to_all"] - slow.time["compute_seconds"])
+    one = planned("mixtral-8x7b", *sets, "parallelism.ep_comm_overlap=true", "training.global_batch_size=64",
+                  "training.micro_batch_size=1")
+    assert one.env["m"] == 1 and one.time["ep_seconds"] == pytest.approx(one.env["time_ep_all_to_all"])

@@ -306,6 +306,9 @@ def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
     (["parallelism.tensor=2", "parallelism.tp_comm_overlap=true", "cluster.gpus_per_node=2",
       "training.global_batch_size=32"], 2, "parallelism.tp_comm_overlap: planned, not run"),
     (["cluster.gpu=H100-SXM", "training.precision=fp8"], 2, "training.precision fp8: planned, not run"),
+    (["model.moe={n_experts: 4, top_k: 2}", "model.mlp=swiglu", "parallelism.expert=2",
+      "parallelism.ep_comm_overlap=true", "cluster.gpus_per_node=2", "training.global_batch_size=32"], 2,
+     "parallelism.ep_comm_overlap: planned, not run"),
 ])
 def test_what_run_cannot_execute_is_refused_before_anything_starts(tmp_path, sets, code, needle):
     args = ["run", "tiny", "--out", str(tmp_path / "r"), "--dry-run"]

@@ -31,6 +31,7 @@ e_stat, e_mask = _s("e_stat e_mask", positive=True)
 t, p, dp, m, v, n_gpu = _s("t p dp m v n_gpu", positive=True)
 sp_on = sp.Symbol("sequence_parallel", nonnegative=True)
 tp_ov = sp.Symbol("tp_comm_overlap", nonnegative=True)
+ep_ov = sp.Symbol("ep_comm_overlap", nonnegative=True)
 ep, bw_ep = _s("ep bw_ep", positive=True)
 cp, bw_cp = _s("cp bw_cp", positive=True)
 s_local = s / cp  # a micro-batch's positions on this GPU: context parallelism splits every sequence
@@ -96,6 +97,8 @@ INPUT_DOCS: dict[str, str] = {
     "(Megatron's sequence parallelism), 0 if they hold those activations whole",
     "tp_comm_overlap": "1 if tensor-parallel collectives are split into chunks pipelined with the matmuls they "
     "feed (Transformer Engine's userbuffers, Megatron-LM's --tp-comm-overlap)",
+    "ep_comm_overlap": "1 if one micro-batch's expert all-to-all runs under another's compute (Megatron-Core's "
+    "--overlap-moe-expert-parallel-comm, DeepSeek-V3's DualPipe)",
     "e_stat": "bytes per LayerNorm mean/rstd element: 4 (fp32) on GPUs; the activation dtype's on CPU",
     "e_mask": "bytes per dropout-mask element: 1 (bool, fused kernel) on GPUs; the activation dtype's on CPU",
     "masked": "1 if the sliding window is shorter than the sequence (an explicit attention mask)",
@@ -562,7 +565,13 @@ ep_bytes = define("comm_ep_bytes", moe * (4 + 2 * (ck_full + ck_sel)) * m * L_he
                   "bytes each GPU sends per step for expert parallelism: every routed token's hidden state to its "
                   "experts' ranks and back (all-to-all dispatch and combine), forward, backward and recompute",
                   "B")
-t_ep = define("time_ep", ep_bytes / bw_ep, "expert-parallel all-to-all (not overlapped)", "s")
+t_ep_all = define("time_ep_all_to_all", ep_bytes / bw_ep, "expert-parallel all-to-all, dispatch and combine", "s")
+# Overlapped, a micro-batch's all-to-all runs while another micro-batch computes: only what outlasts the step's
+# compute is exposed, and nothing overlaps with a single micro-batch. Without (DeepSpeed AutoEP) all of it waits.
+other = sp.Min(m - 1, 1)
+t_ep = define("time_ep", (1 - ep_ov * other) * t_ep_all + ep_ov * other * sp.Max(0, t_ep_all - t_compute),
+              "expert-parallel all-to-all not hidden behind another micro-batch's compute (all of it without "
+              "overlap)", "s")
 # Ring attention (Liu et al. 2023; Megatron-LM's context parallelism): every layer passes each GPU's keys and values
 # around the ring of cp GPUs, forward, backward (again, with their gradients back) and recompute, while the
 # attention of the chunk in hand computes: only the part of the exchange longer than that math is exposed.

@@ -94,7 +94,8 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "e_mask": e if spec.cluster.device.name == "cpu" else 1,
         "masked": int(mo.sliding_window is not None and mo.sliding_window < seq),
         "t": par.tensor, "sequence_parallel": int(par.sequence_parallel),
-        "tp_comm_overlap": int(par.tp_comm_overlap), "p": par.pipeline, "ep": par.expert,
+        "tp_comm_overlap": int(par.tp_comm_overlap), "ep_comm_overlap": int(par.ep_comm_overlap),
+        "p": par.pipeline, "ep": par.expert,
         # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
         "dp": par.data_parallel * par.context, "cp": par.context, "m": tr.gradient_accumulation_steps,
         # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1)

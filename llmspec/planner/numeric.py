@@ -470,9 +470,14 @@ def comm_ep_bytes(K, L_here, b, ck_full, ck_selective, cp, e, ep, h, m, moe, s, 
     return K*L_here*b*e*h*m*moe*s*(ep - 1)*(2*ck_full + 2*ck_selective + 4)/(cp*ep*t)
 
 
-def time_ep(bw_ep, comm_ep_bytes):
-    """expert-parallel all-to-all (not overlapped) [s]"""
+def time_ep_all_to_all(bw_ep, comm_ep_bytes):
+    """expert-parallel all-to-all, dispatch and combine [s]"""
     return comm_ep_bytes/bw_ep
+
+
+def time_ep(ep_comm_overlap, m, time_compute, time_ep_all_to_all):
+    """expert-parallel all-to-all not hidden behind another micro-batch's compute (all of it without overlap) [s]"""
+    return ep_comm_overlap*_max(0, -time_compute + time_ep_all_to_all)*_min(1, m - 1) + time_ep_all_to_all*(-ep_comm_overlap*_min(1, m - 1) + 1)
 
 
 def comm_cp_bytes(L_here, b, ck_full, cp, d_h, e, k, m, s, t):
@@ -728,7 +733,8 @@ ARGUMENTS = {
     'time_pp': ('b', 'bw_pp', 'cp', 'e', 'h', 'm', 'p', 's', 't', 'v'),
     'time_offload': ('bw_host', 'cpu_adam_rate', 'g_bucket', 'gpus_per_node', 'offload', 'psi', 'shard', 'w_bytes'),
     'comm_ep_bytes': ('K', 'L_here', 'b', 'ck_full', 'ck_selective', 'cp', 'e', 'ep', 'h', 'm', 'moe', 's', 't'),
-    'time_ep': ('bw_ep', 'comm_ep_bytes'),
+    'time_ep_all_to_all': ('bw_ep', 'comm_ep_bytes'),
+    'time_ep': ('ep_comm_overlap', 'm', 'time_compute', 'time_ep_all_to_all'),
     'comm_cp_bytes': ('L_here', 'b', 'ck_full', 'cp', 'd_h', 'e', 'k', 'm', 's', 't'),
     'time_attention': ('F_peak', 'L', 'L_here', 'b', 'ck_full', 'cp', 'eff', 'flops_attention_per_token', 'm', 's', 't'),
     'time_cp': ('bw_cp', 'comm_cp_bytes', 'time_attention'),
@@ -809,6 +815,7 @@ Name = Literal[
     'e_stat',
     'eff',
     'ep',
+    'ep_comm_overlap',
     'f',
     'first_stage',
     'fp8',
@@ -967,6 +974,7 @@ Name = Literal[
     'time_pp',
     'time_offload',
     'comm_ep_bytes',
+    'time_ep_all_to_all',
     'time_ep',
     'comm_cp_bytes',
     'time_attention',
@@ -1002,7 +1010,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'f', 'first_stage', 'fp8', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'f', 'first_stage', 'fp8', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1093,6 +1101,7 @@ GROUPS = {
     'time_pp': 'Time and cost',
     'time_offload': 'Time and cost',
     'comm_ep_bytes': 'Time and cost',
+    'time_ep_all_to_all': 'Time and cost',
     'time_ep': 'Time and cost',
     'comm_cp_bytes': 'Time and cost',
     'time_attention': 'Time and cost',

@@ -196,6 +196,10 @@ class ParallelismSpec(_Section):
         False, description="tensor-parallel collectives pipelined in chunks under the matmuls they feed "
         "(Transformer Engine, Megatron-LM's --tp-comm-overlap): the time model counts 1/tensor of them and what "
         "outlasts the matmuls; `run`'s engine (DeepSpeed AutoTP) does not overlap, so it plans only")
+    ep_comm_overlap: bool = Field(
+        False, description="one micro-batch's expert all-to-all under another's compute (Megatron-Core's "
+        "--overlap-moe-expert-parallel-comm, DeepSeek-V3's DualPipe): the time model counts what outlasts the "
+        "step's compute; `run`'s engine (DeepSpeed AutoEP) does not overlap, so it plans only")
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"

@@ -46,6 +46,9 @@ def check_runnable(spec: Spec) -> None:
     if par.tensor > 1 and par.tp_comm_overlap:
         raise LLMSpecError("parallelism.tp_comm_overlap: planned, not run (DeepSpeed's AutoTP waits for each "
                            "collective); set it to false to run, and the plan counts them exposed too")
+    if par.expert > 1 and par.ep_comm_overlap:
+        raise LLMSpecError("parallelism.ep_comm_overlap: planned, not run (DeepSpeed's AutoEP waits for each "
+                           "all-to-all); set it to false to run, and the plan counts them exposed too")
     if par.context > 1:
         raise LLMSpecError(f"parallelism.context {par.context}: planned, not trained (the compiled model's attention "
                            "exchanges no keys and values between GPUs); set parallelism.context=1 to run")
