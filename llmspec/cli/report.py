@@ -142,8 +142,8 @@ def render_plan(plan: Plan, console: Console) -> None:
                                                                         if "comm" in label else ""))
     table.add_row("throughput", f"{fmt_count(t['tokens_per_second'])} tokens/s",
                   f"MFU {t['mfu']:.1%} · HFU {t['hfu']:.1%} (efficiency {plan.efficiency:.0%})")
-    if plan.published:
-        pub = plan.published
+    pub = plan.published
+    if pub:
         table.add_row("published", f"{pub['tflops_per_gpu']:,.0f} TFLOP/s/GPU",
                       f"planned {pub['planned_tflops_per_gpu']:,.0f} ({pub['ratio']:.2f}×); {pub['source']}")
     table.add_row("run", fmt_duration(t["total_seconds"]), f"{t['steps']:,} steps")

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from llmspec.planner import numeric
+from llmspec.planner.inputs import achieved_efficiency
 from llmspec.planner.published import tflops_per_gpu
 from llmspec.planner.training import Plan, plan
 from llmspec.spec.schema import Spec
@@ -46,16 +47,14 @@ class Calibration:
         self.cases = []
         for name, spec in specs.items():
             planned: Plan = plan(spec, alternatives=False)
-            gpu = planned.spec.cluster.device
             inputs = {k: v for k, v in planned.env.items() if k not in TIME_FORMULAS}
-            width = spec.model.d_model / (1 if spec.parallelism.sequence_parallel else spec.parallelism.tensor)
-            self.cases.append((name, planned.spec, gpu, inputs, width))
+            self.cases.append((name, planned.spec, planned.spec.cluster.device, inputs))
 
     def points(self, efficiency: dict[str, float], elementwise: float) -> list[Point]:
         """Every point re-timed at these family efficiencies and memory-bound share (inputs.achieved_efficiency)."""
         found = []
-        for name, spec, gpu, inputs, width in self.cases:
-            eff = efficiency[gpu.family] * width / (width + elementwise * gpu.ridge[spec.training.precision])
+        for name, spec, gpu, inputs in self.cases:
+            eff = achieved_efficiency(gpu, spec, spec.parallelism.tensor, efficiency[gpu.family], elementwise)
             env = numeric.evaluate({**inputs, "eff": eff}, TIME_FORMULAS)
             if spec.published is not None:
                 found.append(Point(name, gpu.family, "TFLOP/s per GPU", spec.published.tflops_per_gpu,
@@ -173,7 +172,7 @@ def report(calibration: Calibration) -> str:
         lines.append(f"| {point.name} | {spec.cluster.device.name} | {spec.cluster.gpus:,} | {_layout(spec)} | "
                      f"{point.quantity} | {point.published:,.0f} | {point.predicted:,.0f} | {point.ratio:.3f} |")
     worst = max(points, key=lambda p: abs(math.log(p.ratio)))
-    rms = math.sqrt(sum(math.log(p.ratio) ** 2 for p in points) / len(points))
+    rms = math.sqrt(loss(points) / len(points))
     lines += [
         "",
         f"Residuals: root-mean-square {rms:.1%} (of the log ratio), worst {worst.name} at {worst.ratio:.3f}; "

@@ -55,11 +55,13 @@ def sixteen_bit(precision: str) -> str:
     return "bf16" if precision == "fp8" else precision
 
 
-def achieved_efficiency(gpu: catalogue.GPU, spec: Spec, tensor: Any) -> Any:
-    """The fraction of peak a block's FLOPs run at on ``gpu`` (``tensor`` may be a numpy column: the search)."""
+def achieved_efficiency(gpu: catalogue.GPU, spec: Spec, tensor: Any, matmul: float | None = None,
+                        elementwise: float = ELEMENTWISE) -> Any:
+    """The fraction of peak a block's FLOPs run at on ``gpu`` (``tensor`` may be a numpy column: the search);
+    ``matmul`` and ``elementwise`` replace the fitted constants (the calibration tries others)."""
     width = spec.model.d_model / (1 if spec.parallelism.sequence_parallel else tensor)
     ridge = gpu.ridge[spec.training.precision]
-    return gpu.efficiency * width / (width + ELEMENTWISE * ridge)
+    return (gpu.efficiency if matmul is None else matmul) * width / (width + elementwise * ridge)
 
 
 def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:

@@ -243,12 +243,16 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
                for i in _pareto(s["time_total"], s["cost"])]
     frontier = [layouts[i] for i in _pareto(np.array([x.seconds for x in layouts]),
                                             np.array([x.cost for x in layouts]))] if layouts else []
-    frontier.sort(key=lambda x: (x.seconds, x.cost))
-    key = (lambda x: (x.seconds, x.cost)) if objective == "time" else (lambda x: (x.cost, x.seconds))
+    frontier.sort(key=objective_key("time"))
     points = {"days": np.concatenate([s["time_total"] / 86400 for *_, s in tables]),
               "cost": np.concatenate([s["cost"] for *_, s in tables])}
     return SizeResult(evaluated, int(sum(len(s["cost"]) for *_, s in tables)), frontier,
-                      min(frontier, key=key) if frontier else None, objective, points)
+                      min(frontier, key=objective_key(objective)) if frontier else None, objective, points)
+
+
+def objective_key(objective: str):
+    """How layouts rank under ``objective``: time first (cost breaks ties), or cost first."""
+    return (lambda x: (x.seconds, x.cost)) if objective == "time" else (lambda x: (x.cost, x.seconds))
 
 
 def _storages(spec: Spec) -> list[tuple[Spec, str | None]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llmspec.planner.layout_search import Layout, SizeResult, with_layout
+from llmspec.planner.layout_search import Layout, SizeResult, objective_key, with_layout
 from llmspec.planner.training import plan
 from llmspec.spec.schema import Spec
 
@@ -46,8 +46,7 @@ def explain(spec: Spec, result: SizeResult) -> Explanation | None:
     """The best layout against the next one on the frontier by the same objective (None: nothing feasible)."""
     if result.best is None:
         return None
-    key = (lambda x: (x.seconds, x.cost)) if result.objective == "time" else (lambda x: (x.cost, x.seconds))
-    ranked = sorted(result.frontier, key=key)
+    ranked = sorted(result.frontier, key=objective_key(result.objective))
     runner_up = next((x for x in ranked if x is not result.best), None)
     if runner_up is None:
         return Explanation(result.best, None, result.objective, {})

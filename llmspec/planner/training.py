@@ -196,6 +196,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         spec = self.spec
         post = {} if spec.post_training is None else {"models": self.models}
+        published = self.published
         if self.phases:
             post["phases"] = self.phases
         return {**post,
@@ -207,7 +208,7 @@ class Plan:
             "nvme_memory": self.nvme_memory,
             "host_memory_deepspeed": self.host_memory_deepspeed,
             "time": self.time,
-            **({"published": self.published} if self.published else {}),
+            **({"published": published} if published else {}),
             "fits": self.fits,
             "gpu": {"name": self.gpu_name, "memory": self.gpu_memory, "usable": self.usable_memory,
                     "count": spec.cluster.gpus, "efficiency": self.efficiency},
