@@ -28,6 +28,7 @@ VARIANTS = [
     ("tiny", [*PIPE, "model.sliding_window=64"]), ("tiny-gpt2", PIPE), ("tiny-moe", [*PIPE, "model.dropout=0.1"]),
     ("tiny", ["model.rope_scaling.factor=8", "model.rope_scaling.original_max_seq_len=64"]),
     ("tiny", ["model.rope_scaling.type=linear", "model.rope_scaling.factor=2"]),
+    ("tiny-moe", ["model.moe.capacity_factor=1.25", "parallelism.activation_checkpointing=selective"]),
 ]
 
 
@@ -409,12 +410,14 @@ def test_kv_cache_sampling_equals_recomputing_the_window():
     assert torch.equal(stopped[0, :7], with_cache[0, :7]) and (stopped[0, 7:] == stop).all()
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-moe", "mistral-7b"])
-def test_16_bit_parameters_with_fp32_buffers_train(name):
+@pytest.mark.parametrize("name, sets", [
+    ("tiny", []), ("tiny-moe", []), ("tiny-moe", ["model.moe.capacity_factor=0.5"]),
+    ("mistral-7b", ["model.n_layers=1", "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=96",
+                    "model.vocab_size=128", "model.sliding_window=8"]),
+])
+def test_16_bit_parameters_with_fp32_buffers_train(name, sets):
     """DeepSpeed's bf16 mode casts parameters, not buffers: RoPE tables and masks must follow the activations."""
-    spec = load_spec(name, ["model.n_layers=1", "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2",
-                            "model.d_ff=96", "model.vocab_size=128", "model.sliding_window=8"] if name == "mistral-7b"
-                     else [])
+    spec = load_spec(name, sets)
     model = model_module(spec).Model().train()
     for param in model.parameters():
         param.data = param.data.to(torch.bfloat16)
@@ -450,3 +453,27 @@ def test_build_never_replaces_a_file_it_did_not_write(tmp_path):
     assert (tmp_path / "spec.yaml").read_text() == before and not (tmp_path / "model.py").exists()
     build(load_spec("tiny"), tmp_path / "b")
     build(load_spec("tiny"), tmp_path / "b")  # its own files: rebuilt freely
+
+
+def test_moe_capacity_fixes_the_rows_each_expert_computes_in_training():
+    def run(factor, train=True):
+        spec = load_spec("tiny-moe", [f"model.moe.capacity_factor={factor}"] if factor else [])
+        torch.manual_seed(0)
+        model = model_module(spec).Model().train(train)
+        rows = []
+        for block in model.blocks:
+            for expert in block.mlp.experts:
+                expert.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+        idx = torch.randint(0, spec.model.vocab_size, (2, 64), generator=torch.Generator().manual_seed(1))
+        logits, loss = model(idx, torch.roll(idx, -1, 1))
+        return loss, rows
+
+    tokens, top_k, experts, layers = 128, 2, 4, 2
+    dropless, routed = run(None)
+    assert sum(routed) == layers * tokens * top_k  # every routed token once
+    loss, rows = run(0.5)  # each expert a fixed ⌈0.5 · 128 · 2 / 4⌉ = 32 rows: the busier ones drop tokens
+    assert rows == [32] * layers * experts and loss != dropless
+    loss, rows = run(2.0)  # capacity 128 = every token: padding only, the dropless model's loss
+    assert rows == [128] * layers * experts and torch.allclose(loss, dropless, atol=1e-6)
+    loss, rows = run(0.5, train=False)  # inference routes every token
+    assert sum(rows) == layers * tokens * top_k and torch.equal(loss, run(None, train=False)[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from helpers import planned
 
@@ -41,6 +43,23 @@ def test_moe_counts_top_k_experts():
     matmul = L * (h * (32 + 16) * 128 + 32 * 128 * h + 2 * 3 * h * f + h * 8) + V * h
     assert p.env["matmul_weights"] == matmul
     assert p.flops["six_nd"] == 6 * 12_879_925_248 * p.spec.training.total_tokens
+
+
+@pytest.mark.parametrize("factor", [0.3, 1.25])
+def test_moe_capacity_computes_a_fixed_number_of_rows_per_expert(factor):
+    dropless = planned("mixtral-8x7b")
+    p = planned("mixtral-8x7b", f"model.moe.capacity_factor={factor}")
+    h, f, L, K, E = 4096, 14336, 32, 2, 8
+    tokens = p.spec.training.micro_batch_size * p.spec.training.seq_len
+    rows = math.ceil(factor * tokens * K / E)  # per expert and micro-batch, padded or cut to it
+    extra = (E * rows - tokens * K) / tokens  # expert rows per token beyond one per routed token
+    assert p.flops["capacity_per_token"] == pytest.approx(2 * L * extra * 3 * h * f)
+    assert p.flops["per_token_train"] == pytest.approx(3 * (dropless.flops["per_token_forward"]
+                                                            + 2 * L * extra * 3 * h * f))
+    assert (p.flops["per_token_train"] > dropless.flops["per_token_train"]) == (factor > 1)
+    # inference routes every token: the forward, parameters and 6ND are the dropless model's
+    assert p.flops["per_token_forward"] == dropless.flops["per_token_forward"]
+    assert p.flops["six_nd"] == dropless.flops["six_nd"]
 
 
 @pytest.mark.parametrize("mode,extra", [("none", 0), ("selective", "mlp"), ("full", "blocks")])

@@ -93,6 +93,8 @@ def test_set_override_errors_are_attributed():
     (["model.position=rope", "model.head_dim=15"], "model.head_dim", "must be even"),
     (["model.rope_scaling={factor: 8}"], "model.rope_scaling", "needs position: rope"),
     (["model.moe={n_experts: 2, top_k: 3}"], "model.moe.top_k", "exceeds n_experts"),
+    (["model.moe={n_experts: 2, capacity_factor: 1.25}", "post_training.method=dpo"], "model.moe.capacity_factor",
+     "planned for sft and reward only"),
     (["training.seq_len=256"], "training.seq_len", "exceeds model.max_seq_len"),
     (["parallelism.tensor=8", "cluster.gpus_per_node=8"], "parallelism.tensor", "must divide n_heads"),
     (["parallelism.pipeline=4"], "parallelism.pipeline", "exceeds n_layers"),

@@ -67,6 +67,9 @@ def random_specs(draw):
     if draw(st.booleans()):
         experts = draw(st.integers(2, 4))
         sets += [f"model.moe.n_experts={experts}", f"model.moe.top_k={draw(st.integers(1, experts))}"]
+        capacity = draw(st.sampled_from([None, 0.3, 1.0, 1.25, 2.0]))  # drops, exact, pads; rounded up to rows
+        if capacity is not None:
+            sets.append(f"model.moe.capacity_factor={capacity}")
     return minimal(*sets)
 
 

@@ -152,3 +152,13 @@ def test_expert_all_to_all_overlaps_only_with_another_micro_batch():
     one = planned("mixtral-8x7b", *sets, "parallelism.ep_comm_overlap=true", "training.global_batch_size=64",
                   "training.micro_batch_size=1")
     assert one.env["m"] == 1 and one.time["ep_seconds"] == pytest.approx(one.env["time_ep_all_to_all"])
+
+
+def test_expert_all_to_all_sends_capacity_padded_rows():
+    sets = ("parallelism.expert=8", "parallelism.zero_stage=1", "cluster.nodes=8")
+    dropless = planned("mixtral-8x7b", *sets)
+    padded = planned("mixtral-8x7b", *sets, "model.moe.capacity_factor=1.25")
+    # 4,096 tokens × top-2 over 8 experts: 1,024 routed to each, 1,280 rows at capacity 1.25 (exactly)
+    assert padded.env["comm_ep_bytes"] == pytest.approx(1.25 * dropless.env["comm_ep_bytes"])
+    assert padded.time["ep_seconds"] > dropless.time["ep_seconds"]
+    assert padded.env["act_mlp"] > dropless.env["act_mlp"]  # (measured exactly in tests/test_measure.py)

@@ -309,6 +309,9 @@ def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
     (["model.moe={n_experts: 4, top_k: 2}", "model.mlp=swiglu", "parallelism.expert=2",
       "parallelism.ep_comm_overlap=true", "cluster.gpus_per_node=2", "training.global_batch_size=32"], 2,
      "parallelism.ep_comm_overlap: planned, not run"),
+    (["model.moe={n_experts: 4, top_k: 2, capacity_factor: 1.25}", "model.mlp=swiglu", "parallelism.expert=2",
+      "cluster.gpus_per_node=2", "training.global_batch_size=32"], 2,
+     "model.moe.capacity_factor with parallelism.expert 2: planned, not run"),
 ])
 def test_what_run_cannot_execute_is_refused_before_anything_starts(tmp_path, sets, code, needle):
     args = ["run", "tiny", "--out", str(tmp_path / "r"), "--dry-run"]

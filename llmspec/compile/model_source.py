@@ -43,7 +43,8 @@ def features(spec: Spec) -> dict[str, bool]:
         "rope_linear": scaling is not None and scaling.type == "linear",
         "fused_qkv": mo.fused_qkv,
         "rmsnorm": mo.norm == "rmsnorm", "layernorm": mo.norm == "layernorm",
-        "gated": mo.gated, "moe": mo.moe is not None, "tied": mo.tie_embeddings,
+        "gated": mo.gated, "moe": mo.moe is not None,
+        "capacity": mo.moe is not None and mo.moe.capacity_factor is not None, "tied": mo.tie_embeddings,
         "sliding_window": mo.sliding_window is not None, "dropout": mo.dropout > 0,
         "selective": ckpt == "selective", "full": ckpt == "full", "checkpointing": ckpt != "none",
         "pipeline": spec.parallelism.pipeline > 1,
@@ -67,6 +68,7 @@ def values(spec: Spec) -> dict[str, str]:
         "norm_eps": float(mo.norm_eps), "rope_theta": float(mo.rope_theta), "init_std": float(mo.init_std),
         "dropout": float(mo.dropout), "sliding_window": mo.sliding_window,
         "n_experts": mo.moe.n_experts if mo.moe else None, "top_k": mo.moe.top_k if mo.moe else None,
+        "capacity_factor": float(mo.moe.capacity_factor) if mo.moe and mo.moe.capacity_factor else None,
         "rope_scaling_factor": float(scaling.factor) if scaling else None,
         "rope_low_freq_factor": float(scaling.low_freq_factor) if scaling else None,
         "rope_high_freq_factor": float(scaling.high_freq_factor) if scaling else None,
@@ -116,7 +118,8 @@ def _summary(spec: Spec, params: int) -> str:
              "RoPE" if mo.position == "rope" else "learned positions",
              "RMSNorm" if mo.norm == "rmsnorm" else "LayerNorm", _MLP_NAMES[mo.mlp]]
     if mo.moe:
-        parts.append(f"{mo.moe.n_experts} experts, top-{mo.moe.top_k}")
+        parts.append(f"{mo.moe.n_experts} experts, top-{mo.moe.top_k}"
+                     + (f", capacity factor {mo.moe.capacity_factor:g}" if mo.moe.capacity_factor else ""))
     if mo.sliding_window:
         parts.append(f"sliding window {mo.sliding_window}")
     if mo.tie_embeddings:

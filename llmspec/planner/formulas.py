@@ -23,6 +23,8 @@ def _s(names: str, **assumptions) -> tuple[sp.Symbol, ...]:
 
 # ---- inputs ------------------------------------------------------------------------------------------------
 V, h, L, a, k, d_h, f, P, E, K = _s("V h L a k d_h f P E K", positive=True)
+cf = sp.Symbol("capacity", positive=True)
+kept = sp.Min(1, cf)  # of the routed tokens, those an expert computes (all of them under balanced routing, c ≥ 1)
 tied, learned, rope, bias, qkvb, gated, relu, moe, ln, drop, fused = _s(
     "tied learned rope bias qkv_bias gated relu moe layernorm dropout fused_qkv", nonnegative=True)
 b, s, B, D, e, window = _s("b s B D e window", positive=True)
@@ -85,6 +87,8 @@ INPUT_DOCS: dict[str, str] = {
     "V": "vocabulary size", "h": "d_model", "L": "layers", "a": "attention heads", "k": "key/value heads",
     "d_h": "head dim", "f": "MLP hidden size d_ff", "P": "max_seq_len (learned position table, RoPE tables)",
     "E": "experts per MoE layer (1 when dense)", "K": "experts active per token, top_k (1 when dense)",
+    "capacity": "expert rows computed in training per routed token: the capacity factor (each expert a fixed "
+    "⌈c·tokens·K/E⌉ rows, padded; under balanced routing c < 1 drops, c > 1 pads), 1 when dropless",
     "tied": "1 if the LM head shares the embedding", "learned": "1 for learned positions", "rope": "1 for RoPE",
     "fused_qkv": "1 when q, k and v are one projection (GPT-2's c_attn), 0 for three (Llama's q/k/v_proj)",
     "bias": "1 if linear layers (and LayerNorms) have biases", "qkv_bias": "1 if q, k, v have biases",
@@ -312,6 +316,9 @@ attn_layer = 4 * a * d_h * (ctx + prefix * n_v)
 fwd_attn = define("flops_attention_per_token", L * attn_layer, "QKᵀ and AV, forward (+ prefix keys)", "FLOP")
 fwd = define("flops_per_token_forward", 2 * matmul + fwd_attn + 2 * L * lora_layer,
              "forward FLOPs per token (+ LoRA branches)", "FLOP")
+fwd_capacity = define("flops_capacity_per_token", moe * 2 * L * K * (cf - 1) * (2 + gated) * h * f,
+                      "forward FLOPs per token that training's expert capacity adds to routing every token once: "
+                      "padded rows (negative where tokens past capacity are dropped); counted as run", "FLOP")
 
 
 def _frozen_backward(grad_in: int) -> sp.Expr:
@@ -335,15 +342,15 @@ ref_flops = define("flops_reference_per_token",
                    "the reference's forward (the base alone under adapter_off; the whole start under copy): per "
                    "training token for DPO, in scoring for PPO/GRPO", "FLOP")
 train = define("flops_per_token_train",
-               (1 - adapter) * 3 * fwd + adapter * (fwd + frozen_bwd) + ref_step * ref_flops,
+               (1 - adapter) * 3 * (fwd + fwd_capacity) + adapter * (fwd + frozen_bwd) + ref_step * ref_flops,
                "model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) "
                "+ a reference forward where the step runs one (DPO, GRPO; for MFU)", "FLOP")
 # Non-reentrant checkpointing stops recomputing once every saved tensor is back: a dense MLP's last matmul, whose
 # output nothing saves, is skipped unless dropout follows it (the down projection, or under LoRA its B).
 skipped = (1 - moe) * (1 - drop) * 2 * L * (ldn * rank * h + (1 - ldn) * h * f)
 recompute = define("flops_recompute_per_token",
-                   ck_full * (fwd - 2 * (1 - vh) * V * h - 2 * vh * h - skipped)
-                   + ck_sel * (2 * L * (K * (2 + gated) * h * f + moe * h * E + rank * (lg + lu + ldn) * (h + f))
+                   ck_full * (fwd + fwd_capacity - 2 * (1 - vh) * V * h - 2 * vh * h - skipped)
+                   + ck_sel * (2 * L * (K * cf * (2 + gated) * h * f + moe * h * E + rank * (lg + lu + ldn) * (h + f))
                                - skipped),
                    "forward recomputed in backward: every block (full) or the MLPs (selective), less the dense "
                    "down projection that early-stopping recompute skips", "FLOP")
@@ -383,16 +390,17 @@ act_attn = define("act_attention", norm_saved + h * e + (a + 2 * k) * d_h * e + 
                   "o_proj input), fp32 log-sum-exp (+ dropout mask)", "B")
 hidden_mult = 2 - relu + 2 * gated
 act_mlp = define("act_mlp", norm_saved + h * e + (1 - moe) * hidden_mult * f * e
-                 + moe * (K * (3 * h * e + hidden_mult * f * e + 16 + e) + 4 * E + 12 * K + 4) + drop * h * e_mask,
+                 + moe * (K * (cf * (2 * h * e + hidden_mult * f * e) + kept * (h * e + e) + 16) + 4 * E + 12 * K + 4)
+                 + drop * h * e_mask,
                  "per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router "
-                 "probabilities, top-k indices (int64) and weights with their sum, and per routed token the "
-                 "gathered input, hidden tensors, expert output, weighted output, its weight and (token, slot) "
-                 "indices", "B")
+                 "probabilities, top-k indices (int64) and weights with their sum; per expert row computed the "
+                 "gathered input, hidden tensors and expert output, per routed token kept its weighted output and "
+                 "weight, per routed token its (token, slot) indices (the kept ones view them all)", "B")
 act_layer = define("act_layer", act_attn + act_mlp, "per token, one block, nothing recomputed", "B")
 act_attn_split = define("act_attention_split", (a + 2 * k) * d_h * e + a * d_h * e + 4 * a,
                         "of act_attention, what tensor parallelism splits by heads: q, k, v, SDPA out, "
                         "log-sum-exp", "B")
-act_mlp_split = define("act_mlp_split", K * hidden_mult * f * e,
+act_mlp_split = define("act_mlp_split", K * cf * hidden_mult * f * e,
                        "of act_mlp, the hidden tensors tensor parallelism splits by width", "B")
 act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h * e) + ck_full * h * e,
                   "per token, one block, as kept for backward: all, attention + MLP input (selective), or the "
@@ -560,10 +568,11 @@ t_pp = define("time_pp", (p * v - 1) / p * 2 * m * b * s_local * h * e / t / bw_
 t_off = define("time_offload", offload * psi / shard * ((g_bucket + w_bytes) / bw_host + gpn / adam_rate),
                "optimizer offload: gradients down and weights back over PCIe, then the CPU optimizer step "
                "(ZeRO-Offload, Ren et al. 2021; not overlapped)", "s")
-ep_bytes = define("comm_ep_bytes", moe * (4 + 2 * (ck_full + ck_sel)) * m * L_here * b * s_local * K * h * e
+ep_bytes = define("comm_ep_bytes", moe * (4 + 2 * (ck_full + ck_sel)) * m * L_here * b * s_local * K * cf * h * e
                   * (ep - 1) / ep / t,
-                  "bytes each GPU sends per step for expert parallelism: every routed token's hidden state to its "
-                  "experts' ranks and back (all-to-all dispatch and combine), forward, backward and recompute",
+                  "bytes each GPU sends per step for expert parallelism: every expert row's hidden state (padded "
+                  "to capacity) to its expert's rank and back (all-to-all dispatch and combine), forward, "
+                  "backward and recompute",
                   "B")
 t_ep_all = define("time_ep_all_to_all", ep_bytes / bw_ep, "expert-parallel all-to-all, dispatch and combine", "s")
 # Overlapped, a micro-batch's all-to-all runs while another micro-batch computes: only what outlasts the step's

@@ -6,6 +6,7 @@ layout search scores every configuration at once); neither path imports the othe
 
 from __future__ import annotations
 
+import math
 import typing
 from fractions import Fraction
 from typing import Any
@@ -69,6 +70,18 @@ def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:
     return gpu.memory_bytes - int(spec.cluster.memory_reserve_gib * 2**30)
 
 
+def expert_rows_per_routed_token(spec: Spec) -> float:
+    """Rows each routed token costs in training: 1 dropless; under a capacity factor c, each expert computes
+    ⌈c·T·K/E⌉ rows of a micro-batch's T tokens (the compiled MoE's rounding), whatever routing does."""
+    moe = spec.model.moe
+    if moe is None or moe.capacity_factor is None:
+        return 1
+    tokens = spec.training.micro_batch_size * sequences_per_example(spec.post_training) * sequence_length(spec) \
+        // spec.parallelism.context
+    rows = math.ceil(moe.capacity_factor * tokens * moe.top_k / moe.n_experts)  # as the compiled MoE rounds it
+    return moe.n_experts * rows / (tokens * moe.top_k)
+
+
 def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
     """Formula inputs that describe the model and the batch (everything but the strategy and the stage); ``role``:
     which model of a PPO run they describe: policy, critic or reward."""
@@ -81,6 +94,7 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
         "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,
         "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
+        "capacity": expert_rows_per_routed_token(spec),
         "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
         "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
         "fused_qkv": int(mo.fused_qkv), "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"),

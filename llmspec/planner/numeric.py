@@ -190,6 +190,11 @@ def flops_per_token_forward(L, flops_attention_per_token, matmul_weights, params
     return 2*L*params_lora_layer + flops_attention_per_token + 2*matmul_weights
 
 
+def flops_capacity_per_token(K, L, capacity, f, gated, h, moe):
+    """forward FLOPs per token that training's expert capacity adds to routing every token once: padded rows (negative where tokens past capacity are dropped); counted as run [FLOP]"""
+    return 2*K*L*f*h*moe*(capacity - 1)*(gated + 2)
+
+
 def flops_backward_frozen_per_token(L, V, a, attention_context, d_h, f, gated, h, k, lora_down, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, n_virtual, prefix, r, value_head):
     """backward of a frozen base under an adapter: input gradients (the first block's only where an adapter needs them), LoRA's weight and input gradients, the head's input gradient [FLOP]"""
     return V*h*(2 - 2*value_head) + a*d_h*h*(-2*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 2) + 2*a*d_h*(attention_context + n_virtual*prefix)*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)**2*(1 - prefix) - (1 - lora_k)*(1 - lora_qkv)*(1 - prefix) - (1 - lora_q)*(1 - lora_qkv) - (1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 4) + 2*f*h*(gated*(-(1 - lora_gate)*(1 - lora_k)**2*(1 - lora_o)**2*(1 - lora_q)**2*(1 - lora_qkv)**2*(1 - lora_up)*(1 - lora_v)**2*(1 - prefix)**2 + 1) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)) + 2*f*h*(gated*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) - (1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 4*h*value_head + lora_down*r*(2*f*(gated*(-(1 - lora_gate)*(1 - lora_k)**2*(1 - lora_o)**2*(1 - lora_q)**2*(1 - lora_qkv)**2*(1 - lora_up)*(1 - lora_v)**2*(1 - prefix)**2 + 1) + (1 - gated)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_up)*(1 - lora_v)*(1 - prefix) + 1)) + 2*f + 4*h) + lora_gate*r*(4*f + 2*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 2*h) + lora_k*r*(4*d_h*k + 2*h) + lora_o*r*(2*a*d_h*(-(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 2*a*d_h + 4*h) + lora_q*r*(4*a*d_h + 2*h) + lora_qkv*r*(4*d_h*(a + 2*k) + 2*h) + lora_up*r*(4*f + 2*h*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 2*h) + lora_v*r*(4*d_h*k + 2*h) + (L - 1)*(2*a*d_h*h + 8*a*d_h*(attention_context + n_virtual*prefix) + 2*d_h*h*(a + 2*k) + 2*f*h*(gated + 1) + 2*f*h + lora_down*r*(4*f + 4*h) + lora_gate*r*(4*f + 4*h) + lora_k*r*(4*d_h*k + 4*h) + lora_o*r*(4*a*d_h + 4*h) + lora_q*r*(4*a*d_h + 4*h) + lora_qkv*r*(4*d_h*(a + 2*k) + 4*h) + lora_up*r*(4*f + 4*h) + lora_v*r*(4*d_h*k + 4*h))
@@ -200,14 +205,14 @@ def flops_reference_per_token(E, K, L, V, a, attention_context, d_h, f, gated, h
     return reference_forward*(4*L*a*attention_context*d_h + 2*L*(E*h*moe + K*f*h*(gated + 2) + a*d_h*h + d_h*h*(a + 2*k)) + 2*V*h + reference_copy*(4*L*a*d_h*n_virtual*prefix + 2*L*params_lora_layer))
 
 
-def flops_per_token_train(adapter, flops_backward_frozen_per_token, flops_per_token_forward, flops_reference_per_token, reference_in_step):
+def flops_per_token_train(adapter, flops_backward_frozen_per_token, flops_capacity_per_token, flops_per_token_forward, flops_reference_per_token, reference_in_step):
     """model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) + a reference forward where the step runs one (DPO, GRPO; for MFU) [FLOP]"""
-    return adapter*(flops_backward_frozen_per_token + flops_per_token_forward) + flops_per_token_forward*(3 - 3*adapter) + flops_reference_per_token*reference_in_step
+    return adapter*(flops_backward_frozen_per_token + flops_per_token_forward) + flops_reference_per_token*reference_in_step + (3 - 3*adapter)*(flops_capacity_per_token + flops_per_token_forward)
 
 
-def flops_recompute_per_token(E, K, L, V, ck_full, ck_selective, dropout, f, flops_per_token_forward, gated, h, lora_down, lora_gate, lora_up, moe, r, value_head):
+def flops_recompute_per_token(E, K, L, V, capacity, ck_full, ck_selective, dropout, f, flops_capacity_per_token, flops_per_token_forward, gated, h, lora_down, lora_gate, lora_up, moe, r, value_head):
     """forward recomputed in backward: every block (full) or the MLPs (selective), less the dense down projection that early-stopping recompute skips [FLOP]"""
-    return ck_full*(-2*L*(1 - dropout)*(1 - moe)*(f*h*(1 - lora_down) + h*lora_down*r) - V*h*(2 - 2*value_head) + flops_per_token_forward - 2*h*value_head) + ck_selective*(-2*L*(1 - dropout)*(1 - moe)*(f*h*(1 - lora_down) + h*lora_down*r) + 2*L*(E*h*moe + K*f*h*(gated + 2) + r*(f + h)*(lora_down + lora_gate + lora_up)))
+    return ck_full*(-2*L*(1 - dropout)*(1 - moe)*(f*h*(1 - lora_down) + h*lora_down*r) - V*h*(2 - 2*value_head) + flops_capacity_per_token + flops_per_token_forward - 2*h*value_head) + ck_selective*(-2*L*(1 - dropout)*(1 - moe)*(f*h*(1 - lora_down) + h*lora_down*r) + 2*L*(E*h*moe + K*capacity*f*h*(gated + 2) + r*(f + h)*(lora_down + lora_gate + lora_up)))
 
 
 def flops_per_token_hardware(flops_per_token_train, flops_recompute_per_token):
@@ -280,9 +285,9 @@ def act_attention(a, act_norm, d_h, dropout, e, e_mask, h, k):
     return a*d_h*e + 4*a + act_norm + d_h*e*(a + 2*k) + dropout*e_mask*h + e*h
 
 
-def act_mlp(E, K, act_norm, dropout, e, e_mask, f, gated, h, moe, relu):
-    """per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router probabilities, top-k indices (int64) and weights with their sum, and per routed token the gathered input, hidden tensors, expert output, weighted output, its weight and (token, slot) indices [B]"""
-    return act_norm + dropout*e_mask*h + e*f*(1 - moe)*(2*gated - relu + 2) + e*h + moe*(4*E + K*(e*f*(2*gated - relu + 2) + 3*e*h + e + 16) + 12*K + 4)
+def act_mlp(E, K, act_norm, capacity, dropout, e, e_mask, f, gated, h, moe, relu):
+    """per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router probabilities, top-k indices (int64) and weights with their sum; per expert row computed the gathered input, hidden tensors and expert output, per routed token kept its weighted output and weight, per routed token its (token, slot) indices (the kept ones view them all) [B]"""
+    return act_norm + dropout*e_mask*h + e*f*(1 - moe)*(2*gated - relu + 2) + e*h + moe*(4*E + K*(capacity*(e*f*(2*gated - relu + 2) + 2*e*h) + (e*h + e)*_min(1, capacity) + 16) + 12*K + 4)
 
 
 def act_layer(act_attention, act_mlp):
@@ -295,9 +300,9 @@ def act_attention_split(a, d_h, e, k):
     return a*d_h*e + 4*a + d_h*e*(a + 2*k)
 
 
-def act_mlp_split(K, e, f, gated, relu):
+def act_mlp_split(K, capacity, e, f, gated, relu):
     """of act_mlp, the hidden tensors tensor parallelism splits by width [B]"""
-    return K*e*f*(2*gated - relu + 2)
+    return K*capacity*e*f*(2*gated - relu + 2)
 
 
 def act_layer_kept(act_attention, act_layer, ck_full, ck_none, ck_selective, e, h):
@@ -465,9 +470,9 @@ def time_offload(bw_host, cpu_adam_rate, g_bucket, gpus_per_node, offload, psi, 
     return offload*psi*(gpus_per_node/cpu_adam_rate + (g_bucket + w_bytes)/bw_host)/shard
 
 
-def comm_ep_bytes(K, L_here, b, ck_full, ck_selective, cp, e, ep, h, m, moe, s, t):
-    """bytes each GPU sends per step for expert parallelism: every routed token's hidden state to its experts' ranks and back (all-to-all dispatch and combine), forward, backward and recompute [B]"""
-    return K*L_here*b*e*h*m*moe*s*(ep - 1)*(2*ck_full + 2*ck_selective + 4)/(cp*ep*t)
+def comm_ep_bytes(K, L_here, b, capacity, ck_full, ck_selective, cp, e, ep, h, m, moe, s, t):
+    """bytes each GPU sends per step for expert parallelism: every expert row's hidden state (padded to capacity) to its expert's rank and back (all-to-all dispatch and combine), forward, backward and recompute [B]"""
+    return K*L_here*b*capacity*e*h*m*moe*s*(ep - 1)*(2*ck_full + 2*ck_selective + 4)/(cp*ep*t)
 
 
 def time_ep_all_to_all(bw_ep, comm_ep_bytes):
@@ -677,10 +682,11 @@ ARGUMENTS = {
     'attention_context': ('causal', 's', 'window'),
     'flops_attention_per_token': ('L', 'a', 'attention_context', 'd_h', 'n_virtual', 'prefix'),
     'flops_per_token_forward': ('L', 'flops_attention_per_token', 'matmul_weights', 'params_lora_layer'),
+    'flops_capacity_per_token': ('K', 'L', 'capacity', 'f', 'gated', 'h', 'moe'),
     'flops_backward_frozen_per_token': ('L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'n_virtual', 'prefix', 'r', 'value_head'),
     'flops_reference_per_token': ('E', 'K', 'L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'n_virtual', 'params_lora_layer', 'prefix', 'reference_copy', 'reference_forward'),
-    'flops_per_token_train': ('adapter', 'flops_backward_frozen_per_token', 'flops_per_token_forward', 'flops_reference_per_token', 'reference_in_step'),
-    'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_per_token_forward', 'gated', 'h', 'lora_down', 'lora_gate', 'lora_up', 'moe', 'r', 'value_head'),
+    'flops_per_token_train': ('adapter', 'flops_backward_frozen_per_token', 'flops_capacity_per_token', 'flops_per_token_forward', 'flops_reference_per_token', 'reference_in_step'),
+    'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'capacity', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_capacity_per_token', 'flops_per_token_forward', 'gated', 'h', 'lora_down', 'lora_gate', 'lora_up', 'moe', 'r', 'value_head'),
     'flops_per_token_hardware': ('flops_per_token_train', 'flops_recompute_per_token'),
     'flops_per_step': ('B', 'flops_per_token_train', 's'),
     'flops_total': ('D', 'flops_per_token_train'),
@@ -695,10 +701,10 @@ ARGUMENTS = {
     'memory_model_states': ('memory_frozen', 'memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
     'act_norm': ('e', 'e_stat', 'h', 'layernorm'),
     'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'h', 'k'),
-    'act_mlp': ('E', 'K', 'act_norm', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'moe', 'relu'),
+    'act_mlp': ('E', 'K', 'act_norm', 'capacity', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'moe', 'relu'),
     'act_layer': ('act_attention', 'act_mlp'),
     'act_attention_split': ('a', 'd_h', 'e', 'k'),
-    'act_mlp_split': ('K', 'e', 'f', 'gated', 'relu'),
+    'act_mlp_split': ('K', 'capacity', 'e', 'f', 'gated', 'relu'),
     'act_layer_kept': ('act_attention', 'act_layer', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
     'act_layer_kept_split': ('act_attention_split', 'act_mlp_split', 'ck_none', 'ck_selective'),
     'act_norm_frozen': ('e', 'e_stat', 'h', 'layernorm'),
@@ -732,7 +738,7 @@ ARGUMENTS = {
     'time_tp': ('t', 'time_compute', 'time_tp_collectives', 'tp_comm_overlap'),
     'time_pp': ('b', 'bw_pp', 'cp', 'e', 'h', 'm', 'p', 's', 't', 'v'),
     'time_offload': ('bw_host', 'cpu_adam_rate', 'g_bucket', 'gpus_per_node', 'offload', 'psi', 'shard', 'w_bytes'),
-    'comm_ep_bytes': ('K', 'L_here', 'b', 'ck_full', 'ck_selective', 'cp', 'e', 'ep', 'h', 'm', 'moe', 's', 't'),
+    'comm_ep_bytes': ('K', 'L_here', 'b', 'capacity', 'ck_full', 'ck_selective', 'cp', 'e', 'ep', 'h', 'm', 'moe', 's', 't'),
     'time_ep_all_to_all': ('bw_ep', 'comm_ep_bytes'),
     'time_ep': ('ep_comm_overlap', 'm', 'time_compute', 'time_ep_all_to_all'),
     'comm_cp_bytes': ('L_here', 'b', 'ck_full', 'cp', 'd_h', 'e', 'k', 'm', 's', 't'),
@@ -797,6 +803,7 @@ Name = Literal[
     'bw_host',
     'bw_pp',
     'bw_tp',
+    'capacity',
     'causal',
     'ck_full',
     'ck_none',
@@ -918,6 +925,7 @@ Name = Literal[
     'attention_context',
     'flops_attention_per_token',
     'flops_per_token_forward',
+    'flops_capacity_per_token',
     'flops_backward_frozen_per_token',
     'flops_reference_per_token',
     'flops_per_token_train',
@@ -1010,7 +1018,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'f', 'first_stage', 'fp8', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'f', 'first_stage', 'fp8', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1045,6 +1053,7 @@ GROUPS = {
     'attention_context': 'FLOPs',
     'flops_attention_per_token': 'FLOPs',
     'flops_per_token_forward': 'FLOPs',
+    'flops_capacity_per_token': 'FLOPs',
     'flops_backward_frozen_per_token': 'FLOPs',
     'flops_reference_per_token': 'FLOPs',
     'flops_per_token_train': 'FLOPs',

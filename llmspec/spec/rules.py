@@ -168,6 +168,9 @@ def _post_training_problems(spec: Spec, bad) -> None:
                                     f"(its linears: {', '.join(known)}; or all-linear)")
         elif len(set(adapter.targets)) != len(adapter.targets):
             bad(f"{where}.targets", "a target is listed twice")
+    if post.method in ("dpo", "ppo", "grpo") and m.moe is not None and m.moe.capacity_factor is not None:
+        bad("model.moe.capacity_factor", f"{post.method}'s reference and rollouts run the model out of training, "
+                                         "where every token is routed: capacity is planned for sft and reward only")
     if adapter.type != "none" and m.moe is not None:
         bad(f"{where}.type", "adapters on a mixture of experts are not planned yet (a frozen MoE's saved tensors "
                              "depend on routing): fine-tune it fully (type none)")

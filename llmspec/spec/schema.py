@@ -49,6 +49,10 @@ class MoE(_Section):
 
     n_experts: Annotated[int, Field(ge=2, strict=True)]
     top_k: Positive = 2
+    capacity_factor: float | None = Field(
+        None, gt=0, description="none: every routed token computed (dropless, Mixtral). A number c: in training "
+        "each expert computes a fixed ⌈c·T·top_k/n_experts⌉ rows of a micro-batch's T tokens (GShard, Switch): "
+        "tokens past it dropped (the residual carries them), empty rows padded")
 
 
 class ModelSpec(_Section):

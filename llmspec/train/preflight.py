@@ -39,6 +39,10 @@ def check_runnable(spec: Spec) -> None:
             raise LLMSpecError(f"parallelism.expert {par.expert} with {', '.join(unsupported)}: planned, not run "
                                "(`llmspec run` runs DeepSpeed AutoEP on SwiGLU experts with ZeRO 0-2, without "
                                "tensor or pipeline parallelism or offload)")
+    if par.expert > 1 and spec.model.moe.capacity_factor is not None:
+        raise LLMSpecError(f"model.moe.capacity_factor with parallelism.expert {par.expert}: planned, not run "
+                           "(DeepSpeed's AutoEP routes every token, dropless); drop capacity_factor or set "
+                           "parallelism.expert=1 to run")
     if par.tensor > 1 and par.sequence_parallel:
         raise LLMSpecError("parallelism.sequence_parallel: planned, not run (DeepSpeed's AutoTP holds the "
                            "activations outside the split layers whole); set it to false to run, and the plan "
