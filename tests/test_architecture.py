@@ -75,6 +75,7 @@ CONSUMERS: dict[str, set[str]] = {
     "parallelism.tp_comm_overlap": {"plan", "run"},  # run refuses it: AutoTP waits for each collective
     "parallelism.ep_comm_overlap": {"plan", "run"},  # run refuses it: AutoEP waits for each all-to-all
     "published": {"plan"},  # shown beside the plan's own figure
+    "training.fp8_library": {"plan"},  # what FP8 linears save and keep: planned (run refuses fp8)
     "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts
     "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes
     "post_training": {"compile", "plan"},  # run refuses it up front: planned, not yet run
@@ -113,7 +114,7 @@ CHANGE = {
     "model.sliding_window": "64", "model.dropout": "0.1", "model.head_dim": "64",
     "training.precision": "bf16", "training.optimizer.name": "sgd", "training.optimizer.betas": "[0.8, 0.9]",
     "training.tokens": "2M", "training.max_steps": "300", "training.micro_batch_size": "8",
-    "training.seq_len": "128",
+    "training.seq_len": "128", "training.fp8_library": "torchao",
     "parallelism.activation_checkpointing": "full", "parallelism.offload_optimizer": "cpu",
     "parallelism.offload_params": "cpu", "parallelism.byte_regime": "zero_paper",
     "parallelism.reduce_bucket_size": "1000", "parallelism.prefetch_bucket_size": "1000",
@@ -128,6 +129,7 @@ CONTEXT = {
     "parallelism.pipeline": TWO_GPUS, "parallelism.tensor": TWO_GPUS, "cluster.gpus_per_node": TWO_GPUS[1:],
     "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"],
     "parallelism.context": TWO_GPUS,
+    "training.fp8_library": ["training.precision=fp8", "cluster.gpu=H100-SXM"],
     "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
     "parallelism.tp_comm_overlap": [*TWO_GPUS, "parallelism.tensor=2"],
     "parallelism.ep_comm_overlap": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}", "parallelism.expert=2",

@@ -96,6 +96,7 @@ def test_set_override_errors_are_attributed():
     (["model.moe={n_experts: 2, capacity_factor: 1.25}", "post_training.method=dpo"], "model.moe.capacity_factor",
      "planned for sft and reward only"),
     (["training.seq_len=256"], "training.seq_len", "exceeds model.max_seq_len"),
+    (["training.fp8_library=torchao"], "training.fp8_library", "is set but precision is"),
     (["parallelism.tensor=8", "cluster.gpus_per_node=8"], "parallelism.tensor", "must divide n_heads"),
     (["parallelism.pipeline=4"], "parallelism.pipeline", "exceeds n_layers"),
     (["cluster.gpus_per_node=6", "parallelism.tensor=4"], "parallelism.tensor", "not divisible by tensor"),

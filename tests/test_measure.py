@@ -28,6 +28,13 @@ def test_named_specs_match_the_compiled_model_exactly(name):
     _assert_exact(measure(load_spec(name)))
 
 
+@pytest.mark.parametrize("name, sets", [  # Transformer Engine's FP8 linears, emulated (measured_models)
+    ("tiny", []), ("tiny-gpt2", ["model.mlp=relu"]), ("tiny-moe", ["model.moe.capacity_factor=0.5"]),
+])
+def test_fp8_saved_inputs_match_the_compiled_model_exactly(name, sets):
+    _assert_exact(measure(load_spec(name, [*sets, "training.precision=fp8", "cluster.gpu=H100-SXM"])))
+
+
 def _assert_exact(result):
     """Parameters, FLOPs and saved bytes as planned, in every checkpointing mode (post-training: what trains, and
     the frozen weights as stored)."""

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llmspec.compile import measure_rl
 from llmspec.compile.loading import model_module
-from llmspec.compile.measured_models import build, quantised, routing
+from llmspec.compile.measured_models import build, fp8_saved_inputs, quantised, routing
 from llmspec.planner.inputs import sequence_length
 from llmspec.planner.rl_phases import PHASES_KEY
 from llmspec.planner.training import CHECKPOINTING, plan, single_device_env, single_device_rl_step
@@ -176,6 +176,7 @@ def count_saved_bytes(spec: Spec) -> int:
     """Bytes saved for backward by one micro-batch (FakeTensorMode on the CPU device: SDPA's flash path)."""
     with FakeTensorMode():
         trained = _trained(spec)
+        fp8_saved_inputs(spec, trained[0])
         parameters = {p.untyped_storage()._cdata for model in trained for p in model.parameters()}
         saved: dict[int, int] = {}
 

@@ -1,5 +1,6 @@
 """The compiled models as ``llmspec measure`` runs them: built without memory (meta device or fake mode) in the
-training precision, with MoE routing made data-independent.
+training precision, with MoE routing made data-independent and, under FP8, linears that save what Transformer
+Engine's save.
 
 MoE routing depends on data, which meta and fake tensors do not have: measurement gives every expert an equal
 share of the routed tokens (their total, tokens × top_k, is exact), so FLOPs and bytes are those of balanced routing.
@@ -39,9 +40,36 @@ def routing(spec: Spec):
     return BalancedRouting(spec.model.moe.n_experts) if spec.model.moe else nullcontext()
 
 
+class _FP8SavedLinear(torch.autograd.Function):
+    """A bf16 linear that keeps for backward what Transformer Engine's FP8 linear keeps: the FP8 (E4M3) copy of its
+    input it multiplies, and the weight. Measurement only saves; nothing runs backward through it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, x_fp8):
+        ctx.save_for_backward(x_fp8, weight)
+        return torch.nn.functional.linear(x, weight, bias)
+
+
+def fp8_saved_inputs(spec: Spec, model: torch.nn.Module) -> None:
+    """Under Transformer Engine's FP8, the block linears save their input as FP8, cast once per input (fused q/k/v
+    and gate/up modules share one copy); the router and the LM head stay in 16 bits."""
+    if spec.training.precision != "fp8" or spec.training.fp8_library != "transformer_engine":
+        return
+    casts: dict[tuple, torch.Tensor] = {}
+
+    def cast(x: torch.Tensor) -> torch.Tensor:
+        key = (x.untyped_storage()._cdata, x.storage_offset(), tuple(x.shape))
+        if key not in casts:
+            casts[key] = x.detach().to(torch.float8_e4m3fn)
+        return casts[key]
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in ("router", "lm_head"):
+            module.forward = lambda x, m=module: _FP8SavedLinear.apply(x, m.weight, m.bias, cast(x))
+
+
 def dtype_of(spec: Spec) -> torch.dtype:
-    # FP8 training keeps activations in bf16 (what the plan counts; Transformer Engine's FP8-saved linear inputs
-    # are not modelled)
+    # FP8 training keeps activations in bf16 but the inputs of its linears (``fp8_saved_inputs``)
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
             "fp8": torch.bfloat16}[spec.training.precision]
 

@@ -46,6 +46,7 @@ w_bpp, g_bpp, o_bpp, g_bucket, g_comm = _s("w_bpp g_bpp o_bpp g_bucket g_comm", 
 reduce_bucket, prefetch_bucket = _s("reduce_bucket prefetch_bucket", positive=True)
 F_peak, eff, bw_dp, bw_tp, bw_pp, steps, price = _s("F_peak eff bw_dp bw_tp bw_pp steps price", positive=True)
 F_mm, fp8 = sp.Symbol("F_matmul", positive=True), sp.Symbol("fp8", nonnegative=True)
+te = sp.Symbol("fp8_saved", nonnegative=True)
 z01, z2 = _s("zero01 zero2", nonnegative=True)
 n_nodes, gpn = _s("nodes gpus_per_node", positive=True)
 offload, bw_host, adam_rate, shard = _s("offload bw_host cpu_adam_rate shard", positive=True)
@@ -130,6 +131,8 @@ INPUT_DOCS: dict[str, str] = {
     "eff": "achieved fraction of peak",
     "F_matmul": "dense peak FLOP/s of the matmuls: F_peak, or the GPU's FP8 peak under training.precision fp8",
     "fp8": "1 when the matmuls run in FP8 (Transformer Engine's recipe), everything else in bf16",
+    "fp8_saved": "1 when linears save their inputs in FP8 and keep FP8 weight copies (fp8 with Transformer "
+    "Engine; torchao's Float8Linear saves the 16-bit input and casts weights at each use)",
     "bw_dp": "bytes/s per GPU on the data-parallel links", "bw_tp": "bytes/s per GPU on tensor-parallel links",
     "ep": "expert-parallel degree (experts of each MoE layer split over ep data-parallel ranks)",
     "bw_ep": "bytes/s per GPU on expert-parallel links (all-to-all)",
@@ -384,23 +387,31 @@ group("Memory: activations", "per saved tensor of the compiled model (Korthikant
 norm_saved = define("act_norm", ln * (h * e + 2 * e_stat) + (1 - ln) * (8 * h + 4),
                     "per token, one norm: LayerNorm saves x + mean, rstd; RMSNorm (composite) an fp32 copy "
                     "of x, the fp32 normalised x and fp32 rstd", "B")
-act_attn = define("act_attention", norm_saved + h * e + (a + 2 * k) * d_h * e + a * d_h * e + 4 * a
+# Transformer Engine's FP8 linears save their input for backward as the FP8 copy they multiply (1 byte), one per
+# input (Megatron fuses q/k/v and gate/up); a tensor something else saves too stays and gains that copy: SDPA's
+# output (the o_proj input), ReLU's output (the down projection's), the MoE layer input (the 16-bit router's).
+e_in = e - te * (e - 1)  # bytes per element of an input only a linear saves
+down_extra = te * (relu - (1 - relu) * (e - 1))  # the down projection's input: an FP8 copy, or FP8 instead
+act_attn = define("act_attention", norm_saved + h * e_in + (a + 2 * k) * d_h * e + a * d_h * (e + te) + 4 * a
                   + drop * h * e_mask,
                   "per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the "
-                  "o_proj input), fp32 log-sum-exp (+ dropout mask)", "B")
+                  "o_proj input; its FP8 copy under Transformer Engine), fp32 log-sum-exp (+ dropout mask)", "B")
 hidden_mult = 2 - relu + 2 * gated
-act_mlp = define("act_mlp", norm_saved + h * e + (1 - moe) * hidden_mult * f * e
-                 + moe * (K * (cf * (2 * h * e + hidden_mult * f * e) + kept * (h * e + e) + 16) + 4 * E + 12 * K + 4)
+hidden_saved = hidden_mult * e + down_extra  # bytes per hidden unit (per f)
+act_mlp = define("act_mlp", norm_saved + h * (moe * e + (1 - moe) * e_in) + (1 - moe) * hidden_saved * f
+                 + moe * (K * (cf * (h * e_in + h * e + hidden_saved * f) + kept * (h * e + e) + 16) + 4 * E + 12 * K
+                          + 4)
                  + drop * h * e_mask,
-                 "per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router "
+                 "per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f; the down projection's "
+                 "input in FP8 under Transformer Engine); MoE: fp32 router "
                  "probabilities, top-k indices (int64) and weights with their sum; per expert row computed the "
                  "gathered input, hidden tensors and expert output, per routed token kept its weighted output and "
                  "weight, per routed token its (token, slot) indices (the kept ones view them all)", "B")
 act_layer = define("act_layer", act_attn + act_mlp, "per token, one block, nothing recomputed", "B")
-act_attn_split = define("act_attention_split", (a + 2 * k) * d_h * e + a * d_h * e + 4 * a,
+act_attn_split = define("act_attention_split", (a + 2 * k) * d_h * e + a * d_h * (e + te) + 4 * a,
                         "of act_attention, what tensor parallelism splits by heads: q, k, v, SDPA out, "
                         "log-sum-exp", "B")
-act_mlp_split = define("act_mlp_split", K * cf * hidden_mult * f * e,
+act_mlp_split = define("act_mlp_split", K * cf * hidden_saved * f,
                        "of act_mlp, the hidden tensors tensor parallelism splits by width", "B")
 act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h * e) + ck_full * h * e,
                   "per token, one block, as kept for backward: all, attention + MLP input (selective), or the "
@@ -507,9 +518,9 @@ buf_cp = define("buffer_context", sp.Min(cp - 1, 1) * 2 * 2 * b * s_local * k * 
 bufs = define("memory_buffers", sp.Max(buf_logits, buf_recompute) + buf_zero + buf_cp, "transients at the peak",
               "B")
 # FP8 (Transformer Engine): the 16-bit weights, fp32 master and optimizer stay; each block's weights are also kept
-# cast to FP8 between micro-batches (1 byte each; ZeRO-3 casts the gathered layer instead). TE also saves the
-# linear layers' inputs in FP8, which this plan does not count (activations as bf16: an upper bound).
-fp8_weights = define("memory_fp8_weights", fp8 * (1 - z3) * L_here * layer / t,
+# cast to FP8 between micro-batches (1 byte each; ZeRO-3 casts the gathered layer instead). torchao casts at each
+# use (a transient of one layer).
+fp8_weights = define("memory_fp8_weights", te * (1 - z3) * L_here * layer / t,
                      "FP8 copies of this stage's block weights (1 byte per parameter)", "B")
 define("memory_peak", states + acts + bufs + fp8_weights, "peak allocated bytes on this GPU", "B")
 

@@ -280,14 +280,14 @@ def act_norm(e, e_stat, h, layernorm):
     return layernorm*(e*h + 2*e_stat) + (1 - layernorm)*(8*h + 4)
 
 
-def act_attention(a, act_norm, d_h, dropout, e, e_mask, h, k):
-    """per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the o_proj input), fp32 log-sum-exp (+ dropout mask) [B]"""
-    return a*d_h*e + 4*a + act_norm + d_h*e*(a + 2*k) + dropout*e_mask*h + e*h
+def act_attention(a, act_norm, d_h, dropout, e, e_mask, fp8_saved, h, k):
+    """per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the o_proj input; its FP8 copy under Transformer Engine), fp32 log-sum-exp (+ dropout mask) [B]"""
+    return a*d_h*(e + fp8_saved) + 4*a + act_norm + d_h*e*(a + 2*k) + dropout*e_mask*h + h*(e - fp8_saved*(e - 1))
 
 
-def act_mlp(E, K, act_norm, capacity, dropout, e, e_mask, f, gated, h, moe, relu):
-    """per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f); MoE: fp32 router probabilities, top-k indices (int64) and weights with their sum; per expert row computed the gathered input, hidden tensors and expert output, per routed token kept its weighted output and weight, per routed token its (token, slot) indices (the kept ones view them all) [B]"""
-    return act_norm + dropout*e_mask*h + e*f*(1 - moe)*(2*gated - relu + 2) + e*h + moe*(4*E + K*(capacity*(e*f*(2*gated - relu + 2) + 2*e*h) + (e*h + e)*_min(1, capacity) + 16) + 12*K + 4)
+def act_mlp(E, K, act_norm, capacity, dropout, e, e_mask, f, fp8_saved, gated, h, moe, relu):
+    """per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f; the down projection's input in FP8 under Transformer Engine); MoE: fp32 router probabilities, top-k indices (int64) and weights with their sum; per expert row computed the gathered input, hidden tensors and expert output, per routed token kept its weighted output and weight, per routed token its (token, slot) indices (the kept ones view them all) [B]"""
+    return act_norm + dropout*e_mask*h + f*(1 - moe)*(e*(2*gated - relu + 2) + fp8_saved*(relu - (1 - relu)*(e - 1))) + h*(e*moe + (1 - moe)*(e - fp8_saved*(e - 1))) + moe*(4*E + K*(capacity*(e*h + f*(e*(2*gated - relu + 2) + fp8_saved*(relu - (1 - relu)*(e - 1))) + h*(e - fp8_saved*(e - 1))) + (e*h + e)*_min(1, capacity) + 16) + 12*K + 4)
 
 
 def act_layer(act_attention, act_mlp):
@@ -295,14 +295,14 @@ def act_layer(act_attention, act_mlp):
     return act_attention + act_mlp
 
 
-def act_attention_split(a, d_h, e, k):
+def act_attention_split(a, d_h, e, fp8_saved, k):
     """of act_attention, what tensor parallelism splits by heads: q, k, v, SDPA out, log-sum-exp [B]"""
-    return a*d_h*e + 4*a + d_h*e*(a + 2*k)
+    return a*d_h*(e + fp8_saved) + 4*a + d_h*e*(a + 2*k)
 
 
-def act_mlp_split(K, capacity, e, f, gated, relu):
+def act_mlp_split(K, capacity, e, f, fp8_saved, gated, relu):
     """of act_mlp, the hidden tensors tensor parallelism splits by width [B]"""
-    return K*capacity*e*f*(2*gated - relu + 2)
+    return K*capacity*f*(e*(2*gated - relu + 2) + fp8_saved*(relu - (1 - relu)*(e - 1)))
 
 
 def act_layer_kept(act_attention, act_layer, ck_full, ck_none, ck_selective, e, h):
@@ -380,9 +380,9 @@ def memory_buffers(buffer_context, buffer_logits, buffer_recompute, buffer_zero)
     return buffer_context + buffer_zero + _max(buffer_logits, buffer_recompute)
 
 
-def memory_fp8_weights(L_here, fp8, params_layer, t, zero3):
+def memory_fp8_weights(L_here, fp8_saved, params_layer, t, zero3):
     """FP8 copies of this stage's block weights (1 byte per parameter) [B]"""
-    return L_here*fp8*params_layer*(1 - zero3)/t
+    return L_here*fp8_saved*params_layer*(1 - zero3)/t
 
 
 def memory_peak(memory_activations, memory_buffers, memory_fp8_weights, memory_model_states):
@@ -700,11 +700,11 @@ ARGUMENTS = {
     'memory_frozen': ('memory_frozen_base', 'memory_reference'),
     'memory_model_states': ('memory_frozen', 'memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
     'act_norm': ('e', 'e_stat', 'h', 'layernorm'),
-    'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'h', 'k'),
-    'act_mlp': ('E', 'K', 'act_norm', 'capacity', 'dropout', 'e', 'e_mask', 'f', 'gated', 'h', 'moe', 'relu'),
+    'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'fp8_saved', 'h', 'k'),
+    'act_mlp': ('E', 'K', 'act_norm', 'capacity', 'dropout', 'e', 'e_mask', 'f', 'fp8_saved', 'gated', 'h', 'moe', 'relu'),
     'act_layer': ('act_attention', 'act_mlp'),
-    'act_attention_split': ('a', 'd_h', 'e', 'k'),
-    'act_mlp_split': ('K', 'capacity', 'e', 'f', 'gated', 'relu'),
+    'act_attention_split': ('a', 'd_h', 'e', 'fp8_saved', 'k'),
+    'act_mlp_split': ('K', 'capacity', 'e', 'f', 'fp8_saved', 'gated', 'relu'),
     'act_layer_kept': ('act_attention', 'act_layer', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
     'act_layer_kept_split': ('act_attention_split', 'act_mlp_split', 'ck_none', 'ck_selective'),
     'act_norm_frozen': ('e', 'e_stat', 'h', 'layernorm'),
@@ -720,7 +720,7 @@ ARGUMENTS = {
     'buffer_zero': ('g_bucket', 'overlap_comm', 'prefetch_bucket', 'psi', 'reduce_bucket', 'w_bytes', 'zero12', 'zero3'),
     'buffer_context': ('b', 'cp', 'd_h', 'e', 'k', 's', 't'),
     'memory_buffers': ('buffer_context', 'buffer_logits', 'buffer_recompute', 'buffer_zero'),
-    'memory_fp8_weights': ('L_here', 'fp8', 'params_layer', 't', 'zero3'),
+    'memory_fp8_weights': ('L_here', 'fp8_saved', 'params_layer', 't', 'zero3'),
     'memory_peak': ('memory_activations', 'memory_buffers', 'memory_fp8_weights', 'memory_model_states'),
     'host_zero2_offload': ('n_gpu', 'psi'),
     'host_zero2': ('gpus_per_node', 'psi'),
@@ -825,7 +825,7 @@ Name = Literal[
     'ep_comm_overlap',
     'f',
     'first_stage',
-    'fp8',
+    'fp8_saved',
     'fused_qkv',
     'g_bpp',
     'g_bucket',
@@ -1018,7 +1018,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'f', 'first_stage', 'fp8', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'f', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.

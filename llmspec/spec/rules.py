@@ -48,6 +48,9 @@ def consistency_problems(spec: Spec) -> list[Problem]:
         bad("training.seq_len", f"seq_len {tr.seq_len} exceeds model.max_seq_len {m.max_seq_len}")
     if tr.schedule.min_lr > tr.optimizer.lr:
         bad("training.schedule.min_lr", f"min_lr {tr.schedule.min_lr} exceeds optimizer.lr {tr.optimizer.lr}")
+    if tr.fp8_library != "transformer_engine" and tr.precision != "fp8":
+        bad("training.fp8_library", f"{tr.fp8_library} is set but precision is {tr.precision}: it names whose FP8 "
+                                    "linears precision fp8 plans")
 
     # --- cluster --------------------------------------------------------------------------------------------
     device = None

@@ -131,9 +131,13 @@ class TrainingSpec(_Section):
     tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS, strict=True), WithJsonSchema(COUNT_SCHEMA)] | None = Field(
         None, description="total training tokens; accepts 300B, 2T, 1.5e12")
     precision: Literal["fp32", "bf16", "fp16", "fp8"] = Field(
-        "bf16", description="fp8: the matmuls in FP8 as Transformer Engine runs them (E4M3 forward, E5M2 gradients), "
+        "bf16", description="fp8: the matmuls in FP8 (E4M3 forward, E5M2 gradients; fp8_library says whose), "
         "everything else in bf16, on GPUs with FP8 tensor cores; planned, not run (`build` writes the bf16 engine "
         "config)")
+    fp8_library: Literal["transformer_engine", "torchao"] = Field(
+        "transformer_engine", description="under precision fp8, whose FP8 linears: Transformer Engine saves each "
+        "linear's input for backward in FP8 and keeps FP8 copies of the weights between micro-batches; torchao's "
+        "Float8Linear saves the 16-bit input and casts weights at each use")
     optimizer: Optimizer = Optimizer()
     schedule: Schedule = Schedule()
     grad_clip: float | None = Field(1.0, gt=0)
