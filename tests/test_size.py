@@ -14,9 +14,18 @@ from llmspec.cli.app import app
 from llmspec.errors import ConsistencyError, LLMSpecError, SpecError
 from llmspec.planner.compute_optimal import compute_optimal_report, optimal
 from llmspec.planner.inference import inference_plan
-from llmspec.planner.layout_search import MICRO_BATCHES, OFFLOADS, VIRTUAL_STAGES, SizeResult, gpu_counts, search
+from llmspec.planner.layout_search import (
+    MICRO_BATCHES,
+    OFFLOADS,
+    VIRTUAL_STAGES,
+    SizeResult,
+    evaluate_layouts,
+    gpu_counts,
+    search,
+)
 from llmspec.planner.limits import max_fitting
 from llmspec.planner.training import plan
+from llmspec.spec import catalogue
 from llmspec.spec.loading import load_spec
 from llmspec.spec.schema import Spec
 
@@ -80,6 +89,23 @@ def test_context_and_expert_degrees_are_searched_and_replan_identically(name, se
         assert planned.env["memory_peak"] == pytest.approx(item.peak_memory, rel=1e-9)
     short = search(load_spec("llama3-70b", ["training.seq_len=4096"]), ["H100-SXM"], 64)
     assert short.frontier and all(item.context == 1 for item in short.frontier)  # 4,096 positions: nothing to split
+
+
+def test_searched_micro_batches_and_context_degrees_round_expert_capacity_as_the_plan_does():
+    sets = ["model.moe.capacity_factor=1.05", "parallelism.expert=8", "parallelism.zero_stage=1", "cluster.nodes=8",
+            "training.seq_len=8192", "model.max_seq_len=8192"]
+    # (micro-batch, context): ⌈1.05 · 8,192 · mb / c · 2 / 8⌉ rows per expert, 2,151, 4,301, 8,602, 2,151
+    layouts = [(1, 1), (2, 1), (4, 1), (2, 2)]
+    size = len(layouts)
+    grid = {"n": np.full(size, 64), "t": np.ones(size, int), "p": np.ones(size, int), "v": np.ones(size, int),
+            "ep": np.full(size, 8), "z": np.ones(size, int), "ck": np.full(size, 2), "off": np.zeros(size, int),
+            "mb": np.array([mb for mb, _ in layouts]), "c": np.array([c for _, c in layouts])}
+    scored = evaluate_layouts(load_spec("mixtral-8x7b", sets), catalogue.lookup("H100-SXM"), grid)
+    for i, (mb, c) in enumerate(layouts):
+        planned = plan(load_spec("mixtral-8x7b", [*sets, f"training.micro_batch_size={mb}",
+                                                  f"parallelism.context={c}"]), alternatives=False)
+        assert planned.env["time_step"] == pytest.approx(scored["time_step"][i], rel=1e-12), (mb, c)
+        assert planned.env["memory_peak"] == pytest.approx(scored["memory_peak"][i], rel=1e-12), (mb, c)
 
 
 def test_search_agrees_with_a_brute_force_loop():

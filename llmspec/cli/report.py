@@ -45,9 +45,9 @@ def _training_flops_note(spec: Spec) -> str:
     # training's expert capacity pads rows (or drops tokens): counted as run, so MFU includes the padding
     capacity = f"capacity {moe.capacity_factor:g}" if moe is not None and moe.capacity_factor is not None else ""
     if post is None or (post.adapter.type == "none" and post.method != "dpo"):
-        return f"3 × forward{f' at {capacity}' if capacity else ''} (model FLOPs, for MFU)"
+        return f"3 × forward, {capacity} (for MFU)" if capacity else "3 × forward (model FLOPs, for MFU)"
     parts = ["forward + input gradients + adapter" if post.adapter.type != "none" else
-             f"3 × forward{f' at {capacity}' if capacity else ''}"]
+             f"3 × forward{f', {capacity}' if capacity else ''}"]
     if post.method == "dpo" and post.reference != "precomputed":
         parts.append("reference forward")
     return " + ".join(parts)

@@ -6,7 +6,6 @@ layout search scores every configuration at once); neither path imports the othe
 
 from __future__ import annotations
 
-import math
 import typing
 from fractions import Fraction
 from typing import Any
@@ -70,15 +69,18 @@ def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:
     return gpu.memory_bytes - int(spec.cluster.memory_reserve_gib * 2**30)
 
 
-def expert_rows_per_routed_token(spec: Spec) -> float:
+def expert_rows_per_routed_token(spec: Spec, micro_batch: Any = None, context: Any = None) -> Any:
     """Rows each routed token costs in training: 1 dropless; under a capacity factor c, each expert computes
-    ⌈c·T·K/E⌉ rows of a micro-batch's T tokens (the compiled MoE's rounding), whatever routing does."""
+    ⌈c·T·K/E⌉ rows of a micro-batch's T tokens on one GPU (the compiled MoE's rounding), whatever routing does.
+    The micro-batch and context degree default to the spec's; the layout search passes arrays of them."""
     moe = spec.model.moe
     if moe is None or moe.capacity_factor is None:
         return 1
-    tokens = spec.training.micro_batch_size * sequences_per_example(spec.post_training) * sequence_length(spec) \
-        // spec.parallelism.context
-    rows = math.ceil(moe.capacity_factor * tokens * moe.top_k / moe.n_experts)  # as the compiled MoE rounds it
+    micro_batch = spec.training.micro_batch_size if micro_batch is None else micro_batch
+    context = spec.parallelism.context if context is None else context
+    tokens = micro_batch * sequences_per_example(spec.post_training) * sequence_length(spec) // context
+    # ⌈x⌉ as -⌊-x⌋: the same IEEE value as math.ceil, for a number or an array
+    rows = -(-(moe.capacity_factor * tokens * moe.top_k / moe.n_experts) // 1)
     return moe.n_experts * rows / (tokens * moe.top_k)
 
 

@@ -25,6 +25,7 @@ from llmspec.planner.inputs import (
     TRAINING_FORMULAS,
     architecture_inputs,
     device_inputs,
+    expert_rows_per_routed_token,
     largest_module,
     shard_experts,
     stage_params,
@@ -182,7 +183,8 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
               "b": mb * sequences_per_example(spec.post_training), "t": t, "p": p, "dp": dp * c, "m": m,
               "n_gpu": n, "nodes": nodes, "gpus_per_node": per_node, "ep": ep,
               "L_here": layers, "P_L": largest_module(base, t), "cp": c, "v": v,
-              "L_last": layers, "L_max": np.where(p > 1, spec.model.n_layers // p + (fuller > 1), 0)}
+              "L_last": layers, "L_max": np.where(p > 1, spec.model.n_layers // p + (fuller > 1), 0),
+              "capacity": expert_rows_per_routed_token(spec, mb, c)}
     single = p == 1
 
     def stage(first: np.ndarray, last: np.ndarray, rank: np.ndarray) -> dict[str, np.ndarray]:
