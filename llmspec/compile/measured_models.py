@@ -55,13 +55,14 @@ def fp8_saved_inputs(spec: Spec, model: torch.nn.Module) -> None:
     and gate/up modules share one copy); the router and the LM head stay in 16 bits."""
     if spec.training.precision != "fp8" or spec.training.fp8_library != "transformer_engine":
         return
-    casts: dict[tuple, torch.Tensor] = {}
+    # keyed by the input's storage; the input is held with its copy, so no later tensor can reuse that storage
+    casts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def cast(x: torch.Tensor) -> torch.Tensor:
         key = (x.untyped_storage()._cdata, x.storage_offset(), tuple(x.shape))
         if key not in casts:
-            casts[key] = x.detach().to(torch.float8_e4m3fn)
-        return casts[key]
+            casts[key] = (x, x.detach().to(torch.float8_e4m3fn))
+        return casts[key][1]
 
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in ("router", "lm_head"):

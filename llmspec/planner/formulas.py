@@ -45,7 +45,7 @@ first, last, z12, z3, overlap = _s("first_stage last_stage zero12 zero3 overlap_
 w_bpp, g_bpp, o_bpp, g_bucket, g_comm = _s("w_bpp g_bpp o_bpp g_bucket g_comm", nonnegative=True)
 reduce_bucket, prefetch_bucket = _s("reduce_bucket prefetch_bucket", positive=True)
 F_peak, eff, bw_dp, bw_tp, bw_pp, steps, price = _s("F_peak eff bw_dp bw_tp bw_pp steps price", positive=True)
-F_mm, fp8 = sp.Symbol("F_matmul", positive=True), sp.Symbol("fp8", nonnegative=True)
+F_mm = sp.Symbol("F_matmul", positive=True)
 te = sp.Symbol("fp8_saved", nonnegative=True)
 z01, z2 = _s("zero01 zero2", nonnegative=True)
 n_nodes, gpn = _s("nodes gpus_per_node", positive=True)
@@ -130,7 +130,6 @@ INPUT_DOCS: dict[str, str] = {
     "F_peak": "dense peak FLOP/s of one GPU at the training precision (16-bit under fp8)",
     "eff": "achieved fraction of peak",
     "F_matmul": "dense peak FLOP/s of the matmuls: F_peak, or the GPU's FP8 peak under training.precision fp8",
-    "fp8": "1 when the matmuls run in FP8 (Transformer Engine's recipe), everything else in bf16",
     "fp8_saved": "1 when linears save their inputs in FP8 and keep FP8 weight copies (fp8 with Transformer "
     "Engine; torchao's Float8Linear saves the 16-bit input and casts weights at each use)",
     "bw_dp": "bytes/s per GPU on the data-parallel links", "bw_tp": "bytes/s per GPU on tensor-parallel links",

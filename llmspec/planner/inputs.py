@@ -100,7 +100,7 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
         "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
         "fused_qkv": int(mo.fused_qkv), "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"),
-        "dropout": int(mo.dropout > 0), "fp8": int(tr.precision == "fp8"),
+        "dropout": int(mo.dropout > 0),
         "fp8_saved": int(tr.precision == "fp8" and tr.fp8_library == "transformer_engine"),
         # pairwise objectives (reward, dpo) run a chosen and a rejected sequence per example
         "b": tr.micro_batch_size * pairs, "s": seq, "B": tr.global_batch_size * pairs,
