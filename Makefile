@@ -29,7 +29,16 @@ post-train: $(STAMP)
 	$(BIN)/llmspec run tiny-grpo
 	$(BIN)/llmspec run tiny-ppo
 
-test: $(STAMP)
+# DeepSpeed JIT-builds its CPU ops on first use (30-60 s each): build them once with the venv, where the tests
+# look for them (tests/conftest.py), so that no test pays for a compiler.
+OPS := $(VENV)/torch-extensions/.built
+$(OPS): $(STAMP)
+	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV)/torch-extensions $(BIN)/python -c \
+		"from deepspeed.accelerator import get_accelerator as a; \
+		[a().create_op_builder(n).load() for n in ('CPUAdamBuilder', 'FusedAdamBuilder', 'ShareMemCommBuilder')]"
+	touch $(OPS)
+
+test: $(STAMP) $(OPS)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=20 tests
 	$(MAKE) --no-print-directory wheel-check
 

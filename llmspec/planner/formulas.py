@@ -12,6 +12,7 @@ on the compiled model with saved-tensor hooks (torch 2.13, SDPA flash path, comp
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sympy as sp
@@ -674,15 +675,12 @@ for key, (E0, A0, B0, alpha, beta) in {
     d_opt = define(f"optimal_tokens_{key}", C / 6 / n_opt, f"tokens at that optimum ({key} fit)", "tokens")
     define(f"optimal_loss_{key}", E0 + A0 / n_opt**alpha + B0 / d_opt**beta, f"predicted loss ({key} fit)", "nats")
 
+@functools.cache
 def expanded(name: str) -> sp.Expr:
-    """A formula with every formula it refers to substituted, down to input symbols."""
+    """A formula with every formula it refers to substituted, down to input symbols (each expanded once: the time
+    formulas share most of theirs)."""
     expr = FORMULAS[name].expr
-    for _ in range(len(FORMULAS)):
-        refs = {sym: FORMULAS[sym.name].expr for sym in expr.free_symbols if sym.name in FORMULAS}
-        if not refs:
-            return expr
-        expr = expr.xreplace(refs)
-    raise RecursionError(name)
+    return expr.xreplace({sym: expanded(sym.name) for sym in expr.free_symbols if sym.name in FORMULAS})
 
 
 def arguments(name: str) -> list[str]:
