@@ -92,6 +92,8 @@ CONSUMERS: dict[str, set[str]] = {
     "cluster.price_per_gpu_hour": {"plan"},
     "cluster.efficiency": {"plan"},
     "cluster.memory_reserve_gib": {"plan"},  # and so `run`, which refuses what the plan says does not fit
+    "cluster.host_memory_gib": {"plan"},  # likewise
+    "cluster.nvme_gib": {"plan"},
     # data: only the run reads it
     "data.corpus": {"run"},
     "data.tokenizer.vocab_size": {"run"},
@@ -115,6 +117,7 @@ CHANGE = {
     "training.precision": "bf16", "training.optimizer.name": "sgd", "training.optimizer.betas": "[0.8, 0.9]",
     "training.tokens": "2M", "training.max_steps": "300", "training.micro_batch_size": "8",
     "training.seq_len": "128", "training.fp8_library": "torchao",
+    "cluster.host_memory_gib": "0.001", "cluster.nvme_gib": "0.001",
     "parallelism.activation_checkpointing": "full", "parallelism.offload_optimizer": "cpu",
     "parallelism.offload_params": "cpu", "parallelism.byte_regime": "zero_paper",
     "parallelism.reduce_bucket_size": "1000", "parallelism.prefetch_bucket_size": "1000",
@@ -130,6 +133,7 @@ CONTEXT = {
     "parallelism.virtual_stages": [*TWO_GPUS, "parallelism.pipeline=2"],
     "parallelism.context": TWO_GPUS,
     "training.fp8_library": ["training.precision=fp8", "cluster.gpu=H100-SXM"],
+    "cluster.nvme_gib": ["parallelism.zero_stage=1", "parallelism.offload_optimizer=nvme"],
     "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
     "parallelism.tp_comm_overlap": [*TWO_GPUS, "parallelism.tensor=2"],
     "parallelism.ep_comm_overlap": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}", "parallelism.expert=2",

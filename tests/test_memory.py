@@ -192,6 +192,29 @@ def test_fits_reflects_usable_memory():
     assert not big.fits and big.memory["peak"] > big.usable_memory
 
 
+def test_a_node_must_hold_what_offload_puts_on_its_cpu_and_nvme_where_the_spec_sizes_them():
+    base = ("parallelism.zero_stage=3", "cluster.nodes=1", "training.global_batch_size=64",
+            "parallelism.offload_optimizer=cpu", "parallelism.offload_params=cpu")
+    unsized = planned("llama2-7b", *base)
+    gib = unsized.host_memory / 2**30
+    assert unsized.fits and unsized.host_fits  # no size given: nothing to check
+    roomy = planned("llama2-7b", *base, f"cluster.host_memory_gib={gib * 1.01}", alternatives=True)
+    cramped = planned("llama2-7b", *base, f"cluster.host_memory_gib={gib * 0.99}", alternatives=True)
+    assert roomy.fits and not cramped.fits and cramped.memory["peak"] <= cramped.usable_memory
+    assert cramped.host_misfit.startswith("host per node") and "cluster.host_memory_gib" in cramped.host_misfit
+    assert cramped.to_json()["host_fits"] is False and roomy.to_json()["host_fits"] is True
+    # the strategies table judges each strategy by its own host bytes too
+    assert [alt.fits for alt in cramped.alternatives if alt.chosen] == [False]
+    assert [alt.fits for alt in roomy.alternatives if alt.chosen] == [True]
+    # to NVMe the states leave the host; the NVMe holds them, checked against its own size
+    nvme = ("parallelism.offload_optimizer=nvme", "parallelism.offload_params=nvme",
+            f"cluster.host_memory_gib={gib * 0.99}")
+    on_nvme = planned("llama2-7b", *base, *nvme)
+    assert on_nvme.host_memory < cramped.host_memory and on_nvme.nvme_memory > 0 and on_nvme.fits
+    small_disk = planned("llama2-7b", *base, *nvme, f"cluster.nvme_gib={on_nvme.nvme_memory / 2**30 * 0.99}")
+    assert not small_disk.fits and "cluster.nvme_gib" in small_disk.host_misfit
+
+
 def test_zero2_offload_host_memory_is_one_nodes_share():
     """DeepSpeed's ZeRO-2 offload estimate grows with every GPU of the job; a node holds its GPUs' shards."""
     sets = ["parallelism.zero_stage=2", "parallelism.offload_optimizer=cpu"]

@@ -154,6 +154,9 @@ def test_specs_that_cannot_run_are_refused_before_anything_is_written(corpus, tm
                                     "parallelism.zero_stage=0", "training.global_batch_size=2",
                                     "training.micro_batch_size=2"]), tmp_path / "big")
     assert not (tmp_path / "big").exists()
+    with pytest.raises(LLMSpecError, match=r"does not fit: host per node .* exceeds cluster.host_memory_gib"):
+        run(load_spec("tiny", ["cluster.host_memory_gib=0.001"]), tmp_path / "host")
+    assert not (tmp_path / "host").exists()
     with pytest.raises(LLMSpecError, match="data.corpus: .*missing.txt does not exist"):
         run(small(corpus, f"data.corpus={tmp_path / 'missing.txt'}"), tmp_path / "a")
     (tmp_path / "empty.txt").write_text("  \n")

@@ -108,6 +108,23 @@ def test_searched_micro_batches_and_context_degrees_round_expert_capacity_as_the
         assert planned.env["memory_peak"] == pytest.approx(scored["memory_peak"][i], rel=1e-12), (mb, c)
 
 
+def test_nvme_offload_reaches_the_frontier_only_where_cpu_offload_overflows_the_nodes_memory():
+    args = (["H100-SXM"], 8)
+    free = search(load_spec("llama3-70b"), *args)
+    assert free.frontier and all("nvme" not in (x.offload_optimizer, x.offload_params) for x in free.frontier)
+    sets = ["cluster.host_memory_gib=256", "cluster.nvme_gib=8000"]
+    sized = search(load_spec("llama3-70b", sets), *args)
+    assert sized.evaluated > free.evaluated  # NVMe codes searched once the nodes are sized (dominated before)
+    assert sized.best.offload_params == "nvme" and sized.best.seconds > free.best.seconds  # slower, but it fits
+    for item in sized.frontier:
+        planned = plan(load_spec("llama3-70b", [*sets, *item.sets()]), alternatives=False)
+        assert planned.fits and planned.host_memory <= 256 * 2**30
+        assert planned.time["total_seconds"] == pytest.approx(item.seconds, rel=1e-9)
+        assert planned.env["memory_peak"] == pytest.approx(item.peak_memory, rel=1e-9)
+    cpu = plan(load_spec("llama3-70b", [*sets, *free.best.sets()]), alternatives=False)
+    assert not cpu.fits and "cluster.host_memory_gib" in cpu.host_misfit  # the unsized best overflows the host
+
+
 def test_search_agrees_with_a_brute_force_loop():
     spec = load_spec("gpt2-124m", ["cluster.gpu=L4", "training.global_batch_size=32", "training.micro_batch_size=1"])
     result = search(spec, ["L4"], max_gpus=8)

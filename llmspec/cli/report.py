@@ -40,6 +40,21 @@ def _trained(spec: Spec) -> str:
     return f"{post.method}: every weight{head}"
 
 
+def _offload_label(optimizer: str, params: str) -> str:
+    """A table cell: what is offloaded (-, opt, opt+par), and ' nvme' where it goes to NVMe."""
+    if optimizer == "none" and params == "none":
+        return "-"
+    what = ("o+p" if "nvme" in (optimizer, params) else "opt+par") if params != "none" else "opt"
+    return f"{what} nvme" if "nvme" in (optimizer, params) else what
+
+
+def _of_node(held: int, size_gib: float | None) -> str:
+    """'✓ of 2.00 TiB · ' where the spec gives the node's size, else nothing."""
+    if size_gib is None:
+        return ""
+    return f"{OK if held <= size_gib * 2**30 else NO} of {fmt_bytes(int(size_gib * 2**30))} · "
+
+
 def _training_flops_note(spec: Spec) -> str:
     post, moe = spec.post_training, spec.model.moe
     # training's expert capacity pads rows (or drops tokens): counted as run, so MFU includes the padding
@@ -119,18 +134,21 @@ def render_plan(plan: Plan, console: Console) -> None:
     table.add_row("buffers", fmt_bytes(mem["buffers"]), _BUFFERS[peak_phase])
     if mem["fp8_weights"]:
         table.add_row("FP8 weights", fmt_bytes(mem["fp8_weights"]), "block weights cast for FP8 matmuls")
-    verdict = OK if plan.fits else NO
+    verdict = OK if mem["peak"] <= plan.usable_memory else NO
     table.add_row("[bold]peak[/]", f"[bold]{fmt_bytes(mem['peak'])}[/]",
                   f"{verdict} of {fmt_bytes(plan.usable_memory)} usable ({fmt_bytes(plan.gpu_memory)} GPU)")
+    cl = plan.spec.cluster
     if plan.host_memory:
         same = plan.host_memory == plan.host_memory_deepspeed
         table.add_row("host per node", fmt_bytes(plan.host_memory),
-                      "DeepSpeed's estimator" if same else "the node's offloaded states × 1.5")
+                      _of_node(plan.host_memory, cl.host_memory_gib)
+                      + ("DeepSpeed's estimator" if same else "the node's offloaded states × 1.5"))
         if not same:
             table.add_row("  DeepSpeed's", fmt_bytes(plan.host_memory_deepspeed), "its estimator: params × 4 × all "
                           "GPUs × 1.5, not one node's")
     if plan.nvme_memory:
-        table.add_row("NVMe per node", fmt_bytes(plan.nvme_memory), "offloaded states")
+        table.add_row("NVMe per node", fmt_bytes(plan.nvme_memory),
+                      _of_node(plan.nvme_memory, cl.nvme_gib) + "offloaded states")
     console.print(table)
 
     table = _table("Time and cost", "value", "note")
@@ -167,7 +185,7 @@ def render_alternatives(plan: Plan, console: Console) -> None:
     gib = 2**30
     for alt in plan.alternatives:
         s = alt.strategy
-        offload = "opt+par" if s.offload_params != "none" else "opt" if s.offload_optimizer != "none" else "-"
+        offload = _offload_label(s.offload_optimizer, s.offload_params)
         table.add_row(str(s.zero_stage), s.activation_checkpointing, offload,
                       f"{alt.memory['model_states'] / gib:.1f}", f"{alt.memory['activations'] / gib:.1f}",
                       f"{alt.memory['peak'] / gib:.1f}", OK if alt.fits else NO, fmt_duration(alt.step_seconds),
@@ -249,7 +267,7 @@ def render_size(result, spec, console: Console, sets: list[str] | None = None) -
                    "GiB", "days", "GPU-h", "cost"):  # GiB: the peak per GPU
         table.add_column(column, justify="left" if column in ("GPU", "ckpt", "offload") else "right", no_wrap=True)
     for x in result.frontier:
-        offload = "opt+par" if x.offload_params != "none" else ("opt" if x.offload_optimizer != "none" else "-")
+        offload = _offload_label(x.offload_optimizer, x.offload_params)
         chunks = f"({x.virtual_stages})" if x.virtual_stages > 1 else ""  # interleaved 1F1B
         layout = x.base_precision if fine_tune else \
             f"{x.tensor}×{x.pipeline}{chunks}×{x.data_parallel}" + _split_suffix(x)

@@ -20,6 +20,7 @@ def validate(spec: SpecArg, set_: SetOpt = None) -> None:
           f"({m.n_kv_heads} kv), {loaded.cluster.gpus} × {loaded.cluster.device.name}")
     planned = plan(loaded, alternatives=False)
     if not planned.fits:
-        print(f"does not fit: planned peak {fmt_bytes(planned.memory['peak'])} per GPU of "
+        print(f"does not fit: {planned.host_misfit} (see `llmspec plan`)" if planned.host_misfit else
+              f"does not fit: planned peak {fmt_bytes(planned.memory['peak'])} per GPU of "
               f"{fmt_bytes(planned.usable_memory)} usable (see `llmspec plan`)")
         raise typer.Exit(EXIT_DOES_NOT_FIT)

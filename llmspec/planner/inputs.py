@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 from llmspec.planner import numeric
-from llmspec.planner.regimes import KINDS, split_bytes_per_param
+from llmspec.planner.regimes import KINDS, bytes_per_param, split_bytes_per_param
 from llmspec.spec import catalogue
 from llmspec.spec.post_training import RL_METHODS, WITH_REFERENCE, sequences_per_example
 from llmspec.spec.schema import ParallelismSpec, Spec
@@ -245,6 +245,40 @@ def strategy_inputs(spec: Spec, zero_stage: Any, checkpointing: Any, offload_opt
         "bw_host": choose((offload_optimizer == nvme) | (offload_params == nvme), catalogue.NVME_BANDWIDTH,
                           catalogue.HOST_LINK_BANDWIDTH),
     }
+
+
+def offloaded_bytes_per_node(spec: Spec, env: dict[str, Any], zero: Any, optimizer: Any, params: Any,
+                             replicas: Any, gpus_per_node: Any) -> tuple[Any, Any, Any]:
+    """Host bytes per node, NVMe bytes per node, and DeepSpeed's own host estimate, for one layout or numpy columns
+    of them (``optimizer``/``params``: offload codes, indices of OFFLOAD_MODES; ``replicas``: ranks sharing a
+    shard, data × context parallel).
+
+    DeepSpeed's estimators (zero_init=True) are kept as they are, with one exception: for ZeRO-1/2 with optimizer
+    offload DeepSpeed's figure grows with every GPU of the job (params × max(4 · gpus, 16) × 1.5), which is no
+    node's memory at scale; there the host figure is the node's share of the offloaded states (optimizer and
+    gradients of its GPUs' shards) with DeepSpeed's 1.5 buffer factor. NVMe holds the same share (and the weights
+    under parameter offload), without the buffer factor."""
+    cpu, nvme = OFFLOAD_MODES.index("cpu"), OFFLOAD_MODES.index("nvme")
+    deepspeed = choose(zero == 3,
+                       choose(params == cpu, env["host_zero3_offload_all"],
+                              choose(optimizer == cpu, env["host_zero3_offload"], env["host_zero3"])),
+                       choose(optimizer == cpu, env["host_zero2_offload"], env["host_zero2"]))
+    full = bytes_per_param(spec.parallelism.byte_regime, spec.training.precision, spec.training.optimizer.n_states)
+    moved = full["optimizer"] + full["gradients"]
+    per_node = env["psi"] / replicas * gpus_per_node
+    share = per_node * moved
+    share = share * 1.5 if hasattr(share, "dtype") else share * Fraction(3, 2)  # exact for one plan
+    host = choose((zero != 3) & (optimizer == cpu), share, deepspeed)
+    on_nvme = choose((optimizer == nvme) | (params == nvme),
+                     per_node * (moved + full["weights"] * (params == nvme)), 0)
+    return host, on_nvme, deepspeed
+
+
+def host_fits(spec: Spec, host: Any, nvme: Any) -> Any:
+    """Whether the node's CPU memory and NVMe hold what offload puts there (true where the spec gives no size)."""
+    cl = spec.cluster
+    return (True if cl.host_memory_gib is None else host <= cl.host_memory_gib * 2**30) & \
+        (True if cl.nvme_gib is None else nvme <= cl.nvme_gib * 2**30)
 
 
 def shard_experts(spec: Spec, held: dict[str, Any], codes: tuple, psi: Any, layers: Any, tensor: Any,

@@ -2,10 +2,11 @@
 
 The search evaluates the same generated formulas the planner uses, on numpy arrays: one column per
 configuration (GPU count × tensor × context × pipeline × interleaved chunks × expert × ZeRO stage × micro-batch ×
-checkpointing × CPU offload, per GPU type). NVMe offload is not searched: on the GPU it holds what CPU offload holds,
-more slowly, so it never reaches the frontier (what it saves is host memory, which `plan` reports).
-Divisibility rules are applied as masks before scoring; what does not fit, misses the
-deadline or exceeds the budget is dropped after. The frontier is the set of feasible layouts no other layout beats
+checkpointing × CPU or NVMe offload, per GPU type). NVMe offload holds on the GPU what CPU offload holds, more
+slowly: it can reach the frontier only where the spec sizes the nodes' memory (cluster.host_memory_gib, nvme_gib)
+and CPU offload overflows it, so only then is it searched. Divisibility rules are applied as masks before
+scoring; what does not fit (GPU, and the nodes' memory where sized), misses the deadline or exceeds the budget is
+dropped after. The frontier is the set of feasible layouts no other layout beats
 on both time and cost. Every frontier item carries the ``--set`` overrides that make ``llmspec plan`` reproduce it.
 """
 
@@ -26,7 +27,9 @@ from llmspec.planner.inputs import (
     architecture_inputs,
     device_inputs,
     expert_rows_per_routed_token,
+    host_fits,
     largest_module,
+    offloaded_bytes_per_node,
     shard_experts,
     stage_params,
     strategy_inputs,
@@ -38,8 +41,13 @@ from llmspec.spec.post_training import RL_METHODS, sequences_per_example
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
 
-# (optimizer, parameter) offload of each searched code: none; the optimizer to the CPU; both to the CPU
-OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
+# (optimizer, parameter) offload of each searched code: none; the optimizer, or both, to the CPU; or to NVMe
+OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("nvme", "none"), ("nvme", "nvme"))
+# Without a size for the nodes' memory, NVMe offload is dominated (CPU offload holds the same on the GPU, faster):
+# only the first three codes are searched
+CPU_OFFLOADS = 3
+_OPTIMIZER_CODES = np.array([OFFLOAD_MODES.index(optimizer) for optimizer, _ in OFFLOADS])
+_PARAMS_CODES = np.array([OFFLOAD_MODES.index(params) for _, params in OFFLOADS])
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 VIRTUAL_STAGES = (1, 2, 4, 8)  # interleaved 1F1B chunks per pipeline stage
 # Context-parallel degrees, each leaving every GPU at least CONTEXT_CHUNK positions of a sequence: shorter chunks
@@ -134,6 +142,10 @@ def gpu_counts(max_gpus: int) -> list[int]:
     return [c for c in counts if c <= NODE or c % NODE == 0]
 
 
+def _nodes_sized(spec: Spec) -> bool:
+    return spec.cluster.host_memory_gib is not None or spec.cluster.nvme_gib is not None
+
+
 def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     """Every combination that passes the divisibility rules of llmspec/spec/rules.py, as columns (numpy masks)."""
     mo, tr = spec.model, spec.training
@@ -146,7 +158,7 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     experts = [1] if fine_tune or mo.moe is None else [e for e in (1, 2, 4, 8, 16, 32, 64)
                                                        if mo.moe.n_experts % e == 0]
     axes = (gpu_counts(max_gpus), tensors, contexts, pipelines, VIRTUAL_STAGES, experts, range(4), MICRO_BATCHES,
-            range(len(CHECKPOINTING)), range(len(OFFLOADS)))
+            range(len(CHECKPOINTING)), range(len(OFFLOADS) if _nodes_sized(spec) else CPU_OFFLOADS))
     n, t, c, p, v, ep, z, mb, ck, off = (a.ravel() for a in np.meshgrid(*[np.asarray(a) for a in axes],
                                                                          indexing="ij"))
     ok = (n % (t * p * c) == 0) & (mo.n_heads % t == 0) & (mo.n_kv_heads % t == 0) & (t <= np.minimum(n, NODE))
@@ -154,7 +166,8 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
     dp = np.maximum(n // (t * p * c), 1)
     ok &= dp % ep == 0  # expert groups are carved from the data-parallel ranks
     ok &= (tr.global_batch_size % (mb * dp) == 0) & ~((p > 1) & (z > 1))  # DeepSpeed pipelines: ZeRO ≤ 1
-    ok &= ~((off >= 1) & (z == 0)) & ~((off == 2) & (z != 3))  # offload needs ZeRO ≥ 1; params need ZeRO-3
+    # offload needs ZeRO ≥ 1; parameters need ZeRO-3
+    ok &= ~((_OPTIMIZER_CODES[off] > 0) & (z == 0)) & ~((_PARAMS_CODES[off] > 0) & (z != 3))
     if tr.optimizer.name not in OFFLOADABLE_OPTIMIZERS:
         ok &= off == 0
     if not ok.any():
@@ -175,8 +188,7 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
     per_node = n // nodes
     layers = -(-spec.model.n_layers // p)
     fuller = spec.model.n_layers % p  # stages with one block more (Spec.stage_blocks: the last ones)
-    cpu = OFFLOAD_MODES.index("cpu")
-    codes = (z, ck, (off >= 1) * cpu, (off == 2) * cpu)
+    codes = (z, ck, _OPTIMIZER_CODES[off], _PARAMS_CODES[off])
     # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
     common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p, c, ep),
               **strategy_inputs(spec, *codes, dp * c),
@@ -194,13 +206,16 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
         env = {**common, "first_stage": first, "last_stage": last, "rank": rank, "psi": held}
         if spec.model.moe is not None:
             env.update(shard_experts(spec, common, codes, held, layers, t, dp * c, ep))
-        return numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
+        env = numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
+        env["host_memory"], env["nvme_memory"], _ = offloaded_bytes_per_node(spec, env, z, codes[2], codes[3], dp * c,
+                                                                            per_node)
+        return env
 
     head = stage(np.ones_like(p), single * 1, np.zeros_like(p))
     tail = stage(single * 1, np.ones_like(p), p - 1)
     use_head = head["memory_peak"] >= tail["memory_peak"]
     return {key: np.where(use_head, head[key], tail[key]) for key in
-            ("memory_peak", "time_step", "time_total", "gpu_hours", "cost")}
+            ("memory_peak", "time_step", "time_total", "gpu_hours", "cost", "host_memory", "nvme_memory")}
 
 
 def with_layout(spec: Spec, layout: Layout) -> Spec:
@@ -234,7 +249,7 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
         for gpu in devices:
             scores = evaluate_layouts(variant, gpu, grid)
             usable = usable_memory(gpu, spec)
-            ok = scores["memory_peak"] <= usable
+            ok = (scores["memory_peak"] <= usable) & host_fits(spec, scores["host_memory"], scores["nvme_memory"])
             if deadline_days is not None:
                 ok &= scores["time_total"] <= deadline_days * 86400
             if budget is not None:

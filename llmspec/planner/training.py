@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from llmspec.planner import numeric, rl_phases
@@ -19,7 +18,9 @@ from llmspec.planner.inputs import (
     TRAINING_FORMULAS,
     architecture_inputs,
     device_inputs,
+    host_fits,
     largest_module,
+    offloaded_bytes_per_node,
     shard_experts,
     stage_params,
     strategy_inputs,
@@ -31,6 +32,7 @@ from llmspec.spec.loading import role_model
 from llmspec.spec.post_training import RL_METHODS
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
+from llmspec.spec.units import fmt_bytes
 
 __all__ = ["CHECKPOINTING", "Alternative", "Plan", "Strategy", "plan", "single_device_env",
            "strategies"]
@@ -153,7 +155,24 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return self.memory["peak"] <= self.usable_memory
+        """The peak within each GPU's usable memory, and what offload keeps on a node within its CPU memory and
+        NVMe where the spec gives them."""
+        return self.memory["peak"] <= self.usable_memory and self.host_fits
+
+    @property
+    def host_fits(self) -> bool:
+        return bool(host_fits(self.spec, self.host_memory, self.nvme_memory))
+
+    @property
+    def host_misfit(self) -> str | None:
+        """What overflows a node (one clause naming the field), or None."""
+        cl = self.spec.cluster
+        for held, size, field_name, what in ((self.host_memory, cl.host_memory_gib, "host_memory_gib", "host"),
+                                              (self.nvme_memory, cl.nvme_gib, "nvme_gib", "NVMe")):
+            if size is not None and held > size * 2**30:
+                return (f"{what} per node {fmt_bytes(held)} exceeds cluster.{field_name} "
+                        f"{fmt_bytes(int(size * 2**30))}")
+        return None
 
     @property
     def models(self) -> list[dict[str, Any]]:
@@ -211,6 +230,7 @@ class Plan:
             "time": self.time,
             **({"published": published} if published else {}),
             "fits": self.fits,
+            "host_fits": self.host_fits,
             "gpu": {"name": self.gpu_name, "memory": self.gpu_memory, "usable": self.usable_memory,
                     "count": spec.cluster.gpus, "efficiency": self.efficiency},
             "layout": {"data_parallel": spec.parallelism.data_parallel, "tensor": spec.parallelism.tensor,
@@ -324,24 +344,12 @@ def _peak_stage(spec: Spec, base: dict[str, Any], strategy: Strategy,
 
 
 def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[int, int, int]:
-    """Host bytes per node, NVMe bytes per node, and DeepSpeed's own host estimate.
-
-    DeepSpeed's estimators (zero_init=True) are kept as they are, with one exception: for ZeRO-1/2 with optimizer
-    offload DeepSpeed's figure grows with every GPU of the job (params × max(4 · gpus, 16) × 1.5), which is no
-    node's memory at scale; there the host figure is the node's share of the offloaded states (optimizer and
-    gradients of its GPUs' shards) with DeepSpeed's 1.5 buffer factor, and DeepSpeed's figure is reported apart."""
-    z, opt, prm = strategy.zero_stage, strategy.offload_optimizer, strategy.offload_params
-    if z == 3:
-        name = ("host_zero3_offload_all" if prm == "cpu" else "host_zero3_offload" if opt == "cpu" else "host_zero3")
-    else:
-        name = "host_zero2_offload" if opt == "cpu" else "host_zero2"
-    full = bytes_per_param(spec.parallelism.byte_regime, spec.training.precision, spec.training.optimizer.n_states)
-    moved = full["optimizer"] + full["gradients"]
-    per_node = env["psi"] / (spec.parallelism.data_parallel * spec.parallelism.context) * spec.cluster.gpus_per_node
-    deepspeed = int(env[name])
-    host = int(per_node * moved * Fraction(3, 2)) if name == "host_zero2_offload" else deepspeed
-    nvme = int(per_node * (moved + (full["weights"] if prm == "nvme" else 0))) if "nvme" in (opt, prm) else 0
-    return host, nvme, deepspeed
+    """Host bytes per node, NVMe bytes per node, and DeepSpeed's own host estimate (``offloaded_bytes_per_node``)."""
+    par = spec.parallelism
+    host, nvme, deepspeed = offloaded_bytes_per_node(
+        spec, env, strategy.zero_stage, OFFLOAD_MODES.index(strategy.offload_optimizer),
+        OFFLOAD_MODES.index(strategy.offload_params), par.data_parallel * par.context, spec.cluster.gpus_per_node)
+    return int(host), int(nvme), int(deepspeed)
 
 
 def plan(spec: Spec, alternatives: bool = True) -> Plan:
@@ -361,7 +369,8 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
         for strategy in strategies(spec):
             _, alt = _peak_stage(spec, base, strategy, others) if strategy != chosen else (stage, env)
             memory = memory_breakdown(alt)
-            result.alternatives.append(Alternative(strategy, memory, memory["peak"] <= usable, alt["time_step"],
+            fits = memory["peak"] <= usable and bool(host_fits(spec, *_host_memory(spec, alt, strategy)[:2]))
+            result.alternatives.append(Alternative(strategy, memory, fits, alt["time_step"],
                                                    alt["time_total"], alt["cost"], strategy == chosen))
     return result
 

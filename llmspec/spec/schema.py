@@ -249,6 +249,10 @@ class ClusterSpec(_Section):
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD; default from the dated catalogue")
     efficiency: float | None = Field(None, gt=0, le=1, description="achieved fraction of peak FLOP/s")
     memory_reserve_gib: float = Field(1.0, ge=0, description="per GPU, outside PyTorch: CUDA context, NCCL")
+    host_memory_gib: float | None = Field(
+        None, gt=0, description="CPU memory per node; given, what offload and DeepSpeed's loading keep there (the "
+        "plan's host per node) must fit it, and `size` turns to NVMe offload where CPU offload does not")
+    nvme_gib: float | None = Field(None, gt=0, description="NVMe per node; given, NVMe offload must fit it")
     hosts: list[Annotated[str, Field(pattern=HOST_PATTERN)]] | None = Field(
         None, description="one per node, reachable by passwordless ssh (or --hostfile PATH); `build` writes "
         "DeepSpeed's hostfile from them")

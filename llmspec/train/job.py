@@ -71,6 +71,9 @@ def cache_dir() -> Path:
 def check_fits(spec: Spec) -> None:
     """Refuse a spec whose plan does not fit its device, quoting the plan."""
     result = plan(spec, alternatives=False)
+    if result.host_misfit:
+        raise DoesNotFitError(f"{spec.name}: does not fit: {result.host_misfit}; `llmspec plan` on the same spec "
+                              "and --set flags shows the strategies that fit")
     if not result.fits:
         mem = result.memory
         raise DoesNotFitError(
