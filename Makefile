@@ -30,10 +30,11 @@ post-train: $(STAMP)
 	$(BIN)/llmspec run tiny-ppo
 
 # DeepSpeed JIT-builds its CPU ops on first use (30-60 s each): build them once with the venv, where the tests
-# look for them (tests/conftest.py), so that no test pays for a compiler.
+# look for them, with the venv's ninja as the tests use it (tests/conftest.py), so that no test pays for a compiler.
 OPS := $(VENV)/torch-extensions/.built
 $(OPS): $(STAMP)
-	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV)/torch-extensions $(BIN)/python -c \
+	PATH=$(CURDIR)/$(BIN):$$PATH DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV)/torch-extensions \
+		$(BIN)/python -c \
 		"from deepspeed.accelerator import get_accelerator as a; \
 		[a().create_op_builder(n).load() for n in ('CPUAdamBuilder', 'FusedAdamBuilder', 'ShareMemCommBuilder')]"
 	touch $(OPS)

@@ -1,4 +1,5 @@
 import os
+import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,6 +10,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # DeepSpeed JIT-builds its CPU ops (shm comm, CPU Adam) on first use, 30-60 s each: keep them with the venv.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(_REPO, ".venv", "torch-extensions"))
+# ... and with one ninja: the venv's, as `llmspec run` puts it first for DeepSpeed's ranks (llmspec/runner.py).
+# Another ninja writes another log format; each discards the other's log and rebuilds every op (a minute each).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 # Under pytest-xdist (`make test`: 2 workers on 2 cores) each worker computes on one thread: two workers of two
 # OpenMP threads each oversubscribe the cores, and spinning threads then slow every step many times over.
 if os.environ.get("PYTEST_XDIST_WORKER"):
