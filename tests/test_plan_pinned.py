@@ -56,7 +56,9 @@ def test_search_grid_is_exactly_what_the_spec_rules_accept():
     """The search's divisibility masks, row for row, against validating each layout as a spec."""
     from llmspec.errors import ConsistencyError, SpecError
 
-    spec = load_spec("tiny-moe", ["cluster.gpu=A100-80GB", "training.global_batch_size=48"])
+    # nodes sized, so the NVMe offload codes are searched too
+    spec = load_spec("tiny-moe", ["cluster.gpu=A100-80GB", "training.global_batch_size=48",
+                                  "cluster.host_memory_gib=2048"])
     grid = _grid(spec, 16)
     kept = set(zip(*(grid[k].tolist() for k in ("n", "t", "p", "z", "mb", "ck", "off")), strict=True))
     base = spec.model_dump(exclude={"training": {"gradient_accumulation_steps"}, "parallelism": {"data_parallel"}})

@@ -15,6 +15,7 @@ from llmspec.errors import ConsistencyError, LLMSpecError, SpecError
 from llmspec.planner.compute_optimal import compute_optimal_report, optimal
 from llmspec.planner.inference import inference_plan
 from llmspec.planner.layout_search import (
+    CPU_OFFLOADS,
     MICRO_BATCHES,
     OFFLOADS,
     VIRTUAL_STAGES,
@@ -100,7 +101,7 @@ def test_searched_micro_batches_and_context_degrees_round_expert_capacity_as_the
     grid = {"n": np.full(size, 64), "t": np.ones(size, int), "p": np.ones(size, int), "v": np.ones(size, int),
             "ep": np.full(size, 8), "z": np.ones(size, int), "ck": np.full(size, 2), "off": np.zeros(size, int),
             "mb": np.array([mb for mb, _ in layouts]), "c": np.array([c for _, c in layouts])}
-    scored = evaluate_layouts(load_spec("mixtral-8x7b", sets), catalogue.lookup("H100-SXM"), grid)
+    scored, _ = evaluate_layouts(load_spec("mixtral-8x7b", sets), catalogue.lookup("H100-SXM"), grid)
     for i, (mb, c) in enumerate(layouts):
         planned = plan(load_spec("mixtral-8x7b", [*sets, f"training.micro_batch_size={mb}",
                                                   f"parallelism.context={c}"]), alternatives=False)
@@ -132,7 +133,8 @@ def test_search_agrees_with_a_brute_force_loop():
     feasible = {}
     for n, t, p, v, z, mb, ck, off in itertools.product(gpu_counts(8), (1, 2, 4, 8), (1, 2, 4, 8, 16),
                                                         VIRTUAL_STAGES, range(4), MICRO_BATCHES,
-                                                        ("none", "selective", "full"), OFFLOADS):
+                                                        ("none", "selective", "full"),
+                                                        OFFLOADS[:CPU_OFFLOADS]):  # unsized: NVMe pruned
         data = json.loads(json.dumps(base))
         data["cluster"].update(gpus_per_node=n, nodes=1)
         data["parallelism"].update(tensor=t, pipeline=p, virtual_stages=v, zero_stage=z,

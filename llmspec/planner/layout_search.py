@@ -177,8 +177,10 @@ def _grid(spec: Spec, max_gpus: int) -> dict[str, np.ndarray]:
             "ck": ck[ok], "off": off[ok]}
 
 
-def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Peak memory, step and run time, GPU-hours and cost of every layout in ``grid`` on ``gpu``."""
+def evaluate_layouts(spec: Spec, gpu: catalogue.GPU,
+                     grid: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Peak memory, step and run time, GPU-hours and cost of every layout in ``grid`` on ``gpu``, and whether its
+    nodes hold what offload keeps on them (all true where the spec does not size them)."""
     arch = architecture_inputs(spec)
     base = numeric.evaluate(arch, PARAMETER_FORMULAS)
     n, t, c, p, v, ep, z, mb, ck, off = (grid[k] for k in ("n", "t", "c", "p", "v", "ep", "z", "mb", "ck", "off"))
@@ -206,16 +208,19 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU, grid: dict[str, np.ndarray]
         env = {**common, "first_stage": first, "last_stage": last, "rank": rank, "psi": held}
         if spec.model.moe is not None:
             env.update(shard_experts(spec, common, codes, held, layers, t, dp * c, ep))
-        env = numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
-        env["host_memory"], env["nvme_memory"], _ = offloaded_bytes_per_node(spec, env, z, codes[2], codes[3], dp * c,
-                                                                            per_node)
-        return env
+        return numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
+
+    def node_holds(env: dict[str, np.ndarray]) -> np.ndarray:
+        host, nvme, _ = offloaded_bytes_per_node(spec, env, z, codes[2], codes[3], dp * c, per_node)
+        return np.broadcast_to(host_fits(spec, host, nvme), n.shape)
 
     head = stage(np.ones_like(p), single * 1, np.zeros_like(p))
     tail = stage(single * 1, np.ones_like(p), p - 1)
     use_head = head["memory_peak"] >= tail["memory_peak"]
-    return {key: np.where(use_head, head[key], tail[key]) for key in
-            ("memory_peak", "time_step", "time_total", "gpu_hours", "cost", "host_memory", "nvme_memory")}
+    scores = {key: np.where(use_head, head[key], tail[key]) for key in
+              ("memory_peak", "time_step", "time_total", "gpu_hours", "cost")}
+    return scores, np.where(use_head, node_holds(head), node_holds(tail)) if _nodes_sized(spec) else \
+        np.ones(n.shape, dtype=bool)
 
 
 def with_layout(spec: Spec, layout: Layout) -> Spec:
@@ -247,9 +252,9 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
     evaluated, tables = 0, []
     for variant, storage in _storages(spec):
         for gpu in devices:
-            scores = evaluate_layouts(variant, gpu, grid)
+            scores, nodes_hold = evaluate_layouts(variant, gpu, grid)
             usable = usable_memory(gpu, spec)
-            ok = (scores["memory_peak"] <= usable) & host_fits(spec, scores["host_memory"], scores["nvme_memory"])
+            ok = (scores["memory_peak"] <= usable) & nodes_hold
             if deadline_days is not None:
                 ok &= scores["time_total"] <= deadline_days * 86400
             if budget is not None:
