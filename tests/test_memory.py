@@ -215,6 +215,18 @@ def test_a_node_must_hold_what_offload_puts_on_its_cpu_and_nvme_where_the_spec_s
     assert not small_disk.fits and "cluster.nvme_gib" in small_disk.host_misfit
 
 
+def test_zero3_offload_host_memory_is_the_nodes_share_under_tensor_parallelism():
+    sets = ("parallelism.zero_stage=3", "parallelism.offload_optimizer=cpu", "parallelism.offload_params=cpu",
+            "cluster.nodes=1", "training.global_batch_size=64", "parallelism.pipeline=1")
+    data_parallel = planned("llama2-7b", *sets, "parallelism.tensor=1")
+    split = planned("llama2-7b", *sets, "parallelism.tensor=2")
+    psi, dp = split.env["psi"], split.spec.parallelism.data_parallel
+    assert dp == 4 and split.host_memory == pytest.approx(psi * 8 / dp * 18 * 1.5, abs=1)
+    # one node holds the whole model's shards either way (AutoTP keeps the norms and the untied embedding table
+    # whole on both ranks of a pair: 2% more), where the per-GPU count alone would have said half
+    assert 1 <= split.host_memory / data_parallel.host_memory < 1.03
+
+
 def test_zero2_offload_host_memory_is_one_nodes_share():
     """DeepSpeed's ZeRO-2 offload estimate grows with every GPU of the job; a node holds its GPUs' shards."""
     sets = ["parallelism.zero_stage=2", "parallelism.offload_optimizer=cpu"]

@@ -49,7 +49,7 @@ F_peak, eff, bw_dp, bw_tp, bw_pp, steps, price = _s("F_peak eff bw_dp bw_tp bw_p
 F_mm = sp.Symbol("F_matmul", positive=True)
 te = sp.Symbol("fp8_saved", nonnegative=True)
 z01, z2 = _s("zero01 zero2", nonnegative=True)
-n_nodes, gpn = _s("nodes gpus_per_node", positive=True)
+gpn = sp.Symbol("gpus_per_node", positive=True)
 offload, bw_host, adam_rate, shard = _s("offload bw_host cpu_adam_rate shard", positive=True)
 w_bytes = sp.Symbol("w_bytes", positive=True)
 # post-training: the adapter, LoRA targets, the trained model's head and objective, the frozen weights' storage
@@ -137,7 +137,7 @@ INPUT_DOCS: dict[str, str] = {
     "ep": "expert-parallel degree (experts of each MoE layer split over ep data-parallel ranks)",
     "bw_ep": "bytes/s per GPU on expert-parallel links (all-to-all)",
     "bw_pp": "bytes/s per GPU between pipeline stages", "steps": "optimizer steps", "price": "USD per GPU-hour",
-    "nodes": "nodes", "gpus_per_node": "GPUs per node", "offload": "1 with optimizer offload",
+    "gpus_per_node": "GPUs per node", "offload": "1 with optimizer offload",
     "bw_host": "bytes/s per GPU to the offload target (PCIe to host memory, or NVMe)",
     "cpu_adam_rate": "parameters/s one node's CPUs update (DeepSpeedCPUAdam)",
     "shard": "divisor of the optimizer partition (data-parallel degree under ZeRO ≥ 1)",
@@ -528,9 +528,13 @@ define("memory_peak", states + acts + bufs + fp8_weights, "peak allocated bytes 
 group("Host memory per node", "deepspeed.runtime.zero.stage_1_and_2 / stage3 estimators (zero_init=True)")
 define("host_zero2_offload", psi * sp.Max(4 * n_gpu, 16) * sp.Rational(3, 2), "ZeRO-1/2 + optimizer offload", "B")
 define("host_zero2", psi * 4 * gpn * sp.Rational(3, 2), "ZeRO-0/1/2: fp32 model load per process", "B")
-define("host_zero3_offload_all", psi * 18 / n_nodes * sp.Rational(3, 2), "ZeRO-3 + optimizer + params offload",
-       "B")
-define("host_zero3_offload", psi * 16 / n_nodes * sp.Rational(3, 2), "ZeRO-3 + optimizer offload", "B")
+# DeepSpeed's ZeRO-3 offload estimators divide the model's parameters by the nodes: each node's GPUs hold 1/nodes
+# of the ZeRO-3 shards under pure data parallelism. Under tensor, pipeline or context parallelism a node's share is
+# its GPUs' shards, gpus_per_node · psi / dp (the same figure without model parallelism).
+define("host_zero3_offload_all", psi * gpn / dp * 18 * sp.Rational(3, 2),
+       "ZeRO-3 + optimizer + params offload: the node's GPUs' shards", "B")
+define("host_zero3_offload", psi * gpn / dp * 16 * sp.Rational(3, 2), "ZeRO-3 + optimizer offload: the node's GPUs' "
+       "shards", "B")
 define("host_zero3", P_L * 4 * gpn * sp.Rational(3, 2), "ZeRO-3 without offload", "B")
 
 # ---- time and cost -----------------------------------------------------------------------------------------

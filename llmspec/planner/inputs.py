@@ -120,7 +120,7 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1)
         "v": 1 if par.virtual_stages == "auto" else par.virtual_stages,
         "L_last": spec.stage_blocks[-1], "L_max": max(spec.stage_blocks[:-1], default=0),
-        "n_gpu": spec.cluster.gpus, "nodes": spec.cluster.nodes,
+        "n_gpu": spec.cluster.gpus,
         "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
         "overlap_comm": int(par.overlap_comm), "causal": 1, "reduce_bucket": par.reduce_bucket_size,
         "prefetch_bucket": par.prefetch_bucket_size,

@@ -195,7 +195,7 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU,
     common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p, c, ep),
               **strategy_inputs(spec, *codes, dp * c),
               "b": mb * sequences_per_example(spec.post_training), "t": t, "p": p, "dp": dp * c, "m": m,
-              "n_gpu": n, "nodes": nodes, "gpus_per_node": per_node, "ep": ep,
+              "n_gpu": n, "gpus_per_node": per_node, "ep": ep,
               "L_here": layers, "P_L": largest_module(base, t), "cp": c, "v": v,
               "L_last": layers, "L_max": np.where(p > 1, spec.model.n_layers // p + (fuller > 1), 0),
               "capacity": expert_rows_per_routed_token(spec, mb, c)}

@@ -400,14 +400,14 @@ def host_zero2(gpus_per_node, psi):
     return 6*gpus_per_node*psi
 
 
-def host_zero3_offload_all(nodes, psi):
-    """ZeRO-3 + optimizer + params offload [B]"""
-    return 27*psi/nodes
+def host_zero3_offload_all(dp, gpus_per_node, psi):
+    """ZeRO-3 + optimizer + params offload: the node's GPUs' shards [B]"""
+    return 27*gpus_per_node*psi/dp
 
 
-def host_zero3_offload(nodes, psi):
-    """ZeRO-3 + optimizer offload [B]"""
-    return 24*psi/nodes
+def host_zero3_offload(dp, gpus_per_node, psi):
+    """ZeRO-3 + optimizer offload: the node's GPUs' shards [B]"""
+    return 24*gpus_per_node*psi/dp
 
 
 def host_zero3(P_L, gpus_per_node):
@@ -724,8 +724,8 @@ ARGUMENTS = {
     'memory_peak': ('memory_activations', 'memory_buffers', 'memory_fp8_weights', 'memory_model_states'),
     'host_zero2_offload': ('n_gpu', 'psi'),
     'host_zero2': ('gpus_per_node', 'psi'),
-    'host_zero3_offload_all': ('nodes', 'psi'),
-    'host_zero3_offload': ('nodes', 'psi'),
+    'host_zero3_offload_all': ('dp', 'gpus_per_node', 'psi'),
+    'host_zero3_offload': ('dp', 'gpus_per_node', 'psi'),
     'host_zero3': ('P_L', 'gpus_per_node'),
     'time_compute': ('B', 'F_matmul', 'F_peak', 'ck_full', 'eff', 'flops_attention_per_token', 'flops_per_token_hardware', 'n_gpu', 's'),
     'pipeline_imbalance': ('L', 'L_last', 'L_max', 'V', 'flops_per_token_hardware', 'h', 'p'),
@@ -856,7 +856,6 @@ Name = Literal[
     'n_gpu',
     'n_virtual',
     'nf4',
-    'nodes',
     'o_bpp',
     'offload',
     'overlap_comm',
@@ -1018,7 +1017,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'f', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'nodes', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'f', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
