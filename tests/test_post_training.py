@@ -4,6 +4,8 @@ oracle for LoRA counts, torchao for NF4, and the compiled adapter modules."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from llmspec.errors import SpecError
 from llmspec.planner.regimes import bytes_per_param
 from llmspec.planner.training import plan
 from llmspec.spec.loading import load_spec
+from llmspec.spec.post_training import METHOD_CLASSES, PPO, SFT, PostTrainingBase
 from tests.helpers import minimal
 
 LORA = "post_training.adapter.type=lora"
@@ -118,6 +121,47 @@ def test_pure16_regime_keeps_no_master():
 def test_rules_name_the_field(sets, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
         load_spec("tiny", sets=sets)
+
+
+def _knobs_of_other_methods():
+    """Every (method, knob) where another method reads the knob and this one does not."""
+    common = set(PostTrainingBase.model_fields)
+    knobs = {name for cls in METHOD_CLASSES.values() for name in cls.model_fields} - common
+    return [(method, knob) for method, cls in METHOD_CLASSES.items() for knob in sorted(knobs - set(cls.model_fields))]
+
+
+@pytest.mark.parametrize("method, knob", _knobs_of_other_methods())
+def test_a_knob_the_method_does_not_read_is_refused_by_name(method, knob):
+    with pytest.raises(SpecError) as caught:
+        load_spec("tiny", sets=[f"post_training.method={method}", f"post_training.{knob}=1"])
+    [problem] = caught.value.problems
+    assert problem.path == f"post_training.{knob}"
+    assert problem.message.startswith(f"{method} does not read {knob} (read by ")
+
+
+def test_the_cli_refuses_a_knob_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llmspec", "validate", "tiny-ppo", "--set",
+                             "post_training.beta=0.5"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "error: --set: post_training.beta: ppo does not read beta (read by dpo); remove it, or set "
+        "post_training.method"]
+
+
+def test_method_defaults_to_sft_and_picks_the_class():
+    assert type(load_spec("tiny", sets=["post_training.adapter.type=lora"]).post_training) is SFT
+    assert isinstance(load_spec("tiny-ppo").post_training, PPO)
+    with pytest.raises(SpecError, match=r"post_training\.method: unknown method 'rlhf'"):
+        load_spec("tiny", sets=["post_training.method=rlhf"])
+
+
+def test_traits_follow_the_knobs():
+    """A method with a reference has the reference knob; one that generates has rollout lengths; a critic is PPO's."""
+    for cls in METHOD_CLASSES.values():
+        assert cls.has_reference == ("reference" in cls.model_fields)
+        assert cls.generates == ("response_len" in cls.model_fields) == ("reward_model" in cls.model_fields)
+        assert cls.trains_critic == ("critic_model" in cls.model_fields)
+        assert not cls.reference_in_step or cls.has_reference
 
 
 def test_lora_default_targets_follow_the_architecture():

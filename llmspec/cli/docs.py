@@ -73,29 +73,55 @@ def render_spec() -> str:
     return "".join(lines)
 
 
-def _section(lines: list[str], path: str, model: type[BaseModel]) -> None:
-    lines.append(f"\n## `{path}`\n\n{(model.__doc__ or '').strip()}\n\n| field | type | default | meaning |\n"
-                 "|---|---|---|---|\n")
+def _section(lines: list[str], path: str, model: type[BaseModel], fields: list[str] | None = None,
+             title: str | None = None) -> None:
+    """A table of ``model``'s fields (``fields``: only these), then a section per nested model."""
+    lines.append(f"\n## {title or f'`{path}`'}\n\n{(model.__doc__ or '').strip()}\n\n"
+                 "| field | type | default | meaning |\n|---|---|---|---|\n")
     nested = []
     for name, field in model.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
         default = "required" if field.is_required() else repr(field.default).replace("|", "\\|")
-        sub = _submodel(field.annotation)
-        if sub:
-            nested.append((f"{path}.{name}" if path != "spec" else name, sub))
+        subs = _submodels(field.annotation)
+        kind = _type(field.annotation)
+        if subs:
+            nested.append((f"{path}.{name}" if path != "spec" else name, subs))
             default = "see below" if not field.is_required() else default
-        lines.append(f"| `{name}` | {_type(field.annotation)} | {default} | {field.description or ''} |\n")
-    for sub_path, sub in nested:
-        _section(lines, sub_path, sub)
+            if len(subs) > 1:
+                kind = " \\| ".join(sub.__name__ for sub in subs) + (" \\| None" if not field.is_required() else "")
+        lines.append(f"| `{name}` | {kind} | {default} | {field.description or ''} |\n")
+    for sub_path, subs in nested:
+        if len(subs) == 1:
+            _section(lines, sub_path, subs[0])
+        else:
+            _tagged_sections(lines, sub_path, subs)
 
 
-def _submodel(annotation: typing.Any) -> type[BaseModel] | None:
+def _tagged_sections(lines: list[str], path: str, members: list[type[BaseModel]]) -> None:
+    """A section whose ``method`` picks its class (post_training): the fields every member has, then each member's
+    own."""
+    common = [name for name in members[0].model_fields if all(name in m.model_fields for m in members)]
+    base = next(cls for cls in members[0].__mro__ if set(getattr(cls, "model_fields", ())) == set(common))
+    _section(lines, path, base, common)
+    for member in members:
+        tag = typing.get_args(member.model_fields["method"].annotation)[0]
+        own = [name for name in member.model_fields if name not in common]
+        if own:
+            _section(lines, path, member, own, title=f"`{path}` with `method: {tag}`")
+        else:
+            lines.append(f"\n## `{path}` with `method: {tag}`\n\n{(member.__doc__ or '').strip()} No knobs of "
+                         "its own.\n")
+
+
+def _submodels(annotation: typing.Any) -> list[type[BaseModel]]:
+    """The sections a field holds: one, or one per member of a tagged union."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for arg in typing.get_args(annotation):
-        found = _submodel(arg)
-        if found:
-            return found
-    return None
+        found += [sub for sub in _submodels(arg) if sub not in found]
+    return found
 
 
 def _type(annotation: typing.Any) -> str:

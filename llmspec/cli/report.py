@@ -72,7 +72,7 @@ def _frozen_note(plan: Plan) -> str:
     spec = plan.spec
     post, par = spec.post_training, spec.parallelism
     what = [f"{post.base_precision} base" if post.adapter.type != "none" else ""]
-    if post.reference == "copy":
+    if getattr(post, "reference", None) == "copy":
         what.append("reference copy")
     if any(model["role"] == "reward" for model in plan.models[1:]):
         what.append("reward model")

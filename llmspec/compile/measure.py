@@ -118,7 +118,7 @@ def _train_step(spec: Spec, trained: list[torch.nn.Module], module: Any, device:
         loss = module.reward_loss(scores[:pairs], scores[pairs:])
     elif method == "dpo":
         policy = module.sequence_logprobs(model(idx)[0], targets)
-        reference = torch.zeros(idx.shape[0], device=device) if post.reference == "precomputed" else \
+        reference = torch.zeros(idx.shape[0], device=device) if getattr(post, "reference", None) == "precomputed" else \
             module.sequence_logprobs(_reference_logits(spec, model, idx), targets)  # precomputed: from the data
         pairs = idx.shape[0] // 2
         loss = module.dpo_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:])

@@ -55,7 +55,7 @@ def count_scoring(spec: Spec) -> int:
             models += [build(spec), build(spec), build(value_model_spec(spec))]
             if post.reference == "adapter_off":
                 models[1].set_adapters(False)
-        if post.reward_model is not None:  # else the verifier: no model
+        if getattr(post, "reward_model", None) is not None:  # else the verifier: no model
             models.append(build(value_model_spec(spec, "reward")))
         rows = torch.zeros((rollouts_per_gpu(spec), post.prompt_len + post.response_len), dtype=torch.long)
     with torch.no_grad(), routing(spec), FlopCounterMode(display=False) as counter:

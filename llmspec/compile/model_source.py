@@ -82,9 +82,10 @@ def values(spec: Spec) -> dict[str, str]:
             "lora_rank": post.adapter.r, "lora_scale": float(post.lora_scale),
             "lora_dropout": float(post.adapter.dropout), "n_prefix": post.adapter.n_virtual,
             "quantise": post.base_precision, "double_quant": post.double_quant,
-            "dpo_beta": float(post.beta), "dpo_loss": post.loss,
-            "rl_clip": float(post.clip), "value_clip": float(post.value_clip), "value_coef": float(post.value_coef),
-            "kl_coef": float(post.kl_coef),
+            # a method's knobs (None where the method has no such knob: its template blocks are not emitted)
+            "dpo_beta": getattr(post, "beta", None), "dpo_loss": getattr(post, "loss", None),
+            "rl_clip": getattr(post, "clip", None), "value_clip": getattr(post, "value_clip", None),
+            "value_coef": getattr(post, "value_coef", None), "kl_coef": getattr(post, "kl_coef", None),
         })
     # Title and summary are docstring prose; every other value becomes a Python literal.
     rendered = {key: value if key in ("title", "summary") else repr(value) for key, value in out.items()}
@@ -92,7 +93,7 @@ def values(spec: Spec) -> dict[str, str]:
         # validated names only (targets are checked against the model's linears): double-quoted, as ruff formats
         targets = [f'"{name}"' for name in out["lora_targets"]]
         rendered["lora_targets"] = f"({', '.join(targets)}{',' if len(targets) == 1 else ''})"
-        rendered["quantise"], rendered["dpo_loss"] = f'"{post.base_precision}"', f'"{post.loss}"'
+        rendered["quantise"], rendered["dpo_loss"] = f'"{post.base_precision}"', f'"{getattr(post, "loss", None)}"'
         alpha, r = post.adapter.alpha, post.adapter.r
         rendered["lora_scale_text"] = f"alpha / sqrt(r) = {alpha:g} / sqrt({r})" if post.adapter.rslora else \
             f"alpha / r = {alpha:g} / {r}"

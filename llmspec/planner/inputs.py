@@ -157,7 +157,7 @@ def post_training_inputs(spec: Spec, e: int, role: str = "policy") -> dict[str, 
     kind = adapter.type if adapter is not None else "none"
     targets = post.lora_targets(mo.fused_qkv, mo.gated, mo.moe is not None) if post is not None else []
     base = post.base_precision if post is not None else None
-    pair_loss = {"reward": "reward", "dpo": post.loss if post is not None else ""}.get(method)
+    pair_loss = {"reward": "reward", "dpo": getattr(post, "loss", "")}.get(method)
     b = spec.training.micro_batch_size
     if pair_loss:
         loss_saved = LOSS_SAVED_PER_PAIR[pair_loss] * b
@@ -178,9 +178,9 @@ def post_training_inputs(spec: Spec, e: int, role: str = "policy") -> dict[str, 
         "value_head": int(method == "reward" or role != "policy"), "dpo": int(method == "dpo"),
         "nf4": int(base == "nf4"), "int8": int(base == "int8"), "double_quant": int(bool(post and post.double_quant)),
         "w_frozen": {"fp32": 4, "bf16": 2, "fp16": 2}.get(base, e),
-        "reference_copy": int(post is not None and post.reference == "copy" and role == "policy"),
-        "reference_forward": int(method in WITH_REFERENCE and post.reference != "precomputed" and role == "policy"),
-        "reference_in_step": int(method in ("dpo", "grpo") and post.reference != "precomputed" and role == "policy"),
+        "reference_copy": int(getattr(post, "reference", None) == "copy" and role == "policy"),
+        "reference_forward": int(method in WITH_REFERENCE and getattr(post, "reference", None) != "precomputed" and role == "policy"),
+        "reference_in_step": int(method in ("dpo", "grpo") and getattr(post, "reference", None) != "precomputed" and role == "policy"),
         "loss_saved": loss_saved,
     }
 

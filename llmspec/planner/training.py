@@ -191,7 +191,7 @@ class Plan:
         else:
             trained, others = _trained_entry("reward" if post.value_model else "policy", e), []
         out = [trained]
-        if post.reference == "copy":
+        if getattr(post, "reference", None) == "copy":
             out.append({"role": "reference", "params": trained["params"], "trainable": 0,
                         "bytes_per_gpu": _bytes(e["memory_reference"])})
         return out + others
@@ -312,7 +312,7 @@ def _rl_roles(spec: Spec) -> list[str]:
     post = spec.post_training
     if post is None or post.method not in RL_METHODS:
         return []
-    return ["critic"] * (post.method == "ppo") + ["reward"] * (post.reward_model is not None)
+    return ["critic"] * (post.method == "ppo") + ["reward"] * (getattr(post, "reward_model", None) is not None)
 
 
 def _rl_models(spec: Spec) -> dict[str, tuple[Spec, dict[str, Any]]]:

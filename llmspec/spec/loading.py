@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmspec.errors import ConsistencyError, Problem, SpecError
+from llmspec.spec.post_training import METHOD_CLASSES, Reward
 from llmspec.spec.schema import ModelSpec, Spec
 
 SET_SOURCE = "--set"
@@ -174,8 +175,16 @@ def _from_pydantic(error: dict[str, Any]) -> Problem:
     loc = [part for part in parents if not _is_union_tag(part)] + ([leaf] if not _is_union_tag(leaf) or
                                                                    error["type"] == "extra_forbidden" else [])
     path = ".".join(loc)
+    method = next((part for part in parents if part in METHOD_CLASSES), None)
+    if error["type"] == "extra_forbidden" and method is not None and loc[-1] in _KNOBS:
+        readers = ", ".join(name for name, cls in METHOD_CLASSES.items() if loc[-1] in cls.model_fields)
+        return Problem(path, f"{method} does not read {loc[-1]} (read by {readers}); remove it, or set "
+                             "post_training.method")
+    if error["type"] == "union_tag_invalid":
+        return Problem(f"{path}.method", f"unknown method {error['input'].get('method')!r}; the methods: "
+                                         f"{', '.join(METHOD_CLASSES)}")
     if error["type"] == "extra_forbidden":
-        choices = _fields_at(loc[:-1])
+        choices = _fields_at(loc[:-1], method)
         close = difflib.get_close_matches(loc[-1], choices, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else f" (allowed: {', '.join(choices)})"
         return Problem(path, f"unknown field '{loc[-1]}'{hint}")
@@ -204,27 +213,33 @@ def _merge_union_members(problems: list[Problem]) -> list[Problem]:
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "CustomGPU", "RopeScaling", "MoE",
-               "constrained-int"}
+               "constrained-int", *METHOD_CLASSES}
+# the knobs some post-training method reads (on another method's section: "ppo does not read beta")
+_KNOBS = {name for cls in METHOD_CLASSES.values() for name in cls.model_fields}
 
 
 def _is_union_tag(part: str) -> bool:
-    # pydantic names the union member it tried ("str", "CustomGPU", "function-before[...]"): not a field.
+    # pydantic names the union member it tried ("str", "CustomGPU", "function-before[...]", a post-training method's
+    # tag): not a field.
     return part in _UNION_TAGS or "[" in part
 
 
-def _fields_at(loc: list[str]) -> list[str]:
-    """Field names of the section at ``loc`` (for did-you-mean)."""
+def _fields_at(loc: list[str], method: str | None = None) -> list[str]:
+    """Field names of the section at ``loc`` (for did-you-mean); ``method``: the post_training class pydantic tried."""
     model: type[BaseModel] | None = Spec
     for part in loc:
         if model is None or part not in model.model_fields:
             return []
-        model = _model_in(model.model_fields[part].annotation)
+        model = METHOD_CLASSES[method] if (model, part) == (Spec, "post_training") and method else \
+            _model_in(model.model_fields[part].annotation)
     return list(model.model_fields) if model else []
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _model_in(typing.get_args(annotation)[0])
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         for arg in typing.get_args(annotation):
             found = _model_in(arg)
@@ -296,5 +311,7 @@ def value_model_spec(spec: Spec, role: str = "critic") -> Spec:
     """PPO's critic (or, for measurement, a step's reward model) as a spec of its own, what model.py compiles for
     it: the role's architecture under a value head, adapted and stored as the policy is (as the planner counts
     it), with no reference of its own."""
-    as_value = spec.post_training.model_copy(update={"method": "reward", "reference": None})
+    post = spec.post_training
+    as_value = Reward(method="reward", adapter=post.adapter, base_precision=post.base_precision,
+                      double_quant=post.double_quant)
     return spec.model_copy(update={"model": role_model(spec, role), "post_training": as_value})

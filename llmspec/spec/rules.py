@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from llmspec.errors import Problem
 from llmspec.spec import catalogue
-from llmspec.spec.post_training import QUANTISED, RL_METHODS, WITH_REFERENCE, linear_names
+from llmspec.spec.post_training import QUANTISED, linear_names
 
 # The optimizers DeepSpeed runs on the CPU under optimizer offload (ds_config.json names them).
 OFFLOADABLE_OPTIMIZERS = ("adamw", "adam")
@@ -171,8 +171,8 @@ def _post_training_problems(spec: Spec, bad) -> None:
                                     f"(its linears: {', '.join(known)}; or all-linear)")
         elif len(set(adapter.targets)) != len(adapter.targets):
             bad(f"{where}.targets", "a target is listed twice")
-    if post.method in ("dpo", "ppo", "grpo") and m.moe is not None and m.moe.capacity_factor is not None:
-        bad("model.moe.capacity_factor", f"{post.method}'s reference and rollouts run the model out of training, "
+    if post.has_reference and m.moe is not None and m.moe.capacity_factor is not None:
+        bad("model.moe.capacity_factor", f"{method}'s reference and rollouts run the model out of training, "
                                          "where every token is routed: capacity is planned for sft and reward only")
     if adapter.type != "none" and m.moe is not None:
         bad(f"{where}.type", "adapters on a mixture of experts are not planned yet (a frozen MoE's saved tensors "
@@ -190,26 +190,18 @@ def _post_training_problems(spec: Spec, bad) -> None:
     if post.double_quant and post.base_precision != "nf4":
         bad("post_training.double_quant", "double quantisation applies to nf4's absmax constants: it needs "
                                           "post_training.base_precision nf4")
-    if method not in WITH_REFERENCE and "reference" in post.model_fields_set and post.reference is not None:
-        bad("post_training.reference", f"{method} has no reference model (dpo, ppo and grpo have)")
-    elif post.reference == "adapter_off" and adapter.type == "none":
+    if getattr(post, "reference", None) == "adapter_off" and adapter.type == "none":
         bad("post_training.reference", "adapter_off uses the base under the adapter as the reference: it needs "
                                        "post_training.adapter.type lora or prefix")
-    elif post.reference == "precomputed" and method != "dpo":
-        bad("post_training.reference", f"{method} scores fresh samples: only dpo can read precomputed reference "
-                                       "log-probs")
-    for field in ("reward_model", "critic_model"):
-        allowed = ("ppo",) if field == "critic_model" else RL_METHODS
-        if getattr(post, field) is not None and method not in allowed:
-            bad(f"post_training.{field}", f"{field} is used by {' and '.join(allowed)}, not {method}")
-    if method in RL_METHODS:
+    if post.generates:
         length = post.prompt_len + post.response_len
         if length > spec.training.seq_len:
             bad("post_training.response_len", f"prompt_len {post.prompt_len} + response_len {post.response_len} "
                                               f"exceeds training.seq_len {spec.training.seq_len}")
-        if method == "grpo" and post.rollouts_per_step % post.group_size:
+        group = getattr(post, "group_size", 1)
+        if post.rollouts_per_step % group:
             bad("post_training.rollouts_per_step", f"rollouts_per_step {post.rollouts_per_step} is not a multiple "
-                                                   f"of group_size {post.group_size}")
+                                                   f"of group_size {group}")
     split = [f"{name} {degree}" for name, degree in (("tensor", par.tensor), ("pipeline", par.pipeline),
                                                      ("context", par.context), ("expert", par.expert))
              if degree > 1]

@@ -120,7 +120,7 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
                                f"its model, data and optimizer (only {', '.join(RESUME_SAFE)} may change)")
     # A resumed run continues from its own checkpoint; its frozen reference copy is still the starting model's.
     post = spec.post_training
-    init = check_init_from(spec) if not resume or (post is not None and post.reference == "copy") else None
+    init = check_init_from(spec) if not resume or (getattr(post, "reference", None) == "copy") else None
     if dry_run:
         return None
 
