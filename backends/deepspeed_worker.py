@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from llmspec.backends import deepspeed_limits
 from llmspec.backends.cpu_shm import remove_allreduce_buffers
 from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.loading import load_model_module
@@ -35,10 +36,9 @@ from llmspec.errors import LLMSpecError
 from llmspec.files import write_atomic
 from llmspec.train.checkpoint import save_checkpoint
 from llmspec.train.engine import Batch, Engine
-from llmspec.train.init_from import initial_model
 from llmspec.train.job import Job, load_job
 from llmspec.train.loop import fit
-from llmspec.train.losses import loss_for
+from llmspec.train.methods import method_for
 from llmspec.train.optim import make_optimizer, param_groups
 from llmspec.train.ppo import split_states
 
@@ -132,6 +132,8 @@ class DeepSpeedEngine(Engine):
     ranks, which see the same batches); with ``pipeline > 1`` a
     ``PipelineModule`` whose ``train_batch`` runs the 1F1B schedule over the step's micro-batches."""
 
+    refusals = staticmethod(deepspeed_limits.refusals)
+
     def __init__(self, job: Job, device: str):
         import deepspeed
         from deepspeed import comm as dist
@@ -141,13 +143,14 @@ class DeepSpeedEngine(Engine):
         self.is_main = self.rank == 0
         module = load_model_module(job.model_file)
         self.pipelined = par.pipeline > 1
-        model = initial_model(job, module)  # seeded or init_from: the same initial weights as the torch engine
+        self.method = method_for(spec)
+        model = self.method.model(job, module)  # seeded or init_from: the same initial weights as the torch engine
         if self.pipelined:
             reference, model = model.state_dict(), _pipeline_module(module, spec)
             n_layers = spec.model.n_layers
             model.load_state_dict({key: reference[_model_key(key, n_layers)] for key in model.state_dict()})
         self.model = model  # the module (generation and held-out metrics run it; ZeRO-3 gathers on every rank)
-        self.loss = loss_for(spec, model)  # the method's loss (DPO's reference copy is taken before partitioning)
+        self.loss = self.method.loss(model)  # (a reference copy is taken here, before partitioning)
         offload = par.offload_optimizer != "none"
         # AutoEP's experts (ZeRO reduces them within their expert-data-parallel group, named as AutoEP names it)
         experts = f"ep_size_{par.expert}" if par.expert > 1 else None
@@ -164,7 +167,7 @@ class DeepSpeedEngine(Engine):
             self.dp_rank = self.rank
         self._consolidated: tuple[int, dict[str, torch.Tensor]] | None = None
         self.frozen_engines: list = []  # the frozen models partitioned under ZeRO-3 (ranks.json records them)
-        reference = getattr(self.loss, "reference", None)
+        reference = self.loss.reference
         if reference is not None and reference.frozen is not None:  # taken whole, before the engine partitioned
             reference.frozen = self.frozen(reference.frozen)
         self._record_layout()

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
+from llmspec.backends import torch_limits
 from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llmspec.train.engine import Batch, Engine
-from llmspec.train.init_from import initial_model
 from llmspec.train.job import Job
 from llmspec.train.loop import FitResult, fit
-from llmspec.train.losses import loss_for
+from llmspec.train.methods import Method, method_for
 from llmspec.train.optim import make_optimizer
 from llmspec.train.ppo import load_trained_states, split_states
 from llmspec.train.precision import autocast
@@ -32,11 +32,14 @@ def pick_device(job: Job, announce) -> str:
 
 
 class TorchEngine(Engine):
-    def __init__(self, job: Job, device: str, compile: bool = False):
+    refusals = staticmethod(torch_limits.refusals)
+
+    def __init__(self, job: Job, device: str, compile: bool = False, method: Method | None = None):
         spec, tr = job.spec, job.spec.training
         self.device, self.precision, self.grad_clip = device, tr.precision, tr.grad_clip
-        self.model = initial_model(job).to(device)
-        self.loss = loss_for(spec, self.model)  # the method's loss (DPO's reference copy is taken here)
+        self.method = method or method_for(spec)
+        self.model = self.method.model(job).to(device)
+        self.loss = self.method.loss(self.model)  # (a reference copy is taken here)
         # torch.compile: the compiled callable shares the module's parameters; checkpoints keep the plain names
         self.forward = torch.compile(self.model) if compile else self.model
         self.optimizer = make_optimizer(spec, self.model, device)

@@ -16,19 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmspec.backends.cpu_shm import remove_allreduce_buffers
+from llmspec.backends.runnable import ENGINES, pick_engine
 from llmspec.backends.torch_backend import train
-from llmspec.data.chat import ChatTemplate
-from llmspec.data.tasks import task_records
 from llmspec.errors import LLMSpecError
 from llmspec.spec import Spec, parse_spec
 from llmspec.spec.compare import changed_fields
 from llmspec.train.checkpoint import latest_checkpoint
 from llmspec.train.generate import write_samples
 from llmspec.train.job import Job, cache_dir, prepare
+from llmspec.train.methods import method_for
 from llmspec.train.metrics import plot_loss, read_metrics
-
-PROMPTS = ["The", "Return a", "This module"]
-BACKENDS = ("auto", "torch", "deepspeed")
 
 
 @dataclass
@@ -53,10 +50,10 @@ def run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "a
 
 def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto",
                 dry_run: bool = False) -> Job | None:
-    """Everything before training: refusals (fit, backend, resume), build, tokenizer and token shards
-    (``dry_run``: the refusals only; nothing is written)."""
-    resolve_backend(spec, backend)
-    return prepare(spec, Path(run_dir), resume, dry_run)
+    """Everything before training: refusals (fit, the method's and the engine's, resume), build, tokenizer and
+    token shards (``dry_run``: the refusals only; nothing is written)."""
+    engine = resolve_backend(spec, backend)
+    return prepare(spec, Path(run_dir), resume, ENGINES[engine].refusals, dry_run)
 
 
 def train_job(job: Job, backend: str = "auto", announce=print, progress=None, compile: bool = False) -> RunSummary:
@@ -69,7 +66,7 @@ def train_job(job: Job, backend: str = "auto", announce=print, progress=None, co
             announce("--compile applies to the torch backend; DeepSpeed runs the model uncompiled")
         loss, val_loss = _launch_deepspeed(job, announce, progress)
     plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
-    samples = write_samples(run_dir, _sample_prompts(job))
+    samples = write_samples(run_dir, method_for(spec).sample_prompts(job))
     entropy = job.shards.unigram_entropy if job.shards is not None else None
     records = read_metrics(job.metrics_file)
     accuracy = [r["task_accuracy"] for r in records if "task_accuracy" in r]
@@ -91,21 +88,6 @@ def planned_and_measured(records: list[dict]) -> tuple[tuple[float, float] | Non
     phases = {name: (statistics.median(r["phase_seconds"][name] for r in timed), planned)
               for name, planned in timed[-1]["planned_phase_seconds"].items()} if timed else None
     return throughput, phases
-
-
-def _sample_prompts(job: Job) -> list[str]:
-    """Pretraining: PROMPTS; a fine-tune: three held-out prompts in its template (or its validation prompts)."""
-    if job.spec.post_training is None:
-        return PROMPTS
-    template = ChatTemplate.beside(job.tokenizer_file)
-    if job.spec.post_training.method == "reward":  # scored: a held-out prompt with its right and wrong answer
-        pairs = [({"prompt": r["prompt"]}, r[answer]) for r in task_records("held_out")[:2]
-                 for answer in ("chosen", "rejected")]
-        return [template.prompt(record) + template.response(record, answer).removesuffix(template.end)
-                for record, answer in pairs]
-    held_out = job.run_dir / "data" / "held_out.json"
-    records = json.loads(held_out.read_text()) if held_out.is_file() else []
-    return [template.prompt(r) for r in records[:3]] or [template.prompt({"prompt": "Hello"})]
 
 
 def default_run_dir(spec: Spec, resume: bool = False, root: Path = Path("runs")) -> tuple[Path, bool]:
@@ -133,10 +115,9 @@ def _finished(run_dir: Path, spec: Spec) -> bool:
 
 
 def resolve_backend(spec: Spec, backend: str) -> str:
-    """``auto`` is DeepSpeed for more than one GPU, else the single-process torch backend."""
-    if backend not in BACKENDS:
-        raise LLMSpecError(f"--backend {backend}: expected auto, torch or deepspeed")
-    return backend if backend != "auto" else ("deepspeed" if spec.cluster.gpus > 1 else "torch")
+    """The engine ``--backend`` names for ``spec``: ``auto`` is DeepSpeed for more than one GPU, else the
+    single-process torch engine."""
+    return pick_engine(spec, backend)
 
 
 def _launch_deepspeed(job: Job, announce, progress=None) -> tuple[float | None, float | None]:

@@ -20,7 +20,7 @@ from llmspec.train.checkpoint import list_checkpoints, load_checkpoint
 from llmspec.train.generate import generate
 from llmspec.train.metrics import read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 COMMON = ["cluster.gpus_per_node=2", "model.n_layers=2", "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2",
@@ -232,8 +232,9 @@ POST = ["cluster.gpus_per_node=2", "training.micro_batch_size=4", "training.glob
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
+    from helpers import TINY_HF
+
     from llmspec.interop.hf import import_hf
-    from tests.test_sft import TINY_HF
 
     out = tmp_path_factory.mktemp("base") / "tiny"
     import_hf(TINY_HF, out)

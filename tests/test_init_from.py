@@ -114,7 +114,7 @@ def test_a_bad_init_from_path_is_one_line(imported, tmp_path, target, needle):
     assert result.exit_code == 2 and needle in result.stderr and "Traceback" not in result.output
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_deepspeed_ranks_start_from_the_same_weights(imported, tmp_path):
     import os
 

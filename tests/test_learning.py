@@ -3,7 +3,7 @@ their start, and the RL methods their held-out reward with a finite KL.
 
 All three start from one short SFT of the imported tiny base (60 steps: a third of the held-out prompts answered,
 so there is room to gain) and run budgets a test can pay (40 s to 2 min each on one core); `make post-train` runs
-the full recipes from the 100-step SFT (README, "Post-training"). Where the spec's recipe is shortened, what is
+the full recipes from the 100-step SFT (docs/post-training.md, "The chain"). Where the spec's recipe is shortened, what is
 set is named beside the run. The reward model's and SFT's own learning are asserted in test_losses.py and
 test_sft.py."""
 
@@ -16,7 +16,6 @@ import pytest
 from llmspec.runner import run
 from llmspec.spec.loading import load_spec
 from llmspec.train.metrics import read_metrics
-from tests.test_sft import base  # noqa: F401 - the imported tiny base, a module fixture
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def _start_and_end(lines: list[dict], key: str) -> tuple[dict, dict]:
     return evals[0], evals[-1]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_dpo_raises_preference_and_task_accuracy_over_its_sft_start(start, tmp_path):
     lines = _run("tiny-dpo", start, tmp_path / "dpo", "training.max_steps=100", "training.eval_interval=50")
     first, last = _start_and_end(lines, "preference_accuracy")
@@ -57,14 +56,14 @@ def _assert_rl_learned(lines: list[dict], steps: int) -> None:
     assert sum(rollouts[-3:]) > sum(rollouts[:3])  # the training rollouts' reward rose too
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_grpo_raises_held_out_reward_and_task_accuracy_with_a_finite_kl(start, tmp_path):
     # the spec's recipe (8 prompts × 8 samples per step, 1e-4), half its steps
     lines = _run("tiny-grpo", start, tmp_path / "grpo", "training.max_steps=150", "training.eval_interval=75")
     _assert_rl_learned(lines, 150)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ppo_raises_held_out_reward_and_task_accuracy_with_a_finite_kl(start, tmp_path):
     # 64 rollouts per step as the spec has it; 40 steps of 2 epochs at 2e-4 instead of 100 of 4 at 1e-4
     lines = _run("tiny-ppo", start, tmp_path / "ppo", "training.max_steps=40", "training.eval_interval=20",

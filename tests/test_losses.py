@@ -1,4 +1,4 @@
-"""Each method's loss as an engine computes it (llmspec/train/losses.py) against its published formula, computed
+"""Each method's loss as an engine computes it (llmspec/train/methods/) against its published formula, computed
 here by hand from the model's own logits or scores; preference pairs as batches; reward and DPO end to end."""
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from llmspec.runner import run
 from llmspec.spec.loading import load_spec
 from llmspec.train.init_from import load_initial_weights
 from llmspec.train.logprobs import last_positions
-from llmspec.train.losses import loss_for
+from llmspec.train.methods import method_for
 from llmspec.train.metrics import read_metrics
-from tests.test_sft import base  # noqa: F401 - the module fixture (the tiny base, imported)
 
 PAIRS = [(Example([5, 6], [7, 8, 0]), Example([5, 6], [9, 0])), (Example([3], [4, 0]), Example([3], [2, 2, 0]))]
 
@@ -45,14 +44,14 @@ def test_reward_loss_is_bradley_terry_on_the_score_after_the_last_response_token
     chosen = torch.stack([scores[0, 3], scores[1, 1]])  # the input positions of each last response token
     rejected = torch.stack([scores[2, 2], scores[3, 2]])
     by_hand = -F.logsigmoid(chosen.double() - rejected.double()).mean()
-    assert loss_for(spec, model)(model, x, y).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert method_for(spec).loss(model)(model, x, y).item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("rpo_alpha", [0.0, 1.0])
 def test_dpo_loss_with_a_reference_copy_is_the_published_formula(rpo_alpha):
     spec, model = _model("post_training.method=dpo", "post_training.beta=0.5",
                          f"post_training.rpo_alpha={rpo_alpha}")
-    loss = loss_for(spec, model)  # the reference: a copy of the model as it is now
+    loss = method_for(spec).loss(model)  # the reference: a copy of the model as it is now
     x, y = PairBatches(PAIRS, 8, 2, seed=0, split="train").rows([c for c, _ in PAIRS] + [r for _, r in PAIRS])
     assert loss(model, x, y).item() == pytest.approx(torch.log(torch.tensor(2.0)).item() + rpo_alpha * _nll(
         model, x, y), rel=1e-6)  # policy = reference: every margin is 0
@@ -77,7 +76,7 @@ def _nll(model, x, y) -> float:
 
 def test_dpo_reference_adapter_off_is_the_base():
     spec, model = _model("post_training.method=dpo", "post_training.adapter.type=lora")
-    loss = loss_for(spec, model)
+    loss = method_for(spec).loss(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -109,7 +108,7 @@ def test_a_reward_model_takes_the_base_without_its_lm_head(base):  # noqa: F811
     assert torch.equal(model.embed.weight, plain.embed.weight) and not hasattr(model, "lm_head")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_reward_model_learns_the_held_out_preferences(base, tmp_path):  # noqa: F811
     """The chain as `make post-train` runs it, on shorter budgets: sft, then a reward model from it (DPO's
     learning: test_learning.py)."""
@@ -131,7 +130,7 @@ def test_reward_model_learns_the_held_out_preferences(base, tmp_path):  # noqa: 
     assert sum(score(r["prompt"], r["chosen"]) > score(r["prompt"], r["rejected"]) for r in records) >= 6
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_dpo_with_precomputed_reference_trains_as_with_a_copy(base, tmp_path):  # noqa: F811
     """reference: precomputed scores every pair with the start once, before step 0 (TRL's precompute_ref_log_probs),
     and holds no reference model: the same losses and held-out metrics as a frozen copy of the start."""

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import LORA, killed_and_resumed
 from tokenizers import Tokenizer
 
 from llmspec.compile.loading import model_module
@@ -21,8 +22,6 @@ from llmspec.train.losses import Reference
 from llmspec.train.metrics import read_metrics
 from llmspec.train.ppo import PolicyAndCritic, PPORollouts, gae, whiten
 from llmspec.train.rollouts import verifier_reward
-from tests.helpers import killed_and_resumed
-from tests.test_sft import LORA, base  # noqa: F401 - the imported tiny base, a module fixture
 
 VERIFIED = ["post_training.reward_model=null"]
 PPO = model_module(load_spec("tiny-ppo"))  # the compiled model.py: its token_logprobs and ppo_loss
@@ -129,13 +128,13 @@ def test_a_reward_model_must_be_a_trained_reward_run(base, tmp_path):  # noqa: F
         run(spec, tmp_path / "out", announce=lambda *a: None)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_critic_starts_from_the_reward_model_critic_model_names(base, tmp_path):  # noqa: F811
     """InstructGPT's start for the critic: post_training.critic_model names a trained reward model's run, whose
     weights (value head included) the critic takes; an adapted one is refused, and the run trains."""
     from types import SimpleNamespace
 
-    from llmspec.train.init_from import with_critic
+    from llmspec.train.methods.ppo import with_critic
 
     short = ["training.max_steps=1", "training.eval_interval=1", "training.checkpoint_interval=1",
              "training.global_batch_size=8", "training.micro_batch_size=4"]
@@ -198,7 +197,7 @@ def test_rl_runs_on_a_users_prompt_set(base, tmp_path):  # noqa: F811
     assert "Question: Repeat: a b\nAnswer:" in (tmp_path / "grpo" / "samples.txt").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_killed_ppo_run_resumes_bit_for_bit(base, tmp_path):  # noqa: F811
     # 16 rollouts per step in mini-batches of 8: epochs × 2 optimizer steps per step, each on its own mini-batch
     spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.max_steps=6",

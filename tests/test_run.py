@@ -81,6 +81,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.integration
 def test_killed_run_resumes_bit_for_bit(corpus, tmp_path):
     spec = small(corpus, "training.max_steps=60", "training.micro_batch_size=8", "training.global_batch_size=16",
                  "model.dropout=0.1")
@@ -206,7 +207,7 @@ def test_generate_and_export_a_trained_run(corpus, tmp_path):
         assert (hf(idx).logits - ours(idx)[0]).abs().max().item() <= 1e-4
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_default_run_on_a_shortened_budget(tmp_path):
     spec = load_spec("tiny", ["training.max_steps=60", "training.eval_interval=30"])
     summary = run(spec, tmp_path / "tiny", announce=lambda *a: None)
@@ -215,7 +216,7 @@ def test_default_run_on_a_shortened_budget(tmp_path):
     assert json.loads((tmp_path / "tiny" / "build" / "plan.json").read_text())["fits"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_torch_compile_trains_the_same_model(corpus, tmp_path):
     spec = small(corpus, "training.max_steps=6", "training.eval_interval=6")
     run(spec, tmp_path / "eager", announce=lambda *a: None)
@@ -265,6 +266,7 @@ def test_a_refused_run_prints_no_progress_bar(corpus, tmp_path):
     assert "step 0/" not in result.output
 
 
+@pytest.mark.integration
 def test_ctrl_c_exits_quietly_and_keeps_the_last_checkpoint(corpus, tmp_path):
     (tmp_path / "s.yaml").write_text(dump_spec(small(corpus, "training.max_steps=100000",
                                                      "training.checkpoint_interval=5")))
@@ -281,7 +283,7 @@ def test_ctrl_c_exits_quietly_and_keeps_the_last_checkpoint(corpus, tmp_path):
 
 
 def test_two_runs_of_one_spec_are_identical_on_one_machine(corpus, tmp_path):
-    """What the README promises: same spec, same machine → the same losses and samples, bit for bit."""
+    """What docs/training.md promises: same spec, same machine → the same losses and samples, bit for bit."""
     spec = small(corpus, "training.max_steps=12", "model.dropout=0.1")
     for name in ("a", "b"):
         run(spec, str(tmp_path / name), announce=lambda *a: None)  # the Python API takes str paths too

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import killed_and_resumed
 from tokenizers import Tokenizer
 
 from llmspec.compile.loading import model_module
@@ -23,7 +24,6 @@ from llmspec.runner import run
 from llmspec.spec.loading import load_spec
 from llmspec.train.init_from import load_initial_weights
 from llmspec.train.metrics import read_metrics
-from tests.helpers import killed_and_resumed
 
 TINY_HF = Path(__file__).parent / "fixtures" / "tiny-hf"
 
@@ -176,7 +176,7 @@ def test_a_base_loads_under_lora_and_the_adapted_model_starts_as_the_base(base):
 
 # ---- end to end -----------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_sft_raises_held_out_task_accuracy_and_lora_gets_most_of_the_gain(base, tmp_path):
     gains = {}
     for name in ("tiny-sft", "tiny-lora"):  # each at its own learning rate (LoRA's is 3x, as is usual)
@@ -206,7 +206,7 @@ def test_layouts_planned_but_not_run_are_refused_up_front(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_killed_sft_run_resumes_bit_for_bit(base, tmp_path):
     spec = _sft(base, *LORA, "post_training.adapter.dropout=0.1", "training.max_steps=40",
                 "training.checkpoint_interval=10", "training.log_interval=1", "training.eval_interval=20")
@@ -214,7 +214,7 @@ def test_a_killed_sft_run_resumes_bit_for_bit(base, tmp_path):
     assert [r["step"] for r in records if "task_accuracy" in r] == [0, 20, 40]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_lora_run_exports_merged_and_as_a_peft_adapter_with_equal_logits(base, tmp_path):
     import transformers
     from peft import PeftModel
@@ -238,7 +238,7 @@ def test_a_lora_run_exports_merged_and_as_a_peft_adapter_with_equal_logits(base,
     assert config["r"] == 16 and config["target_modules"][0] == "q_proj"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("storage", [["post_training.base_precision=nf4", "post_training.double_quant=true"],
                                      ["post_training.base_precision=int8"]], ids=["qlora-nf4", "int8"])
 def test_a_quantised_base_lora_run_exports_dequantised_and_merged_with_equal_logits(base, storage, tmp_path):
@@ -259,7 +259,7 @@ def test_a_quantised_base_lora_run_exports_dequantised_and_merged_with_equal_log
         assert not torch.allclose(plain(idx).logits, merged(idx).logits, atol=1e-3)  # quantised, and adapted
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("storage", [[], ["post_training.base_precision=nf4"]], ids=["lora", "qlora-nf4"])
 def test_a_lora_reward_model_exports_merged_as_a_sequence_classifier_with_its_scores(base, storage, tmp_path):
     import transformers

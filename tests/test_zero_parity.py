@@ -15,7 +15,7 @@ import pytest
 from llmspec.planner.training import plan
 from llmspec.spec.loading import load_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 SETS = ["post_training.adapter.type=lora", "post_training.adapter.targets=[q_proj, v_proj, o_proj]",
         "parallelism.zero_stage=2", "cluster.gpus_per_node=2", "training.global_batch_size=8",

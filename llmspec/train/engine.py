@@ -2,8 +2,10 @@
 
 The loop owns everything that is the same for every engine: the learning rate of each step, which batches a step
 sees, the finite check, logging, evaluation and checkpoint cadence, the non-finite-weights refusal and resume.
-An engine (plain torch; DeepSpeed; a DeepSpeed pipeline; later a post-training method's step) owns only how a step
-is computed, and how its state is saved and restored.
+An engine (plain torch; DeepSpeed; a DeepSpeed pipeline) owns only how a step is computed, and how its state is
+saved and restored; what a step computes is the training method's (``llmspec.train.methods``: the loss, the models
+it trains, its batches). What an engine cannot run it says up front: ``refusals(spec)``, answered by a light module
+beside it (``llmspec.train.limits``).
 
 Losses cross the interface as 0-dim tensors on the engine's device: the loop reads them on the host only when it
 logs, so a GPU step never waits for the host.
@@ -13,8 +15,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
+
+from llmspec.train.limits import Refusals
+
+if TYPE_CHECKING:
+    from llmspec.train.losses import Loss
+    from llmspec.train.methods import Method
 
 Batch = tuple[torch.Tensor, ...]  # (inputs, targets[, advantages]), on the CPU; the engine moves them
 
@@ -26,6 +35,13 @@ class Engine(ABC):
     is_main: bool = True
     #: the model as a plain module: post-training's held-out metrics run it (every rank, as ZeRO-3 needs)
     model: torch.nn.Module
+    #: the training method whose step the engine computes (its objective gives the loop its batches)
+    method: Method
+    #: what the engine refuses to run for a spec, and why (its limits module's answer: `run`'s pre-flight asks
+    #: it before any engine is built)
+    refusals: ClassVar[Refusals]
+    #: the method's loss for ``model`` (its ``reference``, where it has one, is the one the metrics read)
+    loss: Loss
 
     @abstractmethod
     def batch_slots(self) -> list[tuple[int, int]]:

@@ -15,10 +15,8 @@ import torch
 
 from llmspec.errors import LLMSpecError
 from llmspec.interop.hf import load_weights
-from llmspec.spec.loading import value_model_spec
 from llmspec.spec.schema import Spec
 from llmspec.train.checkpoint import latest_checkpoint
-from llmspec.train.ppo import PolicyAndCritic
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt")
 
@@ -53,7 +51,7 @@ def resolve(path: str | Path, field: str = "training.init_from") -> InitSource:
                        "output)")
 
 
-def _shapes(weights: Path, field: str = "training.init_from") -> dict[str, tuple[int, ...]]:
+def tensor_shapes(weights: Path, field: str = "training.init_from") -> dict[str, tuple[int, ...]]:
     """Each tensor's shape, read from the safetensors header or a memory-mapped PyTorch file (no tensor is read)."""
     label = f"{field} {weights}"
     if weights.suffix == ".safetensors":
@@ -77,7 +75,7 @@ def check_shapes(source: InitSource, expected: dict[str, tuple[int, ...]], field
                  found: dict[str, tuple[int, ...]] | None = None) -> None:
     """Refuse weights that are not the spec's model (``field`` names the spec field they came from), naming the
     first tensor that differs."""
-    found = _shapes(source.weights, field) if found is None else found
+    found = tensor_shapes(source.weights, field) if found is None else found
     label = f"{field} {source.weights}"
     for name, shape in expected.items():
         if name not in found:
@@ -114,18 +112,15 @@ def check_init_from(spec: Spec) -> InitSource | None:
 
 
 def initial_model(job, module=None) -> torch.nn.Module:
-    """The job's model before step 0: built from model.py under the training seed, then given the init_from
+    """The job's model before step 0, built from model.py under the training seed, then given the init_from
     weights (a resumed run's checkpoint is loaded over them; the job has them only where a reference copy needs
-    the start)."""
+    the start). Its method adds what it trains beside it (``Method.model``: PPO's critic)."""
     from llmspec.compile.loading import load_model_module
 
     torch.manual_seed(job.spec.training.seed)
     model = (module or load_model_module(job.model_file)).Model()
     if job.init_weights is not None:  # resuming too: a reference copy is taken of the start (the checkpoint follows)
         load_initial_weights(model, job.init_weights)
-    post = job.spec.post_training
-    if post is not None and post.method == "ppo":  # PPO trains a critic beside the policy
-        return with_critic(job, model)
     return model
 
 
@@ -138,7 +133,7 @@ def load_initial_weights(model: torch.nn.Module, weights: Path) -> None:
     for name, tensor in load_weights(weights).items():
         path, _, leaf = name.rpartition(".")
         state[f"{path}.base_layer.{leaf}" if hasattr(modules.get(path), "base_layer") else name] = tensor
-    fresh = {name for name, p in model.named_parameters() if p.requires_grad and _is_new(name)}
+    fresh = {name for name, p in model.named_parameters() if p.requires_grad and added_tensor(name)}
     fresh |= {f"{path}.{buffer}" for path, module in modules.items() if hasattr(module, "dequantised")
               for buffer, _ in module.named_buffers(recurse=False)}
     result = model.load_state_dict(state, strict=False)
@@ -152,44 +147,6 @@ def load_initial_weights(model: torch.nn.Module, weights: Path) -> None:
                               f"{unexpected[0]} is not a tensor of this spec's model"))
 
 
-def _is_new(name: str) -> bool:
+def added_tensor(name: str) -> bool:
     """Tensors a post-training model adds to its base (its adapters, prefix and value head)."""
     return any(part in name for part in ("lora_A", "lora_B", "prefix_key", "prefix_value", "value_head"))
-
-
-def critic_source(spec: Spec) -> InitSource:
-    """The weights ``post_training.critic_model`` names for PPO's critic, checked against its architecture: a
-    base (its LM head left out) or a fully trained reward model (its value head kept)."""
-    label = f"post_training.critic_model {spec.post_training.critic_model}"
-    path = Path(spec.post_training.critic_model).expanduser()
-    if not path.is_dir() and not path.is_file():
-        raise LLMSpecError(f"{label}: names an architecture, not weights; to run, name a run directory or an "
-                           "import-hf output for the critic to start from (a trained reward model, as InstructGPT "
-                           "starts it), or leave it unset (the policy's base under a new value head)")
-    source = resolve(path, "post_training.critic_model")
-    found = _shapes(source.weights, "post_training.critic_model")
-    if any(_is_new(name) and "value_head" not in name for name in found):
-        raise LLMSpecError(f"{label}: holds adapters, not a whole model; name a fully trained run (or export-hf "
-                           "the adapted one, merged)")
-    expected = expected_shapes(value_model_spec(spec))  # the critic's base: its architecture, no value head
-    expected.update({name: shape for name, shape in found.items() if name.startswith("value_head.")})
-    for name in [n for n in expected if n.startswith("lm_head.") and n not in found]:
-        del expected[name]  # a reward model's run: no LM head
-    check_shapes(source, expected, "post_training.critic_model", found)
-    return source
-
-
-def with_critic(job, policy: torch.nn.Module) -> PolicyAndCritic:
-    """The policy and its critic: by default the policy's base under a new value head (a small reward model's
-    scores before the last token are noise, and so were the first advantages: on the tiny chain the policy lost
-    accuracy before the critic caught up); with ``post_training.critic_model``, the weights it names (InstructGPT
-    starts the critic from the reward model)."""
-    from llmspec.compile.loading import model_module
-
-    critic = model_module(value_model_spec(job.spec)).Model()
-    weights = job.init_weights
-    if job.spec.post_training.critic_model is not None:
-        weights = critic_source(job.spec).weights
-    if weights is not None:
-        load_initial_weights(critic, weights)
-    return PolicyAndCritic(policy, critic)

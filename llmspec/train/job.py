@@ -16,7 +16,6 @@ from pathlib import Path
 from llmspec.compile.build import build, check_output_dir
 from llmspec.data.chat import TEMPLATE_FILES, ChatTemplate
 from llmspec.data.corpus import BUILTIN, DataError, builtin_documents, read_documents
-from llmspec.data.instructions import read_records, save_examples, tokenise, tokenise_pairs
 from llmspec.data.shards import Shards, write_shards
 from llmspec.data.tasks import task_records
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
@@ -25,11 +24,12 @@ from llmspec.files import write_atomic
 from llmspec.planner.training import plan
 from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
 from llmspec.spec.loading import dump_spec, parse_spec
-from llmspec.spec.post_training import PAIRWISE, RL_METHODS
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
 from llmspec.train.checkpoint import latest_checkpoint
 from llmspec.train.init_from import InitSource, check_init_from
+from llmspec.train.limits import Refusals
+from llmspec.train.methods import PostTrainingMethod, method_for
 from llmspec.train.preflight import check_runnable
 
 
@@ -99,10 +99,11 @@ def _documents(spec: Spec) -> list[str]:
     return documents
 
 
-def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> Job | None:
-    """Refuse what cannot run, then (unless ``dry_run``: refusals only, nothing written) lay out RUN_DIR."""
+def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run: bool = False) -> Job | None:
+    """Refuse what cannot run (``refusals``: the answer of the engine that will run it), then (unless ``dry_run``:
+    refusals only, nothing written) lay out RUN_DIR."""
     check_fits(spec)
-    check_runnable(spec)
+    check_runnable(spec, refusals)
     if spec.model.vocab_size > 2**32:
         raise LLMSpecError("model.vocab_size: token ids must fit in uint32")
     check_output_dir(run_dir)
@@ -154,8 +155,8 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, dry_run: bool = False) -> J
 
 
 def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None) -> Job:
-    """RUN_DIR for a fine-tune: the base's tokenizer (its ids are the ones the weights learned), and the
-    instruction examples tokenised into run_dir/data/ (train, val; held_out answers for the built-in task set)."""
+    """RUN_DIR for a fine-tune: the base's tokenizer (its ids are the ones the weights learned), and the records in
+    run_dir/data/ as its method trains on them (train, val; held_out prompts with answers where there are some)."""
     if resume:
         tokenizer_path = run_dir / "tokenizer.json"
     elif spec.data.tokenizer.path:
@@ -168,37 +169,18 @@ def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSo
     tokenizer = load_tokenizer(tokenizer_path, spec.model.vocab_size, end=None)
     template = ChatTemplate.beside(tokenizer_path)
     added = with_end_token(tokenizer, template, tokenizer_path, spec.model.vocab_size)
-    seq_len, corpus, pairs = spec.training.seq_len, spec.data.corpus, spec.post_training.method in PAIRWISE
+    method: PostTrainingMethod = method_for(spec)  # which records it reads and holds out, the files it writes
+    corpus = spec.data.corpus
     if corpus == BUILTIN:
-        train, val = task_records("train"), task_records("held_out")
-        # the reward model scores; the policies answer, checked against the task's answer
-        held_out = [] if spec.post_training.method == "reward" else [
-            {"prompt": r["prompt"], "answer": r["answer"]} for r in val]
-        source = "the built-in task set"
+        train, val, source = task_records("train"), task_records("held_out"), "the built-in task set"
     else:
         paths = [corpus] if isinstance(corpus, str) else corpus
-        rl = spec.post_training.method in RL_METHODS
-        verified = rl and spec.post_training.reward_model is None  # the verifier needs every prompt's answer
-        records = [r for path in paths for r in read_records(Path(path), pairs, prompts=rl, answers=verified)]
+        records = [r for path in paths for r in method.read_records(Path(path))]
         split = len(records) - max(1, int(len(records) * spec.data.val_fraction))
         train, val, source = records[:split], records[split:], "data.corpus"
-        # task_accuracy: held-out prompts with answers (RL prompt sets may have none, under a reward model)
-        held_out = [r for r in val if rl and "answer" in r]
-    if spec.post_training.method in RL_METHODS:  # prompts (and answers): the rollouts are generated as it trains
-        def prompt(record: dict) -> dict:
-            return {key: record[key] for key in ("prompt", "answer", "messages") if key in record}
-        return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path), {
-            "train.json": [prompt(r) for r in train], "val.json": [prompt(r) for r in val],
-            "held_out.json": [prompt(r) for r in held_out]})
-    encode = tokenise_pairs if pairs else tokenise
-    examples = {name: encode(records, tokenizer, seq_len, f"{source} ({name})", template)
-                for name, records in (("train", train), ("val", val))}  # every refusal before anything is written
-    data = run_dir / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for name, encoded in examples.items():
-        save_examples(encoded, data / f"{name}.json")
-    return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path),
-                   {"held_out.json": held_out} if held_out else {})
+    held_out = method.held_out(val, builtin=corpus == BUILTIN)
+    files = method.data_files(train, val, held_out, tokenizer, template, source, run_dir / "data")
+    return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path), files)
 
 
 def with_end_token(tokenizer, template: ChatTemplate, source: Path, model_vocab: int) -> bool:

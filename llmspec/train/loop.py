@@ -22,7 +22,7 @@ from llmspec.train.checkpoint import latest_checkpoint
 from llmspec.train.engine import Engine
 from llmspec.train.job import Job
 from llmspec.train.metrics import StepLog
-from llmspec.train.objectives import BatchSource, Objective, objective
+from llmspec.train.objectives import BatchSource, Objective
 from llmspec.train.schedule import lr_at
 
 EVAL_BATCHES = 8
@@ -66,11 +66,11 @@ def evaluate(engine: Engine, batches: BatchSource, count: int = EVAL_BATCHES) ->
 
 
 def _evaluate_all(engine: Engine, task: Objective) -> tuple[float, dict]:
-    """val_loss and what the objective adds (task accuracy), with dropout off."""
+    """val_loss and what the method adds (held-out metrics, task accuracy), with dropout off."""
     val_loss = evaluate(engine, task.val, task.eval_batches)
     engine.train_mode(False)
     try:
-        return val_loss, task.metrics(engine)
+        return val_loss, engine.method.metrics(engine, task)
     finally:
         engine.train_mode(True)
 
@@ -83,8 +83,9 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
         start, source = engine.load(job.checkpoints)
         if engine.is_main:
             announce(f"resumed from {source} at step {start}")
-    task = objective(job, engine)
-    log = StepLog(spec, job.metrics_file, engine.device, start, job.resume) if engine.is_main else None
+    task = engine.method.objective(job, engine)
+    log = StepLog(spec, job.metrics_file, engine.device, start, job.resume, engine.method.tokens_per_step()) \
+        if engine.is_main else None
     slots = engine.batch_slots()
     pending: list[torch.Tensor] = []  # this process's losses since the last host read, still on the device
     loss = val_loss = None

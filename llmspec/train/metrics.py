@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmspec.planner import plan
-from llmspec.planner.inputs import sequence_length
 from llmspec.spec import Spec, catalogue
-from llmspec.spec.post_training import RL_METHODS
 
 
 class MetricsLog:
@@ -49,12 +47,11 @@ def peak_flops(spec: Spec, device: str) -> float | None:
 
 class StepLog:
     """The step, eval and rate records of metrics.jsonl: tokens/s and MFU of the training steps since the previous
-    step record (time spent evaluating and checkpointing is excluded: it is not training throughput)."""
+    step record (time spent evaluating and checkpointing is excluded: it is not training throughput).
+    ``tokens_per_step``: what one step trains on, as the method counts it (``Method.tokens_per_step``)."""
 
-    def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool):
-        post = spec.post_training  # an RL step trains on its rollouts (prompt + response), as the planner counts
-        self.tokens_per_step = post.rollouts_per_step * sequence_length(spec) if (
-            post is not None and post.method in RL_METHODS) else spec.training.tokens_per_step
+    def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
         self.metrics = MetricsLog(path, start if resume else None)
         planned = plan(spec, alternatives=False)
         self.flops_per_token = planned.flops["per_token_train"]

@@ -1,0 +1,52 @@
+"""GRPO (Shao et al. 2024): ``group_size`` sampled responses per prompt, each with its reward's advantage within
+its group; the clipped ratio objective plus k3 KL to the reference, inside the step. One pass per batch of
+rollouts: its old policy is the policy itself."""
+
+from __future__ import annotations
+
+import torch
+
+from llmspec.data.chat import ChatTemplate
+from llmspec.data.instructions import IGNORE
+from llmspec.errors import LLMSpecError
+from llmspec.train.engine import Engine
+from llmspec.train.logprobs import compiled
+from llmspec.train.losses import Loss, Reference
+from llmspec.train.methods.rl import RL
+from llmspec.train.rollouts import Reward, RolloutBatches
+
+
+class GRPOLoss(Loss):
+    def __init__(self, post, model: torch.nn.Module):
+        self.post, self.module = post, compiled(model)
+        self.reference = Reference(post.reference, model)
+
+    def __call__(self, forward, inputs: torch.Tensor, targets: torch.Tensor,
+                 advantages: torch.Tensor) -> torch.Tensor:
+        module, post = self.module, self.post
+        mask = (targets != IGNORE).float()
+        policy = module.token_logprobs(forward(inputs)[0], targets)
+        ref = module.token_logprobs(self.reference.logits(inputs), targets)
+        return module.grpo_loss(policy, ref, advantages.to(policy.device), mask, post.clip, post.kl_coef)
+
+
+class GRPO(RL):
+    name = "grpo"
+
+    def check_runnable(self) -> None:
+        post, tr = self.post, self.spec.training
+        if post.epochs != 1:
+            raise LLMSpecError(f"post_training.epochs {post.epochs}: grpo runs one pass per batch of rollouts")
+        if post.rollouts_per_step != tr.global_batch_size:
+            raise LLMSpecError(f"post_training.rollouts_per_step {post.rollouts_per_step}: grpo trains on its "
+                               "rollouts as one batch (its old policy is the policy itself): set it to "
+                               f"training.global_batch_size {tr.global_batch_size}")
+        super().check_runnable()
+
+    def loss(self, model: torch.nn.Module) -> Loss:
+        return GRPOLoss(self.post, model)
+
+    def rollouts(self, engine: Engine, records: list[dict[str, str]], tokenizer, template: ChatTemplate,
+                 reward: Reward) -> RolloutBatches:
+        return RolloutBatches(engine.model, records, tokenizer, template, self.spec,
+                              self.spec.parallelism.data_parallel, reward)
