@@ -60,5 +60,11 @@ def refusals(spec: Spec) -> list[Refusal]:
 
 
 def runs_as(spec: Spec) -> str:
-    """How the engine runs a spec it does not refuse."""
-    return f"runs, {spec.cluster.gpus} ranks" if spec.cluster.gpus > 1 else "runs, one rank"
+    """How the engine runs a spec it does not refuse: its ranks and the DeepSpeed feature each degree uses."""
+    par = spec.parallelism
+    how = [f"ZeRO-{par.zero_stage}"]
+    how += ["AutoTP"] * (par.tensor > 1) + ["PipelineModule, 1F1B"] * (par.pipeline > 1) + ["AutoEP"] * (par.expert > 1)
+    how += [f"{kind} offload to {where}" for kind, where in (("optimizer", par.offload_optimizer),
+                                                               ("parameter", par.offload_params)) if where != "none"]
+    ranks = f"{spec.cluster.gpus} ranks" if spec.cluster.gpus > 1 else "one rank"
+    return f"runs, {ranks}: {', '.join(how)}"

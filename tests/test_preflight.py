@@ -85,3 +85,11 @@ def test_the_runnable_table_holds_each_engines_answer_on_each_probe():
                     feature.split(" (")[0])
     table = markdown_table().splitlines()
     assert len(table) == len(PROBES) + 2 and all(line.count(" | ") == len(ENGINES) + 1 for line in table[2:])
+
+
+def test_the_docs_table_is_what_the_engines_answer():
+    """docs/training.md's "what plan plans, run runs" table is generated from the engines' refusals."""
+    from llmspec.cli import docs
+
+    page = (docs.DOCS / "training.md").read_text(encoding="utf-8")
+    assert page == docs.render_training(page), "regenerate: python -m llmspec.cli.docs"

@@ -130,11 +130,25 @@ def _type(annotation: typing.Any) -> str:
                                                                "required=True, metadata=[Gt(gt=0)])]", "int > 0")
 
 
+RUNNABLE = ("<!-- runnable:begin -->\n", "<!-- runnable:end -->")
+
+
+def render_training(page: str) -> str:
+    """docs/training.md with its "what plan plans, run runs" table as the engines answer it now
+    (``llmspec.backends.runnable``: each engine's refusals on probe specs)."""
+    from llmspec.backends.runnable import markdown_table
+
+    begin, end = page.index(RUNNABLE[0]) + len(RUNNABLE[0]), page.index(RUNNABLE[1])
+    return page[:begin] + markdown_table() + page[end:]
+
+
 def main() -> None:
     DOCS.mkdir(exist_ok=True)
     (DOCS / "formulas.md").write_text(render_formulas(), encoding="utf-8")
     (DOCS / "spec.md").write_text(render_spec(), encoding="utf-8")
-    print(f"wrote {DOCS / 'formulas.md'} and {DOCS / 'spec.md'}")
+    training = DOCS / "training.md"
+    training.write_text(render_training(training.read_text(encoding="utf-8")), encoding="utf-8")
+    print(f"wrote {DOCS / 'formulas.md'}, {DOCS / 'spec.md'} and the table in {training}")
 
 
 if __name__ == "__main__":
