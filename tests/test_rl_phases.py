@@ -9,6 +9,7 @@ from fractions import Fraction
 import pytest
 
 from llmspec.errors import SpecError
+from llmspec.planner.explain import explain
 from llmspec.planner.inference import inference_plan
 from llmspec.planner.training import plan
 from llmspec.spec.loading import load_spec
@@ -119,3 +120,26 @@ def test_every_strategy_row_of_an_rl_plan_is_the_rl_step():
     chosen = next(a for a in result.alternatives if a.chosen)
     assert chosen.memory["peak"] == result.memory["peak"]
     assert chosen.step_seconds == result.time["step_seconds"]
+
+
+def test_the_steps_utilisation_and_cost_are_its_own_flops_seconds_and_hours():
+    result = _plan("llama2-7b-ppo")
+    t, env = result.time, result.env
+    gpus = result.spec.cluster.gpus
+    assert t["mfu"] == pytest.approx(result.flops["per_step"] / (t["step_seconds"] * gpus * env["F_peak"]))
+    assert t["cost"] == pytest.approx(t["step_seconds"] * result.spec.training.steps * gpus / 3600 * env["price"])
+    # the policy's training step alone would report other figures: the step's are not the policy's
+    assert t["mfu"] != env["rl_policy"]["mfu"] and t["step_seconds"] != env["rl_policy"]["time_step"]
+
+
+def test_explain_shows_the_rl_steps_formula_for_what_the_plan_reports():
+    result = _plan("tiny", PPO)
+    for quantity, reported in (("mfu", result.time["mfu"]), ("memory_peak", result.memory["peak"]),
+                               ("cost", result.time["cost"]), ("time_step", result.time["step_seconds"])):
+        (item,) = explain(result, quantity)
+        assert (item.name, item.group) == (f"rl_{quantity}", "Post-training: RL step")
+        assert item.value == pytest.approx(reported, abs=1)
+    # what the step does not replace is the policy's training step, with the policy's inputs
+    (compute,) = explain(result, "time_compute")
+    assert compute.value == result.env["rl_policy"]["time_compute"]
+    assert compute.inputs["B"] == result.env["rl_policy"]["B"]

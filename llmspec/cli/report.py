@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmspec.planner.inputs import sequence_length
+from llmspec.planner.post_inputs import REWARD
 from llmspec.planner.training import Plan
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_hours, fmt_money
@@ -55,15 +56,18 @@ def _of_node(held: int, size_gib: float | None) -> str:
     return f"{OK if held <= size_gib * 2**30 else NO} of {fmt_bytes(int(size_gib * 2**30))} · "
 
 
-def _training_flops_note(spec: Spec) -> str:
+def _training_flops_note(plan: Plan) -> str:
+    spec = plan.spec
     post, moe = spec.post_training, spec.model.moe
     # training's expert capacity pads rows (or drops tokens): counted as run, so MFU includes the padding
     capacity = f"capacity {moe.capacity_factor:g}" if moe is not None and moe.capacity_factor is not None else ""
-    if post is None or (post.adapter.type == "none" and post.method != "dpo"):
+    # the policy's step (an RL plan's env holds the policy's flags): does it run a reference forward?
+    reference = bool(plan.env["reference_in_step"])
+    if post is None or (post.adapter.type == "none" and not reference):
         return f"3 × forward, {capacity} (for MFU)" if capacity else "3 × forward (model FLOPs, for MFU)"
     parts = ["forward + input gradients + adapter" if post.adapter.type != "none" else
              f"3 × forward{f', {capacity}' if capacity else ''}"]
-    if post.method == "dpo" and post.reference != "precomputed":
+    if reference:
         parts.append("reference forward")
     return " + ".join(parts)
 
@@ -74,7 +78,7 @@ def _frozen_note(plan: Plan) -> str:
     what = [f"{post.base_precision} base" if post.adapter.type != "none" else ""]
     if getattr(post, "reference", None) == "copy":
         what.append("reference copy")
-    if any(model["role"] == "reward" for model in plan.models[1:]):
+    if any(model["role"] == REWARD for model in plan.models[1:]):
         what.append("reward model")
     where = "partitioned (ZeRO-3)" if par.zero_stage == 3 else "replicated (ZeRO shards what trains)"
     return f"{' + '.join(w for w in what if w)}, {where}"
@@ -109,7 +113,7 @@ def render_plan(plan: Plan, console: Console) -> None:
     table = _table("Compute", "FLOPs", "note")
     table.add_row("forward / token", fmt_flops(f["per_token_forward"]),
                   f"attention {fmt_flops(f['attention_per_token'])} (causal)")
-    table.add_row("training / token", fmt_flops(f["per_token_train"]), _training_flops_note(spec))
+    table.add_row("training / token", fmt_flops(f["per_token_train"]), _training_flops_note(plan))
     table.add_row("executed / token", fmt_flops(f["per_token_hardware"]),
                   f"with {par.activation_checkpointing} recompute (for HFU)")
     table.add_row("per step", fmt_flops(f["per_step"]), f"{fmt_count(plan.tokens_per_step)} tokens"
@@ -236,11 +240,12 @@ def measurement_table(result: Measurement) -> Table:
     return table
 
 
-def render_plan_summary(spec, console: Console) -> None:
-    """The plan in three lines, printed before training starts."""
+def render_plan_summary(spec: Spec, console: Console, planned: Plan | None = None) -> None:
+    """The plan in three lines, printed before training starts (``planned``: the spec's plan, where the caller
+    holds it already)."""
     from llmspec.planner.training import plan as make_plan
 
-    p = make_plan(spec, alternatives=False)
+    p = planned if planned is not None and planned.is_for(spec) else make_plan(spec, alternatives=False)
     tr, mem, t = spec.training, p.memory, p.time
     console.print(f"[bold]{spec.name}[/] · {p.params['total']:,} params · {tr.steps:,} steps × "
                   f"{tr.global_batch_size} × {tr.seq_len} tokens = {fmt_count(tr.total_tokens)} tokens · "

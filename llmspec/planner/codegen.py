@@ -81,11 +81,14 @@ class _Printer(PythonCodePrinter):
 
 def render() -> str:
     printer = _Printer({"fully_qualified_modules": False})
+    # an ordered formula's terms and factors as written (Formula.ordered), not in sympy's canonical order
+    as_written = _Printer({"fully_qualified_modules": False, "order": "none"})
     parts = [HEADER]
     for name, formula in FORMULAS.items():
         args = ", ".join(arguments(name))
+        code = (as_written if formula.ordered else printer).doprint(formula.expr)
         parts.append(f'\n\ndef {name}({args}):\n    """{formula.doc} [{formula.unit}]"""\n'
-                     f"    return {printer.doprint(formula.expr)}\n")
+                     f"    return {code}\n")
     order = "".join(f"    {name!r}: {tuple(arguments(name))!r},\n" for name in FORMULAS)
     parts.append("\n\n# Each formula's arguments, in evaluation order (inputs and earlier formulas).\n"
                  f"ARGUMENTS = {{\n{order}}}\n")

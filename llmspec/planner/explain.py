@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from llmspec.errors import LLMSpecError
 from llmspec.planner import rl_phases
 from llmspec.planner.formula_text import FORMULAS
-from llmspec.planner.inputs import RL_FORMULAS, TRAINING_FORMULAS
+from llmspec.planner.inputs import RL_FORMULAS, RL_TOTALS, TRAINING_FORMULAS
 from llmspec.planner.numeric import ARGUMENTS
 from llmspec.planner.training import Plan
 
@@ -27,22 +27,31 @@ class Explanation:
 
 
 def explain(plan: Plan, quantity: str | None = None) -> list[Explanation]:
-    """The training plan's formulas (inference and sizing ones have inputs a training plan does not hold). A PPO or
-    GRPO plan explains its policy's training step by the training formulas, then the RL phases' own."""
+    """The training plan's formulas (inference and sizing ones have inputs a training plan does not hold). An RL
+    plan (PPO, GRPO) explains its policy's training step by the training formulas, then the RL step's own: a
+    quantity the step reports in place of the training step's (``mfu``, ``memory_peak``, …) is the step's
+    (``rl_mfu``)."""
     rl = rl_phases.POLICY_KEY in plan.env
     allowed = TRAINING_FORMULAS | RL_FORMULAS if rl else TRAINING_FORMULAS
-    names = [n for n in FORMULAS if n in allowed] if quantity is None else [_resolve(quantity)]
+    if quantity is None:
+        names = [n for n in FORMULAS if n in allowed]
+    else:
+        name = _resolve(quantity)
+        names = [RL_TOTALS.get(name, name) if rl else name]
     if names[0] not in allowed:
         group = FORMULAS[names[0]][2]
         command = "plan SPEC --inference" if group == "Inference" else "size --compute FLOPS"
         raise LLMSpecError(f"{names[0]} belongs to the {group!r} formulas, not to a training "
                            f"plan: `llmspec {command}` gives its value (docs/formulas.md its formula)")
+    # an RL plan's env holds the step's totals under the training names; each formula reads the policy's
+    env = {**plan.env, **plan.env[rl_phases.POLICY_KEY]} if rl else plan.env
     out = []
     for name in names:
         doc, unit, group, source, formula, expanded = FORMULAS[name]
-        env = plan.env if name in RL_FORMULAS or not rl else plan.env[rl_phases.POLICY_KEY]
-        if rl and name not in RL_FORMULAS:
-            doc += " (the policy's training step; the RL step's totals are in `plan`)"
+        if name in RL_TOTALS and rl:
+            doc += f" (the policy's training step; the RL step's is {RL_TOTALS[name]})"
+        elif rl and name not in RL_FORMULAS:
+            doc += " (the policy's training step)"
         out.append(Explanation(name, doc, unit, group, source, formula, expanded if quantity else "",
                                {arg: float(env[arg]) for arg in ARGUMENTS[name]}, float(env[name])))
     return out

@@ -53,8 +53,8 @@ gpn = sp.Symbol("gpus_per_node", positive=True)
 offload, bw_host, adam_rate, shard = _s("offload bw_host cpu_adam_rate shard", positive=True)
 w_bytes = sp.Symbol("w_bytes", positive=True)
 # post-training: the adapter, LoRA targets, the trained model's head and objective, the frozen weights' storage
-adapter, rank, l_drop, prefix, n_v, vh, dpo = _s("adapter r lora_dropout prefix n_virtual value_head dpo",
-                                                 nonnegative=True)
+adapter, rank, l_drop, prefix, n_v, vh, resp_mask = _s(
+    "adapter r lora_dropout prefix n_virtual value_head response_mask", nonnegative=True)
 lq, lk, lv, lqkv, lo, lg, lu, ldn = _s("lora_q lora_k lora_v lora_qkv lora_o lora_gate lora_up lora_down",
                                        nonnegative=True)
 q_nf4, q_int8, dq, w_frozen, ref_copy, ref_fwd, ref_step, loss_saved = _s(
@@ -155,7 +155,8 @@ INPUT_DOCS: dict[str, str] = {
     "lora_gate": "1 if LoRA adapts gate_proj", "lora_up": "1 if LoRA adapts up_proj",
     "lora_down": "1 if LoRA adapts down_proj",
     "value_head": "1 when a scalar value head replaces the LM head (reward models)",
-    "dpo": "1 for DPO (sequence log-probabilities: a bool response mask per token)",
+    "response_mask": "1 when a pairwise loss compares sequence log-probabilities, summed under a bool response "
+    "mask saved per token (DPO)",
     "nf4": "1 if the frozen block linears are stored in NF4", "int8": "1 if they are stored in int8",
     "double_quant": "1 with NF4 double quantisation",
     "w_frozen": "bytes per frozen weight element that is not quantised",
@@ -167,6 +168,16 @@ INPUT_DOCS: dict[str, str] = {
     "scoring",
     "rollouts_per_gpu": "PPO/GRPO: sequences this GPU generates per step (rollouts_per_step / dp)",
     "prompt_len": "PPO/GRPO: prompt tokens per rollout", "response_len": "PPO/GRPO: generated tokens per rollout",
+    "rollouts_per_step": "PPO/GRPO: sequences generated per step, over every GPU",
+    "epochs": "PPO/GRPO: passes over each step's rollouts",
+    "trains_critic": "1 when a critic trains beside the policy (PPO)",
+    "reward_model": "1 when a reward model scores the rollouts (0: the verifier, no model)",
+    "score_policy": "1 when scoring runs the policy (old log-probabilities) and the reference, whose forward is not "
+    "in the training step (PPO)",
+    "critic_X": "PPO: the critic's X (memory_weights, time_step, flops_per_step, …), its training formulas "
+    "evaluated as the policy's are; 0 without a critic",
+    "reward_bytes_frozen_model": "the reward model's bytes_frozen_model (0 without one)",
+    "reward_flops_per_token_forward": "the reward model's flops_per_token_forward (0 without one)",
     "loss_saved": "bytes the objective saves per micro-batch after the last position-wise tensor (cross-entropy's "
     "fp32 total weight; the pairwise losses' per-pair terms; the RL losses' per-token and per-sequence terms)",
 }
@@ -180,6 +191,9 @@ class Formula:
     unit: str
     group: str
     source: str = ""
+    # compiled with its operations in the order written (sympy's canonical order otherwise): floating-point sums
+    # and products round by their order, and the RL step's totals keep the order that pinned the plans
+    ordered: bool = False
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -196,11 +210,31 @@ def group(name: str, source: str = "") -> None:
     _GROUP, _SOURCE = name, source
 
 
-def define(name: str, expr: sp.Expr, doc: str, unit: str) -> sp.Symbol:
-    """Register a formula; returns the symbol later formulas use to refer to it."""
+def define(name: str, expr: sp.Expr, doc: str, unit: str, ordered: bool = False) -> sp.Symbol:
+    """Register a formula; returns the symbol later formulas use to refer to it. ``ordered``: ``expr`` is built
+    unevaluated (``_add``, ``_mul``, ``_div``) and compiled in the order written."""
     assert name not in FORMULAS, name
-    FORMULAS[name] = Formula(name, sp.sympify(expr), doc, unit, _GROUP, _SOURCE)
+    FORMULAS[name] = Formula(name, sp.sympify(expr), doc, unit, _GROUP, _SOURCE, ordered)
     return FORMULAS[name].symbol
+
+
+def _f(name: str) -> sp.Symbol:
+    """An earlier formula's symbol, by name."""
+    return FORMULAS[name].symbol
+
+
+def _add(*terms: sp.Expr) -> sp.Expr:
+    """terms[0] + terms[1] + …, added left to right as written."""
+    return sp.Add(*terms, evaluate=False)
+
+
+def _mul(*factors: sp.Expr) -> sp.Expr:
+    """factors[0] · factors[1] · …, multiplied left to right as written."""
+    return sp.Mul(*factors, evaluate=False)
+
+
+def _div(numerator: sp.Expr, denominator: sp.Expr) -> sp.Expr:
+    return sp.Mul(numerator, sp.Pow(denominator, -1, evaluate=False), evaluate=False)
 
 
 # ---- parameters --------------------------------------------------------------------------------------------
@@ -231,6 +265,8 @@ define("params_largest_module",
        "the largest single module (embedding, LM head, a projection): what ZeRO-3 gathers at once", "params")
 active = define("params_active", total - L * (E - K) * expert, "parameters used per token (MoE: top_k experts)",
                 "params")
+define("params_mlp_per_layer", E * expert, "the MLPs of one block: E experts under MoE, one when dense", "params")
+define("params_norms", (2 * L + 1) * norm, "every norm: two per block and the final one", "params")
 
 # ---- post-training: parameters -----------------------------------------------------------------------------
 group("Post-training: parameters", "LoRA (Hu et al. 2021): r·(d_in + d_out) per adapted linear, k/v GQA-sized; "
@@ -247,8 +283,12 @@ base_params = define("params_base", total - vh * head, "the pretrained weights t
 define("params_trainable", (1 - adapter) * base_params + adapter_params + vh * h,
        "parameters with gradients and optimizer states: everything (full fine-tuning) or the adapter, + a value "
        "head", "params")
-define("params_frozen", adapter * base_params, "the base under an adapter: no gradient, no optimizer state",
-       "params")
+frozen_params = define("params_frozen", adapter * base_params,
+                       "the base under an adapter: no gradient, no optimizer state", "params")
+define("params_trained_model", _f("params_trainable") + frozen_params,
+       "the trained model's parameters: what trains and the frozen base under it", "params")
+define("params_frozen_model", base_params + vh * h,
+       "a frozen model's parameters (a reward model scoring rollouts): the base and its value head", "params")
 
 # ---- post-training: frozen weights ---------------------------------------------------------------------------
 group("Post-training: frozen weights", "QLoRA (Dettmers et al. 2023, §3): NF4 codes, 4 bits each, in blocks of 64 "
@@ -275,6 +315,9 @@ stored_base = define("bytes_base_stored",
                      (q_nf4 + q_int8) * quantised_bytes + (base_params - (q_nf4 + q_int8) * quantised) * w_frozen,
                      "the base as a frozen model stores it: quantised block linears + the rest at w_frozen bytes",
                      "B")
+define("bytes_frozen_model", stored_base + vh * h * w_frozen,
+       "a frozen model as stored (a reward model scoring rollouts): the base and its value head at w_frozen bytes",
+       "B")
 frozen_bytes = define("bytes_frozen", adapter * stored_base,
                       "the frozen base under an adapter (none when everything trains)", "B")
 define("bytes_per_quantised_weight", sp.Rational(1, 2) + (1 - dq) * sp.Rational(4, 64)
@@ -378,6 +421,10 @@ mem_reference = define("memory_reference", reference_bytes / frozen_held,
                        "a frozen reference copy on this GPU (partitioned only under ZeRO-3)", "B")
 mem_frozen = define("memory_frozen", mem_frozen_base + mem_reference,
                     "frozen weights on this GPU: the base under an adapter and a reference copy", "B")
+define("memory_trained_model", _add(mem_w, mem_g, mem_o, mem_frozen_base),
+       "the trained model on this GPU: its states and the frozen base under it (no reference copy)", "B",
+       ordered=True)
+define("experts_per_gpu", E * moe / ep, "experts of each MoE layer one GPU holds (0 when dense)", "experts")
 states = define("memory_model_states", sp.floor(mem_w + mem_g + mem_o + gathered + mem_frozen),
                 "weights + gradients + optimizer (+ ZeRO-3 gathered module) + frozen weights", "B")
 
@@ -469,7 +516,7 @@ mask_kept = 1 - adapter * (1 - ck_full) * (1 - _any(deep, lq, lk, lv, lqkv, pref
 act_embed = define("act_embedding", (1 - adapter) * (8 + drop * h * e_mask),
                    "per token: int64 ids (+ dropout mask); nothing for a frozen embedding", "B")
 act_head = define("act_head", (1 - adapter) * norm_saved + adapter * norm_frozen
-                  + h * e * (1 - adapter * (1 - vh)) + (1 - vh) * (4 * V + 8) + dpo,
+                  + h * e * (1 - adapter * (1 - vh)) + (1 - vh) * (4 * V + 8) + resp_mask,
                   "per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 "
                   "log-softmax and int64 targets (+ DPO's bool response mask)", "B")
 act_tables = define("act_tables", rope * rope_kept * 2 * P * d_h * e + (1 - adapter) * learned * 8 * s_local
@@ -664,6 +711,104 @@ define("time_generation", prefill / (F_peak * eff) + sp.Max(decode_bytes / bw_hb
        "prefill at the achieved FLOP rate + decode at the slower of memory bandwidth and FLOPs (+ the ZeRO-3 "
        "gather)", "s")
 
+# ---- post-training: the RL step -----------------------------------------------------------------------------
+RL_STEP = "Post-training: RL step"
+group(RL_STEP, "every model resident for the whole step, as TRL and DeepSpeed-Chat hold them (the "
+      "policy and its reference, PPO's critic, a frozen reward model); the phases run one after another (Ouyang et "
+      "al. 2022, Shao et al. 2024); the peak is the fullest phase's. rl_X is the step's X: what `llmspec plan` "
+      "reports for a PPO/GRPO run in place of the policy's training step")
+rollouts, epochs = _s("rollouts_per_step epochs", positive=True)
+critic_on, reward_on, score_policy = _s("trains_critic reward_model score_policy", nonnegative=True)
+reward_stored, reward_fwd = _s("reward_bytes_frozen_model reward_flops_per_token_forward", nonnegative=True)
+
+
+def _plus_critic(name: str) -> sp.Expr:
+    """The policy's ``name`` and, where one trains beside it, the critic's (input ``critic_<name>``)."""
+    return _add(_f(name), _mul(critic_on, sp.Symbol(f"critic_{name}", nonnegative=True)))
+
+
+reward_held = define("rl_memory_reward", _div(_mul(reward_on, reward_stored), frozen_held),
+                     "the frozen reward model on this GPU (partitioned only under ZeRO-3)", "B", ordered=True)
+for _kind in ("weights", "gradients", "optimizer", "gathered", "frozen"):
+    define(f"rl_memory_{_kind}",
+           _add(_plus_critic(f"memory_{_kind}"), reward_held) if _kind == "frozen" else _plus_critic(f"memory_{_kind}"),
+           f"{_kind} of every model on this GPU: the policy's, the critic's"
+           + (", the reward model's and the reference's" if _kind == "frozen" else ""), "B", ordered=True)
+resident = define("rl_memory_resident", _add(_plus_critic("memory_model_states"), reward_held),
+                  "every model's states on this GPU, held through every phase", "B", ordered=True)
+define("rl_memory_model_states", sp.floor(resident), "the step's model states, whole bytes", "B")
+scoring_buffer = define("rl_scoring_buffer", b * s * V * (e + 4),
+                        "scoring's transient: a micro-batch's logits and their fp32 log-softmax", "B")
+rl_acts = define("rl_training_activations", _plus_critic("memory_activations"),
+                 "activations the training phase saves: the policy's and the critic's at once (one module, one "
+                 "loss)", "B", ordered=True)
+rl_bufs = define("rl_training_buffers", sp.Max(_f("memory_buffers"),
+                                               _mul(critic_on, sp.Symbol("critic_memory_buffers", nonnegative=True))),
+                 "the training phase's largest transient (the policy's or the critic's)", "B", ordered=True)
+gen_buffers = _f("rl_generation_buffers")
+mem_gen = define("rl_memory_generation", _add(resident, gen_buffers), "the generation phase's peak", "B",
+                 ordered=True)
+mem_scoring = define("rl_memory_scoring", _add(resident, scoring_buffer), "the scoring phase's peak", "B",
+                     ordered=True)
+mem_training = define("rl_memory_training", _add(resident, rl_acts, rl_bufs), "the training phase's peak", "B",
+                      ordered=True)
+define("rl_memory_peak", sp.Max(mem_gen, mem_scoring, mem_training), "peak allocated bytes: the fullest phase's",
+       "B")
+# the fullest phase's activations and transients (the first of equal phases, in the order they run)
+define("rl_memory_activations", sp.Piecewise((rl_acts, mem_training > sp.Max(mem_gen, mem_scoring)), (0, True)),
+       "saved activations at the peak: the training phase's where it is the fullest (none while generating or "
+       "scoring)", "B")
+define("rl_memory_buffers", sp.Piecewise((gen_buffers, mem_gen >= sp.Max(mem_scoring, mem_training)),
+                                         (scoring_buffer, mem_scoring >= mem_training), (rl_bufs, True)),
+       "transients at the peak: the fullest phase's", "B")
+flops_gen = define("rl_flops_generation", _add(_f("rl_prefill_flops"), _f("rl_decode_flops")),
+                   "generation's FLOPs on this GPU: prefill and decode", "FLOP", ordered=True)
+flops_scoring = define("rl_flops_scoring",
+                       _mul(n_roll, s, _add(_mul(critic_on, sp.Symbol("critic_flops_per_token_forward",
+                                                                      nonnegative=True)),
+                                            _mul(reward_on, reward_fwd), _mul(score_policy, fwd),
+                                            _mul(score_policy, ref_flops))),
+                       "scoring's no-grad forwards over every rollout token on this GPU: the critic's, the reward "
+                       "model's, and where the step does not run them itself the policy's (old log-probabilities) "
+                       "and the reference's (PPO)", "FLOP", ordered=True)
+t_scoring = define("rl_time_scoring", _div(flops_scoring, _mul(F_peak, eff)),
+                   "scoring at the achieved FLOP rate", "s", ordered=True)
+opt_steps = define("rl_optimizer_steps", _div(_mul(epochs, rollouts), B),
+                   "optimizer steps per RL step: epochs passes over the rollouts, a global batch each", "",
+                   ordered=True)
+t_training = define("rl_time_training", _mul(opt_steps, _plus_critic("time_step")),
+                    "the training phase: that many of the policy's (and the critic's) training steps", "s",
+                    ordered=True)
+flops_training = define("rl_flops_training", _div(_mul(opt_steps, _plus_critic("flops_per_step")), dp),
+                        "the training phase's model FLOPs on this GPU", "FLOP", ordered=True)
+rl_step = define("rl_time_step", _add(_f("time_generation"), t_scoring, t_training),
+                 "seconds per RL step: generation, scoring and training, one after another", "s", ordered=True)
+rl_flops = define("rl_flops_per_step", _mul(dp, _add(flops_gen, flops_scoring, flops_training)),
+                  "model FLOPs per RL step over every GPU: generation, scoring, training", "FLOP", ordered=True)
+define("rl_flops_total", _mul(rl_flops, steps), "model FLOPs for the whole run", "FLOP", ordered=True)
+
+
+def _recompute_flops(hardware: sp.Expr, model: sp.Expr) -> sp.Expr:
+    return _mul(_add(hardware, -model), B, s)
+
+
+rl_hardware = define(
+    "rl_flops_hardware",
+    _add(rl_flops, _mul(opt_steps, _add(
+        _recompute_flops(hw, train),
+        _mul(critic_on, _recompute_flops(*(sp.Symbol(f"critic_{name}", nonnegative=True)
+                                           for name in ("flops_per_token_hardware", "flops_per_token_train"))))))),
+    "FLOPs executed per RL step: the model FLOPs and the training phase's recompute", "FLOP", ordered=True)
+define("rl_tokens_per_second", _div(_mul(rollouts, s), rl_step), "rollout tokens per second", "tokens/s",
+       ordered=True)
+rl_secs = define("rl_time_total", _mul(steps, rl_step), "wall-clock for the run", "s", ordered=True)
+rl_gpuh = define("rl_gpu_hours", _div(_mul(rl_secs, n_gpu), 3600), "GPU-hours", "GPU·h", ordered=True)
+define("rl_cost", _mul(rl_gpuh, price), "USD at the GPU-hour price", "USD", ordered=True)
+define("rl_mfu", _div(rl_flops, _mul(rl_step, n_gpu, F_peak)),
+       "model FLOPs utilisation of the RL step (generation and scoring included)", "", ordered=True)
+define("rl_hfu", _div(rl_hardware, _mul(rl_step, n_gpu, F_peak)),
+       "hardware FLOPs utilisation of the RL step (recompute counted)", "", ordered=True)
+
 # ---- compute-optimal sizing --------------------------------------------------------------------------------
 group("Compute-optimal sizing", "Hoffmann et al. 2022 (Chinchilla): C = 6ND, D ≈ 20N, and the approach-3 fit "
       "L(N, D) = E + A/N^α + B/D^β; Besiroglu et al. 2024 refit")
@@ -682,9 +827,16 @@ for key, (E0, A0, B0, alpha, beta) in {
 @functools.cache
 def expanded(name: str) -> sp.Expr:
     """A formula with every formula it refers to substituted, down to input symbols (each expanded once: the time
-    formulas share most of theirs)."""
-    expr = FORMULAS[name].expr
-    return expr.xreplace({sym: expanded(sym.name) for sym in expr.free_symbols if sym.name in FORMULAS})
+    formulas share most of theirs). The RL step's formulas stop at the models' own results (the policy's, like the
+    critic's, which are inputs), each of which ``llmspec explain`` expands on its own."""
+    formula = FORMULAS[name]
+    step = formula.group == RL_STEP
+
+    def substituted(other: str) -> bool:
+        return other in FORMULAS and (not step or FORMULAS[other].group == RL_STEP)
+
+    return formula.expr.xreplace({sym: expanded(sym.name) for sym in formula.expr.free_symbols
+                                  if substituted(sym.name)})
 
 
 def arguments(name: str) -> list[str]:

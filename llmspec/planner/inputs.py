@@ -11,9 +11,10 @@ from fractions import Fraction
 from typing import Any
 
 from llmspec.planner import numeric
+from llmspec.planner.post_inputs import post_training_inputs, sequence_length
 from llmspec.planner.regimes import KINDS, bytes_per_param, split_bytes_per_param
 from llmspec.spec import catalogue
-from llmspec.spec.post_training import RL_METHODS, WITH_REFERENCE, sequences_per_example
+from llmspec.spec.post_training import sequences_per_example
 from llmspec.spec.schema import ParallelismSpec, Spec
 
 # The achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
@@ -36,9 +37,26 @@ PARAMETER_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items()
                                if group in ("Parameters", "Post-training: parameters", "Post-training: frozen weights"))
 # Inference, compute-optimal sizing and RL phases have inputs of their own (context, batch, compute, rollouts);
 # training plans skip them.
-OTHER_GROUPS = ("Inference", "Compute-optimal sizing", "Post-training: RL phases")
+RL_GROUPS = ("Post-training: RL phases", "Post-training: RL step")
+OTHER_GROUPS = ("Inference", "Compute-optimal sizing", *RL_GROUPS)
 TRAINING_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group not in OTHER_GROUPS)
-RL_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group == "Post-training: RL phases")
+RL_FORMULAS = frozenset(name for name, group in numeric.GROUPS.items() if group in RL_GROUPS)
+# a PPO/GRPO plan reports the step's rl_X in place of the policy's training-step X (memory_peak, time_step, mfu, …)
+RL_TOTALS = {name.removeprefix("rl_"): name for name in RL_FORMULAS if name.removeprefix("rl_") in TRAINING_FORMULAS}
+# what a stage's evaluation adds to the parameters (evaluated once per model, whatever the layout and strategy)
+STAGE_FORMULAS = TRAINING_FORMULAS - PARAMETER_FORMULAS
+
+
+def formulas_for(results: tuple[str, ...], within: frozenset[str] = STAGE_FORMULAS) -> frozenset[str]:
+    """The formulas of ``within`` that ``results`` need, themselves included (what the layout search evaluates:
+    its scores, not every figure a plan reports)."""
+    needed, todo = set(), list(results)
+    while todo:
+        name = todo.pop()
+        if name in within and name not in needed:
+            needed.add(name)
+            todo.extend(numeric.ARGUMENTS[name])
+    return frozenset(needed)
 # what a forward pass needs, with no strategy: the parameters and the forward FLOPs per token (serving, a frozen
 # reward model)
 FORWARD_FORMULAS = PARAMETER_FORMULAS | {"matmul_weights", "attention_context", "flops_attention_per_token",
@@ -92,18 +110,17 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
     e = 4 if tr.precision == "fp32" else 2
     pairs = sequences_per_example(spec.post_training)
     seq = sequence_length(spec)
-    return {**post_training_inputs(spec, e, role),
+    return {**post_training_inputs(spec, e, role), **layout_inputs(spec),
         "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
         "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,
         "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
-        "capacity": expert_rows_per_routed_token(spec),
         "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
         "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
         "fused_qkv": int(mo.fused_qkv), "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"),
         "dropout": int(mo.dropout > 0),
         "fp8_saved": int(tr.precision == "fp8" and tr.fp8_library == "transformer_engine"),
-        # pairwise objectives (reward, dpo) run a chosen and a rejected sequence per example
-        "b": tr.micro_batch_size * pairs, "s": seq, "B": tr.global_batch_size * pairs,
+        # pairwise objectives run a chosen and a rejected sequence per example
+        "s": seq, "B": tr.global_batch_size * pairs,
         "D": tr.total_tokens * pairs,
         "e": e, "w_bytes": e, "g_bucket": e,
         "g_comm": 4 if par.byte_regime == "megatron" else e, "window": mo.sliding_window or seq,
@@ -112,76 +129,40 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "e_stat": e if spec.cluster.device.name == "cpu" else 4,
         "e_mask": e if spec.cluster.device.name == "cpu" else 1,
         "masked": int(mo.sliding_window is not None and mo.sliding_window < seq),
-        "t": par.tensor, "sequence_parallel": int(par.sequence_parallel),
+        "sequence_parallel": int(par.sequence_parallel),
         "tp_comm_overlap": int(par.tp_comm_overlap), "ep_comm_overlap": int(par.ep_comm_overlap),
-        "p": par.pipeline, "ep": par.expert,
-        # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
-        "dp": par.data_parallel * par.context, "cp": par.context, "m": tr.gradient_accumulation_steps,
-        # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1)
-        "v": 1 if par.virtual_stages == "auto" else par.virtual_stages,
-        "L_last": spec.stage_blocks[-1], "L_max": max(spec.stage_blocks[:-1], default=0),
-        "n_gpu": spec.cluster.gpus,
-        "gpus_per_node": spec.cluster.gpus_per_node, "steps": tr.steps,
+        "steps": tr.steps,
         "overlap_comm": int(par.overlap_comm), "causal": 1, "reduce_bucket": par.reduce_bucket_size,
         "prefetch_bucket": par.prefetch_bucket_size,
     }
 
 
-# Bytes the objective saves beyond its per-token tensors, as measured on the compiled model: cross-entropy's fp32
-# total weight, once per micro-batch; per pair, what the pairwise loss keeps of its fp32 margin (log-sigmoid: its
-# input and a buffer; IPO's square and the hinge's ReLU: one).
-LOSS_SAVED_PER_PAIR = {"reward": 8, "sigmoid": 8, "ipo": 4, "hinge": 4}
-# The RL losses on per-token log-probabilities, as measured on the compiled model (the same in fp32 and bf16):
-# bytes per token beyond cross-entropy's per-token tensors (the gathered targets' indices and response mask, the
-# ratio, its clamp's mask and the chosen side of min/max, GRPO's k3 exponent, PPO's value-clip terms), per
-# sequence (GRPO's per-sequence token counts and sums) and per micro-batch (PPO's masked means; GRPO's mean over
-# sequences saves nothing).
-RL_LOSS_SAVED = {"grpo": (21, 8, 0), "ppo": (45, 0, 4)}  # (per token, per sequence, per micro-batch)
-
-
-def sequence_length(spec: Spec) -> int:
-    """Tokens per sequence: training.seq_len, or an RL run's prompt + response (what it generates and trains on)."""
-    post = spec.post_training
-    if post is not None and post.method in RL_METHODS:
-        return post.prompt_len + post.response_len
-    return spec.training.seq_len
-
-
-def post_training_inputs(spec: Spec, e: int, role: str = "policy") -> dict[str, Any]:
-    """Formula inputs of the post_training section (all zero for pretraining: nothing frozen, an LM head). PPO's
-    critic is trained as the policy is (same adapter and base storage) under a value head, without a reference;
-    its reward model is evaluated as a value-head model (only its stored bytes and forward are used)."""
-    post, mo = spec.post_training, spec.model
-    method = post.method if post is not None else "pretrain"
-    adapter = post.adapter if post is not None else None
-    kind = adapter.type if adapter is not None else "none"
-    targets = post.lora_targets(mo.fused_qkv, mo.gated, mo.moe is not None) if post is not None else []
-    base = post.base_precision if post is not None else None
-    pair_loss = {"reward": "reward", "dpo": getattr(post, "loss", "")}.get(method)
-    b = spec.training.micro_batch_size
-    if pair_loss:
-        loss_saved = LOSS_SAVED_PER_PAIR[pair_loss] * b
-    elif method in RL_LOSS_SAVED and role == "policy":
-        per_token, per_sequence, per_batch = RL_LOSS_SAVED[method]
-        loss_saved = per_token * b * sequence_length(spec) + per_sequence * b + per_batch
-    elif method == "ppo" and role == "critic" and kind == "none":
-        # the critic embeds the policy's input ids: where embeddings train, both keep that one int64 tensor
-        loss_saved = 4 - 8 * b * sequence_length(spec)
-    else:
-        loss_saved = 4
+def layout_inputs(spec: Spec, gpus: Any = None, gpus_per_node: Any = None, tensor: Any = None, context: Any = None,
+                  pipeline: Any = None, virtual: Any = None, expert: Any = None, micro_batch: Any = None
+                  ) -> dict[str, Any]:
+    """Formula inputs a parallel layout sets: the degrees, the micro-batch and the accumulation it leaves, the GPUs,
+    and the blocks on the last and the fullest other stage. The spec's own layout, or (the layout search) numpy
+    columns of each, whose blocks split evenly."""
+    cl, par, tr = spec.cluster, spec.parallelism, spec.training
+    n = cl.gpus if gpus is None else gpus
+    t = par.tensor if tensor is None else tensor
+    c = par.context if context is None else context
+    p = par.pipeline if pipeline is None else pipeline
+    # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1 …)
+    v = (1 if par.virtual_stages == "auto" else par.virtual_stages) if virtual is None else virtual
+    mb = tr.micro_batch_size if micro_batch is None else micro_batch
+    data = n // (t * p * c)
+    layers = spec.model.n_layers
+    blocks = spec.stage_blocks if pipeline is None else None  # the spec's split, uneven where it says so
     return {
-        "adapter": int(kind != "none"), "r": adapter.r if kind == "lora" else 0,
-        "lora_dropout": int(kind == "lora" and adapter.dropout > 0), "prefix": int(kind == "prefix"),
-        "n_virtual": adapter.n_virtual if kind == "prefix" else 0,
-        **{f"lora_{name.removesuffix('_proj')}": int(name in targets)
-           for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")},
-        "value_head": int(method == "reward" or role != "policy"), "dpo": int(method == "dpo"),
-        "nf4": int(base == "nf4"), "int8": int(base == "int8"), "double_quant": int(bool(post and post.double_quant)),
-        "w_frozen": {"fp32": 4, "bf16": 2, "fp16": 2}.get(base, e),
-        "reference_copy": int(getattr(post, "reference", None) == "copy" and role == "policy"),
-        "reference_forward": int(method in WITH_REFERENCE and getattr(post, "reference", None) != "precomputed" and role == "policy"),
-        "reference_in_step": int(method in ("dpo", "grpo") and getattr(post, "reference", None) != "precomputed" and role == "policy"),
-        "loss_saved": loss_saved,
+        "t": t, "p": p, "cp": c, "v": v, "ep": par.expert if expert is None else expert,
+        # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
+        "dp": data * c, "m": tr.global_batch_size // (mb * data),
+        "b": mb * sequences_per_example(spec.post_training), "capacity": expert_rows_per_routed_token(spec, mb, c),
+        "n_gpu": n, "gpus_per_node": cl.gpus_per_node if gpus_per_node is None else gpus_per_node,
+        # an even split puts a block more on the last (layers mod p) stages (Spec.stage_blocks)
+        "L_last": blocks[-1] if blocks else -(-layers // p),
+        "L_max": max(blocks[:-1], default=0) if blocks else choose(p > 1, layers // p + (layers % p > 1), 0),
     }
 
 
@@ -213,6 +194,32 @@ def _divide(value: Any, divisor: Any) -> Any:
         exact = Fraction(value, divisor)
         return exact.numerator if exact.denominator == 1 else exact
     return value / divisor
+
+
+def stage_inputs(spec: Spec, env: dict[str, Any], codes: tuple, first: Any, last: Any, rank: Any,
+                 layers: Any) -> dict[str, Any]:
+    """Every formula input of one GPU on one pipeline stage, for the plan (exact numbers) and the layout search
+    (numpy columns) alike: ``env`` holds the model's, the device's, the layout's and the strategy's inputs (its
+    ``codes``: strategy_inputs' arguments) with the parameter formulas evaluated; the stage adds what it holds
+    (``psi``: its parameters, or what a fine-tune trains), the experts' own ZeRO sharding and its largest
+    module."""
+    tensor = env["t"]
+    out = dict(env)
+    # a fine-tune shards what trains; its frozen weights are formulas of their own (memory_frozen)
+    psi = out["params_trainable"] if spec.post_training is not None else stage_params(out, first, last, layers,
+                                                                                       tensor)
+    if spec.model.moe is not None:
+        out.update(shard_experts(spec, out, codes, psi, layers, tensor, out["dp"], out["ep"]))
+    out.update({"psi": psi, "first_stage": first, "last_stage": last, "rank": rank, "L_here": layers,
+                "P_L": largest_module(out, tensor)})
+    return out
+
+
+def evaluate_stage(spec: Spec, env: dict[str, Any], codes: tuple, first: Any, last: Any, rank: Any,
+                   layers: Any, names: frozenset[str] = STAGE_FORMULAS) -> dict[str, Any]:
+    """The training formulas of one stage (stage_inputs) evaluated, every one or ``names``: numbers, or a column
+    per layout."""
+    return numeric.evaluate(stage_inputs(spec, env, codes, first, last, rank, layers), names)
 
 
 def strategy_inputs(spec: Spec, zero_stage: Any, checkpointing: Any, offload_optimizer: Any, offload_params: Any,

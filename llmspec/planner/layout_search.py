@@ -23,21 +23,18 @@ from llmspec.planner.inputs import (
     CHECKPOINTING,
     OFFLOAD_MODES,
     PARAMETER_FORMULAS,
-    TRAINING_FORMULAS,
     architecture_inputs,
     device_inputs,
-    expert_rows_per_routed_token,
+    evaluate_stage,
+    formulas_for,
     host_fits,
-    largest_module,
+    layout_inputs,
     offloaded_bytes_per_node,
-    shard_experts,
-    stage_params,
     strategy_inputs,
     usable_memory,
 )
 from llmspec.spec import catalogue
 from llmspec.spec.loading import apply_sets
-from llmspec.spec.post_training import RL_METHODS, sequences_per_example
 from llmspec.spec.rules import OFFLOADABLE_OPTIMIZERS
 from llmspec.spec.schema import Spec
 
@@ -58,6 +55,10 @@ DEFAULT_GPUS = ("H100-SXM", "A100-80GB", "H200")
 # a fine-tune asks "which GPU do I need": consumer and inference cards too
 FINE_TUNE_GPUS = ("RTX-4090", "L4", "A100-40GB", "A100-80GB", "H100-SXM", "H200")
 NODE = 8  # GPUs per node in searched clusters; tensor parallelism stays within a node
+# what a layout is scored by, and what its nodes' offloaded bytes are computed from (offloaded_bytes_per_node)
+SCORES = ("memory_peak", "time_step", "time_total", "gpu_hours", "cost")
+SCORED_FORMULAS = formulas_for((*SCORES, "host_zero2", "host_zero2_offload", "host_zero3", "host_zero3_offload",
+                                "host_zero3_offload_all"))
 
 
 @dataclass
@@ -184,41 +185,23 @@ def evaluate_layouts(spec: Spec, gpu: catalogue.GPU,
     arch = architecture_inputs(spec)
     base = numeric.evaluate(arch, PARAMETER_FORMULAS)
     n, t, c, p, v, ep, z, mb, ck, off = (grid[k] for k in ("n", "t", "c", "p", "v", "ep", "z", "mb", "ck", "off"))
-    dp = n // (t * p * c)
-    m = spec.training.global_batch_size // (mb * dp)
     nodes = np.maximum(1, n // NODE)
     per_node = n // nodes
-    layers = -(-spec.model.n_layers // p)
-    fuller = spec.model.n_layers % p  # stages with one block more (Spec.stage_blocks: the last ones)
+    layouts = layout_inputs(spec, n, per_node, t, c, p, v, ep, mb)
     codes = (z, ck, _OPTIMIZER_CODES[off], _PARAMS_CODES[off])
-    # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
-    common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p, c, ep),
-              **strategy_inputs(spec, *codes, dp * c),
-              "b": mb * sequences_per_example(spec.post_training), "t": t, "p": p, "dp": dp * c, "m": m,
-              "n_gpu": n, "gpus_per_node": per_node, "ep": ep,
-              "L_here": layers, "P_L": largest_module(base, t), "cp": c, "v": v,
-              "L_last": layers, "L_max": np.where(p > 1, spec.model.n_layers // p + (fuller > 1), 0),
-              "capacity": expert_rows_per_routed_token(spec, mb, c)}
-    single = p == 1
-
-    def stage(first: np.ndarray, last: np.ndarray, rank: np.ndarray) -> dict[str, np.ndarray]:
-        # a fine-tune shards what trains; its frozen weights are formulas of their own (memory_frozen)
-        held = base["params_trainable"] * np.ones_like(p) if spec.post_training is not None else \
-            stage_params(common, first, last, layers, t)
-        env = {**common, "first_stage": first, "last_stage": last, "rank": rank, "psi": held}
-        if spec.model.moe is not None:
-            env.update(shard_experts(spec, common, codes, held, layers, t, dp * c, ep))
-        return numeric.evaluate(env, TRAINING_FORMULAS - PARAMETER_FORMULAS)
+    common = {**base, **device_inputs(spec, gpu, nodes, per_node, t, p, c, ep), **layouts,
+              **strategy_inputs(spec, *codes, layouts["dp"])}
+    # every stage holds the even split's most blocks (DeepSpeed's balanced partition: ceil(L/p))
+    layers, single = layouts["L_last"], (p == 1) * 1
 
     def node_holds(env: dict[str, np.ndarray]) -> np.ndarray:
-        host, nvme, _ = offloaded_bytes_per_node(spec, env, z, codes[2], codes[3], dp * c, per_node)
+        host, nvme, _ = offloaded_bytes_per_node(spec, env, z, codes[2], codes[3], layouts["dp"], per_node)
         return np.broadcast_to(host_fits(spec, host, nvme), n.shape)
 
-    head = stage(np.ones_like(p), single * 1, np.zeros_like(p))
-    tail = stage(single * 1, np.ones_like(p), p - 1)
+    head = evaluate_stage(spec, common, codes, np.ones_like(p), single, np.zeros_like(p), layers, SCORED_FORMULAS)
+    tail = evaluate_stage(spec, common, codes, single, np.ones_like(p), p - 1, layers, SCORED_FORMULAS)
     use_head = head["memory_peak"] >= tail["memory_peak"]
-    scores = {key: np.where(use_head, head[key], tail[key]) for key in
-              ("memory_peak", "time_step", "time_total", "gpu_hours", "cost")}
+    scores = {key: np.where(use_head, head[key], tail[key]) for key in SCORES}
     return scores, np.where(use_head, node_holds(head), node_holds(tail)) if _nodes_sized(spec) else \
         np.ones(n.shape, dtype=bool)
 
@@ -235,7 +218,7 @@ def search(spec: Spec, gpus: list[str] | None = None, max_gpus: int = 4096, dead
     if objective not in ("time", "cost"):
         raise LLMSpecError(f"--objective {objective}: expected time or cost")
     post = spec.post_training
-    if post is not None and post.method in RL_METHODS:
+    if post is not None and post.generates:
         raise LLMSpecError(f"{spec.name}: {post.method} specs are not searched yet (a step has three phases); "
                            "`llmspec plan` plans them and lists each ZeRO/checkpointing/offload alternative")
     names = gpus or list(FINE_TUNE_GPUS if post is not None else DEFAULT_GPUS)

@@ -105,6 +105,16 @@ def params_active(E, K, L, params_mlp, params_total):
     return -L*params_mlp*(E - K) + params_total
 
 
+def params_mlp_per_layer(E, params_mlp):
+    """the MLPs of one block: E experts under MoE, one when dense [params]"""
+    return E*params_mlp
+
+
+def params_norms(L, params_norm):
+    """every norm: two per block and the final one [params]"""
+    return params_norm*(2*L + 1)
+
+
 def params_lora_layer(a, d_h, f, h, k, lora_down, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, r):
     """LoRA A (r × d_in) and B (d_out × r) of every adapted linear in one block [params]"""
     return r*(lora_o*(a*d_h + h) + lora_q*(a*d_h + h) + lora_qkv*(d_h*(a + 2*k) + h) + (f + h)*(lora_down + lora_gate + lora_up) + (lora_k + lora_v)*(d_h*k + h))
@@ -130,6 +140,16 @@ def params_frozen(adapter, params_base):
     return adapter*params_base
 
 
+def params_trained_model(params_frozen, params_trainable):
+    """the trained model's parameters: what trains and the frozen base under it [params]"""
+    return params_frozen + params_trainable
+
+
+def params_frozen_model(h, params_base, value_head):
+    """a frozen model's parameters (a reward model scoring rollouts): the base and its value head [params]"""
+    return h*value_head + params_base
+
+
 def params_quantised(L, a, d_h, f, fused_qkv, gated, h, k):
     """weights of the block linears, which int8 and nf4 quantise [params]"""
     return L*(a*d_h*h*(1 - fused_qkv) + a*d_h*h + d_h*fused_qkv*h*(a + 2*k) + d_h*h*k*(2 - 2*fused_qkv) + f*gated*h + 2*f*h)
@@ -143,6 +163,11 @@ def bytes_quantised(L, a, d_h, double_quant, f, fused_qkv, gated, h, int8, k, nf
 def bytes_base_stored(bytes_quantised, int8, nf4, params_base, params_quantised, w_frozen):
     """the base as a frozen model stores it: quantised block linears + the rest at w_frozen bytes [B]"""
     return bytes_quantised*(int8 + nf4) + w_frozen*(params_base - params_quantised*(int8 + nf4))
+
+
+def bytes_frozen_model(bytes_base_stored, h, value_head, w_frozen):
+    """a frozen model as stored (a reward model scoring rollouts): the base and its value head at w_frozen bytes [B]"""
+    return bytes_base_stored + h*value_head*w_frozen
 
 
 def bytes_frozen(adapter, bytes_base_stored):
@@ -270,6 +295,16 @@ def memory_frozen(memory_frozen_base, memory_reference):
     return memory_frozen_base + memory_reference
 
 
+def memory_trained_model(memory_frozen_base, memory_gradients, memory_optimizer, memory_weights):
+    """the trained model on this GPU: its states and the frozen base under it (no reference copy) [B]"""
+    return memory_weights + memory_gradients + memory_optimizer + memory_frozen_base
+
+
+def experts_per_gpu(E, ep, moe):
+    """experts of each MoE layer one GPU holds (0 when dense) [experts]"""
+    return E*moe/ep
+
+
 def memory_model_states(memory_frozen, memory_gathered, memory_gradients, memory_optimizer, memory_weights):
     """weights + gradients + optimizer (+ ZeRO-3 gathered module) + frozen weights [B]"""
     return _floor(memory_frozen + memory_gathered + memory_gradients + memory_optimizer + memory_weights)
@@ -335,9 +370,9 @@ def act_embedding(adapter, dropout, e_mask, h):
     return (1 - adapter)*(dropout*e_mask*h + 8)
 
 
-def act_head(V, act_norm, act_norm_frozen, adapter, dpo, e, h, value_head):
+def act_head(V, act_norm, act_norm_frozen, adapter, e, h, response_mask, value_head):
     """per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 log-softmax and int64 targets (+ DPO's bool response mask) [B]"""
-    return act_norm*(1 - adapter) + act_norm_frozen*adapter + dpo + e*h*(-adapter*(1 - value_head) + 1) + (1 - value_head)*(4*V + 8)
+    return act_norm*(1 - adapter) + act_norm_frozen*adapter + e*h*(-adapter*(1 - value_head) + 1) + response_mask + (1 - value_head)*(4*V + 8)
 
 
 def act_tables(L, P, adapter, ck_full, cp, d_h, e, learned, lora_k, lora_q, lora_qkv, lora_v, masked, n_virtual, prefix, rope, s):
@@ -610,6 +645,171 @@ def time_generation(F_peak, bw_dp, eff, hbm_bandwidth, rl_decode_bytes, rl_decod
     return _max(rl_decode_bytes/hbm_bandwidth, rl_decode_flops/(F_peak*eff)) + rl_gathered_policy/bw_dp + rl_prefill_flops/(F_peak*eff)
 
 
+def rl_memory_reward(dp, reward_bytes_frozen_model, reward_model, zero3):
+    """the frozen reward model on this GPU (partitioned only under ZeRO-3) [B]"""
+    return (reward_model*reward_bytes_frozen_model)/(1 + zero3*(-1 + dp))
+
+
+def rl_memory_weights(critic_memory_weights, memory_weights, trains_critic):
+    """weights of every model on this GPU: the policy's, the critic's [B]"""
+    return memory_weights + trains_critic*critic_memory_weights
+
+
+def rl_memory_gradients(critic_memory_gradients, memory_gradients, trains_critic):
+    """gradients of every model on this GPU: the policy's, the critic's [B]"""
+    return memory_gradients + trains_critic*critic_memory_gradients
+
+
+def rl_memory_optimizer(critic_memory_optimizer, memory_optimizer, trains_critic):
+    """optimizer of every model on this GPU: the policy's, the critic's [B]"""
+    return memory_optimizer + trains_critic*critic_memory_optimizer
+
+
+def rl_memory_gathered(critic_memory_gathered, memory_gathered, trains_critic):
+    """gathered of every model on this GPU: the policy's, the critic's [B]"""
+    return memory_gathered + trains_critic*critic_memory_gathered
+
+
+def rl_memory_frozen(critic_memory_frozen, memory_frozen, rl_memory_reward, trains_critic):
+    """frozen of every model on this GPU: the policy's, the critic's, the reward model's and the reference's [B]"""
+    return (memory_frozen + trains_critic*critic_memory_frozen) + rl_memory_reward
+
+
+def rl_memory_resident(critic_memory_model_states, memory_model_states, rl_memory_reward, trains_critic):
+    """every model's states on this GPU, held through every phase [B]"""
+    return (memory_model_states + trains_critic*critic_memory_model_states) + rl_memory_reward
+
+
+def rl_memory_model_states(rl_memory_resident):
+    """the step's model states, whole bytes [B]"""
+    return _floor(rl_memory_resident)
+
+
+def rl_scoring_buffer(V, b, e, s):
+    """scoring's transient: a micro-batch's logits and their fp32 log-softmax [B]"""
+    return V*b*s*(e + 4)
+
+
+def rl_training_activations(critic_memory_activations, memory_activations, trains_critic):
+    """activations the training phase saves: the policy's and the critic's at once (one module, one loss) [B]"""
+    return memory_activations + trains_critic*critic_memory_activations
+
+
+def rl_training_buffers(critic_memory_buffers, memory_buffers, trains_critic):
+    """the training phase's largest transient (the policy's or the critic's) [B]"""
+    return _max(memory_buffers, trains_critic*critic_memory_buffers)
+
+
+def rl_memory_generation(rl_generation_buffers, rl_memory_resident):
+    """the generation phase's peak [B]"""
+    return rl_memory_resident + rl_generation_buffers
+
+
+def rl_memory_scoring(rl_memory_resident, rl_scoring_buffer):
+    """the scoring phase's peak [B]"""
+    return rl_memory_resident + rl_scoring_buffer
+
+
+def rl_memory_training(rl_memory_resident, rl_training_activations, rl_training_buffers):
+    """the training phase's peak [B]"""
+    return rl_memory_resident + rl_training_activations + rl_training_buffers
+
+
+def rl_memory_peak(rl_memory_generation, rl_memory_scoring, rl_memory_training):
+    """peak allocated bytes: the fullest phase's [B]"""
+    return _max(rl_memory_generation, rl_memory_scoring, rl_memory_training)
+
+
+def rl_memory_activations(rl_memory_generation, rl_memory_scoring, rl_memory_training, rl_training_activations):
+    """saved activations at the peak: the training phase's where it is the fullest (none while generating or scoring) [B]"""
+    return ((rl_training_activations) if (rl_memory_training > _max(rl_memory_generation, rl_memory_scoring)) else (0))
+
+
+def rl_memory_buffers(rl_generation_buffers, rl_memory_generation, rl_memory_scoring, rl_memory_training, rl_scoring_buffer, rl_training_buffers):
+    """transients at the peak: the fullest phase's [B]"""
+    return ((rl_generation_buffers) if (rl_memory_generation >= _max(rl_memory_scoring, rl_memory_training)) else (rl_scoring_buffer) if (rl_memory_scoring >= rl_memory_training) else (rl_training_buffers))
+
+
+def rl_flops_generation(rl_decode_flops, rl_prefill_flops):
+    """generation's FLOPs on this GPU: prefill and decode [FLOP]"""
+    return rl_prefill_flops + rl_decode_flops
+
+
+def rl_flops_scoring(critic_flops_per_token_forward, flops_per_token_forward, flops_reference_per_token, reward_flops_per_token_forward, reward_model, rollouts_per_gpu, s, score_policy, trains_critic):
+    """scoring's no-grad forwards over every rollout token on this GPU: the critic's, the reward model's, and where the step does not run them itself the policy's (old log-probabilities) and the reference's (PPO) [FLOP]"""
+    return rollouts_per_gpu*s*(trains_critic*critic_flops_per_token_forward + reward_model*reward_flops_per_token_forward + score_policy*flops_per_token_forward + score_policy*flops_reference_per_token)
+
+
+def rl_time_scoring(F_peak, eff, rl_flops_scoring):
+    """scoring at the achieved FLOP rate [s]"""
+    return rl_flops_scoring/((F_peak*eff))
+
+
+def rl_optimizer_steps(B, epochs, rollouts_per_step):
+    """optimizer steps per RL step: epochs passes over the rollouts, a global batch each []"""
+    return (epochs*rollouts_per_step)/B
+
+
+def rl_time_training(critic_time_step, rl_optimizer_steps, time_step, trains_critic):
+    """the training phase: that many of the policy's (and the critic's) training steps [s]"""
+    return rl_optimizer_steps*(time_step + trains_critic*critic_time_step)
+
+
+def rl_flops_training(critic_flops_per_step, dp, flops_per_step, rl_optimizer_steps, trains_critic):
+    """the training phase's model FLOPs on this GPU [FLOP]"""
+    return (rl_optimizer_steps*(flops_per_step + trains_critic*critic_flops_per_step))/dp
+
+
+def rl_time_step(rl_time_scoring, rl_time_training, time_generation):
+    """seconds per RL step: generation, scoring and training, one after another [s]"""
+    return time_generation + rl_time_scoring + rl_time_training
+
+
+def rl_flops_per_step(dp, rl_flops_generation, rl_flops_scoring, rl_flops_training):
+    """model FLOPs per RL step over every GPU: generation, scoring, training [FLOP]"""
+    return dp*(rl_flops_generation + rl_flops_scoring + rl_flops_training)
+
+
+def rl_flops_total(rl_flops_per_step, steps):
+    """model FLOPs for the whole run [FLOP]"""
+    return rl_flops_per_step*steps
+
+
+def rl_flops_hardware(B, critic_flops_per_token_hardware, critic_flops_per_token_train, flops_per_token_hardware, flops_per_token_train, rl_flops_per_step, rl_optimizer_steps, s, trains_critic):
+    """FLOPs executed per RL step: the model FLOPs and the training phase's recompute [FLOP]"""
+    return rl_flops_per_step + rl_optimizer_steps*((flops_per_token_hardware - flops_per_token_train)*B*s + trains_critic*((critic_flops_per_token_hardware - critic_flops_per_token_train)*B*s))
+
+
+def rl_tokens_per_second(rl_time_step, rollouts_per_step, s):
+    """rollout tokens per second [tokens/s]"""
+    return (rollouts_per_step*s)/rl_time_step
+
+
+def rl_time_total(rl_time_step, steps):
+    """wall-clock for the run [s]"""
+    return steps*rl_time_step
+
+
+def rl_gpu_hours(n_gpu, rl_time_total):
+    """GPU-hours [GPU·h]"""
+    return (rl_time_total*n_gpu)/3600
+
+
+def rl_cost(price, rl_gpu_hours):
+    """USD at the GPU-hour price [USD]"""
+    return rl_gpu_hours*price
+
+
+def rl_mfu(F_peak, n_gpu, rl_flops_per_step, rl_time_step):
+    """model FLOPs utilisation of the RL step (generation and scoring included) []"""
+    return rl_flops_per_step/((rl_time_step*n_gpu*F_peak))
+
+
+def rl_hfu(F_peak, n_gpu, rl_flops_hardware, rl_time_step):
+    """hardware FLOPs utilisation of the RL step (recompute counted) []"""
+    return rl_flops_hardware/((rl_time_step*n_gpu*F_peak))
+
+
 def optimal_params_20x(compute):
     """parameters with D = 20 N and C = 6 N D [params]"""
     return (1/60)*(30)**0.5*(compute)**0.5
@@ -665,14 +865,19 @@ ARGUMENTS = {
     'params_non_embedding': ('params_embedding', 'params_total'),
     'params_largest_module': ('E', 'P', 'V', 'a', 'bias', 'd_h', 'f', 'fused_qkv', 'h', 'k', 'learned', 'moe', 'qkv_bias'),
     'params_active': ('E', 'K', 'L', 'params_mlp', 'params_total'),
+    'params_mlp_per_layer': ('E', 'params_mlp'),
+    'params_norms': ('L', 'params_norm'),
     'params_lora_layer': ('a', 'd_h', 'f', 'h', 'k', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'r'),
     'params_adapter': ('L', 'd_h', 'k', 'n_virtual', 'params_lora_layer', 'prefix'),
     'params_base': ('params_lm_head', 'params_total', 'value_head'),
     'params_trainable': ('adapter', 'h', 'params_adapter', 'params_base', 'value_head'),
     'params_frozen': ('adapter', 'params_base'),
+    'params_trained_model': ('params_frozen', 'params_trainable'),
+    'params_frozen_model': ('h', 'params_base', 'value_head'),
     'params_quantised': ('L', 'a', 'd_h', 'f', 'fused_qkv', 'gated', 'h', 'k'),
     'bytes_quantised': ('L', 'a', 'd_h', 'double_quant', 'f', 'fused_qkv', 'gated', 'h', 'int8', 'k', 'nf4'),
     'bytes_base_stored': ('bytes_quantised', 'int8', 'nf4', 'params_base', 'params_quantised', 'w_frozen'),
+    'bytes_frozen_model': ('bytes_base_stored', 'h', 'value_head', 'w_frozen'),
     'bytes_frozen': ('adapter', 'bytes_base_stored'),
     'bytes_per_quantised_weight': ('double_quant',),
     'bytes_autocast_copies': ('L', 'V', 'h', 'params_embedding', 'params_norm', 'params_total', 'tied'),
@@ -698,6 +903,8 @@ ARGUMENTS = {
     'memory_frozen_base': ('bytes_frozen', 'dp', 'zero3'),
     'memory_reference': ('bytes_reference', 'dp', 'zero3'),
     'memory_frozen': ('memory_frozen_base', 'memory_reference'),
+    'memory_trained_model': ('memory_frozen_base', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
+    'experts_per_gpu': ('E', 'ep', 'moe'),
     'memory_model_states': ('memory_frozen', 'memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
     'act_norm': ('e', 'e_stat', 'h', 'layernorm'),
     'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'fp8_saved', 'h', 'k'),
@@ -711,7 +918,7 @@ ARGUMENTS = {
     'act_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'fused_qkv', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
     'act_first_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'fused_qkv', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
     'act_embedding': ('adapter', 'dropout', 'e_mask', 'h'),
-    'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'dpo', 'e', 'h', 'value_head'),
+    'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'e', 'h', 'response_mask', 'value_head'),
     'act_tables': ('L', 'P', 'adapter', 'ck_full', 'cp', 'd_h', 'e', 'learned', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 's'),
     'inflight': ('m', 'p', 'rank', 'v'),
     'memory_activations': ('L_here', 'V', 'act_embedding', 'act_first_layer_kept_frozen', 'act_head', 'act_layer_kept', 'act_layer_kept_frozen', 'act_layer_kept_split', 'act_tables', 'adapter', 'b', 'ck_none', 'ck_selective', 'cp', 'd_h', 'e', 'first_stage', 'inflight', 'k', 'last_stage', 'loss_saved', 'n_virtual', 'prefix', 's', 'sequence_parallel', 't'),
@@ -766,6 +973,39 @@ ARGUMENTS = {
     'rl_decode_flops': ('L', 'a', 'd_h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu', 'window'),
     'rl_decode_bytes': ('L', 'bytes_policy', 'd_h', 'e', 'k', 'n_virtual', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu', 'window'),
     'time_generation': ('F_peak', 'bw_dp', 'eff', 'hbm_bandwidth', 'rl_decode_bytes', 'rl_decode_flops', 'rl_gathered_policy', 'rl_prefill_flops'),
+    'rl_memory_reward': ('dp', 'reward_bytes_frozen_model', 'reward_model', 'zero3'),
+    'rl_memory_weights': ('critic_memory_weights', 'memory_weights', 'trains_critic'),
+    'rl_memory_gradients': ('critic_memory_gradients', 'memory_gradients', 'trains_critic'),
+    'rl_memory_optimizer': ('critic_memory_optimizer', 'memory_optimizer', 'trains_critic'),
+    'rl_memory_gathered': ('critic_memory_gathered', 'memory_gathered', 'trains_critic'),
+    'rl_memory_frozen': ('critic_memory_frozen', 'memory_frozen', 'rl_memory_reward', 'trains_critic'),
+    'rl_memory_resident': ('critic_memory_model_states', 'memory_model_states', 'rl_memory_reward', 'trains_critic'),
+    'rl_memory_model_states': ('rl_memory_resident',),
+    'rl_scoring_buffer': ('V', 'b', 'e', 's'),
+    'rl_training_activations': ('critic_memory_activations', 'memory_activations', 'trains_critic'),
+    'rl_training_buffers': ('critic_memory_buffers', 'memory_buffers', 'trains_critic'),
+    'rl_memory_generation': ('rl_generation_buffers', 'rl_memory_resident'),
+    'rl_memory_scoring': ('rl_memory_resident', 'rl_scoring_buffer'),
+    'rl_memory_training': ('rl_memory_resident', 'rl_training_activations', 'rl_training_buffers'),
+    'rl_memory_peak': ('rl_memory_generation', 'rl_memory_scoring', 'rl_memory_training'),
+    'rl_memory_activations': ('rl_memory_generation', 'rl_memory_scoring', 'rl_memory_training', 'rl_training_activations'),
+    'rl_memory_buffers': ('rl_generation_buffers', 'rl_memory_generation', 'rl_memory_scoring', 'rl_memory_training', 'rl_scoring_buffer', 'rl_training_buffers'),
+    'rl_flops_generation': ('rl_decode_flops', 'rl_prefill_flops'),
+    'rl_flops_scoring': ('critic_flops_per_token_forward', 'flops_per_token_forward', 'flops_reference_per_token', 'reward_flops_per_token_forward', 'reward_model', 'rollouts_per_gpu', 's', 'score_policy', 'trains_critic'),
+    'rl_time_scoring': ('F_peak', 'eff', 'rl_flops_scoring'),
+    'rl_optimizer_steps': ('B', 'epochs', 'rollouts_per_step'),
+    'rl_time_training': ('critic_time_step', 'rl_optimizer_steps', 'time_step', 'trains_critic'),
+    'rl_flops_training': ('critic_flops_per_step', 'dp', 'flops_per_step', 'rl_optimizer_steps', 'trains_critic'),
+    'rl_time_step': ('rl_time_scoring', 'rl_time_training', 'time_generation'),
+    'rl_flops_per_step': ('dp', 'rl_flops_generation', 'rl_flops_scoring', 'rl_flops_training'),
+    'rl_flops_total': ('rl_flops_per_step', 'steps'),
+    'rl_flops_hardware': ('B', 'critic_flops_per_token_hardware', 'critic_flops_per_token_train', 'flops_per_token_hardware', 'flops_per_token_train', 'rl_flops_per_step', 'rl_optimizer_steps', 's', 'trains_critic'),
+    'rl_tokens_per_second': ('rl_time_step', 'rollouts_per_step', 's'),
+    'rl_time_total': ('rl_time_step', 'steps'),
+    'rl_gpu_hours': ('n_gpu', 'rl_time_total'),
+    'rl_cost': ('price', 'rl_gpu_hours'),
+    'rl_mfu': ('F_peak', 'n_gpu', 'rl_flops_per_step', 'rl_time_step'),
+    'rl_hfu': ('F_peak', 'n_gpu', 'rl_flops_hardware', 'rl_time_step'),
     'optimal_params_20x': ('compute',),
     'optimal_tokens_20x': ('optimal_params_20x',),
     'optimal_params_chinchilla': ('compute',),
@@ -812,10 +1052,22 @@ Name = Literal[
     'context',
     'cp',
     'cpu_adam_rate',
+    'critic_flops_per_step',
+    'critic_flops_per_token_forward',
+    'critic_flops_per_token_hardware',
+    'critic_flops_per_token_train',
+    'critic_memory_activations',
+    'critic_memory_buffers',
+    'critic_memory_frozen',
+    'critic_memory_gathered',
+    'critic_memory_gradients',
+    'critic_memory_model_states',
+    'critic_memory_optimizer',
+    'critic_memory_weights',
+    'critic_time_step',
     'd_h',
     'double_quant',
     'dp',
-    'dpo',
     'dropout',
     'e',
     'e_mask',
@@ -823,6 +1075,7 @@ Name = Literal[
     'eff',
     'ep',
     'ep_comm_overlap',
+    'epochs',
     'f',
     'first_stage',
     'fp8_saved',
@@ -874,15 +1127,22 @@ Name = Literal[
     'reference_in_step',
     'relu',
     'response_len',
+    'response_mask',
+    'reward_bytes_frozen_model',
+    'reward_flops_per_token_forward',
+    'reward_model',
     'rollouts_per_gpu',
+    'rollouts_per_step',
     'rope',
     's',
+    'score_policy',
     'sequence_parallel',
     'shard',
     'steps',
     't',
     'tied',
     'tp_comm_overlap',
+    'trains_critic',
     'usable',
     'v',
     'value_head',
@@ -907,14 +1167,19 @@ Name = Literal[
     'params_non_embedding',
     'params_largest_module',
     'params_active',
+    'params_mlp_per_layer',
+    'params_norms',
     'params_lora_layer',
     'params_adapter',
     'params_base',
     'params_trainable',
     'params_frozen',
+    'params_trained_model',
+    'params_frozen_model',
     'params_quantised',
     'bytes_quantised',
     'bytes_base_stored',
+    'bytes_frozen_model',
     'bytes_frozen',
     'bytes_per_quantised_weight',
     'bytes_autocast_copies',
@@ -940,6 +1205,8 @@ Name = Literal[
     'memory_frozen_base',
     'memory_reference',
     'memory_frozen',
+    'memory_trained_model',
+    'experts_per_gpu',
     'memory_model_states',
     'act_norm',
     'act_attention',
@@ -1008,6 +1275,39 @@ Name = Literal[
     'rl_decode_flops',
     'rl_decode_bytes',
     'time_generation',
+    'rl_memory_reward',
+    'rl_memory_weights',
+    'rl_memory_gradients',
+    'rl_memory_optimizer',
+    'rl_memory_gathered',
+    'rl_memory_frozen',
+    'rl_memory_resident',
+    'rl_memory_model_states',
+    'rl_scoring_buffer',
+    'rl_training_activations',
+    'rl_training_buffers',
+    'rl_memory_generation',
+    'rl_memory_scoring',
+    'rl_memory_training',
+    'rl_memory_peak',
+    'rl_memory_activations',
+    'rl_memory_buffers',
+    'rl_flops_generation',
+    'rl_flops_scoring',
+    'rl_time_scoring',
+    'rl_optimizer_steps',
+    'rl_time_training',
+    'rl_flops_training',
+    'rl_time_step',
+    'rl_flops_per_step',
+    'rl_flops_total',
+    'rl_flops_hardware',
+    'rl_tokens_per_second',
+    'rl_time_total',
+    'rl_gpu_hours',
+    'rl_cost',
+    'rl_mfu',
+    'rl_hfu',
     'optimal_params_20x',
     'optimal_tokens_20x',
     'optimal_params_chinchilla',
@@ -1017,7 +1317,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'd_h', 'double_quant', 'dp', 'dpo', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'f', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'rollouts_per_gpu', 'rope', 's', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'critic_flops_per_step', 'critic_flops_per_token_forward', 'critic_flops_per_token_hardware', 'critic_flops_per_token_train', 'critic_memory_activations', 'critic_memory_buffers', 'critic_memory_frozen', 'critic_memory_gathered', 'critic_memory_gradients', 'critic_memory_model_states', 'critic_memory_optimizer', 'critic_memory_weights', 'critic_time_step', 'd_h', 'double_quant', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'epochs', 'f', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'response_mask', 'reward_bytes_frozen_model', 'reward_flops_per_token_forward', 'reward_model', 'rollouts_per_gpu', 'rollouts_per_step', 'rope', 's', 'score_policy', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'trains_critic', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1035,14 +1335,19 @@ GROUPS = {
     'params_non_embedding': 'Parameters',
     'params_largest_module': 'Parameters',
     'params_active': 'Parameters',
+    'params_mlp_per_layer': 'Parameters',
+    'params_norms': 'Parameters',
     'params_lora_layer': 'Post-training: parameters',
     'params_adapter': 'Post-training: parameters',
     'params_base': 'Post-training: parameters',
     'params_trainable': 'Post-training: parameters',
     'params_frozen': 'Post-training: parameters',
+    'params_trained_model': 'Post-training: parameters',
+    'params_frozen_model': 'Post-training: parameters',
     'params_quantised': 'Post-training: frozen weights',
     'bytes_quantised': 'Post-training: frozen weights',
     'bytes_base_stored': 'Post-training: frozen weights',
+    'bytes_frozen_model': 'Post-training: frozen weights',
     'bytes_frozen': 'Post-training: frozen weights',
     'bytes_per_quantised_weight': 'Post-training: frozen weights',
     'bytes_autocast_copies': 'Post-training: frozen weights',
@@ -1068,6 +1373,8 @@ GROUPS = {
     'memory_frozen_base': 'Memory: model states',
     'memory_reference': 'Memory: model states',
     'memory_frozen': 'Memory: model states',
+    'memory_trained_model': 'Memory: model states',
+    'experts_per_gpu': 'Memory: model states',
     'memory_model_states': 'Memory: model states',
     'act_norm': 'Memory: activations',
     'act_attention': 'Memory: activations',
@@ -1136,6 +1443,39 @@ GROUPS = {
     'rl_decode_flops': 'Post-training: RL phases',
     'rl_decode_bytes': 'Post-training: RL phases',
     'time_generation': 'Post-training: RL phases',
+    'rl_memory_reward': 'Post-training: RL step',
+    'rl_memory_weights': 'Post-training: RL step',
+    'rl_memory_gradients': 'Post-training: RL step',
+    'rl_memory_optimizer': 'Post-training: RL step',
+    'rl_memory_gathered': 'Post-training: RL step',
+    'rl_memory_frozen': 'Post-training: RL step',
+    'rl_memory_resident': 'Post-training: RL step',
+    'rl_memory_model_states': 'Post-training: RL step',
+    'rl_scoring_buffer': 'Post-training: RL step',
+    'rl_training_activations': 'Post-training: RL step',
+    'rl_training_buffers': 'Post-training: RL step',
+    'rl_memory_generation': 'Post-training: RL step',
+    'rl_memory_scoring': 'Post-training: RL step',
+    'rl_memory_training': 'Post-training: RL step',
+    'rl_memory_peak': 'Post-training: RL step',
+    'rl_memory_activations': 'Post-training: RL step',
+    'rl_memory_buffers': 'Post-training: RL step',
+    'rl_flops_generation': 'Post-training: RL step',
+    'rl_flops_scoring': 'Post-training: RL step',
+    'rl_time_scoring': 'Post-training: RL step',
+    'rl_optimizer_steps': 'Post-training: RL step',
+    'rl_time_training': 'Post-training: RL step',
+    'rl_flops_training': 'Post-training: RL step',
+    'rl_time_step': 'Post-training: RL step',
+    'rl_flops_per_step': 'Post-training: RL step',
+    'rl_flops_total': 'Post-training: RL step',
+    'rl_flops_hardware': 'Post-training: RL step',
+    'rl_tokens_per_second': 'Post-training: RL step',
+    'rl_time_total': 'Post-training: RL step',
+    'rl_gpu_hours': 'Post-training: RL step',
+    'rl_cost': 'Post-training: RL step',
+    'rl_mfu': 'Post-training: RL step',
+    'rl_hfu': 'Post-training: RL step',
     'optimal_params_20x': 'Compute-optimal sizing',
     'optimal_tokens_20x': 'Compute-optimal sizing',
     'optimal_params_chinchilla': 'Compute-optimal sizing',

@@ -24,77 +24,55 @@ from fractions import Fraction
 from typing import Any
 
 from llmspec.planner import numeric
-from llmspec.planner.inputs import RL_FORMULAS
+from llmspec.planner.inputs import RL_FORMULAS, RL_TOTALS
+from llmspec.planner.post_inputs import CRITIC, REWARD
 from llmspec.spec.schema import Spec
 
 PHASES = ("generation", "scoring", "training")
+# each phase's (memory, seconds, FLOPs) per GPU: the formulas ("Post-training: RL step") that give them
+PHASE_FORMULAS = {"generation": ("rl_memory_generation", "time_generation", "rl_flops_generation"),
+                  "scoring": ("rl_memory_scoring", "rl_time_scoring", "rl_flops_scoring"),
+                  "training": ("rl_memory_training", "rl_time_training", "rl_flops_training")}
 # what an RL step adds to the policy's env beside formula results (not formulas: named here once)
 PHASES_KEY, PEAK_PHASE_KEY, POLICY_KEY, MODELS_KEY = "rl_phases", "rl_peak_phase", "rl_policy", "rl_models"
+# the critic's results the step's formulas read (as inputs critic_<name>)
+CRITIC_RESULTS = tuple(sorted(name.removeprefix("critic_") for name in numeric.INPUTS if name.startswith("critic_")))
+REWARD_RESULTS = tuple(sorted(name.removeprefix("reward_") for name in numeric.INPUTS
+                              if name.startswith("reward_") and name != "reward_model"))
+
+
+def step_inputs(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None,
+                reward: dict[str, Any] | None, hbm_bandwidth: float) -> dict[str, Any]:
+    """The RL step formulas' inputs: the policy's evaluated training step, the rollouts, and the other models'
+    results (zeros where the method has no such model)."""
+    post, dp = spec.post_training, spec.parallelism.data_parallel
+    assert post is not None and post.generates
+    return {**policy, "rollouts_per_step": post.rollouts_per_step,
+            "rollouts_per_gpu": Fraction(post.rollouts_per_step, dp), "prompt_len": post.prompt_len,
+            "response_len": post.response_len, "epochs": post.epochs, "hbm_bandwidth": hbm_bandwidth,
+            "trains_critic": int(critic is not None), "reward_model": int(reward is not None),
+            # a reference outside the step runs in scoring, beside the policy's old log-probabilities
+            "score_policy": int(not post.reference_in_step),
+            **{f"critic_{name}": 0 if critic is None else critic[name] for name in CRITIC_RESULTS},
+            **{f"reward_{name}": 0 if reward is None else reward[name] for name in REWARD_RESULTS}}
 
 
 def step(spec: Spec, policy: dict[str, Any], critic: dict[str, Any] | None, reward: dict[str, Any] | None,
          hbm_bandwidth: float) -> dict[str, Any]:
-    """The policy's env with the step's memory, FLOPs and time replaced by the RL step's, and ``phases`` added.
+    """The policy's env with the step's memory, FLOPs and time (the RL step formulas' rl_X) in place of the
+    training step's X, and the phases added.
 
     ``policy`` and ``critic`` are the training formulas evaluated for each trained model, ``reward`` the frozen
     reward model's parameters and forward (FORWARD_FORMULAS); critic and reward are None where the method has
     none."""
-    post, tr, dp = spec.post_training, spec.training, spec.parallelism.data_parallel
-    assert post is not None and post.rollouts_per_step is not None and post.epochs is not None
-    env = numeric.evaluate({**policy, "rollouts_per_gpu": Fraction(post.rollouts_per_step, dp),
-                            "prompt_len": post.prompt_len, "response_len": post.response_len,
-                            "hbm_bandwidth": hbm_bandwidth}, RL_FORMULAS)
-    trained = [m for m in (policy, critic) if m is not None]
-    # a frozen model is replicated under ZeRO 0-2 and partitioned under ZeRO-3, like the policy's frozen base
-    held = 1 + policy["zero3"] * (dp - 1)
-    reward_bytes = Fraction(0) if reward is None else (
-        reward["bytes_base_stored"] + reward["h"] * reward["w_frozen"]) / held
-    states = {kind: sum(m[f"memory_{kind}"] for m in trained) for kind in ("weights", "gradients", "optimizer",
-                                                                           "gathered", "frozen")}
-    states["frozen"] += reward_bytes
-    resident = sum(m["memory_model_states"] for m in trained) + reward_bytes
-
-    tokens_per_gpu = Fraction(post.rollouts_per_step, dp) * policy["s"]
-    rate = policy["F_peak"] * policy["eff"]
-    forwards = [m["flops_per_token_forward"] for m in (critic, reward) if m is not None]
-    if post.method == "ppo":
-        forwards += [policy["flops_per_token_forward"], policy["flops_reference_per_token"]]
-    scoring_flops = tokens_per_gpu * sum(forwards)
-    # micro-batches of no-grad forwards: an LM's logits and their fp32 log-softmax are the largest transient
-    scoring_buffer = tr.micro_batch_size * policy["s"] * policy["V"] * (policy["e"] + 4)
-
-    optimizer_steps = Fraction(post.rollouts_per_step, tr.global_batch_size) * post.epochs
-    training_seconds = optimizer_steps * sum(m["time_step"] for m in trained)
-    activations = sum(m["memory_activations"] for m in trained)
-    buffers = max(m["memory_buffers"] for m in trained)
-    generation_flops = env["rl_prefill_flops"] + env["rl_decode_flops"]
-    training_flops = optimizer_steps * sum(m["flops_per_step"] for m in trained) / dp
-    # (memory, seconds, activations, buffers, FLOPs), per GPU
-    phases = {
-        "generation": (resident + env["rl_generation_buffers"], env["time_generation"], 0,
-                       env["rl_generation_buffers"], generation_flops),
-        "scoring": (resident + scoring_buffer, scoring_flops / rate, 0, scoring_buffer, scoring_flops),
-        "training": (resident + activations + buffers, training_seconds, activations, buffers, training_flops),
-    }
-    peak_phase = max(PHASES, key=lambda name: phases[name][0])
-    seconds = sum(phases[name][1] for name in PHASES)
-    flops = dp * sum(phases[name][4] for name in PHASES)
-    hardware = flops + optimizer_steps * sum(
-        (m["flops_per_token_hardware"] - m["flops_per_token_train"]) * m["B"] * m["s"] for m in trained)
-    n_gpu, steps = policy["n_gpu"], policy["steps"]
-    env.update({f"memory_{kind}": value for kind, value in states.items()})
+    env = numeric.evaluate(step_inputs(spec, policy, critic, reward, hbm_bandwidth), RL_FORMULAS)
+    env.update({name: env[rl_name] for name, rl_name in RL_TOTALS.items()})
+    phases = {name: dict(zip(("memory", "seconds", "flops"), (env[f] for f in formulas), strict=True))
+              for name, formulas in PHASE_FORMULAS.items()}
     env.update({
-        "memory_model_states": int(resident), "memory_activations": phases[peak_phase][2],
-        "memory_buffers": phases[peak_phase][3], "memory_peak": phases[peak_phase][0],
-        "flops_per_step": flops, "flops_total": flops * steps,
-        "time_step": seconds, "tokens_per_second": post.rollouts_per_step * policy["s"] / seconds,
-        "time_total": steps * seconds, "gpu_hours": steps * seconds * n_gpu / 3600,
-        "mfu": flops / (seconds * n_gpu * policy["F_peak"]),
-        "hfu": hardware / (seconds * n_gpu * policy["F_peak"]),
-        PHASES_KEY: {name: {"memory": phases[name][0], "seconds": phases[name][1], "flops": phases[name][4]}
-                     for name in PHASES},
-        PEAK_PHASE_KEY: peak_phase, POLICY_KEY: policy,
-        MODELS_KEY: {"critic": critic, "reward": reward, "reward_bytes": reward_bytes},
+        PHASES_KEY: phases,
+        # the first of equal phases, in the order they run (as rl_memory_activations and rl_memory_buffers pick)
+        PEAK_PHASE_KEY: max(PHASES, key=lambda name: phases[name]["memory"]),
+        POLICY_KEY: policy, MODELS_KEY: {CRITIC: critic, REWARD: reward},
     })
-    env["cost"] = env["gpu_hours"] * policy["price"]
     return env

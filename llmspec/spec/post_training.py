@@ -72,6 +72,10 @@ class PostTrainingBase(_Section):
     value_model: ClassVar[bool] = False
     #: a critic (a value model) trains beside the policy
     trains_critic: ClassVar[bool] = False
+    #: bytes the compiled loss saves for backward beyond the per-token tensors the activation formulas count:
+    #: (per token, per example — a pair or a sequence —, per micro-batch); cross-entropy keeps its fp32 total
+    #: weight once per micro-batch (measured on the compiled model: tests/test_measure.py)
+    loss_saved: ClassVar[tuple[int, int, int]] = (0, 0, 4)
 
     @property
     def trains_adapter(self) -> bool:
@@ -124,6 +128,7 @@ class Reward(PostTrainingBase):
     method: Literal["reward"]
     pairwise: ClassVar[bool] = True
     value_model: ClassVar[bool] = True
+    loss_saved: ClassVar[tuple[int, int, int]] = (0, 8, 0)  # the margin's log-sigmoid: fp32 input + a buffer, per pair
 
 
 class DPO(_WithReference):
@@ -140,6 +145,13 @@ class DPO(_WithReference):
                                                     "the preference loss (RPO, Pang et al. 2024; TRL's rpo_alpha)")
     pairwise: ClassVar[bool] = True
     reference_in_step: ClassVar[bool] = True
+    #: per pair, what each preference loss keeps of its fp32 margin: log-sigmoid its input and a buffer; IPO's
+    #: square and the hinge's ReLU one
+    margin_saved: ClassVar[dict[str, int]] = {"sigmoid": 8, "ipo": 4, "hinge": 4}
+
+    @property
+    def loss_saved(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return (0, self.margin_saved[self.loss], 0)
 
 
 class _RL(_WithReference):
@@ -197,6 +209,9 @@ class PPO(_RL):
     lam: Fraction01 = Field(0.95, description="ppo: GAE lambda")
     trains_critic: ClassVar[bool] = True
     default_epochs: ClassVar[int] = 4
+    # per token: the targets' indices and response mask, the ratio, the clamp mask, the min/max side and the value
+    # clip's terms; per micro-batch: the masked means
+    loss_saved: ClassVar[tuple[int, int, int]] = (45, 0, 4)
 
 
 class GRPO(_RL):
@@ -206,6 +221,8 @@ class GRPO(_RL):
     method: Literal["grpo"]
     group_size: Positive = Field(8, description="grpo: samples per prompt, advantages normalised within a group")
     reference_in_step: ClassVar[bool] = True
+    # per token: the policy's terms as PPO's + k3's exponent; per sequence: its token count and sum
+    loss_saved: ClassVar[tuple[int, int, int]] = (21, 8, 0)
 
 
 # The spec side's registry of methods: the name a spec writes → its section's class.
