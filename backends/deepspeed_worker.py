@@ -31,7 +31,7 @@ import torch
 from llmspec.backends import deepspeed_limits
 from llmspec.backends.cpu_shm import remove_allreduce_buffers
 from llmspec.compile.ds_config import ds_config_dict
-from llmspec.compile.loading import load_model_module
+from llmspec.compile.loading import load_model_module, pipeline_module
 from llmspec.errors import LLMSpecError
 from llmspec.files import write_atomic
 from llmspec.train.checkpoint import save_checkpoint
@@ -146,7 +146,7 @@ class DeepSpeedEngine(Engine):
         self.method = method_for(spec)
         model = self.method.model(job, module)  # seeded or init_from: the same initial weights as the torch engine
         if self.pipelined:
-            reference, model = model.state_dict(), _pipeline_module(module, spec)
+            reference, model = model.state_dict(), _pipeline_module(pipeline_module(module), spec)
             n_layers = spec.model.n_layers
             model.load_state_dict({key: reference[_model_key(key, n_layers)] for key in model.state_dict()})
         self.model = model  # the module (generation and held-out metrics run it; ZeRO-3 gathers on every rank)

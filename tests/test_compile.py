@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,20 @@ from typer.testing import CliRunner
 
 from llmspec.cli.app import app
 from llmspec.compile.build import build, build_files
-from llmspec.compile.loading import model_module
-from llmspec.compile.model_source import model_source, render
+from llmspec.compile.loading import load_model_module, model_module, model_module_of, objectives_module, pipeline_module
+from llmspec.compile.model_source import (
+    TEMPLATES,
+    features,
+    generated_sources,
+    model_source,
+    render,
+    template_text,
+    values,
+)
 from llmspec.errors import LLMSpecError
 from llmspec.spec.loading import load_spec, named_specs, parse_spec
+from llmspec.spec.post_training import METHODS
+from llmspec.train.logprobs import compiled
 
 PIPE = ["parallelism.pipeline=2", "cluster.gpus_per_node=2", "cluster.gpu=cpu"]
 VARIANTS = [
@@ -30,34 +41,101 @@ VARIANTS = [
     ("tiny", ["model.rope_scaling.type=linear", "model.rope_scaling.factor=2"]),
     ("tiny-moe", ["model.moe.capacity_factor=1.25", "parallelism.activation_checkpointing=selective"]),
 ]
+# One spec per feature flag of model_source.features, with that feature on (the named specs and VARIANTS cover the
+# features off and in combination).
+FEATURE_VARIANTS = {
+    **{method: (f"tiny-{method}", []) for method in METHODS},
+    "rl": ("tiny-ppo", []), "adapter": ("tiny-lora", []), "lora": ("tiny-lora", []),
+    "lora_dropout": ("tiny-lora", ["post_training.adapter.dropout=0.1"]),
+    "prefix": ("tiny-lora", ["post_training.adapter.type=prefix"]), "value_head": ("tiny-reward", []),
+    "nf4": ("tiny-lora", ["post_training.base_precision=nf4", "post_training.double_quant=true"]),
+    "int8": ("tiny-lora", ["post_training.base_precision=int8"]),
+    "quantised": ("tiny-dpo", ["post_training.adapter.type=lora", "post_training.base_precision=nf4"]),
+    "rope": ("tiny", []), "learned": ("tiny-gpt2", []),
+    "rope_scaling": ("tiny", ["model.rope_scaling.factor=8", "model.rope_scaling.original_max_seq_len=64"]),
+    "rope_llama3": ("tiny", ["model.rope_scaling.factor=8", "model.rope_scaling.original_max_seq_len=64"]),
+    "rope_linear": ("tiny", ["model.rope_scaling.type=linear", "model.rope_scaling.factor=2"]),
+    "fused_qkv": ("tiny-gpt2", []), "rmsnorm": ("tiny", []), "layernorm": ("tiny-gpt2", []), "gated": ("tiny", []),
+    "moe": ("tiny-moe", []), "capacity": ("tiny-moe", ["model.moe.capacity_factor=1.25"]), "tied": ("tiny", []),
+    "sliding_window": ("tiny", ["model.sliding_window=64"]), "dropout": ("tiny-gpt2", ["model.dropout=0.1"]),
+    "selective": ("tiny", ["parallelism.activation_checkpointing=selective"]),
+    "full": ("tiny", ["parallelism.activation_checkpointing=full"]),
+    "checkpointing": ("tiny-moe", ["parallelism.activation_checkpointing=full"]),
+    "pipeline": ("tiny", [*PIPE, "model.sliding_window=64", "parallelism.activation_checkpointing=full"]),
+}
 
 
 def _variant(name: str, sets: list[str]):
     return load_spec(name, sets)
 
 
+def _template_flags() -> set[str]:
+    """Every name an ``#if`` line of a template tests."""
+    return {word for file in TEMPLATES for line in template_text(file).splitlines() if line.startswith("#if ")
+            for word in re.findall(r"\w+", line[4:]) if word not in ("and", "or", "not")}
+
+
+def test_every_feature_flag_selects_code_and_every_template_flag_is_set():
+    flags = set(features(load_spec("tiny")))
+    assert _template_flags() <= flags, _template_flags() - flags  # a block no spec could ever emit
+    # a flag no template tests is vestigial, but for pipeline (it calls for pipeline.py) and a method whose loss is
+    # model.py's cross-entropy (no objectives.py of its own)
+    assert flags - _template_flags() == {"pipeline", "sft"}
+    assert set(FEATURE_VARIANTS) == flags  # the lint check below has a spec for every flag
+    placeholders = {name for file in TEMPLATES for name in re.findall(r"\{\{(\w+)\}\}", template_text(file))}
+    supplied = set().union(*(values(_variant(*variant)) for variant in FEATURE_VARIANTS.values()))
+    assert supplied == placeholders, supplied ^ placeholders  # a value no template reads, or one never given
+
+
 def test_generated_files_are_lint_clean_and_formatted(tmp_path):
-    paths = []
-    for i, (name, sets) in enumerate([(n, []) for n in sorted(named_specs())] + VARIANTS):
-        path = tmp_path / f"model_{i}.py"
-        path.write_text(model_source(_variant(name, sets)))
-        paths.append(str(path))
+    """Every named spec, VARIANTS, and a spec per feature flag, each built as build lays its files out and checked
+    with the project's ruff configuration (model.py a first-party module beside pipeline.py, as in the build)."""
+    folders = []
+    variants = [(n, []) for n in sorted(named_specs())] + VARIANTS
+    for flag, variant in FEATURE_VARIANTS.items():
+        assert features(_variant(*variant))[flag], flag
+        variants.append(variant)
+    for i, (name, sets) in enumerate(variants):
+        folder = tmp_path / f"build_{i}"
+        folder.mkdir()
+        for file, text in generated_sources(_variant(name, sets)).items():
+            (folder / file).write_text(text)
+        folders.append(folder)
+    assert {path.name for folder in folders for path in folder.iterdir()} == set(TEMPLATES)
     ruff = [sys.executable, "-m", "ruff"]
-    rules = ["--select", "E,F,W,I,B,UP", "--line-length", "120", "--target-version", "py310"]
-    lint = subprocess.run([*ruff, "check", "--no-cache", *rules, *paths], capture_output=True, text=True)
-    assert lint.returncode == 0, lint.stdout
-    fmt = subprocess.run([*ruff, "format", "--no-cache", "--check", "--line-length", "120", *paths],
-                         capture_output=True, text=True)
+    config = ["--no-cache", "--config", str(Path(__file__).resolve().parents[1] / "pyproject.toml")]
+    for folder in folders:
+        lint = subprocess.run([*ruff, "check", *config, "--config", f"src = [{str(folder)!r}]", str(folder)],
+                              capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run([*ruff, "format", "--check", *config, *map(str, folders)], capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
 @pytest.mark.parametrize("name", sorted(named_specs()))
-def test_model_imports_torch_only(name):
-    tree = ast.parse(model_source(load_spec(name)))
-    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-               for alias in node.names}
-    modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert modules <= {"torch", "dataclasses", "functools", "math"}, modules  # the standard library and torch
+def test_generated_files_import_torch_only(name):
+    for file, text in generated_sources(load_spec(name)).items():
+        tree = ast.parse(text)
+        modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for alias in node.names}
+        modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        beside = {"model"} if file != "model.py" else set()  # pipeline.py builds on the model.py beside it
+        assert modules <= {"torch", "dataclasses", "functools", "math"} | beside, (file, modules)
+
+
+def test_model_py_holds_the_model_only():
+    """model.py is nanoGPT's shape of file: the model and its cross-entropy; a method's loss is in objectives.py,
+    the pipeline engine's layers in pipeline.py, each written only for a spec that uses it."""
+    for name in ("tiny-reward", "tiny-dpo", "tiny-ppo", "tiny-grpo"):
+        sources = generated_sources(load_spec(name))
+        assert set(sources) == {"model.py", "objectives.py"}, name
+        method = name.removeprefix("tiny-")
+        assert f"def {method}_loss(" in sources["objectives.py"] and "_loss(" not in sources["model.py"], name
+        assert "def cross_entropy" not in sources["objectives.py"] and "class " not in sources["objectives.py"]
+    assert set(generated_sources(load_spec("tiny-sft"))) == {"model.py"}  # sft trains on model.py's cross-entropy
+    piped = generated_sources(load_spec("tiny", PIPE))
+    assert set(piped) == {"model.py", "pipeline.py"} and "Layer" not in piped["model.py"]
+    assert "def pipeline_layers(" in piped["pipeline.py"]
 
 
 def test_only_the_paths_the_spec_uses_are_emitted():
@@ -152,7 +230,7 @@ def test_pipeline_layers_compute_the_same_model(name):
     torch.manual_seed(0)
     model = module.Model().eval()
     layers, shared = [], {}
-    for key, cls, method in module.pipeline_layers(module.ModelConfig()):
+    for key, cls, method in pipeline_module(module).pipeline_layers(module.ModelConfig()):
         layer = shared.get(key) or cls(module.ModelConfig())
         if key:
             shared[key] = layer
@@ -172,7 +250,6 @@ def test_pipeline_layers_compute_the_same_model(name):
             x = getattr(layer, method)(x)
         expected, _ = model(idx)
     assert torch.allclose(x, expected, atol=1e-5)
-    assert module.CHECKPOINTABLE_LAYERS == ["BlockLayer"]
 
 
 def test_init_scales_residual_projections():
@@ -335,6 +412,49 @@ def test_generated_model_runs_as_a_standalone_file(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(1, 8, 2048) True"
+
+
+def test_the_files_beside_model_py_import_it_standalone(tmp_path):
+    """objectives.py and pipeline.py run in the build directory with PyTorch alone, pipeline.py on the model.py
+    beside it."""
+    build(load_spec("tiny", PIPE), tmp_path / "piped")
+    code = "import model, pipeline; c = model.ModelConfig(); print(len(pipeline.pipeline_layers(c)) - c.n_layers)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "piped", capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"  # the embedding, the head and the tied embedding that scores
+    build(load_spec("tiny-dpo"), tmp_path / "dpo")
+    code = "import torch, objectives; x = torch.zeros(2, 4); print(objectives.dpo_loss(*x.T).item())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "dpo", capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(0.0)).item())
+
+
+def test_a_model_is_linked_to_the_objectives_of_its_own_build(tmp_path):
+    """compiled(model) is the objectives.py beside the model.py the model's class came from: two builds whose
+    model.py are the same and whose objectives differ (beta) stay apart; a method without one has None."""
+    built = {}
+    for beta in ("0.1", "0.5"):
+        build(load_spec("tiny-dpo", [f"post_training.beta={beta}"]), tmp_path / beta)
+        built[beta] = load_model_module(tmp_path / beta / "model.py")
+    assert (tmp_path / "0.1" / "model.py").read_text() == (tmp_path / "0.5" / "model.py").read_text()
+    for beta, module in built.items():
+        model = module.Model()
+        assert model_module_of(model) is module and compiled(model) is objectives_module(module)
+        assert compiled(model).dpo_loss.__defaults__[0] == float(beta)
+    plain = model_module(load_spec("tiny-sft"))
+    assert compiled(plain.Model()) is None and objectives_module(plain) is None and pipeline_module(plain) is None
+    assert compiled(torch.nn.Linear(1, 1)) is None  # not a compiled model
+
+
+def test_a_rebuild_removes_the_generated_files_it_no_longer_writes(tmp_path):
+    build(load_spec("tiny-dpo"), tmp_path / "a")
+    assert (tmp_path / "a" / "objectives.py").is_file()
+    build(load_spec("tiny-sft"), tmp_path / "a")
+    assert not (tmp_path / "a" / "objectives.py").exists() and (tmp_path / "a" / "model.py").is_file()
+    build(load_spec("tiny", PIPE), tmp_path / "b")
+    (tmp_path / "b" / "pipeline.py").write_text("# mine\n")  # edited: the user's from now on
+    build(load_spec("tiny"), tmp_path / "b")
+    assert (tmp_path / "b" / "pipeline.py").read_text() == "# mine\n"
 
 
 def test_build_names_come_from_validated_specs():

@@ -3,9 +3,9 @@ their start, and the RL methods their held-out reward with a finite KL.
 
 All three start from one short SFT of the imported tiny base (60 steps: a third of the held-out prompts answered,
 so there is room to gain) and run budgets a test can pay (40 s to 2 min each on one core); `make post-train` runs
-the full recipes from the 100-step SFT (docs/post-training.md, "The chain"). Where the spec's recipe is shortened, what is
-set is named beside the run. The reward model's and SFT's own learning are asserted in test_losses.py and
-test_sft.py."""
+the full recipes from the 100-step SFT (docs/post-training.md, "The chain"). Where the spec's recipe is
+shortened, what is set is named beside the run. The reward model's and SFT's own learning are asserted in
+test_losses.py and test_sft.py."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmspec.compile.loading import model_module
+from llmspec.compile.loading import model_module, objectives_module
 from llmspec.data.chat import DEFAULT_TEMPLATE
 from llmspec.data.corpus import DataError
 from llmspec.data.instructions import IGNORE, Example, PairBatches, read_records
@@ -84,7 +84,7 @@ def test_dpo_reference_adapter_off_is_the_base():
     x, y = PairBatches(PAIRS, 8, 2, seed=0, split="train").rows([c for c, _ in PAIRS] + [r for _, r in PAIRS])
     reference = loss.reference.logprobs(x, y)
     assert loss.reference.frozen is None and all(m.enabled for m in model.modules() if hasattr(m, "enabled"))
-    module = model_module(spec)
+    module = objectives_module(model_module(spec))
     with_adapters = module.sequence_logprobs(model(x)[0], y)
     model.set_adapters(False)
     assert torch.equal(reference, module.sequence_logprobs(model(x)[0], y))
@@ -150,7 +150,7 @@ def test_dpo_with_precomputed_reference_trains_as_with_a_copy(base, tmp_path):  
 # ---- GRPO -----------------------------------------------------------------------------------------------------
 
 def test_grpo_loss_is_the_clipped_objective_plus_k3_kl_per_sequence_token_mean():
-    module = model_module(load_spec("tiny-grpo"))  # the compiled model.py's loss, as runs and measure use it
+    module = objectives_module(model_module(load_spec("tiny-grpo")))  # the generated loss, as runs and measure use it
     grpo_loss, kl_k3 = module.grpo_loss, module.kl_k3
     policy = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
     reference = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, 0.0, 0.0]])

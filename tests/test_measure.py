@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import minimal
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -10,7 +11,6 @@ from typer.testing import CliRunner
 from llmspec.cli.app import app
 from llmspec.compile.measure import measure
 from llmspec.spec.loading import load_spec, named_specs
-from tests.helpers import minimal
 
 # Big specs take seconds each on meta/fake tensors; measured in full all the same (these are the promise).
 SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b", "llama3-70b-qlora",
@@ -22,7 +22,7 @@ SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b", "llama3-70b-q
 MEASURED_AS = {"published/llama3-405b-8k": "llama3-405b", "published/llama3-405b-16k": "llama3-405b"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.integration) if n in SLOW else n
                                   for n in sorted(set(named_specs()) - set(MEASURED_AS))])
 def test_named_specs_match_the_compiled_model_exactly(name):
     _assert_exact(measure(load_spec(name)))
@@ -152,7 +152,7 @@ def random_post_training_specs(draw):
 def test_random_post_training_specs_match_the_compiled_model(spec):
     result = measure(spec)
     assert result.trainable is not None and result.frozen_bytes is not None
-    rl = spec.post_training.method in ("ppo", "grpo")
+    rl = spec.post_training.generates  # generation and scoring phases beside the step
     assert set(result.phases) == ({"generation_flops", "kv_cache_bytes", "scoring_flops"} if rl else set())
     _assert_exact(result)
 

@@ -9,14 +9,14 @@ import sys
 
 import pytest
 import torch
+from helpers import minimal
 
-from llmspec.compile.loading import model_module
+from llmspec.compile.loading import model_module, objectives_module
 from llmspec.errors import SpecError
 from llmspec.planner.regimes import bytes_per_param
 from llmspec.planner.training import plan
 from llmspec.spec.loading import load_spec
 from llmspec.spec.post_training import METHOD_CLASSES, PPO, SFT, PostTrainingBase
-from tests.helpers import minimal
 
 LORA = "post_training.adapter.type=lora"
 
@@ -239,7 +239,7 @@ def test_prefix_and_reward_objectives_run_and_train_only_adapters():
     idx = torch.randint(0, spec.model.vocab_size, (4, 16))
     scores = model(idx)[0]
     assert scores.shape == (4, 16)
-    loss = module.reward_loss(scores[:2, -1], scores[2:, -1])
+    loss = objectives_module(module).reward_loss(scores[:2, -1], scores[2:, -1])
     loss.backward()
     names = {name for name, p in model.named_parameters() if p.grad is not None}
     assert names == {name for name, p in model.named_parameters() if p.requires_grad}
@@ -250,9 +250,10 @@ def test_dpo_loss_equals_the_published_formula():
     _, module = _model("post_training.method=dpo")
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-3.0, -5.0, -4.0, -4.5))
     margin = (pc - rc) - (pr - rr)
-    assert torch.allclose(module.dpo_loss(pc, pr, rc, rr, beta=0.1), -torch.log(torch.sigmoid(0.1 * margin)))
-    assert torch.allclose(module.dpo_loss(pc, pr, rc, rr, beta=0.1, kind="ipo"), (margin - 5.0) ** 2)
-    assert torch.allclose(module.dpo_loss(pc, pr, rc, rr, beta=0.1, kind="hinge"), torch.relu(1 - 0.1 * margin))
+    dpo_loss = objectives_module(module).dpo_loss
+    assert torch.allclose(dpo_loss(pc, pr, rc, rr, beta=0.1), -torch.log(torch.sigmoid(0.1 * margin)))
+    assert torch.allclose(dpo_loss(pc, pr, rc, rr, beta=0.1, kind="ipo"), (margin - 5.0) ** 2)
+    assert torch.allclose(dpo_loss(pc, pr, rc, rr, beta=0.1, kind="hinge"), torch.relu(1 - 0.1 * margin))
 
 
 # ---- the fp32 trap (litgpt, tutorials/finetune_lora.md: StableLM-Base-Alpha-3B LoRA, micro-batch 1) ----------

@@ -10,7 +10,7 @@ import torch
 from helpers import LORA, killed_and_resumed
 from tokenizers import Tokenizer
 
-from llmspec.compile.loading import model_module
+from llmspec.compile.loading import model_module, objectives_module
 from llmspec.data.chat import DEFAULT_TEMPLATE
 from llmspec.data.instructions import IGNORE
 from llmspec.errors import LLMSpecError
@@ -24,7 +24,7 @@ from llmspec.train.ppo import PolicyAndCritic, PPORollouts, gae, whiten
 from llmspec.train.rollouts import verifier_reward
 
 VERIFIED = ["post_training.reward_model=null"]
-PPO = model_module(load_spec("tiny-ppo"))  # the compiled model.py: its token_logprobs and ppo_loss
+PPO = objectives_module(model_module(load_spec("tiny-ppo")))  # the generated objectives.py
 token_logprobs, ppo_loss = PPO.token_logprobs, PPO.ppo_loss
 
 

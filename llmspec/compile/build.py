@@ -1,4 +1,5 @@
-"""``llmspec build``: write a spec's model.py, ds_config.json, launch.sh, plan.json and resolved spec.yaml."""
+"""``llmspec build``: write a spec's model.py (with, beside it, objectives.py for a method with a loss of its own and
+pipeline.py for a pipeline), ds_config.json, launch.sh, plan.json and resolved spec.yaml."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.launch import hostfile, launch_script
-from llmspec.compile.model_source import model_source
+from llmspec.compile.model_source import TEMPLATES, generated_sources
 from llmspec.errors import LLMSpecError
 from llmspec.files import write_atomic
 from llmspec.planner.training import plan
@@ -20,7 +21,7 @@ from llmspec.spec.schema import Spec
 def build_files(spec: Spec) -> dict[str, str]:
     """File name → text, everything ``build`` writes."""
     files = {
-        "model.py": model_source(spec),
+        **generated_sources(spec),
         "ds_config.json": json.dumps(ds_config_dict(spec), indent=2) + "\n",
         "launch.sh": launch_script(spec),
         "plan.json": json.dumps(plan(spec).to_json(), indent=2) + "\n",
@@ -94,6 +95,14 @@ def edited_files(out: Path, files: dict[str, str]) -> list[str]:
     return edited
 
 
+def stale_files(out: Path, files: dict[str, str]) -> list[str]:
+    """The generated Python files an earlier build wrote in ``out`` that this one does not (objectives.py, when the
+    method no longer has a loss of its own; pipeline.py, when the spec no longer has a pipeline), unedited since:
+    they would be imported beside the new model.py. An edited one is the user's and stays."""
+    return [name for name, digest in _manifest(out).items() if name in TEMPLATES and name not in files
+            and (out / name).is_file() and _digest((out / name).read_text(errors="replace")) == digest]
+
+
 def build(spec: Spec, out_dir: str | Path, force: bool = False, keep_edited: bool = False) -> list[Path]:
     """Write the build into ``out_dir`` (created if needed); each file is replaced atomically. Returns the paths.
     A file edited since the last build is kept: an error names it, unless ``force`` (overwrite it) or
@@ -107,9 +116,12 @@ def build(spec: Spec, out_dir: str | Path, force: bool = False, keep_edited: boo
                            "(nothing was written)")
     # an edited file that is kept keeps its old record, so the next build still knows it as edited
     record = {name: digest for name, digest in _manifest(out).items() if name in edited}
+    stale = stale_files(out, files)
     files = {name: text for name, text in files.items() if name not in edited}
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for name in stale:
+            (out / name).unlink()
         paths = [write_atomic(out / name, text, executable=name == "launch.sh") for name, text in files.items()]
         record.update({name: _digest(text) for name, text in files.items()})
         write_atomic(out / MANIFEST, json.dumps(record, indent=1))

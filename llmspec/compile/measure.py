@@ -9,7 +9,8 @@
   SDPA takes the flash path and saves O(s) statistics as GPU kernels do. Saved-tensor hooks see every saved
   tensor; each storage counts once (by ``untyped_storage()._cdata``), parameters excluded; logits, loss and RoPE
   tables included (``memory.activations`` in shared/design.md).
-- PPO and GRPO: the training step is their loss (``llmspec.compile.measure_rl`` measures generation and scoring).
+- Post-training: the step is the method's loss, the functions of the generated objectives.py; a method that
+  generates its batches (PPO, GRPO) also has generation and scoring phases (``llmspec.compile.measure_rl``).
 
 The models are built as ``llmspec.compile.measured_models`` says (MoE: balanced routing).
 """
@@ -24,13 +25,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmspec.compile import measure_rl
-from llmspec.compile.loading import model_module
+from llmspec.compile.loading import model_module, objectives_module
 from llmspec.compile.measured_models import build, fp8_saved_inputs, quantised, routing
 from llmspec.planner.inputs import sequence_length
 from llmspec.planner.rl_phases import PHASES_KEY
 from llmspec.planner.training import CHECKPOINTING, plan, single_device_env, single_device_rl_step
 from llmspec.spec.loading import value_model_spec
-from llmspec.spec.post_training import RL_METHODS, sequences_per_example
+from llmspec.spec.post_training import sequences_per_example
 from llmspec.spec.schema import Spec
 
 
@@ -87,43 +88,48 @@ def _batch(spec: Spec, device: str) -> torch.Tensor:
 
 
 def _trained(spec: Spec) -> list[torch.nn.Module]:
-    """The models a step trains, built on the current device or fake mode: the compiled model, and PPO's critic
-    (``value_model_spec``: a value head on the policy's architecture, trained as the policy is)."""
+    """The models a step trains, built on the current device or fake mode: the compiled model, and a critic where
+    one trains beside it (``value_model_spec``: a value head on the policy's architecture, trained as the policy
+    is)."""
     post = spec.post_training
-    critic = [build(value_model_spec(spec))] if post is not None and post.method == "ppo" else []
+    critic = [build(value_model_spec(spec))] if post is not None and post.trains_critic else []
     return [build(spec), *critic]
 
 
-def _train_step(spec: Spec, trained: list[torch.nn.Module], module: Any, device: str, backward: bool = True) -> None:
-    """One micro-batch of the spec's objective, forward (+ backward): next-token cross-entropy (pretraining, sft),
-    Bradley-Terry on each pair's last-token scores (reward), DPO with its reference (dpo), GRPO's clipped objective
-    with the reference's log-probs (grpo), or PPO's clipped policy and value losses on the policy and its critic
-    (ppo; the rollouts' old log-probs, values, advantages and returns are inputs, zeros here)."""
+def _train_step(spec: Spec, trained: list[torch.nn.Module], objectives: Any, device: str,
+                backward: bool = True) -> None:
+    """One micro-batch of the spec's objective, forward (+ backward). Without objectives.py (pretraining, sft):
+    model.py's next-token cross-entropy. Else the method's loss (objectives.py's ``<method>_loss``) on what it takes:
+    - a critic trains beside the policy (ppo): the policy's logits and the critic's values, with the rollouts' old
+      log-probs, values, advantages and returns (inputs: zeros here);
+    - other rollouts (grpo): the policy's and the reference's per-token log-probs, one advantage per sequence;
+    - pairs under a value head (reward): each sequence's score after its last token;
+    - other pairs (dpo): the policy's and the reference's sequence log-probs (the reference's from the data when
+      precomputed)."""
     idx, targets = _batch(spec, device), _batch(spec, device) + 1  # distinct inputs and targets, as in training
-    post = spec.post_training
-    method = post.method if post is not None else "pretrain"
-    model = trained[0]
-    if method == "ppo":
-        critic = trained[1]
-        rollout = torch.zeros(idx.shape, device=device)
-        loss = module.ppo_loss(model(idx)[0], critic(idx)[0], targets, rollout, rollout, rollout, rollout)
-    elif method == "grpo":
-        policy = module.token_logprobs(model(idx)[0], targets)
-        reference = module.token_logprobs(_reference_logits(spec, model, idx), targets)
-        advantages = torch.zeros(idx.shape[0], device=device)
-        loss = module.grpo_loss(policy, reference, advantages, (targets != -100).float())
-    elif method == "reward":
-        scores = model(idx)[0][:, -1]
-        pairs = scores.shape[0] // 2
-        loss = module.reward_loss(scores[:pairs], scores[pairs:])
-    elif method == "dpo":
-        policy = module.sequence_logprobs(model(idx)[0], targets)
-        reference = torch.zeros(idx.shape[0], device=device) if getattr(post, "reference", None) == "precomputed" else \
-            module.sequence_logprobs(_reference_logits(spec, model, idx), targets)  # precomputed: from the data
-        pairs = idx.shape[0] // 2
-        loss = module.dpo_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:])
-    else:
+    post, model = spec.post_training, trained[0]
+    if objectives is None:
         loss = model(idx, targets)[1]
+    else:
+        method_loss = getattr(objectives, f"{post.method}_loss")
+        if post.trains_critic:
+            rollout = torch.zeros(idx.shape, device=device)
+            loss = method_loss(model(idx)[0], trained[1](idx)[0], targets, rollout, rollout, rollout, rollout)
+        elif post.generates:
+            policy = objectives.token_logprobs(model(idx)[0], targets)
+            reference = objectives.token_logprobs(_reference_logits(spec, model, idx), targets)
+            advantages = torch.zeros(idx.shape[0], device=device)
+            loss = method_loss(policy, reference, advantages, (targets != -100).float())
+        elif post.value_model:
+            scores = model(idx)[0][:, -1]
+            pairs = scores.shape[0] // 2
+            loss = method_loss(scores[:pairs], scores[pairs:])
+        else:
+            policy = objectives.sequence_logprobs(model(idx)[0], targets)
+            reference = torch.zeros(idx.shape[0], device=device) if post.reference == "precomputed" else \
+                objectives.sequence_logprobs(_reference_logits(spec, model, idx), targets)
+            pairs = idx.shape[0] // 2
+            loss = method_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:])
     if backward:
         loss.backward()
 
@@ -166,9 +172,9 @@ def count_flops(spec: Spec) -> int:
     """FLOPs of one micro-batch forward + backward (recompute included) on the meta device."""
     with torch.device("meta"):
         trained = _trained(spec)
-        module = model_module(spec)
+        objectives = objectives_module(model_module(spec))
     with routing(spec), FlopCounterMode(display=False) as counter:
-        _train_step(spec, trained, module, "meta")
+        _train_step(spec, trained, objectives, "meta")
     return counter.get_total_flops()
 
 
@@ -187,7 +193,7 @@ def count_saved_bytes(spec: Spec) -> int:
             return tensor
 
         with routing(spec), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            _train_step(spec, trained, model_module(spec), "cpu", backward=False)
+            _train_step(spec, trained, objectives_module(model_module(spec)), "cpu", backward=False)
     return sum(saved.values())
 
 
@@ -200,7 +206,7 @@ def measure(spec: Spec, modes: tuple[str, ...] = CHECKPOINTING) -> Measurement:
         result.trainable = Comparison(trainable, planned.params["trainable"])
         result.frozen_bytes = Comparison(frozen_bytes(spec), planned.env["bytes_frozen"])
     post = spec.post_training
-    roles = ("policy", "critic") if post is not None and post.method == "ppo" else ("policy",)
+    roles = ("policy", "critic") if post is not None and post.trains_critic else ("policy",)
     for mode in modes:
         variant = _with_checkpointing(spec, mode)
         # fake tensors follow the CPU kernels; FlopCounterMode counts every key of SDPA. PPO's step trains the
@@ -210,7 +216,7 @@ def measure(spec: Spec, modes: tuple[str, ...] = CHECKPOINTING) -> Measurement:
                                         sum(env["flops_per_token_hardware"] * env["b"] * env["s"] for env in envs))
         result.activations[mode] = Comparison(count_saved_bytes(variant),
                                               float(sum(env["memory_activations"] for env in envs)))
-    if post is not None and post.method in RL_METHODS:
+    if post is not None and post.generates:
         step = single_device_rl_step(spec, spec.parallelism.activation_checkpointing, cpu_kernels=True,
                                      full_attention=True)
         generation, cache = measure_rl.count_generation(spec)
@@ -229,7 +235,7 @@ def measure(spec: Spec, modes: tuple[str, ...] = CHECKPOINTING) -> Measurement:
                             "codes and constants)")
     if result.phases:
         result.notes.append(f"{post.method}: the training step is its loss on rollout-length sequences"
-                            f"{' (policy and critic)' if post.method == 'ppo' else ' (and the reference forward)'}; "
+                            f"{' (policy and critic)' if post.trains_critic else ' (and the reference forward)'}; "
                             f"generation ({measure_rl.rollouts_per_gpu(spec)} rollouts, every response at full "
                             "length) and scoring per GPU per step")
     if spec.model.moe:

@@ -5,9 +5,9 @@ compiled models (meta device, FlopCounterMode) beside the planner's "Post-traini
   the KV cache — the prompts at once (``prompt_len`` tokens; logits at the last position only), then one token per
   call, ``response_len`` tokens in all (no rollout stopping early: the planner's worst case) — and the bytes of
   the cache it allocates;
-- scoring: the no-grad forwards over those rollouts at full length: PPO's policy (old log-probs), reference,
-  critic and reward model; GRPO's reward model (its reference runs in the training step, which ``measure``
-  measures as every method's).
+- scoring: the no-grad forwards over those rollouts at full length: with a critic (PPO) the policy (old
+  log-probs) and the critic (old values); the reference unless its forward is in the training step (GRPO's is,
+  which ``measure`` measures as every method's); the reward model, if any.
 Rows do not change what the counter sees per row, so all of a GPU's rollouts run as one batch (the sampler runs
 each prompt's group in turn, the scorer ``micro_batch_size`` rows at a time: the same FLOPs).
 """
@@ -18,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmspec.compile.measured_models import build, routing
+from llmspec.planner.post_inputs import REWARD
 from llmspec.spec.loading import value_model_spec
 from llmspec.spec.schema import Spec
 
@@ -51,12 +52,14 @@ def count_scoring(spec: Spec) -> int:
     post = spec.post_training
     models = []
     with torch.device("meta"):
-        if post.method == "ppo":  # the old log-probs, the reference's (a copy, or the policy without adapters)
-            models += [build(spec), build(spec), build(value_model_spec(spec))]
+        if post.trains_critic:  # the old log-probs and values the clipped losses start from
+            models += [build(spec), build(value_model_spec(spec))]
+        if not post.reference_in_step:  # the reference's log-probs: a copy, or the policy without adapters
+            models.append(build(spec))
             if post.reference == "adapter_off":
-                models[1].set_adapters(False)
+                models[-1].set_adapters(False)
         if getattr(post, "reward_model", None) is not None:  # else the verifier: no model
-            models.append(build(value_model_spec(spec, "reward")))
+            models.append(build(value_model_spec(spec, REWARD)))
         rows = torch.zeros((rollouts_per_gpu(spec), post.prompt_len + post.response_len), dtype=torch.long)
     with torch.no_grad(), routing(spec), FlopCounterMode(display=False) as counter:
         for model in models:

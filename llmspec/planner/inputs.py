@@ -151,13 +151,16 @@ def layout_inputs(spec: Spec, gpus: Any = None, gpus_per_node: Any = None, tenso
     # `auto` is resolved by planner.training.plan before a layout is evaluated (the layout search runs 1 …)
     v = (1 if par.virtual_stages == "auto" else par.virtual_stages) if virtual is None else virtual
     mb = tr.micro_batch_size if micro_batch is None else micro_batch
-    data = n // (t * p * c)
+    # the spec's own layout: its derived degree and accumulation (a copy with its splits undone, as measure plans a
+    # single device, keeps the run's); a searched layout: what its columns leave
+    own = gpus is tensor is context is pipeline is micro_batch is None
+    data = par.data_parallel if own else n // (t * p * c)
     layers = spec.model.n_layers
     blocks = spec.stage_blocks if pipeline is None else None  # the spec's split, uneven where it says so
     return {
         "t": t, "p": p, "cp": c, "v": v, "ep": par.expert if expert is None else expert,
         # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
-        "dp": data * c, "m": tr.global_batch_size // (mb * data),
+        "dp": data * c, "m": tr.gradient_accumulation_steps if own else tr.global_batch_size // (mb * data),
         "b": mb * sequences_per_example(spec.post_training), "capacity": expert_rows_per_routed_token(spec, mb, c),
         "n_gpu": n, "gpus_per_node": cl.gpus_per_node if gpus_per_node is None else gpus_per_node,
         # an even split puts a block more on the last (layers mod p) stages (Spec.stage_blocks)

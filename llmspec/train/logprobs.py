@@ -1,20 +1,23 @@
-"""What the post-training losses and metrics read from a model: its compiled module (``model.py``, whose
-``token_logprobs``, ``kl_k3`` and losses are what ``measure`` counts) and a value head's score after each
-sequence's last response token."""
+"""What the post-training losses and metrics read from a model: the loss functions of the build it was compiled
+from (``objectives.py``: ``token_logprobs``, ``kl_k3`` and each method's loss, what ``measure`` counts) and a value
+head's score after each sequence's last response token."""
 
 from __future__ import annotations
 
-import sys
 from types import ModuleType
 
 import torch
 
+from llmspec.compile.loading import model_module_of, objectives_module
 from llmspec.data.instructions import IGNORE
 
 
-def compiled(model: torch.nn.Module) -> ModuleType:
-    """The compiled ``model.py`` a model was built from (its loss functions live there)."""
-    return sys.modules[type(model).__module__]
+def compiled(model: torch.nn.Module) -> ModuleType | None:
+    """The generated ``objectives.py`` beside the ``model.py`` a model was built from: its method's loss functions.
+    None when the method trains on model.py's own cross-entropy (pretraining, sft) or ``model`` is not a compiled
+    model (DeepSpeed's PipelineModule)."""
+    module = model_module_of(model)
+    return None if module is None else objectives_module(module)
 
 
 def last_positions(targets: torch.Tensor) -> torch.Tensor:

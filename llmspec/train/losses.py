@@ -1,9 +1,10 @@
 """What a method's loss is, as an engine computes it on one micro-batch: ``loss(forward, inputs, targets, *the
 method's tensors)``, with ``forward`` the engine's callable (the compiled, DeepSpeed-wrapped or plain module).
 
-Each method's own loss is in its module (``llmspec.train.methods``); the formulas are the compiled model's
-(``llmspec.train.logprobs.compiled``: ``cross_entropy``, ``reward_loss``, ``sequence_logprobs``, ``dpo_loss``,
-``token_logprobs``, ``grpo_loss``, ``ppo_loss``), so what ``measure`` counts is what trains. Here: the contract, and
+Each method's own loss is in its module (``llmspec.train.methods``); the formulas are the build's: model.py's
+cross-entropy, and the ``objectives.py`` generated beside it (``llmspec.train.logprobs.compiled``: ``reward_loss``,
+``sequence_logprobs``, ``dpo_loss``, ``token_logprobs``, ``grpo_loss``, ``ppo_loss``), so what ``measure`` counts is
+what trains. Here: the contract, and
 the frozen reference the methods that have one (dpo, ppo, grpo) compare the policy with.
 """
 

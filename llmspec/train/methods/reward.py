@@ -18,7 +18,7 @@ from llmspec.train.objectives import Objective
 
 class BradleyTerry(Loss):
     def __init__(self, model: torch.nn.Module):
-        self.module = compiled(model)  # the compiled model.py: its reward_loss
+        self.module = compiled(model)  # the generated objectives.py: its reward_loss
 
     def __call__(self, forward, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         chosen, rejected = sequence_scores(forward(inputs)[0], targets).chunk(2)
