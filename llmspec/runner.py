@@ -19,6 +19,7 @@ from llmspec.backends.cpu_shm import remove_allreduce_buffers
 from llmspec.backends.runnable import ENGINES, pick_engine
 from llmspec.backends.torch_backend import train
 from llmspec.errors import LLMSpecError
+from llmspec.planner.result import Plan
 from llmspec.spec import Spec, parse_spec
 from llmspec.spec.compare import changed_fields
 from llmspec.train.checkpoint import latest_checkpoint
@@ -42,18 +43,19 @@ class RunSummary:
 
 
 def run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto", announce=print,
-        progress=None, compile: bool = False) -> RunSummary:
-    """Prepare RUN_DIR, train, then plot the loss and write samples."""
-    job = prepare_run(spec, run_dir, resume, backend)
+        progress=None, compile: bool = False, planned: Plan | None = None) -> RunSummary:
+    """Prepare RUN_DIR, train, then plot the loss and write samples (``planned``: the spec's plan, made once by the
+    caller and handed down to the build and the step lines)."""
+    job = prepare_run(spec, run_dir, resume, backend, planned=planned)
     return train_job(job, backend, announce, progress, compile)
 
 
 def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto",
-                dry_run: bool = False) -> Job | None:
+                dry_run: bool = False, planned: Plan | None = None) -> Job | None:
     """Everything before training: refusals (fit, the method's and the engine's, resume), build, tokenizer and
     token shards (``dry_run``: the refusals only; nothing is written)."""
     engine = resolve_backend(spec, backend)
-    return prepare(spec, Path(run_dir), resume, ENGINES[engine].refusals, dry_run)
+    return prepare(spec, Path(run_dir), resume, ENGINES[engine].refusals, dry_run, planned)
 
 
 def train_job(job: Job, backend: str = "auto", announce=print, progress=None, compile: bool = False) -> RunSummary:

@@ -336,3 +336,21 @@ def test_a_gpu_job_on_a_machine_without_one_is_refused_when_its_cpu_cannot_hold_
     small = CliRunner().invoke(app, ["run", "tiny", "--set", "cluster.gpu=A100-80GB", "--dry-run", "--out",
                                      str(tmp_path / "r")])
     assert small.exit_code == 0, small.output  # it fits this CPU: trained there, with a notice
+
+
+def test_a_run_plans_once_and_hands_the_plan_down(corpus, tmp_path, monkeypatch):
+    """`llmspec run` plans the spec once: the summary, the fit check, build's plan.json and the step lines read the
+    same Plan (in one process; a DeepSpeed rank that writes metrics plans for itself)."""
+    import llmspec.planner.training as training
+
+    planned, plan = [], training._with_virtual_stages
+    monkeypatch.setattr(training, "_with_virtual_stages", lambda *a: planned.append(a[0].name) or plan(*a))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(dump_spec(small(corpus, "training.max_steps=6", "training.eval_interval=3")))
+    result = CliRunner().invoke(app, ["run", "s.yaml", "--out", "r"])
+    assert result.exit_code == 0, result.output
+    assert planned == ["tiny"]
+    written = json.loads((tmp_path / "r" / "build" / "plan.json").read_text())
+    step = next(r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "planned_tokens_per_second" in r)
+    assert step["planned_tokens_per_second"] == written["time"]["tokens_per_second"]
+    assert written["alternatives"]

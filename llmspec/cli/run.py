@@ -25,6 +25,7 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
                                               "(nothing is written)")] = False) -> None:
     """Train the spec: plan → build → tokenizer and data → backend → eval → samples, all in RUN_DIR."""
     from llmspec.cli.report import render_plan_summary
+    from llmspec.planner.training import plan
     from llmspec.runner import default_run_dir, prepare_run, resolve_backend, train_job  # imports torch
 
     loaded = load_with_hosts(spec, set_, hostfile)
@@ -38,14 +39,15 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
         if run_dir.name != loaded.name:
             console.print(f"runs/{loaded.name} holds another run (--resume continues it); this one trains in "
                           f"{run_dir}")
-    render_plan_summary(loaded, console)
+    planned = plan(loaded)  # once: the summary, the checks, build's plan.json and the step lines read it
+    render_plan_summary(loaded, console, planned)
     if dry_run:
-        prepare_run(loaded, run_dir, resume, backend, dry_run=True)
+        prepare_run(loaded, run_dir, resume, backend, dry_run=True, planned=planned)
         console.print(f"dry run: {loaded.name} would train {loaded.training.steps:,} steps in {run_dir} "
                       f"({resolve_backend(loaded, backend)} backend); nothing was written")
         return
     try:
-        job = prepare_run(loaded, run_dir, resume, backend)  # refusals come before the progress bar
+        job = prepare_run(loaded, run_dir, resume, backend, planned=planned)  # refusals before the progress bar
         steps, tokens = loaded.training.steps, loaded.training.tokens_per_step
         with _training_progress(console, steps, tokens) as progress:
             summary = train_job(job, backend, announce=console.print, progress=progress, compile=compile_)

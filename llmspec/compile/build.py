@@ -13,18 +13,22 @@ from llmspec.compile.launch import hostfile, launch_script
 from llmspec.compile.model_source import TEMPLATES, generated_sources
 from llmspec.errors import LLMSpecError
 from llmspec.files import write_atomic
+from llmspec.planner.result import Plan
 from llmspec.planner.training import plan
 from llmspec.spec.loading import dump_spec
 from llmspec.spec.schema import Spec
 
 
-def build_files(spec: Spec) -> dict[str, str]:
-    """File name → text, everything ``build`` writes."""
+def build_files(spec: Spec, planned: Plan | None = None) -> dict[str, str]:
+    """File name → text, everything ``build`` writes (``planned``: the spec's plan with its alternatives, where the
+    caller holds it: `run` plans once and hands the plan down)."""
+    if planned is None or not planned.is_for(spec) or not planned.alternatives:
+        planned = plan(spec)
     files = {
-        **generated_sources(spec),
+        **generated_sources(spec, planned.params["total"]),
         "ds_config.json": json.dumps(ds_config_dict(spec), indent=2) + "\n",
         "launch.sh": launch_script(spec),
-        "plan.json": json.dumps(plan(spec).to_json(), indent=2) + "\n",
+        "plan.json": json.dumps(planned.to_json(), indent=2) + "\n",
         "spec.yaml": dump_spec(spec),
     }
     hosts = hostfile(spec)
@@ -103,12 +107,13 @@ def stale_files(out: Path, files: dict[str, str]) -> list[str]:
             and (out / name).is_file() and _digest((out / name).read_text(errors="replace")) == digest]
 
 
-def build(spec: Spec, out_dir: str | Path, force: bool = False, keep_edited: bool = False) -> list[Path]:
+def build(spec: Spec, out_dir: str | Path, force: bool = False, keep_edited: bool = False,
+          planned: Plan | None = None) -> list[Path]:
     """Write the build into ``out_dir`` (created if needed); each file is replaced atomically. Returns the paths.
     A file edited since the last build is kept: an error names it, unless ``force`` (overwrite it) or
     ``keep_edited`` (leave it as edited and write the rest: ``run --resume`` over a user's launch.sh)."""
     out = check_output_dir(Path(out_dir))
-    files = build_files(spec)  # everything is rendered before anything is written
+    files = build_files(spec, planned)  # everything is rendered before anything is written
     edited = [] if force else edited_files(out, files)
     if edited and not keep_edited:
         how = "edited since llmspec wrote it" if edited[0] in _manifest(out) else "not written by llmspec build"

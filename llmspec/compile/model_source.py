@@ -60,8 +60,9 @@ def features(spec: Spec) -> dict[str, bool]:
     }
 
 
-def values(spec: Spec) -> dict[str, str]:
-    """Placeholder values: Python literals for ``ModelConfig`` defaults and the few spelled-out fragments."""
+def values(spec: Spec, params_total: int | None = None) -> dict[str, str]:
+    """Placeholder values: Python literals for ``ModelConfig`` defaults and the few spelled-out fragments
+    (``params_total``: the plan's exact parameter count for the header, where the caller planned already)."""
     from llmspec.planner.training import plan  # plan → compile: the header quotes the exact parameter count
 
     mo = spec.model
@@ -71,7 +72,8 @@ def values(spec: Spec) -> dict[str, str]:
     out = {
         "name": spec.name,
         "title": f"{spec.name}: a decoder-only transformer language model.",
-        "summary": _summary(spec, plan(spec, alternatives=False).params["total"]),
+        "summary": _summary(spec, params_total if params_total is not None else
+                            plan(spec, alternatives=False).params["total"]),
         "vocab_size": mo.vocab_size, "d_model": mo.d_model, "n_layers": mo.n_layers, "n_heads": mo.n_heads,
         "n_kv_heads": mo.n_kv_heads, "head_dim": mo.head_dim, "d_ff": mo.d_ff, "max_seq_len": mo.max_seq_len,
         "norm_eps": float(mo.norm_eps), "rope_theta": float(mo.rope_theta), "init_std": float(mo.init_std),
@@ -178,10 +180,10 @@ def template_text(file: str) -> str:
     return resources.files("llmspec.compile").joinpath("templates", TEMPLATES[file]).read_text()
 
 
-def generated_sources(spec: Spec) -> dict[str, str]:
+def generated_sources(spec: Spec, params_total: int | None = None) -> dict[str, str]:
     """File name → text of the Python files ``build`` writes for this spec: model.py, and beside it
     objectives.py (a method with a loss of its own) and pipeline.py (``parallelism.pipeline > 1``)."""
-    flags, substitutions = features(spec), values(spec)
+    flags, substitutions = features(spec), values(spec, params_total)
 
     def source(file: str) -> str:
         return render(template_text(file), flags, substitutions, TEMPLATES[file])

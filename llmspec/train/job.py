@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmspec.compile.build import build, check_output_dir
@@ -21,6 +21,7 @@ from llmspec.data.tasks import task_records
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
 from llmspec.errors import DoesNotFitError, LLMSpecError
 from llmspec.files import write_atomic
+from llmspec.planner.result import Plan
 from llmspec.planner.training import plan
 from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
 from llmspec.spec.loading import dump_spec, parse_spec
@@ -40,6 +41,9 @@ class Job:
     shards: Shards | None  # pretraining's token stream (post-training reads run_dir/data/ instead)
     resume: bool
     init_weights: Path | None = None  # training.init_from's weights file (absolute), loaded before step 0
+    # the plan `run` made once and handed down (its step lines quote it); None in a DeepSpeed rank, which plans
+    # again only on the rank that writes metrics
+    plan: Plan | None = field(default=None, compare=False)
 
     @property
     def model_file(self) -> Path:
@@ -68,9 +72,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLMSPEC_CACHE") or Path.home() / ".cache" / "llmspec")
 
 
-def check_fits(spec: Spec) -> None:
-    """Refuse a spec whose plan does not fit its device, quoting the plan."""
-    result = plan(spec, alternatives=False)
+def check_fits(spec: Spec, result: Plan) -> None:
+    """Refuse a spec whose plan (``result``) does not fit its device, quoting the plan."""
     if result.host_misfit:
         raise DoesNotFitError(f"{spec.name}: does not fit: {result.host_misfit}; `llmspec plan` on the same spec "
                               "and --set flags shows the strategies that fit")
@@ -99,10 +102,14 @@ def _documents(spec: Spec) -> list[str]:
     return documents
 
 
-def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run: bool = False) -> Job | None:
+def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run: bool = False,
+            planned: Plan | None = None) -> Job | None:
     """Refuse what cannot run (``refusals``: the answer of the engine that will run it), then (unless ``dry_run``:
-    refusals only, nothing written) lay out RUN_DIR."""
-    check_fits(spec)
+    refusals only, nothing written) lay out RUN_DIR. ``planned``: the spec's plan, where the caller made it (with
+    its alternatives: build's plan.json holds them); planned here otherwise, once."""
+    if planned is None or not planned.is_for(spec):
+        planned = plan(spec)
+    check_fits(spec, planned)
     check_runnable(spec, refusals)
     if spec.model.vocab_size > 2**32:
         raise LLMSpecError("model.vocab_size: token ids must fit in uint32")
@@ -126,7 +133,7 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run
         return None
 
     if spec.post_training is not None:
-        return _prepare_post_training(spec, run_dir, resume, init)
+        return _prepare_post_training(spec, run_dir, resume, init, planned)
     documents = _documents(spec)
     vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
     if vocab > spec.model.vocab_size:
@@ -145,16 +152,17 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run
     shards = write_shards(documents, tokenizer, shard_dir, spec.data.val_fraction)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    build(spec, run_dir / "build", keep_edited=resume)  # a resumed run keeps the user's edits to build/
+    build(spec, run_dir / "build", keep_edited=resume, planned=planned)  # a resumed run keeps the user's edits
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
-    job = Job(spec, run_dir, shards, resume, init.weights.resolve() if init else None)
+    job = Job(spec, run_dir, shards, resume, init.weights.resolve() if init else None, planned)
     write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))  # what launched workers read
     return job
 
 
-def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None) -> Job:
+def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, planned: Plan
+                           ) -> Job:
     """RUN_DIR for a fine-tune: the base's tokenizer (its ids are the ones the weights learned), and the records in
     run_dir/data/ as its method trains on them (train, val; held_out prompts with answers where there are some)."""
     if resume:
@@ -180,7 +188,7 @@ def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSo
         train, val, source = records[:split], records[split:], "data.corpus"
     held_out = method.held_out(val, builtin=corpus == BUILTIN)
     files = method.data_files(train, val, held_out, tokenizer, template, source, run_dir / "data")
-    return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path), files)
+    return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path), files, planned)
 
 
 def with_end_token(tokenizer, template: ChatTemplate, source: Path, model_vocab: int) -> bool:
@@ -199,14 +207,14 @@ def with_end_token(tokenizer, template: ChatTemplate, source: Path, model_vocab:
 
 
 def _finish(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, tokenizer: tuple[object | None, Path],
-            files: dict[str, list]) -> Job:
+            files: dict[str, list], planned: Plan) -> Job:
     """The rest of a fine-tune's RUN_DIR: data files, build/, spec.yaml, the tokenizer (with the token its
     template ends responses with) and its chat template files, and job.json."""
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         write_atomic(data / name, json.dumps(content))
-    build(spec, run_dir / "build", keep_edited=resume)
+    build(spec, run_dir / "build", keep_edited=resume, planned=planned)
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if not resume:
         changed, source = tokenizer  # the base's file as it is, unless a token was added
@@ -217,7 +225,7 @@ def _finish(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, to
         for name in TEMPLATE_FILES:  # the base's chat template travels with its tokenizer
             if (source.parent / name).is_file() and source.parent.resolve() != run_dir.resolve():
                 shutil.copyfile(source.parent / name, run_dir / name)
-    job = Job(spec, run_dir, None, resume, init.weights.resolve() if init else None)
+    job = Job(spec, run_dir, None, resume, init.weights.resolve() if init else None, planned)
     write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))
     return job
 

@@ -84,8 +84,8 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
         if engine.is_main:
             announce(f"resumed from {source} at step {start}")
     task = engine.method.objective(job, engine)
-    log = StepLog(spec, job.metrics_file, engine.device, start, job.resume, engine.method.tokens_per_step()) \
-        if engine.is_main else None
+    log = StepLog(spec, job.metrics_file, engine.device, start, job.resume, engine.method.tokens_per_step(),
+                  job.plan) if engine.is_main else None
     slots = engine.batch_slots()
     pending: list[torch.Tensor] = []  # this process's losses since the last host read, still on the device
     loss = val_loss = None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmspec.planner import plan
+from llmspec.planner.result import Plan
 from llmspec.spec import Spec, catalogue
 
 
@@ -50,10 +51,12 @@ class StepLog:
     step record (time spent evaluating and checkpointing is excluded: it is not training throughput).
     ``tokens_per_step``: what one step trains on, as the method counts it (``Method.tokens_per_step``)."""
 
-    def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool, tokens_per_step: int):
+    def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool, tokens_per_step: int,
+                 planned: Plan | None = None):
         self.tokens_per_step = tokens_per_step
         self.metrics = MetricsLog(path, start if resume else None)
-        planned = plan(spec, alternatives=False)
+        if planned is None or not planned.is_for(spec):  # a DeepSpeed rank plans here; `run` hands its plan down
+            planned = plan(spec, alternatives=False)
         self.flops_per_token = planned.flops["per_token_train"]
         self.planned_rate = planned.time["tokens_per_second"]
         self.planned_phases = {name: phase["seconds"] for name, phase in planned.phases.items()}
