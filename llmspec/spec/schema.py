@@ -143,6 +143,9 @@ class TrainingSpec(_Section):
     grad_clip: float | None = Field(1.0, gt=0)
     max_steps: Positive | None = Field(None, description="overrides tokens for short runs")
     log_interval: Positive = 10
+    loggers: list[Literal["tensorboard", "wandb", "csv"]] = Field(
+        [], description="where step and eval lines go besides metrics.jsonl (always written): tensorboard (event "
+        "files in RUN_DIR/tensorboard), wandb (offline unless the user configured wandb), csv (RUN_DIR/metrics.csv)")
     eval_interval: Positive = 500
     checkpoint_interval: Positive = 1000
     seed: NonNegative = 0
@@ -211,6 +214,9 @@ class ParallelismSpec(_Section):
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
+    nvme_path: str | None = Field(
+        None, description="with NVMe offload: the folder on each node's NVMe where DeepSpeed keeps what it offloads "
+        "(must exist, be writable and hold the plan's NVMe bytes: `run` checks it); required for NVMe offload to run")
     byte_regime: Literal["deepspeed", "zero_paper", "megatron", "pure16"] = Field(
         "deepspeed", description="bytes per parameter for 16-bit training: 20, 16 or 18 with an fp32 master, or "
         "pure16: 16-bit weights, gradients and optimizer states, no master (8 with Adam; see docs/formulas.md)"
