@@ -1,10 +1,11 @@
-# Two entry points on a fresh machine: `make run` and `make test`. Both create .venv in the repo root.
+# Two entry points on a fresh machine: `make run` and `make test` (`make test-fast`: the unit tier). Each creates .venv
+# in the repo root.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run post-train test wheel-check lint docs bench clean
+.PHONY: setup run post-train test test-fast wheel-check lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +40,18 @@ $(OPS): $(STAMP)
 		[a().create_op_builder(n).load() for n in ('CPUAdamBuilder', 'FusedAdamBuilder', 'ShareMemCommBuilder')]"
 	touch $(OPS)
 
+# Two tiers (pyproject.toml's markers): `make test-fast` runs the unit tests (under 5 minutes on 2 cores), `make test`
+# runs everything, then trains from the installed wheel. Both lint first: a lint error fails before any test runs.
+PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=20
+
 test: $(STAMP) $(OPS)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=20 tests
+	$(MAKE) --no-print-directory lint
+	$(PYTEST) tests
 	$(MAKE) --no-print-directory wheel-check
+
+test-fast: $(STAMP) $(OPS)
+	$(MAKE) --no-print-directory lint
+	$(PYTEST) -m "not integration" tests
 
 # The package as a user gets it: a wheel, installed into a fresh environment, run from outside the checkout.
 SMOKE := build/wheel-check

@@ -1,6 +1,14 @@
+"""The test environment (offline, one cache per session, the venv's DeepSpeed ops) and the fixtures test modules share.
+
+Tiers: tests marked ``integration`` (pyproject.toml) run end to end; `make test-fast` leaves them out.
+"""
+
 import os
 import sys
 import tempfile
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,3 +26,14 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory) -> Path:
+    """The tiny base (helpers.TINY_HF) imported with `import-hf`, once per test process; tests only read it."""
+    from helpers import TINY_HF
+
+    from llmspec.interop.hf import import_hf
+
+    out = tmp_path_factory.mktemp("base") / "tiny"
+    import_hf(TINY_HF, out)
+    return out

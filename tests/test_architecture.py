@@ -3,11 +3,14 @@
 Each field is changed on its own (on the tiny spec, in a context where the change can show) and the test records
 which outputs move: the plan (``plan --json`` and the inference plan), the compiled files (model.py,
 ds_config.json, launch.sh) and the transformers config (``export-hf``). A field moves all three, or is named below
-with the consumers it has and why. Fields ``run`` reads are checked to appear in the training code.
+with the consumers it has and why. The fields declared ``run`` are exactly those the run's code reads from the spec
+(an AST walk of its modules).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 from pathlib import Path
 
@@ -27,7 +30,8 @@ EVERYWHERE = {"plan", "compile", "hf"}
 CONSUMERS: dict[str, set[str]] = {
     # the planner counts parameters and FLOPs: which gated activation, eps, RoPE's base and scaling, and the
     # initialisation change none of them
-    "model.mlp": {"compile", "hf"},  # swiglu → geglu; gelu vs swiglu moves the plan (tested via model.norm)
+    # swiglu → geglu; gelu vs swiglu moves the plan (tested via model.norm); DeepSpeed's AutoEP runs swiglu experts
+    "model.mlp": {"compile", "hf", "run"},
     "model.norm_eps": {"compile", "hf"},
     "model.rope_theta": {"compile", "hf"},
     "model.rope_scaling": {"compile", "hf"},
@@ -54,23 +58,25 @@ CONSUMERS: dict[str, set[str]] = {
     "training.eval_interval": {"run"},
     "training.checkpoint_interval": {"run"},
     "training.seed": {"run"},
+    "training.loggers": {"run"},  # where the run's metrics go besides metrics.jsonl
     # the layout: DeepSpeed's config and launch, and the plan; transformers knows nothing of it
     "parallelism.zero_stage": {"compile", "plan", "run"},
     "parallelism.tensor": {"compile", "plan", "run"},
     "parallelism.pipeline": {"compile", "plan", "run"},
     "parallelism.activation_checkpointing": {"compile", "plan"},
     "parallelism.offload_optimizer": {"compile", "plan", "run"},
-    "parallelism.offload_params": {"compile", "plan"},
+    "parallelism.offload_params": {"compile", "plan", "run"},  # the engine names the offload it runs
     "parallelism.overlap_comm": {"compile", "plan"},
     "parallelism.reduce_bucket_size": {"compile", "plan"},
     "parallelism.allgather_bucket_size": {"compile"},  # DeepSpeed's ZeRO-1/2 gather bucket: not a peak term
     "parallelism.prefetch_bucket_size": {"compile", "plan"},
     "parallelism.max_live_parameters": {"compile"},  # a ZeRO-3 cap the planner's gather term stays under
+    "parallelism.nvme_path": {"compile", "run"},  # ds_config's swap folder; the engine checks it before offloading
     # plan-only: what-if inputs the engine does not (yet) execute: interleaving, other byte regimes
-    "parallelism.virtual_stages": {"plan"},
+    "parallelism.virtual_stages": {"plan", "run"},  # run refuses v > 1
     # run refuses it (the compiled attention exchanges no keys and values); the build's batch split follows the
     # data-parallel degree it derives
-    "parallelism.context": {"compile", "plan"},
+    "parallelism.context": {"compile", "plan", "run"},
     "parallelism.sequence_parallel": {"plan", "run"},  # run refuses it: AutoTP holds the sequence whole
     "parallelism.tp_comm_overlap": {"plan", "run"},  # run refuses it: AutoTP waits for each collective
     "parallelism.ep_comm_overlap": {"plan", "run"},  # run refuses it: AutoEP waits for each all-to-all
@@ -78,15 +84,15 @@ CONSUMERS: dict[str, set[str]] = {
     "training.fp8_library": {"plan"},  # what FP8 linears save and keep: planned (run refuses fp8)
     "cluster.hosts": {"compile", "run"},  # the hostfile and launch.sh; run refuses several nodes without hosts
     "training.init_from": {"run"},  # the weights before step 0: nothing planned or compiled changes
-    "post_training": {"compile", "plan"},  # run refuses it up front: planned, not yet run
+    "post_training": {"compile", "plan", "run"},  # the method: its batches, loss and extra models
     "parallelism.first_stage_layers": {"plan", "run"},  # run partitions DeepSpeed's pipeline as given
     "parallelism.last_stage_layers": {"plan", "run"},
     "parallelism.expert": {"compile", "plan", "run"},  # ds_config's expert_parallel (AutoEP)
-    "parallelism.byte_regime": {"plan"},
+    "parallelism.byte_regime": {"plan", "run"},  # run refuses pure16 (its engines keep an fp32 master)
     # the cluster: where and how fast; the compiled files name the GPU count and nodes
     "cluster.gpu": {"compile", "plan", "run"},
     "cluster.gpus_per_node": {"compile", "plan", "run"},
-    "cluster.nodes": {"compile", "plan"},
+    "cluster.nodes": {"compile", "plan", "run"},  # run refuses several nodes without hosts
     "cluster.intra_node_bandwidth": {"plan"},
     "cluster.inter_node_bandwidth": {"plan"},
     "cluster.price_per_gpu_hour": {"plan"},
@@ -101,8 +107,10 @@ CONSUMERS: dict[str, set[str]] = {
     "data.val_fraction": {"run"},
 }
 # the run reads these through a derived property of the spec
-READ_AS = {"training.max_steps": "steps", "training.tokens": "steps",
-           "parallelism.first_stage_layers": "stage_layers", "parallelism.last_stage_layers": "stage_layers"}
+READ_AS = {"training.max_steps": "training.steps", "training.tokens": "training.steps",
+           "parallelism.first_stage_layers": "spec.stage_layers", "parallelism.last_stage_layers": "spec.stage_layers"}
+# The run's code: what `llmspec run` executes besides the compiled files (which the test above covers).
+RUN_CODE = ("llmspec/train", "llmspec/data", "backends", "llmspec/runner.py")
 DERIVED = {"training.gradient_accumulation_steps", "parallelism.data_parallel"}  # computed, never set apart
 
 GPT2_FAMILY = ["model.norm=layernorm", "model.position=learned", "model.bias=true", "model.mlp=gelu",
@@ -116,7 +124,8 @@ CHANGE = {
     "model.sliding_window": "64", "model.dropout": "0.1", "model.head_dim": "64",
     "training.precision": "bf16", "training.optimizer.name": "sgd", "training.optimizer.betas": "[0.8, 0.9]",
     "training.tokens": "2M", "training.max_steps": "300", "training.micro_batch_size": "8",
-    "training.seq_len": "128", "training.fp8_library": "torchao",
+    "training.seq_len": "128", "training.fp8_library": "torchao", "training.loggers": "[csv]",
+    "parallelism.nvme_path": "nvme-swap",
     "cluster.host_memory_gib": "0.001", "cluster.nvme_gib": "0.001",
     "parallelism.activation_checkpointing": "full", "parallelism.offload_optimizer": "cpu",
     "parallelism.offload_params": "cpu", "parallelism.byte_regime": "zero_paper",
@@ -134,6 +143,7 @@ CONTEXT = {
     "parallelism.context": TWO_GPUS,
     "training.fp8_library": ["training.precision=fp8", "cluster.gpu=H100-SXM"],
     "cluster.nvme_gib": ["parallelism.zero_stage=1", "parallelism.offload_optimizer=nvme"],
+    "parallelism.nvme_path": ["parallelism.zero_stage=1", "parallelism.offload_optimizer=nvme"],
     "parallelism.sequence_parallel": [*TWO_GPUS, "parallelism.tensor=2"],
     "parallelism.tp_comm_overlap": [*TWO_GPUS, "parallelism.tensor=2"],
     "parallelism.ep_comm_overlap": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}", "parallelism.expert=2",
@@ -191,7 +201,7 @@ def test_field_is_consumed_where_declared(field, tmp_path, monkeypatch):
     context = CONTEXT.get(field, [])
     before = outputs(context)
     value = leaf_fields(load_spec("tiny", context).model_dump())[field]
-    moved = None
+    moved = f"{field}: no valid change; add one to CHANGE"
     for change in change_of(field, value):
         try:
             after = outputs([*context, *change])
@@ -199,15 +209,73 @@ def test_field_is_consumed_where_declared(field, tmp_path, monkeypatch):
             continue
         moved = {name for name in before if before[name] != after[name]}
         break
-    assert moved is not None, f"{field}: no valid change; add one to CHANGE"
     assert moved == CONSUMERS.get(field, EVERYWHERE) - {"run"}
 
 
-@pytest.mark.parametrize("field", sorted(f for f, used in CONSUMERS.items() if "run" in used))
-def test_run_reads_the_field(field):
-    code = "".join(p.read_text(encoding="utf-8") for folder in ("llmspec/train", "llmspec/data", "backends",
-                                                              "llmspec/compile") for p in (ROOT / folder).rglob("*.py"))
-    assert f".{READ_AS.get(field, field.rsplit('.', 1)[1])}" in code
+def _dotted(node: ast.expr, aliases: dict[str, set[str]]) -> set[str]:
+    """The dotted paths an expression reads (``spec.training.seed``), a local alias spelled out as what it names;
+    ``x.model_copy(...)`` reads as ``x``. Empty for anything but names, attributes and such copies."""
+    attrs = []
+    while isinstance(node, ast.Attribute | ast.Call):
+        if isinstance(node, ast.Attribute):
+            attrs.append(node.attr)
+            node = node.value
+        elif isinstance(node.func, ast.Attribute) and node.func.attr == "model_copy":
+            node = node.func.value
+        else:
+            return set()
+    if not isinstance(node, ast.Name):
+        return set()
+    rest = "".join(f".{attr}" for attr in reversed(attrs))
+    return {root + rest for root in aliases.get(node.id, {node.id})}
+
+
+def attribute_reads(path: Path) -> set[str]:
+    """Every dotted attribute path a module reads, with its aliases (``tr = spec.training`` makes ``tr.seed`` read
+    ``spec.training.seed``). Aliases are collected per module: a name bound twice reads as either binding."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bindings = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+                bindings += zip(target.elts, value.elts, strict=True)
+            else:
+                bindings.append((target, value))
+    aliases: dict[str, set[str]] = {}
+    for _ in range(3):  # an alias of an alias (opt = tr.optimizer)
+        for target, value in bindings:
+            if isinstance(target, ast.Name):
+                aliases.setdefault(target.id, set()).update(p for p in _dotted(value, aliases) if "." in p)
+        aliases = {name: paths for name, paths in aliases.items() if paths}
+    return {p for node in ast.walk(tree) if isinstance(node, ast.Attribute) for p in _dotted(node, aliases)}
+
+
+@functools.cache
+def run_reads() -> frozenset[str]:
+    where = [ROOT / entry for entry in RUN_CODE]
+    files = [path for place in where for path in (place.rglob("*.py") if place.is_dir() else [place])]
+    return frozenset().union(*map(attribute_reads, files))
+
+
+def read_by_the_run(field: str) -> bool:
+    path = READ_AS.get(field, field)
+    return any(read == path or read.endswith(f".{path}") for read in run_reads())
+
+
+@pytest.mark.parametrize("field", sorted(CONSUMERS))
+def test_the_run_reads_a_field_exactly_when_declared(field):
+    declared = "run" in CONSUMERS[field]
+    assert read_by_the_run(field) == declared, (f"{field}: declared {sorted(CONSUMERS[field])}, but the run's code "
+                                                f"({', '.join(RUN_CODE)}) {'never reads' if declared else 'reads'} it")
+
+
+def test_aliases_and_copies_are_followed_to_the_field_they_read(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f(spec):\n    tr, par = spec.training, spec.parallelism.model_copy(update={})\n"
+                      "    opt = tr.optimizer\n    return opt.betas, par.tensor, spec.cluster\n")
+    assert {"spec.training.optimizer.betas", "spec.parallelism.tensor", "spec.cluster"} <= attribute_reads(module)
+    assert not {read for read in attribute_reads(module) if read.endswith(("training.seed", ".name"))}
 
 
 def test_every_declared_field_exists():

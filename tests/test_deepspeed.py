@@ -230,24 +230,13 @@ POST = ["cluster.gpus_per_node=2", "training.micro_batch_size=4", "training.glob
         "training.max_steps=6", "training.log_interval=1", "training.eval_interval=3", "training.checkpoint_interval=3"]
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from helpers import TINY_HF
-
-    from llmspec.interop.hf import import_hf
-
-    out = tmp_path_factory.mktemp("base") / "tiny"
-    import_hf(TINY_HF, out)
-    return out
-
-
 @pytest.mark.parametrize("name, layout", [
     ("tiny-lora", ["parallelism.zero_stage=2"]),
     ("tiny-dpo", ["parallelism.zero_stage=3", "post_training.adapter.type=lora"]),  # reference: adapters off
     ("tiny-reward", ["parallelism.zero_stage=1"]),  # a value head on pairs
 ], ids=["lora-sft-zero2", "dpo-adapter-off-zero3", "reward-zero1"])
-def test_post_training_under_deepspeed_tracks_the_single_process_run(name, layout, tiny_base, tmp_path):
-    spec = load_spec(name, [f"training.init_from={tiny_base}", *POST, *layout])
+def test_post_training_under_deepspeed_tracks_the_single_process_run(name, layout, base, tmp_path):
+    spec = load_spec(name, [f"training.init_from={base}", *POST, *layout])
     _tracks_one_process(spec, tmp_path)
     evals = [r for r in read_metrics(tmp_path / "ds" / "metrics.jsonl") if "val_loss" in r]
     assert [r["step"] for r in evals] == [0, 3, 6]  # the held-out metrics ran on every rank, logged by rank 0
@@ -257,12 +246,12 @@ def test_post_training_under_deepspeed_tracks_the_single_process_run(name, layou
     ("tiny-grpo", ["parallelism.zero_stage=3"]),  # ranks sample in lockstep: ZeRO-3 gathers on every forward
     ("tiny-ppo", ["parallelism.zero_stage=2", "post_training.epochs=2"]),
 ], ids=["grpo-zero3", "ppo-zero2"])
-def test_rl_under_deepspeed_samples_what_one_process_samples(name, layout, tiny_base, tmp_path):
+def test_rl_under_deepspeed_samples_what_one_process_samples(name, layout, base, tmp_path):
     """Each rank generates its replica's rollouts (seeded by step and replica) as the torch engine does for every
     replica in turn: the same rollout rewards exactly, the same losses and held-out metrics to 1e-4."""
     short = ["training.max_steps=4", "training.eval_interval=2", "training.checkpoint_interval=2",
              "post_training.response_len=8"]
-    spec = load_spec(name, [f"training.init_from={tiny_base}", *POST, *layout, *short])
+    spec = load_spec(name, [f"training.init_from={base}", *POST, *layout, *short])
     run(spec, tmp_path / "torch", backend="torch", announce=quiet)
     run(spec, tmp_path / "ds", backend="deepspeed", announce=quiet)
     reference, ours = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("torch", "ds"))

@@ -11,7 +11,7 @@ from llmspec.runner import run
 from llmspec.spec.loading import load_spec
 from llmspec.train.metrics import read_metrics
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _this_gpu(count: int) -> list[str]:

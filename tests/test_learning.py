@@ -19,7 +19,7 @@ from llmspec.train.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
-def start(base, tmp_path_factory) -> Path:  # noqa: F811
+def start(base, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft") / "sft"
     run(load_spec("tiny-sft", [f"training.init_from={base}", "training.max_steps=60"]), out,
         announce=lambda *a: None)

@@ -99,7 +99,7 @@ def test_preference_records_are_checked(tmp_path):
         read_records(path, pairs=True)
 
 
-def test_a_reward_model_takes_the_base_without_its_lm_head(base):  # noqa: F811
+def test_a_reward_model_takes_the_base_without_its_lm_head(base):
     spec = load_spec("tiny-reward", [f"training.init_from={base}"])
     model = model_module(spec).Model()
     load_initial_weights(model, base / "model.safetensors")
@@ -109,7 +109,7 @@ def test_a_reward_model_takes_the_base_without_its_lm_head(base):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_reward_model_learns_the_held_out_preferences(base, tmp_path):  # noqa: F811
+def test_reward_model_learns_the_held_out_preferences(base, tmp_path):
     """The chain as `make post-train` runs it, on shorter budgets: sft, then a reward model from it (DPO's
     learning: test_learning.py)."""
     run(load_spec("tiny-sft", [f"training.init_from={base}", "training.max_steps=100"]), tmp_path / "sft",
@@ -131,7 +131,7 @@ def test_reward_model_learns_the_held_out_preferences(base, tmp_path):  # noqa: 
 
 
 @pytest.mark.integration
-def test_dpo_with_precomputed_reference_trains_as_with_a_copy(base, tmp_path):  # noqa: F811
+def test_dpo_with_precomputed_reference_trains_as_with_a_copy(base, tmp_path):
     """reference: precomputed scores every pair with the start once, before step 0 (TRL's precompute_ref_log_probs),
     and holds no reference model: the same losses and held-out metrics as a frozen copy of the start."""
     short = [f"training.init_from={base}", "training.max_steps=3", "training.eval_interval=3",
@@ -167,7 +167,7 @@ def test_grpo_loss_is_the_clipped_objective_plus_k3_kl_per_sequence_token_mean()
     assert policy.grad[0, 2].item() == 0  # padding learns nothing
 
 
-def test_rollouts_are_verified_group_normalised_and_deterministic(base):  # noqa: F811
+def test_rollouts_are_verified_group_normalised_and_deterministic(base):
     from tokenizers import Tokenizer
 
     from llmspec.train.rollouts import RolloutBatches, verify

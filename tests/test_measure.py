@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import minimal
+from helpers import MEASURED_AS, minimal
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -17,9 +17,6 @@ SLOW = {"llama3-405b", "llama3-70b", "llama2-70b", "mixtral-8x7b", "llama3-70b-q
         "llama2-7b-ppo",  # (decoding 16 rollouts × 256 tokens through 32 layers on meta tensors: 70 s)
         "published/llama3-405b-131k", "published/megatron-1t", "published/megatron-530b",
         "published/megatron-310b", "published/megatron-145b"}
-# Published layouts that differ from a measured named spec only in what measure does not read (the number of
-# nodes, the global batch, the overlap of communication): tests/test_published.py asserts that they do.
-MEASURED_AS = {"published/llama3-405b-8k": "llama3-405b", "published/llama3-405b-16k": "llama3-405b"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.integration) if n in SLOW else n

@@ -1,8 +1,10 @@
-"""The wheel ships every source file, template and named spec; the package's imports flow one way."""
+"""The wheel ships every source file, template and named spec; the package's imports flow one way; no file names
+a folder of one machine; tests share code only through helpers.py and conftest.py."""
 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +25,7 @@ def tracked_sources() -> list[str]:
     return [path for path in listed.stdout.split() if not path.endswith((".pyc",))]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_wheel_holds_every_source_file(tmp_path):
     # build from a copy of the tracked files, so the checkout gets no build/ or egg-info, and an untracked file
     # that the package needs would be missed here as it would in a release
@@ -125,8 +127,6 @@ def test_public_api_imports():
 
 def test_paths_named_in_code_and_docs_exist():
     """A comment or doc that names a file of this repository names one that exists (no stale pointers)."""
-    import re
-
     pattern = re.compile(r"\b((?:llmspec|backends|tests|docs|specs|benchmarks)/[\w./-]*\.(?:py|md|in|yaml|png|json))")
     sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "llmspec").rglob("*.py"),
                *(ROOT / "llmspec").rglob("*.in"), *(ROOT / "backends").glob("*.py"), *(ROOT / "tests").glob("*.py"),
@@ -135,3 +135,44 @@ def test_paths_named_in_code_and_docs_exist():
                       for name in pattern.findall(source.read_text(encoding="utf-8"))
                       if not (ROOT / name).exists() and "*" not in name})
     assert missing == []
+
+
+# Places that exist on one machine only: home and work folders, temporary directories, mounts. The paths every
+# machine has (/dev/null, /usr/bin/env, /proc as a place no one may write) are not among them.
+ONE_MACHINE = re.compile(r"(?<![\w.~/$-])(?:/(?:home|Users|root|work|workspace|scratch|tmp|var/tmp|var/folders|"
+                         r"private/var|mnt|media)/|[A-Za-z]:\\(?:Users|Documents)\\)")
+
+
+def test_no_file_names_a_place_outside_the_repository():
+    """Code, docs and specs name paths relative to the repository or the user's working directory, or make them with
+    tempfile: never one machine's folders (a session's checkout, someone's home, a /tmp file)."""
+    # (\x2f is "/": written so, the samples do not trip the scan below over this file)
+    assert [bool(ONE_MACHINE.search(text)) for text in ("cd \x2fwork/main", "see \x2ftmp/run.log", "C:\\Users\\me\\x",
+                                                         "RUN_DIR/data/", "/dev/null", "$TMPDIR/tmp/x")] == \
+        [True, True, True, False, False, False]
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    found = []
+    for name in listed:
+        try:
+            text = (ROOT / name).read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):  # deleted in the working tree; weights and images
+            continue
+        found += [f"{name}:{text.count(chr(10), 0, hit.start()) + 1}: {text[hit.start():hit.end() + 30].split()[0]}"
+                  for hit in ONE_MACHINE.finditer(text)]
+    assert found == []
+
+
+def test_tests_share_code_through_helpers_and_conftest_only():
+    """A test module imports shared code as `from helpers import ...` and gets shared fixtures from conftest.py; it
+    never imports another test module (whose fixtures would then run under two module names) or `tests.`."""
+    tests = ROOT / "tests"
+    own = {path.stem for path in tests.glob("*.py")}
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}:{node.lineno}: {name}" for name in names
+                      if name.split(".")[0] == "tests" or (name in own and name != "helpers")]
+    assert found == []

@@ -6,6 +6,7 @@ commit; the diff of tests/golden/plans.json shows exactly which numbers moved.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -13,9 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmspec.errors import ConsistencyError, SpecError
 from llmspec.planner.inference import inference_plan
 from llmspec.planner.inputs import CHECKPOINTING, OFFLOAD_MODES, strategy_inputs
-from llmspec.planner.layout_search import OFFLOADS, _grid
+from llmspec.planner.layout_search import (
+    CONTEXT_CHUNK,
+    CONTEXTS,
+    MICRO_BATCHES,
+    OFFLOADS,
+    VIRTUAL_STAGES,
+    _grid,
+    gpu_counts,
+)
 from llmspec.planner.training import plan, strategies
 from llmspec.spec import load_spec, named_specs
 
@@ -52,39 +62,55 @@ def test_strategy_inputs_agree_on_numbers_and_columns(name):
             assert float(value) == pytest.approx(float(np.broadcast_to(columns[key], dp.shape)[i]), rel=1e-12), key
 
 
-def test_search_grid_is_exactly_what_the_spec_rules_accept():
-    """The search's divisibility masks, row for row, against validating each layout as a spec."""
-    from llmspec.errors import ConsistencyError, SpecError
+# The searched axes the rules see (checkpointing they do not), in _grid's names, and two slices of the search space
+# that between them hold every coupling the rules make: the split degrees (tensor, context, pipeline and its
+# interleaving, expert) with the micro-batch through the data-parallel degree, and ZeRO with the pipeline and offload.
+AXES = ("n", "t", "c", "p", "v", "ep", "z", "mb", "off")
+SLICES = {"splits": {"z": (1,), "off": (0,)}, "memory": {"c": (1,), "v": (1,), "ep": (1,)}}
 
-    # nodes sized, so the NVMe offload codes are searched too
+
+@pytest.mark.parametrize("part", sorted(SLICES))
+def test_search_grid_is_exactly_what_the_spec_rules_accept(part):
+    """The search's divisibility masks, row for row, against validating each layout as a spec."""
+    # nodes sized, so the NVMe offload codes are searched; 5 blocks, so pipelines split unevenly and interleave;
+    # 16,388 positions: context 2 leaves each GPU CONTEXT_CHUNK or more, context 4 does not divide them in 8 chunks
     spec = load_spec("tiny-moe", ["cluster.gpu=A100-80GB", "training.global_batch_size=48",
-                                  "cluster.host_memory_gib=2048"])
+                                  "cluster.host_memory_gib=2048", "model.n_layers=5", "model.max_seq_len=16388",
+                                  "training.seq_len=16388"])
     grid = _grid(spec, 16)
-    kept = set(zip(*(grid[k].tolist() for k in ("n", "t", "p", "z", "mb", "ck", "off")), strict=True))
+    assert set(grid["ck"].tolist()) == set(range(len(CHECKPOINTING)))
+    fixed = SLICES[part]
+    kept = {row for row in zip(*(grid[k].tolist() for k in AXES), strict=True)
+            if all(row[AXES.index(axis)] in values for axis, values in fixed.items())}
     base = spec.model_dump(exclude={"training": {"gradient_accumulation_steps"}, "parallelism": {"data_parallel"}})
+    seq_len = spec.training.seq_len
     accepted = set()
-    for n, t, p, z, mb, off in {(r[0], r[1], r[2], r[3], r[4], r[6]) for r in kept} | _all_rows(spec):
-        data = json.loads(json.dumps(base))
-        data["cluster"].update(gpus_per_node=n, nodes=1)
-        data["parallelism"].update(tensor=t, pipeline=p, zero_stage=z, offload_optimizer=OFFLOADS[off][0],
-                                   offload_params=OFFLOADS[off][1])
-        data["training"]["micro_batch_size"] = mb
+    for row in kept | set(_all_rows(spec, fixed)):  # a kept row the rows below miss is validated all the same
+        n, t, c, p, v, ep, z, mb, off = row
+        data = {**base, "cluster": {**base["cluster"], "gpus_per_node": n, "nodes": 1},
+                "training": {**base["training"], "micro_batch_size": mb},
+                "parallelism": {**base["parallelism"], "tensor": t, "context": c, "pipeline": p, "virtual_stages": v,
+                                "expert": ep, "zero_stage": z, "offload_optimizer": OFFLOADS[off][0],
+                                "offload_params": OFFLOADS[off][1]}}
         try:
             type(spec).model_validate(data)
         except (SpecError, ConsistencyError, ValueError):
             continue
-        if t <= n:  # the search keeps tensor parallelism within the GPUs it has (a search choice, not a rule)
-            accepted.add((n, t, p, z, mb, off))
-    assert {(r[0], r[1], r[2], r[3], r[4], r[6]) for r in kept} == accepted
-    assert {r[5] for r in kept} == set(range(len(CHECKPOINTING)))
+        # search choices, not rules: tensor parallelism within the GPUs it has, a context chunk worth its ring
+        if t <= n and seq_len // c >= min(CONTEXT_CHUNK, seq_len):
+            accepted.add(row)
+    assert kept == accepted
+    # every axis the slice varies is searched beyond 1 (else the slice checks nothing there)
+    varied = [axis for axis in ("t", "c", "p", "v", "ep", "z", "off") if axis not in fixed]
+    assert [axis for axis in varied if max(row[AXES.index(axis)] for row in kept) <= 1] == []
 
 
-def _all_rows(spec) -> set[tuple]:
-    from llmspec.planner.layout_search import MICRO_BATCHES, gpu_counts
-
-    pipelines = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= spec.model.n_layers]
-    return {(n, t, p, z, mb, off) for n in gpu_counts(16) for t in (1, 2, 4, 8) for p in pipelines
-            for z in range(4) for mb in MICRO_BATCHES for off in range(len(OFFLOADS))}
+def _all_rows(spec, fixed: dict[str, tuple]) -> list[tuple]:
+    """Every combination of the values the search tries on each axis (those in ``fixed`` held), as AXES orders them."""
+    powers = (1, 2, 4, 8, 16, 32, 64)
+    axes = {"n": gpu_counts(16), "t": (1, 2, 4, 8), "c": CONTEXTS, "p": [p for p in powers if p <= spec.model.n_layers],
+            "v": VIRTUAL_STAGES, "ep": powers, "z": range(4), "mb": MICRO_BATCHES, "off": range(len(OFFLOADS))}
+    return list(itertools.product(*(fixed.get(axis, axes[axis]) for axis in AXES)))
 
 
 if __name__ == "__main__":

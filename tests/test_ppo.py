@@ -69,7 +69,7 @@ def test_ppo_loss_is_the_clipped_policy_and_value_losses_by_hand():
     assert values.grad[0, 0] == 0 and values.grad[0, 1].item() == pytest.approx(0.1 * (1.0 - 0.0) / 2)
 
 
-def _ppo_parts(base, *sets):  # noqa: F811
+def _ppo_parts(base, *sets):
     spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.global_batch_size=8",
                                   "training.micro_batch_size=4", "post_training.epochs=2", *sets])
     torch.manual_seed(0)  # the critic's new value head
@@ -84,7 +84,7 @@ def _ppo_parts(base, *sets):  # noqa: F811
     return spec, trained, source
 
 
-def test_ppo_rollouts_are_scored_as_sampled_once_per_step(base):  # noqa: F811
+def test_ppo_rollouts_are_scored_as_sampled_once_per_step(base):
     spec, trained, source = _ppo_parts(base)
     first = source.get(step=0, micro=0)
     inputs, targets, old_logprobs, old_values, advantages, returns = first
@@ -109,7 +109,7 @@ def test_ppo_rollouts_are_scored_as_sampled_once_per_step(base):  # noqa: F811
     (["post_training.reward_model=tiny-sft"], "post_training.reward_model tiny-sft: not a run directory"),
     (["data.corpus=PROMPTS"], "record 1 has no answer, which the verifier needs"),
 ])
-def test_what_ppo_cannot_run_is_refused_up_front(base, tmp_path, sets, message):  # noqa: F811
+def test_what_ppo_cannot_run_is_refused_up_front(base, tmp_path, sets, message):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"Say {i}"}) for i in range(10)))
     sets = [s.replace("PROMPTS", str(prompts)) for s in sets]
@@ -119,7 +119,7 @@ def test_what_ppo_cannot_run_is_refused_up_front(base, tmp_path, sets, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_reward_model_must_be_a_trained_reward_run(base, tmp_path):  # noqa: F811
+def test_a_reward_model_must_be_a_trained_reward_run(base, tmp_path):
     (tmp_path / "sft" / "checkpoints").mkdir(parents=True)
     (tmp_path / "sft" / "spec.yaml").write_text(dump_spec(load_spec("tiny-sft")))
     torch.save({"model": {}}, tmp_path / "sft" / "checkpoints" / "step-00000001.pt")
@@ -129,7 +129,7 @@ def test_a_reward_model_must_be_a_trained_reward_run(base, tmp_path):  # noqa: F
 
 
 @pytest.mark.integration
-def test_a_critic_starts_from_the_reward_model_critic_model_names(base, tmp_path):  # noqa: F811
+def test_a_critic_starts_from_the_reward_model_critic_model_names(base, tmp_path):
     """InstructGPT's start for the critic: post_training.critic_model names a trained reward model's run, whose
     weights (value head included) the critic takes; an adapted one is refused, and the run trains."""
     from types import SimpleNamespace
@@ -158,7 +158,7 @@ def test_a_critic_starts_from_the_reward_model_critic_model_names(base, tmp_path
     assert not (tmp_path / "refused").exists()
 
 
-def test_a_ppo_step_trains_on_each_mini_batch_of_its_rollouts_every_epoch(base, tmp_path, monkeypatch):  # noqa: F811
+def test_a_ppo_step_trains_on_each_mini_batch_of_its_rollouts_every_epoch(base, tmp_path, monkeypatch):
     spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.max_steps=1",
                                   "training.global_batch_size=8", "training.micro_batch_size=4",
                                   "post_training.rollouts_per_step=16", "post_training.epochs=2",
@@ -179,7 +179,7 @@ def test_a_ppo_step_trains_on_each_mini_batch_of_its_rollouts_every_epoch(base, 
     assert next(iter(state["optimizer"]["state"].values()))["step"] == 2 * 2  # epochs × mini-batches
 
 
-def test_rl_runs_on_a_users_prompt_set(base, tmp_path):  # noqa: F811
+def test_rl_runs_on_a_users_prompt_set(base, tmp_path):
     """GRPO on a JSON Lines prompt set (a prompt, or messages, each with the verifier's answer): the rollouts are
     that set's prompts under the chat template, and the held-out ones with answers give task_accuracy."""
     records = [{"prompt": f"Repeat: w{i} v{i}", "answer": f"w{i} v{i}"} for i in range(18)] + [
@@ -198,7 +198,7 @@ def test_rl_runs_on_a_users_prompt_set(base, tmp_path):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_a_killed_ppo_run_resumes_bit_for_bit(base, tmp_path):  # noqa: F811
+def test_a_killed_ppo_run_resumes_bit_for_bit(base, tmp_path):
     # 16 rollouts per step in mini-batches of 8: epochs × 2 optimizer steps per step, each on its own mini-batch
     spec = load_spec("tiny-ppo", [f"training.init_from={base}", *VERIFIED, "training.max_steps=6",
                                   "training.global_batch_size=8", "training.micro_batch_size=4",
@@ -235,7 +235,7 @@ def test_the_summary_sets_measured_throughput_and_phases_beside_the_plan():
     assert planned_and_measured([{"step": 0, "val_loss": 1.0}]) == (None, None)
 
 
-def test_ppo_steps_in_bf16_as_gpu_users_train(base):  # noqa: F811
+def test_ppo_steps_in_bf16_as_gpu_users_train(base):
     """Sampling, scoring and the loss under bf16 autocast (the torch engine's bf16): finite, with gradients for
     the policy and the critic; old log-probs and values are kept in fp32."""
     from llmspec.train.precision import autocast

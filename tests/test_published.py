@@ -38,7 +38,7 @@ def test_every_published_layout_is_a_valid_spec_with_its_source():
 
 
 def test_layouts_measured_as_another_spec_differ_only_in_what_measure_does_not_read():
-    from tests.test_measure import MEASURED_AS
+    from helpers import MEASURED_AS
 
     per_gpu = {"data_parallel", "tp_comm_overlap"}  # a replica's count, and a time-only field
     for name, measured in MEASURED_AS.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import killed_and_resumed
+from helpers import LORA, TINY_HF, killed_and_resumed
 from tokenizers import Tokenizer
 
 from llmspec.compile.loading import model_module
@@ -24,20 +24,6 @@ from llmspec.runner import run
 from llmspec.spec.loading import load_spec
 from llmspec.train.init_from import load_initial_weights
 from llmspec.train.metrics import read_metrics
-
-TINY_HF = Path(__file__).parent / "fixtures" / "tiny-hf"
-
-LORA = ["post_training.adapter.type=lora", "post_training.adapter.r=16", "post_training.adapter.alpha=32",
-        "post_training.adapter.targets=all-linear"]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    from llmspec.interop.hf import import_hf
-
-    out = tmp_path_factory.mktemp("base") / "tiny"
-    import_hf(TINY_HF, out)
-    return out
 
 
 def _sft(base: Path, *sets: str):
