@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run post-train test test-fast wheel-check lint docs bench clean
+.PHONY: setup run post-train test test-fast ssh-tools wheel-check lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,17 @@ $(OPS): $(STAMP)
 # runs everything, then trains from the installed wheel. Both lint first: a lint error fails before any test runs.
 PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=20
 
-test: $(STAMP) $(OPS)
+# The two-node test (tests/test_multinode.py) starts sshd on 127.0.0.1 and 127.0.0.2 and launches through pdsh:
+# installed where this machine allows it (root, apt-get); elsewhere that test says why it skips.
+ssh-tools:
+	@if ! { command -v sshd || test -x /usr/sbin/sshd; } >/dev/null || ! command -v pdsh >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server pdsh; } >/dev/null \
+				|| echo "ssh-tools: apt-get could not install openssh-server and pdsh; the two-node test will skip"; \
+		else echo "ssh-tools: no sshd or pdsh, and no root apt-get to install them; the two-node test will skip"; fi; \
+	fi
+
+test: $(STAMP) $(OPS) ssh-tools
 	$(MAKE) --no-print-directory lint
 	$(PYTEST) tests
 	$(MAKE) --no-print-directory wheel-check

@@ -3,6 +3,7 @@ layouts and features the plan counts but DeepSpeed (as `llmspec run` drives it) 
 
 from __future__ import annotations
 
+from llmspec.backends.nvme_check import nvme_refusals
 from llmspec.planner.training import plan
 from llmspec.spec.schema import Spec
 from llmspec.train.limits import Refusal, compiled_model_refusals
@@ -56,6 +57,7 @@ def refusals(spec: Spec) -> list[Refusal]:
         found.append(Refusal("parallelism.virtual_stages", par.virtual_stages, "DeepSpeed's pipeline runs one chunk "
                              "per rank, 1F1B", "set parallelism.virtual_stages=1 to run", verdict="planned, not "
                              "trained", said=f"parallelism.virtual_stages {par.virtual_stages}{picked}"))
+    found += nvme_refusals(spec)  # last: it looks at this node's disk, and plans again
     return found
 
 

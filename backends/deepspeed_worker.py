@@ -46,12 +46,28 @@ from llmspec.train.ppo import split_states
 DIST_TIMEOUT = int(os.environ.get("LLMSPEC_DIST_TIMEOUT", "300"))
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_dir_argument(argv: list[str] | None = None) -> tuple[Path, int]:
+    """(run directory, local rank) from the worker's arguments. ``--run-dir`` is what launch.sh prepared; without
+    it, the run around ``--build-dir`` when that is a prepared RUN_DIR/build. Otherwise one line and exit 2 on
+    rank 0 (every rank exits): a worker started by hand on a bare build has no job to train."""
     parser = argparse.ArgumentParser(description="llmspec DeepSpeed worker (started by launch.sh)")
     parser.add_argument("--build-dir", default=".")
-    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--run-dir", default=None)
     parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
-    args, _ = parser.parse_known_args(argv)
+    args, _ = parser.parse_known_args(argv)  # launch.sh's own options (--resume) pass through to here
+    build_dir = Path(args.build_dir).resolve()
+    run_dir = Path(args.run_dir) if args.run_dir else build_dir.parent
+    if not (run_dir / "job.json").is_file():
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {run_dir}: not a prepared run directory (no job.json); start the build's launch.sh, "
+                  "which prepares one (`bash launch.sh --run-dir DIR`), or `llmspec run`", file=sys.stderr,
+                  flush=True)
+        sys.exit(2)
+    return run_dir, args.local_rank
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_dir, local_rank = run_dir_argument(argv)
     code = 0
     # AutoTP's all-gathers call a torch function deprecated in 2.13 once per step; say it once, not every step
     warnings.filterwarnings("once", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
@@ -61,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cpu = deepspeed.get_accelerator().device_name() == "cpu"
         deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", timeout=timedelta(seconds=DIST_TIMEOUT))
-        job = load_job(Path(args.run_dir))
-        fit(job, DeepSpeedEngine(job, "cpu" if cpu else f"cuda:{args.local_rank}"),
+        job = load_job(run_dir)
+        fit(job, DeepSpeedEngine(job, "cpu" if cpu else f"cuda:{local_rank}"),
             announce=lambda text: print(text, flush=True))
     except LLMSpecError as error:
         if int(os.environ.get("RANK", 0)) == 0:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from llmspec.backends import torch_limits
-from llmspec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llmspec.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from llmspec.train.engine import Batch, Engine
 from llmspec.train.job import Job
 from llmspec.train.loop import FitResult, fit
@@ -88,7 +88,8 @@ class TorchEngine(Engine):
                     "cuda": torch.cuda.get_rng_state() if self.device == "cuda" else None}})
 
     def load(self, checkpoints: Path) -> tuple[int, str]:
-        path = latest_checkpoint(checkpoints)
+        # the newest readable one: an unreadable newer one was named when the run was prepared
+        path, _ = resumable_checkpoint(checkpoints)
         state = load_checkpoint(path)
         load_trained_states(self.model, state)
         self.optimizer.load_state_dict(state["optimizer"])

@@ -25,8 +25,9 @@ from llmspec.spec.compare import changed_fields
 from llmspec.train.checkpoint import latest_checkpoint
 from llmspec.train.generate import write_samples
 from llmspec.train.job import Job, cache_dir, prepare
+from llmspec.train.loggers import check_loggers
 from llmspec.train.methods import method_for
-from llmspec.train.metrics import plot_loss, read_metrics
+from llmspec.train.metrics import loss_title, plot_loss, read_metrics
 
 
 @dataclass
@@ -40,22 +41,28 @@ class RunSummary:
     task_accuracy: tuple[float, float] | None = None  # post-training: (at step 0, at the end) on held-out prompts
     throughput: tuple[float, float] | None = None  # (measured, planned) tokens/s
     phases: dict[str, tuple[float, float]] | None = None  # ppo/grpo: phase → (measured, planned) seconds per step
+    perplexity: bool = True  # whether val_loss is a next-token cross-entropy (not a reward, DPO or RL loss)
 
 
 def run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto", announce=print,
-        progress=None, compile: bool = False, planned: Plan | None = None) -> RunSummary:
+        progress=None, compile: bool = False, planned: Plan | None = None, force: bool = False) -> RunSummary:
     """Prepare RUN_DIR, train, then plot the loss and write samples (``planned``: the spec's plan, made once by the
-    caller and handed down to the build and the step lines)."""
-    job = prepare_run(spec, run_dir, resume, backend, planned=planned)
+    caller and handed down to the build and the step lines; ``announce``: told the data steps as they go, and
+    what the run says besides its progress)."""
+    job = prepare_run(spec, run_dir, resume, backend, planned=planned, force=force, announce=announce)
     return train_job(job, backend, announce, progress, compile)
 
 
 def prepare_run(spec: Spec, run_dir: str | Path, resume: bool = False, backend: str = "auto",
-                dry_run: bool = False, planned: Plan | None = None) -> Job | None:
-    """Everything before training: refusals (fit, the method's and the engine's, resume), build, tokenizer and
-    token shards (``dry_run``: the refusals only; nothing is written)."""
+                dry_run: bool = False, planned: Plan | None = None, force: bool = False,
+                announce=lambda line: None) -> Job | None:
+    """Everything before training: refusals (fit, the method's and the engine's, resume, training.loggers'
+    libraries), build, tokenizer and token shards (``dry_run``: the refusals only; nothing is written; ``force``:
+    train in a directory holding files a run did not write; ``announce``: told the data steps as they go)."""
     engine = resolve_backend(spec, backend)
-    return prepare(spec, Path(run_dir), resume, ENGINES[engine].refusals, dry_run, planned)
+    check_loggers(spec)
+    return prepare(spec, Path(run_dir), resume, ENGINES[engine].refusals, dry_run, planned, force=force,
+                   announce=announce)
 
 
 def train_job(job: Job, backend: str = "auto", announce=print, progress=None, compile: bool = False) -> RunSummary:
@@ -67,13 +74,15 @@ def train_job(job: Job, backend: str = "auto", announce=print, progress=None, co
         if compile:
             announce("--compile applies to the torch backend; DeepSpeed runs the model uncompiled")
         loss, val_loss = _launch_deepspeed(job, announce, progress)
-    plot_loss(job.metrics_file, run_dir / "loss.png", f"{spec.name}: {spec.training.steps} steps")
-    samples = write_samples(run_dir, method_for(spec).sample_prompts(job))
+    method = method_for(spec)
+    plot_loss(job.metrics_file, run_dir / "loss.png", loss_title(spec), method.token_cross_entropy)
+    samples = write_samples(run_dir, method.sample_prompts(job))
     entropy = job.shards.unigram_entropy if job.shards is not None else None
     records = read_metrics(job.metrics_file)
     accuracy = [r["task_accuracy"] for r in records if "task_accuracy" in r]
     return RunSummary(run_dir, spec.training.steps, loss, val_loss, entropy, samples,
-                      (accuracy[0], accuracy[-1]) if accuracy else None, *planned_and_measured(records))
+                      (accuracy[0], accuracy[-1]) if accuracy else None, *planned_and_measured(records),
+                      perplexity=method.token_cross_entropy)
 
 
 def planned_and_measured(records: list[dict]) -> tuple[tuple[float, float] | None, dict | None]:

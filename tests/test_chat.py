@@ -8,17 +8,18 @@ import json
 import shutil
 
 import pytest
+from helpers import TINY_HF
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from llmspec.data.chat import DEFAULT_JINJA, ChatTemplate
+from llmspec.data.chat import DEFAULT_JINJA, TEMPLATE_FILES, ChatTemplate, copy_template_files
 from llmspec.data.corpus import DataError
 from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.runner import run
 from llmspec.spec.loading import load_spec
-from llmspec.train.generate import export_run, generate
+from llmspec.train.export_hf import export_run
+from llmspec.train.generate import generate
 from llmspec.train.job import with_end_token
-from tests.test_sft import TINY_HF, base  # noqa: F401 - the imported tiny base, a module fixture
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -75,6 +76,9 @@ def test_a_jinja_file_wins_and_bad_templates_are_one_line_errors(tmp_path):
     (tmp_path / "bad" / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(DataError, match="not readable JSON"):
         ChatTemplate.beside(tmp_path / "bad" / "tokenizer.json")
+    (tmp_path / "bad" / "tokenizer_config.json").write_text('["a list"]')
+    with pytest.raises(DataError, match="tokenizer_config.json: expected a JSON object"):
+        ChatTemplate.beside(tmp_path / "bad" / "tokenizer.json")
 
 
 def test_the_default_templates_end_token_is_added_to_a_base_that_lacks_it(tmp_path):
@@ -94,8 +98,7 @@ def test_the_default_templates_end_token_is_added_to_a_base_that_lacks_it(tmp_pa
         with_end_token(tokenizer, ChatTemplate(CHATML, "<|im_end|>"), tmp_path / "tokenizer.json", size + 1)
 
 
-@pytest.mark.slow
-def test_a_fine_tune_trains_on_its_bases_template_and_serves_and_exports_it(base, tmp_path):  # noqa: F811
+def test_a_fine_tune_trains_on_its_bases_template_and_serves_and_exports_it(base, tmp_path):
     chatty = tmp_path / "base"
     shutil.copytree(base, chatty)
     own = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
@@ -115,3 +118,21 @@ def test_a_fine_tune_trains_on_its_bases_template_and_serves_and_exports_it(base
     assert "###" not in reply.split("\n")[0] and END_OF_TEXT not in reply  # the reply, not the prompt again
     export_run(run_dir, tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["chat_template"] == own
+
+
+def test_what_travels_with_a_tokenizer_reaches_the_run_whole(tmp_path):
+    """transformers 5 saves a template as chat_template.jinja and named ones in additional_chat_templates/; with the
+    tokenizer config and generation_config.json (the stop tokens) they are copied into a run, the folder file by
+    file; nothing else is."""
+    base = tmp_path / "base"
+    (base / "additional_chat_templates").mkdir(parents=True)
+    files = {"tokenizer_config.json": '{"eos_token": "<|im_end|>"}', "chat_template.jinja": CHATML,
+             "additional_chat_templates/tool_use.jinja": CHATML + "{# tools #}",
+             "generation_config.json": '{"eos_token_id": 2}'}
+    for name, text in {**files, "config.json": "{}", "model.safetensors": "weights"}.items():
+        (base / name).write_text(text)
+    assert {"chat_template.jinja", "additional_chat_templates", "generation_config.json"} <= set(TEMPLATE_FILES)
+    written = copy_template_files(base, tmp_path / "run")
+    assert {str(p.relative_to(tmp_path / "run")): p.read_text() for p in written} == files
+    assert copy_template_files(tmp_path / "run", tmp_path / "run") == []  # its own folder: nothing to copy
+    assert ChatTemplate.beside(tmp_path / "run" / "tokenizer.json").end == "<|im_end|>"

@@ -134,23 +134,23 @@ def test_plan_path_never_imports_torch_deepspeed_or_sympy(code):
 
 def _one_line_exit_2(result, *needles):
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) >= 1
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.output and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for needle in needles:
-        assert needle in result.stderr
+        assert needle in lines[0]
 
 
-@pytest.mark.parametrize("args", [
-    ["size", "llama2-7b", "--write", "nodir/best.yaml"],
-    ["size", "--compute", "1e21", "--write", "nodir/c.yaml"],
-    ["size", "tiny", "--write", "/proc/x.yaml"],
-    ["plan", "tiny", "--plot", "/proc/x.png"],
-    ["size", "tiny", "--budget", "-5"],
-    ["run", "tiny", "--out", "/proc/llmspec-run", "--dry-run"],
-    ["build", "tiny", "-o", "/proc/llmspec-build"],
+@pytest.mark.parametrize("args, value", [  # the line names the value that is wrong
+    (["size", "llama2-7b", "--write", "nodir/best.yaml"], "nodir/best.yaml"),
+    (["size", "--compute", "1e21", "--write", "nodir/c.yaml"], "nodir/c.yaml"),
+    (["size", "tiny", "--write", "/proc/x.yaml"], "/proc/x.yaml"),
+    (["plan", "tiny", "--plot", "/proc/x.png"], "/proc/x.png"),
+    (["size", "tiny", "--budget", "-5"], "--budget -5"),
+    (["run", "tiny", "--out", "/proc/llmspec-run", "--dry-run"], "/proc/llmspec-run"),
+    (["build", "tiny", "-o", "/proc/llmspec-build"], "/proc/llmspec-build"),
 ])
-def test_output_paths_and_flags_are_checked_before_the_work(args):
-    result = CliRunner().invoke(app, args)
-    _one_line_exit_2(result, args[-2] if args[-2].startswith("--") else "")
+def test_output_paths_and_flags_are_checked_before_the_work(args, value):
+    _one_line_exit_2(CliRunner().invoke(app, args), value)
 
 
 @pytest.mark.parametrize("text, field", [
@@ -245,3 +245,107 @@ def test_a_shortened_run_from_the_command_line_keeps_the_files_warmup():
     both = CliRunner().invoke(app, ["validate", "tiny", "--set", "training.max_steps=8",
                                     "--set", "training.schedule.warmup_steps=20"])
     assert both.exit_code == 2 and "training.schedule.warmup_steps" in both.stderr
+
+
+# ---- issue 30: what validate adds, what the commands say they chose, explain's long formulas, generate -------------
+
+
+def test_validate_refuses_an_init_from_that_is_not_there(tmp_path):
+    result = run("validate", "tiny", "--set", f"training.init_from={tmp_path / 'nope'}")
+    _one_line_exit_2(result, "training.init_from", "nope: no such file or directory")
+    assert run("plan", "tiny", "--set", f"training.init_from={tmp_path / 'nope'}").exit_code == 0  # a plan needs none
+
+
+def test_a_shared_gpu_name_is_taken_with_a_notice_on_stderr():
+    for command in (["validate", "tiny"], ["plan", "tiny", "--json"], ["explain", "tiny", "mfu"]):
+        result = run(*command, "--set", "cluster.gpu=H100")
+        assert result.exit_code == 0, result.output
+        assert result.stderr.splitlines() == ["note: cluster.gpu 'H100' is taken as H100-SXM (it could also mean "
+                                              "H100-PCIe: name the one you have)"]
+    assert json.loads(run("plan", "tiny", "--json", "--set", "cluster.gpu=H100").stdout)["name"] == "tiny"
+    assert run("validate", "tiny", "--set", "cluster.gpu=H100-SXM").stderr == ""
+
+
+def test_explain_writes_a_composite_quantity_linearly():
+    result = run("explain", "tiny", "memory_peak")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) < 250, len(lines)  # was 1,129 lines of pretty-print fragments
+    expansion = "".join(lines[lines.index("expanded to inputs:"):])
+    assert "↪" not in expansion and "Min(m, " in expansion  # sympy's one-line form
+    mfu = run("explain", "tiny", "mfu")  # its linear form is 55,403 characters: its parts are named instead
+    assert "too long to read here (--json holds it); explain its parts: flops_per_token_train, tokens_per_second" in \
+        " ".join(mfu.stdout.split()) and len(mfu.stdout.splitlines()) < 20
+    [item] = json.loads(run("explain", "tiny", "mfu", "--json").stdout)
+    assert len(item["expanded"]) > 50_000 and "\n" not in item["expanded"]
+    assert run("explain", "tiny", "memory_optimizer").stdout.count("o_bpp⋅psi") == 2  # short ones stay pretty
+
+
+@pytest.fixture(scope="module")
+def trained(base, tmp_path_factory) -> Path:
+    """One step of `tiny` from the tiny base: a run directory with a checkpoint (seconds)."""
+    from llmspec.runner import run as run_spec
+    from llmspec.spec.loading import load_spec
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    run_spec(load_spec("tiny", [f"training.init_from={base}", "training.max_steps=1", "training.eval_interval=1",
+                                "training.checkpoint_interval=1", "training.micro_batch_size=2",
+                                "training.global_batch_size=2", "training.schedule.warmup_steps=1"]),
+             run_dir, announce=lambda *a: None)
+    return run_dir
+
+
+def test_generate_cuts_max_new_tokens_to_the_trained_context(trained):
+    from tokenizers import Tokenizer
+
+    result = run("generate", str(trained), "Return the", "--max-new-tokens", "300", "--temperature", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ("note: --max-new-tokens 300 cut to 254: the model was trained on sequences of 256 tokens "
+                             "and the prompt holds 2\n")
+    assert len(Tokenizer.from_file(str(trained / "tokenizer.json")).encode(result.stdout).ids) <= 256 + 1
+    _one_line_exit_2(run("generate", str(trained), "word " * 300), "the prompt is 301 tokens", "shorten it")
+
+
+def test_generate_streams_the_text_as_it_comes(trained):
+    from llmspec.train.generate import generate
+
+    for chat in (False, True):
+        pieces: list[str] = []
+        text = generate(trained, "Return the", max_new_tokens=12, temperature=0, chat=chat, on_text=pieces.append)
+        assert len(pieces) > 3 and "".join(pieces) == text, (pieces, text)
+        printed = run("generate", str(trained), "Return the", "--max-new-tokens", "12", "--temperature", "0",
+                      *(["--chat"] if chat else []))
+        assert printed.stdout == text + "\n"
+    assert not generate(trained, "Return the", max_new_tokens=12, temperature=0).startswith("\n")
+
+
+@pytest.mark.parametrize("damage, args, said", [
+    ("tokenizer.json", [], "tokenizer.json: not a readable tokenizer ("),
+    ("build/model.py", [], "no build/model.py"),
+    ("emptied build/model.py", [], "model.py: cannot build the model from it (AttributeError: "),
+    (None, ["--temperature", "nan"], "--temperature nan: must be ≥ 0"),
+    (None, ["--seed", str(2**64)], "--seed 18446744073709551616: must be in [0, 2^63)"),
+])
+def test_generate_on_a_damaged_run_or_bad_flags_is_one_line(trained, tmp_path, damage, args, said):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    if damage == "tokenizer.json":
+        (copy / damage).write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": ')
+    elif damage and damage.startswith("emptied "):
+        (copy / damage.removeprefix("emptied ")).write_text("")
+    elif damage:
+        (copy / damage).unlink()
+    _one_line_exit_2(run("generate", str(copy), "hi", *args), said)
+
+
+@pytest.mark.parametrize("args", [["plan", "tiny", "--bogus"], ["generate", "runs/none", "hi", "--top-k", "0"],
+                                  ["nonsense"], ["plan"]])
+def test_a_usage_mistake_is_one_line_and_exit_2(args):
+    """What typer refuses itself (an unknown option or command, a value out of range, a missing argument) is one
+    `error:` line naming the command, as every other bad input is, not a box of usage text."""
+    result = subprocess.run([sys.executable, "-m", "llmspec", *args], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: llmspec") and "Usage" not in line

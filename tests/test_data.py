@@ -84,3 +84,58 @@ def test_shards_split_and_batches_are_deterministic(tmp_path):
     assert not torch.equal(batches.get(3, 1, 1)[0], x) and not torch.equal(batches.get(4, 1, 0)[0], x)
     with pytest.raises(DataError, match="val split has"):
         Batches(val, len(val), 1, seed=0, split="val")
+
+
+def test_the_cheap_corpus_check_reads_each_files_head_only(tmp_path):
+    """check_corpus (a dry run's, and a run's before it reads everything) reads the first HEAD_BYTES of each file:
+    a character cut at that boundary is no error, a bad record beyond it is the full read's to find."""
+    from llmspec.data.corpus import HEAD_BYTES, check_corpus
+
+    (tmp_path / "accents.txt").write_text("a" + "é" * HEAD_BYTES)  # a 2-byte character straddles the boundary
+    check_corpus(str(tmp_path / "accents.txt"))
+    lines = [json.dumps({"text": TEXT})] * (HEAD_BYTES // len(TEXT) + 2)
+    (tmp_path / "long.jsonl").write_text("\n".join([*lines, '{"body": 1}']) + "\n")
+    check_corpus(str(tmp_path / "long.jsonl"))
+    with pytest.raises(DataError, match=rf'long\.jsonl:{len(lines) + 1}: expected an object with a "text" string'):
+        read_documents(str(tmp_path / "long.jsonl"))
+    (tmp_path / "nul.txt").write_text("text\0with a NUL")
+    (tmp_path / "blank.jsonl").write_text('{"text": "  "}\n\n')
+    for check in (check_corpus, read_documents):
+        with pytest.raises(DataError, match=r"nul\.txt: binary, not text \(a NUL character at 4\)"):
+            check(str(tmp_path / "nul.txt"))
+        with pytest.raises(DataError, match="data.corpus: no text in"):
+            check(str(tmp_path / "blank.jsonl"))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("data.csv", b"a,b\n", r"data\.csv: CSV is not a pretraining corpus, which is builtin, \.txt files"),
+    ("data.parquet", b"PAR1", r"Parquet is not a pretraining corpus.*\(fine-tuning data, post_training, reads "
+                              r"Parquet and Arrow\)"),
+    ("notes", b"text", r"notes: a file without a suffix is not a pretraining corpus"),
+])
+def test_a_corpus_file_of_another_kind_is_refused_saying_what_is_accepted(tmp_path, name, content, message):
+    from llmspec.data.corpus import check_corpus
+
+    (tmp_path / name).write_bytes(content)
+    for check in (check_corpus, read_documents):
+        with pytest.raises(DataError, match=message):
+            check(str(tmp_path / name))
+
+
+def test_the_cheap_check_of_fine_tuning_records(tmp_path):
+    from llmspec.data.instructions import check_records, read_records
+
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "a", "response": "b"}\n' * 8)
+    check_records(tmp_path / "ok.jsonl")
+    for content, message in (('{"prompt": "a"}\n[1]\n', r"x\.jsonl:2: expected an object"),
+                             ('{"prompt": "a"}\n{"prompt": \n', r"x\.jsonl:2: not JSON")):
+        (tmp_path / "x.jsonl").write_text(content)
+        with pytest.raises(DataError, match=message):
+            check_records(tmp_path / "x.jsonl")
+    (tmp_path / "x.parquet").write_bytes(b"nope")
+    with pytest.raises(DataError, match=r"x\.parquet: not a Parquet file"):
+        check_records(tmp_path / "x.parquet")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "response": "b"}\n')
+    for check in (check_records, read_records):
+        with pytest.raises(DataError, match=r"latin1\.jsonl(:1)?: not UTF-8 text"):
+            check(tmp_path / "latin1.jsonl")

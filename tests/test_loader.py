@@ -115,6 +115,12 @@ def test_set_override_errors_are_attributed():
     (["parallelism.pipeline=2", "parallelism.virtual_stages=2"], "parallelism.virtual_stages",
      "a stage of 1 block cannot run 2 chunks"),
     (["name=../etc"], "name", "pattern"),
+    (["data.tokenizer.vocab_size=2000"], "data.tokenizer.vocab_size", "ids from 1000 on have no embedding"),
+    (["model.position=rope", "model.rope_scaling={low_freq_factor: 4, high_freq_factor: 1}"],
+     "model.rope_scaling.high_freq_factor", "must exceed low_freq_factor 4"),
+    (["model.position=rope", "model.rope_scaling={low_freq_factor: 2, high_freq_factor: 2}"],
+     "model.rope_scaling.high_freq_factor", "must exceed low_freq_factor 2"),
+    (["training.seed=9223372036854775808"], "training.seed", "less than or equal to 9223372036854775807"),
 ])
 def test_cross_field_rules(sets, path, fragment):
     found = problems(MINIMAL, *sets)
@@ -234,3 +240,50 @@ def test_a_value_no_union_member_accepts_is_one_line(value, said):
         load_spec("tiny", [f"parallelism.virtual_stages={value}"])
     assert [str(p.path) for p in caught.value.problems] == ["parallelism.virtual_stages"]
     assert caught.value.problems[0].message == said
+
+
+@pytest.mark.parametrize("text, said", [
+    ("a: &x [*x]\n", "a YAML alias refers to the collection it is in"),  # RecursionError in the duplicate check
+    ("a: &x {b: *x}\n", "a YAML alias refers to the collection it is in"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 32 levels deep"),  # PyYAML's own recursion
+    ("a: " + "{b: " * 3000 + "1" + "}" * 3000 + "\n", "nested more than 32 levels deep"),
+    ("a: " + "[" * 40 + "]" * 40 + "\n", "nested more than 32 levels deep"),  # pydantic would walk it
+    ("a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(  # nine aliases of nine: 9^9 values for pydantic
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)), "more than 100,000 values"),
+])
+def test_specs_that_would_exhaust_the_stack_or_the_clock_are_one_line(text, said):
+    [problem] = problems(text + MINIMAL.replace("name: t", "name: u"))
+    assert said in problem and problem.startswith("s.yaml: "), problem
+
+
+def test_a_set_value_that_contains_itself_is_one_line():
+    assert problems(MINIMAL, "training.loggers=&x [*x]") == [
+        "--set: <spec>: a YAML alias refers to the collection it is in (like `a: &x [*x]`)"]
+    [deep] = problems(MINIMAL, "training.loggers=" + "[" * 3000 + "]" * 3000)
+    assert deep.startswith("--set: training.loggers: Input should be a valid list (got ") and len(deep) < 200
+
+
+@pytest.mark.parametrize("field", ["model.tie_embeddings", "model.bias", "model.qkv_bias",
+                                   "parallelism.sequence_parallel", "parallelism.overlap_comm",
+                                   "post_training.adapter.rslora", "post_training.double_quant"])
+def test_a_string_is_not_a_boolean(field):
+    """pydantic's lax mode reads 'yes', 'on', '1' as true: a quoted string in a spec is a mistake, said as one."""
+    [problem] = problems(MINIMAL, f"{field}='yes'")
+    assert f"{field}: Input should be a valid boolean (got 'yes')" in problem
+    assert minimal(f"{field}=false") is not None  # YAML's own booleans (yes/no/on/off unquoted too) still are
+
+
+def test_the_largest_seed_is_what_torch_takes():
+    import torch
+
+    seed = minimal("training.seed=9223372036854775807").training.seed
+    torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+
+def test_a_shared_gpu_name_is_said_and_an_exact_one_is_not():
+    assert catalogue.choice_notice("H100") == ("cluster.gpu 'H100' is taken as H100-SXM (it could also mean "
+                                               "H100-PCIe: name the one you have)")
+    assert "A100-80GB" in catalogue.choice_notice("a100") and "A100-40GB" in catalogue.choice_notice("a100")
+    assert [name for name in catalogue.names() if catalogue.choice_notice(name)] == []
+    assert catalogue.choice_notice("h100-sxm5") is None and catalogue.choice_notice("nonsense") is None

@@ -93,3 +93,11 @@ def test_the_docs_table_is_what_the_engines_answer():
 
     page = (docs.DOCS / "training.md").read_text(encoding="utf-8")
     assert page == docs.render_training(page), "regenerate: python -m llmspec.cli.docs"
+
+
+def test_without_a_gpu_the_check_says_what_the_run_will_do():
+    """A dry run prints it (issue 30): the run trains on this CPU, not on the GPUs the spec names."""
+    said = check_devices(load_spec("tiny", SMALL_ON_H100), [])
+    assert said.startswith("no GPU on this machine: tiny trains on its CPU instead of 2 × H100-SXM (there the plan "
+                           "needs ") and "the times above are the GPU's" in said
+    assert check_devices(load_spec("tiny", SMALL_ON_H100), [H100, H100]) is None

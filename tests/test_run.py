@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, losses
 from typer.testing import CliRunner
 
 from llmspec.cli.app import app
@@ -47,10 +47,6 @@ def small(corpus: Path, *sets: str):
                               f"data.corpus={corpus}", *sets])
 
 
-def losses(run_dir: Path) -> list[tuple]:
-    return [(r["step"], r.get("loss"), r.get("lr"), r.get("val_loss")) for r in read_metrics(run_dir / "metrics.jsonl")]
-
-
 def test_training_loss_falls_and_the_run_directory_is_complete(corpus, tmp_path):
     summary = run(small(corpus), tmp_path / "r", announce=lambda *a: None)
     records = read_metrics(tmp_path / "r" / "metrics.jsonl")
@@ -76,11 +72,6 @@ def test_schedule_warms_up_linearly_then_decays_to_min_lr(corpus):
     assert lr_at(spec, 100) == pytest.approx(floor) and lr_at(spec, 99) > floor
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llmspec", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 @pytest.mark.integration
 def test_killed_run_resumes_bit_for_bit(corpus, tmp_path):
     spec = small(corpus, "training.max_steps=60", "training.micro_batch_size=8", "training.global_batch_size=16",
@@ -89,10 +80,10 @@ def test_killed_run_resumes_bit_for_bit(corpus, tmp_path):
     from llmspec.spec.loading import dump_spec
 
     spec_file.write_text(dump_spec(spec))
-    whole = _cli("run", str(spec_file), "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    whole = cli("run", str(spec_file), "--out", str(tmp_path / "whole"), cwd=tmp_path)
     assert whole.wait(timeout=600) == 0, whole.stdout.read()
 
-    killed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), cwd=tmp_path)
+    killed = cli("run", str(spec_file), "--out", str(tmp_path / "killed"), cwd=tmp_path)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 300
     while not list_checkpoints(checkpoints) and time.time() < deadline:
@@ -102,7 +93,7 @@ def test_killed_run_resumes_bit_for_bit(corpus, tmp_path):
     steps_logged = len(losses(tmp_path / "killed"))
     assert list_checkpoints(checkpoints) and steps_logged < len(losses(tmp_path / "whole")), "killed too late"
 
-    resumed = _cli("run", str(spec_file), "--out", str(tmp_path / "killed"), "--resume", cwd=tmp_path)
+    resumed = cli("run", str(spec_file), "--out", str(tmp_path / "killed"), "--resume", cwd=tmp_path)
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
     assert "resumed from" in output
@@ -354,3 +345,58 @@ def test_a_run_plans_once_and_hands_the_plan_down(corpus, tmp_path, monkeypatch)
     step = next(r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "planned_tokens_per_second" in r)
     assert step["planned_tokens_per_second"] == written["time"]["tokens_per_second"]
     assert written["alternatives"]
+
+
+# ---- issue 30, item 7: a corrupt checkpoint ------------------------------------------------------------------
+
+
+def test_an_unreadable_checkpoint_is_one_line_naming_the_previous_intact_one(tmp_path):
+    from llmspec.train.checkpoint import resumable_checkpoint, save_checkpoint
+
+    for step in (10, 20):
+        save_checkpoint(tmp_path, step, {"step": step, "model": {"w": torch.ones(64, 64)}})
+    last = tmp_path / "step-00000020.pt"
+    whole = last.read_bytes()
+    for damaged, why in ((whole[: len(whole) // 2], "truncated, or not a checkpoint"),
+                         (whole[:200] + b"x" * 60 + whole[260:], "damaged: UnpicklingError"),
+                         (b"", "truncated, or not a checkpoint")):
+        last.write_bytes(damaged)
+        with pytest.raises(LLMSpecError) as error:
+            load_checkpoint(last)
+        assert str(error.value) == (f"{last}: unreadable ({why}); the previous checkpoint, step-00000010.pt, is "
+                                    "intact (`llmspec run --resume` continues from it)")
+        assert resumable_checkpoint(tmp_path) == (tmp_path / "step-00000010.pt", [(last, why)])
+    (tmp_path / "step-00000010.pt").write_bytes(b"junk")
+    with pytest.raises(LLMSpecError, match=r"step-00000020.pt: unreadable \(.*\), and no earlier checkpoint is "
+                                           r"intact; there is nothing to resume from"):
+        resumable_checkpoint(tmp_path)
+    with pytest.raises(LLMSpecError, match=r"step-00000020.pt: unreadable .*; no earlier checkpoint is intact$"):
+        load_checkpoint(last)
+
+
+def test_resume_passes_over_a_corrupt_checkpoint_for_the_previous_one(corpus, tmp_path):
+    from llmspec.backends.runnable import ENGINES
+    from llmspec.train.job import prepare
+
+    spec = small(corpus, "training.max_steps=20")
+    (tmp_path / "s.yaml").write_text(dump_spec(spec))
+    run(spec, tmp_path / "r", announce=lambda *a: None)
+    last = tmp_path / "r" / "checkpoints" / "step-00000020.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # cut, as by a full disk or an interrupted copy
+    generated = CliRunner().invoke(app, ["generate", str(tmp_path / "r"), "hi"])
+    assert generated.exit_code == 2 and generated.stderr.strip() == (
+        f"error: {last}: unreadable (truncated, or not a checkpoint); the previous checkpoint, step-00000010.pt, is "
+        "intact (`llmspec run --resume` continues from it)")
+    said: list[str] = []
+    prepare(spec, tmp_path / "r", True, ENGINES["torch"].refusals, dry_run=True, announce=said.append)
+    assert said == [f"{last}: unreadable (truncated, or not a checkpoint); --resume continues from the previous "
+                    "checkpoint, step-00000010.pt, which is intact"]
+    resumed = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "r"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "step-00000010.pt at step 10" in resumed.output and "weights_only" not in resumed.output
+    assert load_checkpoint(last)["step"] == 20  # trained again past it, and written whole
+    for path in list_checkpoints(tmp_path / "r" / "checkpoints"):
+        path.write_bytes(b"")
+    refused = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "r"), "--resume"])
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "and no earlier checkpoint is intact; there is nothing to resume from" in refused.stderr

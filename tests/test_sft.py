@@ -205,7 +205,7 @@ def test_a_lora_run_exports_merged_and_as_a_peft_adapter_with_equal_logits(base,
     import transformers
     from peft import PeftModel
 
-    from llmspec.train.generate import export_run
+    from llmspec.train.export_hf import export_run
 
     spec = load_spec("tiny-lora", [f"training.init_from={base}", "training.max_steps=4", "training.eval_interval=4",
                                    "training.micro_batch_size=4", "training.global_batch_size=4"])
@@ -230,7 +230,8 @@ def test_a_lora_run_exports_merged_and_as_a_peft_adapter_with_equal_logits(base,
 def test_a_quantised_base_lora_run_exports_dequantised_and_merged_with_equal_logits(base, storage, tmp_path):
     import transformers
 
-    from llmspec.train.generate import export_run, load_run
+    from llmspec.train.export_hf import export_run
+    from llmspec.train.generate import load_run
 
     spec = load_spec("tiny-lora", [f"training.init_from={base}", "training.max_steps=2", "training.eval_interval=2",
                                    "training.micro_batch_size=4", "training.global_batch_size=4", *storage])
@@ -250,7 +251,8 @@ def test_a_quantised_base_lora_run_exports_dequantised_and_merged_with_equal_log
 def test_a_lora_reward_model_exports_merged_as_a_sequence_classifier_with_its_scores(base, storage, tmp_path):
     import transformers
 
-    from llmspec.train.generate import export_run, load_run
+    from llmspec.train.export_hf import export_run
+    from llmspec.train.generate import load_run
 
     spec = load_spec("tiny-reward", [f"training.init_from={base}", "training.max_steps=2", "training.eval_interval=2",
                                      "training.micro_batch_size=4", "training.global_batch_size=4", *LORA, *storage])

@@ -6,6 +6,7 @@ Heavy imports (rich tables, sympy, matplotlib, torch) happen inside the commands
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -49,7 +50,26 @@ for name, command in VERBS:
 
 
 def main() -> None:
-    app()
+    """The console script: a usage mistake (an unknown option, a value typer refuses) is one line and exit 2, as every
+    other bad input is, instead of typer's boxed usage text."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer's own click
+
+    try:
+        code = app(prog_name="llmspec", standalone_mode=False)
+    except NoArgsIsHelpError as err:  # `llmspec` alone: the help, as before
+        err.show()
+        code = err.exit_code
+    except UsageError as err:
+        where = f"{err.ctx.command_path}: " if err.ctx is not None else ""
+        print(f"error: {where}{err.format_message()}", file=sys.stderr)
+        code = 2
+    except ClickException as err:
+        print(f"error: {err.format_message()}", file=sys.stderr)
+        code = err.exit_code
+    except typer.Abort:  # end of input at a prompt
+        print("aborted", file=sys.stderr)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,26 @@ HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed 
                                                   "(HOST slots=N per line): sets cluster.hosts")]
 
 
+def load(spec: str, sets: list[str] | None):
+    """The spec with its --set overrides; what the loader chose for the user (a shared GPU name's board) said on
+    stderr, one ``note:`` line each, so that --json output stays clean."""
+    from llmspec.spec.catalogue import choice_notice
+    from llmspec.spec.loading import load_spec
+
+    loaded = load_spec(spec, sets or [])
+    gpu = loaded.cluster.gpu
+    notice = choice_notice(gpu) if isinstance(gpu, str) else None
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
+    return loaded
+
+
 def load_with_hosts(spec: str, sets: list[str] | None, hostfile: Path | None):
     """The spec with its --set overrides, and a hostfile's hosts as cluster.hosts (slots checked)."""
     from llmspec.spec.hostfile import hosts_override
     from llmspec.spec.loading import load_spec
 
-    loaded = load_spec(spec, sets or [])
+    loaded = load(spec, sets)
     if hostfile is None:
         return loaded
     hosts = hosts_override(hostfile, loaded.cluster.nodes, loaded.cluster.gpus_per_node)

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from llmspec.cli.common import EXIT_DOES_NOT_FIT, JsonOpt, SetOpt, SpecArg, check_writable, new_console, print_json
+from llmspec.cli.common import (
+    EXIT_DOES_NOT_FIT,
+    JsonOpt,
+    SetOpt,
+    SpecArg,
+    check_writable,
+    load,
+    new_console,
+    print_json,
+)
 
 
 def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
@@ -21,7 +30,6 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
          ) -> None:
     """Parameters, FLOPs, per-GPU memory, fit, time and cost, for the spec's strategy and its alternatives."""
     from llmspec.planner.training import plan as make_plan
-    from llmspec.spec.loading import load_spec
 
     if plot is not None:
         check_writable(plot)
@@ -42,7 +50,7 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
     if inference:
         from llmspec.planner.inference import inference_plan
 
-        served = inference_plan(load_spec(spec, set_ or []), context, batch)
+        served = inference_plan(load(spec, set_), context, batch)
         if json_:
             print_json(served)
         else:
@@ -53,7 +61,7 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
             raise typer.Exit(EXIT_DOES_NOT_FIT)
         return
 
-    result = make_plan(load_spec(spec, set_ or []), alternatives=alternatives or plot is not None)
+    result = make_plan(load(spec, set_), alternatives=alternatives or plot is not None)
     if plot is not None:
         from llmspec.cli.plots import plot_memory
 

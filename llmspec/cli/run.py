@@ -1,4 +1,5 @@
-"""``llmspec run``: train a spec, with a progress bar; the work is ``llmspec.runner.run``."""
+"""``llmspec run``: train a spec, with a progress bar on a terminal and plain progress lines elsewhere (nohup, a
+cluster job's log); the work is ``llmspec.runner.run``."""
 
 from __future__ import annotations
 
@@ -22,14 +23,20 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
         compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (torch backend)")]
         = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="check everything a run would refuse, then stop "
-                                              "(nothing is written)")] = False) -> None:
+                                              "(nothing is written)")] = False,
+        force: Annotated[bool, typer.Option("--force", help="train in a directory that holds files a run did not "
+                                            "write (they may be replaced)")] = False) -> None:
     """Train the spec: plan → build → tokenizer and data → backend → eval → samples, all in RUN_DIR."""
     from llmspec.cli.report import render_plan_summary
     from llmspec.planner.training import plan
     from llmspec.runner import default_run_dir, prepare_run, resolve_backend, train_job  # imports torch
+    from llmspec.train.methods import method_for
 
     loaded = load_with_hosts(spec, set_, hostfile)
     console = new_console()
+
+    def say(text: str) -> None:
+        _line(console, text)
     run_dir = out
     if run_dir is None:
         run_dir, finished = default_run_dir(loaded, resume)
@@ -42,15 +49,15 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
     planned = plan(loaded)  # once: the summary, the checks, build's plan.json and the step lines read it
     render_plan_summary(loaded, console, planned)
     if dry_run:
-        prepare_run(loaded, run_dir, resume, backend, dry_run=True, planned=planned)
+        prepare_run(loaded, run_dir, resume, backend, dry_run=True, planned=planned, force=force, announce=say)
         console.print(f"dry run: {loaded.name} would train {loaded.training.steps:,} steps in {run_dir} "
                       f"({resolve_backend(loaded, backend)} backend); nothing was written")
         return
     try:
-        job = prepare_run(loaded, run_dir, resume, backend, planned=planned)  # refusals before the progress bar
-        steps, tokens = loaded.training.steps, loaded.training.tokens_per_step
-        with _training_progress(console, steps, tokens) as progress:
-            summary = train_job(job, backend, announce=console.print, progress=progress, compile=compile_)
+        # refusals before the progress bar; then the data steps, each said as it starts and ends
+        job = prepare_run(loaded, run_dir, resume, backend, planned=planned, force=force, announce=say)
+        with _training_progress(console, loaded.training, method_for(loaded).tokens_per_step()) as progress:
+            summary = train_job(job, backend, announce=say, progress=progress, compile=compile_)
     except KeyboardInterrupt:
         from llmspec.train.checkpoint import latest_checkpoint
 
@@ -58,13 +65,15 @@ def run(spec: Annotated[str, typer.Argument(help="a spec file or named spec (def
         kept = f"its last checkpoint is {last}" if last else "no checkpoint was written"
         print(f"interrupted: {kept}; add --resume to continue", file=sys.stderr)
         raise typer.Exit(130) from None
-    if summary.val_loss is not None:
+    if summary.val_loss is not None and summary.perplexity:
         import math
 
         about = (f"; the corpus's unigram entropy is {summary.unigram_entropy:.3f}"
                  if summary.unigram_entropy is not None else "")
         console.print(f"validation loss {summary.val_loss:.3f} nats/token (perplexity "
                       f"{math.exp(summary.val_loss):.1f}) after {summary.steps} steps{about}")
+    elif summary.val_loss is not None:  # a preference or RL loss: no perplexity
+        console.print(f"validation loss {summary.val_loss:.3f} after {summary.steps} steps")
     if summary.throughput is not None:
         measured, planned = summary.throughput
         console.print(f"throughput: {measured:,.0f} tokens/s measured, {planned:,.0f} planned")
@@ -92,8 +101,20 @@ def _report_finished(run_dir: Path, console) -> None:
         console.print(samples.read_text().rstrip(), markup=False, highlight=False)
 
 
-def _training_progress(console, total: int, tokens_per_step: int):
-    """A rich progress bar (step, loss, lr, ETA) as a context manager yielding the update callback."""
+def _line(console, text: str) -> None:
+    """One plain line, flushed (rich flushes each print), never wrapped: a log file is read by grep."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _training_progress(console, training, tokens_per_step: int):
+    """A context manager yielding the progress callback: a rich progress bar (step, loss, lr, ETA) on a terminal;
+    elsewhere (nohup, a cluster job: the bar draws only on a terminal) a plain line every log_interval."""
+    total = training.steps
+    if not console.is_terminal:
+        from llmspec.train.loggers import ProgressLines
+
+        return contextlib.nullcontext(ProgressLines(total, tokens_per_step, training.log_interval,
+                                                    lambda text: _line(console, text)))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     @contextlib.contextmanager

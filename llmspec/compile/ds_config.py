@@ -162,14 +162,16 @@ def partition_config(spec: Spec) -> PartitionConfig:
     return PartitionConfig(layer_specs=rules)
 
 
-def ds_config(spec: Spec, nvme_path: str = "/local_nvme") -> DeepSpeedConfig:
+def ds_config(spec: Spec) -> DeepSpeedConfig:
     """The DeepSpeed config that runs this spec: batch triple, ZeRO and offload, precision, AdamW, schedule."""
     tr, par = spec.training, spec.parallelism
 
     def offload(target: str) -> Offload | None:
         if target == "none":
             return None
-        return Offload(device=target, nvme_path=nvme_path if target == "nvme" else None)  # type: ignore[arg-type]
+        # NVMe offload swaps to the spec's parallelism.nvme_path; without one the key is left out (no folder is
+        # ever guessed), and `run` refuses the spec before launching (backends/nvme_check.py)
+        return Offload(device=target, nvme_path=par.nvme_path if target == "nvme" else None)  # type: ignore[arg-type]
 
     zero3 = par.zero_stage == 3
     optimizer = None

@@ -11,22 +11,27 @@
       Question: {prompt}
       Answer: {response}<|endoftext|>
 
-A run keeps its base's template files beside its tokenizer.json (``TEMPLATE_FILES``), so every step of a chain,
-``generate --chat`` and ``export-hf`` read the same template; ``export-hf`` writes the default as Jinja
-(``DEFAULT_JINJA``), which transformers renders to the same text.
+A run keeps its base's template files beside its tokenizer.json (``TEMPLATE_FILES``: the tokenizer config,
+chat_template.jinja — how transformers 5 saves a template —, additional_chat_templates/ and generation_config.json),
+so every step of a chain, ``generate --chat`` and ``export-hf`` read the same template; ``export-hf`` writes the
+default as Jinja (``DEFAULT_JINJA``), which transformers renders to the same text, and gives config.json and
+generation_config.json the id of the template's end token as eos_token_id.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmspec.data.corpus import DataError
 from llmspec.data.tokenizer import END_OF_TEXT
+from llmspec.interop.hf_files import TEMPLATE_FILES, files_in, token_text
 
-TEMPLATE_FILES = ("tokenizer_config.json", "chat_template.jinja")
+__all__ = ["DEFAULT_JINJA", "DEFAULT_TEMPLATE", "TEMPLATE_FILES", "ChatTemplate", "copy_template_files"]
+
 # the default template, for transformers' apply_chat_template (export-hf); chat.py renders it without Jinja
 DEFAULT_JINJA = (
     "{%- if add_generation_prompt -%}{%- set turns = messages -%}{%- else -%}{%- set turns = messages[:-1] -%}"
@@ -54,6 +59,8 @@ class ChatTemplate:
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
                 raise DataError(f"{config_file}: not readable JSON ({error})") from None
+            if not isinstance(config, dict):
+                raise DataError(f"{config_file}: expected a JSON object")
         jinja_file = folder / "chat_template.jinja"
         jinja = jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else config.get("chat_template")
         if isinstance(jinja, list):  # named templates: transformers' default is the one named "default"
@@ -61,7 +68,7 @@ class ChatTemplate:
                          None)
         if not jinja:
             return cls()
-        tokens = {name: _token_text(config.get(name)) for name in ("bos_token", "eos_token")}
+        tokens = {name: token_text(config.get(name)) for name in ("bos_token", "eos_token")}
         if not tokens["eos_token"]:
             raise DataError(f"{config_file}: a chat template needs the eos_token that ends a response")
         where = jinja_file if jinja_file.is_file() else config_file
@@ -111,8 +118,13 @@ def _conversation(record: dict[str, Any]) -> list[dict[str, str]]:
     return record.get("messages") or [{"role": "user", "content": record["prompt"]}]
 
 
-def _token_text(token: Any) -> str | None:
-    """A tokenizer config's special token: a string, or transformers' AddedToken as a dict with ``content``."""
-    if isinstance(token, dict):
-        token = token.get("content")
-    return token if isinstance(token, str) and token else None
+def copy_template_files(source: Path, run_dir: Path) -> list[Path]:
+    """Copy what travels with the tokenizer in ``source`` (``TEMPLATE_FILES``, additional_chat_templates/ file by
+    file) into ``run_dir``; nothing when they are the same folder. Returns the paths written."""
+    if Path(source).resolve() == Path(run_dir).resolve():
+        return []
+    written = []
+    for name, path in files_in(Path(source), TEMPLATE_FILES).items():
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        written.append(Path(shutil.copyfile(path, run_dir / name)))
+    return written

@@ -14,6 +14,7 @@ b rejected.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,15 +57,53 @@ def read_records(path: Path, pairs: bool = False, prompts: bool = False, answers
     return records
 
 
+def check_records(path: Path, head_bytes: int = 1 << 16, head_records: int = 100) -> None:
+    """The cheap checks of a fine-tuning data file, reading at most its first ``head_bytes`` (``run --dry-run``
+    makes them, and a run before it reads the whole file): it exists and is readable; a Parquet file starts as one;
+    JSON Lines are UTF-8 and their first ``head_records`` records are JSON objects. What the method needs of each
+    record is checked when the whole file is read."""
+    if not path.is_file():
+        raise DataError(f"data.corpus: {path} does not exist")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(head_bytes)
+            whole = not handle.read(1)
+    except OSError as error:
+        raise DataError(f"data.corpus: {path}: cannot read it ({error.strerror or error})") from None
+    if path.suffix == ".parquet" and not head.startswith(b"PAR1"):
+        raise DataError(f"data.corpus: {path}: not a Parquet file (no PAR1 header)")
+    if path.suffix in TABLE_SUFFIXES or _json_array(path):
+        return  # read whole by Hugging Face datasets, which names the bad row
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    lines = text.splitlines() if whole else text.splitlines()[:-1]  # the last line read may be cut
+    for number, line in enumerate(lines[:head_records], start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected an object (one record a line)")
+
+
 def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
+                yield f"{path}:{number}", record
+    except UnicodeDecodeError:
+        raise DataError(f"{path}:{number + 1}: not UTF-8 text") from None
 
 
 def _json_array(path: Path) -> bool:

@@ -8,6 +8,8 @@ validation split. Files hold uint16 when the vocabulary fits, else uint32. A bat
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +33,16 @@ class Shards:
         return np.memmap(self.train if split == "train" else self.val, dtype=self.dtype, mode="r")
 
 
-def write_shards(documents: list[str], tokenizer: Tokenizer, directory: Path, val_fraction: float) -> Shards:
-    """Encode the corpus once into ``directory`` (reused when already there)."""
+def write_shards(documents: list[str], tokenizer: Tokenizer, directory: Path, val_fraction: float,
+                 announce: Callable[[str], None] = lambda line: None) -> Shards:
+    """Encode the corpus once into ``directory`` (reused when already there). ``announce``: told when encoding
+    starts and ends (it takes a while on a large corpus)."""
     meta_path = directory / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         return Shards(directory / "train.bin", directory / "val.bin", meta["dtype"], meta["unigram_entropy"])
+    announce(f"data: encoding {len(documents):,} documents into tokens")
+    start = time.perf_counter()
     end = tokenizer.token_to_id(END_OF_TEXT)
     dtype = "uint16" if tokenizer.get_vocab_size() <= 2**16 else "uint32"
     pieces = []
@@ -53,6 +59,8 @@ def write_shards(documents: list[str], tokenizer: Tokenizer, directory: Path, va
     meta = {"dtype": dtype, "train_tokens": int(split), "val_tokens": int(len(tokens) - split),
             "unigram_entropy": float(-(freq * np.log(freq)).sum())}
     write_atomic(meta_path, json.dumps(meta))  # last: its presence says the shards are whole
+    announce(f"data: {len(tokens):,} tokens ({meta['train_tokens']:,} train, {meta['val_tokens']:,} val) encoded "
+             f"in {time.perf_counter() - start:.1f} s")
     return Shards(directory / "train.bin", directory / "val.bin", dtype, meta["unigram_entropy"])
 
 

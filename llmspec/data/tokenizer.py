@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -35,12 +37,17 @@ def train_tokenizer(documents: list[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def tokenizer_for(documents: list[str], vocab_size: int, cache: Path) -> tuple[Tokenizer, Path]:
-    """Train (or reuse the cached) tokenizer for this corpus and vocab size; returns it and its file."""
+def tokenizer_for(documents: list[str], vocab_size: int, cache: Path,
+                  announce: Callable[[str], None] = lambda line: None) -> tuple[Tokenizer, Path]:
+    """Train (or reuse the cached) tokenizer for this corpus and vocab size; returns it and its file.
+    ``announce``: told when training starts and ends (it takes a while on a large corpus)."""
     path = cache / "tokenizers" / f"{corpus_digest(documents)}-{vocab_size}.json"
     if path.exists():
         return Tokenizer.from_file(str(path)), path
+    announce(f"data: training a {vocab_size:,}-token BPE tokenizer on {len(documents):,} documents")
+    start = time.perf_counter()
     tokenizer = train_tokenizer(documents, vocab_size)
+    announce(f"data: tokenizer trained in {time.perf_counter() - start:.1f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(path) as tmp:
         tokenizer.save(str(tmp))
@@ -56,7 +63,8 @@ def load_tokenizer(path: str | Path, model_vocab: int, end: str | None = END_OF_
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as error:  # noqa: BLE001 - the tokenizers library raises its own exception types
-        raise DataError(f"data.tokenizer.path: {path} is not a tokenizer.json ({error})") from None
+        why = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise DataError(f"data.tokenizer.path: {path} is not a tokenizer.json ({why})") from None
     if tokenizer.get_vocab_size() > model_vocab:
         raise DataError(f"data.tokenizer.path: {path} has {tokenizer.get_vocab_size()} tokens, more than "
                         f"model.vocab_size {model_vocab}")

@@ -1,7 +1,8 @@
 """transformers ``config.json`` ↔ the spec's ``model`` section, for the families llmspec compiles exactly.
 
 Families: GPT-2, Llama (1/2/3, tied or not, llama3/linear RoPE scaling), Mistral (sliding window), Mixtral, Qwen2.
-Both the transformers 4 keys (``rope_theta``, ``rope_scaling``) and the 5 keys (``rope_parameters``) are read.
+Both the transformers 4 keys (``rope_theta``, ``rope_scaling``) and the 5 keys (``rope_parameters``) are read, as
+transformers 5 reads them: a legacy ``rope_scaling`` replaces ``rope_parameters`` whole.
 Anything the compiled model would compute differently is refused with the key that makes the difference.
 """
 
@@ -96,27 +97,75 @@ def model_from_hf(config: dict[str, Any], source: str = "config.json") -> dict[s
     return model
 
 
+def _rope_key(config: dict[str, Any]) -> str:
+    """The key transformers 5 reads the RoPE parameters from (``convert_rope_params_to_dict``): a legacy
+    ``rope_scaling``, when set, replaces ``rope_parameters`` whole."""
+    return "rope_scaling" if config.get("rope_scaling") else "rope_parameters"
+
+
 def _rope_from_hf(config: dict[str, Any], source: str) -> dict[str, Any]:
-    params = dict(config.get("rope_parameters") or {})
-    scaling = config.get("rope_scaling") or {}
+    where = _rope_key(config)
+    params = config.get(where) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: {where} must be an object, got {params!r}")
+    # transformers: the dict's own rope_theta, else the top-level key, else 10000 (rope_parameters' rope_theta is
+    # not read when rope_scaling replaces it)
     theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
-    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) != 1.0:
+    kind = params.get("rope_type", params.get("type", "default"))
+    if params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) not in (1.0, None):
         raise ConfigError(f"{source}: partial_rotary_factor is not supported")
     out: dict[str, Any] = {"rope_theta": theta}
     if kind == "default":
         return out
-    values = {**scaling, **params}
+
+    def need(key: str) -> Any:
+        if params.get(key) is None:
+            raise ConfigError(f"{source}: {where}.{key} is missing (needed for rope type {kind!r})")
+        return params[key]
+
     if kind == "linear":
-        out["rope_scaling"] = {"type": "linear", "factor": values["factor"]}
+        out["rope_scaling"] = {"type": "linear", "factor": need("factor")}
     elif kind == "llama3":
         out["rope_scaling"] = {
-            "type": "llama3", "factor": values["factor"], "low_freq_factor": values["low_freq_factor"],
-            "high_freq_factor": values["high_freq_factor"],
-            "original_max_seq_len": values["original_max_position_embeddings"]}
+            "type": "llama3", "factor": need("factor"), "low_freq_factor": need("low_freq_factor"),
+            "high_freq_factor": need("high_freq_factor"),  # transformers' default: the model's context
+            "original_max_seq_len": params.get("original_max_position_embeddings",
+                                               config.get("max_position_embeddings"))}
     else:
-        raise ConfigError(f"{source}: rope type {kind!r} is not supported (default, linear or llama3)")
+        over = " (transformers reads it over rope_parameters)" if where == "rope_scaling" and config.get(
+            "rope_parameters") else ""
+        raise ConfigError(f"{source}: {where}: rope type {kind!r}{over} is not supported (default, linear or "
+                          "llama3)")
     return out
+
+
+# spec field → the transformers key it is read from, per family (rope fields: ``config_key``)
+_GPT2_KEYS = {"vocab_size": "vocab_size", "d_model": "n_embd", "n_layers": "n_layer", "n_heads": "n_head",
+              "d_ff": "n_inner", "max_seq_len": "n_positions", "norm_eps": "layer_norm_epsilon",
+              "tie_embeddings": "tie_word_embeddings", "init_std": "initializer_range", "dropout": "resid_pdrop"}
+_KEYS = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+         "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+         "d_ff": "intermediate_size", "max_seq_len": "max_position_embeddings", "norm_eps": "rms_norm_eps",
+         "tie_embeddings": "tie_word_embeddings", "init_std": "initializer_range", "sliding_window": "sliding_window",
+         "moe.n_experts": "num_local_experts", "moe.top_k": "num_experts_per_tok", "bias": "attention_bias"}
+_ROPE_KEYS = {"type": "rope_type", "factor": "factor", "low_freq_factor": "low_freq_factor",
+              "high_freq_factor": "high_freq_factor", "original_max_seq_len": "original_max_position_embeddings"}
+
+
+def config_key(field: str, config: dict[str, Any]) -> str | None:
+    """The config.json key a spec field of an imported config was read from (``model.d_model`` → hidden_size), so
+    that a problem is named as the user wrote it; None for a field no key gives."""
+    field = {"training.seq_len": "model.max_seq_len"}.get(field, field)  # the placeholder seq_len is the context's
+    if not field.startswith("model."):
+        return None
+    field = field.removeprefix("model.")
+    if field == "rope_theta":
+        where = _rope_key(config)
+        return f"{where}.rope_theta" if "rope_theta" in (config.get(where) or {}) else "rope_theta"
+    if field.startswith("rope_scaling"):
+        leaf = field.removeprefix("rope_scaling").lstrip(".")
+        return f"{_rope_key(config)}.{_ROPE_KEYS[leaf]}" if leaf in _ROPE_KEYS else _rope_key(config)
+    return (_GPT2_KEYS if config.get("model_type") == "gpt2" else _KEYS).get(field)
 
 
 def hf_family(spec: Spec) -> str:

@@ -117,5 +117,22 @@ def lookup(name: str) -> GPU | None:
     return _BY_NAME.get(key) or _BY_NAME.get(key.replace("-", ""))
 
 
+# Names that more than one catalogue GPU answers to. Each is taken as the GPU its alias belongs to (the common case:
+# an "H100" in a cluster is an SXM board, an "A100" the 80 GB one), and the commands say which in a notice rather
+# than refusing the name: specs that say `gpu: H100` keep working, and the plan's numbers (989 or 756 TFLOP/s,
+# NVLink or PCIe) are never silently someone else's.
+SHARED_NAMES = {"h100": ("H100-PCIe",), "h10080gb": ("H100-PCIe",), "a100": ("A100-40GB",)}
+
+
+def choice_notice(name: str) -> str | None:
+    """One line saying which GPU a shared name was taken as and what else it could mean; None for an exact name."""
+    others = SHARED_NAMES.get(_key(name).replace("-", ""))
+    chosen = lookup(name)
+    if not others or chosen is None:
+        return None
+    return (f"cluster.gpu '{name}' is taken as {chosen.name} (it could also mean {', '.join(others)}: name the one "
+            "you have)")
+
+
 def names() -> list[str]:
     return [gpu.name for gpu in CATALOGUE]

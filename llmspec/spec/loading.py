@@ -75,14 +75,19 @@ def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str,
         line = mark.line + 1 if mark else None
         reason = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError([Problem("", f"invalid YAML: {reason}", line, source)]) from None
+    except RecursionError:  # PyYAML composes recursively: thousands of nested brackets exhaust the stack
+        raise SpecError([Problem("", f"nested more than {MAX_DEPTH} levels deep", None, source)]) from None
     if not isinstance(data, dict):
         raise SpecError([Problem("", "a spec must be a YAML mapping with name, model, training, ...", 1, source)])
+    _check_shape(data, source)  # before anything walks it: the duplicate-key check and pydantic recurse
     duplicates = list(_duplicate_keys(node, source))
     if duplicates:
         raise SpecError(duplicates)
     if base_dir is not None:
         _resolve_file_paths(data, base_dir)
     overridden = apply_sets(data, sets)
+    if sets:
+        _check_shape(data, SET_SOURCE)
     try:
         spec = Spec.model_validate(data)
         problems = _warmup_problems(spec, overridden) if check_warmup else []
@@ -108,6 +113,35 @@ def _warmup_problems(spec: Spec, overridden: set[str]) -> list[Problem]:
         return []
     return [Problem("training.schedule.warmup_steps",
                     f"warmup_steps {tr.schedule.warmup_steps} exceeds the run's {tr.steps} steps")]
+
+
+# A spec is a few sections of scalars and short lists: deeper nesting or more values than these is not a spec, and
+# walking it (recursively, as the checks and pydantic do) would exhaust the stack or the clock. YAML aliases make
+# both possible in a few bytes: `a: &x [*x]` is infinitely deep, nine aliases of nine give 9^9 values.
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+
+
+def _check_shape(data: object, source: str) -> None:
+    """Refuse data nested deeper than MAX_DEPTH, holding more than MAX_VALUES values, or containing itself (an
+    alias inside its own anchor), without recursion."""
+    stack: list[tuple[object, int, tuple[int, ...]]] = [(data, 0, ())]
+    count = 0
+    while stack:
+        value, depth, ancestors = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError([Problem("", f"more than {MAX_VALUES:,} values (YAML aliases repeating aliases?)",
+                                     None, source)])
+        if not isinstance(value, (dict, list)):
+            continue
+        if id(value) in ancestors:
+            raise SpecError([Problem("", "a YAML alias refers to the collection it is in (like `a: &x [*x]`)",
+                                     None, source)])
+        if depth >= MAX_DEPTH:
+            raise SpecError([Problem("", f"nested more than {MAX_DEPTH} levels deep", None, source)])
+        children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        stack.extend((child, depth + 1, (*ancestors, id(value))) for child in children)
 
 
 def _duplicate_keys(node: yaml.Node | None, source: str, path: str = ""):
@@ -156,7 +190,7 @@ def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> set[str]:
             raise SpecError([Problem(key, f"expected --set section.field=value, got '{item}'", source=SET_SOURCE)])
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         target = data
         for i, part in enumerate(keys[:-1]):
@@ -192,8 +226,13 @@ def _from_pydantic(error: dict[str, Any]) -> Problem:
         return Problem(path, "required field is missing")
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] not in ("value_error",) and "input" in error and not isinstance(error["input"], dict):
-        message += f" (got {error['input']!r})"
+        message += f" (got {_shortened(repr(error['input']))})"
     return Problem(path, message)
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """A value as the error line quotes it: a pasted blob is cut, so the line stays one readable line."""
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
 
 
 def _merge_union_members(problems: list[Problem]) -> list[Problem]:
@@ -269,6 +308,18 @@ def _locate(problem: Problem, root: yaml.Node | None, source: str, overridden: s
         else:
             break
     return Problem(problem.path, problem.message, line if root is not None else None, source)
+
+
+def missing_files(spec: Spec) -> list[Problem]:
+    """The files a spec names that are not there (what `validate` adds to the rules: a plan needs none of them, a
+    run needs them all). The weights ``training.init_from`` names: a run directory, an import-hf output or a
+    weights file."""
+    source = spec.training.init_from
+    if source is None or Path(source).expanduser().exists():
+        return []
+    name = Path(source).name
+    hint = f" (train the base first: `llmspec run {name}`)" if name in named_specs() else ""
+    return [Problem("training.init_from", f"{source}: no such file or directory{hint}")]
 
 
 def dump_spec(spec: Spec, editable: bool = False) -> str:

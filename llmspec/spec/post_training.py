@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 Positive = Annotated[int, Field(gt=0, strict=True)]
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
@@ -44,7 +44,7 @@ class Adapter(_Section):
         None, description="derived: the attention's query and value projections ([q_proj, v_proj], or [qkv_proj] "
         "where q, k and v are one linear, as PEFT's defaults); the compiled model's linear names (q_proj, k_proj, "
         "v_proj, qkv_proj, o_proj, gate_proj, up_proj, down_proj, router), or all-linear: every linear in the blocks")
-    rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)")
+    rslora: StrictBool = Field(False, description="rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)")
     n_virtual: Positive = Field(20, description="prefix tuning: virtual tokens per layer")
 
 
@@ -58,7 +58,7 @@ class PostTrainingBase(_Section):
     base_precision: Literal["bf16", "fp16", "fp32", "int8", "nf4"] | None = Field(
         None, description="derived: training.precision; storage of the frozen weights (int8 and nf4 quantise "
         "the block linears; embeddings, norms and the LM head stay 16-bit)")
-    double_quant: bool = Field(False, description="nf4: quantise the absmax constants to 8 bits too (QLoRA §3)")
+    double_quant: StrictBool = Field(False, description="nf4: quantise the absmax constants to 8 bits too (QLoRA §3)")
 
     #: trains on (chosen, rejected) pairs: each example is two sequences
     pairwise: ClassVar[bool] = False

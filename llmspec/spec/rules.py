@@ -40,6 +40,12 @@ def consistency_problems(spec: Spec) -> list[Problem]:
         bad("model.head_dim", f"RoPE rotates pairs of dimensions: head_dim {m.head_dim} must be even")
     if m.rope_scaling is not None and m.position != "rope":
         bad("model.rope_scaling", "rope_scaling needs position: rope")
+    if m.rope_scaling is not None and m.rope_scaling.type == "llama3" and (
+            m.rope_scaling.high_freq_factor <= m.rope_scaling.low_freq_factor):
+        # Llama 3's smoothing interpolates between the two wavelength bounds, dividing by high - low
+        bad("model.rope_scaling.high_freq_factor", f"high_freq_factor {m.rope_scaling.high_freq_factor:g} must "
+                                                   f"exceed low_freq_factor {m.rope_scaling.low_freq_factor:g} "
+                                                   "(Llama 3.1: 4 and 1)")
     if m.moe is not None and m.moe.top_k > m.moe.n_experts:
         bad("model.moe.top_k", f"top_k {m.moe.top_k} exceeds n_experts {m.moe.n_experts}")
 
@@ -51,6 +57,12 @@ def consistency_problems(spec: Spec) -> list[Problem]:
     if tr.fp8_library != "transformer_engine" and tr.precision != "fp8":
         bad("training.fp8_library", f"{tr.fp8_library} is set but precision is {tr.precision}: it names whose FP8 "
                                     "linears precision fp8 plans")
+
+    own_vocab = spec.data.tokenizer.vocab_size
+    if own_vocab is not None and own_vocab > m.vocab_size:
+        bad("data.tokenizer.vocab_size", f"a tokenizer of {own_vocab} tokens for model.vocab_size {m.vocab_size}: "
+                                         f"ids from {m.vocab_size} on have no embedding (raise model.vocab_size, or "
+                                         "lower this)")
 
     # --- cluster --------------------------------------------------------------------------------------------
     device = None

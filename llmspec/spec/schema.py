@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator, model_validator
 
 from llmspec.errors import ConsistencyError
 from llmspec.spec import catalogue
@@ -17,7 +17,8 @@ from llmspec.spec.post_training import PostTraining
 from llmspec.spec.rules import consistency_problems
 from llmspec.spec.units import COUNT_PATTERN, parse_count
 
-# strict: YAML's true/false are not the integers 1 and 0
+# strict: YAML's true/false are not the integers 1 and 0, and the strings 'yes', 'no', 'off' are not booleans
+# (every bool field is a StrictBool)
 Positive = Annotated[int, Field(gt=0, strict=True)]
 NonNegative = Annotated[int, Field(ge=0, strict=True)]
 # A fraction in [0, 1): Adam's and Lion's betas.
@@ -27,6 +28,7 @@ COUNT_SCHEMA = {"anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "
                           {"type": "string", "pattern": COUNT_PATTERN}]}
 # More tokens than any corpus holds (1e17 = 100,000T) is a typo, not a plan.
 MAX_TOKENS = 10**17
+MAX_SEED = 2**63 - 1
 
 
 class _Section(BaseModel):
@@ -74,9 +76,9 @@ class ModelSpec(_Section):
     rope_theta: float = Field(10000.0, gt=0)
     rope_scaling: RopeScaling | None = None
     max_seq_len: Positive
-    tie_embeddings: bool = False
-    bias: bool = Field(False, description="biases in every linear layer and LayerNorm (GPT-2)")
-    qkv_bias: bool = Field(False, description="biases on the q, k, v projections only (Qwen2)")
+    tie_embeddings: StrictBool = False
+    bias: StrictBool = Field(False, description="biases in every linear layer and LayerNorm (GPT-2)")
+    qkv_bias: StrictBool = Field(False, description="biases on the q, k, v projections only (Qwen2)")
     sliding_window: Positive | None = Field(None, description="attend to at most this many past tokens (Mistral)")
     moe: MoE | None = None
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -148,7 +150,9 @@ class TrainingSpec(_Section):
         "files in RUN_DIR/tensorboard), wandb (offline unless the user configured wandb), csv (RUN_DIR/metrics.csv)")
     eval_interval: Positive = 500
     checkpoint_interval: Positive = 1000
-    seed: NonNegative = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)] = Field(
+        0, description="seeds the weights, the batches and sampling; at most 2^63 - 1 (a signed 64-bit integer, what "
+        "torch's and numpy's generators hold)")
     init_from: str | None = Field(
         None, description="a run directory or an `import-hf` output whose weights (and tokenizer) start the run")
     gradient_accumulation_steps: Positive | None = Field(
@@ -200,14 +204,14 @@ class ParallelismSpec(_Section):
         None, description="blocks on the first pipeline stage (Megatron's uneven split); the rest divide evenly")
     last_stage_layers: Positive | None = Field(
         None, description="blocks on the last pipeline stage (it also holds the LM head); the rest divide evenly")
-    sequence_parallel: bool = Field(
+    sequence_parallel: StrictBool = Field(
         False, description="tensor-parallel ranks split the sequence outside attention and the MLP (Megatron); "
         "`run`'s engine (DeepSpeed AutoTP) does not, so it plans only")
-    tp_comm_overlap: bool = Field(
+    tp_comm_overlap: StrictBool = Field(
         False, description="tensor-parallel collectives pipelined in chunks under the matmuls they feed "
         "(Transformer Engine, Megatron-LM's --tp-comm-overlap): the time model counts 1/tensor of them and what "
         "outlasts the matmuls; `run`'s engine (DeepSpeed AutoTP) does not overlap, so it plans only")
-    ep_comm_overlap: bool = Field(
+    ep_comm_overlap: StrictBool = Field(
         False, description="one micro-batch's expert all-to-all under another's compute (Megatron-Core's "
         "--overlap-moe-expert-parallel-comm, DeepSeek-V3's DualPipe): the time model counts what outlasts the "
         "step's compute; `run`'s engine (DeepSpeed AutoEP) does not overlap, so it plans only")
@@ -222,7 +226,7 @@ class ParallelismSpec(_Section):
         "pure16: 16-bit weights, gradients and optimizer states, no master (8 with Adam; see docs/formulas.md)"
     )
     data_parallel: Positive | None = Field(None, description="derived: gpus / (tensor · pipeline · context)")
-    overlap_comm: bool = Field(True, description="data-parallel gradient reduction overlapped with backward "
+    overlap_comm: StrictBool = Field(True, description="data-parallel gradient reduction overlapped with backward "
                                "(DeepSpeed's overlap_comm, what other engines call dp_comm_overlap)")
     reduce_bucket_size: Positive = 500_000_000
     allgather_bucket_size: Positive = 500_000_000

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import shutil
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from llmspec.compile.build import check_output_dir
 from llmspec.compile.loading import load_model_module
-from llmspec.compile.measured_models import dtype_of
-from llmspec.data.chat import DEFAULT_JINJA, ChatTemplate
+from llmspec.data.chat import ChatTemplate
 from llmspec.data.tokenizer import END_OF_TEXT
 from llmspec.errors import LLMSpecError
 from llmspec.spec.loading import parse_spec
@@ -22,50 +20,149 @@ from llmspec.train.sampling import sample
 
 def load_run(run_dir: str | Path) -> tuple[Spec, torch.nn.Module, object]:
     """The spec, the model at the latest checkpoint (eval mode, CPU) and the tokenizer of a run directory."""
-    from tokenizers import Tokenizer
-
     run_dir = Path(run_dir)
     spec_file = run_dir / "spec.yaml"
     if not spec_file.is_file():
         raise LLMSpecError(f"{run_dir}: not a run directory (no spec.yaml)")
-    spec = parse_spec(spec_file.read_text(), source=str(spec_file))
+    try:
+        text = spec_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise LLMSpecError(f"{spec_file}: not readable ({_first_line(error)})") from None
+    spec = parse_spec(text, source=str(spec_file))
     path = latest_checkpoint(run_dir / "checkpoints")
     if path is None:
         raise LLMSpecError(f"{run_dir}: no checkpoint yet")
-    model = load_model_module(run_dir / "build" / "model.py").Model()
-    model.load_state_dict(load_checkpoint(path)["model"])
-    return spec, model.eval(), Tokenizer.from_file(str(run_dir / "tokenizer.json"))
+    model_file = run_dir / "build" / "model.py"
+    if not model_file.is_file():
+        raise LLMSpecError(f"{run_dir}: no build/model.py (the run's model; `llmspec build` writes it)")
+    try:
+        model = load_model_module(model_file).Model()
+    except Exception as error:  # noqa: BLE001 - model.py is the user's to edit: whatever it raises is their input's
+        raise LLMSpecError(f"{model_file}: cannot build the model from it ({_first_line(error)})") from None
+    try:
+        model.load_state_dict(load_checkpoint(path)["model"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:  # another model's
+        raise LLMSpecError(f"{path}: not the weights of {model_file} ({_first_line(error)})") from None
+    return spec, model.eval(), _tokenizer(run_dir / "tokenizer.json")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a missing or damaged file
+        raise LLMSpecError(f"{path}: not a readable tokenizer ({_first_line(error)})") from None
+
+
+def _template_beside(tokenizer_file: Path) -> ChatTemplate:
+    try:
+        return ChatTemplate.beside(tokenizer_file)
+    except (OSError, UnicodeDecodeError) as error:  # chat_template.jinja damaged or unreadable
+        raise LLMSpecError(f"{tokenizer_file.parent / 'chat_template.jinja'}: not readable "
+                           f"({_first_line(error)})") from None
+
+
+def trained_context(spec: Spec) -> int:
+    """How many tokens a sequence the run's weights were trained on holds: the run's seq_len, or for weights that
+    started elsewhere (init_from, an imported base) the model's max_seq_len, what the base was built for."""
+    return spec.model.max_seq_len if spec.training.init_from else spec.training.seq_len
 
 
 def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
-             top_k: int | None = 50, top_p: float | None = None, seed: int = 0, chat: bool = False) -> str:
+             top_k: int | None = 50, top_p: float | None = None, seed: int = 0, chat: bool = False,
+             on_text: Callable[[str], None] | None = None, on_notice: Callable[[str], None] | None = None) -> str:
     """The prompt continued (the text and its continuation), or with ``chat`` the reply to it as a user message
-    under the run's chat template (``llmspec.data.chat``): the reply only, up to the token that ends it."""
+    under the run's chat template (``llmspec.data.chat``): the reply only, up to the token that ends it.
+    ``on_text`` receives the text as it is generated, piece by piece (the pieces join to the answer); ``on_notice``
+    a line when the request was changed: ``max_new_tokens`` past the trained context is cut to it."""
     spec, model, tokenizer = load_run(run_dir)
-    template = ChatTemplate.beside(Path(run_dir) / "tokenizer.json")
+    template = _template_beside(Path(run_dir) / "tokenizer.json")
     if chat:
         prompt = template.prompt({"prompt": prompt})
     if hasattr(model, "value_head"):  # a reward model scores the text instead of continuing it
         return _score(model, tokenizer, prompt)
     return _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, template.end,
-                     reply_only=chat)
+                     reply_only=chat, on_text=on_text, on_notice=on_notice)
 
 
 def _complete(spec, model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed,
-              stop: str = END_OF_TEXT, reply_only: bool = False) -> str:
-    """The prompt and its continuation up to ``stop`` (or, ``reply_only``, the continuation alone)."""
-    if temperature < 0:
+              stop: str = END_OF_TEXT, reply_only: bool = False, on_text: Callable[[str], None] | None = None,
+              on_notice: Callable[[str], None] | None = None) -> str:
+    """The prompt and its continuation up to ``stop`` (or, ``reply_only``, the continuation alone), at most up to
+    the trained context."""
+    if not math.isfinite(temperature) or temperature < 0:
         raise LLMSpecError(f"--temperature {temperature}: must be ≥ 0 (0 is greedy)")
     if top_p is not None and not 0 < top_p <= 1:
         raise LLMSpecError(f"--top-p {top_p}: must be in (0, 1]")
+    if not 0 <= seed < 2**63:
+        raise LLMSpecError(f"--seed {seed}: must be in [0, 2^63)")
     ids = tokenizer.encode(prompt).ids
     if not ids:
         raise LLMSpecError("the prompt is empty")
+    if max(ids) >= spec.model.vocab_size:  # a tokenizer that is not the run's: its ids have no embedding
+        raise LLMSpecError(f"the tokenizer gives id {max(ids)}, past model.vocab_size {spec.model.vocab_size}: it is "
+                           "not the run's tokenizer.json")
+    context = trained_context(spec)
+    room = context - len(ids)
+    if room <= 0:
+        raise LLMSpecError(f"the prompt is {len(ids)} tokens: the model was trained on sequences of {context}, "
+                           "which leaves it no room to answer; shorten it")
+    if max_new_tokens > room:  # past the trained positions the model was never taught what comes next
+        if on_notice is not None:
+            on_notice(f"--max-new-tokens {max_new_tokens} cut to {room}: the model was trained on sequences of "
+                      f"{context} tokens and the prompt holds {len(ids)}")
+        max_new_tokens = room
+    stream = _Stream(tokenizer, ids, reply_only, on_text) if on_text is not None else None
     generator = torch.Generator().manual_seed(seed)
     out = sample(model, torch.tensor([ids]), max_new_tokens, spec.model.max_seq_len, temperature, top_k, top_p,
-                 generator, stop_token=tokenizer.token_to_id(stop))
+                 generator, stop_token=tokenizer.token_to_id(stop), on_token=stream)
     tokens = out[0].tolist()[len(ids) if reply_only else 0:]
-    return tokenizer.decode(tokens).strip() if reply_only else tokenizer.decode(tokens)
+    text = tokenizer.decode(tokens).strip() if reply_only else tokenizer.decode(tokens)
+    if stream is not None:
+        stream.finish(text)
+    return text
+
+
+class _Stream:
+    """Text handed on as the tokens come. The tokens so far are decoded whole each time (a character of byte-level
+    BPE can span tokens, and some decoders join pieces with spaces), and only what is settled is passed on: no half
+    character, and (for a reply, which is stripped) no trailing space yet."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int], reply_only: bool, on_text: Callable[[str], None]):
+        self.tokenizer, self.reply_only, self.on_text = tokenizer, reply_only, on_text
+        self.ids = [] if reply_only else list(prompt_ids)
+        self.sent, self.diverged = "", False
+        if not reply_only:  # the prompt first, as it will be printed
+            self._send(tokenizer.decode(self.ids))
+
+    def __call__(self, token: torch.Tensor) -> None:
+        self.ids.append(int(token[0]))
+        text = self.tokenizer.decode(self.ids)
+        text = text.strip() if self.reply_only else text
+        self._send(text.rstrip("\ufffd"))
+
+    def _send(self, settled: str) -> None:
+        if self.diverged or len(settled) <= len(self.sent):
+            return
+        if not settled.startswith(self.sent):  # a decoder that rewrote earlier text: wait for the end
+            self.diverged = True
+            return
+        self.on_text(settled[len(self.sent):])
+        self.sent = settled
+
+    def finish(self, text: str) -> None:
+        """The rest of the final text (all of it again, on a line of its own, if the decoder rewrote what was sent)."""
+        if text.startswith(self.sent):
+            if len(text) > len(self.sent):
+                self.on_text(text[len(self.sent):])
+        else:
+            self.on_text("\n" + text)
 
 
 def write_samples(run_dir: Path, prompts: list[str]) -> list[str]:
@@ -91,55 +188,3 @@ def _score(model: torch.nn.Module, tokenizer, text: str) -> str:
     if not ids:
         raise LLMSpecError("the prompt is empty")
     return f"{model(torch.tensor([ids]))[0][0, -1].item():+.3f}  {text!r}"
-
-
-def export_run(run_dir: str | Path, out: str | Path) -> list[Path]:
-    """config.json + model.safetensors + the tokenizer, loadable with transformers' Auto classes (a LoRA run: the
-    merged model, and its adapter for PEFT in ``out/adapter``; a reward model: a sequence classifier)."""
-    run_dir, out = Path(run_dir), Path(out)
-    check_output_dir(out, (run_dir,))  # before the run is read: nothing is written into the run
-    spec, model, _ = load_run(run_dir)
-    written = _export_weights(spec, model, out)
-    shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
-    written += [out / "tokenizer.json", _write_tokenizer_config(run_dir, spec, out)]
-    if (run_dir / "chat_template.jinja").is_file():
-        written.append(Path(shutil.copyfile(run_dir / "chat_template.jinja", out / "chat_template.jinja")))
-    return written
-
-
-def _write_tokenizer_config(run_dir: Path, spec: Spec, out: Path) -> Path:
-    """The base's tokenizer config (its chat template and special tokens) when it came from Hugging Face, else one
-    for the run's own tokenizer; a run under the default chat template gets it as Jinja (transformers'
-    ``apply_chat_template`` then renders the prompts the run was fine-tuned on)."""
-    base = run_dir / "tokenizer_config.json"
-    config = json.loads(base.read_text(encoding="utf-8")) if base.is_file() else {
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": END_OF_TEXT, "bos_token": END_OF_TEXT,
-        "unk_token": END_OF_TEXT, "model_max_length": spec.model.max_seq_len}
-    if ChatTemplate.beside(run_dir / "tokenizer.json").is_default:
-        config["chat_template"] = DEFAULT_JINJA
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return out / "tokenizer_config.json"
-
-
-def _export_weights(spec: Spec, model: torch.nn.Module, out: Path) -> list[Path]:
-    """The run's model for transformers; a LoRA run's merged into its base (a quantised base dequantised first, as
-    its forward does), plus its adapter in PEFT's format (``out/adapter``)."""
-    from llmspec.interop.hf import export_reward_state, export_state
-    from llmspec.interop.peft_adapter import base_spec, dequantised_state, merged_spec, merged_state, write_adapter
-
-    post = spec.post_training
-    state = dequantised_state(model, dtype_of(spec))
-    if post is None or post.adapter.type == "none" and not post.value_model:
-        return export_state(state, spec, out)
-    if post.adapter.type == "prefix":
-        raise LLMSpecError("export-hf: prefix key/values have no transformers export (a transformers model holds no "
-                           "per-layer prefix, and PEFT's prefix tuning shifts positions by the prefix length, which "
-                           "this model does not); LoRA runs and full fine-tunes export")
-    if post.value_model:  # a sequence-classification model with one label; LoRA merged into its base first
-        if post.adapter.type == "lora":
-            return export_reward_state(merged_state(state, spec), merged_spec(spec), out)
-        return export_reward_state(state, spec, out)
-    written = export_state(merged_state(state, spec), base_spec(spec), out)
-    if not spec.model.fused_qkv:
-        written += write_adapter(state, spec, out / "adapter")
-    return written

@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmspec.compile.build import build, check_output_dir
-from llmspec.data.chat import TEMPLATE_FILES, ChatTemplate
-from llmspec.data.corpus import BUILTIN, DataError, builtin_documents, read_documents
+from tokenizers import Tokenizer
+
+from llmspec.compile.build import MANIFEST, build, check_output_dir
+from llmspec.data.chat import TEMPLATE_FILES, ChatTemplate, copy_template_files
+from llmspec.data.corpus import BUILTIN, DataError, builtin_documents, check_corpus, read_documents
+from llmspec.data.instructions import check_records
 from llmspec.data.shards import Shards, write_shards
 from llmspec.data.tasks import task_records
 from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
@@ -27,7 +32,7 @@ from llmspec.spec.compare import RESUME_SAFE, unsafe_resume_changes
 from llmspec.spec.loading import dump_spec, parse_spec
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
-from llmspec.train.checkpoint import latest_checkpoint
+from llmspec.train.checkpoint import latest_checkpoint, resumable_checkpoint
 from llmspec.train.init_from import InitSource, check_init_from
 from llmspec.train.limits import Refusals
 from llmspec.train.methods import PostTrainingMethod, method_for
@@ -86,85 +91,174 @@ def check_fits(spec: Spec, result: Plan) -> None:
             "and --set flags shows the strategies that fit")
 
 
-def _documents(spec: Spec) -> list[str]:
+def _quiet(line: str) -> None:
+    """The default ``announce``: says nothing."""
+
+
+def _documents(spec: Spec, announce: Callable[[str], None] = _quiet) -> list[str]:
     corpus = spec.data.corpus
+    started = time.perf_counter()
     if corpus != BUILTIN:
-        return read_documents(corpus)
+        announce("data: reading data.corpus")
+        documents = read_documents(corpus)
+        chars = sum(map(len, documents))
+        announce(f"data: {len(documents):,} documents, {chars / 1e6:,.1f}M characters, read in "
+                 f"{time.perf_counter() - started:.1f} s")
+        return documents
     # Extracting the standard library's docstrings takes seconds; keep them per Python version.
     import sys
 
     path = cache_dir() / f"builtin-corpus-py{sys.version_info.major}.{sys.version_info.minor}.json"
     if path.exists():
         return json.loads(path.read_text())
+    announce("data: extracting the built-in corpus (the standard library's docstrings)")
     documents = builtin_documents()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(documents))
     return documents
 
 
-def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run: bool = False,
-            planned: Plan | None = None) -> Job | None:
-    """Refuse what cannot run (``refusals``: the answer of the engine that will run it), then (unless ``dry_run``:
-    refusals only, nothing written) lay out RUN_DIR. ``planned``: the spec's plan, where the caller made it (with
-    its alternatives: build's plan.json holds them); planned here otherwise, once."""
-    if planned is None or not planned.is_for(spec):
-        planned = plan(spec)
-    check_fits(spec, planned)
-    check_runnable(spec, refusals)
-    if spec.model.vocab_size > 2**32:
-        raise LLMSpecError("model.vocab_size: token ids must fit in uint32")
-    check_output_dir(run_dir)
-    previous = latest_checkpoint(run_dir / "checkpoints")
+# What a run writes in RUN_DIR (a directory holding others of the user's is refused without force; these first
+# when it names them). job.json, or the build's manifest, marks a directory a run prepared.
+RUN_FILES = ("spec.yaml", "tokenizer.json", "job.json", "metrics.jsonl", "loss.png", "samples.txt", "build",
+             "checkpoints", "data", *TEMPLATE_FILES)
+
+
+def check_run_dir(run_dir: Path, resume: bool, force: bool = False) -> None:
+    """Refuse a run directory the run would spoil: one with checkpoints without ``resume`` (or none with it), and
+    (unless ``force``) a directory that holds files a run did not write."""
+    checkpoints = run_dir / "checkpoints"
+    previous = latest_checkpoint(checkpoints)
     if previous and not resume:
         raise LLMSpecError(f"{run_dir}: holds checkpoints (latest {previous.name}); pass --resume to continue, or "
                            "--out another directory")
+    if not resume:
+        if not force:
+            _refuse_foreign_files(run_dir)
+        return
+    if not previous:
+        raise LLMSpecError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
+
+
+def _refuse_foreign_files(run_dir: Path) -> None:
+    if not run_dir.is_dir() or (run_dir / "job.json").is_file() or (run_dir / "build" / MANIFEST).is_file():
+        return  # new, or a directory a run prepared: its files are the run's own
+    names = sorted((p.name for p in run_dir.iterdir() if not p.name.startswith(".")),
+                   key=lambda name: (name not in RUN_FILES, name))
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise LLMSpecError(f"{run_dir}: holds files a run did not write ({shown}); --out a new or empty directory, "
+                           "or --force to train there anyway (it replaces those a run writes; nothing was written)")
+
+
+def _resume_from(run_dir: Path, spec: Spec, announce: Callable[[str], None]) -> None:
+    """Refuse a resume whose spec changed what a resumed run keeps, or whose checkpoints are all unreadable; name an
+    unreadable newest checkpoint, which the run passes over for the previous, intact one."""
+    spec_file = run_dir / "spec.yaml"
+    if not spec_file.is_file():
+        raise LLMSpecError(f"{run_dir}: --resume needs the run's spec.yaml, which is not there")
+    saved = parse_spec(spec_file.read_text(), source=str(spec_file))
+    changed = unsafe_resume_changes(saved, spec)
+    if changed:
+        raise LLMSpecError(f"{spec_file}: --resume with changed {', '.join(changed)}; a resumed run keeps "
+                           f"its model, data and optimizer (only {', '.join(RESUME_SAFE)} may change)")
+    checkpoints = run_dir / "checkpoints"
+    if (checkpoints / "deepspeed").is_dir():
+        return  # DeepSpeed's engine resumes from its own checkpoint files
+    path, skipped = resumable_checkpoint(checkpoints)
+    for bad, why in skipped:
+        announce(f"{bad}: unreadable ({why}); --resume continues from the previous checkpoint, {path.name}, which "
+                 "is intact")
+
+
+def check_data(spec: Spec) -> None:
+    """The cheap checks of the spec's data, which a dry run makes and a run makes before reading it all: the corpus
+    exists, is readable and of a kind its method reads, and its first records parse."""
+    corpus = spec.data.corpus
+    if spec.post_training is None:
+        check_corpus(corpus)
+    elif corpus != BUILTIN:
+        for path in [corpus] if isinstance(corpus, str) else corpus:
+            check_records(Path(path).expanduser())
+
+
+def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run: bool = False,
+            planned: Plan | None = None, force: bool = False, announce: Callable[[str], None] = _quiet
+            ) -> Job | None:
+    """Refuse what cannot run (``refusals``: the answer of the engine that will run it), then (unless ``dry_run``:
+    refusals only, nothing written) lay out RUN_DIR. ``planned``: the spec's plan, where the caller made it (with
+    its alternatives: build's plan.json holds them); planned here otherwise, once. ``force``: train in a directory
+    that holds files a run did not write. ``announce``: told what the run will do other than the spec says (a GPU
+    spec on this CPU: in a dry run; the engine says it as it starts), an unreadable checkpoint passed over, and the
+    data steps as they start and end (reading the corpus, training the tokenizer, encoding: each can take minutes).
+
+    A dry run makes every check a run makes before it reads the data whole: the fit, the engine's and the method's
+    refusals, the run directory, the corpus (each file exists and is readable, its first records parse) and the
+    tokenizer (it loads and fits the model's vocabulary)."""
+    if planned is None or not planned.is_for(spec):
+        planned = plan(spec)
+    check_fits(spec, planned)
+    notice = check_runnable(spec, refusals)
+    if notice and dry_run:
+        announce(notice)
+    if spec.model.vocab_size > 2**32:
+        raise LLMSpecError("model.vocab_size: token ids must fit in uint32")
+    vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
+    if spec.post_training is None and vocab > spec.model.vocab_size:
+        raise LLMSpecError(f"data.tokenizer.vocab_size: {vocab} exceeds model.vocab_size {spec.model.vocab_size}")
+    check_output_dir(run_dir)
+    check_run_dir(run_dir, resume, force)
     if resume:
-        if not previous:
-            raise LLMSpecError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
-        saved = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
-        changed = unsafe_resume_changes(saved, spec)
-        if changed:
-            raise LLMSpecError(f"{run_dir}/spec.yaml: --resume with changed {', '.join(changed)}; a resumed run keeps "
-                               f"its model, data and optimizer (only {', '.join(RESUME_SAFE)} may change)")
+        _resume_from(run_dir, spec, announce)
     # A resumed run continues from its own checkpoint; its frozen reference copy is still the starting model's.
     post = spec.post_training
     init = check_init_from(spec) if not resume or (getattr(post, "reference", None) == "copy") else None
+    if post is not None:
+        tokenizer = _fine_tune_tokenizer(spec, run_dir, resume, init)
+        check_data(spec)
+        return None if dry_run else _prepare_post_training(spec, run_dir, resume, init, planned, tokenizer, force,
+                                                           announce)
+    loaded = _pretraining_tokenizer(spec, run_dir, resume, init)
+    check_data(spec)
     if dry_run:
         return None
 
-    if spec.post_training is not None:
-        return _prepare_post_training(spec, run_dir, resume, init, planned)
-    documents = _documents(spec)
-    vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
-    if vocab > spec.model.vocab_size:
-        raise LLMSpecError(f"data.tokenizer.vocab_size: {vocab} exceeds model.vocab_size {spec.model.vocab_size}")
-    if resume and (run_dir / "tokenizer.json").is_file():  # the run's own tokenizer: its ids are the run's
-        tokenizer, tokenizer_path = load_tokenizer(run_dir / "tokenizer.json", spec.model.vocab_size), None
-    elif spec.data.tokenizer.path:
-        tokenizer = load_tokenizer(spec.data.tokenizer.path, spec.model.vocab_size)
-        tokenizer_path = Path(spec.data.tokenizer.path).expanduser()
-    elif init is not None and init.tokenizer is not None:  # the ids the initial weights learned
-        tokenizer, tokenizer_path = load_tokenizer(init.tokenizer, spec.model.vocab_size), init.tokenizer
-    else:
-        tokenizer, tokenizer_path = tokenizer_for(documents, vocab, cache_dir())
+    documents = _documents(spec, announce)
+    tokenizer, tokenizer_path = loaded or tokenizer_for(documents, vocab, cache_dir(), announce)
     token_key = corpus_digest([tokenizer.to_str()])
     shard_dir = cache_dir() / "tokens" / f"{corpus_digest(documents)}-{token_key}-{spec.data.val_fraction}"
-    shards = write_shards(documents, tokenizer, shard_dir, spec.data.val_fraction)
+    shards = write_shards(documents, tokenizer, shard_dir, spec.data.val_fraction, announce)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    build(spec, run_dir / "build", keep_edited=resume, planned=planned)  # a resumed run keeps the user's edits
+    # a resumed run keeps the user's edits; --force overwrites files in build/ that llmspec did not write
+    build(spec, run_dir / "build", force=force and not resume, keep_edited=resume, planned=planned)
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
+        copy_template_files(tokenizer_path.parent, run_dir)  # a base's chat template travels with its tokenizer
     job = Job(spec, run_dir, shards, resume, init.weights.resolve() if init else None, planned)
     write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))  # what launched workers read
     return job
 
 
-def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, planned: Plan
-                           ) -> Job:
-    """RUN_DIR for a fine-tune: the base's tokenizer (its ids are the ones the weights learned), and the records in
-    run_dir/data/ as its method trains on them (train, val; held_out prompts with answers where there are some)."""
+def _pretraining_tokenizer(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None
+                           ) -> tuple[Tokenizer, Path | None] | None:
+    """The tokenizer a pretraining run reads, loaded and checked against the model, with the file to copy into
+    RUN_DIR (None: it is there); None when one is trained from the corpus."""
+    if resume and (run_dir / "tokenizer.json").is_file():  # the run's own tokenizer: its ids are the run's
+        return load_tokenizer(run_dir / "tokenizer.json", spec.model.vocab_size), None
+    if spec.data.tokenizer.path:
+        path = Path(spec.data.tokenizer.path).expanduser()
+        return load_tokenizer(path, spec.model.vocab_size), path
+    if init is not None and init.tokenizer is not None:  # the ids the initial weights learned
+        return load_tokenizer(init.tokenizer, spec.model.vocab_size), init.tokenizer
+    return None
+
+
+def _fine_tune_tokenizer(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None
+                         ) -> tuple[Tokenizer, Path, ChatTemplate, bool]:
+    """A fine-tune's tokenizer (the base's: its ids are the ones the weights learned), loaded and checked, with its
+    file, its chat template, and whether the token that ends a response was added to it."""
     if resume:
         tokenizer_path = run_dir / "tokenizer.json"
     elif spec.data.tokenizer.path:
@@ -177,18 +271,30 @@ def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSo
     tokenizer = load_tokenizer(tokenizer_path, spec.model.vocab_size, end=None)
     template = ChatTemplate.beside(tokenizer_path)
     added = with_end_token(tokenizer, template, tokenizer_path, spec.model.vocab_size)
+    return tokenizer, tokenizer_path, template, added
+
+
+def _prepare_post_training(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, planned: Plan,
+                           loaded: tuple[Tokenizer, Path, ChatTemplate, bool], force: bool = False,
+                           announce: Callable[[str], None] = _quiet) -> Job:
+    """RUN_DIR for a fine-tune: the base's tokenizer (its ids are the ones the weights learned), and the records in
+    run_dir/data/ as its method trains on them (train, val; held_out prompts with answers where there are some)."""
+    tokenizer, tokenizer_path, template, added = loaded
     method: PostTrainingMethod = method_for(spec)  # which records it reads and holds out, the files it writes
     corpus = spec.data.corpus
     if corpus == BUILTIN:
         train, val, source = task_records("train"), task_records("held_out"), "the built-in task set"
     else:
         paths = [corpus] if isinstance(corpus, str) else corpus
+        announce("data: reading data.corpus")
         records = [r for path in paths for r in method.read_records(Path(path))]
         split = len(records) - max(1, int(len(records) * spec.data.val_fraction))
         train, val, source = records[:split], records[split:], "data.corpus"
+    announce(f"data: tokenising {len(train) + len(val):,} records")
     held_out = method.held_out(val, builtin=corpus == BUILTIN)
     files = method.data_files(train, val, held_out, tokenizer, template, source, run_dir / "data")
-    return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path), files, planned)
+    return _finish(spec, run_dir, resume, init, (tokenizer if added else None, tokenizer_path), files, planned,
+                   force)
 
 
 def with_end_token(tokenizer, template: ChatTemplate, source: Path, model_vocab: int) -> bool:
@@ -207,14 +313,14 @@ def with_end_token(tokenizer, template: ChatTemplate, source: Path, model_vocab:
 
 
 def _finish(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, tokenizer: tuple[object | None, Path],
-            files: dict[str, list], planned: Plan) -> Job:
+            files: dict[str, list], planned: Plan, force: bool = False) -> Job:
     """The rest of a fine-tune's RUN_DIR: data files, build/, spec.yaml, the tokenizer (with the token its
     template ends responses with) and its chat template files, and job.json."""
     data = run_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         write_atomic(data / name, json.dumps(content))
-    build(spec, run_dir / "build", keep_edited=resume, planned=planned)
+    build(spec, run_dir / "build", force=force and not resume, keep_edited=resume, planned=planned)
     write_atomic(run_dir / "spec.yaml", dump_spec(spec))
     if not resume:
         changed, source = tokenizer  # the base's file as it is, unless a token was added
@@ -222,9 +328,7 @@ def _finish(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None, to
             shutil.copyfile(source, run_dir / "tokenizer.json")
         else:
             write_atomic(run_dir / "tokenizer.json", changed.to_str())
-        for name in TEMPLATE_FILES:  # the base's chat template travels with its tokenizer
-            if (source.parent / name).is_file() and source.parent.resolve() != run_dir.resolve():
-                shutil.copyfile(source.parent / name, run_dir / name)
+        copy_template_files(source.parent, run_dir)  # the base's chat template travels with its tokenizer
     job = Job(spec, run_dir, None, resume, init.weights.resolve() if init else None, planned)
     write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))
     return job

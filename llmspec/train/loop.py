@@ -2,7 +2,8 @@
 
 Per optimizer step: the learning rate from the schedule, the step's batches (a pure function of the step, so a
 resumed run replays exactly what an uninterrupted one would have done), the engine's step. Every
-``log_interval`` steps the pending losses are read on the host in one transfer, checked for inf/nan and logged;
+``log_interval`` steps the pending losses are read on the host in one transfer, checked for inf/nan and logged
+(to metrics.jsonl and every sink of ``training.loggers``: ``llmspec.train.loggers``);
 every ``eval_interval`` the validation loss; every ``checkpoint_interval`` the weights are checked finite and
 saved. Log, eval and checkpoint also happen after the last step.
 """
@@ -84,8 +85,9 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
         if engine.is_main:
             announce(f"resumed from {source} at step {start}")
     task = engine.method.objective(job, engine)
-    log = StepLog(spec, job.metrics_file, engine.device, start, job.resume, engine.method.tokens_per_step(),
-                  job.plan) if engine.is_main else None
+    method = engine.method
+    log = StepLog(spec, job.metrics_file, engine.device, start, job.resume, method.tokens_per_step(), job.plan,
+                  method.token_cross_entropy, announce) if engine.is_main else None
     slots = engine.batch_slots()
     pending: list[torch.Tensor] = []  # this process's losses since the last host read, still on the device
     loss = val_loss = None
@@ -114,7 +116,11 @@ def fit(job: Job, engine: Engine, announce: Callable[[str], None] = print, progr
                 pending.clear()
                 loss = losses[-1]
                 if log and due(tr.log_interval, done, tr.steps):
-                    log.step(done, loss, lr, **task.step_metrics())
+                    extra = task.step_metrics()
+                    notice = method.step_notice(extra)
+                    if notice:
+                        announce(f"step {done}: {notice}")
+                    log.step(done, loss, lr, **extra)
             paused = time.perf_counter()
             if due(tr.eval_interval, done, tr.steps):
                 val_loss, extra = _evaluate_all(engine, task)

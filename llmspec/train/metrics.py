@@ -1,37 +1,20 @@
-"""metrics.jsonl (one object per logged step; eval lines add val_loss) and its loss.png."""
+"""metrics.jsonl (one object per logged step; eval lines add val_loss) and its loss.png. The records go to
+every sink of ``training.loggers`` through ``llmspec.train.loggers.RunLoggers``."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from llmspec.files import replaced_atomically
 from llmspec.planner import plan
 from llmspec.planner.result import Plan
 from llmspec.spec import Spec, catalogue
+from llmspec.train.loggers import Announce, MetricsLog, RunLoggers, parse_records
 
-
-class MetricsLog:
-    """Append-only JSON Lines, flushed per line. On resume, lines after the checkpoint's step are dropped, so the
-    file reads as one uninterrupted run."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        kept = []
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
-        self.handle = open(path, "a")  # noqa: SIM115 - closed in close()
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
+__all__ = ["MetricsLog", "StepLog", "peak_flops", "plot_loss", "read_metrics"]
 
 
 def peak_flops(spec: Spec, device: str) -> float | None:
@@ -49,16 +32,20 @@ def peak_flops(spec: Spec, device: str) -> float | None:
 class StepLog:
     """The step, eval and rate records of metrics.jsonl: tokens/s and MFU of the training steps since the previous
     step record (time spent evaluating and checkpointing is excluded: it is not training throughput).
-    ``tokens_per_step``: what one step trains on, as the method counts it (``Method.tokens_per_step``)."""
+    ``tokens_per_step``: what one step trains on, as the method counts it (``Method.tokens_per_step``);
+    ``perplexity``: whether val_loss is a next-token cross-entropy (``Method.token_cross_entropy``), whose exp the
+    eval lines add as val_perplexity. Each evaluation redraws loss.png beside metrics.jsonl."""
 
     def __init__(self, spec: Spec, path: Path, device: str, start: int, resume: bool, tokens_per_step: int,
-                 planned: Plan | None = None):
-        self.tokens_per_step = tokens_per_step
-        self.metrics = MetricsLog(path, start if resume else None)
+                 planned: Plan | None = None, perplexity: bool = True, announce: Announce | None = print):
+        self.spec, self.path, self.device = spec, path, device
+        self.tokens_per_step, self.perplexity = tokens_per_step, perplexity
+        self.metrics = RunLoggers(spec, path, start if resume else None, announce)
         if planned is None or not planned.is_for(spec):  # a DeepSpeed rank plans here; `run` hands its plan down
             planned = plan(spec, alternatives=False)
         self.flops_per_token = planned.flops["per_token_train"]
         self.planned_rate = planned.time["tokens_per_second"]
+        self.planned_peak = planned.memory["peak"]
         self.planned_phases = {name: phase["seconds"] for name, phase in planned.phases.items()}
         self.peak = peak_flops(spec, device.split(":")[0])
         self.mark, self.mark_step, self.excluded = time.perf_counter(), start, 0.0
@@ -74,7 +61,11 @@ class StepLog:
         steps = done - self.mark_step
         rate = self.tokens_per_step * steps / elapsed if elapsed else 0.0
         record = {"step": done, "loss": loss, "lr": lr, "tokens_per_second": rate,
-                  "planned_tokens_per_second": self.planned_rate}
+                  "planned_tokens_per_second": self.planned_rate, "planned_peak_memory": self.planned_peak}
+        if self.device.startswith("cuda"):  # what the plan's peak predicts: the allocator's high-water mark
+            import torch
+
+            record["peak_memory"] = torch.cuda.max_memory_allocated(self.device)
         if "generation_seconds" in extra and steps:
             phases = {name: extra.pop(f"{name}_seconds") / steps for name in ("generation", "scoring")}
             phases["training"] = elapsed / steps - sum(phases.values())
@@ -86,19 +77,30 @@ class StepLog:
         self.mark, self.mark_step, self.excluded = time.perf_counter(), done, 0.0
 
     def eval(self, done: int, val_loss: float, **extra: float) -> None:
-        """An eval line: val_loss, and what the objective adds (task_accuracy for post-training)."""
-        self.metrics.write({"step": done, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)),
-                            **extra})
+        """An eval line: val_loss (and its perplexity, for a language-model loss), and what the method adds
+        (task_accuracy for post-training); then loss.png, redrawn."""
+        record: dict[str, Any] = {"step": done, "val_loss": val_loss}
+        if self.perplexity:
+            record["val_perplexity"] = math.exp(min(val_loss, 50))
+        self.metrics.write({**record, **extra})
+        plot_loss(self.path, self.path.parent / "loss.png", loss_title(self.spec), self.perplexity)
 
     def close(self) -> None:
         self.metrics.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """metrics.jsonl's records (a last line cut off by a kill left out)."""
+    return parse_records(path)
 
 
-def plot_loss(metrics: Path, out: Path, title: str) -> Path:
+def loss_title(spec: Spec) -> str:
+    return f"{spec.name}: {spec.training.steps} steps"
+
+
+def plot_loss(metrics: Path, out: Path, title: str, cross_entropy: bool = True) -> Path:
+    """loss.png: train and validation loss by step (``cross_entropy``: the loss is next-token cross-entropy, in
+    nats/token; else the method's own loss, a preference one), or an RL run's reward and KL panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,12 +117,13 @@ def plot_loss(metrics: Path, out: Path, title: str) -> Path:
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", linewidth=1.5)
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel("cross-entropy (nats/token)" if cross_entropy else "loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out)
+    with replaced_atomically(out) as tmp:  # redrawn while a run goes on: never seen half-written
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return out
 
@@ -147,6 +150,7 @@ def _plot_rl(records: list[dict[str, Any]], out: Path, title: str, plt) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out)
+    with replaced_atomically(out) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return out

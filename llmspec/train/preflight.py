@@ -12,21 +12,24 @@ from llmspec.train.limits import Refusals
 from llmspec.train.methods import method_for
 
 
-def check_runnable(spec: Spec, refusals: Refusals) -> None:
+def check_runnable(spec: Spec, refusals: Refusals) -> str | None:
     """Refuse, before anything is prepared, what `llmspec run` plans but cannot execute on this machine: what the
     spec's method refuses, then the first thing the engine that would run it refuses (``refusals``: the engine's
-    answer, ``llmspec.backends.runnable``), then GPUs this machine does not have."""
+    answer, ``llmspec.backends.runnable``), then GPUs this machine does not have. Returns what the run will do
+    other than the spec says, when it will (a GPU spec on a machine without one trains on its CPU), else None."""
     method_for(spec).check_runnable()
     refused = refusals(spec)
     if refused:
         raise LLMSpecError(str(refused[0]))
     if spec.cluster.device.name != "cpu":
-        check_devices(spec, local_gpus())
+        return check_devices(spec, local_gpus())
+    return None
 
 
-def check_devices(spec: Spec, found: list[tuple[str, int]]) -> None:
+def check_devices(spec: Spec, found: list[tuple[str, int]]) -> str | None:
     """Refuse a GPU spec on a machine without the GPUs it names: ``found`` is (name, memory bytes) per local GPU.
-    Without any GPU, a spec whose plan fits this machine's CPU runs there (announced by the engine)."""
+    Without any GPU, a spec whose plan fits this machine's CPU runs there: returns the line that says so (a dry run
+    prints it; the engine announces it as it starts)."""
     cl = spec.cluster
     if found:
         have = f"{len(found)} × {found[0][0]} ({fmt_bytes(found[0][1])})"
@@ -39,7 +42,7 @@ def check_devices(spec: Spec, found: list[tuple[str, int]]) -> None:
         if found[0][1] < 0.95 * cl.device.memory_bytes:
             raise LLMSpecError(f"cluster.gpu {cl.device.name}: planned with {fmt_bytes(cl.device.memory_bytes)} per "
                                f"GPU, but this machine has {have}")
-        return
+        return None
     on_cpu = spec.model_copy(update={"cluster": cl.model_copy(update={"gpu": "cpu"})})
     cpu = on_cpu.cluster.device
     if spec.training.precision not in cpu.peak_flops:
@@ -51,6 +54,9 @@ def check_devices(spec: Spec, found: list[tuple[str, int]]) -> None:
             f"cluster.gpu {cl.device.name}: this machine has no GPU, and on its CPU the plan needs "
             f"{fmt_bytes(planned.memory['peak'])} per rank of {fmt_bytes(planned.usable_memory)}; run on a "
             f"machine with {cl.gpus} × {cl.device.name} (the named specs for a CPU: {', '.join(cpu_specs())})")
+    return (f"no GPU on this machine: {spec.name} trains on its CPU instead of {cl.gpus} × {cl.device.name} "
+            f"(there the plan needs {fmt_bytes(planned.memory['peak'])} per rank of "
+            f"{fmt_bytes(planned.usable_memory)}; the times above are the GPU's)")
 
 
 def _family(catalogue_name: str) -> str:

@@ -8,6 +8,8 @@ a model.py edited to have no cache) every step re-reads the last ``max_seq_len``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -47,11 +49,12 @@ def every_rank_done(done: torch.Tensor) -> bool:
 @torch.no_grad()
 def sample(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, max_seq_len: int,
            temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None, stop_token: int | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, stop_token: int | None = None,
+           on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Extend every row of ``idx`` (B, t) by up to ``max_new_tokens`` tokens. A row that has produced
     ``stop_token`` continues with it only (so rows stay one tensor); sampling ends when every row has (on every
-    rank, under torch.distributed). The model's
-    train/eval mode is restored afterwards (no dropout while sampling)."""
+    rank, under torch.distributed). ``on_token`` sees each step's (B,) tokens as they are drawn (``generate``
+    streams them). The model's train/eval mode is restored afterwards (no dropout while sampling)."""
     was_training = model.training
     model.eval()
     cached = hasattr(model, "start_cache") and idx.shape[1] + max_new_tokens <= max_seq_len
@@ -70,6 +73,8 @@ def sample(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, max_s
                 token = torch.where(done, torch.full_like(token, stop_token), token)
                 done |= token == stop_token
             idx = torch.cat([idx, token[:, None]], dim=1)
+            if on_token is not None:
+                on_token(token)
             if stop_token is not None and every_rank_done(done):
                 break
     finally:

@@ -7,6 +7,8 @@ A method is built for a spec (``Method(spec)``) and answers:
 - ``objective(job, engine)``: its batch sources (train, val) and how the loop steps over them;
 - ``metrics(engine, objective)``: what an evaluation adds to val_loss;
 - ``tokens_per_step()``: the tokens a step trains on (tokens/s and MFU);
+- ``token_cross_entropy``: whether its loss is a next-token cross-entropy (eval lines add val_perplexity);
+- ``step_notice(metrics)``: a line worth saying about a step line's metrics (GRPO: no group had a signal);
 - ``sample_prompts(job)``: what samples.txt shows after the run.
 A post-training method (``PostTrainingMethod``) also prepares its data: which records it reads, which it holds out
 and the files it writes to RUN_DIR/data/.
@@ -37,6 +39,8 @@ class Method:
 
     #: the name a spec gives it (``post_training.method``; pretraining has no post_training section)
     name: ClassVar[str]
+    #: whether the loss is a next-token cross-entropy, so exp(val_loss) is a perplexity (not a preference or RL loss)
+    token_cross_entropy: ClassVar[bool] = True
 
     def __init__(self, spec: Spec):
         self.spec = spec
@@ -67,6 +71,10 @@ class Method:
     def tokens_per_step(self) -> int:
         """The tokens one optimizer step trains on (as the planner counts them)."""
         return self.spec.training.tokens_per_step
+
+    def step_notice(self, metrics: dict[str, Any]) -> str | None:
+        """A line to say about a step line's metrics (``Objective.step_metrics``), or None."""
+        return None
 
     def sample_prompts(self, job: Job) -> list[str]:
         """The prompts samples.txt continues after the run."""

@@ -56,6 +56,7 @@ def precompute_reference(model: torch.nn.Module, pairs: PairBatches, device: str
 
 class DPO(Pairwise):
     name = "dpo"
+    token_cross_entropy = False  # its val_loss is the method's loss: no perplexity
 
     def loss(self, model: torch.nn.Module) -> Loss:
         return DPOLoss(self.post, model)

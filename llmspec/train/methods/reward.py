@@ -27,6 +27,7 @@ class BradleyTerry(Loss):
 
 class Reward(Pairwise):
     name = "reward"
+    token_cross_entropy = False  # its val_loss is the method's loss: no perplexity
 
     def held_out(self, val: list[dict[str, str]], builtin: bool) -> list[dict[str, str]]:
         return []  # the reward model scores; it answers nothing

@@ -27,6 +27,8 @@ EVAL_SAMPLES = 4  # sampled responses per held-out prompt for reward_mean and kl
 
 
 class RL(PostTrainingMethod):
+    token_cross_entropy = False  # its val_loss is the method's loss: no perplexity
+
     def check_runnable(self) -> None:
         post, tr = self.post, self.spec.training
         if post.rollouts_per_step % tr.global_batch_size:
