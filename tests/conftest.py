@@ -37,3 +37,12 @@ def base(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base") / "tiny"
     import_hf(TINY_HF, out)
     return out
+
+
+# Hypothesis draws the same examples on every run (a suite that passes here passes in CI); explore new ones with
+# HYPOTHESIS_PROFILE=explore (random draws, more examples per test).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("suite", derandomize=True)
+settings.register_profile("explore", max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))

@@ -128,7 +128,7 @@ def test_the_cheap_check_of_fine_tuning_records(tmp_path):
     (tmp_path / "ok.jsonl").write_text('{"prompt": "a", "response": "b"}\n' * 8)
     check_records(tmp_path / "ok.jsonl")
     for content, message in (('{"prompt": "a"}\n[1]\n', r"x\.jsonl:2: expected an object"),
-                             ('{"prompt": "a"}\n{"prompt": \n', r"x\.jsonl:2: not JSON")):
+                             ('{"prompt": "a"}\n{"prompt": \n', r"x\.jsonl:2: not valid JSON")):
         (tmp_path / "x.jsonl").write_text(content)
         with pytest.raises(DataError, match=message):
             check_records(tmp_path / "x.jsonl")

@@ -183,6 +183,7 @@ RUN_FILES = ["spec.yaml", "tokenizer.json", "tokenizer_config.json", "chat_templ
              "checkpoints", "metrics.jsonl"]
 
 
+@pytest.mark.integration  # a minute: 60 damaged copies of a run, each exported or sampled
 @FILE_SETTINGS
 @given(data=st.data(), command=st.sampled_from(["export-hf", "generate"]))
 def test_export_and_generate_of_a_damaged_run_are_answered_in_a_line(trained_run, tmp_path_factory, data, command):

@@ -50,7 +50,7 @@ def test_task_set_is_seeded_checkable_and_held_out_prompts_are_unseen():
 # ---- records, template, batches -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("line, needle", [
-    ("not json", "not JSON"),
+    ("not json", "not valid JSON"),
     ('{"prompt": "a"}', "missing response"),
     ('{"prompt": "a", "response": "  "}', "empty response"),
     ('{"messages": [{"role": "user", "content": "a"}]}', "the last message must be the assistant's"),

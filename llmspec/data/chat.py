@@ -20,7 +20,6 @@ generation_config.json the id of the template's end token as eos_token_id.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 from llmspec.data.corpus import DataError
 from llmspec.data.tokenizer import END_OF_TEXT
-from llmspec.interop.hf_files import TEMPLATE_FILES, files_in, token_text
+from llmspec.interop.hf_files import TEMPLATE_FILES, files_in, read_json, token_text
 
 __all__ = ["DEFAULT_JINJA", "DEFAULT_TEMPLATE", "TEMPLATE_FILES", "ChatTemplate", "copy_template_files"]
 
@@ -53,16 +52,12 @@ class ChatTemplate:
         """The template kept beside a tokenizer.json (a Hugging Face base's, a run's), else the default."""
         folder = Path(tokenizer_file).parent
         config_file = folder / "tokenizer_config.json"
-        config: dict[str, Any] = {}
-        if config_file.is_file():
-            try:
-                config = json.loads(config_file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise DataError(f"{config_file}: not readable JSON ({error})") from None
-            if not isinstance(config, dict):
-                raise DataError(f"{config_file}: expected a JSON object")
+        config = read_json(config_file, DataError)
         jinja_file = folder / "chat_template.jinja"
-        jinja = jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else config.get("chat_template")
+        try:
+            jinja = jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else config.get("chat_template")
+        except (OSError, UnicodeDecodeError) as error:  # damaged, or not text
+            raise DataError(f"{jinja_file}: not readable ({str(error).splitlines()[0]})") from None
         if isinstance(jinja, list):  # named templates: transformers' default is the one named "default"
             jinja = next((t.get("template") for t in jinja if isinstance(t, dict) and t.get("name") == "default"),
                          None)

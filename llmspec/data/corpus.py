@@ -110,25 +110,48 @@ def check_corpus(corpus: str | list[str], base: Path | None = None) -> None:
         raise DataError(f"data.corpus: no text in {', '.join(map(str, sources))}")
 
 
-def _check_head(path: Path) -> bool:
-    """Check the start of one file; whether it may hold text (a file longer than what was read may)."""
+def read_head(path: Path, size: int = HEAD_BYTES, label: str = "") -> tuple[bytes, bool]:
+    """The first ``size`` bytes of a file and whether they are all of it; one line naming the file (after
+    ``label``) when it cannot be read."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(HEAD_BYTES)
-            whole = not handle.read(1)
+            head = handle.read(size)
+            return head, not handle.read(1)
     except OSError as error:
-        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
-    try:  # a cut-off character at the end of the head is not an error: final only when the whole file was read
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)
+        raise DataError(f"{label}{path}: cannot read it ({error.strerror or error})") from None
+
+
+def head_text(path: Path, head: bytes, whole: bool) -> str:
+    """A file's first bytes as text: a character cut off at the end of the head is not an error (only when the
+    whole file was read is the decoding final)."""
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
+
+
+def whole_lines(text: str, whole: bool) -> list[str]:
+    """The lines of a file's head, without the last one when the head stops inside it."""
+    lines = text.splitlines()
+    return lines if whole else lines[:-1]
+
+
+def json_record(path: Path, number: int, line: str) -> object:
+    """One JSON Lines record; a line that is not JSON is named by file and line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+
+
+def _check_head(path: Path) -> bool:
+    """Check the start of one file; whether it may hold text (a file longer than what was read may)."""
+    head, whole = read_head(path)
+    text = head_text(path, head, whole)
     _refuse_binary(path, text)
     if path.suffix != ".jsonl":
         return bool(text.strip()) or not whole
-    lines = text.splitlines()
-    if not whole:
-        lines = lines[:-1]  # the last line read may be cut
-    documents = _records(path, lines[:HEAD_RECORDS])
+    documents = _records(path, whole_lines(text, whole)[:HEAD_RECORDS])
     return any(d.strip() for d in documents) or not whole
 
 
@@ -160,10 +183,7 @@ def _records(path: Path, lines: list[str]) -> list[str]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        record = json_record(path, number, line)
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(f'{path}:{number}: expected an object with a "text" string')
         documents.append(record["text"])

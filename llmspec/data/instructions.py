@@ -14,7 +14,6 @@ b rejected.
 
 from __future__ import annotations
 
-import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from llmspec.data.chat import DEFAULT_TEMPLATE, ChatTemplate
-from llmspec.data.corpus import DataError
+from llmspec.data.corpus import DataError, head_text, json_record, read_head, whole_lines
 
 IGNORE = -100  # the target value cross-entropy leaves out (the compiled model's convention)
 MIN_RECORDS = 8
@@ -64,29 +63,14 @@ def check_records(path: Path, head_bytes: int = 1 << 16, head_records: int = 100
     record is checked when the whole file is read."""
     if not path.is_file():
         raise DataError(f"data.corpus: {path} does not exist")
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(head_bytes)
-            whole = not handle.read(1)
-    except OSError as error:
-        raise DataError(f"data.corpus: {path}: cannot read it ({error.strerror or error})") from None
+    head, whole = read_head(path, head_bytes, label="data.corpus: ")
     if path.suffix == ".parquet" and not head.startswith(b"PAR1"):
         raise DataError(f"data.corpus: {path}: not a Parquet file (no PAR1 header)")
     if path.suffix in TABLE_SUFFIXES or _json_array(path):
         return  # read whole by Hugging Face datasets, which names the bad row
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    lines = text.splitlines() if whole else text.splitlines()[:-1]  # the last line read may be cut
+    lines = whole_lines(head_text(path, head, whole), whole)
     for number, line in enumerate(lines[:head_records], start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(record, dict):
+        if line.strip() and not isinstance(json_record(path, number, line), dict):
             raise DataError(f"{path}:{number}: expected an object (one record a line)")
 
 
@@ -95,13 +79,8 @@ def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
     try:
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
-                yield f"{path}:{number}", record
+                if line.strip():
+                    yield f"{path}:{number}", json_record(path, number, line)
     except UnicodeDecodeError:
         raise DataError(f"{path}:{number + 1}: not UTF-8 text") from None
 

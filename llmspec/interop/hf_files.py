@@ -35,16 +35,17 @@ def files_in(folder: Path, names: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a file, or {} when there is none; one line naming the file when it is not one."""
+def read_json(path: Path, error: type[LLMSpecError] = LLMSpecError) -> dict[str, Any]:
+    """A JSON object from a file, or {} when there is none; one line naming the file (as ``error``) when it is not
+    one."""
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LLMSpecError(f"{path}: not readable JSON ({error})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path}: not readable JSON ({problem})") from None
     if not isinstance(data, dict):
-        raise LLMSpecError(f"{path}: expected a JSON object")
+        raise error(f"{path}: expected a JSON object")
     return data
 
 

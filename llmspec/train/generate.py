@@ -60,14 +60,6 @@ def _tokenizer(path: Path):
         raise LLMSpecError(f"{path}: not a readable tokenizer ({_first_line(error)})") from None
 
 
-def _template_beside(tokenizer_file: Path) -> ChatTemplate:
-    try:
-        return ChatTemplate.beside(tokenizer_file)
-    except (OSError, UnicodeDecodeError) as error:  # chat_template.jinja damaged or unreadable
-        raise LLMSpecError(f"{tokenizer_file.parent / 'chat_template.jinja'}: not readable "
-                           f"({_first_line(error)})") from None
-
-
 def trained_context(spec: Spec) -> int:
     """How many tokens a sequence the run's weights were trained on holds: the run's seq_len, or for weights that
     started elsewhere (init_from, an imported base) the model's max_seq_len, what the base was built for."""
@@ -82,7 +74,7 @@ def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 100, temper
     ``on_text`` receives the text as it is generated, piece by piece (the pieces join to the answer); ``on_notice``
     a line when the request was changed: ``max_new_tokens`` past the trained context is cut to it."""
     spec, model, tokenizer = load_run(run_dir)
-    template = _template_beside(Path(run_dir) / "tokenizer.json")
+    template = ChatTemplate.beside(Path(run_dir) / "tokenizer.json")  # a damaged one: one line naming it
     if chat:
         prompt = template.prompt({"prompt": prompt})
     if hasattr(model, "value_head"):  # a reward model scores the text instead of continuing it
