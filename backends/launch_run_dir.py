@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from llmspec.errors import LLMSpecError
+from llmspec.files import read_manifest
 
 JOB = "job.json"  # what `prepare` writes last: the run directory is laid out
 
@@ -84,11 +85,7 @@ def _read_spec(build_dir: Path, sets: list[str] | None = None):
 
 def _built_files(build_dir: Path, manifest: str) -> list[str]:
     """The files ``llmspec build`` wrote into ``build_dir`` (its manifest) and the manifest itself."""
-    try:
-        names = list(json.loads((build_dir / manifest).read_text()))
-    except (OSError, ValueError):
-        names = []
-    return [name for name in [*names, manifest] if (build_dir / name).is_file()]
+    return [name for name in [*read_manifest(build_dir / manifest), manifest] if (build_dir / name).is_file()]
 
 
 def _checkpoints(run_dir: Path) -> str | None:

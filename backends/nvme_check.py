@@ -5,9 +5,9 @@ by the engine's refusals (``deepspeed_limits``), so `run` and `run --dry-run` re
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
+from llmspec.files import cannot_create_in
 from llmspec.planner.training import plan
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
@@ -57,10 +57,8 @@ def _unusable(folder: Path) -> tuple[str, str] | None:
         return "does not exist on this node", "create it (on every node) or name another folder"
     if not folder.is_dir():
         return "is not a folder on this node", "name a folder"
-    try:  # the only sure test of writable: create a file (permissions, read-only mounts, ACLs all refuse it)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".llmspec-probe."):
-            pass
-    except OSError as error:
+    error = cannot_create_in(folder)
+    if error is not None:
         return (f"no file can be created there on this node ({error.strerror or error})",
                 "make it writable or name another folder")
     return None

@@ -5,6 +5,7 @@ temporary name."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,3 +33,23 @@ def write_atomic(path: Path, text: str, executable: bool = False) -> Path:
     with replaced_atomically(path, 0o755 if executable else 0o644) as tmp:
         tmp.write_text(text)
     return path
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """What a command recorded it wrote into a folder (``build``, ``import-hf``, ``export-hf``: file name →
+    fingerprint); empty when the manifest is missing or unreadable (then nothing there counts as the command's)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def cannot_create_in(folder: Path) -> OSError | None:
+    """Why no file can be created in ``folder``, or None. The only sure test is to create one: permissions,
+    read-only mounts, ACLs and virtual file systems (/proc) all refuse it."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".llmspec-probe."):
+            return None
+    except OSError as error:
+        return error

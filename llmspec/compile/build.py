@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from pathlib import Path
 
 from llmspec.compile.ds_config import ds_config_dict
 from llmspec.compile.launch import hostfile, launch_script
 from llmspec.compile.model_source import TEMPLATES, generated_sources
 from llmspec.errors import LLMSpecError
-from llmspec.files import write_atomic
+from llmspec.files import cannot_create_in, read_manifest, write_atomic
 from llmspec.planner.result import Plan
 from llmspec.planner.training import plan
 from llmspec.spec.loading import dump_spec
@@ -59,13 +58,10 @@ def check_output_dir(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
 
 
 def check_can_create_in(folder: Path, label: str) -> None:
-    """Refuse, before any work, a folder where no file can be created. The only sure test is to create one:
-    permissions, read-only and virtual file systems (/proc) all refuse it."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".llmspec-probe."):
-            pass
-    except OSError as error:
-        raise LLMSpecError(f"{label}: cannot write there ({error.strerror or error}; nothing was written)") from None
+    """Refuse, before any work, a folder where no file can be created."""
+    error = cannot_create_in(folder)
+    if error is not None:
+        raise LLMSpecError(f"{label}: cannot write there ({error.strerror or error}; nothing was written)")
 
 
 # What build wrote, by file: sha256 of the text. A file whose hash differs was edited by hand ("edit it freely"),
@@ -78,11 +74,7 @@ def _digest(text: str) -> str:
 
 
 def _manifest(out: Path) -> dict[str, str]:
-    try:
-        record = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return read_manifest(out / MANIFEST)
 
 
 def edited_files(out: Path, files: dict[str, str]) -> list[str]:

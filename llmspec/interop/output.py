@@ -20,7 +20,7 @@ from typing import Any
 
 from llmspec.compile.build import check_output_dir
 from llmspec.errors import LLMSpecError
-from llmspec.files import replaced_atomically, write_atomic
+from llmspec.files import read_manifest, replaced_atomically, write_atomic
 
 # Files larger than this are fingerprinted by size and modification time: hashing gigabytes of weights would cost
 # more than the check is worth, and no one edits a safetensors file in place.
@@ -53,11 +53,7 @@ def fingerprint(path: Path) -> str:
 
 
 def _manifest(out: Path, command: str) -> dict[str, str]:
-    try:
-        record = json.loads((out / manifest_name(command)).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return read_manifest(out / manifest_name(command))
 
 
 def _same_content(path: Path, content: Content) -> bool:
