@@ -4,7 +4,7 @@ docs/calibration.md.
     python benchmarks/calibrate.py [--write]
 
 Fitted: each GPU family's matmul efficiency (catalogue.EFFICIENCY) and the memory-bound kernels' share
-(inputs.ELEMENTWISE), by least squares on the log ratios of every published point (specs/published/, and the
+(device_inputs.ELEMENTWISE), by least squares on the log ratios of every published point (specs/published/, and the
 Llama 2 model card's GPU-hours for specs/llama2-7b and llama2-70b). The fit prints the constants to put in the
 catalogue; tests/test_published.py checks that the catalogue's are that optimum and that every point is within 15%.
 """
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmspec.planner.calibration import Calibration, fit, published_specs, report  # noqa: E402
-from llmspec.planner.inputs import ELEMENTWISE  # noqa: E402
+from llmspec.planner.device_inputs import ELEMENTWISE  # noqa: E402
 from llmspec.spec import catalogue  # noqa: E402
 
 

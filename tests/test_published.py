@@ -11,7 +11,7 @@ import pytest
 from helpers import planned
 
 from llmspec.planner.calibration import Calibration, fit, loss, published_specs, report
-from llmspec.planner.inputs import ELEMENTWISE
+from llmspec.planner.device_inputs import ELEMENTWISE
 from llmspec.planner.published import megatron_flops_per_step
 from llmspec.spec import catalogue
 from llmspec.spec.loading import named_specs

@@ -6,7 +6,7 @@ import pytest
 from helpers import planned
 
 from llmspec.errors import SpecError
-from llmspec.planner.inputs import ELEMENTWISE
+from llmspec.planner.device_inputs import ELEMENTWISE
 from llmspec.spec import catalogue
 
 

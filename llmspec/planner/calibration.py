@@ -1,5 +1,5 @@
 """Calibration of the time model on published runs: each GPU family's matmul efficiency (``catalogue.EFFICIENCY``)
-and the memory-bound kernels' share (``inputs.ELEMENTWISE``), fitted by least squares on the log ratios of every
+and the memory-bound kernels' share (``device_inputs.ELEMENTWISE``), fitted by least squares on the log ratios of every
 published point; ``benchmarks/calibrate.py`` runs the fit and writes docs/calibration.md. Re-timing a plan at
 other constants needs no new plan: the step time is a function of the plan's inputs, of which only ``eff``
 changes.
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from llmspec.planner import numeric
-from llmspec.planner.inputs import achieved_efficiency
+from llmspec.planner.device_inputs import achieved_efficiency
 from llmspec.planner.published import tflops_per_gpu
 from llmspec.planner.training import Plan, plan
 from llmspec.spec.schema import Spec
@@ -51,7 +51,7 @@ class Calibration:
             self.cases.append((name, planned.spec, planned.spec.cluster.device, inputs))
 
     def points(self, efficiency: dict[str, float], elementwise: float) -> list[Point]:
-        """Every point re-timed at these family efficiencies and memory-bound share (inputs.achieved_efficiency)."""
+        """Every point re-timed at these family efficiencies and memory-bound share (achieved_efficiency)."""
         found = []
         for name, spec, gpu, inputs in self.cases:
             eff = achieved_efficiency(gpu, spec, spec.parallelism.tensor, efficiency[gpu.family], elementwise)
@@ -122,7 +122,7 @@ def _layout(spec: Spec) -> str:
 def report(calibration: Calibration) -> str:
     """docs/calibration.md: the time model's fitted constants, and every published point against its prediction
     at the catalogue's constants."""
-    from llmspec.planner.inputs import ELEMENTWISE
+    from llmspec.planner.device_inputs import ELEMENTWISE
     from llmspec.spec import catalogue
 
     points = calibration.points(catalogue.EFFICIENCY, ELEMENTWISE)

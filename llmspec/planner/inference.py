@@ -6,11 +6,10 @@ from typing import Any
 
 from llmspec.errors import LLMSpecError
 from llmspec.planner import numeric
+from llmspec.planner.device_inputs import device_inputs, usable_memory
 from llmspec.planner.inputs import (
     FORWARD_FORMULAS,
     architecture_inputs,
-    device_inputs,
-    usable_memory,
 )
 from llmspec.spec.schema import Spec
 

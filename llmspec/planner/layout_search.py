@@ -19,19 +19,18 @@ import numpy as np
 
 from llmspec.errors import LLMSpecError
 from llmspec.planner import numeric
+from llmspec.planner.device_inputs import device_inputs, usable_memory
 from llmspec.planner.inputs import (
     CHECKPOINTING,
     OFFLOAD_MODES,
     PARAMETER_FORMULAS,
     architecture_inputs,
-    device_inputs,
     evaluate_stage,
     formulas_for,
     host_fits,
     layout_inputs,
     offloaded_bytes_per_node,
     strategy_inputs,
-    usable_memory,
 )
 from llmspec.spec import catalogue
 from llmspec.spec.loading import apply_sets

@@ -9,17 +9,16 @@ import math
 from typing import Any
 
 from llmspec.planner import numeric, rl_phases
+from llmspec.planner.device_inputs import device_inputs, usable_memory
 from llmspec.planner.inputs import (
     CHECKPOINTING,
     FORWARD_FORMULAS,
     PARAMETER_FORMULAS,
     architecture_inputs,
-    device_inputs,
     evaluate_stage,
     host_fits,
     offloaded_bytes_per_node,
     strategy_inputs,
-    usable_memory,
 )
 from llmspec.planner.post_inputs import CRITIC, POLICY, REWARD
 from llmspec.planner.result import Alternative, Plan, Strategy, memory_breakdown

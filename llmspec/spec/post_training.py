@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import BeforeValidator, Field, StrictBool
 
-Positive = Annotated[int, Field(gt=0, strict=True)]
+from llmspec.spec.section import Positive, Section
+
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
 
 # the frozen weights' storage: 16/32-bit as trained, or quantised (only under an adapter: quantised weights
@@ -27,11 +28,7 @@ Fraction01 = Annotated[float, Field(ge=0, le=1)]
 QUANTISED = ("int8", "nf4")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class Adapter(_Section):
+class Adapter(Section):
     """What a post-training run trains: every weight (``none``), low-rank adapters on chosen linears (LoRA, Hu et al.
     2021), or learned key/value prefixes in every attention layer (prefix tuning, Li & Liang 2021)."""
 
@@ -48,7 +45,7 @@ class Adapter(_Section):
     n_virtual: Positive = Field(20, description="prefix tuning: virtual tokens per layer")
 
 
-class PostTrainingBase(_Section):
+class PostTrainingBase(Section):
     """What every method has: the adapter and the frozen weights' storage. A subclass per method adds its knobs
     and sets its traits."""
 

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, StrictBool, WithJsonSchema, field_validator, model_validator
 
 from llmspec.errors import ConsistencyError
 from llmspec.spec import catalogue
+from llmspec.spec.data import DataSpec
 from llmspec.spec.hostfile import HOST_PATTERN
+from llmspec.spec.model import ModelSpec
 from llmspec.spec.post_training import PostTraining
 from llmspec.spec.rules import consistency_problems
+from llmspec.spec.section import NonNegative, Positive, Section
 from llmspec.spec.units import COUNT_PATTERN, parse_count
 
-# strict: YAML's true/false are not the integers 1 and 0, and the strings 'yes', 'no', 'off' are not booleans
-# (every bool field is a StrictBool)
-Positive = Annotated[int, Field(gt=0, strict=True)]
-NonNegative = Annotated[int, Field(ge=0, strict=True)]
 # A fraction in [0, 1): Adam's and Lion's betas.
 Beta = Annotated[float, Field(ge=0, lt=1)]
 # What the loader accepts for a count (parse_count), for editors' JSON Schema: 2T, 300B, 1.5e12, 4_000_000.
@@ -31,82 +30,7 @@ MAX_TOKENS = 10**17
 MAX_SEED = 2**63 - 1
 
 
-class _Section(BaseModel):
-    # allow_inf_nan=False: every number a spec holds is finite (lr: .inf would stop a run at its first step)
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
-
-
-class RopeScaling(_Section):
-    """Rotary-embedding frequency scaling (Llama 3.1 style, or plain linear position interpolation)."""
-
-    type: Literal["llama3", "linear"] = "llama3"
-    factor: float = Field(8.0, gt=0)
-    low_freq_factor: float = Field(1.0, gt=0)
-    high_freq_factor: float = Field(4.0, gt=0)
-    original_max_seq_len: Positive = 8192
-
-
-class MoE(_Section):
-    """Mixture of experts replacing every MLP: a linear router picks ``top_k`` of ``n_experts`` (Mixtral)."""
-
-    n_experts: Annotated[int, Field(ge=2, strict=True)]
-    top_k: Positive = 2
-    capacity_factor: float | None = Field(
-        None, gt=0, description="none: every routed token computed (dropless, Mixtral). A number c: in training "
-        "each expert computes a fixed ⌈c·T·top_k/n_experts⌉ rows of a micro-batch's T tokens (GShard, Switch): "
-        "tokens past it dropped (the residual carries them), empty rows padded")
-
-
-class ModelSpec(_Section):
-    """The architecture."""
-
-    vocab_size: Positive
-    d_model: Positive
-    n_layers: Positive
-    n_heads: Positive
-    n_kv_heads: Positive | None = Field(None, description="derived: n_heads (MHA); 1 is MQA, between is GQA")
-    head_dim: Positive | None = Field(None, description="derived: d_model / n_heads")
-    d_ff: Positive | None = Field(
-        None, description="derived: 4·d_model, or for gated MLPs 8·d_model/3 rounded up to a multiple of 256"
-    )
-    mlp: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = "gelu"
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_eps: float = Field(1e-5, gt=0)
-    position: Literal["learned", "rope"] = "learned"
-    rope_theta: float = Field(10000.0, gt=0)
-    rope_scaling: RopeScaling | None = None
-    max_seq_len: Positive
-    tie_embeddings: StrictBool = False
-    bias: StrictBool = Field(False, description="biases in every linear layer and LayerNorm (GPT-2)")
-    qkv_bias: StrictBool = Field(False, description="biases on the q, k, v projections only (Qwen2)")
-    sliding_window: Positive | None = Field(None, description="attend to at most this many past tokens (Mistral)")
-    moe: MoE | None = None
-    dropout: float = Field(0.0, ge=0, lt=1)
-    init_std: float = Field(0.02, gt=0)
-
-    @property
-    def gated(self) -> bool:
-        return self.mlp in ("swiglu", "geglu")
-
-    @property
-    def fused_qkv(self) -> bool:
-        """One q/k/v projection (GPT-2's c_attn, and transformers' GPT-2 layout) for learned-position models;
-        three (q_proj, k_proj, v_proj: Llama's layout, which tensor parallelism shards head by head) for RoPE ones.
-        The compiler emits it, the planner counts its largest module, the HF mapping names it."""
-        return self.position == "learned"
-
-    @model_validator(mode="after")
-    def _derive(self) -> ModelSpec:
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        if self.head_dim is None and self.d_model % self.n_heads == 0:
-            self.head_dim = self.d_model // self.n_heads
-        if self.d_ff is None:
-            self.d_ff = -(-8 * self.d_model // 3 // 256) * 256 if self.gated else 4 * self.d_model
-        return self
-
-
-class Optimizer(_Section):
+class Optimizer(Section):
     name: Literal["adamw", "adam", "sgd", "lion"] = "adamw"
     lr: float = Field(3e-4, gt=0)
     betas: tuple[Beta, Beta] = (0.9, 0.95)
@@ -119,14 +43,14 @@ class Optimizer(_Section):
         return 2 if self.name in ("adamw", "adam") else 1
 
 
-class Schedule(_Section):
+class Schedule(Section):
     """Linear warmup from 0 to ``optimizer.lr``, then cosine decay to ``min_lr``."""
 
     warmup_steps: NonNegative = 2000
     min_lr: float = Field(3e-5, ge=0)
 
 
-class TrainingSpec(_Section):
+class TrainingSpec(Section):
     seq_len: Positive
     micro_batch_size: Positive = 1
     global_batch_size: Positive = Field(description="sequences per optimizer step")
@@ -186,7 +110,7 @@ class TrainingSpec(_Section):
 Offload = Literal["none", "cpu", "nvme"]
 
 
-class ParallelismSpec(_Section):
+class ParallelismSpec(Section):
     zero_stage: Literal[0, 1, 2, 3] = 0
     tensor: Positive = 1
     pipeline: Positive = 1
@@ -234,7 +158,7 @@ class ParallelismSpec(_Section):
     max_live_parameters: Positive = 1_000_000_000
 
 
-class CustomGPU(_Section):
+class CustomGPU(Section):
     """An accelerator that is not in the catalogue."""
 
     name: str = "custom"
@@ -250,7 +174,7 @@ class CustomGPU(_Section):
         )
 
 
-class ClusterSpec(_Section):
+class ClusterSpec(Section):
     gpu: str | CustomGPU = "A100-80GB"
     gpus_per_node: Positive = 8
     nodes: Positive = 1
@@ -281,18 +205,7 @@ class ClusterSpec(_Section):
         return found
 
 
-class Tokenizer(_Section):
-    vocab_size: Positive | None = None
-    path: str | None = None
-
-
-class DataSpec(_Section):
-    corpus: str | list[str] = "builtin"
-    tokenizer: Tokenizer = Tokenizer()
-    val_fraction: float = Field(0.05, gt=0, lt=1)
-
-
-class Published(_Section):
+class Published(Section):
     """What a run with this spec's layout reported, for the planner's published-run tests and calibration."""
 
     source: str = Field(min_length=1, description="citation: paper, table")
@@ -303,7 +216,7 @@ class Published(_Section):
         "recompute, attention counted whole)")
 
 
-class Spec(_Section):
+class Spec(Section):
     """An LLM training job."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="letters, digits, . _ -")
