@@ -16,6 +16,7 @@ from llmspec.spec.post_training import QUANTISED, linear_names
 OFFLOADABLE_OPTIMIZERS = ("adamw", "adam")
 
 if TYPE_CHECKING:
+    from llmspec.spec.model import ModelSpec
     from llmspec.spec.schema import Spec
 
 
@@ -48,6 +49,8 @@ def consistency_problems(spec: Spec) -> list[Problem]:
                                                    "(Llama 3.1: 4 and 1)")
     if m.moe is not None and m.moe.top_k > m.moe.n_experts:
         bad("model.moe.top_k", f"top_k {m.moe.top_k} exceeds n_experts {m.moe.n_experts}")
+    if m.head_dim is not None:
+        _layer_problems(m, bad)
 
     # --- training -------------------------------------------------------------------------------------------
     if tr.seq_len > m.max_seq_len:
@@ -88,6 +91,9 @@ def consistency_problems(spec: Spec) -> list[Problem]:
         bad("parallelism.tensor", f"tensor degree {t} must divide n_heads {m.n_heads} and n_kv_heads {kv}")
     if m.d_ff % t:
         bad("parallelism.tensor", f"tensor degree {t} must divide d_ff {m.d_ff}")
+    if t > 1 and m.qk_norm == "full":
+        bad("model.qk_norm", f"qk_norm full normalises the whole q and k projections, which tensor degree {t} "
+                             "splits by heads (DeepSpeed AutoTP does not gather them): use tensor 1")
     if par.sequence_parallel and t == 1:
         bad("parallelism.sequence_parallel", "sequence parallelism splits tensor-parallel activations; it needs "
                                              "parallelism.tensor > 1")
@@ -164,6 +170,50 @@ def consistency_problems(spec: Spec) -> list[Problem]:
     return problems
 
 
+def _layer_problems(m: ModelSpec, bad) -> None:
+    """The 2026 families' fields: each read only where the model uses it, each consistent with the rest."""
+    rope = m.position == "rope"
+    for field, value in (("partial_rotary", m.partial_rotary != 1), ("nope_layers", m.nope_layers is not None),
+                         ("rope_local_theta", m.rope_local_theta is not None)):
+        if value and not rope:
+            bad(f"model.{field}", f"{field} shapes RoPE: it needs position: rope")
+    rotary = int(m.head_dim * m.partial_rotary)
+    if rope and m.partial_rotary != 1 and (rotary == 0 or rotary % 2):
+        bad("model.partial_rotary", f"partial_rotary {m.partial_rotary:g} of head_dim {m.head_dim} rotates "
+                                    f"{rotary} dims: RoPE needs a positive, even number of them")
+    if isinstance(m.nope_layers, list) and any(index >= m.n_layers for index in m.nope_layers):
+        bad("model.nope_layers", f"layer {max(m.nope_layers)} does not exist: layers are 0 … {m.n_layers - 1}")
+    kinds = set(m.layer_types or [])
+    if m.layer_types is not None and len(m.layer_types) > m.n_layers:
+        bad("model.layer_types", f"{len(m.layer_types)} layer types for n_layers {m.n_layers}: give one per layer, "
+                                 "or a shorter pattern that repeats")
+    if "sliding" in kinds and m.sliding_window is None:
+        bad("model.sliding_window", "layer_types has sliding layers: set their window")
+    if m.layer_types is not None and m.sliding_window is not None and "sliding" not in kinds:
+        bad("model.sliding_window", "no layer of layer_types is sliding: the window is unused (remove it)")
+    if "chunked" in kinds and m.attention_chunk_size is None:
+        bad("model.attention_chunk_size", "layer_types has chunked layers: set their attention_chunk_size")
+    if m.attention_chunk_size is not None and "chunked" not in kinds:
+        bad("model.attention_chunk_size", "no layer is chunked (model.layer_types): the chunk size is unused")
+    if m.rope_local_theta is not None and rope and not kinds - {"full"} and m.sliding_window is None:
+        bad("model.rope_local_theta", "rope_local_theta is the base of sliding and chunked layers: the model has "
+                                      "none (model.layer_types)")
+    scaling = m.rope_scaling
+    if scaling is not None:
+        longrope = scaling.type == "longrope"
+        for field in ("short_factor", "long_factor"):
+            factors = getattr(scaling, field)
+            if factors is not None and not longrope:
+                bad(f"model.rope_scaling.{field}", f"{field} is read by rope type longrope, not {scaling.type}")
+            elif longrope and (factors is None or len(factors) != rotary // 2):
+                have = "none" if factors is None else f"{len(factors)}"
+                bad(f"model.rope_scaling.{field}", f"longrope needs one factor per rotated frequency: {rotary // 2} "
+                                                   f"(rotary dims / 2), {have} given")
+        if scaling.attention_factor is not None and scaling.type not in ("yarn", "longrope"):
+            bad("model.rope_scaling.attention_factor", f"attention_factor is read by yarn and longrope, not "
+                                                       f"{scaling.type}")
+
+
 def _post_training_problems(spec: Spec, bad) -> None:
     m, par, post = spec.model, spec.parallelism, spec.post_training
     adapter, method = post.adapter, post.method
@@ -189,7 +239,7 @@ def _post_training_problems(spec: Spec, bad) -> None:
     if adapter.type != "none" and m.moe is not None:
         bad(f"{where}.type", "adapters on a mixture of experts are not planned yet (a frozen MoE's saved tensors "
                              "depend on routing): fine-tune it fully (type none)")
-    if adapter.type == "prefix" and m.sliding_window is not None:
+    if adapter.type == "prefix" and (m.sliding_window is not None or m.attention_chunk_size is not None):
         bad(f"{where}.type", "prefix key/values sit before the first position: a sliding window would drop them "
                              "from every later query (model.sliding_window)")
     if post.base_precision in QUANTISED and adapter.type == "none":
