@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import planned
+from helpers import minimal, planned
 
-from llmspec.planner import numeric
+from llmspec.planner import numeric, plan
 
 
 def test_gpt2_124m_forward_hand_worked():
@@ -21,8 +21,8 @@ def test_gpt2_124m_forward_hand_worked():
 
 
 def test_attention_context_causal_and_windowed():
-    def ctx(s, window):  # causal (measure's full-attention count sets causal to 0)
-        return numeric.attention_context(causal=1, s=s, window=window)
+    def ctx(s, window):  # one sliding layer, causal (measure's full-attention count sets causal to 0)
+        return numeric.attention_context(causal=1, s=s, window=window, L=1, L_sliding=1, L_chunked=0, chunk=s)
 
     assert ctx(4096, 4096) == (4096 + 1) / 2
     # window 2 over 4 positions: keys per query 1, 2, 2, 2 -> mean 7/4
@@ -83,3 +83,30 @@ def test_per_step_and_total():
     assert f["per_step"] == f["per_token_train"] * 1024 * 4096
     assert f["total"] == f["per_token_train"] * tr.total_tokens == f["per_token_train"] * 2 * 10**12
     assert 1.0 < f["total"] / f["six_nd"] < 1.1  # attention adds a few percent over 6ND at 4k context
+
+
+def _keys_brute_force(kinds: list[str], s: int, window: int = 0, chunk: int = 0) -> int:
+    """Keys every query of every layer sees, counted one query at a time."""
+    seen = {"full": lambda i: i + 1, "sliding": lambda i: min(i + 1, window), "chunked": lambda i: i % chunk + 1}
+    return sum(seen[kind](i) for kind in kinds for i in range(s))
+
+
+@pytest.mark.parametrize("sets, kinds", [
+    # Gemma 3: five sliding layers of window 1024 to one full one
+    (["model.layer_types=[sliding, sliding, sliding, sliding, sliding, full]", "model.sliding_window=1024"],
+     ["sliding"] * 5 + ["full"]),
+    # Gemma 2: alternating; Llama 4's chunked layers (3 of 4) with a partial last chunk of 4096 - 3·1000 positions
+    (["model.layer_types=[sliding, full]", "model.sliding_window=100"], ["sliding", "full"] * 3),
+    (["model.layer_types=[chunked, chunked, chunked, full]", "model.attention_chunk_size=1000"],
+     ["chunked", "chunked", "chunked", "full", "chunked", "chunked"]),
+    (["model.sliding_window=5000"], ["sliding"] * 6),  # a window wider than the sequence is no window
+])
+def test_attention_flops_per_layer_kind_hand_counted(sets, kinds):
+    window = next((int(x.split("=")[1]) for x in sets if "sliding_window" in x), 0)
+    chunk = next((int(x.split("=")[1]) for x in sets if "chunk_size" in x), 0)
+    s, a, d_h = 4096, 4, 16
+    p = plan(minimal("model.n_layers=6", "model.max_seq_len=4096", "training.seq_len=4096", "model.position=rope",
+                     *sets), alternatives=False)
+    keys = _keys_brute_force(kinds, s, window, chunk)
+    assert p.flops["attention_per_token"] == pytest.approx(4 * a * d_h * keys / s, rel=1e-15)
+    assert p.env["attention_context"] == pytest.approx(keys / (6 * s), rel=1e-15)

@@ -261,3 +261,22 @@ def test_expert_parallel_splits_experts_and_shards_their_states_over_their_repli
 def test_expert_degree_is_checked(sets, message):
     with pytest.raises(LLMSpecError, match=message):
         load_spec("tiny", ["cluster.gpus_per_node=2", "training.global_batch_size=32", *sets])
+
+
+@pytest.mark.parametrize("context", [512, 4096])
+def test_inference_kv_cache_holds_each_layers_window_or_chunk(context):
+    from helpers import minimal
+
+    from llmspec.planner.inference import inference_plan
+
+    # 6 layers: 3 sliding (window 1024), 2 chunked (chunk 2048), 1 full; 2 kv heads of 16 dims in bf16
+    spec = minimal("model.n_layers=6", "model.n_kv_heads=2", "model.position=rope", "model.max_seq_len=4096",
+                   "training.seq_len=4096", "model.layer_types=[sliding, chunked, sliding, full, sliding, chunked]",
+                   "model.sliding_window=1024", "model.attention_chunk_size=2048", "training.precision=bf16",
+                   "cluster.gpu=H100")
+    held = 3 * min(1024, context) + 2 * min(2048, context) + context  # positions cached over the layers
+    result = inference_plan(spec, context=context, batch=3)
+    assert result["kv_cache"] == 3 * held * 2 * 2 * 16 * 2
+    assert result["kv_cache_per_token"] == 6 * 2 * 2 * 16 * 2  # one position in every layer, for comparison
+    per_sequence = held * 2 * 2 * 16 * 2
+    assert result["max_batch"] == (result["usable"] - result["inference_weights"]) // per_sequence

@@ -7,8 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from helpers import planned  # noqa: E402
+from helpers import minimal, planned  # noqa: E402
 
+from llmspec.planner import plan  # noqa: E402
 from llmspec.spec.loading import load_spec  # noqa: E402
 from llmspec.spec.schema import Spec  # noqa: E402
 
@@ -94,3 +95,70 @@ def test_components_sum_to_total():
         one_norm = p["norms"] // (2 * layers + 1)
         assert p["per_layer"] == p["attention_per_layer"] + p["mlp_per_layer"] + p["router_per_layer"] + 2 * one_norm
         assert p["total"] == p["embedding"] + layers * p["per_layer"] + one_norm + p["lm_head"]
+
+
+# The 2026 families at released sizes (each model's config.json on the Hub): vocab, d_model, layers, heads,
+# kv heads, head_dim, d_ff, tied. Spec and transformers config are built from the same row, so the test checks the
+# planner's structure (QK-norms, sandwich and post norms, parallel residual, biases, NoPE, partial rotary, layer
+# kinds) against transformers' own modules, not a transcription.
+FAMILIES = {
+    "qwen3": [(151936, 1024, 28, 16, 8, 128, 3072, True), (151936, 4096, 36, 32, 8, 128, 12288, False),
+              (151936, 5120, 64, 64, 8, 128, 25600, False)],
+    "gemma2": [(256000, 2304, 26, 8, 4, 256, 9216, True), (256000, 3584, 42, 16, 8, 256, 14336, True),
+               (256000, 4608, 46, 32, 16, 128, 36864, True)],
+    "gemma3_text": [(262144, 1152, 26, 4, 1, 256, 6912, True), (262208, 3840, 48, 16, 8, 256, 15360, True),
+                    (262208, 5376, 62, 32, 16, 128, 21504, True)],
+    "olmo2": [(100352, 2048, 16, 16, 16, 128, 8192, False), (100352, 4096, 32, 32, 32, 128, 11008, False),
+              (100352, 5120, 40, 40, 40, 128, 13824, False)],
+    "phi3": [(32064, 3072, 32, 32, 32, 96, 8192, False), (100352, 5120, 40, 40, 10, 128, 17920, False),
+             (200064, 3072, 32, 24, 8, 128, 8192, True)],
+    "smollm3": [(128256, 2048, 36, 16, 4, 128, 11008, True)],
+    "gpt_neox": [(50304, 768, 12, 12, 12, 64, 3072, False), (50432, 4096, 32, 32, 32, 128, 16384, False)],
+}
+
+
+def family_model(family: str, row: tuple) -> tuple[object, list[str]]:
+    """transformers' config of a family at one size, and the same model as spec overrides."""
+    vocab, hidden, layers, heads, kv, head_dim, inter, tied = row
+    dims = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv, intermediate_size=inter, tie_word_embeddings=tied,
+                max_position_embeddings=4096)
+    sets = [f"model.vocab_size={vocab}", f"model.d_model={hidden}", f"model.n_layers={layers}",
+            f"model.n_heads={heads}", f"model.n_kv_heads={kv}", f"model.head_dim={head_dim}", f"model.d_ff={inter}",
+            f"model.tie_embeddings={str(tied).lower()}", "model.max_seq_len=4096", "training.seq_len=4096",
+            "model.position=rope", "model.norm=rmsnorm", "model.mlp=swiglu"]
+    if family == "qwen3":
+        return transformers.Qwen3Config(head_dim=head_dim, **dims), [*sets, "model.qk_norm=head"]
+    if family in ("gemma2", "gemma3_text"):
+        gemma = ["model.mlp=geglu_tanh", "model.norm_placement=sandwich", f"model.embed_scale={hidden ** 0.5}",
+                 "model.query_scale=0.0625", "model.sliding_window=1024"]
+        if family == "gemma2":
+            config = transformers.Gemma2Config(head_dim=head_dim, sliding_window=1024, **dims)
+            return config, [*sets, *gemma, "model.layer_types=[sliding, full]", "model.attn_softcap=50",
+                            "model.final_softcap=30"]
+        config = transformers.Gemma3TextConfig(head_dim=head_dim, sliding_window=1024, **dims)
+        return config, [*sets, *gemma, "model.qk_norm=head", "model.rope_local_theta=10000",
+                        "model.layer_types=[sliding, sliding, sliding, sliding, sliding, full]"]
+    if family == "olmo2":
+        return transformers.Olmo2Config(**dims), [*sets, "model.qk_norm=full", "model.norm_placement=post"]
+    if family == "phi3":
+        rotary = 0.75 if tied else 1.0  # Phi-4-mini rotates three quarters of each head
+        return transformers.Phi3Config(partial_rotary_factor=rotary, **dims), [*sets,
+                                                                               f"model.partial_rotary={rotary}"]
+    if family == "smollm3":
+        return transformers.SmolLM3Config(**dims), [*sets, "model.nope_layers=4"]
+    assert family == "gpt_neox"
+    config = transformers.GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **dims)
+    return config, [*sets, "model.norm=layernorm", "model.bias=true", "model.mlp=gelu", "model.partial_rotary=0.25",
+                    "model.parallel_residual=true"]
+
+
+@pytest.mark.parametrize("family, row", [(family, row) for family, rows in FAMILIES.items() for row in rows],
+                         ids=lambda value: value if isinstance(value, str) else f"{value[1]}x{value[2]}")
+def test_2026_families_match_transformers_at_released_sizes(family, row):
+    config, sets = family_model(family, row)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    params = plan(minimal(*sets), alternatives=False).params
+    assert params["total"] == model.num_parameters()
+    assert params["non_embedding"] == model.num_parameters(exclude_embeddings=True)

@@ -14,6 +14,7 @@ from llmspec.planner import numeric
 from llmspec.planner.post_inputs import post_training_inputs, sequence_length
 from llmspec.planner.regimes import KINDS, bytes_per_param, split_bytes_per_param
 from llmspec.spec import catalogue
+from llmspec.spec.architecture import Architecture
 from llmspec.spec.post_training import sequences_per_example
 from llmspec.spec.schema import ParallelismSpec, Spec
 
@@ -78,37 +79,52 @@ def expert_rows_per_routed_token(spec: Spec, micro_batch: Any = None, context: A
 
 def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
     """Formula inputs that describe the model and the batch (everything but the strategy and the stage); ``role``:
-    which model of a PPO run they describe: policy, critic or reward."""
-    mo, tr, par = spec.model, spec.training, spec.parallelism
-    moe = mo.moe
+    which model of a PPO run they describe: policy, critic or reward. The model is read from its resolved
+    architecture (``spec.model.architecture``), per layer where layers differ."""
+    arch, tr, par = spec.model.architecture, spec.training, spec.parallelism
+    moe = arch.moe
     e = 4 if tr.precision == "fp32" else 2
     pairs = sequences_per_example(spec.post_training)
     seq = sequence_length(spec)
-    return {**post_training_inputs(spec, e, role), **layout_inputs(spec),
-        "V": mo.vocab_size, "h": mo.d_model, "L": mo.n_layers, "a": mo.n_heads, "k": mo.n_kv_heads,
-        "d_h": mo.head_dim, "f": mo.d_ff, "P": mo.max_seq_len,
+    return {**post_training_inputs(spec, e, role), **layout_inputs(spec), **_layer_kinds(arch, seq),
+        "V": arch.vocab_size, "h": arch.d_model, "L": arch.n_layers, "a": arch.n_heads, "k": arch.n_kv_heads,
+        "d_h": arch.head_dim, "f": arch.d_ff, "P": arch.max_seq_len,
         "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
-        "tied": int(mo.tie_embeddings), "learned": int(mo.position == "learned"), "rope": int(mo.position == "rope"),
-        "bias": int(mo.bias), "qkv_bias": int(mo.bias or mo.qkv_bias), "gated": int(mo.gated),
-        "fused_qkv": int(mo.fused_qkv), "relu": int(mo.mlp == "relu"), "layernorm": int(mo.norm == "layernorm"),
-        "dropout": int(mo.dropout > 0),
+        "tied": int(arch.tie_embeddings), "learned": int(arch.position == "learned"), "rope": int(arch.rope),
+        "bias": int(arch.bias), "qkv_bias": int(arch.qkv_bias), "gated": int(arch.gated),
+        "fused_qkv": int(arch.fused_qkv), "relu": int(arch.activation == "relu"),
+        "layernorm": int(arch.norm == "layernorm"), "dropout": int(arch.dropout > 0),
+        "norms_per_block": arch.norms_per_block, "qk_norm_head": int(arch.qk_norm == "head"),
+        "qk_norm_full": int(arch.qk_norm == "full"),
         "fp8_saved": int(tr.precision == "fp8" and tr.fp8_library == "transformer_engine"),
         # pairwise objectives run a chosen and a rejected sequence per example
         "s": seq, "B": tr.global_batch_size * pairs,
         "D": tr.total_tokens * pairs,
         "e": e, "w_bytes": e, "g_bucket": e,
-        "g_comm": 4 if par.byte_regime == "megatron" else e, "window": mo.sliding_window or seq,
+        "g_comm": 4 if par.byte_regime == "megatron" else e,
         # CPU kernels keep LayerNorm statistics and dropout masks in the activation dtype; GPU kernels in
         # fp32 and bool.
         "e_stat": e if spec.cluster.device.name == "cpu" else 4,
         "e_mask": e if spec.cluster.device.name == "cpu" else 1,
-        "masked": int(mo.sliding_window is not None and mo.sliding_window < seq),
         "sequence_parallel": int(par.sequence_parallel),
         "tp_comm_overlap": int(par.tp_comm_overlap), "ep_comm_overlap": int(par.ep_comm_overlap),
         "steps": tr.steps,
         "overlap_comm": int(par.overlap_comm), "causal": 1, "reduce_bucket": par.reduce_bucket_size,
         "prefetch_bucket": par.prefetch_bucket_size,
     }
+
+
+def _layer_kinds(arch: Architecture, seq: int) -> dict[str, Any]:
+    """Layers per attention kind and their spans: a sliding layer's window, a chunked layer's chunk (the sequence
+    where the model has none), and whether a window or chunk shorter than the sequence needs a mask."""
+    layers = {"sliding": 0, "chunked": 0}
+    spans = {"sliding": seq, "chunked": seq}
+    for (kind, span), count in arch.kinds.items():
+        if kind != "full":
+            layers[kind] += count
+            spans[kind] = span
+    return {"L_sliding": layers["sliding"], "L_chunked": layers["chunked"], "window": spans["sliding"],
+            "chunk": spans["chunked"], "masked": int(layers["sliding"] > 0 and spans["sliding"] < seq)}
 
 
 def layout_inputs(spec: Spec, gpus: Any = None, gpus_per_node: Any = None, tensor: Any = None, context: Any = None,

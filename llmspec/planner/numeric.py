@@ -45,9 +45,14 @@ def params_embedding(P, V, h, learned):
     return P*h*learned + V*h
 
 
-def params_attention(a, bias, d_h, h, k, qkv_bias):
-    """one attention block: q, k, v, o projections (+ biases) [params]"""
-    return a*d_h*h + bias*h + d_h*h*(a + 2*k) + d_h*qkv_bias*(a + 2*k)
+def params_qk_norm(a, d_h, k, qk_norm_full, qk_norm_head):
+    """one block's QK-norm weights: head_dim each for q and k (shared by the heads), or the whole q and k projections' widths (OLMo 2) [params]"""
+    return d_h*qk_norm_full*(a + k) + 2*d_h*qk_norm_head
+
+
+def params_attention(a, bias, d_h, h, k, params_qk_norm, qkv_bias):
+    """one attention block: q, k, v, o projections (+ biases, QK-norm weights) [params]"""
+    return a*d_h*h + bias*h + d_h*h*(a + 2*k) + d_h*qkv_bias*(a + 2*k) + params_qk_norm
 
 
 def params_mlp(bias, f, gated, h):
@@ -65,14 +70,14 @@ def params_norm(bias, h, layernorm):
     return h*(bias*layernorm + 1)
 
 
-def params_layer(E, params_attention, params_mlp, params_norm, params_router):
-    """one transformer block [params]"""
-    return E*params_mlp + params_attention + 2*params_norm + params_router
+def params_layer(E, norms_per_block, params_attention, params_mlp, params_norm, params_router):
+    """one transformer block (two norms, four with sandwich norms) [params]"""
+    return E*params_mlp + norms_per_block*params_norm + params_attention + params_router
 
 
-def params_layer_unsplit(E, bias, h, params_norm, params_router):
-    """of one block, what tensor parallelism keeps whole: norms, router, the biases added after the o and down projections' all-reduce [params]"""
-    return bias*h*(E + 1) + 2*params_norm + params_router
+def params_layer_unsplit(E, bias, h, norms_per_block, params_norm, params_qk_norm, params_router):
+    """of one block, what tensor parallelism keeps whole: norms (QK-norms' head_dim weights too), router, the biases added after the o and down projections' all-reduce [params]"""
+    return bias*h*(E + 1) + norms_per_block*params_norm + params_qk_norm + params_router
 
 
 def params_embedding_unsplit(P, V, h, learned, tied):
@@ -110,9 +115,9 @@ def params_mlp_per_layer(E, params_mlp):
     return E*params_mlp
 
 
-def params_norms(L, params_norm):
-    """every norm: two per block and the final one [params]"""
-    return params_norm*(2*L + 1)
+def params_norms(L, norms_per_block, params_norm):
+    """every block norm (two per block, four with sandwich norms) and the final one; QK-norms are attention's [params]"""
+    return params_norm*(L*norms_per_block + 1)
 
 
 def params_lora_layer(a, d_h, f, h, k, lora_down, lora_gate, lora_k, lora_o, lora_q, lora_qkv, lora_up, lora_v, r):
@@ -180,9 +185,9 @@ def bytes_per_quantised_weight(double_quant):
     return 9/16 - 191/4096*double_quant
 
 
-def bytes_autocast_copies(L, V, h, params_embedding, params_norm, params_total, tied):
+def bytes_autocast_copies(L, V, h, norms_per_block, params_embedding, params_norm, params_qk_norm, params_total, tied):
     """16-bit copies of every linear's weight and bias that torch autocast holds over fp32 parameters (the embedding lookup is not cast; a tied head multiplies by it): the cost of mixed precision on top of fp32 storage, which 16-bit storage does not pay [B]"""
-    return 2*V*h*tied - 2*params_embedding - 2*params_norm*(2*L + 1) + 2*params_total
+    return -2*L*params_qk_norm + 2*V*h*tied - 2*params_embedding - 2*params_norm*(L*norms_per_block + 1) + 2*params_total
 
 
 def bytes_policy(adapter, bytes_base_stored, params_adapter, params_base, w_bytes):
@@ -200,9 +205,9 @@ def matmul_weights(E, K, L, V, a, d_h, f, gated, h, k, moe, value_head):
     return L*(E*h*moe + K*f*h*(gated + 2) + a*d_h*h + d_h*h*(a + 2*k)) + V*h*(1 - value_head) + h*value_head
 
 
-def attention_context(causal, s, window):
-    """keys each query attends to, averaged over positions (causal, windowed) [tokens]"""
-    return causal*((s - _min(s, window))*_min(s, window) + (1/2)*(_min(s, window) + 1)*_min(s, window))/s + s*(1 - causal)
+def attention_context(L, L_chunked, L_sliding, causal, chunk, s, window):
+    """keys each query attends to, averaged over positions and layers (causal; a sliding layer within its window, a chunked one within its chunk) [tokens]"""
+    return s*(1 - causal) + causal*(L_chunked*((1/2)*chunk*(chunk + 1)*_floor(s/chunk) + (1/2)*(-chunk*_floor(s/chunk) + s)*(-chunk*_floor(s/chunk) + s + 1)) + L_sliding*((s - _min(s, window))*_min(s, window) + (1/2)*(_min(s, window) + 1)*_min(s, window)) + (1/2)*s*(s + 1)*(L - L_chunked - L_sliding))/(L*s)
 
 
 def flops_attention_per_token(L, a, attention_context, d_h, n_virtual, prefix):
@@ -450,9 +455,29 @@ def host_zero3(P_L, gpus_per_node):
     return 6*P_L*gpus_per_node
 
 
-def time_compute(B, F_matmul, F_peak, ck_full, eff, flops_attention_per_token, flops_per_token_hardware, n_gpu, s):
-    """seconds of math per step [s]"""
-    return B*s*(flops_attention_per_token*(ck_full + 3)/F_peak + (-flops_attention_per_token*(ck_full + 3) + flops_per_token_hardware)/F_matmul)/(eff*n_gpu)
+def time_matmul(B, F_matmul, ck_full, eff, flops_attention_per_token, flops_per_token_hardware, n_gpu, s):
+    """seconds of matmuls per step (recompute included) at the calibrated fraction of peak [s]"""
+    return B*s*(-flops_attention_per_token*(ck_full + 3) + flops_per_token_hardware)/(F_matmul*eff*n_gpu)
+
+
+def time_attention_kernels(B, F_peak, L, a, attention_bwd_eff, attention_context, attention_fwd_eff, attention_half_context, attention_materialised, bw_memory, ck_full, e, eff, flops_attention_per_token, n_gpu, s):
+    """seconds of attention per step: a fused kernel's forward (again under full checkpointing) and backward, each at its fraction of peak, less at short context; or (materialised) batched matmuls over every key and the scores' memory traffic [s]"""
+    return B*flops_attention_per_token*s*(1 - attention_materialised)*(attention_context + attention_half_context)*((ck_full + 1)/attention_fwd_eff + 2/attention_bwd_eff)/(F_peak*attention_context*n_gpu) + attention_materialised*(4*B*L*a*e*s**2*(ck_full + 3)/(bw_memory*n_gpu) + B*flops_attention_per_token*s**2*(ck_full + 3)/(F_peak*attention_context*eff*n_gpu))
+
+
+def bytes_elementwise_per_token(K, L, V, a, capacity, ck_full, ck_selective, d_h, e, elementwise_passes, f, gated, h, k, rope, sequence_parallel, t):
+    """HBM bytes the memory-bound kernels move per token, summed over the GPUs that process it [B]"""
+    return elementwise_passes*(L*(K*capacity*e*f*(gated + 2)*(ck_full + ck_selective + 3) + e*(ck_full + 3)*(2*d_h*rope*(a + k) + 10*h*(-sequence_parallel*(t - 1) + t))) + V*(2*e + 12))
+
+
+def time_elementwise(B, bw_memory, bytes_elementwise_per_token, n_gpu, s):
+    """seconds of memory-bound kernels (norms, activations, residuals, RoPE, loss) per step [s]"""
+    return B*bytes_elementwise_per_token*s/(bw_memory*n_gpu)
+
+
+def time_compute(time_attention_kernels, time_elementwise, time_matmul):
+    """seconds of math per step: matmuls, attention, memory-bound kernels [s]"""
+    return time_attention_kernels + time_elementwise + time_matmul
 
 
 def pipeline_imbalance(L, L_last, L_max, V, flops_per_token_hardware, h, p):
@@ -480,9 +505,19 @@ def comm_dp_bytes(dp, g_comm, m, psi, zero01, zero2, zero3):
     return psi*(dp - 1)*(2*g_comm*zero01 + m*zero3*(g_comm + 4) + zero2*(g_comm*m + 2))/dp
 
 
-def time_dp_exposed(bw_dp, comm_dp_bytes, m, overlap_comm, time_compute, zero01, zero2, zero3):
-    """data-parallel traffic not hidden behind backward compute [s]"""
-    return _max(0, -overlap_comm*time_compute*((2/3)*zero2 + zero3 + (2/3)*zero01/m) + comm_dp_bytes/bw_dp)
+def time_zero3_exposed(L_here, bw_dp, ck_full, dp, g_comm, m, overlap_comm, psi, time_compute, w_bytes, zero3):
+    """ZeRO-3 traffic not hidden: per micro-batch, the first layer's gather, each layer's forward gather and backward gather + reduce-scatter beyond what the neighbouring layer's compute hides, the last reduce-scatter [s]"""
+    return m*zero3*(L_here*(1 - overlap_comm)*(_max(0, -time_compute*(ck_full + 2)/(L_here*m*(ck_full + 3)) + psi*w_bytes*(dp - 1)/(L_here*bw_dp*dp)) + g_comm*psi*(dp - 1)/(L_here*bw_dp*dp)) + L_here*_max(0, -time_compute/(L_here*m*(ck_full + 3)) + psi*w_bytes*(dp - 1)/(L_here*bw_dp*dp)) + overlap_comm*(L_here*_max(0, -time_compute*(ck_full + 2)/(L_here*m*(ck_full + 3)) + g_comm*psi*(dp - 1)/(L_here*bw_dp*dp) + psi*w_bytes*(dp - 1)/(L_here*bw_dp*dp)) + g_comm*psi*(dp - 1)/(L_here*bw_dp*dp)) + psi*w_bytes*(dp - 1)/(L_here*bw_dp*dp))
+
+
+def time_dp_exposed(bw_dp, ck_full, dp, g_comm, m, overlap_comm, psi, reduce_bucket_bytes, time_compute, time_zero3_exposed, w_bytes, zero01, zero2):
+    """data-parallel traffic not hidden behind compute: the gradient reduction beyond the backward beside it and its last bucket, ZeRO-2's weight all-gather after the step, ZeRO-3's exposed gathers [s]"""
+    return time_zero3_exposed + zero01*(overlap_comm*(_max(0, -time_compute*(1 - 1/(ck_full + 3))/m + 2*g_comm*psi*(dp - 1)/(bw_dp*dp)) + 2*(dp - 1)*_min(reduce_bucket_bytes, g_comm*psi)/(bw_dp*dp)) + 2*g_comm*psi*(1 - overlap_comm)*(dp - 1)/(bw_dp*dp)) + zero2*(m*(overlap_comm*(_max(0, -time_compute*(1 - 1/(ck_full + 3))/m + g_comm*psi*(dp - 1)/(bw_dp*dp)) + (dp - 1)*_min(reduce_bucket_bytes, g_comm*psi)/(bw_dp*dp)) + g_comm*psi*(1 - overlap_comm)*(dp - 1)/(bw_dp*dp)) + psi*w_bytes*(dp - 1)/(bw_dp*dp))
+
+
+def time_optimizer(bw_memory, o_bpp, offload, psi):
+    """the optimizer step on the GPU: its states read and written, the fp32 gradient read and the 16-bit weight written (about half the states' bytes again), over HBM bandwidth [s]"""
+    return (5/2)*o_bpp*psi*(1 - offload)/bw_memory
 
 
 def time_tp_collectives(L_here, b, bw_tp, ck_full, cp, e, h, m, s, t):
@@ -525,9 +560,9 @@ def comm_cp_bytes(L_here, b, ck_full, cp, d_h, e, k, m, s, t):
     return 2*L_here*b*d_h*e*k*m*s*(ck_full + 3)*(cp - 1)/(cp*t)
 
 
-def time_attention(F_peak, L, L_here, b, ck_full, cp, eff, flops_attention_per_token, m, s, t):
-    """seconds of attention math (QKᵀ, AV) per step on this GPU, which the ring exchange hides behind [s]"""
-    return L_here*b*flops_attention_per_token*m*s*(ck_full + 3)/(F_peak*L*cp*eff*t)
+def time_attention(L, L_here, p, time_attention_kernels):
+    """seconds of attention kernels per step on this GPU (its stage's layers), which the ring exchange hides behind [s]"""
+    return L_here*p*time_attention_kernels/L
 
 
 def time_cp(bw_cp, comm_cp_bytes, time_attention):
@@ -535,9 +570,9 @@ def time_cp(bw_cp, comm_cp_bytes, time_attention):
     return _max(0, -time_attention + comm_cp_bytes/bw_cp)
 
 
-def time_step(time_bubble, time_compute, time_cp, time_dp_exposed, time_ep, time_imbalance, time_offload, time_pp, time_tp):
+def time_step(time_bubble, time_compute, time_cp, time_dp_exposed, time_ep, time_imbalance, time_offload, time_optimizer, time_pp, time_tp):
     """seconds per optimizer step [s]"""
-    return time_bubble + time_compute + time_cp + time_dp_exposed + time_ep + time_imbalance + time_offload + time_pp + time_tp
+    return time_bubble + time_compute + time_cp + time_dp_exposed + time_ep + time_imbalance + time_offload + time_optimizer + time_pp + time_tp
 
 
 def tokens_per_second(B, s, time_step):
@@ -571,8 +606,13 @@ def hfu(F_peak, flops_per_token_hardware, n_gpu, tokens_per_second):
 
 
 def kv_cache_per_token(L, d_h, k, kv_bytes):
-    """K and V for every layer and key/value head (GQA-aware) [B]"""
+    """K and V of one position in every layer and key/value head (GQA-aware) [B]"""
     return 2*L*d_h*k*kv_bytes
+
+
+def kv_cache_per_sequence(L, L_chunked, L_sliding, chunk, context, d_h, k, kv_bytes, window):
+    """K and V one sequence of this context holds: a full layer's of every position, a sliding layer's of its window, a chunked layer's of (at most) one chunk [B]"""
+    return 2*d_h*k*kv_bytes*(L_chunked*_min(chunk, context) + L_sliding*_min(context, window) + context*(L - L_chunked - L_sliding))
 
 
 def inference_weights(psi, w_bytes):
@@ -580,9 +620,9 @@ def inference_weights(psi, w_bytes):
     return psi*w_bytes
 
 
-def kv_cache(batch, context, kv_cache_per_token, t):
+def kv_cache(batch, kv_cache_per_sequence, t):
     """the KV cache of the batch at full context, per GPU [B]"""
-    return batch*context*kv_cache_per_token/t
+    return batch*kv_cache_per_sequence/t
 
 
 def inference_memory(inference_weights, kv_cache):
@@ -590,9 +630,9 @@ def inference_memory(inference_weights, kv_cache):
     return inference_weights + kv_cache
 
 
-def max_batch(context, inference_weights, kv_cache_per_token, t, usable):
+def max_batch(inference_weights, kv_cache_per_sequence, t, usable):
     """sequences of this context whose KV cache fits next to the weights [sequences]"""
-    return _floor(t*(-inference_weights + usable)/(context*kv_cache_per_token))
+    return _floor(t*(-inference_weights + usable)/kv_cache_per_sequence)
 
 
 def decode_step(hbm_bandwidth, inference_weights, kv_cache):
@@ -625,19 +665,19 @@ def rl_generation_buffers(V, rl_gathered_policy, rl_kv_cache, rollouts_per_gpu):
     return 4*V*rollouts_per_gpu + rl_gathered_policy + rl_kv_cache
 
 
-def rl_prefill_flops(L, V, a, causal, d_h, h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, rollouts_per_gpu, window):
-    """the prompts' forward (each query sees the keys before it, within the window; prefix keys too), logits at the last position only [FLOP]"""
-    return rollouts_per_gpu*(4*L*a*d_h*(causal*((prompt_len - _min(prompt_len, window))*_min(prompt_len, window) + (1/2)*(_min(prompt_len, window) + 1)*_min(prompt_len, window)) + n_virtual*prefix*prompt_len + prompt_len**2*(1 - causal)) + 2*V*h + prompt_len*(2*L*params_lora_layer - 2*V*h + 2*matmul_weights))
+def rl_prefill_flops(L, L_chunked, L_sliding, V, a, causal, chunk, d_h, h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, rollouts_per_gpu, window):
+    """the prompts' forward (each query sees the keys before it, within its layer's window or chunk; prefix keys too), logits at the last position only [FLOP]"""
+    return rollouts_per_gpu*(2*V*h + 4*a*d_h*(L*(n_virtual*prefix*prompt_len + prompt_len**2*(1 - causal)) + causal*(L_chunked*((1/2)*chunk*(chunk + 1)*_floor(prompt_len/chunk) + (1/2)*(-chunk*_floor(prompt_len/chunk) + prompt_len)*(-chunk*_floor(prompt_len/chunk) + prompt_len + 1)) + L_sliding*((prompt_len - _min(prompt_len, window))*_min(prompt_len, window) + (1/2)*(_min(prompt_len, window) + 1)*_min(prompt_len, window)) + (1/2)*prompt_len*(prompt_len + 1)*(L - L_chunked - L_sliding))) + prompt_len*(2*L*params_lora_layer - 2*V*h + 2*matmul_weights))
 
 
-def rl_decode_flops(L, a, d_h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, response_len, rollouts_per_gpu, window):
-    """the other s_r - 1 tokens (prefill gave the first) one at a time for every rollout: the token at position n attends to n keys (at most the window) and the prefix [FLOP]"""
-    return rollouts_per_gpu*(4*L*a*d_h*(n_virtual*prefix*(response_len - 1) - (prompt_len - _min(prompt_len, window))*_min(prompt_len, window) - 1/2*(_min(prompt_len, window) + 1)*_min(prompt_len, window) + (1/2)*(_min(window, prompt_len + response_len - 1) + 1)*_min(window, prompt_len + response_len - 1) + (prompt_len + response_len - _min(window, prompt_len + response_len - 1) - 1)*_min(window, prompt_len + response_len - 1)) + (response_len - 1)*(2*L*params_lora_layer + 2*matmul_weights))
+def rl_decode_flops(L, L_chunked, L_sliding, a, chunk, d_h, matmul_weights, n_virtual, params_lora_layer, prefix, prompt_len, response_len, rollouts_per_gpu, window):
+    """the other s_r - 1 tokens (prefill gave the first) one at a time for every rollout: the token at position n attends to n keys (at most its layer's window or chunk) and the prefix [FLOP]"""
+    return rollouts_per_gpu*(4*a*d_h*(L*n_virtual*prefix*(response_len - 1) - L_chunked*((1/2)*chunk*(chunk + 1)*_floor(prompt_len/chunk) + (1/2)*(-chunk*_floor(prompt_len/chunk) + prompt_len)*(-chunk*_floor(prompt_len/chunk) + prompt_len + 1)) + L_chunked*((1/2)*chunk*(chunk + 1)*_floor((prompt_len + response_len - 1)/chunk) + (1/2)*(-chunk*_floor((prompt_len + response_len - 1)/chunk) + prompt_len + response_len)*(-chunk*_floor((prompt_len + response_len - 1)/chunk) + prompt_len + response_len - 1)) - L_sliding*((prompt_len - _min(prompt_len, window))*_min(prompt_len, window) + (1/2)*(_min(prompt_len, window) + 1)*_min(prompt_len, window)) + L_sliding*((1/2)*(_min(window, prompt_len + response_len - 1) + 1)*_min(window, prompt_len + response_len - 1) + (prompt_len + response_len - _min(window, prompt_len + response_len - 1) - 1)*_min(window, prompt_len + response_len - 1)) - 1/2*prompt_len*(prompt_len + 1)*(L - L_chunked - L_sliding) + (1/2)*(prompt_len + response_len)*(L - L_chunked - L_sliding)*(prompt_len + response_len - 1)) + (response_len - 1)*(2*L*params_lora_layer + 2*matmul_weights))
 
 
-def rl_decode_bytes(L, bytes_policy, d_h, e, k, n_virtual, prefix, prompt_len, response_len, rollouts_per_gpu, window):
+def rl_decode_bytes(L, L_chunked, L_sliding, bytes_policy, chunk, d_h, e, k, n_virtual, prefix, prompt_len, response_len, rollouts_per_gpu, window):
     """bytes generation reads: every weight once per forward, and the KV cache so far [B]"""
-    return 2*L*d_h*e*k*rollouts_per_gpu*(n_virtual*prefix*(response_len - 1) - (prompt_len - _min(prompt_len, window))*_min(prompt_len, window) - 1/2*(_min(prompt_len, window) + 1)*_min(prompt_len, window) + (1/2)*(_min(window, prompt_len + response_len - 1) + 1)*_min(window, prompt_len + response_len - 1) + (prompt_len + response_len - _min(window, prompt_len + response_len - 1) - 1)*_min(window, prompt_len + response_len - 1)) + bytes_policy*response_len
+    return bytes_policy*response_len + 2*d_h*e*k*rollouts_per_gpu*(L*n_virtual*prefix*(response_len - 1) - L_chunked*((1/2)*chunk*(chunk + 1)*_floor(prompt_len/chunk) + (1/2)*(-chunk*_floor(prompt_len/chunk) + prompt_len)*(-chunk*_floor(prompt_len/chunk) + prompt_len + 1)) + L_chunked*((1/2)*chunk*(chunk + 1)*_floor((prompt_len + response_len - 1)/chunk) + (1/2)*(-chunk*_floor((prompt_len + response_len - 1)/chunk) + prompt_len + response_len)*(-chunk*_floor((prompt_len + response_len - 1)/chunk) + prompt_len + response_len - 1)) - L_sliding*((prompt_len - _min(prompt_len, window))*_min(prompt_len, window) + (1/2)*(_min(prompt_len, window) + 1)*_min(prompt_len, window)) + L_sliding*((1/2)*(_min(window, prompt_len + response_len - 1) + 1)*_min(window, prompt_len + response_len - 1) + (prompt_len + response_len - _min(window, prompt_len + response_len - 1) - 1)*_min(window, prompt_len + response_len - 1)) - 1/2*prompt_len*(prompt_len + 1)*(L - L_chunked - L_sliding) + (1/2)*(prompt_len + response_len)*(L - L_chunked - L_sliding)*(prompt_len + response_len - 1))
 
 
 def time_generation(F_peak, bw_dp, eff, hbm_bandwidth, rl_decode_bytes, rl_decode_flops, rl_gathered_policy, rl_prefill_flops):
@@ -853,12 +893,13 @@ def optimal_loss_refit(optimal_params_refit, optimal_tokens_refit):
 # Each formula's arguments, in evaluation order (inputs and earlier formulas).
 ARGUMENTS = {
     'params_embedding': ('P', 'V', 'h', 'learned'),
-    'params_attention': ('a', 'bias', 'd_h', 'h', 'k', 'qkv_bias'),
+    'params_qk_norm': ('a', 'd_h', 'k', 'qk_norm_full', 'qk_norm_head'),
+    'params_attention': ('a', 'bias', 'd_h', 'h', 'k', 'params_qk_norm', 'qkv_bias'),
     'params_mlp': ('bias', 'f', 'gated', 'h'),
     'params_router': ('E', 'h', 'moe'),
     'params_norm': ('bias', 'h', 'layernorm'),
-    'params_layer': ('E', 'params_attention', 'params_mlp', 'params_norm', 'params_router'),
-    'params_layer_unsplit': ('E', 'bias', 'h', 'params_norm', 'params_router'),
+    'params_layer': ('E', 'norms_per_block', 'params_attention', 'params_mlp', 'params_norm', 'params_router'),
+    'params_layer_unsplit': ('E', 'bias', 'h', 'norms_per_block', 'params_norm', 'params_qk_norm', 'params_router'),
     'params_embedding_unsplit': ('P', 'V', 'h', 'learned', 'tied'),
     'params_lm_head': ('V', 'h', 'tied'),
     'params_total': ('L', 'params_embedding', 'params_layer', 'params_lm_head', 'params_norm'),
@@ -866,7 +907,7 @@ ARGUMENTS = {
     'params_largest_module': ('E', 'P', 'V', 'a', 'bias', 'd_h', 'f', 'fused_qkv', 'h', 'k', 'learned', 'moe', 'qkv_bias'),
     'params_active': ('E', 'K', 'L', 'params_mlp', 'params_total'),
     'params_mlp_per_layer': ('E', 'params_mlp'),
-    'params_norms': ('L', 'params_norm'),
+    'params_norms': ('L', 'norms_per_block', 'params_norm'),
     'params_lora_layer': ('a', 'd_h', 'f', 'h', 'k', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'r'),
     'params_adapter': ('L', 'd_h', 'k', 'n_virtual', 'params_lora_layer', 'prefix'),
     'params_base': ('params_lm_head', 'params_total', 'value_head'),
@@ -880,11 +921,11 @@ ARGUMENTS = {
     'bytes_frozen_model': ('bytes_base_stored', 'h', 'value_head', 'w_frozen'),
     'bytes_frozen': ('adapter', 'bytes_base_stored'),
     'bytes_per_quantised_weight': ('double_quant',),
-    'bytes_autocast_copies': ('L', 'V', 'h', 'params_embedding', 'params_norm', 'params_total', 'tied'),
+    'bytes_autocast_copies': ('L', 'V', 'h', 'norms_per_block', 'params_embedding', 'params_norm', 'params_qk_norm', 'params_total', 'tied'),
     'bytes_policy': ('adapter', 'bytes_base_stored', 'params_adapter', 'params_base', 'w_bytes'),
     'bytes_reference': ('bytes_policy', 'reference_copy'),
     'matmul_weights': ('E', 'K', 'L', 'V', 'a', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'value_head'),
-    'attention_context': ('causal', 's', 'window'),
+    'attention_context': ('L', 'L_chunked', 'L_sliding', 'causal', 'chunk', 's', 'window'),
     'flops_attention_per_token': ('L', 'a', 'attention_context', 'd_h', 'n_virtual', 'prefix'),
     'flops_per_token_forward': ('L', 'flops_attention_per_token', 'matmul_weights', 'params_lora_layer'),
     'flops_capacity_per_token': ('K', 'L', 'capacity', 'f', 'gated', 'h', 'moe'),
@@ -934,13 +975,19 @@ ARGUMENTS = {
     'host_zero3_offload_all': ('dp', 'gpus_per_node', 'psi'),
     'host_zero3_offload': ('dp', 'gpus_per_node', 'psi'),
     'host_zero3': ('P_L', 'gpus_per_node'),
-    'time_compute': ('B', 'F_matmul', 'F_peak', 'ck_full', 'eff', 'flops_attention_per_token', 'flops_per_token_hardware', 'n_gpu', 's'),
+    'time_matmul': ('B', 'F_matmul', 'ck_full', 'eff', 'flops_attention_per_token', 'flops_per_token_hardware', 'n_gpu', 's'),
+    'time_attention_kernels': ('B', 'F_peak', 'L', 'a', 'attention_bwd_eff', 'attention_context', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'bw_memory', 'ck_full', 'e', 'eff', 'flops_attention_per_token', 'n_gpu', 's'),
+    'bytes_elementwise_per_token': ('K', 'L', 'V', 'a', 'capacity', 'ck_full', 'ck_selective', 'd_h', 'e', 'elementwise_passes', 'f', 'gated', 'h', 'k', 'rope', 'sequence_parallel', 't'),
+    'time_elementwise': ('B', 'bw_memory', 'bytes_elementwise_per_token', 'n_gpu', 's'),
+    'time_compute': ('time_attention_kernels', 'time_elementwise', 'time_matmul'),
     'pipeline_imbalance': ('L', 'L_last', 'L_max', 'V', 'flops_per_token_hardware', 'h', 'p'),
     'time_imbalance': ('pipeline_imbalance', 'time_compute'),
     'chunk_share': ('L_last', 'L_max', 'v'),
     'time_bubble': ('chunk_share', 'm', 'p', 'pipeline_imbalance', 'time_compute'),
     'comm_dp_bytes': ('dp', 'g_comm', 'm', 'psi', 'zero01', 'zero2', 'zero3'),
-    'time_dp_exposed': ('bw_dp', 'comm_dp_bytes', 'm', 'overlap_comm', 'time_compute', 'zero01', 'zero2', 'zero3'),
+    'time_zero3_exposed': ('L_here', 'bw_dp', 'ck_full', 'dp', 'g_comm', 'm', 'overlap_comm', 'psi', 'time_compute', 'w_bytes', 'zero3'),
+    'time_dp_exposed': ('bw_dp', 'ck_full', 'dp', 'g_comm', 'm', 'overlap_comm', 'psi', 'reduce_bucket_bytes', 'time_compute', 'time_zero3_exposed', 'w_bytes', 'zero01', 'zero2'),
+    'time_optimizer': ('bw_memory', 'o_bpp', 'offload', 'psi'),
     'time_tp_collectives': ('L_here', 'b', 'bw_tp', 'ck_full', 'cp', 'e', 'h', 'm', 's', 't'),
     'time_tp': ('t', 'time_compute', 'time_tp_collectives', 'tp_comm_overlap'),
     'time_pp': ('b', 'bw_pp', 'cp', 'e', 'h', 'm', 'p', 's', 't', 'v'),
@@ -949,9 +996,9 @@ ARGUMENTS = {
     'time_ep_all_to_all': ('bw_ep', 'comm_ep_bytes'),
     'time_ep': ('ep_comm_overlap', 'm', 'time_compute', 'time_ep_all_to_all'),
     'comm_cp_bytes': ('L_here', 'b', 'ck_full', 'cp', 'd_h', 'e', 'k', 'm', 's', 't'),
-    'time_attention': ('F_peak', 'L', 'L_here', 'b', 'ck_full', 'cp', 'eff', 'flops_attention_per_token', 'm', 's', 't'),
+    'time_attention': ('L', 'L_here', 'p', 'time_attention_kernels'),
     'time_cp': ('bw_cp', 'comm_cp_bytes', 'time_attention'),
-    'time_step': ('time_bubble', 'time_compute', 'time_cp', 'time_dp_exposed', 'time_ep', 'time_imbalance', 'time_offload', 'time_pp', 'time_tp'),
+    'time_step': ('time_bubble', 'time_compute', 'time_cp', 'time_dp_exposed', 'time_ep', 'time_imbalance', 'time_offload', 'time_optimizer', 'time_pp', 'time_tp'),
     'tokens_per_second': ('B', 's', 'time_step'),
     'time_total': ('steps', 'time_step'),
     'gpu_hours': ('n_gpu', 'time_total'),
@@ -959,19 +1006,20 @@ ARGUMENTS = {
     'mfu': ('F_peak', 'flops_per_token_train', 'n_gpu', 'tokens_per_second'),
     'hfu': ('F_peak', 'flops_per_token_hardware', 'n_gpu', 'tokens_per_second'),
     'kv_cache_per_token': ('L', 'd_h', 'k', 'kv_bytes'),
+    'kv_cache_per_sequence': ('L', 'L_chunked', 'L_sliding', 'chunk', 'context', 'd_h', 'k', 'kv_bytes', 'window'),
     'inference_weights': ('psi', 'w_bytes'),
-    'kv_cache': ('batch', 'context', 'kv_cache_per_token', 't'),
+    'kv_cache': ('batch', 'kv_cache_per_sequence', 't'),
     'inference_memory': ('inference_weights', 'kv_cache'),
-    'max_batch': ('context', 'inference_weights', 'kv_cache_per_token', 't', 'usable'),
+    'max_batch': ('inference_weights', 'kv_cache_per_sequence', 't', 'usable'),
     'decode_step': ('hbm_bandwidth', 'inference_weights', 'kv_cache'),
     'decode_tokens_per_second': ('batch', 'decode_step'),
     'prefill_seconds': ('F_fwd', 'F_peak', 'batch', 'context', 'eff', 't'),
     'rl_kv_cache': ('L', 'd_h', 'e', 'k', 'prompt_len', 'response_len', 'rollouts_per_gpu'),
     'rl_gathered_policy': ('bytes_policy', 'dp', 'zero3'),
     'rl_generation_buffers': ('V', 'rl_gathered_policy', 'rl_kv_cache', 'rollouts_per_gpu'),
-    'rl_prefill_flops': ('L', 'V', 'a', 'causal', 'd_h', 'h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'rollouts_per_gpu', 'window'),
-    'rl_decode_flops': ('L', 'a', 'd_h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu', 'window'),
-    'rl_decode_bytes': ('L', 'bytes_policy', 'd_h', 'e', 'k', 'n_virtual', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu', 'window'),
+    'rl_prefill_flops': ('L', 'L_chunked', 'L_sliding', 'V', 'a', 'causal', 'chunk', 'd_h', 'h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'rollouts_per_gpu', 'window'),
+    'rl_decode_flops': ('L', 'L_chunked', 'L_sliding', 'a', 'chunk', 'd_h', 'matmul_weights', 'n_virtual', 'params_lora_layer', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu', 'window'),
+    'rl_decode_bytes': ('L', 'L_chunked', 'L_sliding', 'bytes_policy', 'chunk', 'd_h', 'e', 'k', 'n_virtual', 'prefix', 'prompt_len', 'response_len', 'rollouts_per_gpu', 'window'),
     'time_generation': ('F_peak', 'bw_dp', 'eff', 'hbm_bandwidth', 'rl_decode_bytes', 'rl_decode_flops', 'rl_gathered_policy', 'rl_prefill_flops'),
     'rl_memory_reward': ('dp', 'reward_bytes_frozen_model', 'reward_model', 'zero3'),
     'rl_memory_weights': ('critic_memory_weights', 'memory_weights', 'trains_critic'),
@@ -1026,14 +1074,20 @@ Name = Literal[
     'F_peak',
     'K',
     'L',
+    'L_chunked',
     'L_here',
     'L_last',
     'L_max',
+    'L_sliding',
     'P',
     'P_L',
     'V',
     'a',
     'adapter',
+    'attention_bwd_eff',
+    'attention_fwd_eff',
+    'attention_half_context',
+    'attention_materialised',
     'b',
     'batch',
     'bias',
@@ -1041,10 +1095,12 @@ Name = Literal[
     'bw_dp',
     'bw_ep',
     'bw_host',
+    'bw_memory',
     'bw_pp',
     'bw_tp',
     'capacity',
     'causal',
+    'chunk',
     'ck_full',
     'ck_none',
     'ck_selective',
@@ -1073,6 +1129,7 @@ Name = Literal[
     'e_mask',
     'e_stat',
     'eff',
+    'elementwise_passes',
     'ep',
     'ep_comm_overlap',
     'epochs',
@@ -1109,6 +1166,7 @@ Name = Literal[
     'n_gpu',
     'n_virtual',
     'nf4',
+    'norms_per_block',
     'o_bpp',
     'offload',
     'overlap_comm',
@@ -1118,10 +1176,13 @@ Name = Literal[
     'price',
     'prompt_len',
     'psi',
+    'qk_norm_full',
+    'qk_norm_head',
     'qkv_bias',
     'r',
     'rank',
     'reduce_bucket',
+    'reduce_bucket_bytes',
     'reference_copy',
     'reference_forward',
     'reference_in_step',
@@ -1155,6 +1216,7 @@ Name = Literal[
     'zero2',
     'zero3',
     'params_embedding',
+    'params_qk_norm',
     'params_attention',
     'params_mlp',
     'params_router',
@@ -1236,13 +1298,19 @@ Name = Literal[
     'host_zero3_offload_all',
     'host_zero3_offload',
     'host_zero3',
+    'time_matmul',
+    'time_attention_kernels',
+    'bytes_elementwise_per_token',
+    'time_elementwise',
     'time_compute',
     'pipeline_imbalance',
     'time_imbalance',
     'chunk_share',
     'time_bubble',
     'comm_dp_bytes',
+    'time_zero3_exposed',
     'time_dp_exposed',
+    'time_optimizer',
     'time_tp_collectives',
     'time_tp',
     'time_pp',
@@ -1261,6 +1329,7 @@ Name = Literal[
     'mfu',
     'hfu',
     'kv_cache_per_token',
+    'kv_cache_per_sequence',
     'inference_weights',
     'kv_cache',
     'inference_memory',
@@ -1317,12 +1386,13 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_here', 'L_last', 'L_max', 'P', 'P_L', 'V', 'a', 'adapter', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'critic_flops_per_step', 'critic_flops_per_token_forward', 'critic_flops_per_token_hardware', 'critic_flops_per_token_train', 'critic_memory_activations', 'critic_memory_buffers', 'critic_memory_frozen', 'critic_memory_gathered', 'critic_memory_gradients', 'critic_memory_model_states', 'critic_memory_optimizer', 'critic_memory_weights', 'critic_time_step', 'd_h', 'double_quant', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'ep', 'ep_comm_overlap', 'epochs', 'f', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'response_mask', 'reward_bytes_frozen_model', 'reward_flops_per_token_forward', 'reward_model', 'rollouts_per_gpu', 'rollouts_per_step', 'rope', 's', 'score_policy', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'trains_critic', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_chunked', 'L_here', 'L_last', 'L_max', 'L_sliding', 'P', 'P_L', 'V', 'a', 'adapter', 'attention_bwd_eff', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_memory', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'chunk', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'critic_flops_per_step', 'critic_flops_per_token_forward', 'critic_flops_per_token_hardware', 'critic_flops_per_token_train', 'critic_memory_activations', 'critic_memory_buffers', 'critic_memory_frozen', 'critic_memory_gathered', 'critic_memory_gradients', 'critic_memory_model_states', 'critic_memory_optimizer', 'critic_memory_weights', 'critic_time_step', 'd_h', 'double_quant', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'elementwise_passes', 'ep', 'ep_comm_overlap', 'epochs', 'f', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'norms_per_block', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qk_norm_full', 'qk_norm_head', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reduce_bucket_bytes', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'response_mask', 'reward_bytes_frozen_model', 'reward_flops_per_token_forward', 'reward_model', 'rollouts_per_gpu', 'rollouts_per_step', 'rope', 's', 'score_policy', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'trains_critic', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
 GROUPS = {
     'params_embedding': 'Parameters',
+    'params_qk_norm': 'Parameters',
     'params_attention': 'Parameters',
     'params_mlp': 'Parameters',
     'params_router': 'Parameters',
@@ -1404,13 +1474,19 @@ GROUPS = {
     'host_zero3_offload_all': 'Host memory per node',
     'host_zero3_offload': 'Host memory per node',
     'host_zero3': 'Host memory per node',
+    'time_matmul': 'Time and cost',
+    'time_attention_kernels': 'Time and cost',
+    'bytes_elementwise_per_token': 'Time and cost',
+    'time_elementwise': 'Time and cost',
     'time_compute': 'Time and cost',
     'pipeline_imbalance': 'Time and cost',
     'time_imbalance': 'Time and cost',
     'chunk_share': 'Time and cost',
     'time_bubble': 'Time and cost',
     'comm_dp_bytes': 'Time and cost',
+    'time_zero3_exposed': 'Time and cost',
     'time_dp_exposed': 'Time and cost',
+    'time_optimizer': 'Time and cost',
     'time_tp_collectives': 'Time and cost',
     'time_tp': 'Time and cost',
     'time_pp': 'Time and cost',
@@ -1429,6 +1505,7 @@ GROUPS = {
     'mfu': 'Time and cost',
     'hfu': 'Time and cost',
     'kv_cache_per_token': 'Inference',
+    'kv_cache_per_sequence': 'Inference',
     'inference_weights': 'Inference',
     'kv_cache': 'Inference',
     'inference_memory': 'Inference',

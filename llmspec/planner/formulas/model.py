@@ -12,6 +12,8 @@ from llmspec.planner.formulas.symbols import (
     E,
     K,
     L,
+    L_ch,
+    L_sl,
     P,
     V,
     _any,
@@ -21,6 +23,7 @@ from llmspec.planner.formulas.symbols import (
     bias,
     causal,
     cf,
+    chunk,
     ck_full,
     ck_sel,
     d_h,
@@ -42,10 +45,13 @@ from llmspec.planner.formulas.symbols import (
     lu,
     lv,
     moe,
+    n_norm,
     n_v,
     prefix,
     q_int8,
     q_nf4,
+    qk_full,
+    qk_head,
     qkvb,
     rank,
     ref_copy,
@@ -63,19 +69,23 @@ from llmspec.planner.formulas.symbols import (
 group("Parameters", "exact; equals transformers' count for the same config (tests build GPT-2, Llama, Mistral, "
       "Mixtral, Qwen2 on the meta device)")
 emb = define("params_embedding", V * h + learned * P * h, "token (+ learned position) embedding tables", "params")
-attn = define("params_attention", h * (a + 2 * k) * d_h + a * d_h * h + qkvb * (a + 2 * k) * d_h + bias * h,
-              "one attention block: q, k, v, o projections (+ biases)", "params")
+qk_norm = define("params_qk_norm", qk_head * 2 * d_h + qk_full * (a + k) * d_h,
+                 "one block's QK-norm weights: head_dim each for q and k (shared by the heads), or the whole q and k "
+                 "projections' widths (OLMo 2)", "params")
+attn = define("params_attention", h * (a + 2 * k) * d_h + a * d_h * h + qkvb * (a + 2 * k) * d_h + bias * h + qk_norm,
+              "one attention block: q, k, v, o projections (+ biases, QK-norm weights)", "params")
 expert = define("params_mlp", (2 + gated) * h * f + bias * ((1 + gated) * f + h),
                 "one MLP (one expert under MoE): up (+ gate) and down projections (+ biases)", "params")
 router = define("params_router", moe * h * E, "MoE router (no bias)", "params")
 norm = define("params_norm", h * (1 + ln * bias), "one norm: weight (+ LayerNorm bias)", "params")
-layer = define("params_layer", attn + E * expert + router + 2 * norm, "one transformer block", "params")
+layer = define("params_layer", attn + E * expert + router + n_norm * norm,
+               "one transformer block (two norms, four with sandwich norms)", "params")
 # What DeepSpeed's AutoTP (the engine `run` uses for tensor parallelism) leaves whole on every rank; the rest of a
 # stage's parameters is split t ways. It shards the q/k/v/gate/up projections by output (with their biases), o/down
 # by input, and the vocabulary of the LM head (and of an embedding tied to it), but no untied embedding table.
-define("params_layer_unsplit", 2 * norm + router + bias * h * (1 + E),
-       "of one block, what tensor parallelism keeps whole: norms, router, the biases added after the o and down "
-       "projections' all-reduce", "params")
+define("params_layer_unsplit", n_norm * norm + router + bias * h * (1 + E) + qk_norm,
+       "of one block, what tensor parallelism keeps whole: norms (QK-norms' head_dim weights too), router, the "
+       "biases added after the o and down projections' all-reduce", "params")
 define("params_embedding_unsplit", (1 - tied) * V * h + learned * P * h,
        "embedding tables tensor parallelism keeps whole: an untied token embedding, learned positions", "params")
 head = define("params_lm_head", (1 - tied) * V * h, "LM head (0 when tied to the embedding)", "params")
@@ -88,7 +98,9 @@ define("params_largest_module",
 active = define("params_active", total - L * (E - K) * expert, "parameters used per token (MoE: top_k experts)",
                 "params")
 define("params_mlp_per_layer", E * expert, "the MLPs of one block: E experts under MoE, one when dense", "params")
-define("params_norms", (2 * L + 1) * norm, "every norm: two per block and the final one", "params")
+block_norms = n_norm * L + 1
+define("params_norms", block_norms * norm, "every block norm (two per block, four with sandwich norms) and the final "
+       "one; QK-norms are attention's", "params")
 
 # ---- post-training: parameters -----------------------------------------------------------------------------
 group("Post-training: parameters", "LoRA (Hu et al. 2021): r·(d_in + d_out) per adapted linear, k/v GQA-sized; "
@@ -151,7 +163,7 @@ define("bytes_per_quantised_weight", sp.Rational(1, 2) + (1 - dq) * sp.Rational(
 # the casts of trainable leaves are cached for the forward, and a frozen linear's cast is kept for backward
 # wherever its input needs a gradient. llmspec's bf16 stores the weights in 16-bit instead (DeepSpeed's bf16 mode;
 # a quantised base dequantises per product and keeps nothing).
-define("bytes_autocast_copies", 2 * (total - emb - (2 * L + 1) * norm + tied * V * h),
+define("bytes_autocast_copies", 2 * (total - emb - block_norms * norm - L * qk_norm + tied * V * h),
        "16-bit copies of every linear's weight and bias that torch autocast holds over fp32 parameters (the "
        "embedding lookup is not cast; a tied head multiplies by it): the cost of mixed precision on top of fp32 "
        "storage, which 16-bit storage does not pay", "B")
@@ -172,14 +184,30 @@ matmul = define("matmul_weights", block_matmul + (1 - vh) * V * h + vh * h,
                 "embeddings are lookups)", "params")
 
 
-def _keys_seen(n: sp.Expr) -> sp.Expr:
-    """Keys that the queries at positions 1..n see in all, each the keys up to it within the window."""
-    w = sp.Min(window, n)
+def _keys_seen(n: sp.Expr, span: sp.Expr = window) -> sp.Expr:
+    """Keys that the queries at positions 1..n of a sliding layer see in all, each the keys up to it within the
+    window (a full layer's: its window is n)."""
+    w = sp.Min(span, n)
     return w * (w + 1) / 2 + (n - w) * w
 
 
-ctx = define("attention_context", causal * _keys_seen(s) / s + (1 - causal) * s,
-             "keys each query attends to, averaged over positions (causal, windowed)", "tokens")
+def _keys_chunked(n: sp.Expr) -> sp.Expr:
+    """Keys that the queries at positions 1..n of a chunked layer see in all: the keys up to each within its own
+    chunk of ``chunk`` positions (the last chunk partial)."""
+    whole = sp.floor(n / chunk)
+    rest = n - whole * chunk
+    return whole * chunk * (chunk + 1) / 2 + rest * (rest + 1) / 2
+
+
+def keys_all_layers(n: sp.Expr) -> sp.Expr:
+    """Keys the queries at positions 1..n see in all, summed over the layers by attention kind: a full layer every
+    earlier key, a sliding one its window, a chunked one its chunk."""
+    return (L - L_sl - L_ch) * _keys_seen(n, n) + L_sl * _keys_seen(n) + L_ch * _keys_chunked(n)
+
+
+ctx = define("attention_context", causal * keys_all_layers(s) / (L * s) + (1 - causal) * s,
+             "keys each query attends to, averaged over positions and layers (causal; a sliding layer within its "
+             "window, a chunked one within its chunk)", "tokens")
 attn_layer = 4 * a * d_h * (ctx + prefix * n_v)
 fwd_attn = define("flops_attention_per_token", L * attn_layer, "QKᵀ and AV, forward (+ prefix keys)", "FLOP")
 fwd = define("flops_per_token_forward", 2 * matmul + fwd_attn + 2 * L * lora_layer,

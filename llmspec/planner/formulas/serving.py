@@ -5,18 +5,30 @@ from __future__ import annotations
 import sympy as sp
 
 from llmspec.planner.formulas.memory import frozen_held
-from llmspec.planner.formulas.model import _keys_seen, fwd, hw, lora_layer, matmul, policy_bytes, ref_flops, train
+from llmspec.planner.formulas.model import (
+    fwd,
+    hw,
+    keys_all_layers,
+    lora_layer,
+    matmul,
+    policy_bytes,
+    ref_flops,
+    train,
+)
 from llmspec.planner.formulas.registry import RL_STEP, _add, _div, _f, _mul, define, group
 from llmspec.planner.formulas.symbols import (
     B,
     F_peak,
     L,
+    L_ch,
+    L_sl,
     V,
     _s,
     a,
     b,
     bw_dp,
     causal,
+    chunk,
     d_h,
     dp,
     e,
@@ -32,6 +44,7 @@ from llmspec.planner.formulas.symbols import (
     steps,
     t,
     w_bytes,
+    window,
     z3,
 )
 
@@ -40,11 +53,16 @@ group("Inference", "one model replica over t tensor-parallel GPUs; decode reads 
       "cache once per step (memory-bound), prefill is compute-bound")
 ctx, bsz, kv_e, mem_usable, bw_hbm, fwd_ctx = _s("context batch kv_bytes usable hbm_bandwidth F_fwd", positive=True)
 kv_token = define("kv_cache_per_token", 2 * L * k * d_h * kv_e,
-                  "K and V for every layer and key/value head (GQA-aware)", "B")
+                  "K and V of one position in every layer and key/value head (GQA-aware)", "B")
+kv_sequence = define("kv_cache_per_sequence",
+                     2 * k * d_h * kv_e * ((L - L_sl - L_ch) * ctx + L_sl * sp.Min(window, ctx)
+                                           + L_ch * sp.Min(chunk, ctx)),
+                     "K and V one sequence of this context holds: a full layer's of every position, a sliding "
+                     "layer's of its window, a chunked layer's of (at most) one chunk", "B")
 inf_w = define("inference_weights", psi * w_bytes, "weights on one GPU", "B")
-kv_all = define("kv_cache", bsz * ctx * kv_token / t, "the KV cache of the batch at full context, per GPU", "B")
+kv_all = define("kv_cache", bsz * kv_sequence / t, "the KV cache of the batch at full context, per GPU", "B")
 define("inference_memory", inf_w + kv_all, "weights + KV cache per GPU", "B")
-define("max_batch", sp.floor((mem_usable - inf_w) / (ctx * kv_token / t)),
+define("max_batch", sp.floor((mem_usable - inf_w) / (kv_sequence / t)),
        "sequences of this context whose KV cache fits next to the weights", "sequences")
 decode = define("decode_step", (inf_w + kv_all) / bw_hbm, "one decode step: read weights + KV cache", "s")
 define("decode_tokens_per_second", bsz / decode, "generated tokens/s for the batch (bandwidth bound)", "tokens/s")
@@ -67,15 +85,16 @@ define("rl_generation_buffers", kv_rl + rl_gather + rl_logits,
        "generation's transients: KV cache, gathered weights, the next token's fp32 logits", "B")
 per_token = 2 * matmul + 2 * L * lora_layer
 head = 2 * V * h
-prefill_keys = causal * _keys_seen(s_p) + (1 - causal) * s_p * s_p + s_p * prefix * n_v
-prefill = define("rl_prefill_flops", n_roll * (s_p * (per_token - head) + head + 4 * a * d_h * L * prefill_keys),
-                 "the prompts' forward (each query sees the keys before it, within the window; prefix keys too), "
-                 "logits at the last position only", "FLOP")
-decode_keys = _keys_seen(s_p + s_r - 1) - _keys_seen(s_p) + (s_r - 1) * prefix * n_v
-decode_flops = define("rl_decode_flops", n_roll * ((s_r - 1) * per_token + 4 * a * d_h * L * decode_keys),
+# keys over every layer (a sliding layer's window, a chunked layer's chunk) and the prefix's in each
+prefill_keys = causal * keys_all_layers(s_p) + L * ((1 - causal) * s_p * s_p + s_p * prefix * n_v)
+prefill = define("rl_prefill_flops", n_roll * (s_p * (per_token - head) + head + 4 * a * d_h * prefill_keys),
+                 "the prompts' forward (each query sees the keys before it, within its layer's window or chunk; "
+                 "prefix keys too), logits at the last position only", "FLOP")
+decode_keys = keys_all_layers(s_p + s_r - 1) - keys_all_layers(s_p) + L * (s_r - 1) * prefix * n_v
+decode_flops = define("rl_decode_flops", n_roll * ((s_r - 1) * per_token + 4 * a * d_h * decode_keys),
                       "the other s_r - 1 tokens (prefill gave the first) one at a time for every rollout: the token "
-                      "at position n attends to n keys (at most the window) and the prefix", "FLOP")
-decode_bytes = define("rl_decode_bytes", s_r * policy_bytes + n_roll * kv_token_rl * decode_keys,
+                      "at position n attends to n keys (at most its layer's window or chunk) and the prefix", "FLOP")
+decode_bytes = define("rl_decode_bytes", s_r * policy_bytes + n_roll * 2 * k * d_h * e * decode_keys,
                       "bytes generation reads: every weight once per forward, and the KV cache so far", "B")
 define("time_generation", prefill / (F_peak * eff) + sp.Max(decode_bytes / bw_hbm, decode_flops / (F_peak * eff))
        + rl_gather / bw_dp,

@@ -48,6 +48,11 @@ q_nf4, q_int8, dq, w_frozen, ref_copy, ref_fwd, ref_step, loss_saved = _s(
     "nf4 int8 double_quant w_frozen reference_copy reference_forward reference_in_step loss_saved", nonnegative=True)
 
 causal = sp.Symbol("causal", nonnegative=True)
+# the 2026 families' structure (llmspec.spec.architecture): norms per block, QK-norm, layers per attention kind
+n_norm = sp.Symbol("norms_per_block", positive=True)
+qk_head, qk_full = _s("qk_norm_head qk_norm_full", nonnegative=True)
+L_sl, L_ch = _s("L_sliding L_chunked", nonnegative=True)
+chunk = sp.Symbol("chunk", positive=True)
 
 
 def _any(*flags: sp.Expr) -> sp.Expr:
@@ -148,6 +153,12 @@ INPUT_DOCS: dict[str, str] = {
     "double_quant": "1 with NF4 double quantisation",
     "w_frozen": "bytes per frozen weight element that is not quantised",
     "reference_copy": "1 when DPO/PPO keep a frozen copy of the starting model as the reference",
+    "norms_per_block": "norms in each block: 2 (pre or post placement), 4 (sandwich: Gemma 2, 3)",
+    "qk_norm_head": "1 when an RMSNorm of head_dim weights normalises each query and key head (Qwen3, Gemma 3)",
+    "qk_norm_full": "1 when RMSNorms normalise the whole q and k projections (OLMo 2)",
+    "L_sliding": "layers attending to a sliding window (layer_types; every layer where only sliding_window is set)",
+    "L_chunked": "layers attending within their chunk (layer_types chunked)",
+    "chunk": "attention_chunk_size (else s)",
     "causal": "1 to count causal attention (the keys each query sees); 0 to count every key, as FlopCounterMode "
     "does (llmspec measure)",
     "reference_forward": "1 when DPO, PPO or GRPO run a reference model (not precomputed log-probs)",
