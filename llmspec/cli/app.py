@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from llmspec.cli import build, catalog, explain, generate, interop, measure, plan, run, size, validate
+from llmspec.cli import build, catalog, explain, generate, interop, measure, plan, prepare, run, size, validate
 from llmspec.cli.common import user_errors
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
@@ -39,6 +39,7 @@ VERBS = [
     ("measure", measure.measure),
     ("import-hf", interop.import_hf),
     ("export-hf", interop.export_hf),
+    ("prepare", prepare.prepare),
     ("run", run.run),
     ("generate", generate.generate),
     ("size", size.size),

@@ -1,11 +1,8 @@
-"""Read a corpus: text files, JSON Lines with a ``text`` field, directories of either, or the builtin one.
+"""The builtin corpus, and what every reader of data files shares (the error type, a file's head, JSON records).
 
 The builtin corpus needs no download: the docstrings of this Python's standard library (about 1.6 MB of English
-prose about programming), extracted in a fixed order so every run on the same Python sees the same text.
-
-``check_corpus`` makes the cheap checks (each source exists, each file is readable UTF-8 text of an accepted kind,
-its first records parse, there is some text) without reading the whole corpus: ``run --dry-run`` makes them, and so
-does a run before it reads everything.
+prose about programming), extracted in a fixed order so every run on the same Python sees the same text. Pretraining
+sources are read by ``llmspec.data.sources``, fine-tuning records by ``llmspec.data.instructions``.
 """
 
 from __future__ import annotations
@@ -20,14 +17,7 @@ from llmspec.errors import LLMSpecError
 
 BUILTIN = "builtin"
 _SKIPPED_DIRS = {"site-packages", "test", "tests", "idlelib", "turtledemo", "lib2to3"}
-SUFFIXES = (".txt", ".jsonl")
-ACCEPTED = 'builtin, .txt files, .jsonl files (one {"text": ...} object a line), or directories of them'
-# what the cheap check reads of each file: enough to see a binary or misnamed file and the first records
-HEAD_BYTES = 1 << 16
-HEAD_RECORDS = 100
-# formats a user may hand a pretraining corpus by mistake, named in the refusal
-_KINDS = {".parquet": "Parquet", ".arrow": "Arrow", ".csv": "CSV", ".tsv": "TSV", ".json": "a JSON document",
-          ".gz": "a gzip archive", ".zip": "a zip archive"}
+HEAD_BYTES = 1 << 16  # what a cheap check reads of a file: enough to see a binary or misnamed file
 
 
 class DataError(LLMSpecError):
@@ -51,63 +41,6 @@ def builtin_documents() -> list[str]:
                 if text and len(text) >= 40:
                     documents.append(text)
     return documents
-
-
-def _sources(corpus: str | list[str]) -> list[str]:
-    return [corpus] if isinstance(corpus, str) else list(corpus)
-
-
-def corpus_files(source: str, base: Path | None = None) -> list[Path]:
-    """The files one ``data.corpus`` source names, in a deterministic order: itself (a .txt or .jsonl file), or the
-    .txt and .jsonl files under it (a directory). Relative paths resolve against ``base``."""
-    path = Path(source).expanduser()
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    if not path.exists():
-        raise DataError(f"data.corpus: {source} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
-        if not files:
-            raise DataError(f"data.corpus: {source} holds no .txt or .jsonl files (a pretraining corpus is "
-                            f"{ACCEPTED})")
-        return files
-    if path.suffix not in SUFFIXES:
-        kind = _KINDS.get(path.suffix.lower(), f"a {path.suffix} file" if path.suffix else "a file without a suffix")
-        hint = " (fine-tuning data, post_training, reads Parquet and Arrow)" if path.suffix in (".parquet",
-                                                                                              ".arrow") else ""
-        raise DataError(f"data.corpus: {source}: {kind} is not a pretraining corpus, which is {ACCEPTED}{hint}")
-    return [path]
-
-
-def read_documents(corpus: str | list[str], base: Path | None = None) -> list[str]:
-    """Every document of the corpus, in a deterministic order. Relative paths resolve against ``base``."""
-    sources = _sources(corpus)
-    documents: list[str] = []
-    for source in sources:
-        if source == BUILTIN:
-            documents += builtin_documents()
-            continue
-        for file in corpus_files(source, base):
-            documents += _read_file(file)
-    documents = [d for d in documents if d.strip()]
-    if not documents:
-        raise DataError(f"data.corpus: no text in {', '.join(map(str, sources))}")
-    return documents
-
-
-def check_corpus(corpus: str | list[str], base: Path | None = None) -> None:
-    """The cheap checks of a corpus, reading at most the first ``HEAD_BYTES`` of each file: every source exists,
-    every file is readable UTF-8 text (not binary) of an accepted kind, its first records parse, and some text is
-    there. Raises what ``read_documents`` would raise for the same fault."""
-    sources = _sources(corpus)
-    text = BUILTIN in sources
-    for source in sources:
-        if source == BUILTIN:
-            continue
-        for file in corpus_files(source, base):
-            text = _check_head(file) or text
-    if not text:
-        raise DataError(f"data.corpus: no text in {', '.join(map(str, sources))}")
 
 
 def read_head(path: Path, size: int = HEAD_BYTES, label: str = "") -> tuple[bytes, bool]:
@@ -142,49 +75,3 @@ def json_record(path: Path, number: int, line: str) -> object:
         return json.loads(line)
     except json.JSONDecodeError as error:
         raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-
-
-def _check_head(path: Path) -> bool:
-    """Check the start of one file; whether it may hold text (a file longer than what was read may)."""
-    head, whole = read_head(path)
-    text = head_text(path, head, whole)
-    _refuse_binary(path, text)
-    if path.suffix != ".jsonl":
-        return bool(text.strip()) or not whole
-    documents = _records(path, whole_lines(text, whole)[:HEAD_RECORDS])
-    return any(d.strip() for d in documents) or not whole
-
-
-def _refuse_binary(path: Path, text: str) -> None:
-    """Refuse a file that decodes as UTF-8 but holds NUL characters: binary data, whatever its name."""
-    at = text.find("\0")
-    if at >= 0:
-        raise DataError(f"{path}: binary, not text (a NUL character at {at}); a pretraining corpus is {ACCEPTED}")
-
-
-def _read_file(path: Path) -> list[str]:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    _refuse_binary(path, text)
-    if path.suffix != ".jsonl":
-        return [text]
-    return _records(path, text.splitlines())
-
-
-def _records(path: Path, lines: list[str]) -> list[str]:
-    """The ``text`` of each JSON Lines record (blank lines skipped); errors name file:line."""
-    documents = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        record = json_record(path, number, line)
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f'{path}:{number}: expected an object with a "text" string')
-        documents.append(record["text"])
-    return documents

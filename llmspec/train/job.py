@@ -1,16 +1,15 @@
 """Prepare a run: refuse what cannot work before anything starts, then build, tokenize and lay out RUN_DIR.
 
 RUN_DIR holds spec.yaml, tokenizer.json, build/ (the compiler's output), metrics.jsonl, loss.png, samples.txt
-and checkpoints/. Tokenizers and token shards are cached by corpus content under ``$LLMSPEC_CACHE``
-(default ``~/.cache/llmspec``) and shared between runs.
+and checkpoints/. A pretraining run's data step is ``llmspec.data.pipeline`` (what ``llmspec prepare`` runs alone):
+tokenizers and token shards are cached by what they are made of under ``$LLMSPEC_CACHE`` (default
+``~/.cache/llmspec``) and shared between runs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,15 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from llmspec.compile.build import MANIFEST, build, check_output_dir
+from llmspec.data import sources
 from llmspec.data.chat import TEMPLATE_FILES, ChatTemplate, copy_template_files
-from llmspec.data.corpus import BUILTIN, DataError, builtin_documents, check_corpus, read_documents
+from llmspec.data.corpus import BUILTIN, DataError
 from llmspec.data.instructions import check_records
-from llmspec.data.shards import Shards, write_shards
+from llmspec.data.packed import Prepared
+from llmspec.data.pipeline import PreparedData, cache_dir, prepare_data, report
+from llmspec.data.progress import ProgressLine
 from llmspec.data.tasks import task_records
-from llmspec.data.tokenizer import corpus_digest, load_tokenizer, tokenizer_for
+from llmspec.data.tokenizer import load_tokenizer
 from llmspec.errors import DoesNotFitError, LLMSpecError
 from llmspec.files import write_atomic
 from llmspec.planner.result import Plan
@@ -43,7 +45,7 @@ from llmspec.train.preflight import check_runnable
 class Job:
     spec: Spec
     run_dir: Path
-    shards: Shards | None  # pretraining's token stream (post-training reads run_dir/data/ instead)
+    shards: Prepared | None  # pretraining's token shards (post-training reads run_dir/data/ instead)
     resume: bool
     init_weights: Path | None = None  # training.init_from's weights file (absolute), loaded before step 0
     # the plan `run` made once and handed down (its step lines quote it); None in a DeepSpeed rank, which plans
@@ -67,14 +69,8 @@ class Job:
         return self.run_dir / "metrics.jsonl"
 
     def to_json(self) -> dict:
-        shards = {} if self.shards is None else {
-            "train": str(self.shards.train.resolve()), "val": str(self.shards.val.resolve()),
-            "dtype": self.shards.dtype, "unigram_entropy": self.shards.unigram_entropy}
+        shards = {} if self.shards is None else {"tokens": str(self.shards.directory.resolve())}
         return {**shards, "resume": self.resume, "init_weights": str(self.init_weights) if self.init_weights else None}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLMSPEC_CACHE") or Path.home() / ".cache" / "llmspec")
 
 
 def check_fits(spec: Spec, result: Plan) -> None:
@@ -93,29 +89,6 @@ def check_fits(spec: Spec, result: Plan) -> None:
 
 def _quiet(line: str) -> None:
     """The default ``announce``: says nothing."""
-
-
-def _documents(spec: Spec, announce: Callable[[str], None] = _quiet) -> list[str]:
-    corpus = spec.data.corpus
-    started = time.perf_counter()
-    if corpus != BUILTIN:
-        announce("data: reading data.corpus")
-        documents = read_documents(corpus)
-        chars = sum(map(len, documents))
-        announce(f"data: {len(documents):,} documents, {chars / 1e6:,.1f}M characters, read in "
-                 f"{time.perf_counter() - started:.1f} s")
-        return documents
-    # Extracting the standard library's docstrings takes seconds; keep them per Python version.
-    import sys
-
-    path = cache_dir() / f"builtin-corpus-py{sys.version_info.major}.{sys.version_info.minor}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    announce("data: extracting the built-in corpus (the standard library's docstrings)")
-    documents = builtin_documents()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(documents))
-    return documents
 
 
 # What a run writes in RUN_DIR (a directory holding others of the user's is refused without force; these first
@@ -176,7 +149,12 @@ def check_data(spec: Spec) -> None:
     exists, is readable and of a kind its method reads, and its first records parse."""
     corpus = spec.data.corpus
     if spec.post_training is None:
-        check_corpus(corpus)
+        if spec.data.document_masking and spec.parallelism.pipeline > 1:
+            raise DataError("data.document_masking: not with parallelism.pipeline > 1 (the pipeline's stages pass "
+                            "activations only, not the documents' boundaries)")
+        sources.check(sources.resolve(spec.data))
+    elif spec.data.sources is not None:
+        raise DataError("data.sources: post-training reads its records from data.corpus")
     elif corpus != BUILTIN:
         for path in [corpus] if isinstance(corpus, str) else corpus:
             check_records(Path(path).expanduser())
@@ -223,11 +201,9 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run
     if dry_run:
         return None
 
-    documents = _documents(spec, announce)
-    tokenizer, tokenizer_path = loaded or tokenizer_for(documents, vocab, cache_dir(), announce)
-    token_key = corpus_digest([tokenizer.to_str()])
-    shard_dir = cache_dir() / "tokens" / f"{corpus_digest(documents)}-{token_key}-{spec.data.val_fraction}"
-    shards = write_shards(documents, tokenizer, shard_dir, spec.data.val_fraction, announce)
+    data = pretraining_data(spec, announce, loaded, run_dir / "tokenizer.json")
+    tokenizer_path = data.tokenizer_file if loaded is None else loaded[1]
+    _announce_epochs(spec, data, announce)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     # a resumed run keeps the user's edits; --force overwrites files in build/ that llmspec did not write
@@ -236,9 +212,34 @@ def prepare(spec: Spec, run_dir: Path, resume: bool, refusals: Refusals, dry_run
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
         copy_template_files(tokenizer_path.parent, run_dir)  # a base's chat template travels with its tokenizer
-    job = Job(spec, run_dir, shards, resume, init.weights.resolve() if init else None, planned)
+    job = Job(spec, run_dir, data.prepared, resume, init.weights.resolve() if init else None, planned)
     write_atomic(run_dir / "job.json", json.dumps(job.to_json(), indent=2))  # what launched workers read
     return job
+
+
+def pretraining_data(spec: Spec, announce: Callable[[str], None] = _quiet,
+                     loaded: tuple[Tokenizer, Path | None] | None = None, own: Path | None = None) -> PreparedData:
+    """A pretraining spec's data step (what ``llmspec prepare`` runs alone): its tokenizer (``loaded``: the one
+    ``_pretraining_tokenizer`` found, whose file is ``own`` where it has none; else the spec's own or one trained
+    on a sample), the token shards, with a progress line."""
+    if spec.post_training is not None:
+        raise LLMSpecError(f"{spec.name}: a fine-tune (post_training) prepares its records when it runs; "
+                           "llmspec prepare is the data step of pretraining")
+    if loaded is None:
+        loaded = _pretraining_tokenizer(spec, Path("."), False, check_init_from(spec))
+    check_data(spec)
+    vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
+    given = None if loaded is None else (loaded[0], loaded[1] or own)
+    with ProgressLine(announce) as progress:
+        return prepare_data(spec.data, vocab, given, cache_dir(), announce, progress)
+
+
+def _announce_epochs(spec: Spec, data, announce: Callable[[str], None]) -> None:
+    """The passes the run makes over each source's training tokens (a mixture draws each by weight)."""
+    tr = spec.training
+    rows = report(data, tr.steps * tr.global_batch_size, tr.seq_len)["sources"]
+    said = ", ".join(f"{row['path']} {row['epochs']:.3g}" for row in rows)
+    announce(f"data: {sum(r['tokens'] for r in rows):,} tokens; epochs over each source's training split: {said}")
 
 
 def _pretraining_tokenizer(spec: Spec, run_dir: Path, resume: bool, init: InitSource | None
@@ -338,7 +339,6 @@ def load_job(run_dir: Path) -> Job:
     """The job ``prepare`` laid out in ``run_dir`` (for processes started by a launcher)."""
     data = json.loads((run_dir / "job.json").read_text())
     spec = parse_spec((run_dir / "spec.yaml").read_text(), source=str(run_dir / "spec.yaml"))
-    shards = Shards(Path(data["train"]), Path(data["val"]), data["dtype"], data["unigram_entropy"]) if (
-        "train" in data) else None
+    shards = Prepared(Path(data["tokens"])) if "tokens" in data else None
     init = data.get("init_weights")
     return Job(spec, run_dir, shards, data["resume"], Path(init) if init else None)

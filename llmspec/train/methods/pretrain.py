@@ -1,10 +1,12 @@
-"""Pretraining: next-token cross-entropy on windows of the token stream (``llmspec.data.shards``)."""
+"""Pretraining: next-token cross-entropy on packed sequences of the prepared token shards (``llmspec.data.packed``),
+sources mixed by weight; with ``data.document_masking`` each batch carries its documents' boundaries (segments),
+which the compiled model's forward takes."""
 
 from __future__ import annotations
 
 import torch
 
-from llmspec.data.shards import Batches
+from llmspec.data.packed import Layout, PackedBatches
 from llmspec.train.losses import Loss
 from llmspec.train.methods.base import Method
 from llmspec.train.objectives import Objective
@@ -13,10 +15,14 @@ PROMPTS = ["The", "Return a", "This module"]  # what samples.txt continues after
 
 
 class NextToken(Loss):
-    """Next-token cross-entropy, the compiled model's own (its forward's second output)."""
+    """Next-token cross-entropy, the compiled model's own (its forward's second output); ``segments`` (document
+    masking) passed on only when the batch has them, so a model built without masking is called as ever."""
 
-    def __call__(self, forward, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return forward(inputs, targets)[1]
+    def __call__(self, forward, inputs: torch.Tensor, targets: torch.Tensor,
+                 segments: torch.Tensor | None = None) -> torch.Tensor:
+        if segments is None:
+            return forward(inputs, targets)[1]
+        return forward(inputs, targets, segments=segments)[1]
 
 
 class Pretrain(Method):
@@ -26,9 +32,17 @@ class Pretrain(Method):
         return NextToken()
 
     def objective(self, job, engine) -> Objective:
-        tr = self.spec.training
-        return Objective(*(Batches(job.shards.load(split), tr.seq_len, tr.micro_batch_size, tr.seed, split)
-                           for split in ("train", "val")))
+        spec, tr, data = self.spec, self.spec.training, self.spec.data
+        prepared = job.shards
+        weights = [s["weight"] for s in prepared.sources]
+        labels = [f"{s['label']} ({s['path']})" for s in prepared.sources]
+        layout = Layout(tr.micro_batch_size, tr.gradient_accumulation_steps, spec.parallelism.data_parallel)
+        train = PackedBatches(prepared.streams("train"), weights, tr.seq_len, layout, tr.seed, "train",
+                              data.document_masking, data.sampler, labels=labels)
+        # validation: the same held-out sequences at every evaluation (the loop asks for step 0's micro-batches)
+        val = PackedBatches(prepared.streams("val"), weights, tr.seq_len, Layout(tr.micro_batch_size), tr.seed,
+                            "val", data.document_masking, labels=labels)
+        return Objective(train, val)
 
     def sample_prompts(self, job) -> list[str]:
         return PROMPTS

@@ -1,0 +1,164 @@
+"""The data step of a pretraining run, alone: sources checked, a tokenizer trained on a bounded sample (or the given
+one), the corpus encoded into token shards. ``llmspec prepare`` runs it on a CPU box before the GPUs are rented;
+``run`` calls it too and finds its work done: tokenizers and shards are cached under ``$LLMSPEC_CACHE`` (default
+``~/.cache/llmspec``) by what they are made of (the sources' fingerprints, the tokenizer, the split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmspec.data import sources as src
+from llmspec.data.corpus import DataError, builtin_documents
+from llmspec.data.packed import Prepared
+from llmspec.data.tokenizer import END_OF_TEXT, corpus_digest, tokenizer_for
+from llmspec.data.tokens import VERSION, Progress, default_workers, write_tokens
+from llmspec.files import write_atomic
+from llmspec.spec.data import DataSpec
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMSPEC_CACHE") or Path.home() / ".cache" / "llmspec")
+
+
+def builtin_cached(cache: Path, announce: Callable[[str], None] = lambda line: None) -> list[str]:
+    """The builtin corpus's documents, extracted once per Python version (it takes seconds)."""
+    path = cache / f"builtin-corpus-py{sys.version_info.major}.{sys.version_info.minor}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    announce("data: extracting the built-in corpus (the standard library's docstrings)")
+    documents = builtin_documents()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(documents))
+    return documents
+
+
+def tokenizer_sample(sources: list[src.Source], budget: int, builtin: Callable[[], list[str]]) -> list[str]:
+    """The first documents of each source up to its share (by weight) of ``budget`` bytes, streamed: the text a new
+    tokenizer trains on, the same every time."""
+    total = sum(s.weight for s in sources)
+    sample: list[str] = []
+    for source in sources:
+        share, taken = budget * source.weight / total, 0
+        for text, _ in src.documents(source, builtin):
+            if taken >= share:
+                break
+            sample.append(text)
+            taken += len(text.encode())
+    return sample
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What ``prepare_data`` made: the token shards (``prepared``) and the tokenizer's file."""
+    prepared: Prepared
+    tokenizer_file: Path
+    seconds: float
+    sources: list[src.Source]
+
+
+def data_key(data: DataSpec, vocab: int, fingerprints: list[str]) -> str:
+    """What identifies a spec's prepared data without preparing it: its data section (less how many workers),
+    the vocabulary, the sources' fingerprints."""
+    text = json.dumps([data.model_dump(exclude={"workers"}), vocab, fingerprints, VERSION], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def prepare_data(data: DataSpec, vocab: int, tokenizer: tuple[object, Path] | None = None,
+                 cache: Path | None = None, announce: Callable[[str], None] = lambda line: None,
+                 progress: Progress | None = None, chunk_bytes: int | None = None,
+                 shard_bytes: int | None = None) -> PreparedData:
+    """Check the sources (before any work), train the tokenizer on a bounded sample unless ``tokenizer`` (loaded,
+    with its file) is given, encode the sources (resuming an interrupted preparation), and record where the result
+    is for the planner (``document_lengths``)."""
+    cache = cache or cache_dir()
+    started = time.perf_counter()
+    sources = src.resolve(data)
+    src.check(sources)
+    builtin_docs: list[str] = []
+
+    def builtin() -> list[str]:
+        if not builtin_docs:
+            builtin_docs.extend(builtin_cached(cache, announce))
+        return builtin_docs
+
+    if tokenizer is None:
+        sample = tokenizer_sample(sources, data.tokenizer.sample_bytes, builtin)
+        tokenizer = tokenizer_for(sample, vocab, cache, announce)
+    loaded, tokenizer_file = tokenizer
+    text = loaded.to_str()
+    fingerprints = [src.fingerprint(s, lambda: corpus_digest(builtin())) for s in sources]
+    key = hashlib.sha256(json.dumps([fingerprints,
+                                     [s.weight for s in sources], corpus_digest([text]), data.val_fraction,
+                                     VERSION]).encode()).hexdigest()[:20]
+    directory = cache / "tokens" / key
+    if not (directory / "meta.json").is_file():
+        workers = data.workers or default_workers()
+        announce(f"data: encoding {_size(sources, builtin)} with {workers} worker{'s' * (workers > 1)} into "
+                 f"{directory}")
+    sizes = {k: v for k, v in (("chunk_bytes", chunk_bytes), ("shard_bytes", shard_bytes)) if v}
+    meta = write_tokens(sources, text, loaded.token_to_id(END_OF_TEXT), loaded.get_vocab_size(), directory,
+                        data.val_fraction, data.workers or default_workers(), builtin, progress, **sizes)
+    for source in meta["sources"]:
+        if not source["documents"]:
+            raise DataError(f"{source['label']}: no text in {source['path']}")
+    pointer = cache / "prepared" / f"{data_key(data, vocab, fingerprints)}.json"
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(pointer, json.dumps({"tokens": str(directory), "tokenizer": str(tokenizer_file)}))
+    return PreparedData(Prepared(directory), Path(tokenizer_file), time.perf_counter() - started, sources)
+
+
+def _size(sources: list[src.Source], builtin: Callable[[], list[str]]) -> str:
+    from llmspec.spec.units import fmt_bytes
+
+    return fmt_bytes(sum(sum(len(t.encode()) for t in builtin()) if s.builtin else s.size for s in sources))
+
+
+def report(data: PreparedData, sequences: int | None = None, seq_len: int | None = None) -> dict:
+    """The ``prepare --json`` object: documents, tokens and bytes in all and per source, the distribution of the
+    documents' token counts, the time; with ``sequences`` (a run's training sequences) and ``seq_len``, the epochs
+    each source's training split makes."""
+    prepared, rows = data.prepared, []
+    for i, source in enumerate(prepared.sources):
+        lengths = np.concatenate([prepared.lengths(i, "train"), prepared.lengths(i, "val")])
+        row = {"path": source["path"], "weight": source["weight"], "documents": source["documents"],
+               "tokens": source["train_tokens"] + source["val_tokens"], "bytes": source["text_bytes"],
+               "train_tokens": source["train_tokens"], "val_tokens": source["val_tokens"],
+               "val_documents": source["val_documents"], "document_tokens": distribution(lengths)}
+        rows.append(row)
+    if sequences is not None and seq_len is not None:
+        weights = np.asarray([r["weight"] for r in rows]) / sum(r["weight"] for r in rows)
+        for row, share, stream in zip(rows, weights, prepared.streams("train"), strict=True):
+            row["epochs"] = round(float(sequences * share / max((len(stream) - 1) // seq_len, 1)), 4)
+    every = np.concatenate([np.concatenate([prepared.lengths(i, "train"), prepared.lengths(i, "val")])
+                            for i in range(len(rows))])
+    return {"documents": sum(r["documents"] for r in rows), "tokens": sum(r["tokens"] for r in rows),
+            "bytes": sum(r["bytes"] for r in rows), "seconds": round(data.seconds, 3),
+            "encoding_seconds": prepared.meta["seconds"], "document_tokens": distribution(every),
+            "directory": str(prepared.directory), "tokenizer": str(data.tokenizer_file), "sources": rows}
+
+
+def distribution(lengths: np.ndarray) -> dict:
+    """Token counts of documents: mean and percentiles."""
+    if not len(lengths):
+        return {}
+    points = np.percentile(lengths, [0, 10, 50, 90, 99, 100])
+    return {"mean": round(float(lengths.mean()), 1),
+            **{name: int(v) for name, v in zip(("min", "p10", "p50", "p90", "p99", "max"), points, strict=True)}}
+
+
+def read_all(data: DataSpec, cache: Path | None = None) -> Iterator[str]:
+    """Every document of the spec's sources in order (small corpora and tests; a run streams instead)."""
+    cache = cache or cache_dir()
+    for source in src.resolve(data):
+        for text, _ in src.documents(source, lambda: builtin_cached(cache)):
+            yield text
