@@ -107,7 +107,7 @@ def test_missing_paths_and_columns(tmp_path):
 
 def test_the_spec_takes_sources_or_corpus_not_both():
     with pytest.raises(ValueError, match="give data.sources or data.corpus, not both"):
-        DataSpec(corpus="builtin", sources=[{"path": "x"}])
+        DataSpec(corpus="a.txt", sources=[{"path": "x"}])
     with pytest.raises(ValueError, match="weight"):
         DataSpec(sources=[{"path": "x", "weight": 0}])
 

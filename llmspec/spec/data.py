@@ -52,6 +52,7 @@ class DataSpec(Section):
 
     @model_validator(mode="after")
     def _one_kind_of_corpus(self) -> DataSpec:
-        if self.sources is not None and "corpus" in self.model_fields_set:
+        # corpus: builtin (the default) gives way to sources; any other corpus beside them is ambiguous
+        if self.sources is not None and self.corpus != "builtin":
             raise ValueError("give data.sources or data.corpus, not both (corpus is one source of weight 1)")
         return self

@@ -1,0 +1,164 @@
+"""Preparation of a generated JSONL corpus against Hugging Face tokenizers' own ``encode_batch``, side by side: the
+throughput of `llmspec prepare` (reading, encoding on every worker, writing shards) beside encode_batch's on the same
+text with the same tokenizer, on one thread and on all cores; and the peak memory of `llmspec prepare` (its process
+and its workers, summed) for each corpus size given.
+
+    python benchmarks/data_prepare.py [--sizes 0.5 3] [--dir /tmp/llmspec-bench-data] [--sample-mb 32]
+
+Each corpus is written once into --dir (kept between runs); each `prepare` runs in a fresh cache, so it trains its
+tokenizer on data.tokenizer.sample_bytes and encodes everything. encode_batch's figures come from the first
+--sample-mb of the corpus (tokenisation speed does not depend on the corpus's size), each in its own process so
+that RAYON_NUM_THREADS holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPEC = """name: bench-data
+model: {{vocab_size: 8192, d_model: 64, n_layers: 2, n_heads: 4, max_seq_len: 256}}
+training: {{seq_len: 256, micro_batch_size: 8, global_batch_size: 8, max_steps: 10}}
+cluster: {{gpu: cpu, gpus_per_node: 1, nodes: 1}}
+data:
+  sources: [{{path: {path}}}]
+  tokenizer: {{sample_bytes: {sample}}}
+"""
+
+ENCODE = """
+import json, sys, time
+from tokenizers import Tokenizer
+tokenizer = Tokenizer.from_file(sys.argv[1])
+texts = []
+with open(sys.argv[2], "rb") as handle:
+    size = 0
+    for line in handle:
+        texts.append(json.loads(line)["text"])
+        size += len(line)
+        if size > int(sys.argv[3]):
+            break
+start = time.perf_counter()
+tokens = sum(len(e.ids) for e in tokenizer.{method}(texts))
+print(json.dumps({{"tokens": tokens, "seconds": time.perf_counter() - start}}))
+"""
+
+
+def generate(path: Path, gigabytes: float, seed: int = 0) -> None:
+    """JSON Lines of synthetic English-like text: documents drawn from a pool of 20,000, each of Zipf-distributed
+    words from a 30,000-word vocabulary, lengths log-normal (median about 2 kB), so BPE has real merges to find."""
+    if path.exists() and path.stat().st_size >= gigabytes * 1e9:
+        return
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlcumwfgypbvkjxqz"))
+    weights = 1 / np.arange(1, 27) ** 0.9
+    words = ["".join(rng.choice(letters, size=int(rng.integers(1, 11)), p=weights / weights.sum()))
+             for _ in range(30_000)]
+    zipf = 1 / np.arange(1, len(words) + 1)
+    zipf /= zipf.sum()
+    pool = []
+    for _ in range(20_000):
+        n = int(np.clip(rng.lognormal(5.8, 0.9), 5, 20_000))
+        chosen = rng.choice(len(words), size=n, p=zipf)
+        sentence = " ".join(words[i] for i in chosen).replace(" q", ". Q")
+        pool.append(json.dumps(sentence))
+    target, written, i = int(gigabytes * 1e9), 0, 0
+    with open(path.with_suffix(".tmp"), "w") as out:
+        while written < target:
+            line = f'{{"id": {i}, "text": {pool[int(rng.integers(len(pool)))]}}}\n'
+            out.write(line)
+            written += len(line)
+            i += 1
+    path.with_suffix(".tmp").rename(path)
+
+
+def prepare(corpus: Path, sample: int, workers: int | None = None) -> dict:
+    """`llmspec prepare --json` in a fresh cache, its peak memory (the process tree's summed RSS, sampled)."""
+    cache = tempfile.mkdtemp(prefix="llmspec-bench-cache-")
+    spec = Path(cache) / "spec.yaml"
+    spec.write_text(SPEC.format(path=corpus, sample=sample))
+    args = [sys.executable, "-m", "llmspec", "prepare", str(spec), "--json"]
+    if workers:
+        args += ["--set", f"data.workers={workers}"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env={**os.environ, "LLMSPEC_CACHE": cache})
+    tree, peak, start = psutil.Process(process.pid), 0, time.perf_counter()
+    while process.poll() is None:
+        try:
+            rss = tree.memory_info().rss + sum(c.memory_info().rss for c in tree.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    out, err = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"prepare failed: {err[-2000:]}")
+    result = json.loads(out)
+    result.update(peak_rss=peak, wall=time.perf_counter() - start, cache=cache)
+    return result
+
+
+def encode_batch(tokenizer: str, corpus: Path, sample_bytes: int, threads: int, method: str) -> float:
+    """Tokens per second of encode_batch on the corpus's first ``sample_bytes``, on ``threads`` threads."""
+    out = subprocess.run([sys.executable, "-c", ENCODE.format(method=method), tokenizer, str(corpus),
+                          str(sample_bytes)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"})
+    result = json.loads(out.stdout)
+    return result["tokens"] / result["seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[0.5, 3.0], help="corpus sizes in GB")
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "llmspec-bench-data")
+    parser.add_argument("--sample-mb", type=float, default=32, help="text encode_batch is timed on (MB)")
+    parser.add_argument("--tokenizer-sample-mb", type=float, default=64, help="data.tokenizer.sample_bytes (MB)")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    cores = len(os.sched_getaffinity(0))
+    rows = []
+    for size in args.sizes:
+        corpus = args.dir / f"corpus-{size:g}gb.jsonl"
+        started = time.perf_counter()
+        generate(corpus, size)
+        print(f"corpus {corpus} ({corpus.stat().st_size / 1e9:.2f} GB) ready in {time.perf_counter() - started:.0f} s",
+              flush=True)
+        result = prepare(corpus, int(args.tokenizer_sample_mb * 1e6))
+        rows.append((size, corpus, result))
+        print(f"  prepare: {result['tokens']:,} tokens in {result['wall']:.0f} s (encoding "
+              f"{result['encoding_seconds']:.0f} s), peak RSS {result['peak_rss'] / 2**30:.2f} GiB", flush=True)
+    size, corpus, result = rows[0]
+    sample = int(args.sample_mb * 1e6)
+    one = encode_batch(result["tokenizer"], corpus, sample, 1, "encode_batch")
+    every = encode_batch(result["tokenizer"], corpus, sample, cores, "encode_batch")
+    fast = encode_batch(result["tokenizer"], corpus, sample, cores, "encode_batch_fast")
+    print(f"\n{'':44s}{'tokens/s':>12s}{'vs encode_batch × ' + str(cores) + ' threads':>34s}")
+    print(f"{'HF encode_batch, 1 thread':44s}{one:12,.0f}{one / every:34.2f}")
+    print(f"{f'HF encode_batch, {cores} threads':44s}{every:12,.0f}{1.0:34.2f}")
+    print(f"{f'HF encode_batch_fast, {cores} threads':44s}{fast:12,.0f}{fast / every:34.2f}")
+    for size, _, result in rows:
+        rate = result["tokens"] / result["encoding_seconds"]
+        name = f"llmspec prepare {size:g} GB, {cores} workers (encoding)"
+        print(f"{name:44s}{rate:12,.0f}{rate / every:34.2f}")
+        whole = result["tokens"] / result["wall"]
+        name = f"llmspec prepare {size:g} GB, whole (tokenizer too)"
+        print(f"{name:44s}{whole:12,.0f}{whole / every:34.2f}")
+    print(f"\n{'corpus':>8s}{'tokens':>16s}{'documents':>12s}{'peak RSS':>12s}{'vs first':>10s}{'wall':>9s}")
+    first = rows[0][2]["peak_rss"]
+    for size, _, result in rows:
+        print(f"{size:6g}GB{result['tokens']:16,}{result['documents']:12,}{result['peak_rss'] / 2**30:10.2f}Gi"
+              f"{result['peak_rss'] / first:10.2f}{result['wall']:8.0f}s")
+
+
+if __name__ == "__main__":
+    main()
