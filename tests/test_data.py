@@ -271,3 +271,27 @@ def test_report_gives_documents_tokens_bytes_and_the_distribution(tmp_path):
     assert row["bytes"] == sum(len(t.encode()) for t in _documents(100))
     spread = result["document_tokens"]
     assert spread["min"] <= spread["p50"] <= spread["max"] and row["epochs"] > 0
+
+
+def test_the_random_sampler_draws_seeded_windows_with_replacement(tmp_path):
+    stream = _prepare(tmp_path, _documents(200)).prepared.streams("train")[0]
+    batches = PackedBatches([stream], [1.0], 32, Layout(64), seed=3, split="train", sampler="random")
+    starts = np.concatenate([batches.starts(step, 0)[1] for step in range(50)])
+    assert starts.min() >= 0 and starts.max() <= len(stream) - 33 and len(np.unique(starts)) < len(starts)
+    assert np.array_equal(batches.starts(7, 0)[1], PackedBatches([stream], [1.0], 32, Layout(64), seed=3,
+                                                                 split="train", sampler="random").starts(7, 0)[1])
+
+
+def test_the_loss_hands_segments_to_the_forward_only_when_the_batch_has_them():
+    from llmspec.train.methods.pretrain import NextToken
+
+    calls = []
+
+    def forward(inputs, targets, **kwargs):
+        calls.append(kwargs)
+        return None, torch.tensor(1.0)
+
+    x = torch.zeros(2, 4, dtype=torch.int64)
+    NextToken()(forward, x, x)
+    NextToken()(forward, x, x, x + 1)
+    assert calls[0] == {} and torch.equal(calls[1]["segments"], x + 1)
