@@ -91,6 +91,60 @@ def test_random_specs_match_the_compiled_model(spec):
 
 
 @st.composite
+def random_2026_specs(draw):
+    """A random RoPE model over the 2026 families' fields: QK-norm, norm placement, parallel residual, layer kinds
+    (sliding, chunked, full) with their spans and local RoPE base, NoPE layers, soft-caps, embedding and query
+    scales, partial rotary, RoPE scaling, GeGLU-tanh; with or without MoE."""
+    heads = draw(st.sampled_from([2, 4]))
+    head_dim = draw(st.sampled_from([8, 16]))
+    seq = draw(st.sampled_from([16, 24]))
+    qk_norm = draw(st.sampled_from(["none", "head", "full"]))
+    placement = draw(st.sampled_from(["pre", "post", "sandwich"]))
+    layers = draw(st.integers(1, 4))
+    sets = [
+        f"model.n_heads={heads}", f"model.n_kv_heads={draw(st.sampled_from([1, heads]))}",
+        f"model.d_model={heads * head_dim}", f"model.vocab_size={draw(st.integers(50, 200))}",
+        f"model.n_layers={layers}", f"model.d_ff={draw(st.sampled_from([24, 48]))}", "model.position=rope",
+        f"model.mlp={draw(st.sampled_from(['swiglu', 'geglu_tanh', 'gelu', 'relu']))}",
+        f"model.norm={'rmsnorm' if qk_norm != 'none' else draw(st.sampled_from(['layernorm', 'rmsnorm']))}",
+        f"model.qk_norm={qk_norm}", f"model.norm_placement={placement}", f"model.max_seq_len={seq}",
+        f"training.seq_len={seq}", f"model.tie_embeddings={draw(st.booleans())}", f"model.bias={draw(st.booleans())}",
+        f"training.micro_batch_size={draw(st.sampled_from([1, 2]))}",
+        f"training.precision={draw(st.sampled_from(['fp32', 'bf16']))}", "cluster.gpu=cpu", "cluster.gpus_per_node=1",
+    ]
+    if placement == "pre" and draw(st.booleans()):
+        sets.append("model.parallel_residual=true")
+    kinds = draw(st.lists(st.sampled_from(["full", "sliding", "chunked"]), min_size=1, max_size=min(layers, 3)))
+    if "sliding" in kinds:
+        sets.append(f"model.sliding_window={draw(st.integers(1, seq + 4))}")
+    if "chunked" in kinds:
+        sets.append(f"model.attention_chunk_size={draw(st.integers(1, seq + 4))}")
+    if set(kinds) != {"full"}:
+        sets.append(f"model.layer_types=[{', '.join(kinds)}]")
+        if "full" in kinds and draw(st.booleans()):
+            sets.append("model.rope_local_theta=100")
+    elif draw(st.booleans()):  # NoPE layers (SmolLM3), beside full attention only
+        sets.append(f"model.nope_layers={draw(st.integers(1, 3))}")
+    for field, value in (("attn_softcap", 20), ("final_softcap", 5), ("embed_scale", 3.5), ("query_scale", 0.2)):
+        if draw(st.booleans()):
+            sets.append(f"model.{field}={value}")
+    if draw(st.booleans()) and not any("rope_local_theta" in x for x in sets):
+        scaling = draw(st.sampled_from(["linear", "llama3", "yarn"]))
+        sets.append(f"model.rope_scaling={{type: {scaling}, factor: 2.0, original_max_seq_len: 8}}")
+    if draw(st.booleans()):
+        experts = draw(st.integers(2, 3))
+        sets += [f"model.moe.n_experts={experts}", f"model.moe.top_k={draw(st.integers(1, experts))}"]
+    return minimal(*sets)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(random_2026_specs())
+def test_random_2026_specs_match_the_compiled_model_exactly(spec):
+    _assert_exact(measure(spec))
+
+
+@st.composite
 def random_post_training_specs(draw):
     """A random dense architecture under a random post-training setup: method, adapter, targets, storage."""
     heads = draw(st.sampled_from([2, 4]))

@@ -95,7 +95,11 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "fused_qkv": int(arch.fused_qkv), "relu": int(arch.activation == "relu"),
         "layernorm": int(arch.norm == "layernorm"), "dropout": int(arch.dropout > 0),
         "norms_per_block": arch.norms_per_block, "qk_norm_head": int(arch.qk_norm == "head"),
-        "qk_norm_full": int(arch.qk_norm == "full"),
+        "qk_norm_full": int(arch.qk_norm == "full"), "post_norm": int(arch.norm_placement != "pre"),
+        "parallel_residual": int(arch.parallel_residual), "softcap": int(arch.attn_softcap is not None),
+        "final_softcap": int(arch.final_softcap is not None),
+        "rotary_dim": arch.rotary_dim,
+        "local_rope": int(arch.local_rope),
         "fp8_saved": int(tr.precision == "fp8" and tr.fp8_library == "transformer_engine"),
         # pairwise objectives run a chosen and a rejected sequence per example
         "s": seq, "B": tr.global_batch_size * pairs,
@@ -124,7 +128,8 @@ def _layer_kinds(arch: Architecture, seq: int) -> dict[str, Any]:
             layers[kind] += count
             spans[kind] = span
     return {"L_sliding": layers["sliding"], "L_chunked": layers["chunked"], "window": spans["sliding"],
-            "chunk": spans["chunked"], "masked": int(layers["sliding"] > 0 and spans["sliding"] < seq)}
+            "chunk": spans["chunked"], "masked": int(layers["sliding"] > 0 and spans["sliding"] < seq),
+            "chunk_masked": int(layers["chunked"] > 0 and spans["chunked"] < seq)}
 
 
 def layout_inputs(spec: Spec, gpus: Any = None, gpus_per_node: Any = None, tensor: Any = None, context: Any = None,

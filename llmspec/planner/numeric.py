@@ -240,9 +240,9 @@ def flops_per_token_train(adapter, flops_backward_frozen_per_token, flops_capaci
     return adapter*(flops_backward_frozen_per_token + flops_per_token_forward) + flops_reference_per_token*reference_in_step + (3 - 3*adapter)*(flops_capacity_per_token + flops_per_token_forward)
 
 
-def flops_recompute_per_token(E, K, L, V, capacity, ck_full, ck_selective, dropout, f, flops_capacity_per_token, flops_per_token_forward, gated, h, lora_down, lora_gate, lora_up, moe, r, value_head):
+def flops_recompute_per_token(E, K, L, V, capacity, ck_full, ck_selective, dropout, f, flops_capacity_per_token, flops_per_token_forward, gated, h, lora_down, lora_gate, lora_up, moe, post_norm, r, value_head):
     """forward recomputed in backward: every block (full) or the MLPs (selective), less the dense down projection that early-stopping recompute skips [FLOP]"""
-    return ck_full*(-2*L*(1 - dropout)*(1 - moe)*(f*h*(1 - lora_down) + h*lora_down*r) - V*h*(2 - 2*value_head) + flops_capacity_per_token + flops_per_token_forward - 2*h*value_head) + ck_selective*(-2*L*(1 - dropout)*(1 - moe)*(f*h*(1 - lora_down) + h*lora_down*r) + 2*L*(E*h*moe + K*capacity*f*h*(gated + 2) + r*(f + h)*(lora_down + lora_gate + lora_up)))
+    return ck_full*(-2*L*(1 - dropout)*(1 - moe)*(1 - post_norm)*(f*h*(1 - lora_down) + h*lora_down*r) - V*h*(2 - 2*value_head) + flops_capacity_per_token + flops_per_token_forward - 2*h*value_head) + ck_selective*(-2*L*(1 - dropout)*(1 - moe)*(1 - post_norm)*(f*h*(1 - lora_down) + h*lora_down*r) + 2*L*(E*h*moe + K*capacity*f*h*(gated + 2) + r*(f + h)*(lora_down + lora_gate + lora_up)))
 
 
 def flops_per_token_hardware(flops_per_token_train, flops_recompute_per_token):
@@ -320,24 +320,34 @@ def act_norm(e, e_stat, h, layernorm):
     return layernorm*(e*h + 2*e_stat) + (1 - layernorm)*(8*h + 4)
 
 
-def act_attention(a, act_norm, d_h, dropout, e, e_mask, fp8_saved, h, k):
-    """per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the o_proj input; its FP8 copy under Transformer Engine), fp32 log-sum-exp (+ dropout mask) [B]"""
-    return a*d_h*(e + fp8_saved) + 4*a + act_norm + d_h*e*(a + 2*k) + dropout*e_mask*h + h*(e - fp8_saved*(e - 1))
+def act_qk_norm(a, d_h, k, qk_norm_full, qk_norm_head):
+    """per token, one block's QK-norms: what RMSNorm saves of q and k (per head, or whole) [B]"""
+    return qk_norm_full*(d_h*(8*a + 8*k) + 8) + qk_norm_head*(a + k)*(8*d_h + 4)
 
 
-def act_mlp(E, K, act_norm, capacity, dropout, e, e_mask, f, fp8_saved, gated, h, moe, relu):
+def act_attention(a, act_norm, act_qk_norm, d_h, dropout, e, e_mask, fp8_saved, h, k, norms_per_block, s, softcap):
+    """per token: norm(s), q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the o_proj input; its FP8 copy under Transformer Engine), fp32 log-sum-exp (+ dropout mask); QK-norms; soft-capped: k and v repeated to every head and the s keys' scores of each head (tanh, fp32 softmax, its cast) instead of the log-sum-exp [B]"""
+    return a*d_h*(e + fp8_saved) + a*s*softcap*(e*(2 - 1/2*e) + e + 4) + a*(4 - 4*softcap) + (1/2)*act_norm*norms_per_block + act_qk_norm + d_h*e*(a + 2*k + 2*softcap*(a - k)) + dropout*e_mask*h + h*(e - fp8_saved*(e - 1))
+
+
+def act_mlp(E, K, act_norm, capacity, dropout, e, e_mask, f, fp8_saved, gated, h, moe, norms_per_block, relu):
     """per token: norm, MLP input, hidden tensors (GELU 2f, ReLU f, SwiGLU/GeGLU 4f; the down projection's input in FP8 under Transformer Engine); MoE: fp32 router probabilities, top-k indices (int64) and weights with their sum; per expert row computed the gathered input, hidden tensors and expert output, per routed token kept its weighted output and weight, per routed token its (token, slot) indices (the kept ones view them all) [B]"""
-    return act_norm + dropout*e_mask*h + f*(1 - moe)*(e*(2*gated - relu + 2) + fp8_saved*(relu - (1 - relu)*(e - 1))) + h*(e*moe + (1 - moe)*(e - fp8_saved*(e - 1))) + moe*(4*E + K*(capacity*(e*h + f*(e*(2*gated - relu + 2) + fp8_saved*(relu - (1 - relu)*(e - 1))) + h*(e - fp8_saved*(e - 1))) + (e*h + e)*_min(1, capacity) + 16) + 12*K + 4)
+    return (1/2)*act_norm*norms_per_block + dropout*e_mask*h + f*(1 - moe)*(e*(2*gated - relu + 2) + fp8_saved*(relu - (1 - relu)*(e - 1))) + h*(e*moe + (1 - moe)*(e - fp8_saved*(e - 1))) + moe*(4*E + K*(capacity*(e*h + f*(e*(2*gated - relu + 2) + fp8_saved*(relu - (1 - relu)*(e - 1))) + h*(e - fp8_saved*(e - 1))) + (e*h + e)*_min(1, capacity) + 16) + 12*K + 4)
 
 
-def act_layer(act_attention, act_mlp):
+def act_shared_input(e, h, layernorm, parallel_residual):
+    """per token, one block: the block input that a parallel residual's two readers keep once [B]"""
+    return parallel_residual*(e*h*layernorm + h*(2 - 2*layernorm)*(e - 2))
+
+
+def act_layer(act_attention, act_mlp, act_shared_input):
     """per token, one block, nothing recomputed [B]"""
-    return act_attention + act_mlp
+    return act_attention + act_mlp - act_shared_input
 
 
-def act_attention_split(a, d_h, e, fp8_saved, k):
-    """of act_attention, what tensor parallelism splits by heads: q, k, v, SDPA out, log-sum-exp [B]"""
-    return a*d_h*(e + fp8_saved) + 4*a + d_h*e*(a + 2*k)
+def act_attention_split(a, d_h, e, fp8_saved, k, qk_norm_head, s, softcap):
+    """of act_attention, what tensor parallelism splits by heads: q, k, v, SDPA out, log-sum-exp or the soft-capped scores, per-head QK-norms [B]"""
+    return a*d_h*(e + fp8_saved) + a*s*softcap*(e*(2 - 1/2*e) + e + 4) + a*(4 - 4*softcap) + d_h*e*(a + 2*k + 2*softcap*(a - k)) + qk_norm_head*(a + k)*(8*d_h + 4)
 
 
 def act_mlp_split(K, capacity, e, f, fp8_saved, gated, relu):
@@ -345,9 +355,9 @@ def act_mlp_split(K, capacity, e, f, fp8_saved, gated, relu):
     return K*capacity*f*(e*(2*gated - relu + 2) + fp8_saved*(relu - (1 - relu)*(e - 1)))
 
 
-def act_layer_kept(act_attention, act_layer, ck_full, ck_none, ck_selective, e, h):
+def act_layer_kept(act_attention, act_layer, act_shared_input, ck_full, ck_none, ck_selective, e, h):
     """per token, one block, as kept for backward: all, attention + MLP input (selective), or the block input (full) [B]"""
-    return act_layer*ck_none + ck_full*e*h + ck_selective*(act_attention + e*h)
+    return act_layer*ck_none + ck_full*e*h + ck_selective*(act_attention - act_shared_input + e*h)
 
 
 def act_layer_kept_split(act_attention_split, act_mlp_split, ck_none, ck_selective):
@@ -375,14 +385,14 @@ def act_embedding(adapter, dropout, e_mask, h):
     return (1 - adapter)*(dropout*e_mask*h + 8)
 
 
-def act_head(V, act_norm, act_norm_frozen, adapter, e, h, response_mask, value_head):
-    """per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 log-softmax and int64 targets (+ DPO's bool response mask) [B]"""
-    return act_norm*(1 - adapter) + act_norm_frozen*adapter + e*h*(-adapter*(1 - value_head) + 1) + response_mask + (1 - value_head)*(4*V + 8)
+def act_head(V, act_norm, act_norm_frozen, adapter, e, final_softcap, h, response_mask, value_head):
+    """per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 log-softmax and int64 targets (+ the soft-capped logits' tanh, DPO's bool response mask) [B]"""
+    return act_norm*(1 - adapter) + act_norm_frozen*adapter + e*h*(-adapter*(1 - value_head) + 1) + response_mask - 8*value_head + (1 - value_head)*(V*e*final_softcap + 4*V) + 8
 
 
-def act_tables(L, P, adapter, ck_full, cp, d_h, e, learned, lora_k, lora_q, lora_qkv, lora_v, masked, n_virtual, prefix, rope, s):
-    """once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window or prefix mask [B]"""
-    return 2*P*d_h*e*rope*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - _min(1, L - 1)) + 1) + e*prefix*s*(n_virtual + s) + e*masked*s**2*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix)*(1 - _min(1, L - 1)) + 1)/cp + 8*learned*s*(1 - adapter)/cp
+def act_tables(L, P, adapter, chunk_masked, ck_full, cp, e, learned, local_rope, lora_k, lora_q, lora_qkv, lora_v, masked, n_virtual, prefix, rope, rotary_dim, s, softcap):
+    """once per micro-batch: RoPE cos/sin tables (a second pair for local layers' base; or position ids), the sliding-window, chunk or prefix mask SDPA keeps (soft-capped attention adds its masks to the scores and keeps none, but a fully checkpointed block keeps its arguments) [B]"""
+    return 2*P*e*rope*rotary_dim*(local_rope + 1)*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - _min(1, L - 1)) + 1) + e*prefix*s*(n_virtual + s) + e*s**2*(chunk_masked + masked)*(-softcap*(1 - ck_full) + 1)*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix)*(1 - _min(1, L - 1)) + 1)/cp + 8*learned*s*(1 - adapter)/cp
 
 
 def inflight(m, p, rank, v):
@@ -390,9 +400,9 @@ def inflight(m, p, rank, v):
     return _min(m, (1 - _min(1, v - 1))*(p - rank) + (p*(v - 1) + 2*p - 2*rank - 1)*_min(1, v - 1)/v)
 
 
-def memory_activations(L_here, V, act_embedding, act_first_layer_kept_frozen, act_head, act_layer_kept, act_layer_kept_frozen, act_layer_kept_split, act_tables, adapter, b, ck_none, ck_selective, cp, d_h, e, first_stage, inflight, k, last_stage, loss_saved, n_virtual, prefix, s, sequence_parallel, t):
+def memory_activations(L_here, V, act_embedding, act_first_layer_kept_frozen, act_head, act_layer_kept, act_layer_kept_frozen, act_layer_kept_split, act_tables, adapter, b, ck_none, ck_selective, cp, d_h, e, final_softcap, first_stage, inflight, k, last_stage, loss_saved, n_virtual, prefix, s, sequence_parallel, t, value_head):
     """saved for backward by the micro-batches in flight (1F1B: p on the first stage; the head and the loss's fp32 total weight: one); heads, MLP width and vocabulary split t ways, the rest too under sequence parallelism; a GPU holds its 1/cp of each sequence's positions [B]"""
-    return 2*L_here*b*d_h*e*inflight*k*n_virtual*prefix*(ck_none + ck_selective) + act_tables*first_stage + b*inflight*s*(L_here*(1 - adapter)*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + adapter*(act_first_layer_kept_frozen + act_layer_kept_frozen*(L_here - 1)))/cp + b*last_stage*s*(4*V/t + (-4*V + act_head)/(sequence_parallel*(t - 1) + 1))/cp + last_stage*loss_saved
+    return 2*L_here*b*d_h*e*inflight*k*n_virtual*prefix*(ck_none + ck_selective) + act_tables*first_stage + b*inflight*s*(L_here*(1 - adapter)*(act_layer_kept_split/t + (act_layer_kept - act_layer_kept_split)/(sequence_parallel*(t - 1) + 1)) + act_embedding*first_stage/(sequence_parallel*(t - 1) + 1) + adapter*(act_first_layer_kept_frozen + act_layer_kept_frozen*(L_here - 1)))/cp + b*last_stage*s*((act_head - (1 - value_head)*(V*e*final_softcap + 4*V))/(sequence_parallel*(t - 1) + 1) + (1 - value_head)*(V*e*final_softcap + 4*V)/t)/cp + last_stage*loss_saved
 
 
 def buffer_logits(V, b, cp, e, last_stage, s, t):
@@ -465,9 +475,9 @@ def time_attention_kernels(B, F_peak, L, a, attention_bwd_eff, attention_context
     return B*flops_attention_per_token*s*(1 - attention_materialised)*(attention_context + attention_half_context)*((ck_full + 1)/attention_fwd_eff + 2/attention_bwd_eff)/(F_peak*attention_context*n_gpu) + attention_materialised*(4*B*L*a*e*s**2*(ck_full + 3)/(bw_memory*n_gpu) + B*flops_attention_per_token*s**2*(ck_full + 3)/(F_peak*attention_context*eff*n_gpu))
 
 
-def bytes_elementwise_per_token(K, L, V, a, capacity, ck_full, ck_selective, d_h, e, elementwise_passes, f, gated, h, k, rope, sequence_parallel, t):
+def bytes_elementwise_per_token(K, L, V, a, capacity, ck_full, ck_selective, d_h, e, elementwise_passes, f, gated, h, k, layernorm, norms_per_block, qk_norm_full, qk_norm_head, rope, sequence_parallel, t):
     """HBM bytes the memory-bound kernels move per token, summed over the GPUs that process it [B]"""
-    return elementwise_passes*(L*(K*capacity*e*f*(gated + 2)*(ck_full + ck_selective + 3) + e*(ck_full + 3)*(2*d_h*rope*(a + k) + 10*h*(-sequence_parallel*(t - 1) + t))) + V*(2*e + 12))
+    return L*(K*capacity*e*f*(gated + 2)*(ck_full + ck_selective + 3) + e*(ck_full + 3)*(2*d_h*elementwise_passes*rope*(a + k) + d_h*(a + k)*(2*qk_norm_full + 2*qk_norm_head)*(elementwise_passes*(1 - layernorm) + layernorm) + h*(2*norms_per_block*(elementwise_passes*(1 - layernorm) + layernorm) + 6)*(-sequence_parallel*(t - 1) + t))) + V*(2*e + 12)
 
 
 def time_elementwise(B, bw_memory, bytes_elementwise_per_token, n_gpu, s):
@@ -932,7 +942,7 @@ ARGUMENTS = {
     'flops_backward_frozen_per_token': ('L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'n_virtual', 'prefix', 'r', 'value_head'),
     'flops_reference_per_token': ('E', 'K', 'L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'n_virtual', 'params_lora_layer', 'prefix', 'reference_copy', 'reference_forward'),
     'flops_per_token_train': ('adapter', 'flops_backward_frozen_per_token', 'flops_capacity_per_token', 'flops_per_token_forward', 'flops_reference_per_token', 'reference_in_step'),
-    'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'capacity', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_capacity_per_token', 'flops_per_token_forward', 'gated', 'h', 'lora_down', 'lora_gate', 'lora_up', 'moe', 'r', 'value_head'),
+    'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'capacity', 'ck_full', 'ck_selective', 'dropout', 'f', 'flops_capacity_per_token', 'flops_per_token_forward', 'gated', 'h', 'lora_down', 'lora_gate', 'lora_up', 'moe', 'post_norm', 'r', 'value_head'),
     'flops_per_token_hardware': ('flops_per_token_train', 'flops_recompute_per_token'),
     'flops_per_step': ('B', 'flops_per_token_train', 's'),
     'flops_total': ('D', 'flops_per_token_train'),
@@ -948,21 +958,23 @@ ARGUMENTS = {
     'experts_per_gpu': ('E', 'ep', 'moe'),
     'memory_model_states': ('memory_frozen', 'memory_gathered', 'memory_gradients', 'memory_optimizer', 'memory_weights'),
     'act_norm': ('e', 'e_stat', 'h', 'layernorm'),
-    'act_attention': ('a', 'act_norm', 'd_h', 'dropout', 'e', 'e_mask', 'fp8_saved', 'h', 'k'),
-    'act_mlp': ('E', 'K', 'act_norm', 'capacity', 'dropout', 'e', 'e_mask', 'f', 'fp8_saved', 'gated', 'h', 'moe', 'relu'),
-    'act_layer': ('act_attention', 'act_mlp'),
-    'act_attention_split': ('a', 'd_h', 'e', 'fp8_saved', 'k'),
+    'act_qk_norm': ('a', 'd_h', 'k', 'qk_norm_full', 'qk_norm_head'),
+    'act_attention': ('a', 'act_norm', 'act_qk_norm', 'd_h', 'dropout', 'e', 'e_mask', 'fp8_saved', 'h', 'k', 'norms_per_block', 's', 'softcap'),
+    'act_mlp': ('E', 'K', 'act_norm', 'capacity', 'dropout', 'e', 'e_mask', 'f', 'fp8_saved', 'gated', 'h', 'moe', 'norms_per_block', 'relu'),
+    'act_shared_input': ('e', 'h', 'layernorm', 'parallel_residual'),
+    'act_layer': ('act_attention', 'act_mlp', 'act_shared_input'),
+    'act_attention_split': ('a', 'd_h', 'e', 'fp8_saved', 'k', 'qk_norm_head', 's', 'softcap'),
     'act_mlp_split': ('K', 'capacity', 'e', 'f', 'fp8_saved', 'gated', 'relu'),
-    'act_layer_kept': ('act_attention', 'act_layer', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
+    'act_layer_kept': ('act_attention', 'act_layer', 'act_shared_input', 'ck_full', 'ck_none', 'ck_selective', 'e', 'h'),
     'act_layer_kept_split': ('act_attention_split', 'act_mlp_split', 'ck_none', 'ck_selective'),
     'act_norm_frozen': ('e', 'e_stat', 'h', 'layernorm'),
     'act_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'fused_qkv', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
     'act_first_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'fused_qkv', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'prefix', 'r', 'relu'),
     'act_embedding': ('adapter', 'dropout', 'e_mask', 'h'),
-    'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'e', 'h', 'response_mask', 'value_head'),
-    'act_tables': ('L', 'P', 'adapter', 'ck_full', 'cp', 'd_h', 'e', 'learned', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 's'),
+    'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'e', 'final_softcap', 'h', 'response_mask', 'value_head'),
+    'act_tables': ('L', 'P', 'adapter', 'chunk_masked', 'ck_full', 'cp', 'e', 'learned', 'local_rope', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 'rotary_dim', 's', 'softcap'),
     'inflight': ('m', 'p', 'rank', 'v'),
-    'memory_activations': ('L_here', 'V', 'act_embedding', 'act_first_layer_kept_frozen', 'act_head', 'act_layer_kept', 'act_layer_kept_frozen', 'act_layer_kept_split', 'act_tables', 'adapter', 'b', 'ck_none', 'ck_selective', 'cp', 'd_h', 'e', 'first_stage', 'inflight', 'k', 'last_stage', 'loss_saved', 'n_virtual', 'prefix', 's', 'sequence_parallel', 't'),
+    'memory_activations': ('L_here', 'V', 'act_embedding', 'act_first_layer_kept_frozen', 'act_head', 'act_layer_kept', 'act_layer_kept_frozen', 'act_layer_kept_split', 'act_tables', 'adapter', 'b', 'ck_none', 'ck_selective', 'cp', 'd_h', 'e', 'final_softcap', 'first_stage', 'inflight', 'k', 'last_stage', 'loss_saved', 'n_virtual', 'prefix', 's', 'sequence_parallel', 't', 'value_head'),
     'buffer_logits': ('V', 'b', 'cp', 'e', 'last_stage', 's', 't'),
     'buffer_recompute': ('act_attention_split', 'act_layer', 'act_mlp', 'act_mlp_split', 'act_norm', 'b', 'ck_full', 'ck_selective', 'cp', 's', 'sequence_parallel', 't'),
     'buffer_zero': ('g_bucket', 'overlap_comm', 'prefetch_bucket', 'psi', 'reduce_bucket', 'w_bytes', 'zero12', 'zero3'),
@@ -977,7 +989,7 @@ ARGUMENTS = {
     'host_zero3': ('P_L', 'gpus_per_node'),
     'time_matmul': ('B', 'F_matmul', 'ck_full', 'eff', 'flops_attention_per_token', 'flops_per_token_hardware', 'n_gpu', 's'),
     'time_attention_kernels': ('B', 'F_peak', 'L', 'a', 'attention_bwd_eff', 'attention_context', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'bw_memory', 'ck_full', 'e', 'eff', 'flops_attention_per_token', 'n_gpu', 's'),
-    'bytes_elementwise_per_token': ('K', 'L', 'V', 'a', 'capacity', 'ck_full', 'ck_selective', 'd_h', 'e', 'elementwise_passes', 'f', 'gated', 'h', 'k', 'rope', 'sequence_parallel', 't'),
+    'bytes_elementwise_per_token': ('K', 'L', 'V', 'a', 'capacity', 'ck_full', 'ck_selective', 'd_h', 'e', 'elementwise_passes', 'f', 'gated', 'h', 'k', 'layernorm', 'norms_per_block', 'qk_norm_full', 'qk_norm_head', 'rope', 'sequence_parallel', 't'),
     'time_elementwise': ('B', 'bw_memory', 'bytes_elementwise_per_token', 'n_gpu', 's'),
     'time_compute': ('time_attention_kernels', 'time_elementwise', 'time_matmul'),
     'pipeline_imbalance': ('L', 'L_last', 'L_max', 'V', 'flops_per_token_hardware', 'h', 'p'),
@@ -1101,6 +1113,7 @@ Name = Literal[
     'capacity',
     'causal',
     'chunk',
+    'chunk_masked',
     'ck_full',
     'ck_none',
     'ck_selective',
@@ -1134,6 +1147,7 @@ Name = Literal[
     'ep_comm_overlap',
     'epochs',
     'f',
+    'final_softcap',
     'first_stage',
     'fp8_saved',
     'fused_qkv',
@@ -1150,6 +1164,7 @@ Name = Literal[
     'last_stage',
     'layernorm',
     'learned',
+    'local_rope',
     'lora_down',
     'lora_dropout',
     'lora_gate',
@@ -1171,6 +1186,8 @@ Name = Literal[
     'offload',
     'overlap_comm',
     'p',
+    'parallel_residual',
+    'post_norm',
     'prefetch_bucket',
     'prefix',
     'price',
@@ -1195,10 +1212,12 @@ Name = Literal[
     'rollouts_per_gpu',
     'rollouts_per_step',
     'rope',
+    'rotary_dim',
     's',
     'score_policy',
     'sequence_parallel',
     'shard',
+    'softcap',
     'steps',
     't',
     'tied',
@@ -1271,8 +1290,10 @@ Name = Literal[
     'experts_per_gpu',
     'memory_model_states',
     'act_norm',
+    'act_qk_norm',
     'act_attention',
     'act_mlp',
+    'act_shared_input',
     'act_layer',
     'act_attention_split',
     'act_mlp_split',
@@ -1386,7 +1407,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_chunked', 'L_here', 'L_last', 'L_max', 'L_sliding', 'P', 'P_L', 'V', 'a', 'adapter', 'attention_bwd_eff', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_memory', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'chunk', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'critic_flops_per_step', 'critic_flops_per_token_forward', 'critic_flops_per_token_hardware', 'critic_flops_per_token_train', 'critic_memory_activations', 'critic_memory_buffers', 'critic_memory_frozen', 'critic_memory_gathered', 'critic_memory_gradients', 'critic_memory_model_states', 'critic_memory_optimizer', 'critic_memory_weights', 'critic_time_step', 'd_h', 'double_quant', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'elementwise_passes', 'ep', 'ep_comm_overlap', 'epochs', 'f', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'norms_per_block', 'o_bpp', 'offload', 'overlap_comm', 'p', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qk_norm_full', 'qk_norm_head', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reduce_bucket_bytes', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'response_mask', 'reward_bytes_frozen_model', 'reward_flops_per_token_forward', 'reward_model', 'rollouts_per_gpu', 'rollouts_per_step', 'rope', 's', 'score_policy', 'sequence_parallel', 'shard', 'steps', 't', 'tied', 'tp_comm_overlap', 'trains_critic', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_chunked', 'L_here', 'L_last', 'L_max', 'L_sliding', 'P', 'P_L', 'V', 'a', 'adapter', 'attention_bwd_eff', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_memory', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'chunk', 'chunk_masked', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'critic_flops_per_step', 'critic_flops_per_token_forward', 'critic_flops_per_token_hardware', 'critic_flops_per_token_train', 'critic_memory_activations', 'critic_memory_buffers', 'critic_memory_frozen', 'critic_memory_gathered', 'critic_memory_gradients', 'critic_memory_model_states', 'critic_memory_optimizer', 'critic_memory_weights', 'critic_time_step', 'd_h', 'double_quant', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'elementwise_passes', 'ep', 'ep_comm_overlap', 'epochs', 'f', 'final_softcap', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'local_rope', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'norms_per_block', 'o_bpp', 'offload', 'overlap_comm', 'p', 'parallel_residual', 'post_norm', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qk_norm_full', 'qk_norm_head', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reduce_bucket_bytes', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'response_mask', 'reward_bytes_frozen_model', 'reward_flops_per_token_forward', 'reward_model', 'rollouts_per_gpu', 'rollouts_per_step', 'rope', 'rotary_dim', 's', 'score_policy', 'sequence_parallel', 'shard', 'softcap', 'steps', 't', 'tied', 'tp_comm_overlap', 'trains_critic', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1447,8 +1468,10 @@ GROUPS = {
     'experts_per_gpu': 'Memory: model states',
     'memory_model_states': 'Memory: model states',
     'act_norm': 'Memory: activations',
+    'act_qk_norm': 'Memory: activations',
     'act_attention': 'Memory: activations',
     'act_mlp': 'Memory: activations',
+    'act_shared_input': 'Memory: activations',
     'act_layer': 'Memory: activations',
     'act_attention_split': 'Memory: activations',
     'act_mlp_split': 'Memory: activations',

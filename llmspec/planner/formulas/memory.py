@@ -20,11 +20,13 @@ from llmspec.planner.formulas.symbols import (
     adapter,
     b,
     cf,
+    chunk_masked,
     ck_full,
     ck_none,
     ck_sel,
     cp,
     d_h,
+    d_rot,
     dp,
     drop,
     e,
@@ -49,6 +51,8 @@ from llmspec.planner.formulas.symbols import (
     lk,
     ln,
     lo,
+    local_rope,
+    logit_cap,
     loss_saved,
     lq,
     lqkv,
@@ -58,13 +62,17 @@ from llmspec.planner.formulas.symbols import (
     masked,
     moe,
     n_gpu,
+    n_norm,
     n_v,
     o_bpp,
     overlap,
     p,
+    par_res,
     prefetch_bucket,
     prefix,
     psi,
+    qk_full,
+    qk_head,
     rank,
     rank_pp,
     reduce_bucket,
@@ -73,6 +81,7 @@ from llmspec.planner.formulas.symbols import (
     rope,
     s,
     s_local,
+    softcap,
     sp_on,
     t,
     te,
@@ -118,13 +127,26 @@ norm_saved = define("act_norm", ln * (h * e + 2 * e_stat) + (1 - ln) * (8 * h + 
 # output (the o_proj input), ReLU's output (the down projection's), the MoE layer input (the 16-bit router's).
 e_in = e - te * (e - 1)  # bytes per element of an input only a linear saves
 down_extra = te * (relu - (1 - relu) * (e - 1))  # the down projection's input: an FP8 copy, or FP8 instead
-act_attn = define("act_attention", norm_saved + h * e_in + (a + 2 * k) * d_h * e + a * d_h * (e + te) + 4 * a
-                  + drop * h * e_mask,
-                  "per token: norm, q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the "
-                  "o_proj input; its FP8 copy under Transformer Engine), fp32 log-sum-exp (+ dropout mask)", "B")
+half_norms = n_norm / 2  # norms in each half of a block: one (pre or post), two (sandwich)
+cast = (4 - e) / 2  # 1 when a cast from fp32 to the activation dtype makes a copy (16-bit), 0 in fp32
+# QK-norm (composite RMSNorm, as act_norm): an fp32 copy of its input, the fp32 normalised values, fp32 rstd per
+# row; a row is a head (head), or a token's whole q or k projection (full)
+act_qk = define("act_qk_norm", qk_head * (a + k) * (8 * d_h + 4) + qk_full * (8 * (a + k) * d_h + 8),
+                "per token, one block's QK-norms: what RMSNorm saves of q and k (per head, or whole)", "B")
+# Soft-capped attention is written out (SDPA cannot cap scores): q·kᵀ keeps q and k repeated to every query head,
+# tanh keeps its output, softmax its fp32 output, and the product with v that output cast to the activation dtype
+# (a copy in 16 bits) and v repeated; no log-sum-exp.
+heads_kv = k + softcap * (a - k)  # key/value heads as saved: repeated to a heads where attention is written out
+scores = softcap * a * s * (e + 4 + cast * e)
+act_attn = define("act_attention", half_norms * norm_saved + h * e_in + (a + 2 * heads_kv) * d_h * e
+                  + a * d_h * (e + te) + (1 - softcap) * 4 * a + scores + act_qk + drop * h * e_mask,
+                  "per token: norm(s), q/k/v input, q, k, v, SDPA out (laid out (b, s, heads, d_h), so it is also the "
+                  "o_proj input; its FP8 copy under Transformer Engine), fp32 log-sum-exp (+ dropout mask); QK-norms; "
+                  "soft-capped: k and v repeated to every head and the s keys' scores of each head (tanh, fp32 "
+                  "softmax, its cast) instead of the log-sum-exp", "B")
 hidden_mult = 2 - relu + 2 * gated
 hidden_saved = hidden_mult * e + down_extra  # bytes per hidden unit (per f)
-act_mlp = define("act_mlp", norm_saved + h * (moe * e + (1 - moe) * e_in) + (1 - moe) * hidden_saved * f
+act_mlp = define("act_mlp", half_norms * norm_saved + h * (moe * e + (1 - moe) * e_in) + (1 - moe) * hidden_saved * f
                  + moe * (K * (cf * (h * e_in + h * e + hidden_saved * f) + kept * (h * e + e) + 16) + 4 * E + 12 * K
                           + 4)
                  + drop * h * e_mask,
@@ -133,13 +155,19 @@ act_mlp = define("act_mlp", norm_saved + h * (moe * e + (1 - moe) * e_in) + (1 -
                  "probabilities, top-k indices (int64) and weights with their sum; per expert row computed the "
                  "gathered input, hidden tensors and expert output, per routed token kept its weighted output and "
                  "weight, per routed token its (token, slot) indices (the kept ones view them all)", "B")
-act_layer = define("act_layer", act_attn + act_mlp, "per token, one block, nothing recomputed", "B")
-act_attn_split = define("act_attention_split", (a + 2 * k) * d_h * e + a * d_h * (e + te) + 4 * a,
+# With a parallel residual both norms read the block input: a LayerNorm keeps that input itself (and an fp32
+# RMSNorm's fp32 copy is that input), so the two norms — or the attention norm and a selective checkpoint of the
+# MLP — keep one tensor between them.
+shared = define("act_shared_input", par_res * (ln * h * e + (1 - ln) * 2 * h * (e - 2)),
+                "per token, one block: the block input that a parallel residual's two readers keep once", "B")
+act_layer = define("act_layer", act_attn + act_mlp - shared, "per token, one block, nothing recomputed", "B")
+act_attn_split = define("act_attention_split", (a + 2 * heads_kv) * d_h * e + a * d_h * (e + te)
+                        + (1 - softcap) * 4 * a + scores + qk_head * (a + k) * (8 * d_h + 4),
                         "of act_attention, what tensor parallelism splits by heads: q, k, v, SDPA out, "
-                        "log-sum-exp", "B")
+                        "log-sum-exp or the soft-capped scores, per-head QK-norms", "B")
 act_mlp_split = define("act_mlp_split", K * cf * hidden_saved * f,
                        "of act_mlp, the hidden tensors tensor parallelism splits by width", "B")
-act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h * e) + ck_full * h * e,
+act_kept = define("act_layer_kept", ck_none * act_layer + ck_sel * (act_attn + h * e - shared) + ck_full * h * e,
                   "per token, one block, as kept for backward: all, attention + MLP input (selective), or the "
                   "block input (full)", "B")
 act_kept_split = define("act_layer_kept_split", ck_none * (act_attn_split + act_mlp_split) + ck_sel * act_attn_split,
@@ -194,14 +222,18 @@ rope_kept = 1 - adapter * (1 - ck_full) * (1 - _any(deep, lq, lk, lqkv))
 mask_kept = 1 - adapter * (1 - ck_full) * (1 - _any(deep, lq, lk, lv, lqkv, prefix))
 act_embed = define("act_embedding", (1 - adapter) * (8 + drop * h * e_mask),
                    "per token: int64 ids (+ dropout mask); nothing for a frozen embedding", "B")
+vocab_saved = (1 - vh) * (4 * V + logit_cap * V * e)
 act_head = define("act_head", (1 - adapter) * norm_saved + adapter * norm_frozen
-                  + h * e * (1 - adapter * (1 - vh)) + (1 - vh) * (4 * V + 8) + resp_mask,
+                  + h * e * (1 - adapter * (1 - vh)) + (1 - vh) * 8 + vocab_saved + resp_mask,
                   "per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 "
-                  "log-softmax and int64 targets (+ DPO's bool response mask)", "B")
-act_tables = define("act_tables", rope * rope_kept * 2 * P * d_h * e + (1 - adapter) * learned * 8 * s_local
-                    + mask_kept * masked * s_local * s * e + prefix * s * (s + n_v) * e,
-                    "once per micro-batch: RoPE cos/sin tables (or position ids), the sliding-window or prefix "
-                    "mask", "B")
+                  "log-softmax and int64 targets (+ the soft-capped logits' tanh, DPO's bool response mask)", "B")
+tables = rope * rope_kept * 2 * P * d_rot * (1 + local_rope) * e
+act_tables = define("act_tables", tables + (1 - adapter) * learned * 8 * s_local
+                    + mask_kept * (1 - softcap * (1 - ck_full)) * (masked + chunk_masked) * s_local * s * e
+                    + prefix * s * (s + n_v) * e,
+                    "once per micro-batch: RoPE cos/sin tables (a second pair for local layers' base; or position "
+                    "ids), the sliding-window, chunk or prefix mask SDPA keeps (soft-capped attention adds its "
+                    "masks to the scores and keeps none, but a fully checkpointed block keeps its arguments)", "B")
 # Without sequence parallelism, tensor-parallel ranks hold the activations outside the split matmuls whole.
 t_whole = 1 + sp_on * (t - 1)
 layers_kept = ((1 - adapter) * L_here * ((act_kept - act_kept_split) / t_whole + act_kept_split / t)
@@ -217,7 +249,7 @@ inflight = define("inflight", sp.Min(m, (1 - interleaved) * (p - rank_pp)
 # stage (its last chunk, interleaved), whatever the blocks before it hold.
 acts = define("memory_activations",
               inflight * b * s_local * (layers_kept + first * act_embed / t_whole)
-              + last * b * s_local * ((act_head - 4 * V) / t_whole + 4 * V / t)
+              + last * b * s_local * ((act_head - vocab_saved) / t_whole + vocab_saved / t)
               + inflight * prefix * (ck_none + ck_sel) * L_here * b * n_v * 2 * k * d_h * e
               + first * act_tables + last * loss_saved,
               "saved for backward by the micro-batches in flight (1F1B: p on the first stage; the head and the "

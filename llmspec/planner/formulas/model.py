@@ -47,6 +47,7 @@ from llmspec.planner.formulas.symbols import (
     moe,
     n_norm,
     n_v,
+    post_norm,
     prefix,
     q_int8,
     q_nf4,
@@ -242,8 +243,8 @@ train = define("flops_per_token_train",
                "model FLOPs per token: forward + backward (2× forward; a frozen base: input gradients only) "
                "+ a reference forward where the step runs one (DPO, GRPO; for MFU)", "FLOP")
 # Non-reentrant checkpointing stops recomputing once every saved tensor is back: a dense MLP's last matmul, whose
-# output nothing saves, is skipped unless dropout follows it (the down projection, or under LoRA its B).
-skipped = (1 - moe) * (1 - drop) * 2 * L * (ldn * rank * h + (1 - ldn) * h * f)
+# output nothing saves, is skipped unless dropout or a post-norm follows it (the down projection, or under LoRA its B).
+skipped = (1 - moe) * (1 - drop) * (1 - post_norm) * 2 * L * (ldn * rank * h + (1 - ldn) * h * f)
 recompute = define("flops_recompute_per_token",
                    ck_full * (fwd + fwd_capacity - 2 * (1 - vh) * V * h - 2 * vh * h - skipped)
                    + ck_sel * (2 * L * (K * cf * (2 + gated) * h * f + moe * h * E + rank * (lg + lu + ldn) * (h + f))

@@ -53,6 +53,9 @@ n_norm = sp.Symbol("norms_per_block", positive=True)
 qk_head, qk_full = _s("qk_norm_head qk_norm_full", nonnegative=True)
 L_sl, L_ch = _s("L_sliding L_chunked", nonnegative=True)
 chunk = sp.Symbol("chunk", positive=True)
+post_norm, par_res, softcap, logit_cap, local_rope, chunk_masked = _s(
+    "post_norm parallel_residual softcap final_softcap local_rope chunk_masked", nonnegative=True)
+d_rot = sp.Symbol("rotary_dim", nonnegative=True)
 
 
 def _any(*flags: sp.Expr) -> sp.Expr:
@@ -159,6 +162,14 @@ INPUT_DOCS: dict[str, str] = {
     "L_sliding": "layers attending to a sliding window (layer_types; every layer where only sliding_window is set)",
     "L_chunked": "layers attending within their chunk (layer_types chunked)",
     "chunk": "attention_chunk_size (else s)",
+    "post_norm": "1 when a norm follows each sub-block's output (norm_placement post or sandwich)",
+    "parallel_residual": "1 when attention and the MLP both read the block's input (GPT-NeoX, Pythia)",
+    "softcap": "1 when attention scores are soft-capped (Gemma 2): attention written out, its scores materialised",
+    "final_softcap": "1 when the logits are soft-capped (Gemma 2)",
+    "rotary_dim": "dims of each head RoPE rotates (0 when no layer rotates)",
+    "local_rope": "1 when sliding or chunked layers rotate with a RoPE base of their own (Gemma 3): a second pair "
+    "of tables",
+    "chunk_masked": "1 if the attention chunk is shorter than the sequence (an explicit attention mask)",
     "causal": "1 to count causal attention (the keys each query sees); 0 to count every key, as FlopCounterMode "
     "does (llmspec measure)",
     "reference_forward": "1 when DPO, PPO or GRPO run a reference model (not precomputed log-probs)",
