@@ -19,6 +19,14 @@ def refusals(spec: Spec) -> list[Refusal]:
         found.append(Refusal("cluster.nodes", cl.nodes, "DeepSpeed's launcher starts ranks on named hosts; no host is "
                              "ever guessed", f"name the hosts, --hostfile PATH (DeepSpeed's format, "
                              f"slots={cl.gpus_per_node} each) or cluster.hosts", verdict="not run without its hosts"))
+    arch = spec.model.architecture
+    per_layer = [field for field, used in (
+        ("model.layer_types", not arch.uniform), ("model.attention_chunk_size", "chunked" in dict(arch.kinds)),
+        ("model.rope_scaling", arch.rope_scaling is not None and arch.rope_scaling.type == "longrope")) if used]
+    if par.pipeline > 1 and per_layer:
+        found.append(Refusal(per_layer[0], "", "the pipeline's block layers (pipeline.py) take one RoPE table and "
+                             "one mask, the same for every layer", "set parallelism.pipeline=1 to run",
+                             said=f"{per_layer[0]} with pipeline {par.pipeline}"))
     if par.tensor > 1 and par.pipeline > 1:
         found.append(Refusal("parallelism.tensor", par.tensor, "DeepSpeed's pipeline engine takes no AutoTP",
                              "run one of the two",

@@ -41,6 +41,34 @@ VARIANTS = [
     ("tiny", ["model.rope_scaling.type=linear", "model.rope_scaling.factor=2"]),
     ("tiny-moe", ["model.moe.capacity_factor=1.25", "parallelism.activation_checkpointing=selective"]),
 ]
+# The 2026 families' combinations (each one of docs/architecture.md's families in miniature)
+LONGROPE = ["model.rope_scaling.type=longrope", "model.rope_scaling.original_max_seq_len=64",
+            "model.rope_scaling.short_factor=[1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5]",
+            "model.rope_scaling.long_factor=[2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5]", "model.partial_rotary=0.5"]
+GEMMA2 = ["model.layer_types=[sliding, full]", "model.sliding_window=16", "model.norm_placement=sandwich",
+          "model.attn_softcap=50.0", "model.final_softcap=30.0", "model.query_scale=0.125", "model.embed_scale=11.3",
+          "model.mlp=geglu_tanh"]
+GEMMA3 = ["model.layer_types=[sliding, sliding, full]", "model.sliding_window=16", "model.rope_local_theta=10000",
+          "model.rope_theta=1000000", "model.rope_scaling.type=linear", "model.rope_scaling.factor=8",
+          "model.qk_norm=head", "model.norm_placement=sandwich", "model.embed_scale=11.3", "model.mlp=geglu_tanh"]
+FAMILY_VARIANTS = [
+    ("tiny", GEMMA2), ("tiny", GEMMA3), ("tiny", [*GEMMA2, "parallelism.activation_checkpointing=full"]),
+    ("tiny", ["model.qk_norm=full", "model.norm_placement=post"]),  # OLMo 2
+    ("tiny", ["model.nope_layers=2", "parallelism.activation_checkpointing=selective"]),  # SmolLM3
+    ("tiny", ["model.partial_rotary=0.25", "model.parallel_residual=true", "model.norm=layernorm", "model.bias=true",
+              "model.mlp=gelu", "model.tie_embeddings=false"]),  # Pythia
+    ("tiny", LONGROPE),  # Phi-3/4
+    ("tiny", ["model.rope_scaling.type=yarn", "model.rope_scaling.factor=4",
+              "model.rope_scaling.original_max_seq_len=64", "model.qk_norm=head"]),  # Qwen3 with YaRN
+    ("tiny", ["model.layer_types=[chunked, sliding, full]", "model.sliding_window=16",
+              "model.attention_chunk_size=32"]),
+    ("tiny", ["model.layer_types=[chunked, full]", "model.attention_chunk_size=32", "model.attn_softcap=20.0"]),
+    ("tiny", ["model.attention_chunk_size=32", "model.layer_types=[chunked]"]),
+    ("tiny", ["model.sliding_window=16", "model.attn_softcap=20.0", "model.query_scale=0.1"]),
+    ("tiny", [*PIPE, "model.qk_norm=head", "model.norm_placement=sandwich", "model.embed_scale=11.3",
+              "model.final_softcap=30.0", "model.partial_rotary=0.5", "model.attn_softcap=20.0"]),
+]
+VARIANTS += FAMILY_VARIANTS
 # One spec per feature flag of model_source.features, with that feature on (the named specs and VARIANTS cover the
 # features off and in combination).
 FEATURE_VARIANTS = {
@@ -62,6 +90,17 @@ FEATURE_VARIANTS = {
     "full": ("tiny", ["parallelism.activation_checkpointing=full"]),
     "checkpointing": ("tiny-moe", ["parallelism.activation_checkpointing=full"]),
     "pipeline": ("tiny", [*PIPE, "model.sliding_window=64", "parallelism.activation_checkpointing=full"]),
+    "rope_yarn": ("tiny", ["model.rope_scaling.type=yarn", "model.rope_scaling.factor=4"]),
+    "rope_longrope": ("tiny", LONGROPE), "partial_rotary": ("tiny", ["model.partial_rotary=0.5"]),
+    "nope": ("tiny", ["model.nope_layers=2"]), "local_rope": ("tiny", GEMMA3),
+    "qk_norm": ("tiny", ["model.qk_norm=head"]), "qk_norm_head": ("tiny", ["model.qk_norm=head"]),
+    "qk_norm_full": ("tiny", ["model.qk_norm=full"]), "pre_norm": ("tiny", []),
+    "post_norm": ("tiny", ["model.norm_placement=post"]), "sandwich": ("tiny", ["model.norm_placement=sandwich"]),
+    "parallel_residual": ("tiny", ["model.parallel_residual=true"]),
+    "chunked": ("tiny", ["model.layer_types=[chunked, full]", "model.attention_chunk_size=32"]),
+    "layered": ("tiny", GEMMA2), "masked": ("tiny", ["model.sliding_window=64"]), "context": ("tiny", []),
+    "softcap": ("tiny", ["model.attn_softcap=50.0"]), "final_softcap": ("tiny", ["model.final_softcap=30.0"]),
+    "query_scale": ("tiny", ["model.query_scale=0.125"]), "embed_scale": ("tiny", ["model.embed_scale=11.3"]),
 }
 
 
@@ -223,9 +262,15 @@ def test_sliding_window_limits_what_a_query_sees():
     assert not torch.allclose(a[0, 3], b[0, 3]) and torch.allclose(a[0, 4:], b[0, 4:])
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-gpt2", "tiny-moe"])
-def test_pipeline_layers_compute_the_same_model(name):
-    spec = load_spec(name, [*PIPE, "model.sliding_window=16"])
+@pytest.mark.parametrize("name, sets", [
+    ("tiny", []), ("tiny-gpt2", []), ("tiny-moe", []),
+    ("tiny", ["model.qk_norm=head", "model.norm_placement=sandwich", "model.embed_scale=11.3",
+              "model.attn_softcap=20.0", "model.final_softcap=30.0", "model.partial_rotary=0.5",
+              "model.query_scale=0.1"]),
+    ("tiny", ["model.parallel_residual=true", "model.rope_scaling.type=yarn", "model.rope_scaling.factor=4"]),
+])
+def test_pipeline_layers_compute_the_same_model(name, sets):
+    spec = load_spec(name, [*PIPE, "model.sliding_window=16", *sets])
     module = model_module(spec)
     torch.manual_seed(0)
     model = module.Model().eval()
@@ -249,7 +294,7 @@ def test_pipeline_layers_compute_the_same_model(name):
         for layer, method in layers:
             x = getattr(layer, method)(x)
         expected, _ = model(idx)
-    assert torch.allclose(x, expected, atol=1e-5)
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_init_scales_residual_projections():
@@ -483,6 +528,9 @@ CACHE_VARIANTS = [
     ("tiny", ["model.sliding_window=5"]),  # decoding past the window
     ("tiny-lora", ["post_training.adapter.type=prefix", "post_training.adapter.n_virtual=3"]),
     ("tiny-lora", []),
+    # the 2026 families' layers, windows and chunks shorter than the 12 tokens decoded
+    *[("tiny", [*(s.replace("=16", "=5").replace("=32", "=4") for s in sets)]) for _, sets in FAMILY_VARIANTS
+      if not any(s.startswith("parallelism.pipeline") for s in sets)],
 ]
 
 
@@ -531,7 +579,8 @@ def test_kv_cache_sampling_equals_recomputing_the_window():
 
 
 @pytest.mark.parametrize("name, sets", [
-    ("tiny", []), ("tiny-moe", []), ("tiny-moe", ["model.moe.capacity_factor=0.5"]),
+    ("tiny", []), ("tiny-moe", []), ("tiny-moe", ["model.moe.capacity_factor=0.5"]), ("tiny", GEMMA2), ("tiny", GEMMA3),
+    ("tiny", LONGROPE),
     ("mistral-7b", ["model.n_layers=1", "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=96",
                     "model.vocab_size=128", "model.sliding_window=8"]),
 ])

@@ -9,6 +9,7 @@ feature is decided here once (docs/architecture.md, "Adding an architecture feat
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -105,6 +106,23 @@ class Architecture:
     def local_rope(self) -> bool:
         """Sliding or chunked layers rotate with a RoPE base of their own (Gemma 3)."""
         return any(layer.local_rope for layer in self.layers)
+
+    @property
+    def rope_attention_factor(self) -> float | None:
+        """What YaRN and LongRoPE multiply cos and sin by: the spec's, else transformers' default (YaRN:
+        0.1·ln(factor) + 1; LongRoPE: sqrt(1 + ln(factor)/ln(original context)), its factor max_seq_len / original
+        context unless given). None for other RoPE."""
+        scaling = self.rope_scaling
+        if scaling is None or scaling.type not in ("yarn", "longrope"):
+            return None
+        if scaling.attention_factor is not None:
+            return float(scaling.attention_factor)
+        if scaling.type == "yarn":
+            factor = scaling.factor
+            return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+        factor = scaling.factor if "factor" in scaling.model_fields_set else \
+            self.max_seq_len / scaling.original_max_seq_len
+        return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(scaling.original_max_seq_len))
 
     @property
     def norms_per_block(self) -> int:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from llmspec.errors import Problem
 from llmspec.spec import catalogue
+from llmspec.spec.architecture import layer_types as layer_types_of
 from llmspec.spec.post_training import QUANTISED, linear_names
 
 # The optimizers DeepSpeed runs on the CPU under optimizer offload (ds_config.json names them).
@@ -198,6 +199,29 @@ def _layer_problems(m: ModelSpec, bad) -> None:
     if m.rope_local_theta is not None and rope and not kinds - {"full"} and m.sliding_window is None:
         bad("model.rope_local_theta", "rope_local_theta is the base of sliding and chunked layers: the model has "
                                       "none (model.layer_types)")
+    layers = m.architecture.layers
+    varied = len(set(layers)) > 1
+    if varied and not rope:
+        bad("model.layer_types", "layers of different kinds are compiled for RoPE models (position: rope)")
+    has_nope = any(not layer.rope for layer in layers) and rope
+    if has_nope and set(layer_types_of(m)) - {"full"}:
+        bad("model.nope_layers", "NoPE layers beside sliding or chunked ones are not compiled yet: use one or the "
+                                 "other")
+    if m.rope_local_theta is not None and (has_nope or "full" not in set(layer_types_of(m))):
+        bad("model.rope_local_theta", "rope_local_theta is the base of the sliding and chunked layers beside full "
+                                      "ones (Gemma 3), without NoPE layers")
+    if m.rope_local_theta is not None and m.rope_scaling is not None and m.rope_scaling.type in ("yarn", "longrope"):
+        bad("model.rope_scaling.type", f"{m.rope_scaling.type} beside rope_local_theta is not compiled: linear or "
+                                       "llama3 scale the full layers")
+    if m.qk_norm != "none" and (m.norm != "rmsnorm" or not rope):
+        bad("model.qk_norm", "QK-norm is an RMSNorm on the q and k projections of a RoPE model: it needs norm "
+                             "rmsnorm and position rope")
+    if m.dropout > 0 and (m.norm_placement != "pre" or m.embed_scale is not None):
+        bad("model.dropout", "dropout is compiled for pre-norm blocks without an embedding scale (GPT-2)")
+    if m.embed_scale is not None and not rope:
+        bad("model.embed_scale", "embed_scale is compiled for RoPE models (learned positions add a table)")
+    if m.parallel_residual and m.norm_placement != "pre":
+        bad("model.parallel_residual", "a parallel residual block is pre-norm (GPT-NeoX): norm_placement pre")
     scaling = m.rope_scaling
     if scaling is not None:
         longrope = scaling.type == "longrope"
@@ -242,6 +266,9 @@ def _post_training_problems(spec: Spec, bad) -> None:
     if adapter.type == "prefix" and (m.sliding_window is not None or m.attention_chunk_size is not None):
         bad(f"{where}.type", "prefix key/values sit before the first position: a sliding window would drop them "
                              "from every later query (model.sliding_window)")
+    if adapter.type == "prefix" and m.attn_softcap is not None:
+        bad(f"{where}.type", "prefix tuning runs through SDPA; soft-capped attention (model.attn_softcap) is "
+                             "written out: use lora")
     if post.base_precision in QUANTISED and adapter.type == "none":
         bad("post_training.base_precision", f"{post.base_precision} stores the frozen weights quantised, which "
                                             "cannot be trained: set post_training.adapter.type to lora or prefix")
