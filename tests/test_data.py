@@ -47,6 +47,7 @@ def test_reads_txt_jsonl_directories_and_globs(tmp_path):
     (tmp_path / "ignored.csv").write_text("x")
     assert _all(corpus=str(tmp_path)) == ["first document", "second", "third", "fourth"]
     assert _all(corpus=[str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]) == ["first document", "second", "third"]
+    assert len(resolve(DataSpec(corpus=[str(tmp_path / "a.txt"), "builtin"]))) == 1  # a list is one source, in order
     assert _all(sources=[{"path": str(tmp_path / "**" / "*.txt")}]) == ["first document", "fourth"]
 
 

@@ -120,7 +120,7 @@ def prepare_data(data: DataSpec, vocab: int, tokenizer: tuple[object, Path] | No
 def _size(sources: list[src.Source], builtin: Callable[[], list[str]]) -> str:
     from llmspec.spec.units import fmt_bytes
 
-    return fmt_bytes(sum(sum(len(t.encode()) for t in builtin()) if s.builtin else s.size for s in sources))
+    return fmt_bytes(sum(s.size(builtin) for s in sources))
 
 
 def report(data: PreparedData, sequences: int | None = None, seq_len: int | None = None) -> dict:

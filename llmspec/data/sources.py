@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - zstandard is a dependency; without it 
 
 @dataclass(frozen=True)
 class Source:
-    """One source resolved to its files (none for the builtin corpus), in reading order."""
+    """One source resolved to its files in reading order (the builtin corpus is a file of format ``builtin``)."""
     label: str  # where the spec names it: data.sources[2], data.corpus
     path: str  # as the spec gives it
     weight: float
@@ -56,25 +56,23 @@ class Source:
 
     @property
     def builtin(self) -> bool:
-        return self.path == BUILTIN
+        return any(fmt == BUILTIN for _, fmt in self.files)
 
-    @property
-    def size(self) -> int:
-        """Bytes on disk (what the progress bar counts)."""
-        return sum(_disk_size(path) for path, _ in self.files)
+    def size(self, builtin: Callable[[], list[str]]) -> int:
+        """Bytes on disk (what the progress bar counts); the builtin corpus's text."""
+        return sum(_builtin_size(builtin) if fmt == BUILTIN else _disk_size(path) for path, fmt in self.files)
 
 
 def resolve(data: DataSpec, base: Path | None = None) -> list[Source]:
     """The spec's sources with their files: ``data.sources``, else each entry of ``data.corpus`` (weight 1 between
     them all, as one corpus). Relative paths resolve against ``base``. A path that names nothing is refused."""
-    if data.sources is None:
+    if data.sources is None:  # one source, its entries' files end to end (as data.corpus always read)
         corpus = [data.corpus] if isinstance(data.corpus, str) else list(data.corpus)
-        given = [("data.corpus", path, 1.0 / len(corpus), "text", None) for path in corpus]
-    else:
-        given = [(f"data.sources[{i}]", s.path, s.weight, s.text_field, s.format) for i, s in enumerate(data.sources)]
-    return [Source(label, path, weight, field,
-                   () if path == BUILTIN else tuple(_files(label, path, fmt, base)))
-            for label, path, weight, field, fmt in given]
+        files = tuple(f for path in corpus for f in _files("data.corpus", path, None, base))
+        return [Source("data.corpus", ", ".join(corpus), 1.0, "text", files)]
+    return [Source(f"data.sources[{i}]", s.path, s.weight, s.text_field, tuple(_files(f"data.sources[{i}]", s.path,
+                                                                                        s.format, base)))
+            for i, s in enumerate(data.sources)]
 
 
 def format_of(path: Path) -> str | None:
@@ -89,6 +87,8 @@ def _is_dataset(path: Path) -> bool:
 
 
 def _files(label: str, given: str, fmt: str | None, base: Path | None) -> list[tuple[Path, str]]:
+    if given == BUILTIN:
+        return [(Path(BUILTIN), BUILTIN)]
     path = Path(given).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
@@ -139,20 +139,24 @@ Position = Callable[[], int]  # bytes of the file read so far (for the progress 
 def documents(source: Source, builtin: Callable[[], list[str]] | None = None) -> Iterator[tuple[str, int]]:
     """Every non-empty document of a source in order, each with the source's bytes read so far (on disk).
     ``builtin``: gives the builtin corpus's documents (cached by the caller)."""
-    if source.builtin:
-        texts = builtin() if builtin else builtin_documents()
-        done = 0
-        for text in texts:
-            done += len(text.encode())
-            if text.strip():
-                yield text, done
-        return
+    builtin = builtin or builtin_documents
     before = 0
     for path, fmt in source.files:
-        for text, position in _read(path, fmt, source.text_field):
+        for text, position in _read_builtin(builtin) if fmt == BUILTIN else _read(path, fmt, source.text_field):
             if text.strip():
                 yield text, before + position
-        before += _disk_size(path)
+        before += _builtin_size(builtin) if fmt == BUILTIN else _disk_size(path)
+
+
+def _read_builtin(builtin: Callable[[], list[str]]) -> Iterator[tuple[str, int]]:
+    done = 0
+    for text in builtin():
+        done += len(text.encode())
+        yield text, done
+
+
+def _builtin_size(builtin: Callable[[], list[str]]) -> int:
+    return sum(len(text.encode()) for text in builtin())
 
 
 def _read(path: Path, fmt: str, field: str, limit: int | None = None) -> Iterator[tuple[str, int]]:
@@ -313,6 +317,8 @@ def check(sources: list[Source]) -> None:
     for source in sources:
         text = source.builtin  # whether the source may hold text: some read, or more than was read
         for path, fmt in source.files:
+            if fmt == BUILTIN:
+                continue
             if not os.access(path, os.R_OK):
                 raise DataError(f"{source.label}: {path}: cannot read it (permission denied)")
             if fmt == "txt":
@@ -331,9 +337,10 @@ def fingerprint(source: Source, builtin_digest: Callable[[], str]) -> str:
     the digest of its first and last MiB (a corpus of terabytes is not hashed on every run); the builtin corpus's
     documents' digest."""
     digest = hashlib.sha256(json.dumps([source.path, source.text_field]).encode())
-    if source.builtin:
-        digest.update(builtin_digest().encode())
     for path, fmt in source.files:
+        if fmt == BUILTIN:
+            digest.update(builtin_digest().encode())
+            continue
         for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
             stat = file.stat()
             digest.update(json.dumps([str(file.resolve()), fmt, stat.st_size, stat.st_mtime_ns]).encode())

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from llmspec.data import encode
+from llmspec.data.corpus import builtin_documents
 from llmspec.data.sources import Source, documents
 from llmspec.files import replaced_atomically, write_atomic
 
@@ -115,7 +116,8 @@ def write_tokens(sources: list[Source], tokenizer_json: str, end: int, vocab: in
         return json.loads(meta_path.read_text())
     directory.mkdir(parents=True, exist_ok=True)
     dtype = "uint16" if vocab <= 2**16 else "uint32"
-    total = sum(sum(len(t.encode()) for t in builtin()) if s.builtin and builtin else s.size for s in sources)
+    builtin = builtin or builtin_documents
+    total = sum(s.size(builtin) for s in sources)
     small = total < IN_PROCESS_BYTES
     encoder = _Encoder(tokenizer_json, end, dtype, 1 if small else workers)
     start, counts, done_bytes, done_tokens = time.perf_counter(), np.zeros(vocab, np.int64), 0, 0
