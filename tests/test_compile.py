@@ -101,6 +101,7 @@ FEATURE_VARIANTS = {
     "layered": ("tiny", GEMMA2), "masked": ("tiny", ["model.sliding_window=64"]), "context": ("tiny", []),
     "softcap": ("tiny", ["model.attn_softcap=50.0"]), "final_softcap": ("tiny", ["model.final_softcap=30.0"]),
     "query_scale": ("tiny", ["model.query_scale=0.125"]), "embed_scale": ("tiny", ["model.embed_scale=11.3"]),
+    "segments": ("tiny", ["data.document_masking=true", "parallelism.activation_checkpointing=full"]),
 }
 
 
@@ -646,3 +647,23 @@ def test_moe_capacity_fixes_the_rows_each_expert_computes_in_training():
     assert rows == [128] * layers * experts and torch.allclose(loss, dropless, atol=1e-6)
     loss, rows = run(0.5, train=False)  # inference routes every token
     assert sum(rows) == layers * tokens * top_k and torch.equal(loss, run(None, train=False)[0])
+
+
+@pytest.mark.parametrize("sets", [[], ["parallelism.activation_checkpointing=full"], ["model.partial_rotary=0.5",
+                                                                                    "model.qk_norm=head"]])
+def test_a_packed_row_computes_each_document_as_if_alone(sets):
+    """Document masking: a row packing three documents gives each the logits it has alone (attention stays within
+    it, RoPE restarts at its first token), and its gradients flow; without segments the row is one sequence."""
+    model = model_module(load_spec("tiny", ["data.document_masking=true", *sets])).Model()
+    torch.manual_seed(0)
+    docs = [torch.randint(0, 2048, (n,)) for n in (5, 7, 4)]
+    packed = torch.cat(docs)[None].repeat(2, 1)
+    segments = torch.cat([torch.full((len(doc),), i) for i, doc in enumerate(docs)])[None].repeat(2, 1)
+    logits, loss = model(packed, packed, segments=segments)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        alone = torch.cat([model(doc[None])[0] for doc in docs], dim=1)
+        whole = model(packed[:1])[0]
+    torch.testing.assert_close(logits[:1].detach(), alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(whole[:, 5:], alone[:, 5:], atol=1e-3)  # without segments the documents see each other

@@ -1,5 +1,5 @@
 """`run --dry-run` makes every check a run makes before it reads the data whole (issue 30, items 2, 4 and 10): a bad
-corpus, a bad tokenizer, a run directory that holds a user's files, a Parquet corpus, each refused on one line with
+corpus, a bad tokenizer, a run directory that holds a user's files, a damaged Parquet corpus, each refused on one line with
 exit 2 by the dry run and by the run alike, with nothing written; a GPU spec on a machine without one says what the
 run will do."""
 
@@ -74,7 +74,7 @@ BAD = {
     "binary .txt": "b.txt: binary, not text",
     "not UTF-8": "b.txt: not UTF-8 text",
     ".csv": "c.csv: CSV is not a pretraining corpus, which is builtin, .txt files, .jsonl files",
-    "Parquet": "c.parquet: Parquet is not a pretraining corpus, which is builtin, .txt files",
+    "Parquet": "c.parquet: not a Parquet file",
     "missing tokenizer": "nowhere.json does not exist",
     "corrupt tokenizer": "tok.json is not a tokenizer.json",
     "tokenizer larger than the vocabulary": "tok.json has 400 tokens, more than model.vocab_size 320",

@@ -50,7 +50,9 @@ def features(spec: Spec) -> dict[str, bool]:
     base = post.base_precision if post else None
     kinds = {layer.attention for layer in arch.layers}
     prefix = adapter == "prefix"
-    masked = bool(kinds - {"full"}) or prefix
+    # document masking: pretraining batches that pack several documents per row (llmspec.data)
+    segments = spec.data.document_masking and post is None
+    masked = bool(kinds - {"full"}) or prefix or segments
     return {
         # the method's own name: the objectives template has a block per method with a loss of its own
         **{method: post is not None and post.method == method for method in METHODS},
@@ -71,7 +73,7 @@ def features(spec: Spec) -> dict[str, bool]:
         "gated": arch.gated, "moe": arch.moe is not None,
         "capacity": arch.moe is not None and arch.moe.capacity_factor is not None, "tied": arch.tie_embeddings,
         "sliding_window": "sliding" in kinds, "chunked": "chunked" in kinds, "layered": not arch.uniform,
-        "masked": masked, "context": arch.rope or masked,
+        "masked": masked, "context": arch.rope or masked, "segments": segments,
         "softcap": arch.attn_softcap is not None, "final_softcap": arch.final_softcap is not None,
         "query_scale": arch.query_scale is not None, "embed_scale": arch.embed_scale is not None,
         "dropout": arch.dropout > 0,

@@ -9,7 +9,7 @@ from llmspec.spec.schema import Spec
 # A resumed run continues the same model on the same data with the same optimizer: only how long it trains, how
 # often it logs, evaluates and checkpoints, and the spec's name may change (docs/spec.md says so too).
 RESUME_SAFE = ("name", "training.max_steps", "training.tokens", "training.log_interval", "training.eval_interval",
-               "training.checkpoint_interval", "cluster.hosts")
+               "training.checkpoint_interval", "cluster.hosts", "data.workers")
 
 
 def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

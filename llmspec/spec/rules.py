@@ -62,6 +62,16 @@ def consistency_problems(spec: Spec) -> list[Problem]:
         bad("training.fp8_library", f"{tr.fp8_library} is set but precision is {tr.precision}: it names whose FP8 "
                                     "linears precision fp8 plans")
 
+    if spec.data.document_masking:
+        arch = m.architecture
+        other = [text for text, used in (
+            ("model.position learned", not arch.rope), ("model.layer_types", not arch.uniform),
+            ("model.sliding_window", m.sliding_window is not None), ("model.attn_softcap", m.attn_softcap is not None),
+            ("model.attention_chunk_size", m.attention_chunk_size is not None),
+            ("post_training", spec.post_training is not None)) if used]
+        if other:
+            bad("data.document_masking", f"document masking is compiled for pretraining a RoPE model whose layers "
+                                         f"all attend to every earlier key; not with {other[0]}")
     own_vocab = spec.data.tokenizer.vocab_size
     if own_vocab is not None and own_vocab > m.vocab_size:
         bad("data.tokenizer.vocab_size", f"a tokenizer of {own_vocab} tokens for model.vocab_size {m.vocab_size}: "
