@@ -131,11 +131,11 @@ def test_config_only_directory_gives_a_spec(tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"model_type": "bert"}, "supported families: gpt2, llama, mistral, mixtral, qwen2"),
+    ({"model_type": "bert"}, "supported families: gpt2, llama, mistral, mixtral, qwen2, qwen3, gemma2, gemma3_text"),
     ({"attention_bias": True}, "attention_bias=True with mlp_bias=False"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}, "rope_parameters": None}, "rope type 'yarn'"),
-    # transformers 5 reads a legacy rope_scaling over rope_parameters: YaRN would be applied, so it is refused
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling: rope type 'yarn' (transformers reads"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}, "rope_parameters": None}, "rope type 'dynamic'"),
+    # transformers 5 reads a legacy rope_scaling over rope_parameters: dynamic NTK would be applied: refused
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "rope_scaling: rope type 'dynamic' (transformers"),
     ({"rope_scaling": {"rope_type": "llama3"}}, "rope_scaling.factor is missing (needed for rope type 'llama3')"),
     ({"hidden_act": "tanh"}, "hidden_act 'tanh'"),
     ({"hidden_size": None}, "hidden_size is missing"),
@@ -161,8 +161,14 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
 
 
 def test_export_refuses_specs_no_transformers_family_computes(tmp_path):
-    spec = load_spec("tiny", ["model.norm=layernorm"])
-    with pytest.raises(LLMSpecError, match="need norm rmsnorm"):
+    spec = load_spec("tiny", ["model.norm=layernorm"])  # LayerNorm with RoPE is GPT-NeoX's, whose MLP is not gated
+    with pytest.raises(LLMSpecError, match="GPT-NeoX .* needs a non-gated MLP"):
+        export_hf(tmp_path / "missing.safetensors", spec, tmp_path / "out")
+    spec = load_spec("tiny", ["model.mlp=gelu"])
+    with pytest.raises(LLMSpecError, match="need norm rmsnorm and a gated mlp"):
+        export_hf(tmp_path / "missing.safetensors", spec, tmp_path / "out")
+    spec = load_spec("tiny", ["model.qk_norm=head", "model.parallel_residual=true"])  # Qwen3 has no parallel block
+    with pytest.raises(LLMSpecError, match="transformers' qwen3 .* has no parallel_residual"):
         export_hf(tmp_path / "missing.safetensors", spec, tmp_path / "out")
     with pytest.raises(LLMSpecError, match="GPT-2 .* needs .*n_kv_heads"):
         export_hf(tmp_path / "missing.safetensors", load_spec("tiny-gpt2", ["model.n_kv_heads=1"]), tmp_path / "o")

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from llmspec.compile.loading import model_module
 from llmspec.errors import LLMSpecError, Problem, SpecError
-from llmspec.interop.hf_config import config_key, family_of, hf_config, hf_family, model_from_hf
+from llmspec.interop.hf_config import hf_config, hf_family
+from llmspec.interop.hf_config_read import config_key, family_of, model_from_hf
 from llmspec.interop.hf_files import IMPORT_RECORD, TOKENIZER_FILES, files_in, generation_config_of, import_record
 from llmspec.interop.hf_weights import from_hf, to_hf
 from llmspec.interop.output import Content, Tensors, check_output, write_output
@@ -165,7 +166,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None, 
     weights = read_hf_weights(hf_dir)
     if weights is not None:
         check_finite(weights, str(hf_dir))
-        state = from_hf(weights, _expected_state(spec), family_of(config), spec.model.tie_embeddings, str(hf_dir))
+        state = from_hf(weights, _expected_state(spec), family_of(config), spec.model, str(hf_dir))
         # safetensors refuses shared storage: the tied head is stored as its own copy so that
         # load_state_dict(strict=True) finds every name.
         if spec.model.tie_embeddings:
@@ -224,8 +225,8 @@ def hf_model_files(state: dict[str, torch.Tensor], spec: Spec, source: str = "we
         if tuple(state[key].shape) != tuple(like.shape):
             raise LLMSpecError(f"{source}: {key} has shape {tuple(state[key].shape)}, spec {spec.name!r} "
                                f"implies {tuple(like.shape)}")
-    tensors = to_hf(state, family, spec.model.tie_embeddings)
-    dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    tensors = to_hf(state, family, spec.model)
+    dtype = str(state["embed.weight"].dtype).removeprefix("torch.")
     config = {**hf_config(spec, dtype), **(token_ids or {})}
     return {"config.json": json.dumps(config, indent=2) + "\n", "model.safetensors": Tensors(tensors, {"format": "pt"})}
 
@@ -246,7 +247,7 @@ def reward_model_files(state: dict[str, torch.Tensor], spec: Spec,
     if set(state) != set(_expected_state(spec)):
         raise LLMSpecError(f"weights: do not match the reward model of spec {spec.name!r}")
     body = {name: tensor for name, tensor in state.items() if name != "value_head.weight"}
-    tensors = {**to_hf(body, family, tied=True), "score.weight": state["value_head.weight"].detach().contiguous()}
+    tensors = {**to_hf(body, family, spec.model), "score.weight": state["value_head.weight"].detach().contiguous()}
     config = hf_config(spec.model_copy(update={"post_training": None}), str(tensors["score.weight"].dtype)[6:])
     head = "GPT2LMHeadModel" if family == "gpt2" else config["architectures"][0]
     config.update(architectures=[head.replace("LMHeadModel", "ForSequenceClassification")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from llmspec.errors import LLMSpecError
+from llmspec.interop.hf_config import hf_family
 from llmspec.interop.hf_weights import hf_name
 from llmspec.interop.output import Content, Tensors, write_output
 from llmspec.spec.schema import Spec
@@ -81,10 +82,12 @@ def adapter_files(state: dict[str, torch.Tensor], spec: Spec, base: str, merged:
     for the adapter of a model whose base is ``base`` (a Hugging Face name or folder); ``merged``: the folder the
     merged model is exported to, when ``base`` is that folder (the run started from no Hugging Face model)."""
     post, model = spec.post_training, spec.model
-    if model.fused_qkv:
-        raise LLMSpecError("export-hf: a PEFT adapter is written for Llama-family models (separate q/k/v "
-                           "projections); this model's merged weights are written, its adapter is not")
-    tensors = {f"base_model.model.{hf_name(name, 'llama')}": tensor.detach().contiguous()
+    family = hf_family(spec)
+    if model.fused_qkv or family in ("phi3", "gpt_neox"):
+        raise LLMSpecError(f"export-hf: a PEFT adapter is written for models whose transformers family keeps q, k "
+                           f"and v apart ({family} fuses them); this model's merged weights are written, its adapter "
+                           "is not")
+    tensors = {f"base_model.model.{hf_name(name, family)}": tensor.detach().contiguous()
                for name, tensor in state.items() if any(part in name for part in LORA_PARTS)}
     targets = post.lora_targets(model.fused_qkv, model.gated, model.moe is not None)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": post.adapter.r, "lora_alpha": post.adapter.alpha,
