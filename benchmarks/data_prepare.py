@@ -7,8 +7,8 @@ and its workers, summed) for each corpus size given.
 
 Each corpus is written once into --dir (kept between runs); each `prepare` runs in a fresh cache, so it trains its
 tokenizer on data.tokenizer.sample_bytes and encodes everything. encode_batch's figures come from the first
---sample-mb of the corpus (tokenisation speed does not depend on the corpus's size), each in its own process so
-that RAYON_NUM_THREADS holds.
+--sample-mb of the corpus (tokenisation speed does not depend on the corpus's size), right after each prepare (a
+shared machine's load drifts), each in its own process so that RAYON_NUM_THREADS holds.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
+    sample = int(args.sample_mb * 1e6)
     rows = []
     for size in args.sizes:
         corpus = args.dir / f"corpus-{size:g}gb.jsonl"
@@ -134,33 +135,34 @@ def main() -> None:
         print(f"corpus {corpus} ({corpus.stat().st_size / 1e9:.2f} GB) ready in {time.perf_counter() - started:.0f} s",
               flush=True)
         result = prepare(corpus, int(args.tokenizer_sample_mb * 1e6))
-        rows.append((size, corpus, result))
+        # the baselines right after, on the same machine state (a shared machine's load drifts)
+        result["baselines"] = {name: encode_batch(result["tokenizer"], corpus, sample, threads, method)
+                               for name, threads, method in (("one", 1, "encode_batch"),
+                                                             ("every", cores, "encode_batch"),
+                                                             ("fast", cores, "encode_batch_fast"))}
+        rows.append((size, result))
         print(f"  prepare: {result['tokens']:,} tokens in {result['wall']:.0f} s (encoding "
               f"{result['encoding_seconds']:.0f} s), peak RSS {result['peak_rss'] / 2**30:.2f} GiB", flush=True)
-    size, corpus, result = rows[0]
-    sample = int(args.sample_mb * 1e6)
-    one = encode_batch(result["tokenizer"], corpus, sample, 1, "encode_batch")
-    every = encode_batch(result["tokenizer"], corpus, sample, cores, "encode_batch")
-    fast = encode_batch(result["tokenizer"], corpus, sample, cores, "encode_batch_fast")
-    worth = cores * one  # "two cores' worth": one thread's rate on each core
     print(f"\n{'':46s}{'tokens/s':>11s}{f'vs {cores} × 1 thread':>18s}{f'vs {cores} threads':>14s}")
+    for size, result in rows:
+        one, every, fast = (result["baselines"][k] for k in ("one", "every", "fast"))
+        worth = cores * one  # "two cores' worth": one thread's rate on each core
 
-    def line(name: str, rate: float) -> None:
-        print(f"{name:46s}{rate:11,.0f}{rate / worth:18.2f}{rate / every:14.2f}")
+        def line(name: str, rate: float, worth: float = worth, every: float = every) -> None:
+            print(f"{name:46s}{rate:11,.0f}{rate / worth:18.2f}{rate / every:14.2f}")
 
-    line("HF encode_batch, 1 thread", one)
-    line(f"HF encode_batch, 1 thread × {cores} cores", worth)
-    line(f"HF encode_batch, {cores} threads", every)
-    line(f"HF encode_batch_fast, {cores} threads", fast)
-    for size, _, result in rows:
-        line(f"llmspec prepare {size:g} GB: encoding, {cores} workers", result["tokens"] / result["encoding_seconds"])
-        line(f"llmspec prepare {size:g} GB: whole, tokenizer too", result["tokens"] / result["wall"])
+        print(f"{size:g} GB corpus:")
+        line("  HF encode_batch, 1 thread", one)
+        line(f"  HF encode_batch, 1 thread × {cores} cores", worth)
+        line(f"  HF encode_batch, {cores} threads", every)
+        line(f"  HF encode_batch_fast, {cores} threads", fast)
+        line(f"  llmspec prepare: encoding, {cores} workers", result["tokens"] / result["encoding_seconds"])
+        line("  llmspec prepare: whole, tokenizer too", result["tokens"] / result["wall"])
     print(f"\n{'corpus':>8s}{'tokens':>16s}{'documents':>12s}{'peak RSS':>12s}{'vs first':>10s}{'wall':>9s}")
-    first = rows[0][2]["peak_rss"]
-    for size, _, result in rows:
+    first = rows[0][1]["peak_rss"]
+    for size, result in rows:
         print(f"{size:6g}GB{result['tokens']:16,}{result['documents']:12,}{result['peak_rss'] / 2**30:10.2f}Gi"
               f"{result['peak_rss'] / first:10.2f}{result['wall']:8.0f}s")
-
 
 if __name__ == "__main__":
     main()

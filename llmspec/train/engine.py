@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from llmspec.train.losses import Loss
     from llmspec.train.methods import Method
 
-Batch = tuple[torch.Tensor, ...]  # (inputs, targets[, advantages]), on the CPU; the engine moves them
+# (inputs, targets[, the method's tensors: pretraining's document segments, advantages]), on the CPU; the engine
+# moves them and hands them to the method's loss as they are
+Batch = tuple[torch.Tensor, ...]
 
 
 class Engine(ABC):
