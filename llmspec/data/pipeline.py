@@ -21,9 +21,10 @@ from llmspec.data import sources as src
 from llmspec.data.corpus import DataError, builtin_documents
 from llmspec.data.packed import Prepared
 from llmspec.data.tokenizer import END_OF_TEXT, corpus_digest, tokenizer_for
-from llmspec.data.tokens import VERSION, Progress, default_workers, write_tokens
+from llmspec.data.tokens import VERSION, Progress, default_workers, workers_for, write_tokens
 from llmspec.files import write_atomic
 from llmspec.spec.data import DataSpec
+from llmspec.spec.units import fmt_bytes
 
 
 def cache_dir() -> Path:
@@ -102,9 +103,9 @@ def prepare_data(data: DataSpec, vocab: int, tokenizer: tuple[object, Path] | No
                                      VERSION]).encode()).hexdigest()[:20]
     directory = cache / "tokens" / key
     if not (directory / "meta.json").is_file():
-        workers = data.workers or default_workers()
-        announce(f"data: encoding {_size(sources, builtin)} with {workers} worker{'s' * (workers > 1)} into "
-                 f"{directory}")
+        size = sum(s.size(builtin) for s in sources)
+        workers = workers_for(size, data.workers or default_workers())
+        announce(f"data: encoding {fmt_bytes(size)} with {workers} worker{'s' * (workers > 1)} into {directory}")
     sizes = {k: v for k, v in (("chunk_bytes", chunk_bytes), ("shard_bytes", shard_bytes)) if v}
     meta = write_tokens(sources, text, loaded.token_to_id(END_OF_TEXT), loaded.get_vocab_size(), directory,
                         data.val_fraction, data.workers or default_workers(), builtin, progress, **sizes)
@@ -115,12 +116,6 @@ def prepare_data(data: DataSpec, vocab: int, tokenizer: tuple[object, Path] | No
     pointer.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(pointer, json.dumps({"tokens": str(directory), "tokenizer": str(tokenizer_file)}))
     return PreparedData(Prepared(directory), Path(tokenizer_file), time.perf_counter() - started, sources)
-
-
-def _size(sources: list[src.Source], builtin: Callable[[], list[str]]) -> str:
-    from llmspec.spec.units import fmt_bytes
-
-    return fmt_bytes(sum(s.size(builtin) for s in sources))
 
 
 def report(data: PreparedData, sequences: int | None = None, seq_len: int | None = None) -> dict:

@@ -118,9 +118,8 @@ def write_tokens(sources: list[Source], tokenizer_json: str, end: int, vocab: in
     dtype = "uint16" if vocab <= 2**16 else "uint32"
     builtin = builtin or builtin_documents
     total = sum(s.size(builtin) for s in sources)
-    small = total < IN_PROCESS_BYTES
-    encoder = _Encoder(tokenizer_json, end, dtype, 1 if small else workers)
-    start, counts, done_bytes, done_tokens = time.perf_counter(), np.zeros(vocab, np.int64), 0, 0
+    encoder = _Encoder(tokenizer_json, end, dtype, workers_for(total, workers))
+    start, counts, before, done_tokens = time.perf_counter(), np.zeros(vocab, np.int64), 0, 0
     try:
         for i, source in enumerate(sources):
             shards = finished_shards(directory, i)
@@ -128,32 +127,30 @@ def write_tokens(sources: list[Source], tokenizer_json: str, end: int, vocab: in
                 counts += np.load(directory / f"s{i}-{shard['index']:05d}.npz")["counts"]
                 done_tokens += shard["train_tokens"] + shard["val_tokens"]
             skip = sum(s["documents"] for s in shards)
-            before, size = done_bytes, (shards[-1]["position"] if shards else 0)
             stream = chunks(documents(source, builtin), skip, chunk_bytes)
             buffer = _ShardBuffer(directory, i, len(shards), dtype, vocab)
             for chunk, encoded in encoder.map(stream, val_fraction):
                 buffer.add(chunk, *encoded)
                 done_tokens += len(encoded[0]) + len(encoded[2])
-                size = chunk.position
                 if buffer.text_bytes >= shard_bytes:
                     shards.append(buffer.flush(counts))
                 if progress:
                     progress(before + chunk.position, total, done_tokens)
             if buffer.documents:
                 shards.append(buffer.flush(counts))
-            done_bytes = before + size
+            before += source.size(builtin)
     finally:
         encoder.close()
     freq = counts[counts > 0] / max(int(counts.sum()), 1)
     meta = {"version": VERSION, "dtype": dtype, "vocab": vocab, "val_fraction": val_fraction,
             "unigram_entropy": float(-(freq * np.log(freq)).sum()),
-            "sources": [_summarise(s, finished_shards(directory, i), i) for i, s in enumerate(sources)],
+            "sources": [_summarise(s, finished_shards(directory, i)) for i, s in enumerate(sources)],
             "seconds": round(time.perf_counter() - start, 3)}
     write_atomic(meta_path, json.dumps(meta, indent=1))  # last: its presence says every shard is whole
     return meta
 
 
-def _summarise(source: Source, shards: list[dict], index: int) -> dict:
+def _summarise(source: Source, shards: list[dict]) -> dict:
     keys = ("documents", "train_documents", "val_documents", "train_tokens", "val_tokens", "text_bytes")
     return {"label": source.label, "path": source.path, "weight": source.weight, "shards": len(shards),
             **{key: sum(s[key] for s in shards) for key in keys}}
@@ -195,6 +192,11 @@ class _ShardBuffer:
         self.index += 1
         self._reset()
         return shard
+
+
+def workers_for(size: int, workers: int) -> int:
+    """The worker processes that encode ``size`` bytes: none beside this one for a small corpus."""
+    return 1 if size < IN_PROCESS_BYTES else workers
 
 
 def default_workers() -> int:
