@@ -140,6 +140,38 @@ def test_expert_parallel_tracks_the_single_process_run(zero, tmp_path):
     assert ours == pytest.approx(_losses(tmp_path / "ep")[-1][2], rel=1e-4)
 
 
+# The 2026 families' features, three specs that hold them all (docs/architecture.md): Gemma 2 and 3 (per-layer
+# kinds, a local RoPE base, sandwich norms, QK-norm, soft caps, scales), OLMo 2 and SmolLM3 (post norms, QK-norm
+# over the projections, NoPE layers, YaRN), Pythia and Phi (parallel residual, partial rotary, LayerNorm with
+# biases, LongRoPE).
+FAMILIES = {
+    "gemma": ["model.layer_types=[sliding, full]", "model.sliding_window=8", "model.rope_local_theta=10000",
+              "model.rope_scaling.type=linear", "model.rope_scaling.factor=2", "model.norm_placement=sandwich",
+              "model.qk_norm=head", "model.attn_softcap=50.0", "model.final_softcap=30.0", "model.query_scale=0.2",
+              "model.embed_scale=8.0", "model.mlp=geglu_tanh"],
+    "olmo-smollm": ["model.norm_placement=post", "model.qk_norm=full", "model.nope_layers=2",
+                    "model.rope_scaling.type=yarn", "model.rope_scaling.factor=2",
+                    "model.rope_scaling.original_max_seq_len=128"],
+    "pythia-phi": ["model.parallel_residual=true", "model.partial_rotary=0.5", "model.norm=layernorm",
+                   "model.bias=true", "model.mlp=gelu", "model.rope_scaling.type=longrope",
+                   "model.rope_scaling.original_max_seq_len=128",
+                   "model.rope_scaling.short_factor=[1.0, 1.2, 1.4, 1.6]",
+                   "model.rope_scaling.long_factor=[2.0, 2.2, 2.4, 2.6]"],
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_2026_families_train_under_zero2_as_in_one_process(family, tmp_path):
+    _tracks_one_process(load_spec("tiny", COMMON + FAMILIES[family] + ["parallelism.zero_stage=2"]), tmp_path)
+
+
+def test_autotp_partitions_the_gemma_layers(tmp_path):
+    """AutoTP (tensor 2) splits the per-head QK-norm'd, soft-capped, sandwich-normed layers as one process runs
+    them."""
+    spec = load_spec("tiny", COMMON + FAMILIES["gemma"] + ["parallelism.tensor=2", "parallelism.zero_stage=1"])
+    _tracks_one_process(spec, tmp_path, "tp")
+
+
 @pytest.mark.parametrize("layout", [["parallelism.zero_stage=2", "model.dropout=0.1"],
                                     ["parallelism.tensor=2", "parallelism.zero_stage=1"],
                                     ["parallelism.expert=2", "model.moe={n_experts: 4, top_k: 2}"]],
