@@ -220,11 +220,12 @@ def _json_text(path: Path, number: int, line: bytes, field: str) -> str:
         raise DataError(f"{path}:{number}: not UTF-8 text (byte {error.start})") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get(field, ""), str) or field not in record:
-        if isinstance(record, dict) and field in record and record[field] is None:
-            return ""
+    value = record.get(field, ...) if isinstance(record, dict) else ...
+    if value is None:  # a null text: an empty document, skipped as Parquet's nulls are
+        return ""
+    if not isinstance(value, str):
         raise DataError(f'{path}:{number}: expected an object with a "{field}" string')
-    return record[field]
+    return value
 
 
 def _read_table(path: Path, fmt: str, field: str, limit: int | None) -> Iterator[tuple[str, int]]:
