@@ -296,3 +296,15 @@ def test_the_loss_hands_segments_to_the_forward_only_when_the_batch_has_them():
     NextToken()(forward, x, x)
     NextToken()(forward, x, x, x + 1)
     assert calls[0] == {} and torch.equal(calls[1]["segments"], x + 1)
+
+
+def test_the_progress_line_gives_bytes_tokens_per_second_and_time_left():
+    from llmspec.data.progress import ProgressLine, describe
+
+    assert describe(1 << 30, 3 << 30, 2_000_000, 10.0) == (
+        "data: 1.00 GiB / 3.00 GiB (33%), 200k tokens/s, 0m20s left")
+    said: list[str] = []
+    progress = ProgressLine(said.append, interval=0.0)
+    progress(0, 100, 500)  # tokens an interrupted preparation had written: not counted in the rate
+    progress(50, 100, 1500)
+    assert len(said) == 1 and said[0].startswith("data: 50 B / 100 B (50%), ")
