@@ -97,6 +97,7 @@ CONSUMERS: dict[str, set[str]] = {
     "cluster.inter_node_bandwidth": {"plan"},
     "cluster.price_per_gpu_hour": {"plan"},
     "cluster.efficiency": {"plan"},
+    "cluster.calibration": {"plan"},
     "cluster.memory_reserve_gib": {"plan"},  # and so `run`, which refuses what the plan says does not fit
     "cluster.host_memory_gib": {"plan"},  # likewise
     "cluster.nvme_gib": {"plan"},
@@ -105,6 +106,16 @@ CONSUMERS: dict[str, set[str]] = {
     "data.tokenizer.vocab_size": {"run"},
     "data.tokenizer.path": {"run"},
     "data.val_fraction": {"run"},
+    "data.sources": {"run"},
+    "data.workers": {"run"},  # how many processes encode: the same shards for any number
+    "data.tokenizer.sample_bytes": {"run"},
+    "data.sampler": {"run"},
+    "data.document_masking": {"compile", "plan", "run"},  # the model's segments; what masking saves
+    # NoPE layers skip a rotation: no parameter, counted FLOP or saved byte moves
+    "model.nope_layers": {"compile", "hf"},
+    # scales: a multiplication that keeps nothing for backward and counts no FLOP
+    "model.embed_scale": {"compile", "hf"},
+    "model.query_scale": {"compile", "hf"},
 }
 # the run reads these through a derived property of the spec
 READ_AS = {"training.max_steps": "training.steps", "training.tokens": "training.steps",
@@ -135,6 +146,14 @@ CHANGE = {
     "cluster.price_per_gpu_hour": "3.0", "cluster.efficiency": "0.3",
     "published": "{source: a paper, tflops_per_gpu: 1.0}",
     "data.corpus": "notes.txt", "data.tokenizer.path": "tokenizer.json", "data.tokenizer.vocab_size": "1024",
+    "data.sources": "[{path: notes.txt}]", "data.workers": "1", "data.sampler": "random",
+    # the 2026 families' fields (the HF family each implies changes with them)
+    "model.qk_norm": "head", "model.norm_placement": "sandwich", "model.layer_types": "[sliding, full]",
+    "model.attention_chunk_size": ["model.layer_types=[chunked, full]", "model.attention_chunk_size=32"],
+    "model.rope_local_theta": "50000", "model.nope_layers": "2", "model.attn_softcap": "50.0",
+    "model.final_softcap": "30.0", "model.embed_scale": "11.3", "model.query_scale": "0.1",
+    "model.parallel_residual": ["model.parallel_residual=true", "model.norm=layernorm", "model.bias=true",
+                                "model.mlp=gelu", "model.tie_embeddings=false"],
 }
 TWO_GPUS = ["cluster.gpus_per_node=2", "training.global_batch_size=32"]
 CONTEXT = {
@@ -149,6 +168,8 @@ CONTEXT = {
     "parallelism.ep_comm_overlap": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}", "parallelism.expert=2",
                                     "training.micro_batch_size=4"],  # two micro-batches: one hides the other
     "cluster.hosts": ["cluster.nodes=2", *TWO_GPUS[1:]],
+    "model.layer_types": ["model.sliding_window=64"], "model.rope_local_theta": ["model.layer_types=[sliding, full]",
+                                                                                  "model.sliding_window=64"],
     "parallelism.first_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"],
     "parallelism.expert": [*TWO_GPUS, "model.moe={n_experts: 4, top_k: 2}"],
     "parallelism.last_stage_layers": [*TWO_GPUS, "parallelism.pipeline=2"], "cluster.nodes": TWO_GPUS[1:],
@@ -165,7 +186,16 @@ def outputs(sets: list[str]) -> dict[str, str]:
     spec = load_spec("tiny", sets)
     compiled = {k: v for k, v in build_files(spec).items() if k not in ("plan.json", "spec.yaml")}
     return {"plan": json.dumps([plan(spec).to_json(), inference_plan(spec)], sort_keys=True, default=float),
-            "compile": json.dumps(compiled, sort_keys=True), "hf": json.dumps(hf_config(spec), sort_keys=True)}
+            "compile": json.dumps(compiled, sort_keys=True), "hf": _hf(spec)}
+
+
+def _hf(spec) -> str:
+    """The transformers config, or the one line export-hf refuses the spec with (it reads the field to refuse it:
+    no transformers family computes that model exactly)."""
+    try:
+        return json.dumps(hf_config(spec), sort_keys=True)
+    except LLMSpecError as err:
+        return f"refused: {err}"
 
 
 def leaf_fields(data: dict, prefix: str = "") -> dict:
