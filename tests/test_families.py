@@ -344,3 +344,133 @@ def test_a_released_config_plans_with_transformers_parameter_count(name, tmp_pat
 def test_named_specs_export_configs_transformers_counts_alike(name):
     spec = load_spec(name)
     assert plan(spec).params["total"] == _meta_count(hf_config(spec))[0]
+
+
+TINY_SPECS = {"tiny-qwen3": "Qwen3ForCausalLM", "tiny-gemma2": "Gemma2ForCausalLM",
+              "tiny-gemma3": "Gemma3ForCausalLM", "tiny-olmo2": "Olmo2ForCausalLM", "tiny-phi3": "Phi3ForCausalLM",
+              "tiny-smollm3": "SmolLM3ForCausalLM", "tiny-pythia": "GPTNeoXForCausalLM"}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_SPECS))
+def test_a_model_llmspec_built_exports_to_its_family_with_the_same_logits(name, tmp_path):
+    """The other way round: a spec written for llmspec (derived RoPE factors, no import behind it), its compiled
+    model's weights exported, transformers' class of the family computes the same logits."""
+    from llmspec.interop.hf import export_state
+
+    spec = load_spec(name)
+    build(spec, tmp_path / "build")
+    torch.manual_seed(0)
+    ours = load_model_module(tmp_path / "build" / "model.py").Model().eval()
+    with torch.no_grad():
+        for param_name, param in ours.named_parameters():
+            if "norm" in param_name:
+                param.add_(torch.randn_like(param) * 0.2)
+    export_state(ours.state_dict(), spec, tmp_path / "hf")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(theirs).__name__ == TINY_SPECS[name]
+    idx = torch.randint(0, spec.model.vocab_size, (2, spec.model.max_seq_len))  # the whole context
+    assert (_logits(theirs, idx) - _logits(ours, idx)).abs().max().item() <= 1e-5
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _chatml_checkpoint(folder, config):
+    """A tiny random transformers model of ``config``'s family with a ChatML tokenizer and template, as transformers 5
+    saves them (chat_template.jinja, eos <|im_end|>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(["Say yes: the cat sat on the mat. Larger: 3 or 9. Hello there, yes it is."] * 20,
+                                  trainers.BpeTrainer(vocab_size=300, special_tokens=[
+                                      "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                            chat_template=CHATML).save_pretrained(folder)
+    config.update({"vocab_size": 320, "eos_token_id": tokenizer.token_to_id("<|im_end|>"), "bos_token_id": None,
+                   "pad_token_id": tokenizer.token_to_id("<|endoftext|>"), "max_position_embeddings": 128})
+    _random_model(config).save_pretrained(folder)
+    return tokenizer
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
+def test_lora_sft_from_an_imported_model_exports_and_reloads_with_its_template(family, tmp_path):
+    """Import a tiny Qwen3 / Gemma 3 with a chat template, fine-tune it with LoRA (SFT), export: transformers reloads
+    the merged model with the run's logits, PEFT applies the adapter to the original checkpoint with the same
+    logits, and the chat template and end-of-turn token come through."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from llmspec.runner import run
+    from llmspec.train.export_hf import export_run
+    from llmspec.train.generate import load_run
+
+    hf, imported, run_dir, out = tmp_path / "hf", tmp_path / "imported", tmp_path / "sft", tmp_path / "out"
+    config = TINY[family].__class__.from_dict(TINY[family].to_dict())
+    tokenizer = _chatml_checkpoint(hf, config)
+    import_hf(hf, imported)
+    corpus = tmp_path / "sft.jsonl"
+    words = "the cat sat on mat hello there yes it is".split()
+    corpus.write_text("".join(json.dumps({"prompt": f"Say yes: {a} {b}", "response": "yes"}) + "\n"
+                              for a in words for b in words))
+    spec = load_spec(imported / "spec.yaml", [
+        "post_training.method=sft", "post_training.adapter={type: lora, r: 4, alpha: 8, targets: all-linear}",
+        f"data.corpus={corpus}", f"training.init_from={imported}", "training.precision=fp32", "training.seq_len=48",
+        "training.micro_batch_size=8", "training.global_batch_size=8", "training.max_steps=6",
+        "training.schedule.warmup_steps=1", "training.optimizer.lr=1e-2", "training.eval_interval=6",
+        "training.checkpoint_interval=6", "training.log_interval=2", "cluster.gpu=cpu", "cluster.gpus_per_node=1",
+        "cluster.nodes=1"])
+    run(spec, run_dir, announce=lambda *a: None)
+    export_run(run_dir, out)
+
+    idx = torch.randint(0, 320, (2, 40))
+    _, model, _ = load_run(run_dir)
+    expected = _logits(model.eval(), idx)
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(merged).__name__ == {"qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[family]
+    assert (_logits(merged, idx) - expected).abs().max().item() <= 1e-4
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf), out / "adapter").eval()
+    assert (_logits(adapted, idx) - expected).abs().max().item() <= 1e-4
+    assert (_logits(adapted, idx) - _logits(AutoModelForCausalLM.from_pretrained(hf).eval(), idx)).abs().max() > 1e-3
+    theirs = AutoTokenizer.from_pretrained(out)
+    assert theirs.chat_template == CHATML and theirs.eos_token == "<|im_end|>"
+    assert merged.config.eos_token_id == merged.generation_config.eos_token_id == tokenizer.token_to_id("<|im_end|>")
+
+
+def test_a_multimodal_gemma3_checkpoint_imports_its_language_model(tmp_path):
+    """Gemma 3 4B and up are saved as Gemma3ForConditionalGeneration: import reads its text_config and its language
+    model's weights (the vision tower is left behind), with the text-only logits of the whole model."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = {**TINY["gemma3_text"].to_dict(), "tie_word_embeddings": True, "final_logit_softcapping": None}
+    config = Gemma3Config(text_config=text, vision_config={
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "image_size": 28, "patch_size": 14}, mm_tokens_per_image=4, image_token_index=96, boi_token_index=94,
+        eoi_token_index=95)
+    torch.manual_seed(0)
+    whole = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param_name, param in whole.named_parameters():
+            param.add_(torch.randn_like(param) * 0.1) if "norm" in param_name else param.normal_(0.0, 0.1)
+    whole.save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "imported")
+    spec = load_spec(tmp_path / "imported" / "spec.yaml")
+    assert spec.model.qk_norm == "head" and spec.model.rope_local_theta == 1e4
+    build(spec, tmp_path / "build")
+    ours = load_model_module(tmp_path / "build" / "model.py").Model().eval()
+    ours.load_state_dict(load_file(tmp_path / "imported" / "model.safetensors"), strict=True)
+    idx = torch.randint(0, 94, (2, 40))  # text tokens only
+    assert (_logits(ours, idx) - _logits(whole, idx)).abs().max().item() <= 1e-5
+
+
+def test_the_released_multimodal_gemma3_config_plans_as_gemma3_12b(tmp_path):
+    """google/gemma-3-12b-pt's config.json is the multimodal model's: its text_config is the named spec."""
+    config = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "mm_tokens_per_image": 256,
+              "text_config": RELEASED["gemma3-12b"], "vision_config": {"model_type": "siglip_vision_model",
+                                                                       "hidden_size": 1152, "num_hidden_layers": 27}}
+    assert _config_only(tmp_path, config).model == load_spec("gemma3-12b").model

@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 from llmspec.compile.loading import model_module
 from llmspec.errors import LLMSpecError, Problem, SpecError
 from llmspec.interop.hf_config import hf_config, hf_family
-from llmspec.interop.hf_config_read import config_key, family_of, model_from_hf
+from llmspec.interop.hf_config_read import config_key, family_of, language_model_config, model_from_hf
 from llmspec.interop.hf_files import IMPORT_RECORD, TOKENIZER_FILES, files_in, generation_config_of, import_record
-from llmspec.interop.hf_weights import from_hf, to_hf
+from llmspec.interop.hf_weights import from_hf, language_model_weights, to_hf
 from llmspec.interop.output import Content, Tensors, check_output, write_output
 from llmspec.spec.loading import dump_spec, parse_spec
 from llmspec.spec.schema import Spec
@@ -159,11 +159,14 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None, 
     carried: dict[str, Content] = dict(files_in(hf_dir, TOKENIZER_FILES))
     names = ["spec.yaml", "model.safetensors", *carried, "generation_config.json", IMPORT_RECORD]
     check_output(out, names, "import-hf", force, (hf_dir,))  # before reading gigabytes of weights
-    config = read_hf_config(hf_dir)
     source = str(hf_dir / "config.json")
+    full = read_hf_config(hf_dir)
+    config = language_model_config(full, source)  # a multimodal checkpoint: its language model
     spec = imported_spec(config, name or hf_dir.resolve().name, source)
     files: dict[str, Content] = {"spec.yaml": dump_spec(spec, editable=True)}
     weights = read_hf_weights(hf_dir)
+    if weights is not None and config is not full:
+        weights = language_model_weights(weights)
     if weights is not None:
         check_finite(weights, str(hf_dir))
         state = from_hf(weights, _expected_state(spec), family_of(config), spec.model, str(hf_dir))

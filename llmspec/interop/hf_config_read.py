@@ -15,7 +15,7 @@ from typing import Any
 from llmspec.interop.hf_layers import layers_from_hf, nope_from_hf
 from llmspec.interop.hf_rope import ROPE_KEYS, ConfigError, rope_from_hf, rope_key
 
-__all__ = ["ConfigError", "FAMILIES", "family_of", "model_from_hf", "config_key"]
+__all__ = ["ConfigError", "FAMILIES", "family_of", "model_from_hf", "config_key", "language_model_config"]
 
 FAMILIES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3",
             "smollm3", "gpt_neox")
@@ -23,21 +23,51 @@ GEMMA = ("gemma2", "gemma3_text")
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 GATED_ACTIVATIONS = {"silu": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh"}
 NEOX_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-# the keys whose default differs from the common one, per family (transformers' config classes; a test compares)
+# A key a config leaves out takes the default of the family's transformers config class (a test compares): released
+# configs rely on it (Gemma 3's text_config names little more than its sizes).
+_SHAPES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+           "num_key_value_heads", "max_position_embeddings")
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "qwen3": {"head_dim": 128, "tie_word_embeddings": False, "rms_norm_eps": 1e-6},
-    "gemma2": {"head_dim": 256, "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256,
+    "qwen3": {**dict(zip(_SHAPES, (151936, 4096, 22016, 32, 32, 32, 32768), strict=True)), "head_dim": 128,
+              "tie_word_embeddings": False, "rms_norm_eps": 1e-6, "max_window_layers": 28, "sliding_window": 4096},
+    "gemma2": {**dict(zip(_SHAPES, (256000, 2304, 9216, 26, 8, 4, 8192), strict=True)), "head_dim": 256,
+               "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256,
                "sliding_window": 4096, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
                "hidden_activation": "gelu_pytorch_tanh"},
-    "gemma3_text": {"head_dim": 256, "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256,
+    "gemma3_text": {**dict(zip(_SHAPES, (262208, 2304, 9216, 26, 8, 4, 131072), strict=True)), "head_dim": 256,
+                    "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256,
                     "sliding_window": 4096, "final_logit_softcapping": None, "attn_logit_softcapping": None,
                     "hidden_activation": "gelu_pytorch_tanh"},
-    "olmo2": {"tie_word_embeddings": False, "rms_norm_eps": 1e-5},
-    "phi3": {"tie_word_embeddings": False, "rms_norm_eps": 1e-5, "sliding_window": None},
-    "smollm3": {"tie_word_embeddings": True, "rms_norm_eps": 1e-6, "sliding_window": None},
-    "gpt_neox": {"tie_word_embeddings": False, "layer_norm_eps": 1e-5, "use_parallel_residual": True,
+    "olmo2": {**dict(zip(_SHAPES, (50304, 4096, 11008, 32, 32, None, 2048), strict=True)),
+              "tie_word_embeddings": False, "rms_norm_eps": 1e-5},
+    "phi3": {**dict(zip(_SHAPES, (32064, 3072, 8192, 32, 32, None, 4096), strict=True)),
+             "original_max_position_embeddings": 4096, "tie_word_embeddings": False, "rms_norm_eps": 1e-5,
+             "sliding_window": None},
+    "smollm3": {**dict(zip(_SHAPES, (128256, 2048, 11008, 36, 16, 4, 32768), strict=True)),
+                "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "sliding_window": None},
+    "gpt_neox": {**dict(zip(_SHAPES[:5] + _SHAPES[6:], (50432, 6144, 24576, 44, 64, 2048), strict=True)),
+                 "tie_word_embeddings": False, "layer_norm_eps": 1e-5, "use_parallel_residual": True,
                  "attention_bias": True, "hidden_act": "gelu"},
 }
+
+
+# multimodal families whose language model is one of the families above: its config is their text_config
+LANGUAGE_MODELS = {"gemma3": "gemma3_text"}
+
+
+def language_model_config(config: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """The config of the language model of a multimodal checkpoint (Gemma 3 4B and up: its text_config, with the
+    family's model_type); any other config as it is."""
+    family = config.get("model_type")
+    if family not in LANGUAGE_MODELS:
+        return config
+    text = config.get("text_config")
+    if not isinstance(text, dict):
+        raise ConfigError(f"{source}: a {family} config needs a text_config object (its language model)")
+    if text.get("final_logit_softcapping") is not None:  # Gemma3ForCausalLM caps, the multimodal class does not
+        raise ConfigError(f"{source}: text_config.final_logit_softcapping={text['final_logit_softcapping']}: "
+                          f"transformers' {family} model does not cap its logits, its text model does; set it to null")
+    return {**text, "model_type": LANGUAGE_MODELS[family]}
 
 
 def family_of(config: dict[str, Any], source: str = "config.json") -> str:
@@ -52,13 +82,11 @@ class _Config:
     """A config.json read with its family's defaults; a missing key that has none is one line naming it."""
 
     def __init__(self, config: dict[str, Any], family: str, source: str):
-        self.config, self.family, self.source = config, family, source
-        self.defaults = DEFAULTS.get(family, {})
+        # a key written as null is null, as transformers reads it (Gemma 2's final_logit_softcapping: null: no cap)
+        self.config, self.family, self.source = {**DEFAULTS.get(family, {}), **config}, family, source
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key in self.config and self.config[key] is not None:
-            return self.config[key]
-        return self.defaults.get(key, default)
+        return self.config.get(key, default)
 
     def need(self, key: str) -> Any:
         value = self.get(key)
@@ -74,6 +102,7 @@ def model_from_hf(config: dict[str, Any], source: str = "config.json") -> dict[s
     """The spec's ``model`` section (plain data) for a transformers config."""
     family = family_of(config, source)
     c = _Config(config, family, source)
+    config = c.config  # with the family's defaults
     if family == "gpt2":
         return _gpt2(c)
     if family == "gpt_neox":

@@ -51,6 +51,24 @@ _GPT2_CONV1D = re.compile(r"\.(c_attn|c_proj|c_fc)\.weight$")
 _NORM_WEIGHT = re.compile(r"(^|\.)\w*norm\.weight$")
 
 
+# A multimodal checkpoint's language model, by its transformers 5 and 4 names; the vision tower and projector stay
+_LANGUAGE_MODEL = [(r"^model\.language_model\.", "model."), (r"^language_model\.model\.", "model."),
+                   (r"^language_model\.lm_head\.", "lm_head.")]
+_VISION = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
+
+
+def language_model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a multimodal checkpoint's language model (Gemma 3), under the text model's names."""
+    out = {}
+    for name, tensor in tensors.items():
+        if _VISION.match(name):
+            continue
+        for pattern, replacement in _LANGUAGE_MODEL:
+            name = re.sub(pattern, replacement, name)
+        out[name] = tensor
+    return out
+
+
 def hf_name(name: str, family: str) -> str:
     """The transformers name of a compiled model's parameter (Phi-3's and GPT-NeoX's fused projections by the name
     of each part: ``fuse`` joins them)."""
