@@ -9,6 +9,7 @@ from rich.table import Table
 
 from llmspec.planner.inputs import sequence_length
 from llmspec.planner.post_inputs import REWARD
+from llmspec.planner.result import TIME_ROWS
 from llmspec.planner.training import Plan
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fmt_hours, fmt_money
@@ -18,13 +19,6 @@ if TYPE_CHECKING:  # measuring imports torch; the plan path must not
 
 OK, NO = "[green]✓[/]", "[red]✗[/]"
 # what the transient buffers are in the phase that sets the peak (PPO/GRPO have three phases; other runs one)
-_TIME_ROWS = (("compute_seconds", "  compute"), ("imbalance_seconds", "  slowest stage"),
-              ("bubble_seconds", "  pipeline bubble"),
-              ("dp_exposed_seconds", "  data-parallel comm"), ("tp_seconds", "  tensor-parallel comm"),
-              ("pp_seconds", "  pipeline comm"), ("offload_seconds", "  optimizer offload"),
-              ("ep_seconds", "  expert all-to-all"), ("cp_seconds", "  context-parallel comm"))
-_TIME_NOTES = {"imbalance_seconds": "uneven blocks, the LM head on the last stage",
-               "bubble_seconds": "fill and drain, (p − 1)/(v·m) of the slowest stage"}
 _BUFFERS = {"training": "logits / recompute / buckets", "generation": "KV cache, gathered policy, logits",
             "scoring": "a micro-batch's logits + log-softmax"}
 
@@ -84,12 +78,21 @@ def _frozen_note(plan: Plan) -> str:
     return f"{' + '.join(w for w in what if w)}, {where}"
 
 
+def _attention_note(spec) -> str:
+    """Which keys the queries see: causal, and the layers that see fewer (windows, chunks)."""
+    kinds = spec.model.architecture.kinds
+    local = [f"{count} {kind} ({span})" for (kind, span), count in sorted(kinds.items(), key=lambda item: item[0][0])
+             if kind != "full"]
+    return "causal" + (f"; {', '.join(local)} of {spec.model.n_layers} layers" if local else "")
+
+
 def render_plan(plan: Plan, console: Console) -> None:
     spec, p, f, mem, t = plan.spec, plan.params, plan.flops, plan.memory, plan.time
     par, tr, cl = spec.parallelism, spec.training, spec.cluster
+    # two lines, each whole on an 80-column terminal: what and where, then how
     console.print(
         f"[bold]{spec.name}[/] · {fmt_count(p['total'])} params · {fmt_count(plan.total_tokens)} tokens · "
-        f"{cl.gpus} × {plan.gpu_name} ({cl.nodes} node{'s' if cl.nodes > 1 else ''}) · {tr.precision} · "
+        f"{cl.gpus} × {plan.gpu_name} ({cl.nodes} node{'s' if cl.nodes > 1 else ''})\n{tr.precision} · "
         f"DP {par.data_parallel} × TP {par.tensor} × PP {par.pipeline}"
         f"{f' × CP {par.context}' if par.context > 1 else ''}"
         f"{f' ({par.virtual_stages} chunks each)' if par.virtual_stages != 1 else ''} · "
@@ -97,7 +100,8 @@ def render_plan(plan: Plan, console: Console) -> None:
 
     table = _table("Parameters", "count", "note")
     table.add_row("total", f"{p['total']:,}", "shared (tied) weights counted once")
-    table.add_row("embedding", f"{p['embedding']:,}", "token + learned position tables")
+    table.add_row("embedding", f"{p['embedding']:,}",
+                  "token + learned position tables" if spec.model.position == "learned" else "token table")
     table.add_row("non-embedding", f"{p['non_embedding']:,}", "LM head included")
     table.add_row("active per token", f"{p['active']:,}", "MoE: top-k experts" if spec.model.moe else "dense")
     table.add_row("per block", f"{p['per_layer']:,}",
@@ -112,7 +116,7 @@ def render_plan(plan: Plan, console: Console) -> None:
 
     table = _table("Compute", "FLOPs", "note")
     table.add_row("forward / token", fmt_flops(f["per_token_forward"]),
-                  f"attention {fmt_flops(f['attention_per_token'])} (causal)")
+                  f"attention {fmt_flops(f['attention_per_token'])} ({_attention_note(spec)})")
     table.add_row("training / token", fmt_flops(f["per_token_train"]), _training_flops_note(plan))
     table.add_row("executed / token", fmt_flops(f["per_token_hardware"]),
                   f"with {par.activation_checkpointing} recompute (for HFU)")
@@ -134,7 +138,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     table.add_row("[bold]model states[/]", fmt_bytes(mem["model_states"]), f"ZeRO-{par.zero_stage}")
     peak_phase = plan.peak_phase
     table.add_row("activations", fmt_bytes(mem["activations"]), f"checkpointing {par.activation_checkpointing}"
-                  + ("" if peak_phase == "training" else f" (none saved in {peak_phase})"))
+                  + ("" if peak_phase == "training" else f" (none saved in {peak_phase})")
+                  + ("; soft-capped scores kept (b·heads·s²)" if spec.model.attn_softcap is not None else ""))
     table.add_row("buffers", fmt_bytes(mem["buffers"]), _BUFFERS[peak_phase])
     if mem["fp8_weights"]:
         table.add_row("FP8 weights", fmt_bytes(mem["fp8_weights"]), "block weights cast for FP8 matmuls")
@@ -161,12 +166,13 @@ def render_plan(plan: Plan, console: Console) -> None:
         table.add_row(f"  {name}", fmt_duration(phase["seconds"]),
                       f"peak {fmt_bytes(phase['memory'])}" + (" ◀" if name == peak_phase else ""))
     # an RL step's rows are its phases; any other step's, compute and what is exposed beside it
-    for key, label in () if plan.phases else _TIME_ROWS:
+    # each row of the time model with what it is (result.TIME_ROWS); parts of a row are indented under it
+    for key, label, note in () if plan.phases else TIME_ROWS:
         if t[key] > 0 or key == "compute_seconds":
-            table.add_row(label, fmt_duration(t[key]), _TIME_NOTES.get(key, "exposed, not hidden behind compute"
-                                                                        if "comm" in label else ""))
+            share = f"{t[key] / t['step_seconds']:.0%}" if t["step_seconds"] else ""
+            table.add_row(f"  {label}", fmt_duration(t[key]), " · ".join(filter(None, (share, note))))
     table.add_row("throughput", f"{fmt_count(t['tokens_per_second'])} tokens/s",
-                  f"MFU {t['mfu']:.1%} · HFU {t['hfu']:.1%} (efficiency {plan.efficiency:.0%})")
+                  f"MFU {t['mfu']:.1%} · HFU {t['hfu']:.1%} (matmuls at {plan.efficiency:.0%})")
     pub = plan.published
     if pub:
         table.add_row("published", f"{pub['tflops_per_gpu']:,.0f} TFLOP/s/GPU",
