@@ -42,7 +42,7 @@ def resolve(source: str | Path) -> Path:
     if name in specs:
         return specs[name]
     close = difflib.get_close_matches(name, specs, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else f" (named specs: {', '.join(sorted(specs))})"
+    hint = f"; did you mean '{close[0]}'?" if close else f" ({len(specs)} named specs: `llmspec specs` lists them)"
     raise SpecError([Problem("", f"no spec file or named spec '{source}'{hint}")])
 
 
