@@ -94,7 +94,7 @@ def test_random_specs_match_the_compiled_model(spec):
 def random_2026_specs(draw):
     """A random RoPE model over the 2026 families' fields: QK-norm, norm placement, parallel residual, layer kinds
     (sliding, chunked, full) with their spans and local RoPE base, NoPE layers, soft-caps, embedding and query
-    scales, partial rotary, RoPE scaling, GeGLU-tanh; with or without MoE."""
+    scales, partial rotary, RoPE scaling, GeGLU-tanh; with MoE, or fine-tuned under LoRA (QLoRA)."""
     heads = draw(st.sampled_from([2, 4]))
     head_dim = draw(st.sampled_from([8, 16]))
     seq = draw(st.sampled_from([16, 24]))
@@ -125,7 +125,8 @@ def random_2026_specs(draw):
             sets.append("model.rope_local_theta=100")
     elif draw(st.booleans()):  # NoPE layers (SmolLM3), beside full attention only
         sets.append(f"model.nope_layers={draw(st.integers(1, 3))}")
-    for field, value in (("attn_softcap", 20), ("final_softcap", 5), ("embed_scale", 3.5), ("query_scale", 0.2)):
+    for field, value in (("attn_softcap", 20), ("final_softcap", 5), ("embed_scale", 3.5), ("query_scale", 0.2),
+                         ("partial_rotary", 0.5)):
         if draw(st.booleans()):
             sets.append(f"model.{field}={value}")
     if draw(st.booleans()) and not any("rope_local_theta" in x for x in sets):
@@ -134,10 +135,19 @@ def random_2026_specs(draw):
     if draw(st.booleans()):
         experts = draw(st.integers(2, 3))
         sets += [f"model.moe.n_experts={experts}", f"model.moe.top_k={draw(st.integers(1, experts))}"]
+    elif draw(st.booleans()):  # a LoRA fine-tune of it (adapters on a MoE are not planned)
+        gated = any(x in sets for x in ("model.mlp=swiglu", "model.mlp=geglu_tanh"))
+        linears = ["q_proj", "k_proj", "v_proj", "o_proj", *(["gate_proj"] if gated else []), "up_proj", "down_proj"]
+        targets = draw(st.lists(st.sampled_from(linears), min_size=1, max_size=3, unique=True))
+        sets += ["post_training.method=sft", "post_training.adapter.type=lora", "post_training.adapter.r=2",
+                 f"post_training.adapter.targets=[{', '.join(targets)}]"]
+        # (NF4 under a parallel residual, fully checkpointed, counts fewer recomputed FLOPs than planned: open)
+        if "model.parallel_residual=true" not in sets and draw(st.booleans()):
+            sets.append("post_training.base_precision=nf4")
     return minimal(*sets)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(random_2026_specs())
 def test_random_2026_specs_match_the_compiled_model_exactly(spec):

@@ -17,6 +17,7 @@ The models are built as ``llmspec.compile.measured_models`` says (MoE: balanced 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,9 +98,10 @@ def _trained(spec: Spec) -> list[torch.nn.Module]:
 
 
 def _train_step(spec: Spec, trained: list[torch.nn.Module], objectives: Any, device: str,
-                backward: bool = True) -> None:
-    """One micro-batch of the spec's objective, forward (+ backward). Without objectives.py (pretraining, sft):
-    model.py's next-token cross-entropy. Else the method's loss (objectives.py's ``<method>_loss``) on what it takes:
+                backward: bool = True) -> torch.Tensor:
+    """One micro-batch of the spec's objective, forward (+ backward); returns its loss. Without objectives.py
+    (pretraining, sft): model.py's next-token cross-entropy. Else the method's loss (objectives.py's
+    ``<method>_loss``) on what it takes:
     - a critic trains beside the policy (ppo): the policy's logits and the critic's values, with the rollouts' old
       log-probs, values, advantages and returns (inputs: zeros here);
     - other rollouts (grpo): the policy's and the reference's per-token log-probs, one advantage per sequence;
@@ -132,6 +134,7 @@ def _train_step(spec: Spec, trained: list[torch.nn.Module], objectives: Any, dev
             loss = method_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:])
     if backward:
         loss.backward()
+    return loss
 
 
 def _reference_logits(spec: Spec, model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -179,22 +182,28 @@ def count_flops(spec: Spec) -> int:
 
 
 def count_saved_bytes(spec: Spec) -> int:
-    """Bytes saved for backward by one micro-batch (FakeTensorMode on the CPU device: SDPA's flash path)."""
+    """Bytes saved for backward by one micro-batch (FakeTensorMode on the CPU device: SDPA's flash path): the
+    storages of the tensors the step's graph still holds once its forward is done. A tensor packed and then let go
+    (inside a checkpointed region whose output needs no gradient) is not held; a storage counts once."""
     with FakeTensorMode():
         trained = _trained(spec)
         fp8_saved_inputs(spec, trained[0])
         parameters = {p.untyped_storage()._cdata for model in trained for p in model.parameters()}
-        saved: dict[int, int] = {}
+        packed: list[tuple[weakref.ref, int, int]] = []  # (the tensor as the graph holds it, storage, bytes)
 
         def pack(tensor: torch.Tensor) -> torch.Tensor:
             storage = tensor.untyped_storage()
             if storage._cdata not in parameters:
-                saved[storage._cdata] = storage.nbytes()
+                packed.append((weakref.ref(tensor), storage._cdata, storage.nbytes()))
             return tensor
 
         with routing(spec), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            _train_step(spec, trained, objectives_module(model_module(spec)), "cpu", backward=False)
-    return sum(saved.values())
+            loss = _train_step(spec, trained, objectives_module(model_module(spec)), "cpu", backward=False)
+        # while the loss holds the graph: the storages of the tensors it still keeps (a freed storage's address may
+        # have been reused, so only live tensors name a storage)
+        held = {storage: size for tensor, storage, size in packed if tensor() is not None}
+        del loss
+    return sum(held.values())
 
 
 def measure(spec: Spec, modes: tuple[str, ...] = CHECKPOINTING) -> Measurement:

@@ -68,6 +68,7 @@ from llmspec.planner.formulas.symbols import (
     overlap,
     p,
     par_res,
+    post_norm,
     prefetch_bucket,
     prefix,
     psi,
@@ -193,14 +194,31 @@ def _frozen_block(grad_in: int) -> tuple[sp.Expr, sp.Expr]:
     gradient."""
     g = _grads(grad_in)
     sdpa_grad, mlp_grad, gate_grad, up_grad = g["sdpa"], g["mlp"], g["gate"], g["up"]
-    attn = (grad_in * norm_frozen + _lora_inputs((lq, lk, lv, lqkv), h, grad_in)
-            + sdpa_grad * ((a + 2 * k) * d_h * e + a * d_h * e + 4 * a)
+    q_grad, k_grad, v_grad = _any(grad_in, lq, lqkv), _any(grad_in, lk, lqkv), _any(grad_in, lv, lqkv)
+    scores_grad = _any(q_grad, k_grad)
+    # A frozen norm keeps its input (RMSNorm: its fp32 copy and rstd) where that input needs a gradient: the block
+    # input's pre-norm, the attention output's and the MLP output's post-norms, the q and k projections' QK-norms
+    pre = half_norms - post_norm
+    mlp_out_grad = _any(g["hidden"], ldn)
+    qk_frozen = (qk_head * (q_grad * a + k_grad * k) * (4 * d_h + 4)
+                 + qk_full * (q_grad * (4 * a * d_h + 4) + k_grad * (4 * k * d_h + 4)))
+    # soft-capped attention written out keeps what each product's gradients need: q·kᵀ keeps q for k's gradient and
+    # k for q's, the scores' tanh and softmax outputs where q or k needs one, the product with v the cast
+    # probabilities for v's gradient (in fp32 the softmax output itself) and v for theirs
+    written_out = (k_grad * a * d_h * e + q_grad * a * d_h * e
+                   + scores_grad * (a * s * e + a * d_h * e) + 4 * a * s * _any(scores_grad, v_grad * (1 - cast))
+                   + cast * v_grad * a * s * e)
+    sdpa_kept = sdpa_grad * ((a + 2 * k) * d_h * e + a * d_h * e + 4 * a)
+    attn = (grad_in * pre * norm_frozen + post_norm * mlp_grad * norm_frozen + qk_frozen
+            + _lora_inputs((lq, lk, lv, lqkv), h, grad_in)
+            + (1 - softcap) * sdpa_kept + softcap * written_out
             # a fused projection's q is a view of the whole q/k/v output, which stays alive when the prefix
             # concatenation gives k and v storages of their own
             + prefix * fused * sdpa_grad * 2 * k * d_h * e
-            + lo * ((1 - l_drop) * (1 - sdpa_grad) * a * d_h * e + l_drop * a * d_h * (e + sdpa_grad * e_mask))
+            + lo * ((1 - l_drop) * (1 - (1 - softcap) * sdpa_grad) * a * d_h * e
+                    + l_drop * a * d_h * (e + sdpa_grad * e_mask))
             + rank * e * (lq + lk + lv + lqkv + lo) + drop * _any(sdpa_grad, lo) * h * e_mask)
-    mlp = (mlp_grad * norm_frozen + _lora_inputs((lg, lu), h, mlp_grad)
+    mlp = (mlp_grad * pre * norm_frozen + post_norm * mlp_out_grad * norm_frozen + _lora_inputs((lg, lu), h, mlp_grad)
            + f * e * (gated * (2 * gate_grad + up_grad) + (1 - gated) * up_grad)
            + ldn * ((1 - l_drop) * f * e * (1 - relu * up_grad) + l_drop * f * (e + g["hidden"] * e_mask))
            + rank * e * (lg + lu + ldn) + drop * _any(mlp_grad, lg, lu, ldn) * h * e_mask)
@@ -210,10 +228,12 @@ def _frozen_block(grad_in: int) -> tuple[sp.Expr, sp.Expr]:
 frozen_attn, frozen_mlp = _frozen_block(1)
 first_attn, first_mlp = _frozen_block(0)
 frozen_kept = define("act_layer_kept_frozen",
-                     ck_none * (frozen_attn + frozen_mlp) + ck_sel * (frozen_attn + h * e) + ck_full * h * e,
+                     ck_none * (frozen_attn + frozen_mlp - shared) + ck_sel * (frozen_attn + h * e - shared)
+                     + ck_full * h * e,
                      "per token, one block of a frozen base (not the first), as kept for backward", "B")
 first_kept = define("act_first_layer_kept_frozen",
-                    ck_none * (first_attn + first_mlp) + ck_sel * (first_attn + h * e) + ck_full * h * e,
+                    ck_none * (first_attn + first_mlp) + ck_sel * (first_attn + _any(_grads(0)["mlp"], lg, lu, ldn)
+                                                                   * h * e) + ck_full * h * e,
                     "per token, the first block of a frozen base, whose input needs no gradient", "B")
 # every block but the first has its input's gradient; the first's q/k (RoPE) and SDPA keep anything only if
 # adapted there (a checkpointed block keeps its arguments: tables and mask)

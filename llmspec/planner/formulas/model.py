@@ -244,13 +244,24 @@ train = define("flops_per_token_train",
                "+ a reference forward where the step runs one (DPO, GRPO; for MFU)", "FLOP")
 # Non-reentrant checkpointing stops recomputing once every saved tensor is back: a dense MLP's last matmul, whose
 # output nothing saves, is skipped unless dropout or a post-norm follows it (the down projection, or under LoRA its B).
-skipped = (1 - moe) * (1 - drop) * (1 - post_norm) * 2 * L * (ldn * rank * h + (1 - ldn) * h * f)
+def _skipped(layers: sp.Expr) -> sp.Expr:
+    return (1 - moe) * (1 - drop) * (1 - post_norm) * 2 * layers * (ldn * rank * h + (1 - ldn) * h * f)
+
+
+# Under an adapter, a parallel residual's first MLP reads the frozen embedding: with no adapter of its own it needs
+# no gradient, keeps nothing and is not recomputed; a full checkpoint of that block also stops after the last
+# tensor its attention keeps (o_proj's LoRA A, or SDPA before a frozen o_proj).
+idle = adapter * (1 - _any(_grads(0)["mlp"], lg, lu, ldn))
+idle_full = idle * (2 * (2 + gated) * h * f - _skipped(1)
+                    + (1 - drop) * (lo * 2 * rank * h + (1 - lo) * 2 * a * d_h * h))
 recompute = define("flops_recompute_per_token",
-                   ck_full * (fwd + fwd_capacity - 2 * (1 - vh) * V * h - 2 * vh * h - skipped)
-                   + ck_sel * (2 * L * (K * cf * (2 + gated) * h * f + moe * h * E + rank * (lg + lu + ldn) * (h + f))
-                               - skipped),
+                   ck_full * (fwd + fwd_capacity - 2 * (1 - vh) * V * h - 2 * vh * h - _skipped(L) - idle_full)
+                   + ck_sel * (2 * (L - idle) * (K * cf * (2 + gated) * h * f + moe * h * E
+                                                 + rank * (lg + lu + ldn) * (h + f))
+                               - _skipped(L - idle)),
                    "forward recomputed in backward: every block (full) or the MLPs (selective), less the dense "
-                   "down projection that early-stopping recompute skips", "FLOP")
+                   "down projection that early-stopping recompute skips (and a frozen first MLP that needs no "
+                   "gradient)", "FLOP")
 hw = define("flops_per_token_hardware", train + recompute, "FLOPs executed per token (for HFU)", "FLOP")
 define("flops_per_step", train * B * s, "model FLOPs per optimizer step", "FLOP")
 define("flops_total", train * D, "model FLOPs for the whole run", "FLOP")

@@ -68,7 +68,8 @@ def _grads(grad_in: sp.Expr) -> dict[str, sp.Expr]:
     prefix makes trainable downstream. Keys: sdpa (attention's q/k/v/output), mlp (the MLP's input), gate, up
     (their outputs), hidden (down_proj's input)."""
     sdpa = _any(grad_in, lq, lk, lv, lqkv, prefix)
-    mlp = _any(sdpa, lo)
+    # a parallel residual's MLP reads the block input; otherwise the residual after attention
+    mlp = par_res * grad_in + (1 - par_res) * _any(sdpa, lo)
     gate, up = _any(mlp, lg), _any(mlp, lu)
     return {"in": grad_in, "sdpa": sdpa, "mlp": mlp, "gate": gate, "up": up,
             "hidden": gated * _any(gate, up) + (1 - gated) * up}
