@@ -65,6 +65,10 @@ FAMILY_VARIANTS = [
     ("tiny", ["model.layer_types=[chunked, full]", "model.attention_chunk_size=32", "model.attn_softcap=20.0"]),
     ("tiny", ["model.attention_chunk_size=32", "model.layer_types=[chunked]"]),
     ("tiny", ["model.sliding_window=16", "model.attn_softcap=20.0", "model.query_scale=0.1"]),
+    # QLoRA and LoRA on the families' layers: the base quantised around the QK-norms, soft caps and post norms
+    ("tiny-lora", [*GEMMA3, "post_training.base_precision=nf4"]),
+    ("tiny-lora", ["model.qk_norm=full", "model.norm_placement=post", "post_training.base_precision=int8"]),
+    ("tiny-lora", [*GEMMA2, "post_training.adapter.dropout=0.1"]),
     ("tiny", [*PIPE, "model.qk_norm=head", "model.norm_placement=sandwich", "model.embed_scale=11.3",
               "model.final_softcap=30.0", "model.partial_rotary=0.5", "model.attn_softcap=20.0"]),
 ]
@@ -530,7 +534,7 @@ CACHE_VARIANTS = [
     ("tiny-lora", ["post_training.adapter.type=prefix", "post_training.adapter.n_virtual=3"]),
     ("tiny-lora", []),
     # the 2026 families' layers, windows and chunks shorter than the 12 tokens decoded
-    *[("tiny", [*(s.replace("=16", "=5").replace("=32", "=4") for s in sets)]) for _, sets in FAMILY_VARIANTS
+    *[(name, [*(s.replace("=16", "=5").replace("=32", "=4") for s in sets)]) for name, sets in FAMILY_VARIANTS
       if not any(s.startswith("parallelism.pipeline") for s in sets)],
 ]
 
