@@ -3,12 +3,14 @@ throughput of `llmspec prepare` (reading, encoding on every worker, writing shar
 text with the same tokenizer, on one thread and on all cores; and the peak memory of `llmspec prepare` (its process
 and its workers, summed) for each corpus size given.
 
-    python benchmarks/data_prepare.py [--sizes 0.5 3] [--dir /tmp/llmspec-bench-data] [--sample-mb 32]
+    python benchmarks/data_prepare.py [--sizes 0.5 3] [--dir /tmp/llmspec-bench-data] [--sample-mb 64]
+                                      [--throughput-only]
 
-Each corpus is written once into --dir (kept between runs); each `prepare` runs in a fresh cache, so it trains its
-tokenizer on data.tokenizer.sample_bytes and encodes everything. encode_batch's figures come from the first
---sample-mb of the corpus (tokenisation speed does not depend on the corpus's size), right after each prepare (a
-shared machine's load drifts), each in its own process so that RAYON_NUM_THREADS holds.
+Each corpus is written once into --dir (kept between runs). Throughput: the first --sample-mb of the first corpus,
+encoded by encode_batch (one thread, every core; each in its own process so that RAYON_NUM_THREADS holds) and by
+`llmspec prepare` with the same tokenizer, in two alternating rounds, best of each (a shared machine's load drifts;
+side by side, each figure meets the same load). Memory: `prepare` of each whole corpus in a fresh cache (its
+tokenizer trained on data.tokenizer.sample_bytes, everything encoded), its peak RSS and its tokens per second.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +36,7 @@ training: {{seq_len: 256, micro_batch_size: 8, global_batch_size: 8, max_steps: 
 cluster: {{gpu: cpu, gpus_per_node: 1, nodes: 1}}
 data:
   sources: [{{path: {path}}}]
-  tokenizer: {{sample_bytes: {sample}}}
+  tokenizer: {tokenizer}
 """
 
 ENCODE = """
@@ -82,14 +85,14 @@ def generate(path: Path, gigabytes: float, seed: int = 0) -> None:
     path.with_suffix(".tmp").rename(path)
 
 
-def prepare(corpus: Path, sample: int, workers: int | None = None) -> dict:
-    """`llmspec prepare --json` in a fresh cache, its peak memory (the process tree's summed RSS, sampled)."""
+def prepare(corpus: Path, sample: int, tokenizer: str | None = None, keep: Path | None = None) -> dict:
+    """`llmspec prepare --json` in a fresh cache (the tokenizer given, or trained on ``sample`` bytes: copied to
+    ``keep``), its peak memory (the process tree's summed RSS, sampled)."""
     cache = tempfile.mkdtemp(prefix="llmspec-bench-cache-")
     spec = Path(cache) / "spec.yaml"
-    spec.write_text(SPEC.format(path=corpus, sample=sample))
+    given = f"{{path: {tokenizer}}}" if tokenizer else f"{{sample_bytes: {sample}}}"
+    spec.write_text(SPEC.format(path=corpus, tokenizer=given))
     args = [sys.executable, "-m", "llmspec", "prepare", str(spec), "--json"]
-    if workers:
-        args += ["--set", f"data.workers={workers}"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                env={**os.environ, "LLMSPEC_CACHE": cache})
     tree, peak, start = psutil.Process(process.pid), 0, time.perf_counter()
@@ -104,7 +107,10 @@ def prepare(corpus: Path, sample: int, workers: int | None = None) -> dict:
     if process.returncode:
         raise SystemExit(f"prepare failed: {err[-2000:]}")
     result = json.loads(out)
-    result.update(peak_rss=peak, wall=time.perf_counter() - start, cache=cache)
+    result.update(peak_rss=peak, wall=time.perf_counter() - start)
+    if keep:
+        shutil.copyfile(result["tokenizer"], keep)
+    shutil.rmtree(cache)
     return result
 
 
@@ -117,52 +123,73 @@ def encode_batch(tokenizer: str, corpus: Path, sample_bytes: int, threads: int, 
     return result["tokens"] / result["seconds"]
 
 
+def head(corpus: Path, size: int) -> Path:
+    """The corpus's first lines up to ``size`` bytes, as a file of its own."""
+    path = corpus.with_name(f"{corpus.stem}-head-{size // 10**6}mb.jsonl")
+    if not path.exists():
+        with open(corpus, "rb") as source, open(path, "wb") as out:
+            written = 0
+            for line in source:
+                out.write(line)
+                written += len(line)
+                if written >= size:
+                    break
+    return path
+
+
+def throughput(corpus: Path, sample: int, cores: int) -> dict[str, float]:
+    """Tokens per second on the same text with the same tokenizer: encode_batch (1 thread, every core; the fast
+    variant without offsets) and prepare's encoding, best of two alternating rounds."""
+    text = head(corpus, sample)
+    tokenizer = text.with_suffix(".tokenizer.json")
+    prepare(text, min(sample, 16 * 10**6), keep=tokenizer)
+    best: dict[str, float] = {}
+    for _ in range(2):
+        rates = {"encode_batch, 1 thread": encode_batch(str(tokenizer), text, sample, 1, "encode_batch"),
+                 f"encode_batch, {cores} threads": encode_batch(str(tokenizer), text, sample, cores, "encode_batch"),
+                 f"encode_batch_fast, {cores} threads": encode_batch(str(tokenizer), text, sample, cores,
+                                                                     "encode_batch_fast")}
+        result = prepare(text, sample, str(tokenizer))
+        rates[f"llmspec prepare, {cores} workers"] = result["tokens"] / result["encoding_seconds"]
+        best = {name: max(rate, best.get(name, 0.0)) for name, rate in rates.items()}
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.5, 3.0], help="corpus sizes in GB")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "llmspec-bench-data")
-    parser.add_argument("--sample-mb", type=float, default=32, help="text encode_batch is timed on (MB)")
+    parser.add_argument("--sample-mb", type=float, default=64, help="text the throughput is measured on (MB)")
     parser.add_argument("--tokenizer-sample-mb", type=float, default=64, help="data.tokenizer.sample_bytes (MB)")
+    parser.add_argument("--throughput-only", action="store_true", help="skip the whole-corpus preparations")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
-    sample = int(args.sample_mb * 1e6)
-    rows = []
+    corpora = []
     for size in args.sizes:
         corpus = args.dir / f"corpus-{size:g}gb.jsonl"
         started = time.perf_counter()
         generate(corpus, size)
         print(f"corpus {corpus} ({corpus.stat().st_size / 1e9:.2f} GB) ready in {time.perf_counter() - started:.0f} s",
               flush=True)
+        corpora.append((size, corpus))
+    rates = throughput(corpora[0][1], int(args.sample_mb * 1e6), cores)
+    one, every = rates["encode_batch, 1 thread"], rates[f"encode_batch, {cores} threads"]
+    print(f"\nthe first {args.sample_mb:g} MB, same tokenizer{'tokens/s':>21s}{f'vs {cores} × 1 thread':>18s}"
+          f"{f'vs {cores} threads':>14s}")
+    for name, rate in rates.items():
+        print(f"  {name:44s}{rate:11,.0f}{rate / (cores * one):18.2f}{rate / every:14.2f}")
+    if args.throughput_only:
+        return
+    print(f"\n{'corpus':>8s}{'tokens':>16s}{'documents':>12s}{'tokens/s':>11s}{'peak RSS':>12s}{'vs first':>10s}"
+          f"{'wall':>9s}")
+    first = None
+    for size, corpus in corpora:
         result = prepare(corpus, int(args.tokenizer_sample_mb * 1e6))
-        # the baselines right after, on the same machine state (a shared machine's load drifts)
-        result["baselines"] = {name: encode_batch(result["tokenizer"], corpus, sample, threads, method)
-                               for name, threads, method in (("one", 1, "encode_batch"),
-                                                             ("every", cores, "encode_batch"),
-                                                             ("fast", cores, "encode_batch_fast"))}
-        rows.append((size, result))
-        print(f"  prepare: {result['tokens']:,} tokens in {result['wall']:.0f} s (encoding "
-              f"{result['encoding_seconds']:.0f} s), peak RSS {result['peak_rss'] / 2**30:.2f} GiB", flush=True)
-    print(f"\n{'':46s}{'tokens/s':>11s}{f'vs {cores} × 1 thread':>18s}{f'vs {cores} threads':>14s}")
-    for size, result in rows:
-        one, every, fast = (result["baselines"][k] for k in ("one", "every", "fast"))
-        worth = cores * one  # "two cores' worth": one thread's rate on each core
-
-        def line(name: str, rate: float, worth: float = worth, every: float = every) -> None:
-            print(f"{name:46s}{rate:11,.0f}{rate / worth:18.2f}{rate / every:14.2f}")
-
-        print(f"{size:g} GB corpus:")
-        line("  HF encode_batch, 1 thread", one)
-        line(f"  HF encode_batch, 1 thread × {cores} cores", worth)
-        line(f"  HF encode_batch, {cores} threads", every)
-        line(f"  HF encode_batch_fast, {cores} threads", fast)
-        line(f"  llmspec prepare: encoding, {cores} workers", result["tokens"] / result["encoding_seconds"])
-        line("  llmspec prepare: whole, tokenizer too", result["tokens"] / result["wall"])
-    print(f"\n{'corpus':>8s}{'tokens':>16s}{'documents':>12s}{'peak RSS':>12s}{'vs first':>10s}{'wall':>9s}")
-    first = rows[0][1]["peak_rss"]
-    for size, result in rows:
-        print(f"{size:6g}GB{result['tokens']:16,}{result['documents']:12,}{result['peak_rss'] / 2**30:10.2f}Gi"
-              f"{result['peak_rss'] / first:10.2f}{result['wall']:8.0f}s")
+        first = first or result["peak_rss"]
+        print(f"{size:6g}GB{result['tokens']:16,}{result['documents']:12,}"
+              f"{result['tokens'] / result['encoding_seconds']:11,.0f}{result['peak_rss'] / 2**30:10.2f}Gi"
+              f"{result['peak_rss'] / first:10.2f}{result['wall']:8.0f}s", flush=True)
 
 if __name__ == "__main__":
     main()
