@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers import planned
+from helpers import minimal, planned
 
 from llmspec.errors import LLMSpecError
+from llmspec.planner import plan
+from llmspec.planner.inference import inference_plan
 from llmspec.planner.regimes import bytes_per_param
 from llmspec.spec.loading import load_spec
 
@@ -265,10 +267,6 @@ def test_expert_degree_is_checked(sets, message):
 
 @pytest.mark.parametrize("context", [512, 4096])
 def test_inference_kv_cache_holds_each_layers_window_or_chunk(context):
-    from helpers import minimal
-
-    from llmspec.planner.inference import inference_plan
-
     # 6 layers: 3 sliding (window 1024), 2 chunked (chunk 2048), 1 full; 2 kv heads of 16 dims in bf16
     spec = minimal("model.n_layers=6", "model.n_kv_heads=2", "model.position=rope", "model.max_seq_len=4096",
                    "training.seq_len=4096", "model.layer_types=[sliding, chunked, sliding, full, sliding, chunked]",
@@ -280,3 +278,24 @@ def test_inference_kv_cache_holds_each_layers_window_or_chunk(context):
     assert result["kv_cache_per_token"] == 6 * 2 * 2 * 16 * 2  # one position in every layer, for comparison
     per_sequence = held * 2 * 2 * 16 * 2
     assert result["max_batch"] == (result["usable"] - result["inference_weights"]) // per_sequence
+
+
+def test_2026_features_saved_bytes_hand_worked():
+    """Per token and block, bf16 (e = 2): what each feature adds to what attention keeps for backward."""
+    a, k, d_h, h, s, e = 4, 2, 16, 64, 128, 2
+    common = ["model.n_kv_heads=2", "model.position=rope", "model.norm=rmsnorm", "training.precision=bf16",
+              "cluster.gpu=H100"]
+
+    def attention(*sets):
+        return plan(minimal(*common, *sets), alternatives=False).env["act_attention"]
+
+    base = attention()
+    # Gemma 2's soft-cap, written out: k and v repeated to every query head, the scores' tanh (bf16), fp32
+    # softmax and its bf16 cast, instead of SDPA's fp32 log-sum-exp
+    assert attention("model.attn_softcap=50") - base == 2 * (a - k) * d_h * e + a * s * (2 + 4 + 2) - 4 * a
+    # QK-norm (composite RMSNorm): an fp32 copy of q and k, their fp32 normalised values, an fp32 rstd per head
+    assert attention("model.qk_norm=head") - base == (a + k) * (4 * d_h + 4 * d_h + 4)
+    assert attention("model.qk_norm=full") - base == 8 * (a + k) * d_h + 2 * 4  # one rstd for q, one for k
+    # sandwich: the attention output's post-norm keeps what the pre-norm keeps (RMSNorm: 8h + 4)
+    assert attention("model.norm_placement=sandwich") - base == 8 * h + 4
+    assert attention("model.norm_placement=post") == base
