@@ -196,7 +196,7 @@ def _summary(spec: Spec, params: int) -> str:
     if set(kinds) == {("sliding", mo.sliding_window)}:
         parts.append(f"sliding window {mo.sliding_window}")
     elif set(kinds) != {("full", None)}:
-        parts.append(", ".join(f"{count} {kind}" + (f" ({span})" if span else "") + " layers"
+        parts.append(", ".join(f"{count} {kind}" + (f" ({span})" if span else "") + " layer" + "s" * (count > 1)
                                for (kind, span), count in sorted(kinds.items(), key=lambda item: item[0][0])))
     for present, text in ((mo.qk_norm != "none", f"QK-norm ({mo.qk_norm})"),
                           (mo.norm_placement != "pre", f"{mo.norm_placement}-norm blocks"),
