@@ -140,6 +140,6 @@ def test_explain_shows_the_rl_steps_formula_for_what_the_plan_reports():
         assert (item.name, item.group) == (f"rl_{quantity}", "Post-training: RL step")
         assert item.value == pytest.approx(reported, abs=1)
     # what the step does not replace is the policy's training step, with the policy's inputs
-    (compute,) = explain(result, "time_compute")
-    assert compute.value == result.env["rl_policy"]["time_compute"]
+    (compute,) = explain(result, "time_matmul")
+    assert compute.value == result.env["rl_policy"]["time_matmul"]
     assert compute.inputs["B"] == result.env["rl_policy"]["B"]

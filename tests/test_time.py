@@ -6,7 +6,6 @@ import pytest
 from helpers import planned
 
 from llmspec.errors import SpecError
-from llmspec.planner.device_inputs import ELEMENTWISE
 from llmspec.spec import catalogue
 
 
@@ -84,8 +83,11 @@ def test_auto_virtual_stages_picks_the_shortest_step_that_fits():
 def test_step_time_is_sum_and_throughput_consistent():
     plan = planned("llama2-70b")
     t = plan.time
-    parts = ("compute_seconds", "bubble_seconds", "dp_exposed_seconds", "tp_seconds", "pp_seconds", "offload_seconds")
+    parts = ("compute_seconds", "bubble_seconds", "dp_exposed_seconds", "optimizer_seconds", "tp_seconds",
+             "pp_seconds", "offload_seconds")
     assert t["step_seconds"] == pytest.approx(sum(t[k] for k in parts))
+    assert t["compute_seconds"] == pytest.approx(t["matmul_seconds"] + t["attention_seconds"]
+                                                 + t["elementwise_seconds"])
     assert t["tokens_per_second"] == pytest.approx(1024 * 4096 / t["step_seconds"])
     assert t["gpu_hours"] == pytest.approx(t["total_seconds"] * 2048 / 3600)
     assert t["cost"] == pytest.approx(t["gpu_hours"] * 1.80)
@@ -95,24 +97,107 @@ def test_step_time_is_sum_and_throughput_consistent():
 
 def test_compute_time_hand_worked():
     plan = planned("gpt2-124m")
-    # A100's fitted matmul efficiency, less the memory-bound kernels' share at GPT-2's width (768)
-    eff = catalogue.EFFICIENCY["ampere"] * 768 / (768 + ELEMENTWISE * 312e12 / 1.555e12)
-    assert plan.efficiency == pytest.approx(eff)
-    expected = plan.flops["per_token_hardware"] * 480 * 1024 / (8 * 312e12 * eff)
-    assert plan.time["compute_seconds"] == pytest.approx(expected)
+    env, tr = plan.env, plan.spec.training
+    assert plan.efficiency == catalogue.EFFICIENCY["ampere"]  # matmuls at the family's fitted efficiency
+    tokens = tr.global_batch_size * tr.seq_len / 8
+    attention = env["flops_attention_per_token"]
+    matmuls = (env["flops_per_token_hardware"] - 3 * attention) * tokens / (312e12 * plan.efficiency)
+    assert plan.time["matmul_seconds"] == pytest.approx(matmuls)
+    # FlashAttention-2's A100 rates at head dim 64 (d/(d + 32) of head dim 128's), half rate at 128 keys per query
+    forward, backward = (rate * (64 / 96) / (128 / 160) for rate in catalogue.ATTENTION["ampere"])
+    context = env["attention_context"]
+    length = context / (context + 128)
+    assert plan.time["attention_seconds"] == pytest.approx(
+        attention * tokens * (1 / forward + 2 / backward) / (312e12 * length))
+    # GPT-2's LayerNorm and GELU are single kernels: bytes read and written once, forward, backward twice
+    h, f, V, L = 768, 3072, 50257, 12
+    per_token = L * 3 * 2 * (10 * h + 2 * f) + (2 * 2 + 12) * V
+    assert env["bytes_elementwise_per_token"] == per_token
+    assert plan.time["elementwise_seconds"] == pytest.approx(per_token * tokens / (1.555e12 * 0.85))
+
+
+def test_long_sequences_and_eager_norms_cost_their_own_time():
+    short, long = (planned("llama2-7b", "cluster.gpu=H100-SXM", f"training.seq_len={n}", f"model.max_seq_len={n}",
+                           "training.global_batch_size=1024") for n in (2048, 32768))
+    share = [plan.time["attention_seconds"] / plan.time["compute_seconds"] for plan in (short, long)]
+    assert share[1] > 4 * share[0] and share[1] > 0.3  # FlashAttention-2 on H100 runs at ~a third of peak
+    assert long.time["mfu"] < short.time["mfu"]  # the slower kernel takes a larger share of the FLOPs
+    # an RMSNorm and RoPE written as torch ops make elementwise_passes passes; LayerNorm is one kernel
+    rms = planned("llama2-7b").env["bytes_elementwise_per_token"]
+    one = planned("llama2-7b", "model.norm=layernorm", "model.position=learned").env["bytes_elementwise_per_token"]
+    assert rms > 2 * one
+
+
+def test_a_7b_on_8_h100_with_zero3_at_2k_plans_35_to_50_percent_mfu():
+    plan = planned("llama2-7b", "cluster.gpu=H100-SXM", "cluster.nodes=1", "training.seq_len=2048",
+                   "training.global_batch_size=64", "training.micro_batch_size=1")
+    t = plan.time
+    assert 0.35 <= t["mfu"] <= 0.50
+    # why: matmuls below peak, attention at FlashAttention-2's H100 rate, eager norms over HBM; ZeRO-3's gathers
+    # hidden behind each neighbouring layer on NVLink
+    assert t["matmul_seconds"] > t["elementwise_seconds"] > t["attention_seconds"] > 0
+    assert 0 < t["zero_gather_seconds"] < 0.02 * t["step_seconds"]
+
+
+def test_zero3_exposes_what_the_neighbouring_layer_cannot_hide():
+    sets = ("cluster.gpu=H100-SXM", "cluster.nodes=4", "training.seq_len=2048", "training.micro_batch_size=1",
+            "training.global_batch_size=32", "cluster.inter_node_bandwidth=5")
+    plan = planned("llama2-7b", *sets)
+    env = plan.env
+    ring = (env["dp"] - 1) / env["dp"] / env["bw_dp"]
+    layers, m = env["L_here"], env["m"]
+    gather = env["psi"] / layers * 2 * ring
+    scatter = env["psi"] / layers * 2 * ring
+    forward = plan.time["compute_seconds"] / (3 * m * layers)
+    assert gather > forward  # at 5 GB/s a layer's gather outlasts its neighbour's forward
+    expected = m * (gather + layers * (gather - forward) + scatter + layers * max(0, gather + scatter - 2 * forward))
+    assert plan.time["zero_gather_seconds"] == pytest.approx(expected)
+    assert plan.time["dp_exposed_seconds"] == pytest.approx(expected)
+    # more tokens per micro-batch give each layer more compute to hide behind
+    bigger = planned("llama2-7b", *sets, "training.micro_batch_size=8", "training.global_batch_size=256")
+    assert bigger.time["zero_gather_seconds"] / bigger.time["step_seconds"] < \
+        plan.time["zero_gather_seconds"] / plan.time["step_seconds"]
+
+
+def test_zero2_waits_for_its_weight_gather_after_the_step():
+    plan = planned("llama2-7b", "parallelism.zero_stage=2")
+    env = plan.env
+    gather = env["psi"] * 2 * (env["dp"] - 1) / env["dp"] / env["bw_dp"]
+    assert plan.time["dp_exposed_seconds"] >= gather
 
 
 def test_efficiency_and_price_overrides():
     base = planned("llama2-7b", "cluster.efficiency=0.5").time
     faster = planned("llama2-7b", "cluster.efficiency=1.0").time
-    assert faster["compute_seconds"] == pytest.approx(base["compute_seconds"] / 2)
+    assert faster["matmul_seconds"] == pytest.approx(base["matmul_seconds"] / 2)  # the matmul efficiency
+    assert faster["attention_seconds"] == base["attention_seconds"]
     cheap = planned("llama2-7b", "cluster.price_per_gpu_hour=1.0", "cluster.efficiency=0.5").time
     assert cheap["cost"] == pytest.approx(base["gpu_hours"])
 
 
+def test_a_calibration_file_replaces_the_rates_of_the_gpu_it_was_measured_on(tmp_path):
+    path = tmp_path / "h100.json"
+    path.write_text('{"gpu": "H100-SXM", "matmul": 0.3, "attention_forward": 0.2, "attention_backward": 0.1, '
+                    '"elementwise_passes": 1.0}')
+    sets = ("cluster.gpu=H100-SXM", f"cluster.calibration={path}")
+    measured, catalogue_rates = planned("llama2-7b", *sets), planned("llama2-7b", "cluster.gpu=H100-SXM")
+    assert (measured.env["eff"], measured.env["attention_fwd_eff"]) == (0.3, 0.2)
+    assert measured.time["step_seconds"] > catalogue_rates.time["step_seconds"]
+    other = planned("llama2-7b", f"cluster.calibration={path}")  # measured on H100: an A100 plan keeps its own
+    assert other.env["eff"] == planned("llama2-7b").env["eff"]
+    profile = planned("llama2-7b", "cluster.gpu=H100-SXM", "cluster.calibration=fused-flash-attention-3")
+    assert profile.env["attention_fwd_eff"] == catalogue.KERNEL_PROFILES["fused-flash-attention-3"]["hopper"][
+        "attention_forward"]
+    path.write_text('{"gpu": "H100-SXM", "matmul": -1}')
+    with pytest.raises(SpecError, match="cluster.calibration.*matmul must be a positive number"):
+        planned("llama2-7b", *sets)
+    with pytest.raises(SpecError, match="cluster.calibration.*cannot read"):
+        planned("llama2-7b", f"cluster.calibration={tmp_path / 'missing.json'}")
+
+
 def test_slower_network_exposes_data_parallel_traffic():
     fast = planned("llama2-7b", "training.micro_batch_size=1").time
-    slow = planned("llama2-7b", "training.micro_batch_size=1", "cluster.inter_node_bandwidth=1").time
+    slow = planned("llama2-7b", "training.micro_batch_size=1", "cluster.inter_node_bandwidth=0.1").time
     assert slow["dp_exposed_seconds"] > fast["dp_exposed_seconds"]
 
 
@@ -156,12 +241,14 @@ def test_fp8_runs_the_matmuls_at_the_fp8_rate_and_keeps_everything_else():
     bf16, fp8 = planned("llama3-70b"), planned("llama3-70b", "training.precision=fp8")
     env = fp8.env
     assert (env["F_matmul"], env["F_peak"]) == (1979e12, 989e12)
-    # attention (forward, backward, recomputed under full checkpointing) at the 16-bit rate; the rest at FP8's
+    # attention (forward, backward, recomputed under full checkpointing) at its 16-bit kernel's rate; the matmuls
+    # at FP8's
     attention = 4 * env["flops_attention_per_token"]
-    per_token = (env["flops_per_token_hardware"] - attention) / 1979e12 + attention / 989e12
     tr = fp8.spec.training
-    assert fp8.time["compute_seconds"] == pytest.approx(
-        per_token * tr.global_batch_size * tr.seq_len / (fp8.spec.cluster.gpus * env["eff"]))
+    assert fp8.time["matmul_seconds"] == pytest.approx((env["flops_per_token_hardware"] - attention)
+                                                       * tr.global_batch_size * tr.seq_len
+                                                       / (fp8.spec.cluster.gpus * 1979e12 * env["eff"]))
+    assert fp8.time["attention_seconds"] == pytest.approx(bf16.time["attention_seconds"])
     assert 1.3 < bf16.time["compute_seconds"] / fp8.time["compute_seconds"] < 2
     # bytes: the same states and (under full checkpointing: block inputs only) activations, plus an FP8 copy of
     # every block weight on the stage; the block recomputed in backward saves its linears' inputs in FP8

@@ -3,31 +3,78 @@ cluster or (the layout search) numpy columns of node counts and degrees. What th
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llmspec.planner.inputs import choose, sixteen_bit
 from llmspec.spec import catalogue
 from llmspec.spec.schema import Spec
 
-# The achieved fraction of peak for the FLOPs a GPU executes (recompute included), before exposed communication
-# and pipeline bubbles, which the time model adds separately: the GPU generation's fitted matmul efficiency,
-# lowered by the memory-bound kernels (norms, activations, residual adds, dropout) that run between the matmuls.
-# Their time per token grows with the width they sweep (h, or h/t under sequence parallelism), the matmuls' with h²/t;
-# so their share of a block's time is ELEMENTWISE·R/w, with w = h/t (h under sequence parallelism: both split) and R
-# the GPU's ridge point in FLOPs per HBM byte. ELEMENTWISE (bytes those kernels move per unit of matmul work) is
-# fitted with the generations' efficiencies by benchmarks/calibrate.py; docs/calibration.md has the fit and its
-# residuals. Megatron-LM 2021 saw exactly this: "GPU utilization improves as the models get larger (larger matrix
-# multiplications)".
-ELEMENTWISE = 0.05
+# What the time model knows of a GPU's kernels (docs/calibration.md says where each number comes from): its
+# generation's matmul efficiency (catalogue.EFFICIENCY, fitted on published runs), its attention kernel's forward and
+# backward fractions of peak (catalogue.ATTENTION, FlashAttention-2's published kernel benchmarks), and its HBM
+# bandwidth, over which the memory-bound kernels move ELEMENTWISE_PASSES passes of their tensors (fitted with the
+# efficiencies by benchmarks/calibrate.py). A calibration file (cluster.calibration, written by `llmspec measure
+# --steps --write-calibration`) replaces the constants for the GPU it was measured on.
+ELEMENTWISE_PASSES = 12.0
+# keys per query at which FlashAttention reaches half its long-context rate: short and causal sequences leave tiles
+# partly masked and too few thread blocks per head (FlashAttention-2's causal curves: about 0.65 of the 16k rate at
+# 512 tokens, 0.9 at 2k)
+ATTENTION_HALF_CONTEXT = 128
+# what memory-bound kernels achieve of the data sheet's HBM bandwidth (a device-to-device copy: 1.7 of 2.0 TB/s on
+# A100-80GB, 2.9 of 3.35 on H100-SXM)
+HBM_ACHIEVED = 0.85
 
 
-def achieved_efficiency(gpu: catalogue.GPU, spec: Spec, tensor: Any, matmul: float | None = None,
-                        elementwise: float = ELEMENTWISE) -> Any:
-    """The fraction of peak a block's FLOPs run at on ``gpu`` (``tensor`` may be a numpy column: the search);
-    ``matmul`` and ``elementwise`` replace the fitted constants (the calibration tries others)."""
-    width = spec.model.d_model / (1 if spec.parallelism.sequence_parallel else tensor)
-    ridge = gpu.ridge[spec.training.precision]
-    return (gpu.efficiency if matmul is None else matmul) * width / (width + elementwise * ridge)
+@dataclass(frozen=True)
+class KernelRates:
+    """A GPU's kernel constants: the catalogue's, or a calibration file's for the GPU it was measured on."""
+
+    matmul: float
+    attention_forward: float
+    attention_backward: float
+    elementwise_passes: float = ELEMENTWISE_PASSES
+    attention_materialised: float = 0  # 1: scores materialised (no fused attention kernel)
+
+    @classmethod
+    def of(cls, gpu: catalogue.GPU, head_dim: int) -> KernelRates:
+        """The catalogue's rates for ``gpu`` at ``head_dim``: FlashAttention's tiles do less work per byte loaded
+        at narrower heads (d/(d + 32), relative to head dim 128; no faster above it)."""
+        forward, backward = catalogue.ATTENTION[gpu.family]
+        narrow = min(1.0, head_dim / (head_dim + 32) / (128 / 160))
+        return cls(gpu.efficiency, forward * narrow, backward * narrow,
+                   attention_materialised=float(gpu.family == "cpu"))  # torch's math attention on CPU
+
+
+def kernel_rates(spec: Spec, gpu: catalogue.GPU | None = None) -> KernelRates:
+    """The rates a plan uses: the catalogue's for ``gpu`` (default the spec's), replaced by the spec's calibration
+    file where it was measured on that GPU, and its matmul efficiency by ``cluster.efficiency``."""
+    from llmspec.planner.calibration import read_calibration
+
+    gpu = gpu or spec.cluster.device
+    rates = KernelRates.of(gpu, spec.model.head_dim)
+    if spec.cluster.calibration is not None:
+        rates = read_calibration(spec.cluster.calibration, gpu, rates)
+    if spec.cluster.efficiency:
+        rates = replace(rates, matmul=spec.cluster.efficiency)
+    return rates
+
+
+def kernel_inputs(spec: Spec, gpu: catalogue.GPU, rates: KernelRates | None = None) -> dict[str, Any]:
+    """The time model's kernel inputs for ``gpu``: matmul, attention and memory-bound rates."""
+    rates = rates or kernel_rates(spec, gpu)
+    return {"eff": rates.matmul, "attention_fwd_eff": rates.attention_forward,
+            "attention_bwd_eff": rates.attention_backward, "attention_half_context": ATTENTION_HALF_CONTEXT,
+            "elementwise_passes": rates.elementwise_passes, "attention_materialised": rates.attention_materialised,
+            "bw_memory": gpu.hbm_bandwidth * HBM_ACHIEVED}
+
+
+def _rails(intra: Any, inter: Any, ranks_per_node: Any) -> Any:
+    """Per-rank bandwidth of a ring collective across nodes whose GPUs each have a NIC (rail-optimised, as DGX and
+    its kin are built): NCCL runs one ring per NIC, so a group with r ranks on each node crosses between nodes r
+    times in parallel, up to what NVLink carries within the node."""
+    r = choose(ranks_per_node >= 1, ranks_per_node, 1)
+    return choose(inter * r < intra, inter * r, intra)
 
 
 def usable_memory(gpu: catalogue.GPU, spec: Spec) -> int:
@@ -55,8 +102,11 @@ def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = Non
     return {
         "F_peak": gpu.peak_flops[sixteen_bit(spec.training.precision)],
         "F_matmul": gpu.peak_flops[spec.training.precision],
-        "eff": cl.efficiency or achieved_efficiency(gpu, spec, t),
-        "bw_dp": choose(nodes == 1, intra, inter),
+        **kernel_inputs(spec, gpu),
+        # the last gradient bucket DeepSpeed reduces after the backward that fills it
+        "reduce_bucket_bytes": par.reduce_bucket_size * (4 if par.byte_regime == "megatron" else
+                                                         (4 if spec.training.precision == "fp32" else 2)),
+        "bw_dp": choose(nodes == 1, intra, _rails(intra, inter, within / (t * p * c))),
         "bw_tp": choose(t <= within, intra, inter),
         "bw_ep": choose(t * ep <= within, intra, inter),  # expert groups are consecutive ranks
         "bw_pp": choose(t * p <= within, intra, inter),

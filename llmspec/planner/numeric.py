@@ -205,9 +205,9 @@ def matmul_weights(E, K, L, V, a, d_h, f, gated, h, k, moe, value_head):
     return L*(E*h*moe + K*f*h*(gated + 2) + a*d_h*h + d_h*h*(a + 2*k)) + V*h*(1 - value_head) + h*value_head
 
 
-def attention_context(L, L_chunked, L_sliding, causal, chunk, s, window):
-    """keys each query attends to, averaged over positions and layers (causal; a sliding layer within its window, a chunked one within its chunk) [tokens]"""
-    return s*(1 - causal) + causal*(L_chunked*((1/2)*chunk*(chunk + 1)*_floor(s/chunk) + (1/2)*(-chunk*_floor(s/chunk) + s)*(-chunk*_floor(s/chunk) + s + 1)) + L_sliding*((s - _min(s, window))*_min(s, window) + (1/2)*(_min(s, window) + 1)*_min(s, window)) + (1/2)*s*(s + 1)*(L - L_chunked - L_sliding))/(L*s)
+def attention_context(L, L_chunked, L_sliding, causal, chunk, document_keys, document_masking, s, window):
+    """keys each query attends to, averaged over positions and layers (causal; a sliding layer within its window, a chunked one within its chunk; within its document under document masking) [tokens]"""
+    return causal*(document_keys*document_masking + (1 - document_masking)*(L_chunked*((1/2)*chunk*(chunk + 1)*_floor(s/chunk) + (1/2)*(-chunk*_floor(s/chunk) + s)*(-chunk*_floor(s/chunk) + s + 1)) + L_sliding*((s - _min(s, window))*_min(s, window) + (1/2)*(_min(s, window) + 1)*_min(s, window)) + (1/2)*s*(s + 1)*(L - L_chunked - L_sliding))/(L*s)) + s*(1 - causal)
 
 
 def flops_attention_per_token(L, a, attention_context, d_h, n_virtual, prefix):
@@ -245,9 +245,14 @@ def flops_recompute_per_token(E, K, L, V, a, adapter, capacity, ck_full, ck_sele
     return ck_full*(-2*L*(1 - dropout)*(1 - moe)*(1 - post_norm)*(f*h*(1 - lora_down) + h*lora_down*r) - V*h*(2 - 2*value_head) - adapter*(1 - lora_down)*(1 - lora_gate)*(1 - lora_up)*(-(1 - parallel_residual)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 1)*(f*h*(2*gated + 4) - 2*(1 - dropout)*(1 - moe)*(1 - post_norm)*(f*h*(1 - lora_down) + h*lora_down*r) + (1 - dropout)*(a*d_h*h*(2 - 2*lora_o) + 2*h*lora_o*r)) + flops_capacity_per_token + flops_per_token_forward - 2*h*value_head) + ck_selective*(-2*(1 - dropout)*(1 - moe)*(1 - post_norm)*(L - adapter*(1 - lora_down)*(1 - lora_gate)*(1 - lora_up)*(-(1 - parallel_residual)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 1))*(f*h*(1 - lora_down) + h*lora_down*r) + (2*L - 2*adapter*(1 - lora_down)*(1 - lora_gate)*(1 - lora_up)*(-(1 - parallel_residual)*(-(1 - lora_k)*(1 - lora_o)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix) + 1) + 1))*(E*h*moe + K*capacity*f*h*(gated + 2) + r*(f + h)*(lora_down + lora_gate + lora_up)))
 
 
-def flops_per_token_hardware(flops_per_token_train, flops_recompute_per_token):
-    """FLOPs executed per token (for HFU) [FLOP]"""
-    return flops_per_token_train + flops_recompute_per_token
+def flops_attention_executed_per_token(L, a, d_h, document_masking, flops_attention_per_token, s):
+    """QKᵀ and AV forward as the kernel runs them: what flops_attention_per_token counts, or every key where a document mask goes through SDPA [FLOP]"""
+    return 4*L*a*d_h*document_masking*s + flops_attention_per_token*(1 - document_masking)
+
+
+def flops_per_token_hardware(ck_full, flops_attention_executed_per_token, flops_attention_per_token, flops_per_token_train, flops_recompute_per_token):
+    """FLOPs executed per token (for HFU): the model's, recompute, and the keys a masked kernel computes beyond those attended [FLOP]"""
+    return flops_per_token_train + flops_recompute_per_token + (ck_full + 3)*(flops_attention_executed_per_token - flops_attention_per_token)
 
 
 def flops_per_step(B, flops_per_token_train, s):
@@ -390,9 +395,9 @@ def act_head(V, act_norm, act_norm_frozen, adapter, e, final_softcap, h, respons
     return act_norm*(1 - adapter) + act_norm_frozen*adapter + e*h*(-adapter*(1 - value_head) + 1) + response_mask - 8*value_head + (1 - value_head)*(V*e*final_softcap + 4*V) + 8
 
 
-def act_tables(L, P, adapter, chunk_masked, ck_full, cp, e, learned, local_rope, lora_k, lora_q, lora_qkv, lora_v, masked, n_virtual, prefix, rope, rotary_dim, s, softcap):
-    """once per micro-batch: RoPE cos/sin tables (a second pair for local layers' base; or position ids), the sliding-window, chunk or prefix mask SDPA keeps (soft-capped attention adds its masks to the scores and keeps none, but a fully checkpointed block keeps its arguments) [B]"""
-    return 2*P*e*rope*rotary_dim*(local_rope + 1)*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - _min(1, L - 1)) + 1) + e*prefix*s*(n_virtual + s) + e*s**2*(chunk_masked + masked)*(-softcap*(1 - ck_full) + 1)*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix)*(1 - _min(1, L - 1)) + 1)/cp + 8*learned*s*(1 - adapter)/cp
+def act_tables(L, P, adapter, b, chunk_masked, ck_full, cp, document_masking, e, learned, local_rope, lora_k, lora_q, lora_qkv, lora_v, masked, n_virtual, prefix, rope, rotary_dim, s, softcap):
+    """once per micro-batch: RoPE cos/sin tables (a second pair for local layers' base; gathered per position under document masking; or position ids), the sliding-window, chunk, document or prefix mask SDPA keeps (soft-capped attention adds its masks to the scores and keeps none, but a fully checkpointed block keeps its arguments) [B]"""
+    return b*document_masking*e*s**2/cp + e*prefix*s*(n_virtual + s) + 2*e*rope*rotary_dim*(local_rope + 1)*(P*(1 - document_masking) + b*document_masking*s/cp)*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - _min(1, L - 1)) + 1) + e*s**2*(chunk_masked + masked)*(-softcap*(1 - ck_full) + 1)*(-adapter*(1 - ck_full)*(1 - lora_k)*(1 - lora_q)*(1 - lora_qkv)*(1 - lora_v)*(1 - prefix)*(1 - _min(1, L - 1)) + 1)/cp + 8*learned*s*(1 - adapter)/cp
 
 
 def inflight(m, p, rank, v):
@@ -935,7 +940,7 @@ ARGUMENTS = {
     'bytes_policy': ('adapter', 'bytes_base_stored', 'params_adapter', 'params_base', 'w_bytes'),
     'bytes_reference': ('bytes_policy', 'reference_copy'),
     'matmul_weights': ('E', 'K', 'L', 'V', 'a', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'value_head'),
-    'attention_context': ('L', 'L_chunked', 'L_sliding', 'causal', 'chunk', 's', 'window'),
+    'attention_context': ('L', 'L_chunked', 'L_sliding', 'causal', 'chunk', 'document_keys', 'document_masking', 's', 'window'),
     'flops_attention_per_token': ('L', 'a', 'attention_context', 'd_h', 'n_virtual', 'prefix'),
     'flops_per_token_forward': ('L', 'flops_attention_per_token', 'matmul_weights', 'params_lora_layer'),
     'flops_capacity_per_token': ('K', 'L', 'capacity', 'f', 'gated', 'h', 'moe'),
@@ -943,7 +948,8 @@ ARGUMENTS = {
     'flops_reference_per_token': ('E', 'K', 'L', 'V', 'a', 'attention_context', 'd_h', 'f', 'gated', 'h', 'k', 'moe', 'n_virtual', 'params_lora_layer', 'prefix', 'reference_copy', 'reference_forward'),
     'flops_per_token_train': ('adapter', 'flops_backward_frozen_per_token', 'flops_capacity_per_token', 'flops_per_token_forward', 'flops_reference_per_token', 'reference_in_step'),
     'flops_recompute_per_token': ('E', 'K', 'L', 'V', 'a', 'adapter', 'capacity', 'ck_full', 'ck_selective', 'd_h', 'dropout', 'f', 'flops_capacity_per_token', 'flops_per_token_forward', 'gated', 'h', 'lora_down', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'moe', 'parallel_residual', 'post_norm', 'prefix', 'r', 'value_head'),
-    'flops_per_token_hardware': ('flops_per_token_train', 'flops_recompute_per_token'),
+    'flops_attention_executed_per_token': ('L', 'a', 'd_h', 'document_masking', 'flops_attention_per_token', 's'),
+    'flops_per_token_hardware': ('ck_full', 'flops_attention_executed_per_token', 'flops_attention_per_token', 'flops_per_token_train', 'flops_recompute_per_token'),
     'flops_per_step': ('B', 'flops_per_token_train', 's'),
     'flops_total': ('D', 'flops_per_token_train'),
     'flops_6nd': ('D', 'params_active'),
@@ -972,7 +978,7 @@ ARGUMENTS = {
     'act_first_layer_kept_frozen': ('a', 'act_norm_frozen', 'ck_full', 'ck_none', 'ck_selective', 'd_h', 'dropout', 'e', 'e_mask', 'f', 'fused_qkv', 'gated', 'h', 'k', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'norms_per_block', 'parallel_residual', 'post_norm', 'prefix', 'qk_norm_full', 'qk_norm_head', 'r', 'relu', 's', 'softcap'),
     'act_embedding': ('adapter', 'dropout', 'e_mask', 'h'),
     'act_head': ('V', 'act_norm', 'act_norm_frozen', 'adapter', 'e', 'final_softcap', 'h', 'response_mask', 'value_head'),
-    'act_tables': ('L', 'P', 'adapter', 'chunk_masked', 'ck_full', 'cp', 'e', 'learned', 'local_rope', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 'rotary_dim', 's', 'softcap'),
+    'act_tables': ('L', 'P', 'adapter', 'b', 'chunk_masked', 'ck_full', 'cp', 'document_masking', 'e', 'learned', 'local_rope', 'lora_k', 'lora_q', 'lora_qkv', 'lora_v', 'masked', 'n_virtual', 'prefix', 'rope', 'rotary_dim', 's', 'softcap'),
     'inflight': ('m', 'p', 'rank', 'v'),
     'memory_activations': ('L_here', 'V', 'act_embedding', 'act_first_layer_kept_frozen', 'act_head', 'act_layer_kept', 'act_layer_kept_frozen', 'act_layer_kept_split', 'act_tables', 'adapter', 'b', 'ck_none', 'ck_selective', 'cp', 'd_h', 'e', 'final_softcap', 'first_stage', 'inflight', 'k', 'last_stage', 'loss_saved', 'n_virtual', 'prefix', 's', 'sequence_parallel', 't', 'value_head'),
     'buffer_logits': ('V', 'b', 'cp', 'e', 'last_stage', 's', 't'),
@@ -1135,6 +1141,8 @@ Name = Literal[
     'critic_memory_weights',
     'critic_time_step',
     'd_h',
+    'document_keys',
+    'document_masking',
     'double_quant',
     'dp',
     'dropout',
@@ -1275,6 +1283,7 @@ Name = Literal[
     'flops_reference_per_token',
     'flops_per_token_train',
     'flops_recompute_per_token',
+    'flops_attention_executed_per_token',
     'flops_per_token_hardware',
     'flops_per_step',
     'flops_total',
@@ -1407,7 +1416,7 @@ Name = Literal[
     'optimal_tokens_refit',
     'optimal_loss_refit',
 ]
-INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_chunked', 'L_here', 'L_last', 'L_max', 'L_sliding', 'P', 'P_L', 'V', 'a', 'adapter', 'attention_bwd_eff', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_memory', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'chunk', 'chunk_masked', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'critic_flops_per_step', 'critic_flops_per_token_forward', 'critic_flops_per_token_hardware', 'critic_flops_per_token_train', 'critic_memory_activations', 'critic_memory_buffers', 'critic_memory_frozen', 'critic_memory_gathered', 'critic_memory_gradients', 'critic_memory_model_states', 'critic_memory_optimizer', 'critic_memory_weights', 'critic_time_step', 'd_h', 'double_quant', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'elementwise_passes', 'ep', 'ep_comm_overlap', 'epochs', 'f', 'final_softcap', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'local_rope', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'norms_per_block', 'o_bpp', 'offload', 'overlap_comm', 'p', 'parallel_residual', 'post_norm', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qk_norm_full', 'qk_norm_head', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reduce_bucket_bytes', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'response_mask', 'reward_bytes_frozen_model', 'reward_flops_per_token_forward', 'reward_model', 'rollouts_per_gpu', 'rollouts_per_step', 'rope', 'rotary_dim', 's', 'score_policy', 'sequence_parallel', 'shard', 'softcap', 'steps', 't', 'tied', 'tp_comm_overlap', 'trains_critic', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
+INPUTS: frozenset[str] = frozenset(['B', 'D', 'E', 'F_fwd', 'F_matmul', 'F_peak', 'K', 'L', 'L_chunked', 'L_here', 'L_last', 'L_max', 'L_sliding', 'P', 'P_L', 'V', 'a', 'adapter', 'attention_bwd_eff', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'b', 'batch', 'bias', 'bw_cp', 'bw_dp', 'bw_ep', 'bw_host', 'bw_memory', 'bw_pp', 'bw_tp', 'capacity', 'causal', 'chunk', 'chunk_masked', 'ck_full', 'ck_none', 'ck_selective', 'compute', 'context', 'cp', 'cpu_adam_rate', 'critic_flops_per_step', 'critic_flops_per_token_forward', 'critic_flops_per_token_hardware', 'critic_flops_per_token_train', 'critic_memory_activations', 'critic_memory_buffers', 'critic_memory_frozen', 'critic_memory_gathered', 'critic_memory_gradients', 'critic_memory_model_states', 'critic_memory_optimizer', 'critic_memory_weights', 'critic_time_step', 'd_h', 'document_keys', 'document_masking', 'double_quant', 'dp', 'dropout', 'e', 'e_mask', 'e_stat', 'eff', 'elementwise_passes', 'ep', 'ep_comm_overlap', 'epochs', 'f', 'final_softcap', 'first_stage', 'fp8_saved', 'fused_qkv', 'g_bpp', 'g_bucket', 'g_comm', 'gated', 'gpus_per_node', 'h', 'hbm_bandwidth', 'int8', 'k', 'kv_bytes', 'last_stage', 'layernorm', 'learned', 'local_rope', 'lora_down', 'lora_dropout', 'lora_gate', 'lora_k', 'lora_o', 'lora_q', 'lora_qkv', 'lora_up', 'lora_v', 'loss_saved', 'm', 'masked', 'moe', 'n_gpu', 'n_virtual', 'nf4', 'norms_per_block', 'o_bpp', 'offload', 'overlap_comm', 'p', 'parallel_residual', 'post_norm', 'prefetch_bucket', 'prefix', 'price', 'prompt_len', 'psi', 'qk_norm_full', 'qk_norm_head', 'qkv_bias', 'r', 'rank', 'reduce_bucket', 'reduce_bucket_bytes', 'reference_copy', 'reference_forward', 'reference_in_step', 'relu', 'response_len', 'response_mask', 'reward_bytes_frozen_model', 'reward_flops_per_token_forward', 'reward_model', 'rollouts_per_gpu', 'rollouts_per_step', 'rope', 'rotary_dim', 's', 'score_policy', 'sequence_parallel', 'shard', 'softcap', 'steps', 't', 'tied', 'tp_comm_overlap', 'trains_critic', 'usable', 'v', 'value_head', 'w_bpp', 'w_bytes', 'w_frozen', 'window', 'zero01', 'zero12', 'zero2', 'zero3'])
 NAMES: frozenset[str] = frozenset(typing.get_args(Name))
 
 # The section of docs/formulas.md each formula belongs to.
@@ -1453,6 +1462,7 @@ GROUPS = {
     'flops_reference_per_token': 'FLOPs',
     'flops_per_token_train': 'FLOPs',
     'flops_recompute_per_token': 'FLOPs',
+    'flops_attention_executed_per_token': 'FLOPs',
     'flops_per_token_hardware': 'FLOPs',
     'flops_per_step': 'FLOPs',
     'flops_total': 'FLOPs',

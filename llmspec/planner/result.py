@@ -18,7 +18,25 @@ from llmspec.planner.regimes import bytes_per_param
 from llmspec.spec.schema import Spec
 from llmspec.spec.units import fmt_bytes
 
-__all__ = ["Alternative", "Plan", "Strategy", "memory_breakdown"]
+__all__ = ["TIME_ROWS", "Alternative", "Plan", "Strategy", "memory_breakdown"]
+
+
+# The plan's time rows as a report lists them: (key, label, what it is). compute's three parts and ZeRO-3's share
+# of the data-parallel row are indented under them; the unindented rows add up to step_seconds.
+TIME_ROWS = (
+    ("compute_seconds", "compute", ""),
+    ("matmul_seconds", "  matmuls", "calibrated fraction of peak"),
+    ("attention_seconds", "  attention", "its kernel's own rate"),
+    ("elementwise_seconds", "  memory-bound", "norms, RoPE, activations"),
+    ("imbalance_seconds", "slowest stage", "uneven blocks, the LM head"),
+    ("bubble_seconds", "pipeline bubble", "(p − 1)/(v·m) of a stage"),
+    ("dp_exposed_seconds", "data-parallel comm", "not hidden behind compute"),
+    ("zero_gather_seconds", "  ZeRO-3 gathers", "past the next layer's compute"),
+    ("optimizer_seconds", "optimizer step", "its states' bytes/HBM"),
+    ("tp_seconds", "tensor-parallel comm", "not hidden"), ("pp_seconds", "pipeline comm", ""),
+    ("offload_seconds", "optimizer offload", ""), ("ep_seconds", "expert all-to-all", "not hidden"),
+    ("cp_seconds", "context-parallel comm", "not hidden"),
+)
 
 
 @dataclass(frozen=True)
@@ -125,7 +143,10 @@ class Plan:
         return {
             "step_seconds": e["time_step"], "tokens_per_second": e["tokens_per_second"],
             "total_seconds": e["time_total"], "days": e["time_total"] / 86400, "gpu_hours": e["gpu_hours"],
-            "cost": e["cost"], "compute_seconds": e["time_compute"], "imbalance_seconds": e["time_imbalance"],
+            "cost": e["cost"], "compute_seconds": e["time_compute"], "matmul_seconds": e["time_matmul"],
+            "attention_seconds": e["time_attention_kernels"], "elementwise_seconds": e["time_elementwise"],
+            "imbalance_seconds": e["time_imbalance"], "optimizer_seconds": e["time_optimizer"],
+            "zero_gather_seconds": e["time_zero3_exposed"],
             "bubble_seconds": e["time_bubble"],
             "dp_exposed_seconds": e["time_dp_exposed"], "tp_seconds": e["time_tp"], "pp_seconds": e["time_pp"],
             "offload_seconds": e["time_offload"], "ep_seconds": e["time_ep"], "cp_seconds": e["time_cp"],

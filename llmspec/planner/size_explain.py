@@ -16,7 +16,8 @@ from llmspec.spec.schema import Spec
 
 # The plan's time rows that add up to a step (training.Plan.time), with the words a reader sees.
 TERMS = {"compute_seconds": "compute", "imbalance_seconds": "slowest stage", "bubble_seconds": "pipeline bubble",
-         "dp_exposed_seconds": "data-parallel comm", "tp_seconds": "tensor-parallel comm",
+         "dp_exposed_seconds": "data-parallel comm", "optimizer_seconds": "optimizer step",
+         "tp_seconds": "tensor-parallel comm",
          "pp_seconds": "pipeline comm", "offload_seconds": "optimizer offload", "ep_seconds": "expert all-to-all",
          "cp_seconds": "context-parallel comm"}
 

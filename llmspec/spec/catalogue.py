@@ -28,7 +28,30 @@ NETWORK_ACHIEVED = 0.85
 # benchmarks/calibrate.py (fit and residuals: docs/calibration.md): Ampere on Megatron-LM 2021's weak scaling and
 # the Llama 2 model card, Hopper on Llama 3 405B. A GPU without a published run takes the nearest fitted family's
 # (its efficiency_source says so); this machine's CPU keeps half its measured matmul rate.
-EFFICIENCY = {"ampere": 0.53, "hopper": 0.65, "cpu": 0.5}
+EFFICIENCY = {"ampere": 0.63, "hopper": 0.59, "cpu": 0.5}
+# The attention kernel's forward and backward fractions of the 16-bit peak at long context and head dim 128, per
+# family: FlashAttention-2 (what torch's scaled_dot_product_attention runs on both). A100: Dao 2023
+# (arXiv 2307.08691), Figs. 4-5: forward up to ~73% of peak, backward ~58%. H100: Shah et al. 2024
+# (FlashAttention-3, arXiv 2407.08608), Figs. 5-6, FlashAttention-2's curves: ~350-370 TFLOP/s forward, ~300
+# backward of 989 (FlashAttention-3 itself reaches ~75% forward: a run with it says so in its calibration file).
+# The CPU's attention is matmuls (the math kernel).
+ATTENTION = {"ampere": (0.70, 0.58), "hopper": (0.36, 0.30), "cpu": (0.5, 0.5)}
+# Kernel profiles a spec names in cluster.calibration instead of a measured file: the kernels a published run used
+# that `run` does not, as fractions of peak per family (keys as a calibration file's).
+KERNEL_PROFILES: dict[str, dict[str, dict[str, float]]] = {
+    # FlashAttention-3 (Shah et al. 2024, arXiv 2407.08608, Figs. 5-6): Hopper-native, ~75% of peak forward and
+    # ~55% backward at head dim 128; with fused RMSNorm and RoPE kernels (one read and write per element)
+    "fused-flash-attention-3": {"hopper": {"attention_forward": 0.75, "attention_backward": 0.55,
+                                           "elementwise_passes": 1.0}},
+    # FlashAttention in Triton (2023, what llm-foundry's MPT ran): FlashAttention-2 is 1.3-2.5x faster (Dao 2023,
+    # Figs. 4-5): about half FlashAttention-2's rates
+    "triton-flash-attention": {"ampere": {"attention_forward": 0.35, "attention_backward": 0.29},
+                               "hopper": {"attention_forward": 0.18, "attention_backward": 0.15}},
+    # Megatron-LM 2021: fused bias-GeLU and LayerNorm kernels (one read and write per element), and attention before
+    # FlashAttention: the scores materialised, through its fused scale-mask-softmax
+    "megatron-fused": {family: {"elementwise_passes": 1.0, "attention_materialised": 1.0}
+                       for family in ("ampere", "hopper")},
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,12 @@ CATALOGUE: tuple[GPU, ...] = (
     GPU("H100-SXM", _gib(80), {"bf16": 989 * TERA, "fp16": 989 * TERA, "fp8": 1979 * TERA, "fp32": 67 * TERA},
         3.35e12, 450 * GIGA, 50 * GIGA, 3.00, ("h100", "h100-80gb", "h100-sxm5"),
         family="hopper", efficiency_source="fitted: Llama 3 405B"),
+    # Meta's Grand Teton H100 (torchtitan's benchmarks): 96 GB of HBM2e at 2.4 TB/s,
+    # capped at 500 W: its peak is "between SXM and NVL" (torchtitan); a capped part sustains lower clocks than its
+    # data sheet's boost, so taken as the NVL's 835 TFLOP/s (a 400 W part)
+    GPU("H100-HBM2e", _gb(96), {"bf16": 835 * TERA, "fp16": 835 * TERA, "fp8": 1670 * TERA, "fp32": 60 * TERA},
+        2.4e12, 450 * GIGA, 50 * GIGA, 3.00, ("h100-96gb", "h100-hbm2e-96gb"),
+        family="hopper", efficiency_source="Hopper's (torchtitan's published runs)"),
     GPU("H100-PCIe", _gib(80), {"bf16": 756 * TERA, "fp16": 756 * TERA, "fp8": 1513 * TERA, "fp32": 51 * TERA},
         2.0e12, 64 * GIGA, 25 * GIGA, 2.50, ("h100pcie",),
         family="hopper", efficiency_source="Hopper's (no published run)"),

@@ -181,7 +181,11 @@ class ClusterSpec(Section):
     intra_node_bandwidth: float | None = Field(None, gt=0, description="GB/s per GPU, one direction (NVLink)")
     inter_node_bandwidth: float | None = Field(None, gt=0, description="GB/s per GPU across nodes (IB/RoCE)")
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD; default from the dated catalogue")
-    efficiency: float | None = Field(None, gt=0, le=1, description="achieved fraction of peak FLOP/s")
+    efficiency: float | None = Field(None, gt=0, le=1, description="achieved fraction of peak FLOP/s on matmuls "
+                                     "(the calibrated default otherwise)")
+    calibration: str | None = Field(None, min_length=1, description="a file of measured kernel rates (`llmspec "
+                                    "measure --steps --write-calibration`) that replaces the catalogue's for the GPU "
+                                    "it was measured on")
     memory_reserve_gib: float = Field(1.0, ge=0, description="per GPU, outside PyTorch: CUDA context, NCCL")
     host_memory_gib: float | None = Field(
         None, gt=0, description="CPU memory per node; given, what offload and DeepSpeed's loading keep there (the "
