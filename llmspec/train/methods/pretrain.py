@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from llmspec.data.packed import Layout, PackedBatches
+from llmspec.data.packed import Layout, PackedBatches, Prepared
 from llmspec.train.losses import Loss
 from llmspec.train.methods.base import Method
 from llmspec.train.objectives import Objective
@@ -25,6 +25,20 @@ class NextToken(Loss):
         return forward(inputs, targets, segments=segments)[1]
 
 
+def pretraining_batches(spec, prepared: Prepared) -> tuple[PackedBatches, PackedBatches]:
+    """The (train, val) batches of a pretraining run on its prepared data (``Job.shards``): what the loop draws."""
+    tr, data = spec.training, spec.data
+    weights = [s["weight"] for s in prepared.sources]
+    labels = [f"{s['label']} ({s['path']})" for s in prepared.sources]
+    layout = Layout(tr.micro_batch_size, tr.gradient_accumulation_steps, spec.parallelism.data_parallel)
+    train = PackedBatches(prepared.streams("train"), weights, tr.seq_len, layout, tr.seed, "train",
+                          data.document_masking, data.sampler, labels=labels)
+    # validation: the same held-out sequences at every evaluation (the loop asks for step 0's micro-batches)
+    val = PackedBatches(prepared.streams("val"), weights, tr.seq_len, Layout(tr.micro_batch_size), tr.seed, "val",
+                        data.document_masking, labels=labels)
+    return train, val
+
+
 class Pretrain(Method):
     name = "pretrain"
 
@@ -32,17 +46,7 @@ class Pretrain(Method):
         return NextToken()
 
     def objective(self, job, engine) -> Objective:
-        spec, tr, data = self.spec, self.spec.training, self.spec.data
-        prepared = job.shards
-        weights = [s["weight"] for s in prepared.sources]
-        labels = [f"{s['label']} ({s['path']})" for s in prepared.sources]
-        layout = Layout(tr.micro_batch_size, tr.gradient_accumulation_steps, spec.parallelism.data_parallel)
-        train = PackedBatches(prepared.streams("train"), weights, tr.seq_len, layout, tr.seed, "train",
-                              data.document_masking, data.sampler, labels=labels)
-        # validation: the same held-out sequences at every evaluation (the loop asks for step 0's micro-batches)
-        val = PackedBatches(prepared.streams("val"), weights, tr.seq_len, Layout(tr.micro_batch_size), tr.seed,
-                            "val", data.document_masking, labels=labels)
-        return Objective(train, val)
+        return Objective(*pretraining_batches(self.spec, job.shards))
 
     def sample_prompts(self, job) -> list[str]:
         return PROMPTS
