@@ -231,6 +231,15 @@ def test_relative_data_paths_are_relative_to_the_spec_file(tmp_path, monkeypatch
     assert spec.data.tokenizer.path == str(Path("project") / "tok" / "tokenizer.json")
     # a --set value is relative to where the command runs
     assert load_spec("project/spec.yaml", ["data.corpus=here.txt"]).data.corpus == "here.txt"
+    # each source of a mixture, and a calibration file (a kernel profile's name stays a name)
+    text = text.replace("corpus: [notes.txt, /abs/other.txt]", "sources: [{path: a/*.jsonl}, {path: /abs/b.jsonl}]")
+    (folder / "mix.yaml").write_text(text.replace("  gpu: cpu\n", "  gpu: cpu\n  calibration: measured/h100.json\n"))
+    spec = load_spec("project/mix.yaml")
+    assert [s.path for s in spec.data.sources] == [str(Path("project") / "a" / "*.jsonl"), "/abs/b.jsonl"]
+    assert spec.cluster.calibration == str(Path("project") / "measured" / "h100.json")
+    (folder / "profile.yaml").write_text((folder / "mix.yaml").read_text().replace("measured/h100.json",
+                                                                                   "fused-flash-attention-3"))
+    assert load_spec("project/profile.yaml").cluster.calibration == "fused-flash-attention-3"  # a name, not a file
 
 
 @pytest.mark.parametrize("value,said", [("banana", "Input should be a valid integer or 'auto' (got 'banana')"),

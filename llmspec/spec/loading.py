@@ -60,7 +60,11 @@ def load_spec(source: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Spe
 
 # Paths a spec file names, resolved against the file's folder (a --set value, and a named spec's paths, are
 # relative to the current one).
-FILE_PATHS = (("data", "corpus"), ("data", "tokenizer", "path"), ("training", "init_from"))
+# fields that name files, resolved against the spec file's folder ("*": every item of a list); a calibration is a
+# kernel profile's name or a file, resolved only when it reads as a file
+FILE_PATHS = (("data", "corpus"), ("data", "tokenizer", "path"), ("training", "init_from"),
+              ("data", "sources", "*", "path"), ("cluster", "calibration"))
+_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def parse_spec(text: str, source: str = "<string>", sets: list[str] | tuple[str, ...] = (),
@@ -163,14 +167,26 @@ def _duplicate_keys(node: yaml.Node | None, source: str, path: str = ""):
 
 def _resolve_file_paths(data: dict, base_dir: Path) -> None:
     for keys in FILE_PATHS:
-        parent = data
-        for key in keys[:-1]:
-            parent = parent.get(key) if isinstance(parent, dict) else None
-        if not isinstance(parent, dict) or keys[-1] not in parent:
-            continue
-        value = parent[keys[-1]]
-        parent[keys[-1]] = ([_against(base_dir, v) for v in value] if isinstance(value, list)
-                            else _against(base_dir, value))
+        for parent in _parents(data, keys[:-1]):
+            if keys[-1] not in parent:
+                continue
+            value = parent[keys[-1]]
+            if keys == ("cluster", "calibration") and not (isinstance(value, str) and (
+                    "/" in value or value.endswith(_FILE_SUFFIXES))):
+                continue  # a kernel profile's name
+            parent[keys[-1]] = ([_against(base_dir, v) for v in value] if isinstance(value, list)
+                                else _against(base_dir, value))
+
+
+def _parents(data: object, keys: tuple[str, ...]) -> list[dict]:
+    """The mappings at ``keys`` below ``data`` ("*": each item of a list); none where the spec has no such place."""
+    found = [data]
+    for key in keys:
+        if key == "*":
+            found = [item for value in found if isinstance(value, list) for item in value]
+        else:
+            found = [value.get(key) for value in found if isinstance(value, dict)]
+    return [value for value in found if isinstance(value, dict)]
 
 
 def _against(base_dir: Path, value: object) -> object:
