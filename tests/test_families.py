@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from helpers import CHATML, chatml_checkpoint, logits, random_hf_model, tiny_hf_configs
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -32,66 +33,13 @@ from llmspec.interop.hf_weights import fuse, unfuse
 from llmspec.planner import plan
 from llmspec.spec.loading import load_spec
 
-SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=None, eos_token_id=None,
-             pad_token_id=None)  # (the families' default ids lie outside this vocabulary)
 S, F = "sliding_attention", "full_attention"
-# every feature of each family on; windows, chunks and pretraining contexts shorter than the test's 40 tokens
-TINY = {
-    "qwen3": Qwen3Config(**SMALL, head_dim=12, use_sliding_window=True, sliding_window=8, layer_types=[F, S, F, S],
-                         rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
-                                          "rope_theta": 1e6}),
-    "gemma2": Gemma2Config(**SMALL, head_dim=12, query_pre_attn_scalar=20, sliding_window=8,
-                           attn_logit_softcapping=2.0, final_logit_softcapping=1.0),
-    "gemma3_text": Gemma3TextConfig(
-        **SMALL, head_dim=12, query_pre_attn_scalar=20, sliding_window=8, layer_types=[S, S, F, S],
-        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
-        final_logit_softcapping=1.0, tie_word_embeddings=False),
-    "gemma3_text-all-sliding": Gemma3TextConfig(  # one RoPE: the local one, the full layers' scaling unused
-        **SMALL, head_dim=12, sliding_window=8, layer_types=[S] * 4,
-        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 2e4}}),
-    "olmo2": Olmo2Config(**SMALL, rope_parameters={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 16, "rope_theta": 5e5}),
-    "phi3": Phi3Config(**SMALL, original_max_position_embeddings=16, sliding_window=12, rope_parameters={
-        "rope_type": "longrope", "short_factor": [1.0, 1.5], "long_factor": [2.0, 3.0], "rope_theta": 1e4,
-        "partial_rotary_factor": 0.5}),
-    "smollm3": SmolLM3Config(**SMALL, no_rope_layer_interval=2, attention_bias=True, mlp_bias=True),
-    "gpt_neox": GPTNeoXConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                              intermediate_size=48, max_position_embeddings=64, rotary_pct=0.5,
-                              bos_token_id=None, eos_token_id=None),
-    "gpt_neox-sequential-tied": GPTNeoXConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
-                                              num_attention_heads=4, intermediate_size=48, max_position_embeddings=64,
-                                              rotary_pct=0.25, use_parallel_residual=False, tie_word_embeddings=True,
-                                              bos_token_id=None, eos_token_id=None),
-}
-
-
-def _random_model(config):
-    """A transformers model whose every weight is off its initial value (norms too: Gemma's start at 0, others
-    at 1), large enough that a difference would show."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(torch.randn_like(param) * 0.2)
-            else:
-                param.normal_(0.0, 0.1)
-    return model
-
-
-def _logits(model, idx):
-    with torch.no_grad():
-        out = model(idx)
-    return out[0] if isinstance(out, tuple) else out.logits
+TINY = tiny_hf_configs()
 
 
 @pytest.mark.parametrize("case", sorted(TINY))
 def test_import_gives_transformers_logits_and_export_gives_them_back(case, tmp_path):
-    hf = _random_model(TINY[case])
+    hf = random_hf_model(TINY[case])
     hf.save_pretrained(tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     spec = load_spec(tmp_path / "imported" / "spec.yaml")
@@ -99,13 +47,13 @@ def test_import_gives_transformers_logits_and_export_gives_them_back(case, tmp_p
     ours = load_model_module(tmp_path / "build" / "model.py").Model().eval()
     ours.load_state_dict(load_file(tmp_path / "imported" / "model.safetensors"), strict=True)
     idx = torch.randint(0, 97, (2, 40))  # past every window and every pretraining context above
-    expected = _logits(hf, idx)
-    assert (_logits(ours, idx) - expected).abs().max().item() <= 1e-5
+    expected = logits(hf, idx)
+    assert (logits(ours, idx) - expected).abs().max().item() <= 1e-5
 
     export_hf(tmp_path / "imported" / "model.safetensors", spec, tmp_path / "exported")
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
     assert type(back) is type(hf)
-    assert (_logits(back, idx) - expected).abs().max().item() <= 1e-5
+    assert (logits(back, idx) - expected).abs().max().item() <= 1e-5
     _assert_same_meaning(AutoConfig.from_pretrained(tmp_path / "exported"), TINY[case])
 
 
@@ -124,10 +72,14 @@ def _semantics(config) -> dict:
     keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "hidden_act", "hidden_activation", "rms_norm_eps", "layer_norm_eps",
             "tie_word_embeddings", "layer_types", "query_pre_attn_scalar", "attn_logit_softcapping",
-            "final_logit_softcapping", "no_rope_layers", "use_parallel_residual", "attention_bias", "mlp_bias")
+            "final_logit_softcapping", "no_rope_layers", "use_parallel_residual", "attention_bias", "mlp_bias",
+            "n_embd", "n_layer", "n_head", "n_inner", "activation_function", "layer_norm_epsilon", "num_local_experts",
+            "num_experts_per_tok")
     out = {key: getattr(config, key, None) for key in keys if key in config.to_dict()}
     out["head_dim"] = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    windowed = S in (getattr(config, "layer_types", None) or []) or config.model_type == "phi3"
+    if config.model_type == "gpt2":
+        out["n_inner"] = config.n_inner or 4 * config.n_embd  # GPT-2's MLP width when n_inner is null
+    windowed = S in (getattr(config, "layer_types", None) or []) or config.model_type in ("phi3", "mistral", "mixtral")
     out["sliding_window"] = config.sliding_window if windowed else None
     return out
 
@@ -136,7 +88,9 @@ def _rope_tables(config) -> dict:
     """cos and sin as the family's rotary module computes them, within the pretraining context and past it (longrope
     switches factors there), per layer type where the family has one RoPE per type (Gemma 3)."""
     torch.manual_seed(0)
-    rotary = AutoModelForCausalLM.from_config(config).base_model.rotary_emb
+    rotary = getattr(AutoModelForCausalLM.from_config(config).base_model, "rotary_emb", None)
+    if rotary is None:
+        return {}  # learned positions (GPT-2)
     kinds = sorted(set(config.layer_types)) if config.model_type == "gemma3_text" else [None]
     tables = {}
     for length in (16, 64):
@@ -160,7 +114,7 @@ def test_fused_projections_split_as_transformers_computes_them():
     ``unfuse`` gives compute what transformers' own forward takes from the fused tensor, and ``fuse`` is exact."""
     torch.manual_seed(0)
     x = torch.randn(3, 32)
-    neox = _random_model(TINY["gpt_neox"])
+    neox = random_hf_model(TINY["gpt_neox"])
     spec = imported_spec(neox.config.to_dict(), "neox", "config.json")
     attention = neox.gpt_neox.layers[0].attention
     fused = {f"gpt_neox.layers.0.attention.query_key_value.{p}": t for p, t in
@@ -173,7 +127,7 @@ def test_fused_projections_split_as_transformers_computes_them():
         torch.testing.assert_close(ours, qkv.chunk(3, dim=-1)[index], rtol=0, atol=1e-6)
     assert all(torch.equal(fuse(parts, "gpt_neox", spec.model)[n], t) for n, t in fused.items())
 
-    phi = _random_model(TINY["phi3"])
+    phi = random_hf_model(TINY["phi3"])
     spec = imported_spec(phi.config.to_dict(), "phi", "config.json")
     layer = phi.model.layers[0]
     fused = {"model.layers.0.self_attn.qkv_proj.weight": layer.self_attn.qkv_proj.weight,
@@ -369,32 +323,7 @@ def test_a_model_llmspec_built_exports_to_its_family_with_the_same_logits(name, 
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(theirs).__name__ == TINY_SPECS[name]
     idx = torch.randint(0, spec.model.vocab_size, (2, spec.model.max_seq_len))  # the whole context
-    assert (_logits(theirs, idx) - _logits(ours, idx)).abs().max().item() <= 1e-5
-
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def _chatml_checkpoint(folder, config):
-    """A tiny random transformers model of ``config``'s family with a ChatML tokenizer and template, as transformers 5
-    saves them (chat_template.jinja, eos <|im_end|>)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(["Say yes: the cat sat on the mat. Larger: 3 or 9. Hello there, yes it is."] * 20,
-                                  trainers.BpeTrainer(vocab_size=300, special_tokens=[
-                                      "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                            chat_template=CHATML).save_pretrained(folder)
-    config.update({"vocab_size": 320, "eos_token_id": tokenizer.token_to_id("<|im_end|>"), "bos_token_id": None,
-                   "pad_token_id": tokenizer.token_to_id("<|endoftext|>"), "max_position_embeddings": 128})
-    _random_model(config).save_pretrained(folder)
-    return tokenizer
+    assert (logits(theirs, idx) - logits(ours, idx)).abs().max().item() <= 1e-5
 
 
 @pytest.mark.integration
@@ -412,7 +341,7 @@ def test_lora_sft_from_an_imported_model_exports_and_reloads_with_its_template(f
 
     hf, imported, run_dir, out = tmp_path / "hf", tmp_path / "imported", tmp_path / "sft", tmp_path / "out"
     config = TINY[family].__class__.from_dict(TINY[family].to_dict())
-    tokenizer = _chatml_checkpoint(hf, config)
+    tokenizer = chatml_checkpoint(hf, config)
     import_hf(hf, imported)
     corpus = tmp_path / "sft.jsonl"
     words = "the cat sat on mat hello there yes it is".split()
@@ -430,15 +359,16 @@ def test_lora_sft_from_an_imported_model_exports_and_reloads_with_its_template(f
 
     idx = torch.randint(0, 320, (2, 40))
     _, model, _ = load_run(run_dir)
-    expected = _logits(model.eval(), idx)
+    expected = logits(model.eval(), idx)
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(merged).__name__ == {"qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[family]
-    assert (_logits(merged, idx) - expected).abs().max().item() <= 1e-4
+    assert (logits(merged, idx) - expected).abs().max().item() <= 1e-4
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf), out / "adapter").eval()
-    assert (_logits(adapted, idx) - expected).abs().max().item() <= 1e-4
-    assert (_logits(adapted, idx) - _logits(AutoModelForCausalLM.from_pretrained(hf).eval(), idx)).abs().max() > 1e-3
+    assert (logits(adapted, idx) - expected).abs().max().item() <= 1e-4
+    assert (logits(adapted, idx) - logits(AutoModelForCausalLM.from_pretrained(hf).eval(), idx)).abs().max() > 1e-3
     theirs = AutoTokenizer.from_pretrained(out)
-    assert theirs.chat_template == CHATML and theirs.eos_token == "<|im_end|>"
+    assert theirs.chat_template == AutoTokenizer.from_pretrained(hf).chat_template and theirs.eos_token == "<|im_end|>"
+    assert (out / "chat_template.jinja").read_text() == CHATML
     assert merged.config.eos_token_id == merged.generation_config.eos_token_id == tokenizer.token_to_id("<|im_end|>")
 
 
@@ -465,7 +395,7 @@ def test_a_multimodal_gemma3_checkpoint_imports_its_language_model(tmp_path):
     ours = load_model_module(tmp_path / "build" / "model.py").Model().eval()
     ours.load_state_dict(load_file(tmp_path / "imported" / "model.safetensors"), strict=True)
     idx = torch.randint(0, 94, (2, 40))  # text tokens only
-    assert (_logits(ours, idx) - _logits(whole, idx)).abs().max().item() <= 1e-5
+    assert (logits(ours, idx) - logits(whole, idx)).abs().max().item() <= 1e-5
 
 
 def test_the_released_multimodal_gemma3_config_plans_as_gemma3_12b(tmp_path):
@@ -474,3 +404,19 @@ def test_the_released_multimodal_gemma3_config_plans_as_gemma3_12b(tmp_path):
               "text_config": RELEASED["gemma3-12b"], "vision_config": {"model_type": "siglip_vision_model",
                                                                        "hidden_size": 1152, "num_hidden_layers": 27}}
     assert _config_only(tmp_path, config).model == load_spec("gemma3-12b").model
+
+
+def test_plan_reads_the_spec_a_config_alone_imports(tmp_path):
+    """The command line: import-hf on a folder holding only config.json, then plan the spec it wrote."""
+    from typer.testing import CliRunner
+
+    from llmspec.cli.app import app
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(RELEASED["gemma2-9b"]))
+    runner = CliRunner()
+    imported = runner.invoke(app, ["import-hf", str(tmp_path / "cfg"), "-o", str(tmp_path / "out")])
+    assert imported.exit_code == 0, imported.output
+    planned = runner.invoke(app, ["plan", str(tmp_path / "out" / "spec.yaml"), "--json"])
+    assert planned.exit_code in (0, 3), planned.output  # 3: planned, and the placeholder cluster is too small
+    assert json.loads(planned.output)["params"]["total"] == _meta_count(RELEASED["gemma2-9b"])[0]

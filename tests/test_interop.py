@@ -1,4 +1,6 @@
-"""Hugging Face interop: random transformers models → import-hf → build → equal logits → export-hf → equal again."""
+"""Hugging Face interop: checkpoints read and written (sharded, .bin, config alone), files and runs carried (tokenizer,
+chat template, token ids, adapters, reward models), what is refused; each family's logits round trip is in
+test_families."""
 
 from __future__ import annotations
 
@@ -7,16 +9,9 @@ import re
 
 import pytest
 import torch
+from helpers import CHATML, chatml_checkpoint, random_hf_model, tiny_hf_configs
 from safetensors.torch import load_file
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    GPT2Config,
-    LlamaConfig,
-    MistralConfig,
-    MixtralConfig,
-    Qwen2Config,
-)
+from transformers import AutoModelForCausalLM, LlamaConfig
 from typer.testing import CliRunner
 
 from llmspec.cli.app import app
@@ -28,88 +23,11 @@ from llmspec.spec.loading import load_spec
 
 SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)
-LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 16}
-CONFIGS = {
-    "gpt2": GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0,
-                       eos_token_id=0),
-    "gpt2-relu-untied": GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, n_inner=40,
-                                   activation_function="relu", tie_word_embeddings=False, bos_token_id=0,
-                                   eos_token_id=0),
-    "llama": LlamaConfig(**SMALL, rope_theta=500000.0, rms_norm_eps=1e-5),
-    "llama-tied-mqa-llama3-rope": LlamaConfig(**{**SMALL, "num_key_value_heads": 1}, tie_word_embeddings=True,
-                                              rope_scaling=LLAMA3_SCALING),
-    "llama-linear-rope-biases": LlamaConfig(**SMALL, rope_scaling={"rope_type": "linear", "factor": 2.0},
-                                            attention_bias=True, mlp_bias=True, head_dim=16),
-    "mistral": MistralConfig(**SMALL, sliding_window=8),
-    "mixtral": MixtralConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
-    "qwen2": Qwen2Config(**SMALL, rope_theta=1e6),
-}
-
-
-def _random_model(config):
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():  # larger than the default init, so that differences would show
-            param.normal_(0.0, 0.1)
-    return model
-
-
-def _logits(model, idx):
-    with torch.no_grad():
-        out = model(idx)
-    return out[0] if isinstance(out, tuple) else out.logits
-
-
-@pytest.mark.parametrize("case", sorted(CONFIGS))
-def test_round_trip_gives_equal_logits(case, tmp_path):
-    hf = _random_model(CONFIGS[case])
-    hf.save_pretrained(tmp_path / "hf")
-    import_hf(tmp_path / "hf", tmp_path / "imported")
-    spec = load_spec(tmp_path / "imported" / "spec.yaml")
-    build(spec, tmp_path / "build")
-    ours = load_model_module(tmp_path / "build" / "model.py").Model().eval()
-    ours.load_state_dict(load_file(tmp_path / "imported" / "model.safetensors"), strict=True)
-    idx = torch.randint(0, 97, (2, 40))  # longer than mistral's window and llama3's original context
-    expected = _logits(hf, idx)
-    assert (_logits(ours, idx) - expected).abs().max().item() <= 1e-4
-
-    export_hf(tmp_path / "imported" / "model.safetensors", spec, tmp_path / "exported")
-    back = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
-    assert type(back) is type(hf)
-    assert (_logits(back, idx) - expected).abs().max().item() <= 1e-4
-    _assert_same_config(spec, CONFIGS[case], AutoConfig.from_pretrained(tmp_path / "exported"))
-
-
-def _rope(config) -> tuple[float, str, float | None]:
-    params = getattr(config, "rope_parameters", None) or {}
-    scaling = getattr(config, "rope_scaling", None) or {}
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    kind = params.get("rope_type") or scaling.get("rope_type") or "default"
-    return theta, kind, params.get("factor", scaling.get("factor"))
-
-
-def _assert_same_config(spec, original, exported):
-    mo = spec.model
-    for config in (original, exported):
-        assert config.tie_word_embeddings == mo.tie_embeddings
-        if config.model_type == "gpt2":
-            assert (config.n_embd, config.n_layer, config.n_head, config.layer_norm_epsilon) == (
-                mo.d_model, mo.n_layers, mo.n_heads, mo.norm_eps)
-            continue
-        assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-                config.num_key_value_heads, config.rms_norm_eps) == (mo.d_model, mo.n_layers, mo.n_heads,
-                                                                     mo.n_kv_heads, mo.norm_eps)
-        theta, kind, factor = _rope(config)
-        assert theta == mo.rope_theta
-        assert kind == (mo.rope_scaling.type if mo.rope_scaling else "default")
-        assert factor == (mo.rope_scaling.factor if mo.rope_scaling else None)
-        assert getattr(config, "sliding_window", None) == mo.sliding_window
+CONFIGS = tiny_hf_configs()  # of each family
 
 
 def test_sharded_and_bin_checkpoints_import(tmp_path):
-    hf = _random_model(CONFIGS["llama"])
+    hf = random_hf_model(CONFIGS["llama"])
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     import_hf(tmp_path / "sharded", tmp_path / "a")
@@ -151,7 +69,7 @@ def test_unsupported_configs_are_refused_with_the_key(tmp_path, change, message)
 
 
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
-    hf = _random_model(CONFIGS["llama"])
+    hf = random_hf_model(CONFIGS["llama"])
     hf.save_pretrained(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     config["num_hidden_layers"] = 3
@@ -175,7 +93,7 @@ def test_export_refuses_specs_no_transformers_family_computes(tmp_path):
 
 
 def test_cli_round_trip_and_errors(tmp_path):
-    _random_model(CONFIGS["qwen2"]).save_pretrained(tmp_path / "hf")
+    random_hf_model(CONFIGS["qwen2"]).save_pretrained(tmp_path / "hf")
     runner = CliRunner()
     result = runner.invoke(app, ["import-hf", str(tmp_path / "hf"), "-o", str(tmp_path / "ours")])
     assert result.exit_code == 0, result.output
@@ -197,7 +115,7 @@ def test_cli_round_trip_and_errors(tmp_path):
 
 def _saved(tmp_path, name="gpt2"):
     hf = tmp_path / "hf"
-    _random_model(CONFIGS[name]).save_pretrained(hf)
+    random_hf_model(CONFIGS[name]).save_pretrained(hf)
     return hf
 
 
@@ -255,44 +173,10 @@ def test_a_reward_model_exports_as_a_sequence_classifier_with_its_scores(name, s
 
 # ---- what travels with a tokenizer; token ids; nothing overwritten; NaN; config keys; PEFT's base ----------------
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def _chatml_checkpoint(folder, generation_config=True):
-    """A ChatML model as transformers 5 saves one: a tiny random Qwen2, a small byte-level BPE tokenizer with
-    <|im_start|>/<|im_end|>, its template in chat_template.jinja (tokenizer_config.json has none) and a named one
-    in additional_chat_templates/, eos <|im_end|> in config.json and generation_config.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    corpus = ["Say yes: the cat sat on the mat. Larger: 3 or 9. First word: hello there, yes it is."] * 20
-    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                            chat_template={"default": CHATML, "tool_use": CHATML + "{# tools #}"}
-                            ).save_pretrained(folder)
-    assert (folder / "chat_template.jinja").is_file()
-    assert "chat_template" not in json.loads((folder / "tokenizer_config.json").read_text())
-    config = Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.token_to_id("<|im_end|>"),
-                         pad_token_id=tokenizer.token_to_id("<|endoftext|>"))
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    if not generation_config:
-        (folder / "generation_config.json").unlink()
-    return tokenizer
-
-
 def test_import_keeps_a_transformers_5_chat_template_and_the_generation_config(tmp_path):
     from llmspec.data.chat import ChatTemplate
 
-    tokenizer = _chatml_checkpoint(tmp_path / "hf")
+    tokenizer = chatml_checkpoint(tmp_path / "hf")
     written = import_hf(tmp_path / "hf", tmp_path / "imported")
     out = tmp_path / "imported"
     for name in ("chat_template.jinja", "additional_chat_templates/tool_use.jinja", "generation_config.json"):
@@ -305,7 +189,7 @@ def test_import_keeps_a_transformers_5_chat_template_and_the_generation_config(t
 
 
 def test_import_derives_the_generation_config_from_config_json_as_transformers_does(tmp_path):
-    _random_model(CONFIGS["llama"]).save_pretrained(tmp_path / "hf")
+    random_hf_model(CONFIGS["llama"]).save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "generation_config.json").unlink(missing_ok=True)
     import_hf(tmp_path / "hf", tmp_path / "imported")
     saved = json.loads((tmp_path / "imported" / "generation_config.json").read_text())
@@ -323,7 +207,7 @@ def test_import_records_the_hub_repository_of_a_cached_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_import_refuses_weights_that_are_not_finite_naming_the_tensor(tmp_path, bad):
-    hf = _random_model(CONFIGS["llama"])
+    hf = random_hf_model(CONFIGS["llama"])
     with torch.no_grad():
         hf.model.layers[1].mlp.up_proj.weight[0, :3] = bad
     hf.save_pretrained(tmp_path / "hf")
@@ -461,7 +345,7 @@ def test_a_chatml_runs_export_agrees_on_the_end_of_turn_token_and_keeps_the_temp
     from llmspec.interop.hf_files import TEMPLATE_FILES
     from llmspec.train.export_hf import export_run
 
-    tokenizer = _chatml_checkpoint(tmp_path / "hf")
+    tokenizer = chatml_checkpoint(tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     spec = load_spec(tmp_path / "imported" / "spec.yaml")
     _fake_run(tmp_path / "run", spec, tmp_path / "imported",
@@ -479,7 +363,7 @@ def test_a_chatml_runs_export_agrees_on_the_end_of_turn_token_and_keeps_the_temp
 def test_an_import_exports_back_with_its_template_tokenizer_and_stop_tokens(tmp_path):
     from transformers import AutoTokenizer
 
-    tokenizer = _chatml_checkpoint(tmp_path / "hf")
+    tokenizer = chatml_checkpoint(tmp_path / "hf")
     assert _invoke("import-hf", tmp_path / "hf", "-o", tmp_path / "imported").exit_code == 0
     assert _invoke("export-hf", tmp_path / "imported", "-o", tmp_path / "back").exit_code == 0
     back, end = tmp_path / "back", tokenizer.token_to_id("<|im_end|>")
@@ -537,7 +421,7 @@ def test_a_chatml_fine_tune_exports_a_model_whose_generate_stops_where_llmspec_g
     from llmspec.train.generate import generate
 
     hf, imported, run_dir, out = tmp_path / "hf", tmp_path / "imported", tmp_path / "sft", tmp_path / "out"
-    tokenizer = _chatml_checkpoint(hf)
+    tokenizer = chatml_checkpoint(hf)
     import_hf(hf, imported)
     words = "the cat sat on mat hello there yes it is larger first word".split()
     corpus = tmp_path / "sft.jsonl"
