@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from helpers import minimal, planned
 
@@ -22,7 +23,8 @@ def test_gpt2_124m_forward_hand_worked():
 
 def test_attention_context_causal_and_windowed():
     def ctx(s, window):  # one sliding layer, causal (measure's full-attention count sets causal to 0)
-        return numeric.attention_context(causal=1, s=s, window=window, L=1, L_sliding=1, L_chunked=0, chunk=s)
+        return numeric.attention_context(causal=1, s=s, window=window, L=1, L_sliding=1, L_chunked=0, chunk=s,
+                                         document_masking=0, document_keys=1)
 
     assert ctx(4096, 4096) == (4096 + 1) / 2
     # window 2 over 4 positions: keys per query 1, 2, 2, 2 -> mean 7/4
@@ -110,3 +112,25 @@ def test_attention_flops_per_layer_kind_hand_counted(sets, kinds):
     keys = _keys_brute_force(kinds, s, window, chunk)
     assert p.flops["attention_per_token"] == pytest.approx(4 * a * d_h * keys / s, rel=1e-15)
     assert p.env["attention_context"] == pytest.approx(keys / (6 * s), rel=1e-15)
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 40, 3, 300, 17, 900]])
+def test_document_masking_attends_within_documents_and_computes_every_key(monkeypatch, lengths):
+    """Model FLOPs count the keys each query attends to within its document (data.attention from the prepared
+    lengths; causal where the corpus is not prepared yet); SDPA under the mask computes every key (HFU)."""
+    from llmspec.data import attention
+    from llmspec.planner import inputs
+
+    monkeypatch.setattr(inputs, "_ATTENDED", {})
+    monkeypatch.setattr(attention, "prepared_lengths", lambda spec: None if lengths is None else np.array(lengths))
+    s, a, d_h, L = 128, 4, 16, 2
+    common = ["model.position=rope", "model.max_seq_len=128", "parallelism.activation_checkpointing=full"]
+    masked = plan(minimal(*common, "data.document_masking=true"), alternatives=False)
+    causal = plan(minimal(*common), alternatives=False)
+    keys = (s + 1) / 2 if lengths is None else attention.mean_attended_keys(np.array(lengths), s)
+    assert masked.flops["attention_per_token"] == pytest.approx(4 * L * a * d_h * keys, rel=1e-15)
+    every_key = 4 * L * a * d_h * s  # forward, backward (2×) and the full checkpoint's recompute: 4 passes
+    executed = masked.flops["per_token_hardware"] - masked.flops["per_token_train"]
+    recompute = causal.flops["per_token_hardware"] - causal.flops["per_token_train"]
+    assert executed - (recompute - causal.flops["attention_per_token"] + masked.flops["attention_per_token"]) == \
+        pytest.approx(4 * (every_key - masked.flops["attention_per_token"]), rel=1e-12)

@@ -94,7 +94,8 @@ def test_random_specs_match_the_compiled_model(spec):
 def random_2026_specs(draw):
     """A random RoPE model over the 2026 families' fields: QK-norm, norm placement, parallel residual, layer kinds
     (sliding, chunked, full) with their spans and local RoPE base, NoPE layers, soft-caps, embedding and query
-    scales, partial rotary, RoPE scaling, GeGLU-tanh; with MoE, or fine-tuned under LoRA (QLoRA)."""
+    scales, partial rotary, RoPE scaling, GeGLU-tanh, document masking; with MoE, or fine-tuned under LoRA
+    (QLoRA)."""
     heads = draw(st.sampled_from([2, 4]))
     head_dim = draw(st.sampled_from([8, 16]))
     seq = draw(st.sampled_from([16, 24]))
@@ -144,6 +145,9 @@ def random_2026_specs(draw):
         # (NF4 under a parallel residual, fully checkpointed, counts fewer recomputed FLOPs than planned: open)
         if "model.parallel_residual=true" not in sets and draw(st.booleans()):
             sets.append("post_training.base_precision=nf4")
+    masking_refused = ("model.layer_types", "model.nope_layers", "model.attn_softcap", "post_training")
+    if not any(x.startswith(masking_refused) for x in sets) and draw(st.booleans()):
+        sets.append("data.document_masking=true")  # pretraining, every layer full, no soft-cap
     return minimal(*sets)
 
 

@@ -110,7 +110,9 @@ def _train_step(spec: Spec, trained: list[torch.nn.Module], objectives: Any, dev
       precomputed)."""
     idx, targets = _batch(spec, device), _batch(spec, device) + 1  # distinct inputs and targets, as in training
     post, model = spec.post_training, trained[0]
-    if objectives is None:
+    if objectives is None and spec.data.document_masking:  # each row's documents (one here: shapes decide)
+        loss = model(idx, targets, segments=torch.zeros_like(idx))[1]
+    elif objectives is None:
         loss = model(idx, targets)[1]
     else:
         method_loss = getattr(objectives, f"{post.method}_loss")

@@ -100,6 +100,7 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "final_softcap": int(arch.final_softcap is not None),
         "rotary_dim": arch.rotary_dim,
         "local_rope": int(arch.local_rope),
+        **_document_masking(spec, seq),
         "fp8_saved": int(tr.precision == "fp8" and tr.fp8_library == "transformer_engine"),
         # pairwise objectives run a chosen and a rejected sequence per example
         "s": seq, "B": tr.global_batch_size * pairs,
@@ -116,6 +117,26 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "overlap_comm": int(par.overlap_comm), "causal": 1, "reduce_bucket": par.reduce_bucket_size,
         "prefetch_bucket": par.prefetch_bucket_size,
     }
+
+
+_ATTENDED: dict[tuple, float] = {}  # mean attended keys by (data section, vocabulary, sequence length)
+
+
+def _document_masking(spec: Spec, seq: int) -> dict[str, Any]:
+    """Document masking's inputs: whether the model masks attention to each document (pretraining only), and the
+    keys a query then attends to on average, from the documents' lengths where the corpus is prepared already
+    (causal attention's (s + 1)/2 otherwise: an upper bound). The lengths are read once per data section."""
+    on = spec.data.document_masking and spec.post_training is None
+    keys = Fraction(seq + 1, 2)
+    if on:
+        key = (spec.data.model_dump_json(), spec.model.vocab_size, seq)
+        if key not in _ATTENDED:
+            from llmspec.data.attention import mean_attended_keys, prepared_lengths  # numpy: only when masking
+
+            lengths = prepared_lengths(spec)
+            _ATTENDED[key] = keys if lengths is None else mean_attended_keys(lengths, seq)
+        keys = _ATTENDED[key]
+    return {"document_masking": int(on), "document_keys": keys}
 
 
 def _layer_kinds(arch: Architecture, seq: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from llmspec.planner.formulas.symbols import (
     cp,
     d_h,
     d_rot,
+    doc_mask,
     dp,
     drop,
     e,
@@ -247,12 +248,15 @@ act_head = define("act_head", (1 - adapter) * norm_saved + adapter * norm_frozen
                   + h * e * (1 - adapter * (1 - vh)) + (1 - vh) * 8 + vocab_saved + resp_mask,
                   "per token: final norm, the head's input (unless the LM head is frozen), and for an LM the fp32 "
                   "log-softmax and int64 targets (+ the soft-capped logits' tanh, DPO's bool response mask)", "B")
-tables = rope * rope_kept * 2 * P * d_rot * (1 + local_rope) * e
+# RoPE's cos and sin are views of the model's tables; under document masking they are gathered per position
+tables = rope * rope_kept * 2 * ((1 - doc_mask) * P + doc_mask * b * s_local) * d_rot * (1 + local_rope) * e
 act_tables = define("act_tables", tables + (1 - adapter) * learned * 8 * s_local
                     + mask_kept * (1 - softcap * (1 - ck_full)) * (masked + chunk_masked) * s_local * s * e
+                    + doc_mask * b * s_local * s * e
                     + prefix * s * (s + n_v) * e,
-                    "once per micro-batch: RoPE cos/sin tables (a second pair for local layers' base; or position "
-                    "ids), the sliding-window, chunk or prefix mask SDPA keeps (soft-capped attention adds its "
+                    "once per micro-batch: RoPE cos/sin tables (a second pair for local layers' base; gathered per "
+                    "position under document masking; or position ids), the sliding-window, chunk, document or "
+                    "prefix mask SDPA keeps (soft-capped attention adds its "
                     "masks to the scores and keeps none, but a fully checkpointed block keeps its arguments)", "B")
 # Without sequence parallelism, tensor-parallel ranks hold the activations outside the split matmuls whole.
 t_whole = 1 + sp_on * (t - 1)

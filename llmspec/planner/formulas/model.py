@@ -27,6 +27,8 @@ from llmspec.planner.formulas.symbols import (
     ck_full,
     ck_sel,
     d_h,
+    doc_keys,
+    doc_mask,
     dq,
     drop,
     f,
@@ -206,9 +208,10 @@ def keys_all_layers(n: sp.Expr) -> sp.Expr:
     return (L - L_sl - L_ch) * _keys_seen(n, n) + L_sl * _keys_seen(n) + L_ch * _keys_chunked(n)
 
 
-ctx = define("attention_context", causal * keys_all_layers(s) / (L * s) + (1 - causal) * s,
+ctx = define("attention_context",
+             causal * ((1 - doc_mask) * keys_all_layers(s) / (L * s) + doc_mask * doc_keys) + (1 - causal) * s,
              "keys each query attends to, averaged over positions and layers (causal; a sliding layer within its "
-             "window, a chunked one within its chunk)", "tokens")
+             "window, a chunked one within its chunk; within its document under document masking)", "tokens")
 attn_layer = 4 * a * d_h * (ctx + prefix * n_v)
 fwd_attn = define("flops_attention_per_token", L * attn_layer, "QKᵀ and AV, forward (+ prefix keys)", "FLOP")
 fwd = define("flops_per_token_forward", 2 * matmul + fwd_attn + 2 * L * lora_layer,
@@ -262,7 +265,13 @@ recompute = define("flops_recompute_per_token",
                    "forward recomputed in backward: every block (full) or the MLPs (selective), less the dense "
                    "down projection that early-stopping recompute skips (and a frozen first MLP that needs no "
                    "gradient)", "FLOP")
-hw = define("flops_per_token_hardware", train + recompute, "FLOPs executed per token (for HFU)", "FLOP")
+# SDPA under an arbitrary mask (document masking) computes every key: the executed attention, not the attended
+att_run = define("flops_attention_executed_per_token", doc_mask * 4 * L * a * d_h * s + (1 - doc_mask) * fwd_attn,
+                 "QKᵀ and AV forward as the kernel runs them: what flops_attention_per_token counts, or every key "
+                 "where a document mask goes through SDPA", "FLOP")
+hw = define("flops_per_token_hardware", train + recompute + (3 + ck_full) * (att_run - fwd_attn),
+            "FLOPs executed per token (for HFU): the model's, recompute, and the keys a masked kernel computes "
+            "beyond those attended", "FLOP")
 define("flops_per_step", train * B * s, "model FLOPs per optimizer step", "FLOP")
 define("flops_total", train * D, "model FLOPs for the whole run", "FLOP")
 define("flops_6nd", 6 * active * D, "the 6·N·D rule, for comparison", "FLOP")

@@ -56,6 +56,8 @@ chunk = sp.Symbol("chunk", positive=True)
 post_norm, par_res, softcap, logit_cap, local_rope, chunk_masked = _s(
     "post_norm parallel_residual softcap final_softcap local_rope chunk_masked", nonnegative=True)
 d_rot = sp.Symbol("rotary_dim", nonnegative=True)
+doc_mask = sp.Symbol("document_masking", nonnegative=True)
+doc_keys = sp.Symbol("document_keys", positive=True)
 
 
 def _any(*flags: sp.Expr) -> sp.Expr:
@@ -170,6 +172,10 @@ INPUT_DOCS: dict[str, str] = {
     "rotary_dim": "dims of each head RoPE rotates (0 when no layer rotates)",
     "local_rope": "1 when sliding or chunked layers rotate with a RoPE base of their own (Gemma 3): a second pair "
     "of tables",
+    "document_masking": "1 when attention stays within each document of a packed row (data.document_masking): a "
+    "(b, 1, s, s) mask through SDPA, RoPE tables gathered per position",
+    "document_keys": "keys a query attends to on average under document masking, from the prepared documents' "
+    "lengths ((s + 1)/2, causal, where they are not prepared yet)",
     "chunk_masked": "1 if the attention chunk is shorter than the sequence (an explicit attention mask)",
     "causal": "1 to count causal attention (the keys each query sees); 0 to count every key, as FlopCounterMode "
     "does (llmspec measure)",
