@@ -168,7 +168,7 @@ REFUSED = [
     ("olmo2", {"attention_bias": True}, "attention_bias=true"),
     ("phi3", {"rope_parameters": {"rope_type": "longrope", "short_factor": [1.0, 1.0]}},
      "rope_parameters.long_factor is missing (needed for rope type 'longrope')"),
-    ("phi3", {"embd_pdrop": 0.1}, "embd_pdrop 0.1 differs from resid_pdrop 0.0"),
+    ("phi3", {"resid_pdrop": 0.1}, "resid_pdrop=0.1 (dropout on the sub-blocks' outputs but not the embeddings)"),
     ("smollm3", {"mlp_bias": False}, "attention_bias=True with mlp_bias=False"),
     ("smollm3", {"no_rope_layers": [1, 0]}, "no_rope_layers has 2 entries for num_hidden_layers 4"),
     ("gpt_neox", {"attention_bias": False}, "attention_bias=false (no attention biases"),

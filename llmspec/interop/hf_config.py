@@ -155,7 +155,7 @@ def hf_config(spec: Spec, dtype: str = "float32") -> dict[str, Any]:
         config.update(query_pre_attn_scalar=_pre_attn_scalar(mo.query_scale, mo.head_dim),
                       attn_logit_softcapping=mo.attn_softcap, final_logit_softcapping=mo.final_softcap,
                       use_bidirectional_attention=False)
-    if family == "phi3":
+    if family == "phi3":  # (transformers 5's Phi-3 drops no embeddings: a run's dropout is llmspec's own)
         config.update(resid_pdrop=mo.dropout, embd_pdrop=mo.dropout)
     if family == "smollm3":
         nope = nope_indices(mo)

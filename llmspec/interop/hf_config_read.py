@@ -129,8 +129,9 @@ def model_from_hf(config: dict[str, Any], source: str = "config.json") -> dict[s
         model.update(_gemma(c, model))
     if family == "olmo2":
         model.update(qk_norm="full", norm_placement="post")
-    if family == "phi3":
-        model.update(_dropout(c, "resid_pdrop", "embd_pdrop"))
+    if family == "phi3" and c.get("resid_pdrop", 0.0):  # (embd_pdrop: transformers 5's Phi-3 reads none)
+        c.refuse("resid_pdrop", "(dropout on the sub-blocks' outputs but not the embeddings) is not modelled: "
+                                "llmspec's dropout does both; set it to 0")
     if family == "smollm3":
         model["bias"] = _both_biases(c)
         window = c.get("sliding_window") if config.get("use_sliding_window") else None
@@ -201,15 +202,6 @@ def _both_biases(c: _Config) -> bool:
 def _no_attention_bias(c: _Config) -> None:
     if c.get("attention_bias"):
         c.refuse("attention_bias", f"(biases on q, k, v and o, none in the MLP) is not supported for {c.family}")
-
-
-def _dropout(c: _Config, residual: str, embedding: str) -> dict[str, Any]:
-    """llmspec's one dropout rate: on the embeddings and on each sub-block's output."""
-    rate = c.get(residual, 0.0)
-    if c.get(embedding, rate) != rate:
-        raise ConfigError(f"{c.source}: {embedding} {c.get(embedding)} differs from {residual} {rate}; llmspec has "
-                          "one dropout rate for both")
-    return {"dropout": rate} if rate else {}
 
 
 def _gemma(c: _Config, model: dict[str, Any]) -> dict[str, Any]:
