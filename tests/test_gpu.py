@@ -46,3 +46,14 @@ def test_deepspeed_over_nccl_tracks_the_single_gpu_run(precision, layout, tmp_pa
     run(spec, tmp_path / "torch", backend="torch", announce=print)
     run(spec, tmp_path / "ds", backend="deepspeed", announce=print)
     assert _losses(tmp_path / "ds")[0] == pytest.approx(_losses(tmp_path / "torch")[0], rel=2e-2)
+
+
+def test_measure_steps_times_one_gpu_and_writes_its_calibration(tmp_path):
+    from llmspec.train.timing import calibration_for, measure_steps
+
+    spec = load_spec("tiny", _this_gpu(1) + ["training.precision=bf16"])
+    timing = measure_steps(spec, steps=3, backend="torch", run_dir=tmp_path / "run")
+    assert timing.steps == 3 and timing.peak_memory_source == "CUDA max allocated" and timing.peak_memory > 0
+    path = tmp_path / "this-gpu.json"
+    path.write_text(calibration_for(timing))
+    assert '"measured"' in path.read_text() and timing.to_json()["measured"]["step_seconds"] > 0

@@ -16,6 +16,7 @@ from llmspec.spec.units import fmt_bytes, fmt_count, fmt_duration, fmt_flops, fm
 
 if TYPE_CHECKING:  # measuring imports torch; the plan path must not
     from llmspec.compile.measure import Measurement
+    from llmspec.train.timing import StepTiming
 
 OK, NO = "[green]✓[/]", "[red]✗[/]"
 # what the transient buffers are in the phase that sets the peak (PPO/GRPO have three phases; other runs one)
@@ -373,3 +374,27 @@ def render_inference(served: dict, console: Console) -> None:
                   f"{served['decode_step'] * 1e3:.2f} ms per step (memory-bandwidth bound)")
     table.add_row("prefill", fmt_duration(served["prefill_seconds"]), "the batch's prompts (compute bound)")
     console.print(table)
+
+
+def step_timing_table(timing: StepTiming) -> Table:
+    """``measure --steps``: the plan's step, term by term, against the measured one; throughput, MFU, peak."""
+    t, spec = timing.planned.time, timing.spec
+    table = Table(title=f"{spec.name} · {timing.steps} timed steps here ({timing.backend}) against the plan",
+                  title_justify="left")
+    table.add_column("term")
+    table.add_column("planned", justify="right")
+    table.add_column("measured", justify="right")
+    table.add_column("", justify="left")
+    measured = timing.measured_step
+    table.add_row("step", fmt_duration(t["step_seconds"]), fmt_duration(measured),
+                  f"planned / measured {timing.ratio:.2f}")
+    for key, label, note in TIME_ROWS:
+        if t[key] > 0 or key == "compute_seconds":
+            table.add_row(f"  {label}", fmt_duration(t[key]), "", note)
+    tokens = spec.training.tokens_per_step
+    table.add_row("throughput", f"{fmt_count(t['tokens_per_second'])} tokens/s",
+                  f"{fmt_count(tokens / measured)} tokens/s", "")
+    table.add_row("MFU", f"{t['mfu']:.1%}", "" if timing.mfu is None else f"{timing.mfu:.1%}", "")
+    table.add_row("peak memory", fmt_bytes(timing.planned.memory["peak"]), fmt_bytes(timing.peak_memory),
+                  timing.peak_memory_source)
+    return table

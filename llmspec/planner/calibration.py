@@ -197,14 +197,17 @@ def calibration_values(source: str, gpu: catalogue.GPU) -> dict[str, float]:
     if unknown:
         raise bad(f"unknown key '{unknown[0]}' (expected gpu, {', '.join(CALIBRATION_KEYS)}, measured, source)")
     found = catalogue.lookup(data["gpu"])
-    if found is None or found.name != gpu.name:
+    if (found.name if found else data["gpu"]) != gpu.name:  # a custom GPU goes by its own name
         return {}
     values = {}
     for key in CALIBRATION_KEYS:
         value = data.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        if key == "attention_materialised":
+            if value not in (0, 1) or isinstance(value, bool):
+                raise bad(f"{key} must be 0 or 1, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise bad(f"{key} must be a positive number, got {value!r}")
         values[key] = float(value)
     return values
