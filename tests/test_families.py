@@ -377,7 +377,8 @@ def test_a_multimodal_gemma3_checkpoint_imports_its_language_model(tmp_path):
     model's weights (the vision tower is left behind), with the text-only logits of the whole model."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    text = {**TINY["gemma3_text"].to_dict(), "tie_word_embeddings": True, "final_logit_softcapping": None}
+    # the multimodal config ties the head, whatever its text_config says
+    text = {**TINY["gemma3_text"].to_dict(), "tie_word_embeddings": False, "final_logit_softcapping": None}
     config = Gemma3Config(text_config=text, vision_config={
         "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
         "image_size": 28, "patch_size": 14}, mm_tokens_per_image=4, image_token_index=96, boi_token_index=94,
@@ -390,7 +391,7 @@ def test_a_multimodal_gemma3_checkpoint_imports_its_language_model(tmp_path):
     whole.save_pretrained(tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     spec = load_spec(tmp_path / "imported" / "spec.yaml")
-    assert spec.model.qk_norm == "head" and spec.model.rope_local_theta == 1e4
+    assert spec.model.qk_norm == "head" and spec.model.rope_local_theta == 1e4 and spec.model.tie_embeddings
     build(spec, tmp_path / "build")
     ours = load_model_module(tmp_path / "build" / "model.py").Model().eval()
     ours.load_state_dict(load_file(tmp_path / "imported" / "model.safetensors"), strict=True)

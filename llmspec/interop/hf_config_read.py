@@ -51,7 +51,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-# multimodal families whose language model is one of the families above: its config is their text_config
+# multimodal families whose language model is one of the families above: its config is their text_config, but for
+# the tying of its head, which the multimodal config decides (transformers' default: tied)
 LANGUAGE_MODELS = {"gemma3": "gemma3_text"}
 
 
@@ -67,7 +68,8 @@ def language_model_config(config: dict[str, Any], source: str = "config.json") -
     if text.get("final_logit_softcapping") is not None:  # Gemma3ForCausalLM caps, the multimodal class does not
         raise ConfigError(f"{source}: text_config.final_logit_softcapping={text['final_logit_softcapping']}: "
                           f"transformers' {family} model does not cap its logits, its text model does; set it to null")
-    return {**text, "model_type": LANGUAGE_MODELS[family]}
+    tied = config.get("tie_word_embeddings", True)
+    return {**text, "model_type": LANGUAGE_MODELS[family], "tie_word_embeddings": tied}
 
 
 def family_of(config: dict[str, Any], source: str = "config.json") -> str:
