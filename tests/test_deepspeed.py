@@ -118,9 +118,9 @@ def test_expert_parallel_tracks_the_single_process_run(zero, tmp_path):
 
 
     from llmspec.compile.loading import load_model_module
-    from llmspec.data.shards import Batches
     from llmspec.planner.training import plan
     from llmspec.train.job import load_job
+    from llmspec.train.methods.pretrain import pretraining_batches
 
     spec = load_spec("tiny-moe", ["cluster.gpus_per_node=2", "parallelism.expert=2", f"parallelism.zero_stage={zero}",
                                   "model.d_model=64", "model.d_ff=128", "training.micro_batch_size=4",
@@ -131,8 +131,8 @@ def test_expert_parallel_tracks_the_single_process_run(zero, tmp_path):
     assert [r["parameters"] for r in ranks] == [plan(spec, alternatives=False).params["per_gpu"]] * 2
     model = load_model_module(tmp_path / "ep" / "build" / "model.py").Model()
     model.load_state_dict(load_checkpoint(list_checkpoints(tmp_path / "ep" / "checkpoints")[-1])["model"])
-    job, tr = load_job(tmp_path / "ep"), spec.training
-    val = Batches(job.shards.load("val"), tr.seq_len, tr.micro_batch_size, tr.seed, "val")
+    job = load_job(tmp_path / "ep")
+    val = pretraining_batches(spec, job.shards)[1]
     from llmspec.train.loop import EVAL_BATCHES
 
     with torch.no_grad():

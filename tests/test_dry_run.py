@@ -1,7 +1,7 @@
 """`run --dry-run` makes every check a run makes before it reads the data whole (issue 30, items 2, 4 and 10): a bad
-corpus, a bad tokenizer, a run directory that holds a user's files, a damaged Parquet corpus, each refused on one line with
-exit 2 by the dry run and by the run alike, with nothing written; a GPU spec on a machine without one says what the
-run will do."""
+corpus, a bad tokenizer, a run directory that holds a user's files, a damaged Parquet corpus, each refused on one line
+with exit 2 by the dry run and by the run alike, with nothing written; a GPU spec on a machine without one says what
+the run will do."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 
 from llmspec.cli.app import app
 from llmspec.compile.loading import load_model_module
-from llmspec.data.shards import Batches
 from llmspec.interop.hf import import_hf
 from llmspec.runner import run
 from llmspec.spec.loading import load_spec
 from llmspec.train.checkpoint import list_checkpoints, load_checkpoint
 from llmspec.train.job import load_job
+from llmspec.train.methods.pretrain import pretraining_batches
 from llmspec.train.metrics import read_metrics
 
 CONFIG = LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -50,8 +50,7 @@ def test_a_run_initialised_from_an_imported_model_starts_at_transformers_loss(im
     spec = load_spec(source / "spec.yaml", [*RUN, f"training.init_from={source}"])
     run(spec, tmp_path / "run", backend="torch", announce=quiet)
     job = load_job(tmp_path / "run")
-    tr = spec.training
-    x, y = Batches(job.shards.load("train"), tr.seq_len, tr.micro_batch_size, tr.seed, "train").get(0, 0, 0)
+    x, y = pretraining_batches(spec, job.shards)[0].get(0, 0, 0)
     with torch.no_grad():
         logits = hf(x).logits
     expected = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)).item()
@@ -73,8 +72,8 @@ def test_a_run_continues_from_another_run_and_its_tokenizer(imported, tmp_path):
     # the second run's model starts where the first ended: its first loss is the first run's final weights' loss
     model = load_model_module(tmp_path / "second" / "build" / "model.py").Model()
     model.load_state_dict(load_checkpoint(list_checkpoints(tmp_path / "first" / "checkpoints")[-1])["model"])
-    job, tr = load_job(tmp_path / "second"), second.training
-    x, y = Batches(job.shards.load("train"), tr.seq_len, tr.micro_batch_size, tr.seed, "train").get(0, 0, 0)
+    job = load_job(tmp_path / "second")
+    x, y = pretraining_batches(second, job.shards)[0].get(0, 0, 0)
     with torch.no_grad():
         expected = model(x, y)[1].item()
     assert _first_loss(tmp_path / "second") == pytest.approx(expected, rel=1e-5)
