@@ -58,3 +58,13 @@ def test_prepare_refuses_in_one_line(tmp_path):
         f'error: {tmp_path / "bad.jsonl"}:2: expected an object with a "text" string')
     result = CliRunner().invoke(app, ["prepare", "tiny-sft"])
     assert result.exit_code == 2 and "a fine-tune (post_training) prepares its records when it runs" in result.stderr
+
+
+def test_what_the_planner_reads_imports_neither_torch_nor_tokenizers():
+    import subprocess
+    import sys
+
+    code = ("import sys; from llmspec.data.attention import prepared_lengths; from llmspec.spec.loading import "
+            "load_spec; prepared_lengths(load_spec('tiny', ['data.document_masking=true'])); "
+            "print(sorted({'torch', 'tokenizers'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

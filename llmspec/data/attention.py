@@ -33,10 +33,9 @@ def mean_attended_keys(lengths: np.ndarray, seq_len: int) -> float:
 def prepared_lengths(spec, cache: Path | None = None) -> np.ndarray | None:
     """The training documents' token counts of the spec's corpus where ``llmspec prepare`` (or ``run``) prepared
     it already (None otherwise: nothing is read beyond the sources' fingerprints)."""
+    from llmspec.data.cache import builtin_cached, cache_dir, corpus_digest, data_key, pointer
     from llmspec.data.corpus import DataError
-    from llmspec.data.pipeline import builtin_cached, cache_dir, data_key
     from llmspec.data.sources import fingerprint, resolve
-    from llmspec.data.tokenizer import corpus_digest
 
     cache = cache or cache_dir()
     vocab = spec.data.tokenizer.vocab_size or spec.model.vocab_size
@@ -45,9 +44,8 @@ def prepared_lengths(spec, cache: Path | None = None) -> np.ndarray | None:
         fingerprints = [fingerprint(s, lambda: corpus_digest(builtin_cached(cache))) for s in sources]
     except (DataError, OSError):
         return None
-    pointer = cache / "prepared" / f"{data_key(spec.data, vocab, fingerprints)}.json"
     try:
-        directory = Path(json.loads(pointer.read_text())["tokens"])
+        directory = Path(json.loads(pointer(cache, data_key(spec.data, vocab, fingerprints)).read_text())["tokens"])
         meta = json.loads((directory / "meta.json").read_text())
     except (OSError, ValueError, KeyError):
         return None

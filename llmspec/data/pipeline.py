@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,29 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from llmspec.data import sources as src
-from llmspec.data.corpus import DataError, builtin_documents
+from llmspec.data.cache import VERSION, builtin_cached, cache_dir, corpus_digest, data_key, pointer
+from llmspec.data.corpus import DataError
 from llmspec.data.packed import Prepared
-from llmspec.data.tokenizer import END_OF_TEXT, corpus_digest, tokenizer_for
-from llmspec.data.tokens import VERSION, Progress, default_workers, workers_for, write_tokens
+from llmspec.data.tokenizer import END_OF_TEXT, tokenizer_for
+from llmspec.data.tokens import Progress, default_workers, workers_for, write_tokens
 from llmspec.files import write_atomic
 from llmspec.spec.data import DataSpec
 from llmspec.spec.units import fmt_bytes
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLMSPEC_CACHE") or Path.home() / ".cache" / "llmspec")
-
-
-def builtin_cached(cache: Path, announce: Callable[[str], None] = lambda line: None) -> list[str]:
-    """The builtin corpus's documents, extracted once per Python version (it takes seconds)."""
-    path = cache / f"builtin-corpus-py{sys.version_info.major}.{sys.version_info.minor}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    announce("data: extracting the built-in corpus (the standard library's docstrings)")
-    documents = builtin_documents()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(documents))
-    return documents
 
 
 def tokenizer_sample(sources: list[src.Source], budget: int, builtin: Callable[[], list[str]]) -> list[str]:
@@ -65,13 +48,6 @@ class PreparedData:
     tokenizer_file: Path
     seconds: float
     sources: list[src.Source]
-
-
-def data_key(data: DataSpec, vocab: int, fingerprints: list[str]) -> str:
-    """What identifies a spec's prepared data without preparing it: its data section (less how many workers),
-    the vocabulary, the sources' fingerprints."""
-    text = json.dumps([data.model_dump(exclude={"workers"}), vocab, fingerprints, VERSION], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def prepare_data(data: DataSpec, vocab: int, tokenizer: tuple[object, Path] | None = None,
@@ -112,9 +88,9 @@ def prepare_data(data: DataSpec, vocab: int, tokenizer: tuple[object, Path] | No
     for source in meta["sources"]:
         if not source["documents"]:
             raise DataError(f"{source['label']}: no text in {source['path']}")
-    pointer = cache / "prepared" / f"{data_key(data, vocab, fingerprints)}.json"
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(pointer, json.dumps({"tokens": str(directory), "tokenizer": str(tokenizer_file)}))
+    found = pointer(cache, data_key(data, vocab, fingerprints))
+    found.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(found, json.dumps({"tokens": str(directory), "tokenizer": str(tokenizer_file)}))
     return PreparedData(Prepared(directory), Path(tokenizer_file), time.perf_counter() - started, sources)
 
 

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from llmspec.data.cache import corpus_digest
 from llmspec.data.corpus import DataError
 from llmspec.files import replaced_atomically
 
 END_OF_TEXT = "<|endoftext|>"
-
-
-def corpus_digest(documents: list[str]) -> str:
-    digest = hashlib.sha256()
-    for document in documents:
-        digest.update(hashlib.sha256(document.encode()).digest())
-    return digest.hexdigest()[:20]
 
 
 def train_tokenizer(documents: list[str], vocab_size: int) -> Tokenizer:

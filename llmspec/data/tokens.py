@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from llmspec.data import encode
+from llmspec.data.cache import VERSION
 from llmspec.data.corpus import builtin_documents
 from llmspec.data.sources import Source, documents
 from llmspec.files import replaced_atomically, write_atomic
@@ -31,7 +32,6 @@ from llmspec.files import replaced_atomically, write_atomic
 CHUNK_BYTES = 1 << 20  # text a worker encodes at a time
 SHARD_BYTES = 64 << 20  # text per shard: bounds the memory of preparation
 IN_PROCESS_BYTES = 8 << 20  # a corpus this small is encoded in the calling process (starting workers costs more)
-VERSION = 1  # of the shard layout (part of the cache key)
 
 # (bytes read, bytes in all, tokens written): told after each chunk
 Progress = Callable[[int, int, int], None]
