@@ -666,7 +666,7 @@ def prefill_seconds(F_fwd, F_peak, batch, context, eff, t):
 
 
 def rl_kv_cache(L, d_h, e, k, prompt_len, response_len, rollouts_per_gpu):
-    """the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized), in the activation dtype [B]"""
+    """the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized), in the activation dtype: the compiled model's cache holds every position in every layer (a sliding or chunked layer slices its keys when it attends; kv_cache_per_sequence, the serving plan's, holds only its window or chunk, as transformers' cache does) [B]"""
     return 2*L*d_h*e*k*rollouts_per_gpu*(prompt_len + response_len)
 
 

@@ -77,7 +77,9 @@ n_roll, s_p, s_r = _s("rollouts_per_gpu prompt_len response_len", positive=True)
 kv_token_rl = 2 * L * k * d_h * e
 kv_rl = define("rl_kv_cache", n_roll * (s_p + s_r) * kv_token_rl,
                "the rollouts' KV cache at full length on this GPU (K and V of every layer, GQA-sized), in the "
-               "activation dtype", "B")
+               "activation dtype: the compiled model's cache holds every position in every layer (a sliding or "
+               "chunked layer slices its keys when it attends; kv_cache_per_sequence, the serving plan's, holds "
+               "only its window or chunk, as transformers' cache does)", "B")
 rl_gather = define("rl_gathered_policy", z3 * (1 - 1 / dp) * policy_bytes,
                    "ZeRO-3: the rest of the policy gathered whole for generation", "B")
 rl_logits = n_roll * V * 4
