@@ -119,24 +119,12 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
     }
 
 
-_ATTENDED: dict[tuple, float] = {}  # mean attended keys by (data section, vocabulary, sequence length)
-
-
 def _document_masking(spec: Spec, seq: int) -> dict[str, Any]:
     """Document masking's inputs: whether the model masks attention to each document (pretraining only), and the
-    keys a query then attends to on average, from the documents' lengths where the corpus is prepared already
-    (causal attention's (s + 1)/2 otherwise: an upper bound). The lengths are read once per data section."""
-    on = spec.data.document_masking and spec.post_training is None
-    keys = Fraction(seq + 1, 2)
-    if on:
-        key = (spec.data.model_dump_json(), spec.model.vocab_size, seq)
-        if key not in _ATTENDED:
-            from llmspec.data.attention import mean_attended_keys, prepared_lengths  # numpy: only when masking
-
-            lengths = prepared_lengths(spec)
-            _ATTENDED[key] = keys if lengths is None else mean_attended_keys(lengths, seq)
-        keys = _ATTENDED[key]
-    return {"document_masking": int(on), "document_keys": keys}
+    keys a query then attends to on average: causal attention's (s + 1)/2, an upper bound (the documents' lengths,
+    which would make it exact, are the data layer's: llmspec.data.attention.mean_attended_keys)."""
+    return {"document_masking": int(spec.data.document_masking and spec.post_training is None),
+            "document_keys": Fraction(seq + 1, 2)}
 
 
 def _layer_kinds(arch: Architecture, seq: int) -> dict[str, Any]:

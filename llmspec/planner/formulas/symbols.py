@@ -174,8 +174,8 @@ INPUT_DOCS: dict[str, str] = {
     "of tables",
     "document_masking": "1 when attention stays within each document of a packed row (data.document_masking): a "
     "(b, 1, s, s) mask through SDPA, RoPE tables gathered per position",
-    "document_keys": "keys a query attends to on average under document masking, from the prepared documents' "
-    "lengths ((s + 1)/2, causal, where they are not prepared yet)",
+    "document_keys": "keys a query attends to on average under document masking: (s + 1)/2, causal attention's, "
+    "an upper bound (exact from the documents' lengths: llmspec.data.attention.mean_attended_keys)",
     "chunk_masked": "1 if the attention chunk is shorter than the sequence (an explicit attention mask)",
     "causal": "1 to count causal attention (the keys each query sees); 0 to count every key, as FlopCounterMode "
     "does (llmspec measure)",
