@@ -3,10 +3,11 @@ throughput of `llmspec prepare` (reading, encoding on every worker, writing shar
 text with the same tokenizer, on one thread and on all cores; and the peak memory of `llmspec prepare` (its process
 and its workers, summed) for each corpus size given.
 
-    python benchmarks/data_prepare.py [--sizes 0.5 3] [--dir /tmp/llmspec-bench-data] [--sample-mb 64]
+    python benchmarks/data_prepare.py [--sizes 0.5 3] [--dir DIR] [--sample-mb 64]
                                       [--throughput-only]
 
-Each corpus is written once into --dir (kept between runs). Throughput: the first --sample-mb of the first corpus,
+Each corpus is written once into --dir (default: llmspec-bench-data in the temporary folder; kept between
+runs). Throughput: the first --sample-mb of the first corpus,
 encoded by encode_batch (one thread, every core; each in its own process so that RAYON_NUM_THREADS holds) and by
 `llmspec prepare` with the same tokenizer, in two alternating rounds, best of each (a shared machine's load drifts;
 side by side, each figure meets the same load). Memory: `prepare` of each whole corpus in a fresh cache (its
