@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 from llmspec.planner import numeric
-from llmspec.planner.post_inputs import post_training_inputs, sequence_length
+from llmspec.planner.post_inputs import policy_loss_saved, post_training_inputs, sequence_length
 from llmspec.planner.regimes import KINDS, bytes_per_param, split_bytes_per_param
 from llmspec.spec import catalogue
 from llmspec.spec.architecture import Architecture
@@ -86,7 +86,8 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
     e = 4 if tr.precision == "fp32" else 2
     pairs = sequences_per_example(spec.post_training)
     seq = sequence_length(spec)
-    return {**post_training_inputs(spec, e, role), **layout_inputs(spec), **_layer_kinds(arch, seq),
+    # the role's own inputs after the layout's: a critic's loss saves what the policy's does not
+    return {**layout_inputs(spec), **post_training_inputs(spec, e, role), **_layer_kinds(arch, seq),
         "V": arch.vocab_size, "h": arch.d_model, "L": arch.n_layers, "a": arch.n_heads, "k": arch.n_kv_heads,
         "d_h": arch.head_dim, "f": arch.d_ff, "P": arch.max_seq_len,
         "E": moe.n_experts if moe else 1, "K": moe.top_k if moe else 1, "moe": int(moe is not None),
@@ -166,6 +167,7 @@ def layout_inputs(spec: Spec, gpus: Any = None, gpus_per_node: Any = None, tenso
         # ZeRO shards, and gradients reduce, over every rank holding the same weights: data × context parallel
         "dp": data * c, "m": tr.gradient_accumulation_steps if own else tr.global_batch_size // (mb * data),
         "b": mb * sequences_per_example(spec.post_training), "capacity": expert_rows_per_routed_token(spec, mb, c),
+        "loss_saved": policy_loss_saved(spec, mb),  # the policy's, per micro-batch of this layout
         "n_gpu": n, "gpus_per_node": cl.gpus_per_node if gpus_per_node is None else gpus_per_node,
         # an even split puts a block more on the last (layers mod p) stages (Spec.stage_blocks)
         "L_last": blocks[-1] if blocks else -(-layers // p),

@@ -33,6 +33,13 @@ def sequence_length(spec: Spec) -> int:
     return spec.training.seq_len
 
 
+def policy_loss_saved(spec: Spec, micro_batch: Any) -> Any:
+    """Bytes the trained model's loss saves per micro-batch of ``micro_batch`` examples (a number, or the layout
+    search's column of them)."""
+    per_token, per_example, per_batch = loss_saved(spec.post_training)
+    return per_token * micro_batch * sequence_length(spec) + per_example * micro_batch + per_batch
+
+
 def post_training_inputs(spec: Spec, e: int, role: str = POLICY) -> dict[str, Any]:
     """Formula inputs of the post_training section. ``role``: which model of an RL step they describe. A critic is
     trained as the policy is (same adapter and base storage) under a value head, without a reference; a reward
@@ -47,8 +54,7 @@ def post_training_inputs(spec: Spec, e: int, role: str = POLICY) -> dict[str, An
     uses_reference = post is not None and post.has_reference and reference != "precomputed" and policy
     b, seq = spec.training.micro_batch_size, sequence_length(spec)
     if policy:
-        per_token, per_example, per_batch = loss_saved(post)
-        saved = per_token * b * seq + per_example * b + per_batch
+        saved = policy_loss_saved(spec, b)
     elif role == CRITIC and kind == "none":
         # the critic embeds the policy's input ids: where embeddings train, both keep that one int64 tensor
         saved = 4 - 8 * b * seq
