@@ -68,3 +68,25 @@ def test_what_the_planner_reads_imports_neither_torch_nor_tokenizers():
             "load_spec; prepared_lengths(load_spec('tiny', ['data.document_masking=true'])); "
             "print(sorted({'torch', 'tokenizers'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_plan_counts_the_keys_within_documents_once_the_corpus_is_prepared(tmp_path):
+    """Under document masking `plan` counts the keys each query sees within its document from the prepared
+    documents' lengths (before preparation, causal attention's: an upper bound), and what SDPA computes under the
+    mask: every key."""
+    sets = [*SMALL, f"data.sources=[{{path: '{_corpus(tmp_path / 'a.jsonl')}'}}]", "data.document_masking=true"]
+
+    def attention() -> tuple[float, float]:
+        args = ["plan", "tiny", "--json", "--no-alternatives"] + [arg for item in sets for arg in ("--set", item)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        flops = json.loads(result.stdout)["flops"]
+        return flops["attention_per_token"], flops["attention_executed_per_token"]
+
+    spec = load_spec("tiny", sets)
+    per_key = 4 * spec.model.n_heads * spec.model.head_dim * spec.model.n_layers  # QKᵀ and AV per key, forward
+    assert attention() == (per_key * (32 + 1) / 2, per_key * 32)
+    assert _prepare(*sets[len(SMALL):]).exit_code == 0
+    keys = mean_attended_keys(prepared_lengths(spec), 32)
+    attended, executed = attention()
+    assert attended == per_key * keys and keys < (32 + 1) / 2 and executed == per_key * 32

@@ -61,7 +61,12 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False,
             raise typer.Exit(EXIT_DOES_NOT_FIT)
         return
 
-    result = make_plan(load(spec, set_), alternatives=alternatives or plot is not None)
+    loaded, keys = load(spec, set_), None
+    if loaded.data.document_masking:  # the keys each query sees within its document, where the corpus is prepared
+        from llmspec.data.attention import attended_keys
+
+        keys = attended_keys(loaded)
+    result = make_plan(loaded, alternatives=alternatives or plot is not None, attended_keys=keys)
     if plot is not None:
         from llmspec.cli.plots import plot_memory
 

@@ -79,12 +79,16 @@ def _frozen_note(plan: Plan) -> str:
     return f"{' + '.join(w for w in what if w)}, {where}"
 
 
-def _attention_note(spec) -> str:
-    """Which keys the queries see: causal, and the layers that see fewer (windows, chunks)."""
+def _attention_note(spec, flops: dict) -> str:
+    """Which keys the queries see: causal, the layers that see fewer (windows, chunks), and under document masking
+    the keys within each document against what SDPA computes under the mask."""
     kinds = spec.model.architecture.kinds
     local = [f"{count} {kind} ({span})" for (kind, span), count in sorted(kinds.items(), key=lambda item: item[0][0])
              if kind != "full"]
-    return "causal" + (f"; {', '.join(local)} of {spec.model.n_layers} layers" if local else "")
+    note = "causal" + (f"; {', '.join(local)} of {spec.model.n_layers} layers" if local else "")
+    if flops["attention_executed_per_token"] != flops["attention_per_token"]:
+        note += f"; within documents, of {fmt_flops(flops['attention_executed_per_token'])} SDPA computes"
+    return note
 
 
 def render_plan(plan: Plan, console: Console) -> None:
@@ -117,7 +121,7 @@ def render_plan(plan: Plan, console: Console) -> None:
 
     table = _table("Compute", "FLOPs", "note")
     table.add_row("forward / token", fmt_flops(f["per_token_forward"]),
-                  f"attention {fmt_flops(f['attention_per_token'])} ({_attention_note(spec)})")
+                  f"attention {fmt_flops(f['attention_per_token'])} ({_attention_note(spec, f)})")
     table.add_row("training / token", fmt_flops(f["per_token_train"]), _training_flops_note(plan))
     table.add_row("executed / token", fmt_flops(f["per_token_hardware"]),
                   f"with {par.activation_checkpointing} recompute (for HFU)")

@@ -30,6 +30,15 @@ def mean_attended_keys(lengths: np.ndarray, seq_len: int) -> float:
     return float((pieces * (pieces + 1) / 2).sum() / total)
 
 
+def attended_keys(spec, cache: Path | None = None) -> float | None:
+    """Under document masking, the mean keys per query of the spec's prepared corpus at its sequence length (what
+    ``plan`` hands the planner, which counts causal keys without it); None without masking or prepared data."""
+    if not spec.data.document_masking or spec.post_training is not None:
+        return None
+    lengths = prepared_lengths(spec, cache)
+    return None if lengths is None else mean_attended_keys(lengths, spec.training.seq_len)
+
+
 def prepared_lengths(spec, cache: Path | None = None) -> np.ndarray | None:
     """The training documents' token counts of the spec's corpus where ``llmspec prepare`` (or ``run``) prepared
     it already (None otherwise: nothing is read beyond the sources' fingerprints)."""

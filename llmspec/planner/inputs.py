@@ -77,10 +77,11 @@ def expert_rows_per_routed_token(spec: Spec, micro_batch: Any = None, context: A
     return moe.n_experts * rows / (tokens * moe.top_k)
 
 
-def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
+def architecture_inputs(spec: Spec, role: str = "policy", attended_keys: float | None = None) -> dict[str, Any]:
     """Formula inputs that describe the model and the batch (everything but the strategy and the stage); ``role``:
     which model of a PPO run they describe: policy, critic or reward. The model is read from its resolved
-    architecture (``spec.model.architecture``), per layer where layers differ."""
+    architecture (``spec.model.architecture``), per layer where layers differ. ``attended_keys``: document
+    masking's mean keys per query from the prepared corpus (plan's argument)."""
     arch, tr, par = spec.model.architecture, spec.training, spec.parallelism
     moe = arch.moe
     e = 4 if tr.precision == "fp32" else 2
@@ -101,7 +102,7 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
         "final_softcap": int(arch.final_softcap is not None),
         "rotary_dim": arch.rotary_dim,
         "local_rope": int(arch.local_rope),
-        **_document_masking(spec, seq),
+        **_document_masking(spec, seq, attended_keys),
         "fp8_saved": int(tr.precision == "fp8" and tr.fp8_library == "transformer_engine"),
         # pairwise objectives run a chosen and a rejected sequence per example
         "s": seq, "B": tr.global_batch_size * pairs,
@@ -120,12 +121,13 @@ def architecture_inputs(spec: Spec, role: str = "policy") -> dict[str, Any]:
     }
 
 
-def _document_masking(spec: Spec, seq: int) -> dict[str, Any]:
+def _document_masking(spec: Spec, seq: int, attended_keys: float | None = None) -> dict[str, Any]:
     """Document masking's inputs: whether the model masks attention to each document (pretraining only), and the
-    keys a query then attends to on average: causal attention's (s + 1)/2, an upper bound (the documents' lengths,
-    which would make it exact, are the data layer's: llmspec.data.attention.mean_attended_keys)."""
-    return {"document_masking": int(spec.data.document_masking and spec.post_training is None),
-            "document_keys": Fraction(seq + 1, 2)}
+    keys a query then attends to on average: ``attended_keys`` where the caller read the prepared documents'
+    lengths (llmspec.data.attention.attended_keys), else causal attention's (s + 1)/2, an upper bound."""
+    masking = int(spec.data.document_masking and spec.post_training is None)
+    return {"document_masking": masking,
+            "document_keys": attended_keys if masking and attended_keys is not None else Fraction(seq + 1, 2)}
 
 
 def _layer_kinds(arch: Architecture, seq: int) -> dict[str, Any]:

@@ -470,14 +470,14 @@ def host_zero3(P_L, gpus_per_node):
     return 6*P_L*gpus_per_node
 
 
-def time_matmul(B, F_matmul, ck_full, eff, flops_attention_per_token, flops_per_token_hardware, n_gpu, s):
+def time_matmul(B, F_matmul, ck_full, eff, flops_attention_executed_per_token, flops_per_token_hardware, n_gpu, s):
     """seconds of matmuls per step (recompute included) at the calibrated fraction of peak [s]"""
-    return B*s*(-flops_attention_per_token*(ck_full + 3) + flops_per_token_hardware)/(F_matmul*eff*n_gpu)
+    return B*s*(-flops_attention_executed_per_token*(ck_full + 3) + flops_per_token_hardware)/(F_matmul*eff*n_gpu)
 
 
-def time_attention_kernels(B, F_peak, L, a, attention_bwd_eff, attention_context, attention_fwd_eff, attention_half_context, attention_materialised, bw_memory, ck_full, e, eff, flops_attention_per_token, n_gpu, s):
+def time_attention_kernels(B, F_peak, L, a, attention_bwd_eff, attention_context, attention_fwd_eff, attention_half_context, attention_materialised, bw_memory, ck_full, e, eff, flops_attention_executed_per_token, flops_attention_per_token, n_gpu, s):
     """seconds of attention per step: a fused kernel's forward (again under full checkpointing) and backward, each at its fraction of peak, less at short context; or (materialised) batched matmuls over every key and the scores' memory traffic [s]"""
-    return B*flops_attention_per_token*s*(1 - attention_materialised)*(attention_context + attention_half_context)*((ck_full + 1)/attention_fwd_eff + 2/attention_bwd_eff)/(F_peak*attention_context*n_gpu) + attention_materialised*(4*B*L*a*e*s**2*(ck_full + 3)/(bw_memory*n_gpu) + B*flops_attention_per_token*s**2*(ck_full + 3)/(F_peak*attention_context*eff*n_gpu))
+    return B*flops_attention_executed_per_token*s*(1 - attention_materialised)*(attention_context + attention_half_context)*((ck_full + 1)/attention_fwd_eff + 2/attention_bwd_eff)/(F_peak*attention_context*n_gpu) + attention_materialised*(4*B*L*a*e*s**2*(ck_full + 3)/(bw_memory*n_gpu) + B*flops_attention_per_token*s**2*(ck_full + 3)/(F_peak*attention_context*eff*n_gpu))
 
 
 def bytes_elementwise_per_token(K, L, V, a, capacity, ck_full, ck_selective, d_h, e, elementwise_passes, f, gated, h, k, layernorm, norms_per_block, qk_norm_full, qk_norm_head, rope, sequence_parallel, t):
@@ -993,8 +993,8 @@ ARGUMENTS = {
     'host_zero3_offload_all': ('dp', 'gpus_per_node', 'psi'),
     'host_zero3_offload': ('dp', 'gpus_per_node', 'psi'),
     'host_zero3': ('P_L', 'gpus_per_node'),
-    'time_matmul': ('B', 'F_matmul', 'ck_full', 'eff', 'flops_attention_per_token', 'flops_per_token_hardware', 'n_gpu', 's'),
-    'time_attention_kernels': ('B', 'F_peak', 'L', 'a', 'attention_bwd_eff', 'attention_context', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'bw_memory', 'ck_full', 'e', 'eff', 'flops_attention_per_token', 'n_gpu', 's'),
+    'time_matmul': ('B', 'F_matmul', 'ck_full', 'eff', 'flops_attention_executed_per_token', 'flops_per_token_hardware', 'n_gpu', 's'),
+    'time_attention_kernels': ('B', 'F_peak', 'L', 'a', 'attention_bwd_eff', 'attention_context', 'attention_fwd_eff', 'attention_half_context', 'attention_materialised', 'bw_memory', 'ck_full', 'e', 'eff', 'flops_attention_executed_per_token', 'flops_attention_per_token', 'n_gpu', 's'),
     'bytes_elementwise_per_token': ('K', 'L', 'V', 'a', 'capacity', 'ck_full', 'ck_selective', 'd_h', 'e', 'elementwise_passes', 'f', 'gated', 'h', 'k', 'layernorm', 'norms_per_block', 'qk_norm_full', 'qk_norm_head', 'rope', 'sequence_parallel', 't'),
     'time_elementwise': ('B', 'bw_memory', 'bytes_elementwise_per_token', 'n_gpu', 's'),
     'time_compute': ('time_attention_kernels', 'time_elementwise', 'time_matmul'),

@@ -130,6 +130,7 @@ class Plan:
             "per_token_forward": e["flops_per_token_forward"], "per_token_train": e["flops_per_token_train"],
             "per_token_hardware": e["flops_per_token_hardware"], "per_step": e["flops_per_step"],
             "total": e["flops_total"], "six_nd": e["flops_6nd"], "attention_per_token": e["flops_attention_per_token"],
+            "attention_executed_per_token": e["flops_attention_executed_per_token"],
             "capacity_per_token": e["flops_capacity_per_token"],
         }
 

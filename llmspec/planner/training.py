@@ -92,13 +92,15 @@ def _host_memory(spec: Spec, env: dict[str, Any], strategy: Strategy) -> tuple[i
     return int(host), int(nvme), int(deepspeed)
 
 
-def plan(spec: Spec, alternatives: bool = True) -> Plan:
+def plan(spec: Spec, alternatives: bool = True, attended_keys: float | None = None) -> Plan:
     """Plan a spec: the chosen strategy in full, and (by default) every alternative strategy's peak and time.
-    ``virtual_stages: auto`` is resolved first; the plan's spec carries the count picked."""
+    ``virtual_stages: auto`` is resolved first; the plan's spec carries the count picked. ``attended_keys``: under
+    document masking, the mean keys a query sees within its document, from the prepared corpus's lengths
+    (``llmspec.data.attention.attended_keys``, which the planner may not import); absent, causal attention's."""
     par, requested = spec.parallelism, spec
     others = _rl_models(spec)
     chosen = Strategy(par.zero_stage, par.activation_checkpointing, par.offload_optimizer, par.offload_params)
-    spec, base, (stage, env) = _with_virtual_stages(spec, chosen, others)
+    spec, base, (stage, env) = _with_virtual_stages(spec, chosen, others, attended_keys)
     host, nvme, host_deepspeed = _host_memory(spec, env, chosen)
     gpu = spec.cluster.device
     usable = usable_memory(gpu, spec)
@@ -114,7 +116,8 @@ def plan(spec: Spec, alternatives: bool = True) -> Plan:
     return result
 
 
-def _with_virtual_stages(spec: Spec, chosen: Strategy, others) -> tuple[Spec, dict[str, Any], tuple[str, dict]]:
+def _with_virtual_stages(spec: Spec, chosen: Strategy, others, attended_keys: float | None = None
+                         ) -> tuple[Spec, dict[str, Any], tuple[str, dict]]:
     """The spec with its virtual stages resolved, its base inputs, and its peak stage under ``chosen``. ``auto``
     tries every count a stage's blocks allow (1 … the fewest blocks on a stage) and keeps the shortest step that
     fits, or the smallest peak when none fits."""
@@ -125,7 +128,8 @@ def _with_virtual_stages(spec: Spec, chosen: Strategy, others) -> tuple[Spec, di
     best = None
     for v in counts:
         candidate = spec.model_copy(update={"parallelism": spec.parallelism.model_copy(update={"virtual_stages": v})})
-        base = numeric.evaluate({**architecture_inputs(candidate), **device_inputs(candidate)}, PARAMETER_FORMULAS)
+        base = numeric.evaluate({**architecture_inputs(candidate, attended_keys=attended_keys),
+                                 **device_inputs(candidate)}, PARAMETER_FORMULAS)
         peak = _peak_stage(candidate, base, chosen, others)
         env = peak[1]
         score = (0, env["time_step"]) if env["memory_peak"] <= usable else (1, env["memory_peak"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from llmspec.planner.formulas.model import fwd_attn, hw, train
+from llmspec.planner.formulas.model import att_run, fwd_attn, hw, train
 from llmspec.planner.formulas.registry import _f, define, group
 from llmspec.planner.formulas.symbols import (
       INPUT_DOCS,
@@ -98,12 +98,13 @@ INPUT_DOCS.update({
 })
 tok_gpu = B * s / n_gpu  # tokens of the step per GPU, in the FLOP count's sense (every GPU's share of the work)
 # attention (QKᵀ, AV: forward, backward 2×, forward again under full checkpointing) at its kernel's rates, slower for
-# short or narrow contexts; the rest of the executed FLOPs are matmuls, at F_matmul (the FP8 rate under fp8)
-att_exec = (3 + ck_full) * fwd_attn
+# short or narrow contexts; the rest of the executed FLOPs are matmuls, at F_matmul (the FP8 rate under fp8). The
+# attention is what the kernel runs: under document masking SDPA computes every key (att_run), not the attended ones.
+att_exec = (3 + ck_full) * att_run
 length = _f("attention_context") / (_f("attention_context") + half_ctx)
 t_matmul = define("time_matmul", (hw - att_exec) * tok_gpu / (F_mm * eff),
                   "seconds of matmuls per step (recompute included) at the calibrated fraction of peak", "s")
-flash = fwd_attn * tok_gpu * ((1 + ck_full) / eff_af + 2 / eff_ab) / (F_peak * length)
+flash = att_run * tok_gpu * ((1 + ck_full) / eff_af + 2 / eff_ab) / (F_peak * length)
 # Without a fused kernel (torch's math attention on CPU, Megatron-LM 2021) the scores are materialised: QKᵀ and AV
 # run as batched matmuls over every key (the mask applied after), and each of the a·s scores per token and layer is
 # written, read and written by the softmax, read by AV (4 passes forward), twice that backward.
