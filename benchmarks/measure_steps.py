@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llmspec.runner import run  # noqa: E402
 from llmspec.spec.loading import load_spec  # noqa: E402
 from llmspec.train.timing import measure_steps  # noqa: E402
 
@@ -43,7 +44,7 @@ def main() -> None:
         for layout, (sets, backend) in LAYOUTS.items():
             try:
                 spec = load_spec(name, ["cluster.gpu=cpu", "cluster.nodes=1", "training.precision=fp32", *sets])
-                timing = measure_steps(spec, args.steps, backend)
+                timing = measure_steps(spec, args.steps, run, backend)
             except Exception as err:  # a layout the engine refuses here: say so and go on
                 print(f"{name:10} {layout:16} {'-':>9} {'-':>9} {'-':>6}  {type(err).__name__}: {err}"[:160])
                 continue

@@ -147,6 +147,7 @@ CHANGE = {
     "published": "{source: a paper, tflops_per_gpu: 1.0}",
     "data.corpus": "notes.txt", "data.tokenizer.path": "tokenizer.json", "data.tokenizer.vocab_size": "1024",
     "data.sources": "[{path: notes.txt}]", "data.workers": "1", "data.sampler": "random",
+    "cluster.calibration": "rates.json",
     # the 2026 families' fields (the HF family each implies changes with them)
     "model.qk_norm": "head", "model.norm_placement": "sandwich", "model.layer_types": "[sliding, full]",
     "model.attention_chunk_size": ["model.layer_types=[chunked, full]", "model.attention_chunk_size=32"],
@@ -228,6 +229,7 @@ FIELDS = sorted(set(leaf_fields(load_spec("tiny").model_dump())) - DERIVED - {"n
 def test_field_is_consumed_where_declared(field, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # data.corpus and the tokenizer path are files; the spec only names them
     (tmp_path / "notes.txt").write_text("text\n")
+    (tmp_path / "rates.json").write_text('{"gpu": "cpu", "matmul": 0.2}\n')  # a measured calibration of this CPU
     context = CONTEXT.get(field, [])
     before = outputs(context)
     value = leaf_fields(load_spec("tiny", context).model_dump())[field]

@@ -267,7 +267,7 @@ def test_a_shared_gpu_name_is_taken_with_a_notice_on_stderr():
 
 
 def test_explain_writes_a_composite_quantity_linearly():
-    result = run("explain", "tiny", "memory_peak")
+    result = run("explain", "tiny", "memory_activations")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert len(lines) < 250, len(lines)  # was 1,129 lines of pretty-print fragments

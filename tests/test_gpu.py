@@ -52,7 +52,7 @@ def test_measure_steps_times_one_gpu_and_writes_its_calibration(tmp_path):
     from llmspec.train.timing import calibration_for, measure_steps
 
     spec = load_spec("tiny", _this_gpu(1) + ["training.precision=bf16"])
-    timing = measure_steps(spec, steps=3, backend="torch", run_dir=tmp_path / "run")
+    timing = measure_steps(spec, steps=3, run=run, backend="torch", run_dir=tmp_path / "run")
     assert timing.steps == 3 and timing.peak_memory_source == "CUDA max allocated" and timing.peak_memory > 0
     path = tmp_path / "this-gpu.json"
     path.write_text(calibration_for(timing))

@@ -49,9 +49,10 @@ def test_measure_steps_usage_mistakes_are_one_line():
 
 @pytest.mark.integration
 def test_measure_steps_times_the_compiled_model_here(tmp_path):
+    from llmspec.runner import run
     from llmspec.train.timing import measure_steps
 
-    timing = measure_steps(load_spec("tiny"), steps=2, warmup=1, run_dir=tmp_path / "run")
+    timing = measure_steps(load_spec("tiny"), steps=2, run=run, warmup=1, run_dir=tmp_path / "run")
     assert timing.steps == 2 and all(s > 0 for s in timing.step_seconds)
     assert timing.peak_memory > 2**20 and timing.peak_memory_source == "peak RSS"
     out = timing.to_json()

@@ -59,7 +59,9 @@ def _measure_steps(loaded, steps: int, backend: str, json_: bool, write_calibrat
     from llmspec.train.timing import calibration_for, measure_steps  # imports torch
 
     console = new_console()
-    timing = measure_steps(loaded, steps, backend, announce=lambda line: None if json_ else console.print(line))
+    from llmspec.runner import run
+
+    timing = measure_steps(loaded, steps, run, backend, announce=lambda line: None if json_ else console.print(line))
     if write_calibration is not None:
         write_atomic(write_calibration, calibration_for(timing))
     if json_:

@@ -10,20 +10,20 @@ planner reads (``cluster.calibration``).
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from llmspec.errors import Problem, SpecError
 from llmspec.planner import numeric
+from llmspec.planner.device_inputs import (
+    ATTENTION_HALF_CONTEXT,
+    CALIBRATED_INPUTS,
+    ELEMENTWISE_PASSES,
+    HBM_ACHIEVED,
+    calibration_values,
+)
 from llmspec.planner.published import tflops_per_gpu
 from llmspec.spec import catalogue
 from llmspec.spec.schema import Spec
-
-if TYPE_CHECKING:
-    from llmspec.planner.device_inputs import KernelRates
 
 # The Llama 2 model card (A100-80GB GPU-hours for 2T tokens): the GPU-hours points of the A100 fit.
 MODEL_CARD_GPU_HOURS = {"llama2-7b": 184_320, "llama2-70b": 1_720_320}
@@ -31,7 +31,7 @@ MODEL_CARD_SOURCE = "Llama 2 model card (Touvron et al. 2023), A100-80GB GPU-hou
 # Published throughput in tokens per second per GPU (FSDP and ZeRO-3 runs, which report tokens rather than FLOPs);
 # each spec's comment gives the layout and what the run used that `run` lacks.
 _FOUNDRY = "MosaicML llm-foundry, scripts/train/benchmarking/README.md"
-_TITAN = "torchtitan, docs/performance.md"
+_TITAN = "torchtitan's performance.md (its repository's docs folder)"
 TOKENS_PER_SECOND = {
     "published/mpt-7b-2k-h100": (10_643, f"{_FOUNDRY}, H100 80GB BF16 table"),
     "published/mpt-7b-8k-h100": (6_935, f"{_FOUNDRY}, H100 80GB BF16 table"),
@@ -96,7 +96,7 @@ class Calibration:
             if (only is not None and gpu.family != only) or name == leave_out:
                 continue
             moved = {"eff": efficiency[gpu.family], "elementwise_passes": passes}
-            moved = {k: v for k, v in moved.items() if _KEY.get(k, k) not in fixed}
+            moved = {k: v for k, v in moved.items() if CALIBRATED_INPUTS.get(k, k) not in fixed}
             env = numeric.evaluate({**inputs, **moved}, TIME_FORMULAS)
             if spec.published is not None:
                 found.append(Point(name, gpu.family, "TFLOP/s per GPU", spec.published.tflops_per_gpu,
@@ -167,64 +167,6 @@ def leave_one_out(calibration: Calibration) -> dict[str, float]:
 
 
 # ---- a user's calibration file -------------------------------------------------------------------------------
-CALIBRATION_KEYS = ("matmul", "attention_forward", "attention_backward", "elementwise_passes",
-                    "attention_materialised")
-_KEY = {"eff": "matmul"}  # formula input -> calibration key, where they differ
-
-
-def calibration_values(source: str, gpu: catalogue.GPU) -> dict[str, float]:
-    """The rates a calibration names for ``gpu``: a kernel profile's (catalogue.KERNEL_PROFILES, for its family),
-    or a measured file's where it was measured on ``gpu`` (a file from another GPU gives nothing). A missing or
-    malformed file is a SpecError naming cluster.calibration."""
-    import yaml
-
-    if source in catalogue.KERNEL_PROFILES:
-        return dict(catalogue.KERNEL_PROFILES[source].get(gpu.family, {}))
-
-    def bad(message: str) -> SpecError:
-        return SpecError([Problem("cluster.calibration", message, source=source)])
-
-    try:
-        data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise bad(f"cannot read: {err.strerror or err} (a file from `llmspec measure --steps --write-calibration`, "
-                  f"or a kernel profile: {', '.join(catalogue.KERNEL_PROFILES)})") from None
-    except yaml.YAMLError:
-        raise bad("not YAML or JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("gpu"), str):
-        raise bad("expected a mapping with 'gpu' and the measured rates (llmspec measure --write-calibration)")
-    unknown = sorted(set(data) - {"gpu", "measured", "source", *CALIBRATION_KEYS})
-    if unknown:
-        raise bad(f"unknown key '{unknown[0]}' (expected gpu, {', '.join(CALIBRATION_KEYS)}, measured, source)")
-    found = catalogue.lookup(data["gpu"])
-    if (found.name if found else data["gpu"]) != gpu.name:  # a custom GPU goes by its own name
-        return {}
-    values = {}
-    for key in CALIBRATION_KEYS:
-        value = data.get(key)
-        if value is None:
-            continue
-        if key == "attention_materialised":
-            if value not in (0, 1) or isinstance(value, bool):
-                raise bad(f"{key} must be 0 or 1, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise bad(f"{key} must be a positive number, got {value!r}")
-        values[key] = float(value)
-    return values
-
-
-def read_calibration(source: str, gpu: catalogue.GPU, rates: KernelRates) -> KernelRates:
-    """``rates`` with what the calibration ``source`` (a file or a kernel profile) gives for ``gpu``."""
-    return replace(rates, **calibration_values(source, gpu))
-
-
-def calibration_text(gpu: str, rates: KernelRates, measured: dict, source: str) -> str:
-    """A calibration file's text (YAML is a superset of this JSON)."""
-    body = {"gpu": gpu, **{key: round(getattr(rates, key), 4) for key in CALIBRATION_KEYS}, "source": source,
-            "measured": measured}
-    return json.dumps(body, indent=2) + "\n"
-
-
 def _layout(spec: Spec) -> str:
     par = spec.parallelism
     parts = [f"TP {par.tensor}"] + [f"{k} {v}" for k, v in (("CP", par.context), ("PP", par.pipeline)) if v > 1]
@@ -239,8 +181,6 @@ def _layout(spec: Spec) -> str:
 def report(calibration: Calibration) -> str:
     """docs/calibration.md: the time model's fitted constants, and every published point against its prediction
     at the catalogue's constants and when left out of the fit."""
-    from llmspec.planner.device_inputs import ATTENTION_HALF_CONTEXT, ELEMENTWISE_PASSES, HBM_ACHIEVED
-
     points = calibration.points(catalogue.EFFICIENCY, ELEMENTWISE_PASSES)
     efficiency, passes = fit(calibration)
     held_out = leave_one_out(calibration)

@@ -3,9 +3,12 @@ cluster or (the layout search) numpy columns of node counts and degrees. What th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from llmspec.errors import Problem, SpecError
 from llmspec.planner.inputs import choose, sixteen_bit
 from llmspec.spec import catalogue
 from llmspec.spec.schema import Spec
@@ -49,8 +52,6 @@ class KernelRates:
 def kernel_rates(spec: Spec, gpu: catalogue.GPU | None = None) -> KernelRates:
     """The rates a plan uses: the catalogue's for ``gpu`` (default the spec's), replaced by the spec's calibration
     file where it was measured on that GPU, and its matmul efficiency by ``cluster.efficiency``."""
-    from llmspec.planner.calibration import read_calibration
-
     gpu = gpu or spec.cluster.device
     rates = KernelRates.of(gpu, spec.model.head_dim)
     if spec.cluster.calibration is not None:
@@ -114,3 +115,62 @@ def device_inputs(spec: Spec, gpu: catalogue.GPU | None = None, nodes: Any = Non
         "cpu_adam_rate": catalogue.CPU_ADAM_RATE,
         "price": cl.price_per_gpu_hour if cl.price_per_gpu_hour is not None else gpu.price_per_hour,
     }
+
+
+# ---- calibration files and kernel profiles (cluster.calibration) ----
+CALIBRATION_KEYS = ("matmul", "attention_forward", "attention_backward", "elementwise_passes",
+                    "attention_materialised")
+CALIBRATED_INPUTS = {"eff": "matmul"}  # formula input -> calibration key, where they differ
+
+
+def calibration_values(source: str, gpu: catalogue.GPU) -> dict[str, float]:
+    """The rates a calibration names for ``gpu``: a kernel profile's (catalogue.KERNEL_PROFILES, for its family),
+    or a measured file's where it was measured on ``gpu`` (a file from another GPU gives nothing). A missing or
+    malformed file is a SpecError naming cluster.calibration."""
+    import yaml
+
+    if source in catalogue.KERNEL_PROFILES:
+        return dict(catalogue.KERNEL_PROFILES[source].get(gpu.family, {}))
+
+    def bad(message: str) -> SpecError:
+        return SpecError([Problem("cluster.calibration", message, source=source)])
+
+    try:
+        data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise bad(f"cannot read: {err.strerror or err} (a file from `llmspec measure --steps --write-calibration`, "
+                  f"or a kernel profile: {', '.join(catalogue.KERNEL_PROFILES)})") from None
+    except yaml.YAMLError:
+        raise bad("not YAML or JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("gpu"), str):
+        raise bad("expected a mapping with 'gpu' and the measured rates (llmspec measure --write-calibration)")
+    unknown = sorted(set(data) - {"gpu", "measured", "source", *CALIBRATION_KEYS})
+    if unknown:
+        raise bad(f"unknown key '{unknown[0]}' (expected gpu, {', '.join(CALIBRATION_KEYS)}, measured, source)")
+    found = catalogue.lookup(data["gpu"])
+    if (found.name if found else data["gpu"]) != gpu.name:  # a custom GPU goes by its own name
+        return {}
+    values = {}
+    for key in CALIBRATION_KEYS:
+        value = data.get(key)
+        if value is None:
+            continue
+        if key == "attention_materialised":
+            if value not in (0, 1) or isinstance(value, bool):
+                raise bad(f"{key} must be 0 or 1, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise bad(f"{key} must be a positive number, got {value!r}")
+        values[key] = float(value)
+    return values
+
+
+def read_calibration(source: str, gpu: catalogue.GPU, rates: KernelRates) -> KernelRates:
+    """``rates`` with what the calibration ``source`` (a file or a kernel profile) gives for ``gpu``."""
+    return replace(rates, **calibration_values(source, gpu))
+
+
+def calibration_text(gpu: str, rates: KernelRates, measured: dict, source: str) -> str:
+    """A calibration file's text (YAML is a superset of this JSON)."""
+    body = {"gpu": gpu, **{key: round(getattr(rates, key), 4) for key in CALIBRATION_KEYS}, "source": source,
+            "measured": measured}
+    return json.dumps(body, indent=2) + "\n"

@@ -9,12 +9,12 @@ import resource
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmspec.planner.calibration import calibration_text
-from llmspec.planner.device_inputs import kernel_rates
+from llmspec.planner.device_inputs import calibration_text, kernel_rates
 from llmspec.planner.result import TIME_ROWS
 from llmspec.planner.training import Plan, plan
 from llmspec.spec.schema import Spec
@@ -73,11 +73,11 @@ def _peak_rss() -> int:
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * scale
 
 
-def measure_steps(spec: Spec, steps: int, backend: str = "auto", warmup: int = WARMUP_STEPS,
-                  run_dir: Path | None = None, announce=lambda line: None) -> StepTiming:
-    """Train ``warmup`` + ``steps`` steps of ``spec`` with its layout (``run``'s engines: one process, or DeepSpeed
-    ranks) in ``run_dir`` (a temporary folder by default) and time the last ``steps``."""
-    from llmspec.runner import run
+def measure_steps(spec: Spec, steps: int, run: Callable[..., Any], backend: str = "auto",
+                  warmup: int = WARMUP_STEPS, run_dir: Path | None = None, announce=lambda line: None) -> StepTiming:
+    """Train ``warmup`` + ``steps`` steps of ``spec`` with its layout through ``run`` (``llmspec.runner.run``, which
+    sits above this layer and is handed down: its engines, one process or DeepSpeed ranks) in ``run_dir`` (a
+    temporary folder by default) and time the last ``steps``."""
     from llmspec.train.metrics import read_metrics
 
     if steps < 1:
